@@ -1,0 +1,18 @@
+"""tracecar agent: the HTTP service that runs in the injected sidecar.
+
+It shares the pod's PID namespace (``shareProcessNamespace: true``) but not the
+other containers' filesystems, listens on loopback only, and is reached through
+``kubectl port-forward``.
+
+Layout (enforced by import-linter, see pyproject.toml)::
+
+    agent.app                  the FastAPI application and its lifespan
+    agent.routers.*            one APIRouter per concern; thin handlers
+    agent.profiling            perf CPU profiles and their outputs
+    agent.probes               uprobes through bpftrace or perf probe
+    agent.lttng                LTTng sessions and their traces
+    agent.jobs                 background jobs and their artifacts on disk
+    agent.procfs               what /proc says about the pod's processes
+    agent.capabilities         what works on this node, and why not
+    agent._proc                the one seam to child processes
+"""

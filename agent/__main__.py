@@ -1,0 +1,68 @@
+"""``python -m agent`` / ``tracecar-agent``: serve the agent with uvicorn.
+
+``tracecar-agent healthcheck`` is the exec probe of the sidecar: it exits 0 when
+``http://127.0.0.1:$TRACECAR_AGENT_PORT/healthz`` answers 200, else 1 (saying why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import urllib.error
+import urllib.request
+
+from agent.settings import get_settings
+
+
+def healthcheck(*, timeout: float = 3.0) -> int:
+    """0 if the agent on this host's loopback answers /healthz with 200, else 1."""
+    url = f"http://127.0.0.1:{get_settings().port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            ok = resp.status == 200
+    except (urllib.error.URLError, OSError) as e:
+        print(f"unhealthy: {url}: {e}", file=sys.stderr)
+        return 1
+    if not ok:
+        print(f"unhealthy: {url} answered {resp.status}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def serve() -> None:
+    # Imported here so the healthcheck stays light (an exec probe runs it every few seconds).
+    import uvicorn
+
+    from agent.app import create_app
+
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=15,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tracecar-agent", description=__doc__)
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "healthcheck"],
+        help="serve (default) or healthcheck (exit 0 if /healthz answers 200)",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "healthcheck":
+        sys.exit(healthcheck())
+    serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""The agent's one seam to child processes.
+
+Every tool the agent drives (perf, bpftrace, lttng, babeltrace2, ...) runs through
+here, so three rules hold everywhere:
+
+* argument lists, never a shell;
+* every child has a timeout, and is reaped whatever happens (cancellation included);
+* every child is registered until reaped, so :func:`terminate_all` at shutdown
+  leaves no stray tracer behind. Children also get ``PR_SET_PDEATHSIG`` so they
+  die with the agent even if it is killed outright.
+
+Exceptions (all carry the argv and what the tool itself said)::
+
+    ProcError
+     ├── ToolNotFound     the executable does not exist on PATH
+     ├── ToolTimeout      the child outlived its timeout; it was killed and reaped
+     └── ToolFailed       it exited non-zero; ``stderr`` holds its own message
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+_PR_SET_PDEATHSIG = 1
+_live: set[Child] = set()
+
+
+class ProcError(Exception):
+    def __init__(self, message: str, *, argv: Sequence[str]) -> None:
+        super().__init__(message)
+        self.argv = list(argv)
+
+
+class ToolNotFound(ProcError):
+    pass
+
+
+class ToolTimeout(ProcError):
+    pass
+
+
+class ToolFailed(ProcError):
+    def __init__(self, message: str, *, argv: Sequence[str], returncode: int, stderr: str) -> None:
+        super().__init__(message, argv=argv)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+    @property
+    def err(self) -> str:
+        return self.stderr.decode("utf-8", "replace")
+
+
+def which(tool: str) -> str | None:
+    return shutil.which(tool)
+
+
+def tool_message(stderr: str, returncode: int, *, limit: int = 2000) -> str:
+    """The tool's own words: the meaningful tail of stderr, never a bare exit status."""
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    text = "\n".join(lines[-15:])
+    if len(text) > limit:
+        text = "..." + text[-limit:]
+    return text or f"exited with status {returncode} and printed nothing on stderr"
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the child
+    # Die with the agent: a crashed agent must not leave perf/bpftrace running.
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Child:
+    """A running child process, in its own process group, registered until reaped."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, argv: Sequence[str]) -> None:
+        self.proc = proc
+        self.argv = list(argv)
+        _live.add(self)
+
+    @classmethod
+    async def start(
+        cls,
+        argv: Sequence[str],
+        *,
+        stdin: int | None = asyncio.subprocess.DEVNULL,
+        stdout: int | None = asyncio.subprocess.PIPE,
+        stderr: int | None = asyncio.subprocess.PIPE,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        limit: int = 1 << 20,
+    ) -> Child:
+        if not argv:
+            raise ValueError("empty argv")
+        exe = argv[0] if os.sep in argv[0] else shutil.which(argv[0])
+        if exe is None:
+            raise ToolNotFound(f"{argv[0]} is not installed (not found on PATH)", argv=argv)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                exe,
+                *argv[1:],
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_child_setup,
+                limit=limit,
+            )
+        except FileNotFoundError as e:
+            raise ToolNotFound(f"{argv[0]} is not installed ({e})", argv=argv) from e
+        except PermissionError as e:
+            raise ToolNotFound(f"{argv[0]} cannot be executed ({e})", argv=argv) from e
+        return cls(proc, argv)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the child's whole process group (perf's workload, bpftrace's helpers)."""
+        if self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    async def wait(self, timeout: float | None = None) -> int:
+        try:
+            rc = await asyncio.wait_for(self.proc.wait(), timeout)
+        finally:
+            if self.proc.returncode is not None:
+                _live.discard(self)
+        return rc
+
+    async def stop(self, sig: int = signal.SIGINT, *, grace: float = 5.0) -> int:
+        """Ask the child to finish (perf and bpftrace flush on SIGINT), then kill it.
+
+        Always reaps; safe to call more than once and from a cancelled task.
+        """
+        if self.proc.returncode is None:
+            self.send_signal(sig)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), grace)
+            except (TimeoutError, asyncio.CancelledError):
+                self.send_signal(signal.SIGKILL)
+                await self.proc.wait()
+        # The group may still hold grandchildren (perf's `sleep`): make sure they go too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        _live.discard(self)
+        return self.proc.returncode if self.proc.returncode is not None else -1
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    check: bool = True,
+) -> Completed:
+    """Run a tool to completion with a timeout; raise :class:`ToolFailed` on non-zero exit."""
+    child = await Child.start(
+        argv,
+        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+    )
+    try:
+        out, err = await asyncio.wait_for(child.proc.communicate(input), timeout)
+    except TimeoutError:
+        await child.stop(signal.SIGKILL, grace=0)
+        raise ToolTimeout(
+            f"{os.path.basename(argv[0])} did not finish within {timeout:g} s", argv=argv
+        ) from None
+    except BaseException:
+        await child.stop(signal.SIGKILL, grace=0)
+        raise
+    rc = await child.wait()
+    done = Completed(list(argv), rc, out, err)
+    if check and rc != 0:
+        raise ToolFailed(
+            f"{os.path.basename(argv[0])} failed: {tool_message(done.err, rc)}",
+            argv=argv,
+            returncode=rc,
+            stderr=done.err,
+        )
+    return done
+
+
+async def terminate_all(grace: float = 5.0) -> None:
+    """Stop every child still registered (agent shutdown)."""
+    children = list(_live)
+    if children:
+        await asyncio.gather(*(c.stop(grace=grace) for c in children), return_exceptions=True)
+
+
+def live_children() -> list[Child]:
+    return list(_live)

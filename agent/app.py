@@ -1,0 +1,108 @@
+"""The agent's FastAPI application: routers, error handlers and lifespan.
+
+:func:`create_app` is the only place the pieces meet. The lifespan loads the job
+store (sweeping a crashed run's leftovers), starts each capability's service,
+and on shutdown (SIGTERM included: uvicorn turns it into a lifespan shutdown)
+stops running work, keeping what was recorded, and reaps every child process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from agent import _proc, lttng, probes, profiling
+from agent.auth import require_token
+from agent.errors import AgentError
+from agent.jobs import JobStore
+from agent.routers import capabilities, health, processes, profiles
+from agent.routers import lttng as lttng_routes
+from agent.routers import probes as probe_routes
+from agent.settings import Settings, get_settings
+
+log = logging.getLogger("agent")
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
+        parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        jobs = JobStore(settings.data_dir, max_storage_bytes=settings.max_storage_bytes)
+        jobs.load()
+        app.state.jobs = jobs
+        app.state.profiling = profiling.Service(settings, jobs)
+        app.state.probes = probes.Service(settings, jobs)
+        app.state.lttng = lttng.Service(settings, jobs)
+        services = [app.state.profiling, app.state.probes, app.state.lttng]
+        started = []
+        try:
+            for svc in services:
+                await svc.start()
+                started.append(svc)
+            yield
+        finally:
+            await jobs.shutdown()
+            for svc in reversed(started):
+                try:
+                    await svc.stop()
+                except Exception:
+                    log.exception("stopping %s failed", type(svc).__module__)
+            await _proc.terminate_all()
+
+    app = FastAPI(
+        title="tracecar agent",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Profile and trace the processes of this pod: perf, uprobes, LTTng.",
+    )
+    app.state.settings = settings
+    app.dependency_overrides[get_settings] = lambda: settings
+
+    @app.exception_handler(AgentError)
+    async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": _validation_message(exc), "errors": jsonable_errors(exc)},
+            status_code=422,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return JSONResponse(
+            {"detail": f"internal error ({type(exc).__name__}); see the agent's log"},
+            status_code=500,
+        )
+
+    protected = [Depends(require_token)]
+    app.include_router(health.router)
+    app.include_router(capabilities.router, dependencies=protected)
+    app.include_router(processes.router, dependencies=protected)
+    app.include_router(profiles.router, dependencies=protected)
+    app.include_router(probe_routes.router, dependencies=protected)
+    app.include_router(lttng_routes.router, dependencies=protected)
+    return app
+
+
+def jsonable_errors(exc: RequestValidationError) -> list[dict[str, object]]:
+    return [
+        {"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+        for e in exc.errors()
+    ]

@@ -1,0 +1,28 @@
+"""Optional bearer-token authentication: every endpoint but ``/healthz``."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header
+
+from agent.deps import SettingsDep
+from agent.errors import Unauthorized
+
+
+async def require_token(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> None:
+    expected = settings.resolved_token()
+    if expected is None:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), expected):
+        raise Unauthorized(
+            "this agent requires a bearer token: send 'Authorization: Bearer <token>'",
+        )
+
+
+TokenDep = Annotated[None, Depends(require_token)]

@@ -1,0 +1,245 @@
+"""What works on this node, and why not where it doesn't.
+
+Each check is a small function returning a JSON-able dict; ``GET /capabilities``
+gathers them (:func:`general`). The capability modules (profiling, probes, lttng)
+consult these before starting work so that a missing tool is a 503 pointing here,
+not a crash. Slow checks (running a tool for its version, trying a BPF map) are
+cached for :data:`CACHE_TTL_S`; reading /proc is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import platform
+import re
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypedDict
+
+from agent import _proc
+
+CACHE_TTL_S = 60.0
+TRACEFS = Path("/sys/kernel/tracing")
+
+# Linux capability bit numbers (include/uapi/linux/capability.h) of the ones that
+# matter to a tracer, plus the rest by name so the decoded set is complete.
+_CAP_NAMES = [
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
+    "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST",
+    "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO",
+    "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE",
+    "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
+    "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+]  # fmt: skip
+TRACING_CAPS = ("SYS_ADMIN", "SYS_PTRACE", "PERFMON", "BPF", "DAC_READ_SEARCH", "IPC_LOCK")
+
+
+class Check(TypedDict, total=False):
+    available: bool
+    reason: str
+    version: str
+    path: str
+
+
+# --- capabilities held ------------------------------------------------------------
+
+
+def decode_caps(mask: int) -> list[str]:
+    return [name for bit, name in enumerate(_CAP_NAMES) if mask >> bit & 1]
+
+
+def effective_caps() -> set[str]:
+    """The effective capability set of the agent (CapEff in /proc/self/status)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return set(decode_caps(int(line.split()[1], 16)))
+    return set()
+
+
+def perf_event_paranoid() -> int | None:
+    try:
+        return int(Path("/proc/sys/kernel/perf_event_paranoid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def perf_permitted() -> Check:
+    """Can we ``perf record -p`` any process? (CAP_PERFMON/SYS_ADMIN, or paranoid -1)."""
+    caps = effective_caps()
+    paranoid = perf_event_paranoid()
+    if caps & {"PERFMON", "SYS_ADMIN"}:
+        return {"available": True, "reason": "CAP_PERFMON or CAP_SYS_ADMIN held"}
+    if paranoid is not None and paranoid <= -1:
+        return {"available": True, "reason": "kernel.perf_event_paranoid is -1"}
+    return {
+        "available": False,
+        "reason": f"kernel.perf_event_paranoid is {paranoid} and neither CAP_PERFMON nor "
+        "CAP_SYS_ADMIN is held: run the agent privileged or add those capabilities",
+    }
+
+
+# --- cached slow checks --------------------------------------------------------------
+
+_cache: dict[str, tuple[float, Any]] = {}
+_locks: dict[str, asyncio.Lock] = {}
+
+
+async def _cached(key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+    hit = _cache.get(key)
+    if hit is not None and time.monotonic() - hit[0] < CACHE_TTL_S:
+        return hit[1]
+    lock = _locks.setdefault(key, asyncio.Lock())
+    async with lock:
+        hit = _cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < CACHE_TTL_S:
+            return hit[1]
+        value = await compute()
+        _cache[key] = (time.monotonic(), value)
+        return value
+
+
+def clear_cache() -> None:
+    _cache.clear()
+
+
+_VERSION = re.compile(r"\d+\.\d+(?:\.\d+)?")
+
+
+async def tool_version(tool: str, *args: str) -> Check:
+    """Is ``tool`` installed, and which version (from its own ``--version``-style output)."""
+
+    async def compute() -> Check:
+        path = _proc.which(tool)
+        if path is None:
+            return {"available": False, "reason": f"{tool} is not installed (not on PATH)"}
+        try:
+            done = await _proc.run([tool, *args], timeout=10, check=False)
+        except _proc.ProcError as e:
+            return {"available": False, "reason": str(e), "path": path}
+        m = _VERSION.search(done.text + done.err)
+        if m is None:
+            return {"available": False, "path": path, "reason": f"{tool} did not print a version"}
+        return {"available": True, "version": m.group(0), "path": path}
+
+    result: Check = await _cached(f"version:{tool}", compute)
+    return result
+
+
+async def perf() -> Check:
+    return await tool_version("perf", "version")
+
+
+# --- tracefs -------------------------------------------------------------------------
+
+
+def tracefs_mounted() -> bool:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 3 and fields[2] == "tracefs":
+                return True
+    return False
+
+
+async def ensure_tracefs() -> Check:
+    """Mount tracefs at /sys/kernel/tracing if it is not mounted and we are allowed to."""
+    if tracefs_mounted():
+        return {"available": True, "path": str(TRACEFS), "reason": "mounted"}
+    if "SYS_ADMIN" not in effective_caps():
+        return {
+            "available": False,
+            "reason": "tracefs is not mounted and mounting it needs CAP_SYS_ADMIN",
+        }
+    try:
+        await _proc.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], timeout=10)
+    except _proc.ProcError as e:
+        return {"available": False, "reason": f"tracefs is not mounted and mounting failed: {e}"}
+    return {"available": True, "path": str(TRACEFS), "reason": "mounted by the agent"}
+
+
+# --- BPF -----------------------------------------------------------------------------
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}
+_BPF_MAP_CREATE = 0
+_BPF_MAP_TYPE_ARRAY = 2
+
+
+def bpf_usable() -> Check:
+    """Try what bpftrace needs first: create (and close) a one-entry BPF array map."""
+    nr = _SYS_BPF.get(platform.machine())
+    if nr is None:
+        return {"available": False, "reason": f"unknown bpf syscall on {platform.machine()}"}
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = (ctypes.c_uint32 * 32)()  # union bpf_attr, zeroed; MAP_CREATE uses the first 4
+    attr[0], attr[1], attr[2], attr[3] = _BPF_MAP_TYPE_ARRAY, 4, 4, 1
+    fd = libc.syscall(nr, _BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        return {"available": False, "reason": f"bpf(BPF_MAP_CREATE) failed: {os.strerror(err)}"}
+    os.close(fd)
+    return {"available": True, "reason": "bpf(BPF_MAP_CREATE) works"}
+
+
+# --- LTTng kernel tracing -------------------------------------------------------------
+
+
+def lttng_kernel() -> Check:
+    """LTTng's kernel domain needs its kernel modules (lttng-modules), loaded or loadable."""
+    if Path("/sys/module/lttng_tracer").exists():
+        return {"available": True, "reason": "lttng-modules are loaded"}
+    release = platform.release()
+    mod_dir = Path("/lib/modules") / release
+    if not Path("/proc/modules").exists():
+        return {
+            "available": False,
+            "reason": "this kernel has no loadable-module support, so lttng-modules "
+            "cannot be loaded; LTTng user-space tracing is unaffected",
+        }
+    with contextlib.suppress(OSError):
+        if any(mod_dir.rglob("lttng-tracer.ko*")):
+            return {"available": True, "reason": "lttng-modules are installed (loadable)"}
+    return {
+        "available": False,
+        "reason": f"lttng-modules are not installed for kernel {release}; "
+        "LTTng user-space tracing is unaffected",
+    }
+
+
+# --- everything ------------------------------------------------------------------------
+
+
+async def general() -> dict[str, object]:
+    """The node-wide facts of ``GET /capabilities`` (the services add their own)."""
+    caps = effective_caps()
+    perf_check, bpftrace, lttng, babeltrace2, tracefs = await asyncio.gather(
+        perf(),
+        tool_version("bpftrace", "--version"),
+        tool_version("lttng", "--version"),
+        tool_version("babeltrace2", "--version"),
+        _cached("tracefs", ensure_tracefs),
+    )
+    bpf = await _cached("bpf", lambda: asyncio.to_thread(bpf_usable))
+    return {
+        "kernel": platform.release(),
+        "arch": platform.machine(),
+        "perf_event_paranoid": perf_event_paranoid(),
+        "capabilities": {
+            "effective": sorted(caps),
+            **{name: name in caps for name in TRACING_CAPS},
+        },
+        "perf_permitted": perf_permitted(),
+        "tools": {
+            "perf": perf_check,
+            "bpftrace": bpftrace,
+            "lttng": lttng,
+            "babeltrace2": babeltrace2,
+        },
+        "tracefs": tracefs,
+        "bpf": bpf,
+        "kernel_tracing": lttng_kernel(),
+    }

@@ -1,0 +1,249 @@
+"""Background jobs and their artifacts on disk, shared by every capability.
+
+A job (a CPU profile, a probe, an LTTng session) has an id, a kind, a state and a
+directory ``DATA_DIR/<kind>/<id>/`` holding its artifacts and ``job.json``. This
+module owns:
+
+* the state machine ``pending -> running -> succeeded | failed | cancelled``;
+* running the job's coroutine as a task, turning any exception into a ``failed``
+  state with a message (never a silent death);
+* atomic artifact writes (``*.part`` then rename: a reader never sees half a file);
+* storage limits: when the artifacts of all jobs exceed ``max_storage_bytes`` the
+  oldest finished jobs are evicted; a running job's files never are;
+* start-up: leftovers of a crashed agent (``*.part`` files, jobs that were running)
+  are swept and marked failed with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from agent.errors import NotFound, TooMany
+
+log = logging.getLogger(__name__)
+
+State = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+_PART = ".part"
+_RUNTIME = frozenset({"task", "stop_requested"})  # in memory only, never in job.json
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    dir: Path
+    params: dict[str, Any]
+    state: State = "pending"
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: float = 0.0
+    message: str = ""
+    error: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = field(default=None, repr=False, compare=False)
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL
+
+    def artifact(self, name: str) -> Path:
+        return self.dir / name
+
+    def size_bytes(self) -> int:
+        total = 0
+        with contextlib.suppress(FileNotFoundError):
+            for p in self.dir.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    total += p.stat().st_size
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        # Not dataclasses.asdict: it deep-copies every field, and a running job's
+        # task and event cannot be copied (that broke saving a started job).
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUNTIME}
+        d["dir"] = str(self.dir)
+        return d
+
+
+def new_id() -> str:
+    return secrets.token_hex(6)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; rename it into place only on success."""
+    tmp = final.with_name(final.name + _PART)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_atomic(final: Path, data: bytes | str) -> None:
+    with atomic_path(final) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+
+
+class JobStore:
+    """Jobs of every kind, in memory and in ``data_dir``."""
+
+    def __init__(self, data_dir: Path, *, max_storage_bytes: int) -> None:
+        self.data_dir = data_dir
+        self.max_storage_bytes = max_storage_bytes
+        self._jobs: dict[str, Job] = {}
+
+    # --- lifecycle -------------------------------------------------------
+    def load(self) -> None:
+        """Sweep a previous run's leftovers and reload finished jobs' metadata."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for kind_dir in sorted(p for p in self.data_dir.iterdir() if p.is_dir()):
+            for job_dir in sorted(p for p in kind_dir.iterdir() if p.is_dir()):
+                for part in job_dir.glob("*" + _PART):
+                    part.unlink(missing_ok=True)
+                meta = job_dir / "job.json"
+                try:
+                    raw = json.loads(meta.read_text(encoding="utf-8"))
+                    job = Job(
+                        id=raw["id"],
+                        kind=raw["kind"],
+                        dir=job_dir,
+                        params=raw.get("params", {}),
+                        state=raw.get("state", "failed"),
+                        created_at=raw.get("created_at", 0.0),
+                        started_at=raw.get("started_at"),
+                        finished_at=raw.get("finished_at"),
+                        progress=raw.get("progress", 0.0),
+                        message=raw.get("message", ""),
+                        error=raw.get("error"),
+                        result=raw.get("result", {}),
+                    )
+                except (OSError, ValueError, KeyError, TypeError):
+                    log.warning("removing unreadable job directory %s", job_dir)
+                    shutil.rmtree(job_dir, ignore_errors=True)
+                    continue
+                if not job.finished:
+                    job.state = "failed"
+                    job.error = "the agent restarted while this job was running"
+                    job.finished_at = time.time()
+                    self.save(job)
+                self._jobs[job.id] = job
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Ask running jobs to stop (they keep what they recorded), then wait for them."""
+        running = [j for j in self._jobs.values() if j.task is not None and not j.task.done()]
+        for j in running:
+            j.stop_requested.set()
+        tasks = [j.task for j in running if j.task is not None]
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=grace)
+
+    # --- queries ---------------------------------------------------------
+    def get(self, kind: str, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None or job.kind != kind:
+            raise NotFound(f"no {kind} job with id {job_id!r}")
+        return job
+
+    def of_kind(self, kind: str) -> list[Job]:
+        return sorted(
+            (j for j in self._jobs.values() if j.kind == kind), key=lambda j: j.created_at
+        )
+
+    def running(self, kind: str) -> list[Job]:
+        return [j for j in self._jobs.values() if j.kind == kind and not j.finished]
+
+    # --- mutations -------------------------------------------------------
+    def create(self, kind: str, params: dict[str, Any], *, max_running: int | None = None) -> Job:
+        if max_running is not None and len(self.running(kind)) >= max_running:
+            raise TooMany(
+                f"{max_running} {kind} job(s) already running (the configured limit); "
+                "wait for one to finish or stop it with DELETE"
+            )
+        job_id = new_id()
+        job_dir = self.data_dir / kind / job_id
+        job_dir.mkdir(parents=True, exist_ok=False)
+        job = Job(id=job_id, kind=kind, dir=job_dir, params=params)
+        self._jobs[job_id] = job
+        self.save(job)
+        return job
+
+    def save(self, job: Job) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            write_atomic(job.dir / "job.json", json.dumps(job.to_dict(), indent=1))
+
+    def start(self, job: Job, work: Callable[[Job], Awaitable[None]]) -> None:
+        """Run ``work(job)`` as a task; its outcome becomes the job's final state."""
+
+        async def runner() -> None:
+            job.state = "running"
+            job.started_at = time.time()
+            self.save(job)
+            try:
+                await work(job)
+            except asyncio.CancelledError:
+                job.state = "cancelled"
+                job.error = job.error or "cancelled"
+            except Exception as e:  # every failure becomes a state with a message
+                log.exception("%s job %s failed", job.kind, job.id)
+                job.state = "failed"
+                job.error = str(e) or type(e).__name__
+            else:
+                if job.state == "running":
+                    job.state = "succeeded"
+                    job.progress = 1.0
+            finally:
+                job.finished_at = time.time()
+                self.save(job)
+                self.evict()
+
+        job.task = asyncio.create_task(runner(), name=f"{job.kind}-{job.id}")
+
+    async def delete(self, job: Job) -> None:
+        if job.task is not None and not job.task.done():
+            job.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await job.task
+        self._jobs.pop(job.id, None)
+        shutil.rmtree(job.dir, ignore_errors=True)
+
+    def evict(self) -> list[str]:
+        """Remove the oldest finished jobs until storage is within the limit."""
+        jobs = sorted(self._jobs.values(), key=lambda j: j.created_at)
+        total = sum(j.size_bytes() for j in jobs)
+        evicted: list[str] = []
+        for j in jobs:
+            if total <= self.max_storage_bytes:
+                break
+            if not j.finished:
+                continue
+            total -= j.size_bytes()
+            self._jobs.pop(j.id, None)
+            shutil.rmtree(j.dir, ignore_errors=True)
+            evicted.append(j.id)
+            log.info(
+                "evicted %s job %s (storage limit %d bytes)", j.kind, j.id, self.max_storage_bytes
+            )
+        return evicted

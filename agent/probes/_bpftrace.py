@@ -1,0 +1,356 @@
+"""The bpftrace backend: a pure program generator, an incremental output parser, a runner.
+
+The program prints one JSON record per ``printf`` (``bpftrace -f json``), so
+bpftrace itself escapes whatever a traced string holds. Records are tagged:
+
+* ``E\\tpid\\ttid\\tnsecs\\t<numeric args>[\\tretval\\tlatency]``: one hit;
+* ``S\\ttid\\tindex\\t<string>``: a string argument of the next ``E`` of that
+  thread; the string is everything after the third tab, so tabs, quotes or
+  newlines inside it cannot shift fields;
+* ``K\\ttid\\t<ustack>``: the user stack of the next ``E`` of that thread;
+* ``R``: printed by BEGIN, which bpftrace runs once every probe is attached;
+* ``X``: END reached; map records after it are bpftrace's own exit dump.
+
+Maps ``@__hits`` (count) and ``@__hist`` (hist) are printed every second and at
+the end, which gives exact hit counts even when the perf buffer loses events.
+bpftrace's ``pid``/``tid`` are the node's ids; the process is selected with
+``-p PID`` (resolved in the agent's PID namespace, the pod's), and events carry
+the pod's pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from agent import _proc
+from agent.probes._model import ArgType
+from agent.probes._plan import (
+    Attached,
+    Bucket,
+    Buckets,
+    Counts,
+    Finished,
+    Hit,
+    Item,
+    Lost,
+    Spec,
+)
+
+# printf conversion and expression per argument type; strings travel on S records.
+_FMT: dict[str, str] = {
+    "int": "%lld",
+    "int32": "%d",
+    "uint": "%llu",
+    "uint32": "%u",
+    "ptr": "%llx",
+}
+
+
+def _expr(t: ArgType, raw: str) -> str:
+    return {
+        "int": f"(int64){raw}",
+        "int32": f"(int32){raw}",
+        "uint": f"(uint64){raw}",
+        "uint32": f"(uint32){raw}",
+        "ptr": f"(uint64){raw}",
+        "str": f"str({raw})",
+    }[t]
+
+
+def _decode(t: ArgType, text: str | bytes) -> int | str:
+    if t == "ptr":
+        return f"0x{int(text, 16):x}"
+    return int(text)
+
+
+def probe_point(spec: Spec, kind: str) -> str:
+    """``uprobe:/proc/PID/root/PATH:func`` (path and function validated by the model)."""
+    # bpftrace 0.17 here cannot place a probe inside a function (symbol+offset): the
+    # service routes those to perf probe, so only symbols and entry addresses get here.
+    target = spec.function
+    return f"{kind}:{spec.host_binary}:{target}"
+
+
+def program(spec: Spec) -> str:
+    """The bpftrace program for ``spec`` (pure; shown by ``POST /probes?dry_run=true``)."""
+    entry: list[str] = []
+    ret: list[str] = []
+    maps: list[str] = ["@__hits"]
+    hit = "@__hits = count();"
+    cap = ""
+    if spec.mode != "events" and spec.max_events:
+        cap = f"@__n = @__n + 1; if (@__n >= {spec.max_events}) {{ exit(); }}"
+        maps.append("@__n")
+    stack = 'printf("K\\t%d\\t%s\\n", tid, ustack);' if spec.stack else ""
+
+    if spec.mode == "events":
+        nums = [(i, t) for i, t in enumerate(spec.args) if t != "str"]
+        strs = [i for i, t in enumerate(spec.args) if t == "str"]
+        fmt = "E\\t%d\\t%d\\t%llu" + "".join("\\t" + _FMT[t] for _, t in nums)
+        if not spec.retval:
+            values = ["pid", "tid", "nsecs"] + [_expr(t, f"arg{i}") for i, t in nums]
+            entry += [hit, stack]
+            entry += [f'printf("S\\t%d\\t{i}\\t%s\\n", tid, str(arg{i}));' for i in strs]
+            entry.append(f'printf("{fmt}\\n", {", ".join(values)});')
+        else:
+            maps.append("@__t")
+            entry += ["@__t[tid] = nsecs;", stack]
+            for i, t in enumerate(spec.args):
+                entry.append(f"@__a{i}[tid] = {_expr(t, f'arg{i}')};")
+                maps.append(f"@__a{i}")
+            rt = spec.retval_type
+            ret_expr = _expr(rt, "retval")
+            ret += [hit]
+            ret += [f'printf("S\\t%d\\t{i}\\t%s\\n", tid, @__a{i}[tid]);' for i in strs]
+            if rt == "str":
+                ret.append(f'printf("S\\t%d\\tret\\t%s\\n", tid, {ret_expr});')
+                fmt += "\\t%d"
+                values_ret = ["0"]
+            else:
+                fmt += "\\t" + _FMT[rt]
+                values_ret = [ret_expr]
+            values = ["pid", "tid", "nsecs"] + [f"@__a{i}[tid]" for i, _ in nums] + values_ret
+            values.append("nsecs - @__t[tid]")
+            ret.append(f'printf("{fmt}\\t%llu\\n", {", ".join(values)});')
+            ret += [f"delete({m}[tid]);" for m in maps if m not in ("@__hits",)]
+    elif spec.mode == "count":
+        entry += [hit, cap]
+    else:
+        maps.append("@__hist")
+        if spec.of == "latency":
+            maps.append("@__t")
+            entry.append("@__t[tid] = nsecs;")
+            ret += [hit, "@__hist = hist(nsecs - @__t[tid]);", "delete(@__t[tid]);", cap]
+        elif spec.of == "retval":
+            ret += [hit, f"@__hist = hist({_expr(spec.retval_type, 'retval')});", cap]
+        else:
+            n = int(spec.of[3:])
+            at: ArgType = spec.args[n] if n < len(spec.args) else "int"
+            entry += [hit, f"@__hist = hist({_expr(at, f'arg{n}')});", cap]
+
+    lines = [f"// tracecar probe: {spec.mode} of {spec.function} in {spec.binary} (pid {spec.pid})"]
+    # BEGIN fires once every probe is attached: the agent's signal that hits will be seen.
+    lines.append('BEGIN { printf("R\\n"); }')
+    if entry:
+        lines.append(probe_point(spec, "uprobe") + " {")
+        lines += [f"  {s}" for s in entry if s]
+        lines.append("}")
+    if ret:
+        guard = " /@__t[tid]/" if "@__t" in maps else ""
+        lines.append(probe_point(spec, "uretprobe") + guard + " {")
+        lines += [f"  {s}" for s in ret if s]
+        lines.append("}")
+    printed = [m for m in ("@__hits", "@__hist") if m in maps]
+    prints = " ".join(f"print({m});" for m in printed)
+    lines.append(f"interval:ms:1000 {{ {prints} }}")
+    lines.append(f"interval:ms:{max(1, round(spec.duration_s * 1000))} {{ exit(); }}")
+    clears = " ".join(f"clear({m});" for m in maps)
+    lines.append(f'END {{ {prints} printf("X\\n"); {clears} }}')
+    return "\n".join(lines) + "\n"
+
+
+def argv(program_text: str, pid: int) -> list[str]:
+    """``-p PID``: the kernel filters the uprobe to that process (pid as the pod sees it)."""
+    return ["bpftrace", "-f", "json", "-p", str(pid), "-e", program_text]
+
+
+ENV = {
+    # A bigger perf ring buffer per CPU than the default 64 pages: fewer lost events.
+    "BPFTRACE_PERF_RB_PAGES": "256",
+}
+
+
+_E_PREFIX = b'{"type": "printf", "data": "E\\t'
+_E_SUFFIX = b'\\n"}'
+
+
+class Parser:
+    """Turns bpftrace's JSON lines into records, joining S/K lines to their E line."""
+
+    def __init__(self, spec: Spec | None) -> None:
+        self.spec = spec
+        self.host_pid: int | None = None
+        self._strings: dict[int, dict[str, str]] = {}
+        self._stacks: dict[int, list[str]] = {}
+        self._ended = False
+        # bpftrace's nsecs is CLOCK_MONOTONIC; events carry wall-clock nanoseconds.
+        self._mono_to_wall = time.time_ns() - time.monotonic_ns()
+
+    def feed(self, line: bytes) -> Item | None:
+        if line.startswith(_E_PREFIX) and line.endswith(_E_SUFFIX) and self.spec is not None:
+            # The hot path: a hit record is tab-separated numbers (no escapes but \t), so
+            # it is split as bytes without decoding the JSON around it.
+            return self._event(line[len(_E_PREFIX) - 3 : -len(_E_SUFFIX)].split(b"\\t"))
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(rec, dict):
+            return None
+        kind = rec.get("type")
+        data = rec.get("data")
+        if kind == "printf" and isinstance(data, str):
+            return self._printf(data)
+        if kind == "attached_probes" and isinstance(data, dict) and self.spec is None:
+            # A raw program has no BEGIN of ours; bpftrace prints this just before attaching.
+            return Attached(int(data.get("probes", 0)))
+        if kind == "lost_events" and isinstance(data, dict):
+            return Lost(int(data.get("events", 0)))
+        if self._ended or not isinstance(data, dict):
+            return None
+        if kind == "map" and isinstance(data.get("@__hits"), int):
+            return Counts(int(data["@__hits"]))
+        if kind == "hist" and isinstance(data.get("@__hist"), list):
+            return Buckets([_bucket(b) for b in data["@__hist"] if isinstance(b, dict)])
+        return None
+
+    def _printf(self, data: str) -> Item | None:
+        if data.endswith("\n"):
+            data = data[:-1]
+        tag = data[:1]
+        if tag == "E" and self.spec is not None:
+            return self._event(data.split("\t"))
+        if tag == "S":
+            parts = data.split("\t", 3)
+            if len(parts) == 4:
+                self._strings.setdefault(int(parts[1]), {})[parts[2]] = parts[3]
+            return None
+        if tag == "K":
+            parts = data.split("\t", 2)
+            if len(parts) == 3:
+                frames = [ln.strip() for ln in parts[2].splitlines() if ln.strip()]
+                self._stacks[int(parts[1])] = frames
+            return None
+        if tag == "R" and self.spec is not None:
+            return Attached()
+        if tag == "X":
+            self._ended = True
+            return Finished()
+        # A raw program's own output.
+        return Hit({"output": data}) if self.spec is None else None
+
+    def _event(self, fields: Sequence[str | bytes]) -> Hit | None:
+        spec = self.spec
+        assert spec is not None
+        try:
+            host_pid, tid, ns = int(fields[1]), int(fields[2]), int(fields[3])
+            self.host_pid = host_pid
+            strings = self._strings.pop(tid, {})
+            ev: dict[str, Any] = {
+                "time_ns": ns + self._mono_to_wall,
+                "pid": spec.pid,
+                # bpftrace reports the node's thread ids; the main thread is the process.
+                "tid": spec.pid if tid == host_pid else tid,
+            }
+            rest: Iterator[str | bytes] = iter(fields[4:])
+            for i, t in enumerate(spec.args):
+                ev[f"arg{i}"] = strings.get(str(i), "") if t == "str" else _decode(t, next(rest))
+            if spec.retval:
+                raw = next(rest)
+                rt = spec.retval_type
+                ev["retval"] = strings.get("ret", "") if rt == "str" else _decode(rt, raw)
+                ev["latency_ns"] = int(next(rest))
+            if spec.stack:
+                ev["stack"] = self._stacks.pop(tid, [])
+        except (IndexError, StopIteration, ValueError):
+            return None
+        return Hit(ev, host_tid=tid)
+
+
+def _bucket(b: dict[str, Any]) -> Bucket:
+    lo = b.get("min")
+    hi = b.get("max")
+    return {
+        "min": int(lo) if isinstance(lo, int) else None,
+        "max": int(hi) if isinstance(hi, int) else None,
+        "count": int(b.get("count", 0)),
+    }
+
+
+class Session:
+    """One running bpftrace: started, read line by line, stopped (SIGINT flushes END)."""
+
+    def __init__(self, program_text: str, pid: int, spec: Spec | None) -> None:
+        self.argv = argv(program_text, pid)
+        self.parser = Parser(spec)
+        self.child: _proc.Child | None = None
+        self.stderr_tail = ""
+        self._stderr_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        env = {**os.environ, **ENV}
+        self.child = await _proc.Child.start(self.argv, env=env)
+        self._stderr_task = asyncio.create_task(self._drain_stderr())
+
+    async def _drain_stderr(self) -> None:
+        assert self.child is not None and self.child.proc.stderr is not None
+        while True:
+            chunk = await self.child.proc.stderr.read(4096)
+            if not chunk:
+                return
+            text = chunk.decode("utf-8", "replace")
+            # The RLIMIT_MEMLOCK warning is harmless noise on these kernels.
+            kept = "\n".join(ln for ln in text.splitlines() if "RLIMIT_MEMLOCK" not in ln)
+            self.stderr_tail = (
+                (self.stderr_tail + "\n" + kept)[-4000:] if kept else self.stderr_tail
+            )
+
+    async def items(self) -> AsyncIterator[Item]:
+        assert self.child is not None and self.child.proc.stdout is not None
+        out = self.child.proc.stdout
+        pending = b""
+        while True:
+            chunk = await out.read(1 << 16)
+            if not chunk:
+                break
+            pending += chunk
+            lines = pending.split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if line:
+                    item = self.parser.feed(line)
+                    if item is not None:
+                        yield item
+        if self._stderr_task is not None:
+            await asyncio.wait_for(self._stderr_task, 5)
+
+    def interrupt(self) -> None:
+        """SIGINT: bpftrace runs END (final maps), exits, and :meth:`items` ends."""
+        if self.child is not None:
+            self.child.send_signal(signal.SIGINT)
+
+    async def stop(self, *, grace: float = 5.0) -> int:
+        if self.child is None:
+            return 0
+        return await self.child.stop(grace=grace)
+
+    def message(self) -> str:
+        rc = self.child.returncode if self.child is not None else None
+        return _proc.tool_message(self.stderr_tail, rc if rc is not None else -1)
+
+
+async def version() -> str | None:
+    try:
+        done = await _proc.run(["bpftrace", "--version"], timeout=10)
+    except _proc.ProcError:
+        return None
+    return done.text.strip().removeprefix("bpftrace").strip() or None
+
+
+async def usable() -> tuple[bool, str]:
+    """Can bpftrace load a program here (BPF permitted, kernel support)?"""
+    try:
+        await _proc.run(["bpftrace", "-e", "BEGIN { exit(); }"], timeout=20)
+    except _proc.ToolNotFound:
+        return False, "bpftrace is not installed"
+    except _proc.ToolFailed as e:
+        return False, f"bpftrace cannot load programs here: {_proc.tool_message(e.stderr, 1)}"
+    except _proc.ProcError as e:
+        return False, f"bpftrace did not start: {e}"
+    return True, "bpftrace loads BPF programs here; its probes vanish when it exits"

@@ -1,0 +1,574 @@
+"""What /proc says about the pod's processes.
+
+Owned here: reading /proc (the process list, one process's details, its mount
+namespace and container, its runtime) and resolving paths *as a process sees
+them* through ``/proc/PID/root``, refusing any path that escapes that root.
+Everything here is synchronous and cheap; callers run it in a thread if they
+must walk every process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.errors import AgentError, Invalid, NotFound
+
+PROC = Path("/proc")
+
+
+def pid_exists(pid: int) -> bool:
+    return pid > 0 and (PROC / str(pid)).is_dir()
+
+
+def require_pid(pid: int) -> int:
+    """Raise 404 unless ``pid`` is a live process in our PID namespace."""
+    if not pid_exists(pid):
+        raise NotFound(f"no process with pid {pid} in this pod (see GET /processes)")
+    return pid
+
+
+def proc_root(pid: int) -> Path:
+    """The root directory as ``pid`` sees it (its container's filesystem)."""
+    return PROC / str(require_pid(pid)) / "root"
+
+
+def resolve_in_root(pid: int, path: str) -> Path:
+    """``path`` as process ``pid`` sees it, reached through ``/proc/PID/root``.
+
+    Symlinks are resolved *inside* that root (an absolute link target is taken
+    relative to it), and a result outside it is refused with 422.
+    """
+    if not path.startswith("/"):
+        raise Invalid(f"path {path!r} must be absolute (as the process sees it)", field="binary")
+    root = proc_root(pid)
+    current = "/"
+    parts = [p for p in path.split("/") if p]
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            current = os.path.dirname(current.rstrip("/")) or "/"
+            continue
+        candidate = os.path.join(current, part)
+        host = Path(str(root) + candidate)
+        if host.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise Invalid(f"too many symlinks resolving {path!r}", field="binary")
+            target = os.readlink(host)
+            if target.startswith("/"):
+                current = "/"
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        current = candidate
+    return Path(str(root) + current)
+
+
+def exe_path(pid: int) -> str:
+    """The process's executable as it sees it (e.g. ``/app/bin/server``)."""
+    try:
+        return os.readlink(PROC / str(require_pid(pid)) / "exe")
+    except OSError as e:
+        raise NotFound(f"cannot read the executable of pid {pid}: {e.strerror}") from e
+
+
+# --- the pod's processes ------------------------------------------------------
+
+Runtime = Literal["python", "java", "node", "dotnet", "go", "native"]
+
+_CONTAINER_ENV = b"TRACECAR_CONTAINER="
+# The last path component of a container's cgroup, for the runtimes a pod meets:
+# containerd ("cri-containerd-<id>.scope" or ".../pod<uid>/<id>"), cri-o
+# ("crio-<id>.scope"), docker ("docker-<id>.scope" or "/docker/<id>") and podman
+# ("libpod-<id>.scope"; "libpod-conmon-<id>" is podman's monitor, not the container).
+_CGROUP_ID = re.compile(r"^(?:(?:cri-containerd|crio|docker|libpod)-)?([0-9a-f]{64})(?:\.scope)?$")
+_PY_EXE = re.compile(r"^python(\d+\.\d+)?")
+_LIBPY = re.compile(r"libpython(\d+\.\d+)")
+
+
+class ProcessInfo(BaseModel):
+    """One process of the pod, as ``GET /processes`` shows it (and the other modules use it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pid: int
+    ppid: int
+    comm: str
+    cmdline: list[str]
+    exe: str | None = Field(description="the executable as the process sees it")
+    uid: int
+    user: str = Field(description="user name from the container's own /etc/passwd, else the uid")
+    mnt_ns: int = Field(description="mount namespace inode: one per container")
+    container: str = Field(
+        description="TRACECAR_CONTAINER, else the short container id, else mnt-<inode>"
+    )
+    container_id: str | None = Field(description="from the process's cgroup")
+    runtime: Runtime
+    runtime_version: str | None = None
+    state: str
+    threads: int
+    cpu_percent: float = Field(description="CPU use (100 = one core) over the sampling window")
+    cpu_time_s: float
+    rss_bytes: int
+    start_time_s: float = Field(description="seconds since boot when the process started")
+    perf_map: bool = Field(description="a JIT perf map /tmp/perf-PID.map exists in its own /tmp")
+
+
+@dataclass(frozen=True, slots=True)
+class _Stat:
+    ppid: int
+    state: str
+    ticks: int
+    threads: int
+    start_ticks: int
+    rss_pages: int
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def parse_stat(text: str) -> _Stat:
+    """Parse /proc/PID/stat; comm may contain spaces and parentheses, so split at the last ')'."""
+    rest = text[text.rindex(")") + 2 :].split()
+    # rest[0] is field 3 (state); field n is rest[n - 3].
+    return _Stat(
+        ppid=int(rest[1]),
+        state=rest[0],
+        ticks=int(rest[11]) + int(rest[12]),
+        threads=int(rest[17]),
+        start_ticks=int(rest[19]),
+        rss_pages=int(rest[21]),
+    )
+
+
+def parse_status(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key] = value.strip()
+    return out
+
+
+def container_id_from_cgroup(text: str) -> str | None:
+    """The container id in /proc/PID/cgroup (v1 or v2 lines), or None outside a container."""
+    for line in text.splitlines():
+        path = line.split(":", 2)[-1]
+        for part in reversed(path.split("/")):
+            m = _CGROUP_ID.match(part)
+            if m:
+                return m.group(1)
+    return None
+
+
+def container_env(environ: bytes) -> str | None:
+    for item in environ.split(b"\0"):
+        if item.startswith(_CONTAINER_ENV):
+            name = item[len(_CONTAINER_ENV) :].decode("utf-8", "replace")
+            return name or None
+    return None
+
+
+def user_name(passwd: str, uid: int) -> str | None:
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2] == str(uid):
+            return fields[0]
+    return None
+
+
+def detect_runtime(exe: str | None, maps: str, elf: ElfFacts | None) -> tuple[Runtime, str | None]:
+    """What kind of program this is, from its executable's name, its mappings and its ELF."""
+    base = os.path.basename(exe or "")
+    m = _PY_EXE.match(base)
+    if m:
+        lib = _LIBPY.search(maps)
+        return "python", m.group(1) or (lib.group(1) if lib else None)
+    lib = _LIBPY.search(maps)
+    if lib:
+        return "python", lib.group(1)
+    if base == "java" or "/libjvm.so" in maps:
+        return "java", None
+    if base in ("dotnet", "corerun") or "/libcoreclr.so" in maps:
+        return "dotnet", None
+    if base in ("node", "nodejs") or "/libnode.so" in maps:
+        return "node", None
+    if elf is not None and elf.go:
+        return "go", None
+    return "native", None
+
+
+# --- ELF facts ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ElfFacts:
+    """What the section headers say: Go, symbols present (not stripped), debug info."""
+
+    go: bool
+    symtab: bool
+    debug_info: bool
+
+
+_elf_cache: dict[tuple[int, int, int], ElfFacts | None] = {}
+
+
+def elf_facts(pid: int) -> ElfFacts | None:
+    """Section facts of ``pid``'s executable, read through /proc/PID/exe (any mount ns).
+
+    Hand-written rather than a full ELF library because it runs for every process
+    on every listing: only the section header table and its string table are read,
+    and the answer is cached per executable file.
+    """
+    path = PROC / str(pid) / "exe"
+    try:
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            key = (st.st_dev, st.st_ino, int(st.st_mtime))
+            if key in _elf_cache:
+                return _elf_cache[key]
+            facts = _read_elf_sections(f)
+    except OSError:
+        return None
+    if len(_elf_cache) > 512:
+        _elf_cache.clear()
+    _elf_cache[key] = facts
+    return facts
+
+
+def _read_elf_sections(f: BinaryIO) -> ElfFacts | None:
+    ident = f.read(64)
+    if len(ident) < 52 or ident[:4] != b"\x7fELF":
+        return None
+    is64 = ident[4] == 2
+    end = "<" if ident[5] == 1 else ">"
+    try:
+        if is64:
+            shoff, shentsize, shnum, shstrndx = (
+                struct.unpack_from(end + "Q", ident, 0x28)[0],
+                *struct.unpack_from(end + "HHH", ident, 0x3A),
+            )
+        else:
+            shoff, shentsize, shnum, shstrndx = (
+                struct.unpack_from(end + "I", ident, 0x20)[0],
+                *struct.unpack_from(end + "HHH", ident, 0x2E),
+            )
+        if shoff == 0 or shnum == 0 or shnum > 4096 or shstrndx >= shnum:
+            return ElfFacts(go=False, symtab=False, debug_info=False)
+        f.seek(shoff)
+        table = f.read(shentsize * shnum)
+        headers = []
+        for i in range(shnum):
+            off = i * shentsize
+            if is64:
+                name, _type, _flags, _addr, s_off, s_size = struct.unpack_from(
+                    end + "IIQQQQ", table, off
+                )
+            else:
+                name, _type, _flags, _addr, s_off, s_size = struct.unpack_from(
+                    end + "IIIIII", table, off
+                )
+            headers.append((name, s_off, s_size))
+        _, str_off, str_size = headers[shstrndx]
+        f.seek(str_off)
+        strtab = f.read(min(str_size, 1 << 20))
+    except (struct.error, IndexError, OSError):
+        return None
+    names = set()
+    for name_off, _, _ in headers:
+        endpos = strtab.find(b"\0", name_off)
+        names.add(strtab[name_off : endpos if endpos >= 0 else None].decode("latin-1"))
+    return ElfFacts(
+        go=bool(names & {".go.buildinfo", ".gopclntab", ".note.go.buildid"}),
+        symtab=".symtab" in names,
+        debug_info=".debug_info" in names or ".gnu_debuglink" in names,
+    )
+
+
+# --- reading one process ----------------------------------------------------------
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def _mnt_ns(pid: int) -> int:
+    return os.stat(PROC / str(pid) / "ns" / "mnt").st_ino
+
+
+def mnt_ns_of(pid: int) -> int:
+    """The mount namespace inode of ``pid`` (404 if it is gone)."""
+    try:
+        return _mnt_ns(require_pid(pid))
+    except OSError as e:
+        raise NotFound(f"no process with pid {pid} in this pod ({e.strerror})") from e
+
+
+def _uptime_s() -> float:
+    return float(_read_text(PROC / "uptime").split()[0])
+
+
+def cpu_ticks() -> dict[int, int]:
+    """CPU ticks (user + system) of every process now: the first half of a CPU sample."""
+    out: dict[int, int] = {}
+    for pid in _pids():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            out[pid] = parse_stat(_read_text(PROC / str(pid) / "stat")).ticks
+    return out
+
+
+def _pids() -> list[int]:
+    return sorted(int(p) for p in os.listdir(PROC) if p.isdigit())
+
+
+class _Reader:
+    """Reads processes with per-call caches (passwd per container, names per mount ns)."""
+
+    def __init__(self, *, before: Mapping[int, int] | None, interval_s: float) -> None:
+        self.before = before
+        self.interval_s = interval_s
+        self.uptime = _uptime_s()
+        self.passwd: dict[int, str] = {}
+
+    def read(self, pid: int) -> ProcessInfo | None:
+        """None when the process vanished (or is a kernel thread) while being read."""
+        base = PROC / str(pid)
+        try:
+            st = parse_stat(_read_text(base / "stat"))
+            status = parse_status(_read_text(base / "status"))
+            raw_cmd = (base / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            mnt = _mnt_ns(pid)
+        except OSError:
+            # Not ours to inspect (no CAP_SYS_PTRACE), or a zombie: it has no namespaces.
+            mnt = 0
+        cmdline = [a.decode("utf-8", "replace") for a in raw_cmd.split(b"\0")[:-1]] or []
+        if not cmdline and (status.get("Kthread") == "1" or pid == 2 or st.ppid == 2):
+            return None  # a kernel thread (visible only outside a pod's PID namespace)
+        try:
+            exe: str | None = os.readlink(base / "exe")
+        except OSError:
+            exe = None
+        try:
+            maps = _read_text(base / "maps")
+        except OSError:
+            maps = ""
+        try:
+            environ = (base / "environ").read_bytes()
+        except OSError:
+            environ = b""
+        try:
+            cid = container_id_from_cgroup(_read_text(base / "cgroup"))
+        except OSError:
+            cid = None
+        uids = status.get("Uid", "0 0").split()
+        uid = int(uids[1] if len(uids) > 1 else uids[0])
+        runtime, version = detect_runtime(exe, maps, elf_facts(pid) if exe else None)
+        name = container_env(environ) or (cid[:12] if cid else None) or f"mnt-{mnt}"
+        cpu_s = st.ticks / _CLK_TCK
+        if self.before is not None and self.interval_s > 0 and pid in self.before:
+            pct = 100.0 * (st.ticks - self.before[pid]) / _CLK_TCK / self.interval_s
+        else:
+            age = self.uptime - st.start_ticks / _CLK_TCK
+            pct = 100.0 * cpu_s / age if age > 0 else 0.0
+        return ProcessInfo(
+            pid=pid,
+            ppid=st.ppid,
+            comm=status.get("Name", ""),
+            cmdline=cmdline,
+            exe=exe,
+            uid=uid,
+            user=self.user(pid, mnt, uid),
+            mnt_ns=mnt,
+            container=name,
+            container_id=cid,
+            runtime=runtime,
+            runtime_version=version,
+            state=st.state,
+            threads=st.threads,
+            cpu_percent=round(max(pct, 0.0), 1),
+            cpu_time_s=round(cpu_s, 2),
+            rss_bytes=st.rss_pages * _PAGE,
+            start_time_s=round(st.start_ticks / _CLK_TCK, 2),
+            perf_map=has_perf_map(pid),
+        )
+
+    def user(self, pid: int, mnt: int, uid: int) -> str:
+        if mnt not in self.passwd:
+            try:
+                self.passwd[mnt] = resolve_in_root(pid, "/etc/passwd").read_text(
+                    encoding="utf-8", errors="replace"
+                )
+            except (OSError, AgentError):
+                self.passwd[mnt] = ""
+        return user_name(self.passwd[mnt], uid) or str(uid)
+
+
+def perf_map_path(pid: int) -> Path:
+    """Where ``pid``'s JIT perf map is, reached through its own /tmp."""
+    return PROC / str(pid) / "root" / "tmp" / f"perf-{pid}.map"
+
+
+def has_perf_map(pid: int) -> bool:
+    try:
+        return perf_map_path(pid).is_file()
+    except OSError:
+        return False
+
+
+def _fill_names(infos: list[ProcessInfo]) -> list[ProcessInfo]:
+    """A process without TRACECAR_CONTAINER takes the name its mount namespace has elsewhere."""
+    named: dict[int, str] = {}
+    for p in infos:
+        if not p.container.startswith("mnt-") and p.container != (p.container_id or "")[:12]:
+            named.setdefault(p.mnt_ns, p.container)
+    return [
+        p.model_copy(update={"container": named[p.mnt_ns]})
+        if p.mnt_ns in named and p.container != named[p.mnt_ns]
+        else p
+        for p in infos
+    ]
+
+
+def list_processes(
+    *, before: Mapping[int, int] | None = None, interval_s: float = 0.0
+) -> list[ProcessInfo]:
+    """Every process in our PID namespace (kernel threads left out).
+
+    CPU use is the average since each process started, unless ``before`` (from
+    :func:`cpu_ticks`, taken ``interval_s`` seconds earlier) gives a recent window.
+    """
+    reader = _Reader(before=before, interval_s=interval_s)
+    infos = [info for pid in _pids() if (info := reader.read(pid)) is not None]
+    return _fill_names(infos)
+
+
+def process_info(pid: int) -> ProcessInfo:
+    """One process (404 if there is no such process)."""
+    require_pid(pid)
+    info = _Reader(before=None, interval_s=0.0).read(pid)
+    if info is None:
+        raise NotFound(f"no process with pid {pid} in this pod (see GET /processes)")
+    if info.container.startswith("mnt-"):
+        for other in list_processes():
+            if other.pid == pid:
+                return other
+    return info
+
+
+def pids_of_container(name: str) -> list[int]:
+    """The pids of the container called ``name`` (404 naming the containers there are)."""
+    procs = list_processes()
+    pids = [p.pid for p in procs if p.container == name]
+    if not pids:
+        known = sorted({p.container for p in procs})
+        raise NotFound(f"no container named {name!r} in this pod; there are: {', '.join(known)}")
+    return pids
+
+
+def own_tree() -> set[int]:
+    """The agent itself, its descendants and its container: never profiled as 'the pod'."""
+    me = os.getpid()
+    parents: dict[int, int] = {}
+    mine = set()
+    try:
+        my_mnt = _mnt_ns(me)
+    except OSError:
+        my_mnt = -1
+    for pid in _pids():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[pid] = parse_stat(_read_text(PROC / str(pid) / "stat")).ppid
+            if _mnt_ns(pid) == my_mnt:
+                mine.add(pid)
+    mine.add(me)
+    changed = True
+    while changed:
+        changed = False
+        for pid, ppid in parents.items():
+            if ppid in mine and pid not in mine:
+                mine.add(pid)
+                changed = True
+    return mine
+
+
+# --- frame pointers ------------------------------------------------------------------
+
+_fp_cache: dict[tuple[int, int, int], bool | None] = {}
+_PUSH_RBP_MOV = b"\x55\x48\x89\xe5"
+_ENDBR64 = b"\xf3\x0f\x1e\xfa"
+
+
+def frame_pointers(pid: int) -> bool | None:
+    """Was ``pid``'s executable built with frame pointers? None = cannot tell cheaply.
+
+    x86-64 only: looks at the first bytes of up to 32 sizeable functions from
+    ``.symtab`` for ``push %rbp; mov %rsp,%rbp`` (after an optional ``endbr64``).
+    Built with ``-fomit-frame-pointer`` (gcc's default at -O1 and up) most of them
+    lack it. A stripped executable has no ``.symtab``: unknown.
+    """
+    path = PROC / str(pid) / "exe"
+    try:
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            key = (st.st_dev, st.st_ino, int(st.st_mtime))
+            if key not in _fp_cache:
+                if len(_fp_cache) > 512:
+                    _fp_cache.clear()
+                _fp_cache[key] = _frame_pointers(f)
+            return _fp_cache[key]
+    except OSError:
+        return None
+
+
+def _frame_pointers(f: BinaryIO) -> bool | None:
+    head = f.read(64)
+    # 64-bit little-endian x86-64 (e_machine 62) only.
+    if len(head) < 64 or head[:6] != b"\x7fELF\x02\x01" or head[18:20] != b"\x3e\x00":
+        return None
+    try:
+        (shoff,) = struct.unpack_from("<Q", head, 0x28)
+        shentsize, shnum, _ = struct.unpack_from("<HHH", head, 0x3A)
+        if shoff == 0 or shnum == 0 or shnum > 4096 or shentsize < 64:
+            return None
+        f.seek(shoff)
+        table = f.read(shentsize * shnum)
+        sections = [struct.unpack_from("<IIQQQQII", table, i * shentsize)[:8] for i in range(shnum)]
+        symtab = next((s for s in sections if s[1] == 2), None)  # SHT_SYMTAB
+        if symtab is None:
+            return None
+        f.seek(symtab[4])
+        raw = f.read(min(symtab[5], 24 * 4000))
+        funcs: list[tuple[int, int]] = []
+        for off in range(0, len(raw) - 23, 24):
+            _name, info, _other, shndx, value, size = struct.unpack_from("<IBBHQQ", raw, off)
+            if info & 0xF == 2 and size >= 32 and 0 < shndx < len(sections):
+                funcs.append((value, shndx))
+            if len(funcs) >= 32:
+                break
+        if len(funcs) < 4:
+            return None
+        with_fp = 0
+        for value, shndx in funcs:
+            _n, _t, _fl, s_addr, s_off, _sz, _l, _i = sections[shndx]
+            f.seek(s_off + value - s_addr)
+            code = f.read(8)
+            if code.startswith(_ENDBR64):
+                code = code[4:]
+            with_fp += code.startswith(_PUSH_RBP_MOV)
+    except (struct.error, OSError, ValueError):
+        return None
+    return with_fp * 2 >= len(funcs)

@@ -1,0 +1,319 @@
+"""Render folded stacks as a self-contained, interactive flame graph SVG.
+
+This module owns the ``flamegraph.svg`` artifact: layout, colours, escaping and the
+small inline script (hover details, click to zoom, reset, regex search with the
+matched percentage). It is pure: stacks in, one SVG string out, nothing fetched.
+
+Like flamegraph.pl: the root at the bottom, siblings in alphabetical order,
+widths proportional to counts, and frames narrower than ``minwidth`` pixels
+dropped with their subtrees, so a profile of millions of samples still renders
+to a small file. Colours tell the frame kind apart (see :func:`frame_kind`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Literal
+
+__all__ = ["FrameKind", "frame_kind", "render_svg"]
+
+FrameKind = Literal["kernel", "jit", "interpreted", "inlined", "native", "unknown", "root"]
+
+_FONT_SIZE = 12
+_FRAME_H = 16
+_PAD_TOP = 70  # title, subtitle, controls
+_PAD_BOTTOM = 34  # details line
+_PAD_SIDE = 10
+_CHAR_W = 0.59 * _FONT_SIZE
+
+# Kernel entry points recognisable without perf's `_[k]` annotation; every frame
+# above a kernel frame is kernel too (the kernel never calls back into user code).
+_KERNEL_ENTRY = re.compile(
+    r"^(entry_SYSCALL|entry_INT80|do_syscall_|__x64_sys_|__ia32_sys_|__arm64_sys_|el0_|"
+    r"asm_(exc|sysvec|common_interrupt)|ret_from_fork|irq_exit|__do_softirq|"
+    r"page_fault|exc_page_fault|cpu_startup_entry|secondary_startup_64|start_kernel)"
+)
+
+# (hue range, saturation, lightness range) per kind: flamegraph.pl's conventions
+# (warm native, orange kernel, green JIT) plus a blue-green for interpreted code.
+_PALETTE: dict[FrameKind, tuple[tuple[int, int], int, tuple[int, int]]] = {
+    "native": ((0, 55), 85, (55, 68)),
+    "kernel": ((25, 40), 90, (55, 68)),
+    "jit": ((95, 130), 55, (45, 60)),
+    "interpreted": ((160, 185), 50, (45, 60)),
+    "inlined": ((185, 200), 70, (55, 70)),
+    "unknown": ((0, 0), 0, (70, 80)),
+    "root": ((0, 0), 0, (80, 80)),
+}
+
+_LEGEND: tuple[tuple[FrameKind, str], ...] = (
+    ("native", "native"),
+    ("kernel", "kernel"),
+    ("jit", "JIT"),
+    ("interpreted", "interpreted"),
+    ("inlined", "inlined"),
+    ("unknown", "unresolved"),
+)
+
+_XML_ESCAPES = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;", ord('"'): "&quot;"}
+# Characters XML 1.0 forbids even escaped: replace them so the document stays well-formed.
+_XML_ESCAPES.update({c: "\ufffd" for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)})
+_XML_ESCAPES.update({c: "\ufffd" for c in (0xFFFE, 0xFFFF)})
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _esc(text: str) -> str:
+    return _SURROGATES.sub("\ufffd", text.translate(_XML_ESCAPES))
+
+
+def frame_kind(name: str, *, parent_kernel: bool = False) -> FrameKind:
+    """The kind of one frame from its folded name (stackcollapse annotations first)."""
+    if name.endswith("_[k]") or parent_kernel:
+        return "kernel"
+    if name.endswith("_[j]"):
+        return "interpreted" if name.startswith("py::") else "jit"
+    if name.endswith("_[i]"):
+        return "inlined"
+    if name.startswith("py::"):
+        return "interpreted"
+    if name.startswith("[") and name.endswith("]"):
+        return "unknown"
+    if _KERNEL_ENTRY.match(name):
+        return "kernel"
+    return "native"
+
+
+def _colour(kind: FrameKind, name: str) -> str:
+    (h0, h1), sat, (l0, l1) = _PALETTE[kind]
+    # Stable per name (not random): the same function keeps its colour across graphs.
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=4).digest()
+    a, b = digest[0] / 255, digest[1] / 255
+    return f"hsl({h0 + (h1 - h0) * a:.0f},{sat}%,{l0 + (l1 - l0) * b:.0f}%)"
+
+
+class _Node:
+    __slots__ = ("children", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.children: dict[str, _Node] = {}
+
+
+def _build(stacks: Mapping[str, int]) -> tuple[_Node, int]:
+    root = _Node()
+    for stack, count in stacks.items():
+        if count <= 0:
+            continue
+        root.count += count
+        node = root
+        for name in stack.split(";"):
+            child = node.children.get(name)
+            if child is None:
+                child = node.children[name] = _Node()
+            child.count += count
+            node = child
+    return root, root.count
+
+
+def render_svg(
+    stacks: Mapping[str, int],
+    *,
+    title: str,
+    subtitle: str = "",
+    count_name: str = "samples",
+    width: int = 1200,
+    minwidth: float = 0.1,
+) -> str:
+    """An interactive flame graph of ``stacks`` (``{"a;b;c": count}``) as SVG text."""
+    width = max(int(width), 200)
+    root, total = _build(stacks)
+    plot_w = width - 2 * _PAD_SIDE
+    scale = plot_w / total if total else 0.0
+    min_count = minwidth / scale if scale else 0.0
+
+    # Lay out breadth-agnostic, depth-first: (name, x in counts, depth, count, kind).
+    frames: list[tuple[str, int, int, int, FrameKind]] = []
+    max_depth = 0
+    stack: list[tuple[str, _Node, int, int, bool]] = [("all", root, 0, 0, False)]
+    while stack:
+        name, node, x, depth, in_kernel = stack.pop()
+        kind: FrameKind = "root" if depth == 0 else frame_kind(name, parent_kernel=in_kernel)
+        frames.append((name, x, depth, node.count, kind))
+        max_depth = max(max_depth, depth)
+        cx = x
+        kids = []
+        for child_name in sorted(node.children):
+            child = node.children[child_name]
+            if child.count >= min_count:
+                kids.append((child_name, child, cx, depth + 1, kind == "kernel"))
+            cx += child.count
+        stack.extend(reversed(kids))
+
+    height = _PAD_TOP + (max_depth + 1) * _FRAME_H + _PAD_BOTTOM
+    out: list[str] = [
+        '<?xml version="1.0" standalone="no"?>\n',
+        f'<svg version="1.1" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg" '
+        f'data-total="{total}" data-count-name="{_esc(count_name)}" '
+        f'data-plot-width="{plot_w}" data-pad="{_PAD_SIDE}">\n',
+        f"<style>{_CSS}</style>\n",
+        f"<script><![CDATA[{_JS}]]></script>\n",
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#f8f8f8"/>\n',
+        f'<text id="title" x="{width / 2:.0f}" y="20" text-anchor="middle">{_esc(title)}</text>\n',
+        f'<text id="subtitle" x="{width / 2:.0f}" y="38" text-anchor="middle">'
+        f"{_esc(subtitle)}</text>\n",
+        f'<text id="unzoom" class="button hide" x="{_PAD_SIDE}" y="58">Reset Zoom</text>\n',
+        f'<text id="search" class="button" x="{width - _PAD_SIDE}" y="58" '
+        'text-anchor="end">Search</text>\n',
+        f'<text id="matched" x="{width - _PAD_SIDE - 60}" y="58" text-anchor="end"></text>\n',
+        f'<text id="details" x="{_PAD_SIDE}" y="{height - 12}"> </text>\n',
+    ]
+    lx = _PAD_SIDE + 110
+    for kind, label in _LEGEND:
+        out.append(
+            f'<rect x="{lx}" y="49" width="10" height="10" fill="{_colour(kind, label)}"/>'
+            f'<text class="legend" x="{lx + 13}" y="58">{label}</text>\n'
+        )
+        lx += 14 + len(label) * 7 + 12
+    out.append('<g id="frames">\n')
+    base_y = height - _PAD_BOTTOM
+    pct = 100.0 / total if total else 0.0
+    for name, x, depth, count, kind in frames:
+        fx = _PAD_SIDE + x * scale
+        fw = count * scale
+        y = base_y - (depth + 1) * _FRAME_H
+        label = name if depth else "all"
+        esc = _esc(label)
+        chars = int(fw / _CHAR_W)
+        if chars >= 3:
+            text = esc if len(label) <= chars else _esc(label[: chars - 2] + "..")
+        else:
+            text = ""
+        out.append(
+            f'<g data-x="{x}" data-w="{count}" data-d="{depth}" data-k="{kind}">'
+            f"<title>{esc} ({count:,} {_esc(count_name)}, {count * pct:.2f}%)</title>"
+            f'<rect x="{fx:.2f}" y="{y}" width="{fw:.2f}" height="{_FRAME_H - 1}" '
+            f'fill="{_colour(kind, name)}" rx="2" ry="2"/>'
+            f'<text x="{fx + 3:.2f}" y="{y + _FRAME_H - 4.5:.1f}">{text}</text></g>\n'
+        )
+    out.append("</g>\n</svg>\n")
+    return "".join(out)
+
+
+_CSS = """
+text { font-family: Verdana, sans-serif; font-size: 12px; fill: #000; }
+#title { font-size: 17px; }
+#subtitle { fill: #555; }
+.legend { font-size: 11px; fill: #333; }
+.button { cursor: pointer; fill: #1f4f8f; text-decoration: underline; }
+.hide { display: none; }
+#frames g { cursor: pointer; }
+#frames g:hover rect { stroke: #000; stroke-width: 0.5; }
+#frames g.parent rect { opacity: 0.5; }
+#frames g.match rect { fill: rgb(230,0,230); }
+"""
+
+# Written for this project (not flamegraph.pl's script). Frames carry their
+# position in counts (data-x, data-w) and depth, so zoom is arithmetic.
+_JS = r"""
+(function () {
+  "use strict";
+  var svg, frames, total, plotW, pad, countName, zoomed = null, cw = 0.59 * 12;
+  function attr(g, n) { return parseFloat(g.getAttribute(n)); }
+  function fullName(g) {
+    var t = g.querySelector("title").textContent;
+    return t.substring(0, t.lastIndexOf(" ("));
+  }
+  function fit(g, w) {
+    var txt = g.querySelector("text"), name = fullName(g), n = Math.floor(w / cw);
+    if (n < 3) { txt.textContent = ""; return; }
+    txt.textContent = name.length <= n ? name : name.substring(0, n - 2) + "..";
+  }
+  function place(g, x, w) {
+    var r = g.querySelector("rect"), t = g.querySelector("text");
+    r.setAttribute("x", (pad + x).toFixed(2)); r.setAttribute("width", w.toFixed(2));
+    t.setAttribute("x", (pad + x + 3).toFixed(2)); fit(g, w);
+  }
+  function zoom(g) {
+    var zx = attr(g, "data-x"), zw = attr(g, "data-w"), zd = attr(g, "data-d");
+    var s = plotW / zw;
+    zoomed = g;
+    document.getElementById("unzoom").classList.remove("hide");
+    frames.forEach(function (f) {
+      var x = attr(f, "data-x"), w = attr(f, "data-w"), d = attr(f, "data-d");
+      f.classList.remove("parent"); f.classList.remove("hide");
+      if (d < zd && x <= zx && x + w >= zx + zw) {
+        f.classList.add("parent"); place(f, 0, plotW);
+      } else if (d >= zd && x >= zx && x + w <= zx + zw) {
+        place(f, (x - zx) * s, w * s);
+      } else {
+        f.classList.add("hide");
+      }
+    });
+  }
+  function unzoom() {
+    zoomed = null;
+    document.getElementById("unzoom").classList.add("hide");
+    var s = plotW / total;
+    frames.forEach(function (f) {
+      f.classList.remove("parent"); f.classList.remove("hide");
+      place(f, attr(f, "data-x") * s, attr(f, "data-w") * s);
+    });
+  }
+  function search(term) {
+    var matched = document.getElementById("matched");
+    frames.forEach(function (f) { f.classList.remove("match"); });
+    if (!term) {
+      matched.textContent = "";
+      document.getElementById("search").textContent = "Search";
+      return;
+    }
+    var re;
+    try { re = new RegExp(term); } catch (e) { matched.textContent = "bad regex"; return; }
+    // Count each sample once: keep only matches not inside another match.
+    var spans = [];
+    frames.forEach(function (f) {
+      if (attr(f, "data-d") > 0 && re.test(fullName(f))) {
+        f.classList.add("match");
+        spans.push([attr(f, "data-x"), attr(f, "data-w")]);
+      }
+    });
+    spans.sort(function (a, b) { return a[0] - b[0] || b[1] - a[1]; });
+    var covered = 0, end = -1;
+    spans.forEach(function (s) {
+      if (s[0] >= end) { covered += s[1]; end = s[0] + s[1]; }
+      else if (s[0] + s[1] > end) { covered += s[0] + s[1] - end; end = s[0] + s[1]; }
+    });
+    matched.textContent = "Matched: " + (100 * covered / total).toFixed(1) + "%";
+    document.getElementById("search").textContent = "Reset Search";
+  }
+  window.addEventListener("load", function () {
+    svg = document.documentElement;
+    total = parseFloat(svg.getAttribute("data-total")) || 1;
+    plotW = parseFloat(svg.getAttribute("data-plot-width"));
+    pad = parseFloat(svg.getAttribute("data-pad"));
+    countName = svg.getAttribute("data-count-name");
+    frames = Array.prototype.slice.call(document.querySelectorAll("#frames > g"));
+    var details = document.getElementById("details");
+    frames.forEach(function (g) {
+      g.addEventListener("mouseover", function () {
+        details.textContent = g.querySelector("title").textContent;
+      });
+      g.addEventListener("mouseout", function () { details.textContent = " "; });
+      g.addEventListener("click", function () { zoom(g); });
+    });
+    document.getElementById("unzoom").addEventListener("click", unzoom);
+    document.getElementById("search").addEventListener("click", function () {
+      if (document.getElementById("search").textContent !== "Search") { search(""); return; }
+      search(window.prompt("Search for (regular expression):", ""));
+    });
+    window.addEventListener("keydown", function (e) {
+      if (e.keyCode === 114 || ((e.ctrlKey || e.metaKey) && e.keyCode === 70)) {
+        e.preventDefault(); search(window.prompt("Search for (regular expression):", ""));
+      } else if (e.key === "Escape") { if (zoomed) unzoom(); }
+    });
+  });
+})();
+"""

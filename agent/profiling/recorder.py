@@ -1,0 +1,107 @@
+"""Execution of a planned recording: run ``perf record`` and read what it said.
+
+Owned here: starting perf through :mod:`agent._proc` (its own process group, a
+timeout of duration + slack, always reaped), stopping it early on request with
+SIGINT (perf then writes a complete perf.data: what was recorded is kept), and
+turning its exit into a :class:`Recording` or a :class:`agent._proc.ToolFailed`
+carrying perf's own message.
+
+perf's exit status is not the whole story: when every target exits before the
+``sleep`` ends, perf stops the workload and exits with 143, and on SIGINT with 130;
+both still wrote a good perf.data. Success is "perf said it captured and wrote
+the file", not "exit status 0".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import _proc
+from agent.profiling.planner import Plan
+
+_CAPTURED = re.compile(r"Captured and wrote [\d.]+ MB .*?\((\d+) samples\)")
+_LOST = re.compile(r"(?:lost|Lost) (\d+) (?:chunks|samples)")
+_SLEEP_NOISE = ("Terminated", "Interrupt", "perf: ", "Woken up")
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    returncode: int
+    samples: int | None
+    lost: int
+    stopped_early: bool
+    warnings: list[str]
+    stderr: str
+
+
+def parse_stderr(stderr: str) -> tuple[int | None, int, list[str]]:
+    """Samples, lost chunks/samples, and perf's warnings from its stderr."""
+    m = _CAPTURED.search(stderr)
+    samples = int(m.group(1)) if m else None
+    lost = sum(int(x) for x in _LOST.findall(stderr))
+    warnings = [
+        ln.strip()
+        for ln in stderr.splitlines()
+        if ln.strip() and not ln.startswith("[ perf record:") and ln.strip() not in _SLEEP_NOISE
+    ]
+    return samples, lost, warnings[:20]
+
+
+async def record(plan: Plan, *, output: Path, stop: asyncio.Event) -> Recording:
+    """Run ``plan.argv`` (which writes ``output``) until it ends, ``stop`` is set, or timeout."""
+    child = await _proc.Child.start(
+        plan.argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    assert child.proc.stderr is not None
+    err_task = asyncio.create_task(child.proc.stderr.read())
+    wait_task = asyncio.create_task(child.proc.wait())
+    stop_task = asyncio.create_task(stop.wait())
+    stopped_early = False
+    try:
+        done, _ = await asyncio.wait(
+            {wait_task, stop_task}, timeout=plan.timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if wait_task not in done:
+            if stop_task not in done:
+                await child.stop(signal.SIGKILL, grace=0)
+                raise _proc.ToolTimeout(
+                    f"perf record did not finish within {plan.timeout_s:g} s; it was killed",
+                    argv=plan.argv,
+                )
+            stopped_early = True
+            # SIGINT to the group: perf stops its workload and finishes writing the file.
+            await child.stop(signal.SIGINT, grace=15)
+        rc = await child.stop()  # reaps (a no-op when it has exited)
+        stderr = (await err_task).decode("utf-8", "replace")
+    except BaseException:
+        # Cancelled (discard, shutdown) or anything unexpected: perf must not survive us.
+        await child.stop(signal.SIGINT, grace=5)
+        raise
+    finally:
+        stop_task.cancel()
+        for t in (wait_task, err_task, stop_task):
+            if not t.done():
+                t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+    samples, lost, warnings = parse_stderr(stderr)
+    if samples is None or not await asyncio.to_thread(output.exists):
+        raise _proc.ToolFailed(
+            f"perf record failed: {_proc.tool_message(stderr, rc)}",
+            argv=plan.argv,
+            returncode=rc,
+            stderr=stderr,
+        )
+    return Recording(
+        returncode=rc,
+        samples=samples,
+        lost=lost,
+        stopped_early=stopped_early,
+        warnings=warnings,
+        stderr=stderr,
+    )

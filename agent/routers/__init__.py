@@ -1,0 +1,1 @@
+"""One APIRouter per concern; handlers stay thin and call the capability modules."""

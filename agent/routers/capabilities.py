@@ -1,0 +1,33 @@
+"""``GET /capabilities``: what works on this node and in each capability, and why not."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+
+from agent import capabilities
+
+router = APIRouter(tags=["capabilities"])
+
+_SERVICES = ("profiling", "probes", "lttng")
+
+
+@router.get("/capabilities")
+async def get_capabilities(request: Request) -> dict[str, object]:
+    """General facts (tools, permissions, tracefs, BPF, kernel tracing) and each service's."""
+
+    async def of(name: str) -> dict[str, object]:
+        svc = getattr(request.app.state, name, None)
+        if svc is None:
+            return {"available": False, "reason": "service not started"}
+        try:
+            result: dict[str, object] = await svc.capabilities()
+        except Exception as e:  # one broken check must not hide the others
+            return {"available": False, "reason": f"capability check failed: {e}"}
+        return result
+
+    general, *per_service = await asyncio.gather(
+        capabilities.general(), *(of(n) for n in _SERVICES)
+    )
+    return {**general, **dict(zip(_SERVICES, per_service, strict=True))}

@@ -1,0 +1,80 @@
+"""Routes of the probes concern: symbols of a process, and uprobes attached to its functions.
+
+Thin handlers over :class:`agent.probes.Service` (on ``app.state.probes``).
+``GET /probes/{id}/events`` answers NDJSON, or Server-Sent Events when the
+client's ``Accept`` asks for ``text/event-stream`` (``curl -N`` shows them live).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from agent.probes import STREAM_MAX_BYTES, ProbeRequest, Service
+from agent.probes._model import SymbolList
+
+router = APIRouter(tags=["probes"])
+
+ProbeId = Annotated[str, Path(pattern=r"^[0-9a-f]{8}$", description="A probe's id.")]
+
+
+def get_service(request: Request) -> Service:
+    svc: Service = request.app.state.probes
+    return svc
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+@router.get("/processes/{pid}/symbols")
+async def symbols(
+    svc: ServiceDep,
+    pid: Annotated[int, Path(ge=1, le=1 << 22)],
+    match: Annotated[str | None, Query(max_length=256, description="A regular expression.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 2000,
+) -> SymbolList:
+    """Functions (and USDT probes) of the process's executable and loaded libraries."""
+    return await svc.symbols(pid, match=match, limit=limit)
+
+
+@router.post("/probes", status_code=201)
+async def create_probe(
+    svc: ServiceDep,
+    req: ProbeRequest,
+    dry_run: Annotated[bool, Query(description="Show the plan; attach nothing.")] = False,
+) -> Any:
+    result = await svc.create(req, dry_run=dry_run)
+    if dry_run:
+        return JSONResponse(result, status_code=200)
+    return JSONResponse(result, status_code=201, headers={"Location": f"/probes/{result['id']}"})
+
+
+@router.get("/probes")
+async def list_probes(svc: ServiceDep) -> dict[str, Any]:
+    return {"probes": svc.list_probes()}
+
+
+@router.get("/probes/{probe_id}")
+async def get_probe(svc: ServiceDep, probe_id: ProbeId) -> dict[str, Any]:
+    return svc.get(probe_id).to_dict()
+
+
+@router.get("/probes/{probe_id}/events")
+async def probe_events(
+    svc: ServiceDep,
+    probe_id: ProbeId,
+    accept: Annotated[str, Header()] = "application/x-ndjson",
+    max_bytes: Annotated[int, Query(ge=1024, le=STREAM_MAX_BYTES)] = STREAM_MAX_BYTES,
+) -> StreamingResponse:
+    sse = "text/event-stream" in accept
+    body = svc.stream(probe_id, sse=sse, max_bytes=max_bytes)
+    media = "text/event-stream" if sse else "application/x-ndjson"
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body, media_type=media, headers=headers)
+
+
+@router.delete("/probes/{probe_id}")
+async def delete_probe(svc: ServiceDep, probe_id: ProbeId) -> dict[str, Any]:
+    return await svc.delete(probe_id)

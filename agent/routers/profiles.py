@@ -1,0 +1,191 @@
+"""``/profiles``: start, watch, stop and fetch CPU profiles (thin over agent.profiling)."""
+
+from __future__ import annotations
+
+import time
+from os import PathLike
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from agent import profiling
+from agent.errors import AgentError
+from agent.jobs import Job
+from agent.profiling import ARTIFACTS, KIND, PERF_DATA, PPROF, SPEEDSCOPE, SVG
+from agent.profiling.collapse import CollapseOptions
+from agent.profiling.planner import OutputFormat, Plan, ProfileRequest
+
+router = APIRouter(tags=["profiles"])
+
+JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="a profile's id")]
+_MEDIA: dict[str, str] = {
+    SVG: "image/svg+xml",
+    SPEEDSCOPE: "application/json",
+    PPROF: "application/octet-stream",
+    PERF_DATA: "application/octet-stream",
+}
+
+
+class JobFailed(AgentError):
+    """``wait=true`` on a profile that failed: the tool's own message, with the job's id."""
+
+    status_code = 502
+
+
+def get_service(request: Request) -> profiling.Service:
+    svc: profiling.Service = request.app.state.profiling
+    return svc
+
+
+ServiceDep = Annotated[profiling.Service, Depends(get_service)]
+
+
+def view(job: Job) -> dict[str, Any]:
+    """A profile as the API shows it: state, progress, metadata, links."""
+    meta = dict(job.result)
+    the_plan = meta.get("plan", {})
+    duration = float(the_plan.get("duration_s", 0.0))
+    started = meta.get("recording_started_at")
+    finished = meta.get("recording_finished_at")
+    elapsed = None
+    if started is not None:
+        elapsed = round((finished or time.time()) - float(started), 2)
+    progress = job.progress
+    if not job.finished and elapsed is not None and duration > 0:
+        progress = round(min(elapsed / duration, 1.0) * 0.95, 3)  # the rest: post-processing
+    base = f"/profiles/{job.id}"
+    links = {"self": base}
+    if job.state == "succeeded":
+        links |= {
+            "flamegraph": f"{base}/flamegraph.svg",
+            "folded": f"{base}/folded",
+            "speedscope": f"{base}/speedscope.json",
+            "pprof": f"{base}/profile.pb.gz",
+            "perf_data": f"{base}/perf.data",
+        }
+    return {
+        "id": job.id,
+        "state": job.state,
+        "phase": meta.pop("phase", "pending"),
+        "progress": progress,
+        "elapsed_s": elapsed,
+        "duration_s": duration,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "request": job.params,
+        "message": job.message,
+        "error": job.error,
+        "metadata": meta,
+        "links": links,
+    }
+
+
+def _artifact(svc: profiling.Service, job: Job, name: str) -> FileResponse:
+    path = svc.require_finished(job, name)
+    assert path is not None
+    return FileResponse(path, media_type=_MEDIA[name], filename=f"{job.id}-{name}")
+
+
+@router.post("/profiles", status_code=202, response_model=None)
+async def create_profile(
+    svc: ServiceDep,
+    body: Annotated[ProfileRequest | None, Body()] = None,
+    dry_run: Annotated[bool, Query(description="only show the plan")] = False,
+    wait: Annotated[bool, Query(description="answer with the result when done")] = False,
+    format: Annotated[OutputFormat, Query(description="with wait=true")] = "svg",
+) -> Response | dict[str, Any]:
+    """Start a CPU profile of a pid, pids, a container, or (no target) the whole pod."""
+    req = body or ProfileRequest()
+    result = await svc.create(req, dry_run=dry_run)
+    if isinstance(result, Plan):
+        return JSONResponse(
+            {"dry_run": True, "plan": result.model_dump()},
+            status_code=200,
+        )
+    job = result
+    location = f"/profiles/{job.id}"
+    if not wait:
+        return JSONResponse(view(job), status_code=202, headers={"Location": location})
+    await svc.wait(job)
+    if job.state != "succeeded":
+        raise JobFailed(
+            f"profile {job.id} {job.state}: {job.error or job.message}",
+            id=job.id,
+            state=job.state,
+        )
+    if format == "folded":
+        response = _folded_file(await svc.folded(job, CollapseOptions()))
+    else:
+        response = _artifact(svc, job, ARTIFACTS[format])
+    response.headers["Location"] = location
+    return response
+
+
+@router.get("/profiles")
+async def list_profiles(svc: ServiceDep) -> list[dict[str, Any]]:
+    return [view(j) for j in svc.jobs.of_kind(KIND)]
+
+
+@router.get("/profiles/{job_id}")
+async def get_profile(svc: ServiceDep, job_id: JobId) -> dict[str, Any]:
+    return view(svc.jobs.get(KIND, job_id))
+
+
+@router.delete("/profiles/{job_id}", response_model=None)
+async def delete_profile(
+    svc: ServiceDep,
+    job_id: JobId,
+    discard: Annotated[
+        bool, Query(description="remove a running profile at once instead of stopping it")
+    ] = False,
+) -> Response | dict[str, Any]:
+    """Running: stop early, keeping what was recorded (202). Finished (or discard): remove."""
+    job = svc.jobs.get(KIND, job_id)
+    if await svc.stop_or_delete(job, discard=discard):
+        return Response(status_code=204)
+    return JSONResponse(view(job), status_code=202)
+
+
+@router.get("/profiles/{job_id}/flamegraph.svg", response_model=None)
+async def flamegraph(svc: ServiceDep, job_id: JobId) -> FileResponse:
+    return _artifact(svc, svc.jobs.get(KIND, job_id), SVG)
+
+
+@router.get("/profiles/{job_id}/speedscope.json", response_model=None)
+async def speedscope(svc: ServiceDep, job_id: JobId) -> FileResponse:
+    return _artifact(svc, svc.jobs.get(KIND, job_id), SPEEDSCOPE)
+
+
+@router.get("/profiles/{job_id}/profile.pb.gz", response_model=None)
+async def pprof(svc: ServiceDep, job_id: JobId) -> FileResponse:
+    return _artifact(svc, svc.jobs.get(KIND, job_id), PPROF)
+
+
+@router.get("/profiles/{job_id}/perf.data", response_model=None)
+async def perf_data(svc: ServiceDep, job_id: JobId) -> FileResponse:
+    return _artifact(svc, svc.jobs.get(KIND, job_id), PERF_DATA)
+
+
+Flag = Annotated[bool, Query()]
+
+
+def _folded_file(path: PathLike[str]) -> FileResponse:
+    return FileResponse(path, media_type="text/plain; charset=utf-8")
+
+
+@router.get("/profiles/{job_id}/folded", response_model=None)
+async def folded(
+    svc: ServiceDep,
+    job_id: JobId,
+    pid: Flag = False,
+    tid: Flag = False,
+    kernel: Flag = False,
+    jit: Flag = False,
+    all: Flag = False,
+    addrs: Flag = False,
+) -> FileResponse:
+    """Collapsed stacks (stackcollapse-perf.pl format); the flags are its options."""
+    options = CollapseOptions(pid=pid, tid=tid, kernel=kernel, jit=jit, all=all, addrs=addrs)
+    return _folded_file(await svc.folded(svc.jobs.get(KIND, job_id), options))

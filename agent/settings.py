@@ -1,0 +1,82 @@
+"""The agent's settings: environment variables prefixed ``TRACECAR_AGENT_``.
+
+Nothing reads the environment at import time: :func:`get_settings` builds the
+settings once, on first use, and tests override it (``app.dependency_overrides``
+or by passing a :class:`Settings` to :func:`agent.app.create_app`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRACECAR_AGENT_", extra="ignore")
+
+    # --- service ---------------------------------------------------------
+    host: str = "127.0.0.1"
+    """Loopback by default: reachable by port-forward and the pod's own containers only."""
+    port: int = Field(default=7780, ge=1, le=65535)
+    token: str | None = None
+    """Optional bearer token; when set (here or through ``token_file``) every endpoint
+    but ``/healthz`` requires ``Authorization: Bearer <token>``."""
+    token_file: Path | None = None
+    data_dir: Path = Path("/var/lib/tracecar")
+    """Where artifacts (perf.data, flame graphs, traces) live."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    pod_name: str | None = None
+    pod_namespace: str | None = None
+    pod_uid: str | None = None
+
+    # --- storage (shared by every kind of job) ---------------------------
+    max_storage_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    """Artifacts beyond this are evicted, oldest finished job first; never a running job's."""
+
+    # --- CPU profiling ---------------------------------------------------
+    max_concurrent_profiles: int = Field(default=2, ge=1)
+    default_duration_s: float = Field(default=10.0, gt=0)
+    max_duration_s: float = Field(default=300.0, gt=0)
+    default_frequency_hz: int = Field(default=99, ge=1)
+    max_frequency_hz: int = Field(default=999, ge=1)
+    perf_timeout_slack_s: float = Field(default=60.0, gt=0)
+    """Post-processing time allowed past a recording's duration before it is killed."""
+
+    # --- uprobes ---------------------------------------------------------
+    max_probes: int = Field(default=8, ge=1)
+    probe_default_duration_s: float = Field(default=60.0, gt=0)
+    probe_max_duration_s: float = Field(default=3600.0, gt=0)
+    probe_max_events: int = Field(default=1_000_000, ge=1)
+    probe_max_event_rate: int = Field(default=20_000, ge=1)
+    """Events per second kept per probe; the excess is counted as drops."""
+    probe_backend: Literal["auto", "bpftrace", "perf-probe"] = "auto"
+    allow_raw_bpftrace: bool = False
+    """Accept raw bpftrace programs. Off by default: a program is root on the node."""
+    instance_id: str | None = None
+    """Unique name of this agent instance (perf-probe group names); derived from the pod UID."""
+
+    # --- LTTng -----------------------------------------------------------
+    lttng_run_dir: Path = Path("/var/run/lttng")
+    lttng_start_sessiond: bool = True
+    max_lttng_sessions: int = Field(default=4, ge=1)
+    lttng_default_max_duration_s: float = Field(default=600.0, gt=0)
+    lttng_max_duration_s: float = Field(default=3600.0, gt=0)
+    lttng_max_session_bytes: int = Field(default=256 << 20, ge=1 << 20)
+
+    def resolved_token(self) -> str | None:
+        """The bearer token from ``token`` or, failing that, the first line of ``token_file``."""
+        if self.token:
+            return self.token
+        if self.token_file is not None:
+            text = self.token_file.read_text(encoding="utf-8").strip()
+            return text or None
+        return None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,512 @@
+"""CPU profiling through the agent in the simulated pod, with the real perf.
+
+The workloads live only in their containers' filesystems (/srv, reached by the
+agent through /proc/PID/root) and write their perf maps to their own /tmp.
+Durations are short (1-2 s) to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import podsim
+from tests.agent.workloads import HOTCOLD_C, PY312, PY_WORK, SHORT_C, compile_c
+from tests.conftest import need
+
+pytestmark = pytest.mark.integration
+
+
+def pod_processes(pod: podsim.SimPod, name: str) -> list[int]:
+    """Host pids of processes called ``name`` inside this pod's PID namespace only
+    (other suites on the machine may run their own perf)."""
+    ns = os.readlink(f"/proc/{pod.infra_pid}/ns/pid")
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if (d / "comm").read_text().strip() == name and os.readlink(d / "ns/pid") == ns:
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def apps(
+    pod: podsim.SimPod, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, podsim.Container]:
+    need("perf", "gcc")
+    build = tmp_path_factory.mktemp("build")
+    capp = pod.run(
+        "capp", ["/srv/hotcold"], files={"hotcold": compile_c(HOTCOLD_C, build / "hotcold")}
+    )
+    pyapp = pod.run(
+        "pyapp",
+        [PY312, "/srv/work.py"],
+        files={"work.py": PY_WORK.encode()},
+        env={"PYTHONPERFSUPPORT": "1"},
+    )
+    # Let the Python app write its perf map and both burn some CPU.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if Path(f"/proc/{pyapp.host_pid}/root/tmp/perf-{pyapp.pid}.map").exists():
+            break
+        time.sleep(0.1)
+    return {"capp": capp, "pyapp": pyapp}
+
+
+@pytest.fixture(scope="module")
+def short_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_c(SHORT_C, tmp_path_factory.mktemp("short") / "short")
+
+
+@pytest.fixture
+def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
+    with agent.client() as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(pod: podsim.SimPod, agent: podsim.AgentHandle) -> Iterator[None]:
+    yield
+    deadline = time.monotonic() + 15
+    while pod_processes(pod, "perf") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pod_processes(pod, "perf") == [], "a perf process was left running"
+    assert list(agent.data_dir.rglob("*.part")) == [], "half-written artifacts left behind"
+    # Perf maps the agent placed in its own /tmp for perf script are gone again.
+    agent_tmp = Path(f"/proc/{agent.container.host_pid}/root/tmp")
+    assert list(agent_tmp.glob("perf-*.map")) == []
+
+
+def wait_done(client: httpx.Client, job_id: str, timeout: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(f"/profiles/{job_id}")
+        assert r.status_code == 200, r.text
+        body: dict[str, object] = r.json()
+        if body["state"] in ("succeeded", "failed", "cancelled"):
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.2)
+
+
+def folded_total(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        stack, _, n = line.rpartition(" ")
+        out[stack] = out.get(stack, 0) + int(n)
+    return out
+
+
+def test_processes_show_containers_and_runtimes(
+    client: httpx.Client, apps: dict[str, podsim.Container]
+) -> None:
+    procs = client.get("/processes").json()
+    by_pid = {p["pid"]: p for p in procs}
+    c = by_pid[apps["capp"].pid]
+    assert c["container"] == "capp" and c["runtime"] == "native" and c["exe"] == "/srv/hotcold"
+    assert c["cpu_percent"] > 5, c  # it really burns CPU (on a busy, shared machine)
+    py = by_pid[apps["pyapp"].pid]
+    assert py["container"] == "pyapp" and py["runtime"] == "python"
+    assert py["runtime_version"] == "3.12" and py["perf_map"] is True
+    assert py["user"] == "root" and py["rss_bytes"] > 0
+    assert {p["container"] for p in procs} >= {"agent", "capp", "pyapp"}
+    one = client.get(f"/processes/{apps['capp'].pid}")
+    assert one.status_code == 200 and one.json()["comm"] == "hotcold"
+    assert client.get("/processes/999999").status_code == 404
+
+
+def test_c_hot_function_dominates(
+    client: httpx.Client, agent: podsim.AgentHandle, apps: dict[str, podsim.Container]
+) -> None:
+    pid = apps["capp"].pid
+    r = client.post("/profiles", json={"pid": pid, "duration_s": 2})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert r.headers["location"] == f"/profiles/{job['id']}"
+    done = wait_done(client, job["id"])
+    assert done["state"] == "succeeded", done
+    meta = done["metadata"]
+    assert isinstance(meta, dict)
+    assert meta["plan"]["call_graph"] == "fp", meta["plan"]
+    folded = client.get(f"/profiles/{job['id']}/folded").text
+    stacks = folded_total(folded)
+    total = sum(stacks.values())
+    hot = sum(n for s, n in stacks.items() if "hot_function" in s)
+    cold = sum(n for s, n in stacks.items() if "cold_function" in s)
+    assert total > 0 and hot / total >= 0.8, (hot, cold, total)
+    # Totals equal perf report's for the same perf.data.
+    perf_data = agent.data_dir / "profile" / job["id"] / "perf.data"
+    report = subprocess.run(
+        ["perf", "report", "-i", str(perf_data), "--stdio", "--sort", "comm"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    samples = int(re.search(r"# Samples: (\d+)", report).group(1))  # type: ignore[union-attr]
+    events = int(re.search(r"# Event count \(approx\.\): (\d+)", report).group(1))  # type: ignore[union-attr]
+    assert total in (samples, events), (total, samples, events)
+    assert meta["samples"] == samples
+    # The SVG is well-formed and names the functions.
+    svg = client.get(f"/profiles/{job['id']}/flamegraph.svg")
+    assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+    root = ET.fromstring(svg.content)
+    assert root.tag.endswith("svg")
+    names = {f for stack in stacks for f in stack.split(";")}
+    assert "hot_function" in names
+    for name in names:  # every frame of the profile is in the SVG (escaped as XML)
+        assert name.replace("&", "&amp;").replace("<", "&lt;").encode() in svg.content, name
+    # speedscope and pprof parse.
+    sc = client.get(f"/profiles/{job['id']}/speedscope.json").json()
+    assert "speedscope" in sc["$schema"]
+    names = {f["name"] for f in sc["shared"]["frames"]}
+    assert any("hot_function" in n for n in names)
+    pb = client.get(f"/profiles/{job['id']}/profile.pb.gz").content
+    assert pb[:2] == b"\x1f\x8b"
+    check_pprof(pb, "hot_function")
+    raw = client.get(f"/profiles/{job['id']}/perf.data").content
+    assert raw[:8] == b"PERFILE2"
+    # Folded options reach the collapser (pid: "comm-pid;" prefix).
+    with_pid = client.get(f"/profiles/{job['id']}/folded", params={"pid": "true"}).text
+    assert f"hotcold-{pid};" in with_pid
+    assert sum(folded_total(with_pid).values()) == total
+
+
+def check_pprof(data: bytes, name: str) -> None:
+    import gzip
+
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    raw = gzip.decompress(data)
+    # profile.proto's messages, declared here so the test uses protobuf's own parser.
+    fdp = descriptor_pb2.FileDescriptorProto(name="t_profile.proto", package="tp")
+    prof = fdp.message_type.add(name="Profile")
+    fields = [
+        ("sample_type", 1, "ValueType", True), ("sample", 2, "Sample", True),
+        ("location", 4, "Location", True), ("function", 5, "Function", True),
+        ("string_table", 6, None, True),
+    ]  # fmt: skip
+    T = descriptor_pb2.FieldDescriptorProto
+    for fname, num, typ, rep in fields:
+        f = prof.field.add(name=fname, number=num)
+        f.label = T.LABEL_REPEATED if rep else T.LABEL_OPTIONAL
+        if typ is None:
+            f.type = T.TYPE_STRING
+        else:
+            f.type, f.type_name = T.TYPE_MESSAGE, f".tp.{typ}"
+    vt = fdp.message_type.add(name="ValueType")
+    for fname, num in (("type", 1), ("unit", 2)):
+        vt.field.add(name=fname, number=num, type=T.TYPE_INT64, label=T.LABEL_OPTIONAL)
+    s = fdp.message_type.add(name="Sample")
+    s.field.add(name="location_id", number=1, type=T.TYPE_UINT64, label=T.LABEL_REPEATED)
+    s.field.add(name="value", number=2, type=T.TYPE_INT64, label=T.LABEL_REPEATED)
+    loc = fdp.message_type.add(name="Location")
+    loc.field.add(name="id", number=1, type=T.TYPE_UINT64, label=T.LABEL_OPTIONAL)
+    line = fdp.message_type.add(name="Line")
+    line.field.add(name="function_id", number=1, type=T.TYPE_UINT64, label=T.LABEL_OPTIONAL)
+    loc.field.add(
+        name="line", number=4, type=T.TYPE_MESSAGE, type_name=".tp.Line", label=T.LABEL_REPEATED
+    )
+    fn = fdp.message_type.add(name="Function")
+    fn.field.add(name="id", number=1, type=T.TYPE_UINT64, label=T.LABEL_OPTIONAL)
+    fn.field.add(name="name", number=2, type=T.TYPE_INT64, label=T.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("tp.Profile"))
+    msg = cls.FromString(raw)
+    assert len(msg.sample) > 0
+    names = {msg.string_table[f.name] for f in msg.function}
+    assert any(name in n for n in names), sorted(names)[:20]
+
+
+def test_python_functions_by_name(client: httpx.Client, apps: dict[str, podsim.Container]) -> None:
+    pid = apps["pyapp"].pid
+    plan = client.post("/profiles", params={"dry_run": "true"}, json={"pid": pid}).json()["plan"]
+    assert plan["call_graph"] == "dwarf" and "perf trampoline" in plan["call_graph_reason"]
+    r = client.post(
+        "/profiles",
+        params={"wait": "true", "format": "folded"},
+        json={"pid": pid, "duration_s": 1.5},
+    )
+    assert r.status_code == 200, r.text
+    text = r.text
+    assert "hot_python_function" in text, text[:2000]
+    assert "py::hot_python_function:/srv/work.py" in text  # the perf map's name for it
+    job_id = r.headers["location"].rsplit("/", 1)[1]
+    meta = client.get(f"/profiles/{job_id}").json()["metadata"]
+    assert meta["unresolved"]["perf_maps_used"] == [f"/tmp/perf-{pid}.map"]
+
+
+def test_unresolved_frames_say_why(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
+) -> None:
+    hot = compile_c(HOTCOLD_C, tmp_path / "hotcold")
+    subprocess.run(["strip", str(hot)], check=True, timeout=30)
+    stripped = pod.run("stripped", ["/srv/hotcold"], files={"hotcold": hot})
+    nomap = pod.run("nomap", [PY312, "/srv/work.py"], files={"work.py": PY_WORK.encode()})
+    try:
+        r = client.post(
+            "/profiles",
+            params={"wait": "true", "format": "folded"},
+            json={"pids": [stripped.pid, nomap.pid], "duration_s": 1},
+        )
+        assert r.status_code == 200, r.text
+        job_id = r.headers["location"].rsplit("/", 1)[1]
+        unresolved = client.get(f"/profiles/{job_id}").json()["metadata"]["unresolved"]
+        reasons = " | ".join(unresolved["reasons"])
+        assert f"pid {stripped.pid}" in reasons and "stripped" in reasons, reasons
+        assert f"/tmp/perf-{nomap.pid}.map" in reasons and "PYTHONPERFSUPPORT" in reasons
+        assert unresolved["samples_with_unresolved_frames"] > 0, unresolved
+        assert unresolved["by_object"], unresolved
+    finally:
+        stripped.stop()
+        nomap.stop()
+
+
+def test_auto_picks_dwarf_without_frame_pointers(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
+) -> None:
+    src = tmp_path / "nofp.c"
+    src.write_text(HOTCOLD_C)
+    exe = tmp_path / "nofp"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True, timeout=60)
+    app = pod.run("nofp", ["/srv/nofp"], files={"nofp": exe})
+    try:
+        r = client.post("/profiles", params={"dry_run": "true"}, json={"pid": app.pid})
+        plan = r.json()["plan"]
+        assert plan["call_graph"] == "dwarf", plan
+        assert "without frame pointers" in plan["call_graph_reason"]
+        assert f"dwarf,{16384}" in plan["argv"]
+    finally:
+        app.stop()
+
+
+def test_wait_svg_whole_pod_and_container(
+    client: httpx.Client, apps: dict[str, podsim.Container]
+) -> None:
+    r = client.post(
+        "/profiles",
+        params={"wait": "true", "format": "svg"},
+        json={"duration_s": 1, "call_graph": "fp"},
+    )
+    assert r.status_code == 200, r.text
+    assert b"hot_function" in r.content
+    job_id = r.headers["location"].rsplit("/", 1)[1]
+    meta = client.get(f"/profiles/{job_id}").json()["metadata"]
+    agent_pids = {p["pid"] for p in client.get("/processes", params={"sample_ms": 0}).json()
+                  if p["container"] == "agent"}  # fmt: skip
+    assert not agent_pids & set(meta["plan"]["pids"]), "the agent profiled itself"
+    plan = client.post("/profiles", params={"dry_run": "true"}, json={"container": "capp"}).json()
+    assert plan["plan"]["pids"] == [apps["capp"].pid]
+    assert client.post("/profiles", json={"container": "nope"}).status_code == 404
+
+
+def test_delete_stops_early_and_keeps_the_recording(
+    client: httpx.Client, apps: dict[str, podsim.Container]
+) -> None:
+    r = client.post("/profiles", json={"pid": apps["capp"].pid, "duration_s": 30})
+    job_id = r.json()["id"]
+    time.sleep(1.2)
+    running = client.get(f"/profiles/{job_id}").json()
+    assert running["state"] == "running" and 0 < running["progress"] < 0.5
+    d = client.delete(f"/profiles/{job_id}")
+    assert d.status_code == 202, d.text
+    done = wait_done(client, job_id)
+    assert done["state"] == "succeeded", done
+    assert done["metadata"]["stopped_early"] is True  # type: ignore[index]
+    assert done["elapsed_s"] < 10  # type: ignore[operator]
+    assert "hot_function" in client.get(f"/profiles/{job_id}/folded").text
+    assert client.delete(f"/profiles/{job_id}").status_code == 204
+    assert client.get(f"/profiles/{job_id}").status_code == 404
+    # discard=true removes a running one at once.
+    job2 = client.post("/profiles", json={"pid": apps["capp"].pid, "duration_s": 30}).json()["id"]
+    time.sleep(0.5)
+    assert client.delete(f"/profiles/{job2}", params={"discard": "true"}).status_code == 204
+    assert client.get(f"/profiles/{job2}").status_code == 404
+
+
+def test_pid_exiting_mid_recording(
+    pod: podsim.SimPod, client: httpx.Client, short_binary: Path
+) -> None:
+    # It burns CPU for 2-3 s (whole seconds of time(2)), then exits.
+    short = pod.run("short", ["/srv/short", "3"], files={"short": short_binary})
+    r = client.post("/profiles", json={"pid": short.pid, "duration_s": 10})
+    assert r.status_code == 202, r.text
+    done = wait_done(client, r.json()["id"])
+    assert done["state"] == "succeeded", (done, short.log())
+    meta = done["metadata"]
+    assert meta["exited_pids"] == [short.pid]  # type: ignore[index]
+    assert any("exited" in n for n in meta["notes"])  # type: ignore[index]
+    assert done["elapsed_s"] < 8  # type: ignore[operator]
+    assert done["metadata"]["samples"] > 0  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"pid": -1}, 422, "pid"),
+        ({"pid": 10**12}, 422, "pid"),
+        ({"pid": 999_999}, 404, "no process"),
+        ({"duration_s": -5}, 422, "between 0.1 and 300"),
+        ({"duration_s": 1e9}, 422, "between 0.1 and 300"),
+        ({"frequency_hz": 0}, 422, "between 1 and 999"),
+        ({"frequency_hz": 10**6}, 422, "between 1 and 999"),
+        ({"call_graph": "lbr"}, 422, "call_graph"),
+        ({"pid": 1, "container": "capp"}, 422, "at most one"),
+        ({"container": "bad name;rm"}, 422, "container"),
+        ({"bogus": 1}, 422, "bogus"),
+        ({"pid": "seven"}, 422, "pid"),
+    ],
+)
+def test_bad_input(client: httpx.Client, body: dict[str, object], status: int, words: str) -> None:
+    r = client.post("/profiles", json=body)
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"], r.json()
+    assert list(client.get("/profiles").json()) == [] or all(
+        p["request"] != body for p in client.get("/profiles").json()
+    )
+
+
+def test_garbage_and_unknown_ids(client: httpx.Client) -> None:
+    r = client.post("/profiles", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["detail"], r.text
+    r = client.post("/profiles", content=b"[1, 2]", headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert client.get("/profiles/0123456789ab").status_code == 404
+    assert client.get("/profiles/../etc").status_code == 404
+    assert client.get("/profiles/XYZ").status_code == 422
+    assert client.get("/processes/-3").status_code == 422
+    assert client.get("/processes", params={"sample_ms": -1}).status_code == 422
+
+
+def test_capabilities(client: httpx.Client) -> None:
+    caps = client.get("/capabilities").json()
+    assert caps["tools"]["perf"]["available"] is True
+    assert caps["perf_event_paranoid"] is not None
+    assert "SYS_ADMIN" in caps["capabilities"]
+    assert caps["tracefs"]["available"] is True
+    assert caps["kernel_tracing"]["available"] is False and caps["kernel_tracing"]["reason"]
+    assert caps["profiling"]["available"] is True
+    assert set(caps) >= {"profiling", "probes", "lttng"}
+
+
+def test_bearer_token(pod: podsim.SimPod) -> None:
+    handle = podsim.start_agent(pod, token="s3cret-token")
+    try:
+        assert httpx.get(handle.url + "/healthz").status_code == 200
+        for path in ("/processes", "/capabilities", "/profiles"):
+            r = httpx.get(handle.url + path)
+            assert r.status_code == 401 and "Bearer" in r.json()["detail"]
+            r = httpx.get(handle.url + path, headers={"Authorization": "Bearer wrong"})
+            assert r.status_code == 401
+        with handle.client() as c:
+            assert c.get("/processes", params={"sample_ms": 0}).status_code == 200
+        # The exec probe of the sidecar.
+        env = {**os.environ, "TRACECAR_AGENT_PORT": handle.url.rsplit(":", 1)[1]}
+        ok = subprocess.run(
+            [*podsim_python(), "-m", "agent", "healthcheck"],
+            env=env, cwd=str(podsim.REPO), timeout=30, check=False,
+        )  # fmt: skip
+        assert ok.returncode == 0
+        env["TRACECAR_AGENT_PORT"] = str(podsim.free_port())
+        bad = subprocess.run(
+            [*podsim_python(), "-m", "agent", "healthcheck"],
+            env=env, cwd=str(podsim.REPO), timeout=30, check=False, capture_output=True,
+        )  # fmt: skip
+        assert bad.returncode == 1 and b"unhealthy" in bad.stderr
+    finally:
+        handle.container.stop()
+
+
+def podsim_python() -> list[str]:
+    import sys
+
+    return [sys.executable]
+
+
+def test_perf_failure_is_perf_own_message(pod: podsim.SimPod, client: httpx.Client) -> None:
+    # A zombie has a /proc entry but no threads to attach to: perf itself refuses.
+    parent = pod.run("zombie", ["sh", "-c", "sleep 0 & exec sleep 60"])
+    deadline = time.monotonic() + 10
+    zombie = None
+    while zombie is None and time.monotonic() < deadline:
+        procs = client.get("/processes", params={"sample_ms": 0}).json()
+        zombie = next(
+            (p["pid"] for p in procs if p["ppid"] == parent.pid and p["state"] == "Z"), None
+        )
+        time.sleep(0.1)
+    assert zombie is not None
+    try:
+        r = client.post("/profiles", json={"pid": zombie, "duration_s": 1})
+        assert r.status_code == 202, r.text
+        done = wait_done(client, r.json()["id"])
+        assert done["state"] == "failed"
+        assert "sys_perf_event_open" in str(done["error"]), done["error"]
+        r = client.post("/profiles", params={"wait": "true"}, json={"pid": zombie, "duration_s": 1})
+        assert r.status_code == 502 and "No such process" in r.json()["detail"], r.text
+        assert client.get(f"/profiles/{done['id']}/flamegraph.svg").status_code == 409
+        # Profiling the zombie's container (or the pod) leaves the zombie out and works.
+        plan = client.post("/profiles", params={"dry_run": "true"}, json={"container": "zombie"})
+        assert plan.json()["plan"]["pids"] == [parent.pid], plan.text
+        whole = client.post("/profiles", params={"dry_run": "true"}).json()["plan"]
+        assert parent.pid in whole["pids"] and zombie not in whole["pids"], whole
+    finally:
+        parent.stop()
+
+
+def test_perf_missing_is_503(pod: podsim.SimPod, tmp_path: Path) -> None:
+    # A PATH with what the pod's container launcher needs, and no perf.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("nsenter", "unshare", "sh", "mount", "cp"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))  # type: ignore[arg-type]
+    handle = podsim.start_agent(pod, env={"PATH": str(bin_dir)})
+    try:
+        with handle.client() as c:
+            r = c.post("/profiles", json={"duration_s": 1})
+            assert r.status_code == 503 and "/capabilities" in r.json()["detail"], r.text
+            caps = c.get("/capabilities").json()
+            assert caps["profiling"]["available"] is False
+            assert "not installed" in caps["profiling"]["reason"]
+    finally:
+        handle.container.stop()
+
+
+def test_sigterm_keeps_the_recording(pod: podsim.SimPod, apps: dict[str, podsim.Container]) -> None:
+    handle = podsim.start_agent(pod)
+    with handle.client() as c:
+        r = c.post("/profiles", json={"pid": apps["capp"].pid, "duration_s": 60})
+        job_id = r.json()["id"]
+        time.sleep(1.5)
+    handle.container.stop()  # SIGTERM, as the kubelet does
+    job_dir = handle.data_dir / "profile" / job_id
+    meta = json.loads((job_dir / "job.json").read_text())
+    assert meta["state"] == "succeeded", meta
+    assert meta["result"]["stopped_early"] is True
+    assert (job_dir / "perf.data").stat().st_size > 0
+    assert "hot_function" in (job_dir / "folded.txt").read_text()
+    assert pod_processes(pod, "perf") == []
+
+
+def test_concurrency_limit_is_429(client: httpx.Client, apps: dict[str, podsim.Container]) -> None:
+    pid = apps["capp"].pid
+    ids = [client.post("/profiles", json={"pid": pid, "duration_s": 30}).json()["id"] for _ in "ab"]
+    try:
+        r = client.post("/profiles", json={"pid": pid, "duration_s": 1})
+        assert r.status_code == 429 and "limit" in r.json()["detail"], r.text
+    finally:
+        for job_id in ids:
+            assert (
+                client.delete(f"/profiles/{job_id}", params={"discard": "true"}).status_code == 204
+            )

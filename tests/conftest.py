@@ -1,0 +1,28 @@
+"""Shared fixtures: the simulated pod and an agent running in it (see tests/podsim.py)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests import podsim
+
+
+def need(*tools: str) -> None:
+    """Fail (not skip) when a tool the suite depends on is missing: scripts/setup installs it."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"missing tools {missing}: run scripts/setup (the README's commands do)")
+
+
+@pytest.fixture(scope="module")
+def pod() -> Iterator[podsim.SimPod]:
+    with podsim.sim_pod() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def agent(pod: podsim.SimPod) -> podsim.AgentHandle:
+    return podsim.start_agent(pod)

@@ -1,0 +1,339 @@
+"""The flame graph SVG, speedscope.json and pprof outputs, from real recordings
+(tests/profiling_pure/data) collapsed by our collapser, checked with real parsers:
+xml.etree for the SVG, speedscope's published JSON schema, Datadog's pprof-format."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from agent.profiling.collapse import CollapseOptions, collapse_text
+from agent.profiling.flamegraph import frame_kind, render_svg
+from agent.profiling.pprof import to_pprof
+from agent.profiling.speedscope import to_speedscope
+from tests.profiling_pure import npm_tools
+
+DATA = Path(__file__).resolve().parent / "data"
+SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.fixture(scope="module")
+def tools() -> None:
+    npm_tools.ensure()
+
+
+@pytest.fixture(scope="module", params=sorted(p.name for p in DATA.glob("*.txt")))
+def stacks(request: pytest.FixtureRequest) -> dict[str, int]:
+    return collapse_text((DATA / request.param).read_bytes(), CollapseOptions(all=True))
+
+
+# -- SVG -----------------------------------------------------------------------------
+
+
+def _frames(svg: str) -> list[ET.Element]:
+    root = ET.fromstring(svg.encode())
+    return [g for g in root.iter(f"{SVG_NS}g") if g.get("data-x") is not None]
+
+
+def test_svg_is_well_formed_self_contained_and_has_the_names(stacks: dict[str, int]) -> None:
+    svg = render_svg(stacks, title="CPU profile of pid 42 <x> & y", subtitle="10 s at 999 Hz")
+    root = ET.fromstring(svg.encode())
+    assert root.tag == f"{SVG_NS}svg"
+    # self-contained: inline script and style, no external references
+    assert root.find(f"{SVG_NS}script") is not None and root.find(f"{SVG_NS}style") is not None
+    assert not re.search(r"(href|src)\s*=", svg)
+    assert "CPU profile of pid 42 &lt;x&gt; &amp; y" in svg
+    total = sum(stacks.values())
+    frames = _frames(svg)
+    titles = {g.findtext(f"{SVG_NS}title") or "" for g in frames}
+    assert f"all ({total:,} samples, 100.00%)" in titles
+    names = {t.rsplit(" (", 1)[0] for t in titles}
+    heaviest = max(stacks, key=lambda k: stacks[k])
+    assert set(heaviest.split(";")) <= names
+    # the interactive parts: zoom, reset, search with a match percentage
+    for needle in ("Reset Zoom", "Search", "Matched: ", 'addEventListener("click"'):
+        assert needle in svg
+
+
+def test_svg_colours_by_kind() -> None:
+    kernel = collapse_text((DATA / "c-syscalls-kernel-default-fields.txt").read_bytes())
+    py = collapse_text(
+        (DATA / "python312-perf-trampoline-dwarf.txt").read_bytes(), CollapseOptions(jit=True)
+    )
+    kinds: dict[str, set[str]] = {}
+    # (rendered apart: the kernel file's weights are periods, 10^6 times the python counts)
+    for g in _frames(render_svg(kernel, title="t")) + _frames(render_svg(py, title="t")):
+        name = (g.findtext(f"{SVG_NS}title") or "").rsplit(" (", 1)[0]
+        kinds.setdefault(g.get("data-k") or "", set()).add(name)
+    # kernel frames found without annotations (entry points and everything above them)
+    assert {"entry_SYSCALL_64_after_hwframe", "do_syscall_64", "vfs_read"} <= kinds["kernel"]
+    assert any(n.startswith("py::hot_python_loop") for n in kinds["interpreted"])
+    assert {"_PyEval_EvalFrameDefault", "read"} <= kinds["native"]
+    assert "[unknown]" in kinds["unknown"]
+    assert frame_kind("foo_[k]") == "kernel"
+    assert frame_kind("Lfoo;bar_[j]") == "jit"
+    assert frame_kind("inlined_[i]") == "inlined"
+
+
+def test_svg_escapes_hostile_names_and_drops_narrow_frames() -> None:
+    stacks = {
+        'app;<script>alert("x")</script>;a&b': 1000,
+        "app;operator<<(std::ostream&);\x01ctl": 500,
+        "app;tiny": 1,  # 1/1501 of 1180 px: narrower than 0.1 px? no: 0.79 px, kept
+        **{f"app;speck{i}": 1 for i in range(3)},
+    }
+    svg = render_svg(stacks, title="t", width=1200)
+    ET.fromstring(svg.encode())
+    assert "<script>alert" not in svg and "&lt;script&gt;" in svg
+    many = {f"app;f{i:05d}": 1 for i in range(100_000)} | {"app;big": 100_000}
+    small = render_svg(many, title="t")
+    # 100k frames of 0.006 px each are dropped; the big one and the ancestors stay
+    assert len(_frames(small)) == 3
+    assert len(small) < 50_000
+
+
+def test_svg_of_nothing() -> None:
+    ET.fromstring(render_svg({}, title="empty").encode())
+
+
+# -- speedscope ----------------------------------------------------------------------
+
+
+def test_speedscope_validates_against_the_official_schema(
+    tools: None, stacks: dict[str, int]
+) -> None:
+    schema = json.loads(npm_tools.SCHEMA.read_text())
+    doc = to_speedscope(stacks, name="pid 42", unit="nanoseconds", weight_per_sample=1_001_001)
+    text = json.dumps(doc)
+    jsonschema.validate(json.loads(text), schema)
+    (profile,) = doc["profiles"]  # type: ignore[misc]
+    frames = doc["shared"]["frames"]  # type: ignore[index]
+    assert sum(profile["weights"]) == sum(stacks.values()) * 1_001_001
+    assert profile["endValue"] == sum(profile["weights"])
+    # samples are root-first indices into the shared frames
+    rebuilt = {}
+    for sample, weight in zip(profile["samples"], profile["weights"], strict=True):
+        names = []
+        for i in sample:
+            f = frames[i]
+            names.append(f"py::{f['name']}:{f['file']}_[j]" if "file" in f else f["name"])
+        rebuilt[";".join(names)] = weight // 1_001_001
+    assert rebuilt == stacks
+
+
+def test_speedscope_rejects_nothing_and_counts_units(tools: None) -> None:
+    schema = json.loads(npm_tools.SCHEMA.read_text())
+    doc = to_speedscope({}, name="empty")
+    jsonschema.validate(doc, schema)
+    bad = json.loads(json.dumps(to_speedscope({"a;b": 1}, name="x")))
+    bad["profiles"][0]["unit"] = "parsecs"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+# -- pprof ---------------------------------------------------------------------------
+
+_DECODE_JS = """
+const zlib = require("zlib");
+const fs = require("fs");
+const { Profile } = require(process.argv[2]);
+const p = Profile.decode(zlib.gunzipSync(fs.readFileSync(process.argv[3])));
+const s = (i) => p.stringTable.strings[Number(i)];
+const fn = new Map(p.function.map((f) => [Number(f.id), f]));
+const loc = new Map(p.location.map((l) => [Number(l.id), l]));
+const stacks = {};
+for (const smp of p.sample) {
+  const names = smp.locationId.map((id) => {
+    const l = loc.get(Number(id));
+    return s(fn.get(Number(l.line[0].functionId)).systemName);
+  });
+  stacks[names.reverse().join(";")] = smp.value.map(Number);
+}
+console.log(JSON.stringify({
+  strings0: s(0),
+  sampleType: p.sampleType.map((v) => [s(v.type), s(v.unit)]),
+  periodType: [s(p.periodType.type), s(p.periodType.unit)],
+  period: Number(p.period), timeNanos: Number(p.timeNanos),
+  durationNanos: Number(p.durationNanos),
+  nFunctions: p.function.length, nLocations: p.location.length, stacks,
+}));
+"""
+
+
+def test_pprof_decodes_with_pprof_format(
+    tools: None, stacks: dict[str, int], tmp_path: Path
+) -> None:
+    blob = to_pprof(stacks, period_ns=1_001_001, duration_ns=3_000_000_000, time_ns=1_700_000_000)
+    assert blob[:2] == b"\x1f\x8b"
+    (tmp_path / "p.pb.gz").write_bytes(blob)
+    (tmp_path / "decode.js").write_text(_DECODE_JS)
+    out = subprocess.run(
+        [
+            npm_tools.node(),
+            str(tmp_path / "decode.js"),
+            str(npm_tools.PPROF_FORMAT_DIR),
+            str(tmp_path / "p.pb.gz"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    got = json.loads(out.stdout)
+    assert got["strings0"] == ""
+    assert got["sampleType"] == [["samples", "count"], ["cpu", "nanoseconds"]]
+    assert got["periodType"] == ["cpu", "nanoseconds"] and got["period"] == 1_001_001
+    assert got["timeNanos"] == 1_700_000_000 and got["durationNanos"] == 3_000_000_000
+    frames = {f for k in stacks for f in k.split(";")}
+    assert got["nFunctions"] == got["nLocations"] == len(frames)
+    assert got["stacks"] == {k: [v, v * 1_001_001] for k, v in stacks.items()}
+
+
+def _wire(buf: bytes) -> list[tuple[int, int, int | bytes]]:
+    """A generic protobuf wire reader (field, wire type, value): no schema involved."""
+    out: list[tuple[int, int, int | bytes]] = []
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        shift = result = 0
+        while True:
+            b = buf[i]
+            i += 1
+            result |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return result
+
+    while i < len(buf):
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            out.append((field, wire, varint()))
+        elif wire == 2:
+            n = varint()
+            out.append((field, wire, buf[i : i + n]))
+            i += n
+        else:
+            raise AssertionError(f"unexpected wire type {wire}")
+    return out
+
+
+def test_pprof_ids_and_string_table_are_consistent() -> None:
+    stacks = {"app;main;work": 3, "app;main": 1, "app;py::f:/x.py_[j]": 2}
+    fields = _wire(gzip.decompress(to_pprof(stacks, period_ns=10, duration_ns=0, time_ns=0)))
+    strings = [v for f, _, v in fields if f == 6]
+    assert strings[0] == b"" and len(set(strings)) == len(strings)
+    functions = [dict((f, v) for f, _, v in _wire(v)) for f, _, v in fields if f == 5]  # type: ignore[arg-type]
+    ids = [fn[1] for fn in functions]
+    assert ids == list(range(1, len(ids) + 1))
+    names = {strings[fn[2]] for fn in functions}  # type: ignore[index]
+    assert {b"app", b"main", b"work", b"f"} <= names
+    assert any(strings[fn.get(4, 0)] == b"/x.py" for fn in functions)  # type: ignore[index]
+    assert not any(f == 10 for f, _, _ in fields)  # zero duration: proto3 default, omitted
+
+
+# -- the SVG's script, run by node against a minimal DOM ----------------------------
+
+_DOM_JS = r"""
+const fs = require("fs");
+const input = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+function el(tag, attrs, text) {
+  const a = Object.assign({}, attrs), listeners = {}, classes = new Set();
+  const node = {
+    tag, textContent: text || "", children: [],
+    getAttribute: (k) => (k in a ? String(a[k]) : null),
+    setAttribute: (k, v) => { a[k] = String(v); },
+    addEventListener: (t, f) => { listeners[t] = f; },
+    fire: (t, e) => listeners[t](e || { preventDefault() {} }),
+    classList: { add: (c) => classes.add(c), remove: (c) => classes.delete(c),
+                 contains: (c) => classes.has(c) },
+    querySelector: (sel) => node.children.find((c) => c.tag === sel),
+  };
+  return node;
+}
+const byId = {};
+for (const [id, text] of Object.entries(input.ids)) byId[id] = el("text", {}, text);
+byId.unzoom.classList.add("hide");
+const frames = input.frames.map((f) => {
+  const g = el("g", f.attrs);
+  g.children.push(el("title", {}, f.title), el("rect", f.rect), el("text", f.text, f.label));
+  return g;
+});
+const winListeners = {};
+global.window = {
+  addEventListener: (t, f) => { winListeners[t] = f; },
+  prompt: () => input.search,
+};
+global.document = {
+  documentElement: el("svg", input.svg),
+  getElementById: (id) => byId[id],
+  querySelectorAll: () => frames,
+};
+eval(input.script);
+winListeners.load();
+const out = {};
+const target = frames.find(
+  (g) => g.querySelector("title").textContent.startsWith(input.zoom + " ("));
+target.fire("mouseover");
+out.details = byId.details.textContent;
+target.fire("click");
+out.zoomedWidth = parseFloat(target.querySelector("rect").getAttribute("width"));
+out.unzoomVisible = !byId.unzoom.classList.contains("hide");
+out.hidden = frames.filter((g) => g.classList.contains("hide")).length;
+byId.unzoom.fire("click");
+out.afterReset = parseFloat(target.querySelector("rect").getAttribute("width"));
+byId.search.fire("click");
+out.matched = byId.matched.textContent;
+out.matches = frames.filter((g) => g.classList.contains("match")).length;
+console.log(JSON.stringify(out));
+"""
+
+
+def test_svg_script_zooms_resets_and_searches(tools: None, tmp_path: Path) -> None:
+    stacks = {"app;main;hot": 75, "app;main;cold": 20, "app;other": 5}
+    svg = render_svg(stacks, title="t", width=1200)
+    root = ET.fromstring(svg.encode())
+    script = root.findtext(f"{SVG_NS}script") or ""
+    ids = {
+        e.get("id"): e.text or ""
+        for e in root.iter(f"{SVG_NS}text")
+        if e.get("id") in {"unzoom", "search", "matched", "details"}
+    }
+    frames = []
+    for g in _frames(svg):
+        rect, text = g.find(f"{SVG_NS}rect"), g.find(f"{SVG_NS}text")
+        assert rect is not None and text is not None
+        frames.append(
+            {
+                "attrs": dict(g.attrib),
+                "title": g.findtext(f"{SVG_NS}title"),
+                "rect": dict(rect.attrib),
+                "text": dict(text.attrib),
+                "label": text.text or "",
+            }
+        )
+    spec = {"svg": dict(root.attrib), "ids": ids, "frames": frames, "script": script}
+    spec |= {"zoom": "main", "search": "^(hot|cold)$"}
+    (tmp_path / "in.json").write_text(json.dumps(spec))
+    (tmp_path / "dom.js").write_text(_DOM_JS)
+    out = subprocess.run(
+        [npm_tools.node(), str(tmp_path / "dom.js"), str(tmp_path / "in.json")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    got = json.loads(out.stdout)
+    assert got["details"] == "main (95 samples, 95.00%)"
+    assert got["zoomedWidth"] == pytest.approx(1180)  # the plot width: main fills it
+    assert got["unzoomVisible"] and got["hidden"] == 1  # "other" is outside main
+    assert got["afterReset"] == pytest.approx(1180 * 0.95)
+    assert got["matched"] == "Matched: 95.0%" and got["matches"] == 2

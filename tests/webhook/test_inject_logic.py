@@ -1,0 +1,413 @@
+"""Pure logic of the webhook: decision, annotation options, rendering, the JSONPatch."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from tests.webhook.support import labelled, review, validate_pod
+from webhook.decision import inject_required
+from webhook.inject import plan_injection
+from webhook.options import parse_options, quantity_value
+from webhook.patch import PatchBuilder, escape
+from webhook.review import answer, parse_review
+from webhook.settings import Settings
+
+S = Settings()
+
+
+def pod(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "labels": {"profiling": "enabled"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }
+    base["spec"].update(spec)
+    return base
+
+
+def annotated(p: dict[str, Any], **ann: str) -> dict[str, Any]:
+    p["metadata"]["annotations"] = {
+        f"tracecar.dev/{k.replace('_', '-')}": v for k, v in ann.items()
+    }
+    return p
+
+
+def inject(p: dict[str, Any], settings: Settings = S) -> tuple[dict[str, Any], list[str]]:
+    """Inject, check the patch reproduces the mutated copy exactly, return (pod, warnings)."""
+    original = copy.deepcopy(p)
+    result = plan_injection(p, settings=settings)
+    assert p == original, "plan_injection must not touch its input"
+    assert jsonpatch.apply_patch(p, result.ops) == result.pod
+    validate_pod(result.pod)
+    return result.pod, list(result.warnings)
+
+
+def agent_of(p: dict[str, Any]) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [
+        c
+        for c in p["spec"].get("initContainers", []) + p["spec"]["containers"]
+        if c["name"] == "tracecar-agent"
+    ]
+    assert len(found) == 1
+    return found[0]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+# --- JSON pointers and the builder -------------------------------------------------
+
+
+def test_pointer_escaping() -> None:
+    assert escape("tracecar.dev/status") == "tracecar.dev~1status"
+    assert escape("a~b/c") == "a~0b~1c"
+
+
+def test_builder_creates_and_appends() -> None:
+    doc: dict[str, Any] = {"a": {"x/y": 1}, "list": [1]}
+    before = copy.deepcopy(doc)
+    b = PatchBuilder()
+    b.set_in_map(doc, "", "m", "k~/", "v")  # absent map: created
+    b.set_in_map(doc, "", "m", "k2", "w")  # then added to
+    b.set_in_map(doc, "", "a", "x/y", 2)  # present key: replaced
+    b.append(doc, "", "list", 2)
+    b.append(doc, "", "new", {"n": 1})
+    b.append(doc, "", "new", {"n": 2})
+    b.prepend(doc, "", "list", 0)
+    assert doc == {
+        "a": {"x/y": 2},
+        "list": [0, 1, 2],
+        "m": {"k~/": "v", "k2": "w"},
+        "new": [{"n": 1}, {"n": 2}],
+    }
+    assert jsonpatch.apply_patch(before, b.ops) == doc
+    assert b.ops[0] == {"op": "add", "path": "/m", "value": {"k~/": "v"}}
+    assert b.ops[2]["path"] == "/a/x~1y" and b.ops[2]["op"] == "replace"
+
+
+# --- the decision ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "namespace", "reason"),
+    [
+        (lambda p: p["metadata"].pop("labels"), "default", "not-labelled"),
+        (lambda p: p["metadata"]["labels"].update(profiling="disabled"), "default", "not-labelled"),
+        (lambda p: None, "tracecar-system", "own-namespace"),
+        (lambda p: p["spec"].update(hostNetwork=True), "default", "host-network"),
+        (
+            lambda p: p["metadata"].update(annotations={"kubernetes.io/config.mirror": "x"}),
+            "default",
+            "mirror-pod",
+        ),
+        (
+            lambda p: p["metadata"].update(annotations={"tracecar.dev/status": "{}"}),
+            "default",
+            "already-injected",
+        ),
+        (
+            lambda p: p["spec"].update(initContainers=[{"name": "tracecar-agent", "image": "x"}]),
+            "default",
+            "already-injected",
+        ),
+        (lambda p: p["spec"].update(containers=[]), "default", "no-containers"),
+        (lambda p: None, "default", "injected"),
+    ],
+)
+def test_decision(change: Any, namespace: str, reason: str) -> None:
+    p = pod()
+    change(p)
+    d = inject_required(p, namespace=namespace, settings=S)
+    assert d.reason == reason
+    assert d.inject is (reason == "injected")
+    assert d.message
+
+
+# --- annotations -------------------------------------------------------------------
+
+
+def test_options_defaults_and_overrides() -> None:
+    o = parse_options(None, settings=S)
+    assert o.warnings == ()
+    assert o.options.native_sidecar and not o.options.privileged
+    assert o.options.port == 7780 and o.options.image == S.agent_image
+    o = parse_options(
+        {
+            "tracecar.dev/privileged": "True",
+            "tracecar.dev/native-sidecar": "false",
+            "tracecar.dev/image": "registry.example/tracecar/agent@sha256:abc",
+            "tracecar.dev/port": "9000",
+            "tracecar.dev/cpu": "20m",
+            "tracecar.dev/memory": "2Gi",
+            "other.io/x": "y",
+        },
+        settings=S,
+    )
+    assert o.warnings == ()
+    assert o.options.privileged and not o.options.native_sidecar
+    assert o.options.image == "registry.example/tracecar/agent@sha256:abc"
+    assert o.options.port == 9000
+    # The CPU limit is below the default request: the request follows it down.
+    assert (o.options.cpu_request, o.options.cpu_limit) == ("20m", "20m")
+    assert (o.options.memory_request, o.options.memory_limit) == (S.agent_memory_request, "2Gi")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expect"),
+    [
+        ("privileged", "yes", 'is not "true" or "false"; using false'),
+        ("share-tmp", "", 'is not "true" or "false"'),
+        ("image", "evil image; rm -rf /", "is not an image reference"),
+        ("port", "80", "is not a port in 1024-65535; using 7780"),
+        ("port", "seventy", "is not a port"),
+        ("cpu", "lots", "is not a positive quantity"),
+        ("memory", "0", "is not a positive quantity"),
+        ("privilege", "true", "unknown annotation"),
+    ],
+)
+def test_bad_annotation_values_warn_and_default(key: str, value: str, expect: str) -> None:
+    o = parse_options({f"tracecar.dev/{key}": value}, settings=S)
+    assert len(o.warnings) == 1
+    assert o.warnings[0].startswith(f"tracecar.dev/{key}: ")
+    assert expect in o.warnings[0]
+    assert o.options == parse_options(None, settings=S).options
+
+
+def test_quantity() -> None:
+    assert quantity_value("250m") == quantity_value("0.25")
+    assert quantity_value("1Ki") == 1024
+    with pytest.raises(ValueError):
+        quantity_value("1 Gi")
+
+
+# --- rendering -----------------------------------------------------------------------
+
+
+def test_default_injection_matches_the_contract() -> None:
+    out, warnings = inject(pod())
+    assert warnings == []
+    agent = out["spec"]["initContainers"][0]
+    assert agent["name"] == "tracecar-agent" and agent["command"] == ["tracecar-agent"]
+    assert agent["restartPolicy"] == "Always"
+    for probe in ("startupProbe", "livenessProbe"):
+        assert agent[probe]["exec"]["command"] == ["tracecar-agent", "healthcheck"]
+    assert "readinessProbe" not in agent
+    env = env_of(agent)
+    assert env["TRACECAR_AGENT_HOST"] == "127.0.0.1"
+    assert env["TRACECAR_AGENT_PORT"] == "7780"
+    assert env["TRACECAR_AGENT_DATA_DIR"] == "/var/lib/tracecar"
+    assert env["TRACECAR_AGENT_POD_UID"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+    assert env["TRACECAR_AGENT_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["TRACECAR_AGENT_POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    sc = agent["securityContext"]
+    assert sc["capabilities"]["add"] == [
+        "SYS_ADMIN",
+        "SYS_PTRACE",
+        "PERFMON",
+        "BPF",
+        "SYS_RESOURCE",
+        "IPC_LOCK",
+    ]
+    assert "privileged" not in sc
+    assert {m["mountPath"] for m in agent["volumeMounts"]} == {
+        "/var/lib/tracecar",
+        "/var/run/lttng",
+    }
+    assert out["spec"]["shareProcessNamespace"] is True
+    assert out["spec"]["volumes"] == [
+        {"name": "tracecar-data", "emptyDir": {}},
+        {"name": "tracecar-lttng", "emptyDir": {}},
+    ]
+    app = out["spec"]["containers"][0]
+    assert app["volumeMounts"] == [{"name": "tracecar-lttng", "mountPath": "/var/run/lttng"}]
+    assert app["env"] == [{"name": "TRACECAR_CONTAINER", "value": "app"}]
+    status = json.loads(out["metadata"]["annotations"]["tracecar.dev/status"])
+    assert (
+        status["port"] == 7780
+        and status["mode"] == "native"
+        and status["container"] == "tracecar-agent"
+    )
+
+
+def test_native_sidecar_goes_first_among_init_containers() -> None:
+    p = pod(initContainers=[{"name": "init", "image": "i"}])
+    out, _ = inject(p)
+    assert [c["name"] for c in out["spec"]["initContainers"]] == ["tracecar-agent", "init"]
+    # A run-to-completion init container is not an app container: untouched.
+    assert out["spec"]["initContainers"][1] == {"name": "init", "image": "i"}
+
+
+def test_other_native_sidecars_count_as_app_containers() -> None:
+    p = pod(initContainers=[{"name": "proxy", "image": "i", "restartPolicy": "Always"}])
+    out, _ = inject(p)
+    proxy = out["spec"]["initContainers"][1]
+    assert env_of(proxy)["TRACECAR_CONTAINER"] == "proxy"
+
+
+def test_classic_mode_and_privileged() -> None:
+    p = annotated(pod(), native_sidecar="false", privileged="true")
+    out, _ = inject(p)
+    assert "initContainers" not in out["spec"]
+    agent = out["spec"]["containers"][-1]
+    assert agent["name"] == "tracecar-agent"
+    assert "restartPolicy" not in agent and "startupProbe" not in agent
+    assert agent["securityContext"]["privileged"] is True
+    assert out["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "app"
+    # An explicit default container is the user's choice.
+    p = annotated(pod(), native_sidecar="false")
+    p["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] = "other"
+    out, _ = inject(p)
+    assert out["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "other"
+
+
+def test_names_never_collide() -> None:
+    p = pod(
+        volumes=[
+            {"name": "tracecar-data", "emptyDir": {}},
+            {"name": "tracecar-lttng-2", "emptyDir": {}},
+            {"name": "tracecar-lttng", "emptyDir": {}},
+        ]
+    )
+    out, _ = inject(p)
+    names = [v["name"] for v in out["spec"]["volumes"]]
+    assert names == [
+        "tracecar-data",
+        "tracecar-lttng-2",
+        "tracecar-lttng",
+        "tracecar-data-2",
+        "tracecar-lttng-3",
+    ]
+    agent = agent_of(out)
+    assert {m["name"] for m in agent["volumeMounts"]} == {"tracecar-data-2", "tracecar-lttng-3"}
+    status = json.loads(out["metadata"]["annotations"]["tracecar.dev/status"])
+    assert status["volumes"] == ["tracecar-data-2", "tracecar-lttng-3"]
+
+
+def test_port_declared_by_an_app_moves_the_agent() -> None:
+    p = pod(
+        containers=[
+            {"name": "app", "image": "a", "ports": [{"containerPort": 7780}]},
+            {"name": "web", "image": "w", "ports": [{"containerPort": 80, "hostPort": 7781}]},
+        ]
+    )
+    out, warnings = inject(p)
+    assert env_of(agent_of(out))["TRACECAR_AGENT_PORT"] == "7782"
+    assert json.loads(out["metadata"]["annotations"]["tracecar.dev/status"])["port"] == 7782
+    assert warnings == [
+        "tracecar: port 7780 is declared by container app; the agent listens on 7782 "
+        "(see tracecar.dev/status)"
+    ]
+
+
+def test_runtime_symbols_never_override_the_pod() -> None:
+    p = annotated(pod(), runtime_symbols="true")
+    p["spec"]["containers"] = [
+        {
+            "name": "a",
+            "image": "a",
+            "env": [
+                {"name": "PYTHONPERFSUPPORT", "value": "0"},
+                {"name": "NODE_OPTIONS", "value": "--max-old-space-size=100"},
+                {"name": "JAVA_TOOL_OPTIONS", "value": "-Xmx1g -XX:+PreserveFramePointer"},
+                {"name": "TRACECAR_CONTAINER", "value": "custom"},
+            ],
+        },
+        {
+            "name": "b",
+            "image": "b",
+            "env": [
+                {
+                    "name": "DOTNET_PerfMapEnabled",
+                    "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}},
+                },
+                {"name": "NODE_OPTIONS", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            ],
+        },
+    ]
+    out, _ = inject(p)
+    a, b = out["spec"]["containers"][:2]
+    assert env_of(a) == {
+        "PYTHONPERFSUPPORT": "0",
+        "NODE_OPTIONS": "--max-old-space-size=100 --perf-basic-prof",
+        "JAVA_TOOL_OPTIONS": "-Xmx1g -XX:+PreserveFramePointer",
+        "TRACECAR_CONTAINER": "custom",
+        "DOTNET_PerfMapEnabled": "1",
+    }
+    env_b = env_of(b)
+    assert env_b["DOTNET_PerfMapEnabled"] == {"configMapKeyRef": {"name": "c", "key": "k"}}
+    assert env_b["NODE_OPTIONS"] == {"secretKeyRef": {"name": "s", "key": "k"}}
+    assert env_b["PYTHONPERFSUPPORT"] == "1"
+    assert env_b["JAVA_TOOL_OPTIONS"] == "-XX:+PreserveFramePointer"
+    assert env_b["TRACECAR_CONTAINER"] == "b"
+    assert "PYTHONPERFSUPPORT" not in env_of(agent_of(out)), "env goes on app containers only"
+
+
+def test_share_tmp_and_host_paths() -> None:
+    p = annotated(pod(), share_tmp="true", host_paths="true")
+    p["spec"]["containers"].append(
+        {"name": "ro", "image": "r", "volumeMounts": [{"name": "t", "mountPath": "/tmp/"}]}
+    )
+    p["spec"]["volumes"] = [{"name": "t", "emptyDir": {}}]
+    out, warnings = inject(p)
+    agent = agent_of(out)
+    mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
+    for path in ("/lib/modules", "/usr/src", "/sys/kernel/debug"):
+        assert mounts[path]["readOnly"] is True
+    assert "/tmp" in mounts
+    hostpaths = {v["hostPath"]["path"] for v in out["spec"]["volumes"] if "hostPath" in v}
+    assert hostpaths == {"/lib/modules", "/usr/src", "/sys/kernel/debug"}
+    app, ro = out["spec"]["containers"][:2]
+    assert {"name": "tracecar-tmp", "mountPath": "/tmp"} in app["volumeMounts"]
+    assert ro["volumeMounts"] == [
+        {"name": "t", "mountPath": "/tmp/"},
+        {"name": "tracecar-lttng", "mountPath": "/var/run/lttng"},
+    ]
+    assert warnings == [
+        "tracecar: container ro already mounts /tmp; left as is (not shared with the agent)"
+    ]
+
+
+def test_host_pid_pods_keep_their_pid_namespace() -> None:
+    out, warnings = inject(pod(hostPID=True))
+    assert "shareProcessNamespace" not in out["spec"]
+    assert "hostPID" in warnings[0]
+
+
+def test_many_env_vars() -> None:
+    p = pod()
+    p["spec"]["containers"][0]["env"] = [{"name": f"VAR_{i}", "value": str(i)} for i in range(1500)]
+    out, _ = inject(p)
+    assert len(out["spec"]["containers"][0]["env"]) == 1501
+
+
+# --- the answer ------------------------------------------------------------------------
+
+
+def test_answer_is_idempotent_and_escapes_the_status_key() -> None:
+    p = labelled(pod())
+    body = json.dumps(review(p, uid="u-1")).encode()
+    first = answer(parse_review(body), settings=S)
+    r = first.review["response"]
+    assert r["uid"] == "u-1" and r["allowed"] is True and r["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(r["patch"]))
+    assert ops[0]["path"] == "/metadata/annotations"  # absent map: created
+    assert ops[0]["value"].keys() == {"tracecar.dev/status"}
+    p2 = copy.deepcopy(p)
+    p2["metadata"]["annotations"] = {"a": "b"}
+    r2 = answer(parse_review(json.dumps(review(p2)).encode()), settings=S).review["response"]
+    assert (
+        json.loads(base64.b64decode(r2["patch"]))[0]["path"]
+        == "/metadata/annotations/tracecar.dev~1status"
+    )
+    patched = jsonpatch.apply_patch(p, ops)
+    again = answer(parse_review(json.dumps(review(patched)).encode()), settings=S)
+    assert again.outcome == "already-injected"
+    assert "patch" not in again.review["response"] and "warnings" not in again.review["response"]

@@ -1,0 +1,16 @@
+"""The tracecar admission webhook: injects the tracecar agent sidecar into labelled pods.
+
+Layout (plan -> render -> answer, all pure but the server shell):
+
+- `settings`  environment settings (``TRACECAR_WEBHOOK_*``), read on first use;
+- `_types`    the AdmissionReview wire format and the pod-shaped JSON aliases;
+- `decision`  whether a pod gets the agent, and why not;
+- `options`   the ``tracecar.dev/*`` annotations -> options plus warnings;
+- `inject`    the sidecar and the pod mutation, emitted with its JSONPatch;
+- `patch`     the JSONPatch builder (mutate + record ops, RFC 6901 escaping);
+- `review`    request validation and the AdmissionReview answer;
+- `app`, `routers`, `limits`, `metrics`, `logs`  the FastAPI shell;
+- `tls`, `__main__`  uvicorn over TLS with certificate hot reload.
+"""
+
+__version__ = "0.1.0"

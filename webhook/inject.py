@@ -1,0 +1,350 @@
+"""The injection: render the agent sidecar and mutate a pod, recording the JSONPatch.
+
+Pure (no I/O). :func:`plan_injection` returns the mutated pod, the ops that turn the
+original into it, the warnings for the user and the status annotation's content.
+Op order matters: app containers are changed first (their list indices are the
+original ones), the agent is added last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, Literal, TypedDict
+
+import orjson
+
+from webhook import __version__
+from webhook._types import JsonObject, PatchOp
+from webhook.decision import AGENT_CONTAINER
+from webhook.options import MAX_PORT, MIN_PORT, STATUS_ANNOTATION, Options, parse_options
+from webhook.patch import PatchBuilder
+from webhook.settings import Settings
+
+AGENT_COMMAND: Final = ["tracecar-agent"]
+HEALTHCHECK: Final = ["tracecar-agent", "healthcheck"]
+DATA_DIR: Final = "/var/lib/tracecar"
+LTTNG_DIR: Final = "/var/run/lttng"
+TMP_DIR: Final = "/tmp"
+CONTAINER_ENV: Final = "TRACECAR_CONTAINER"
+DEFAULT_CONTAINER_ANNOTATION: Final = "kubectl.kubernetes.io/default-container"
+CAPABILITIES: Final = ("SYS_ADMIN", "SYS_PTRACE", "PERFMON", "BPF", "SYS_RESOURCE", "IPC_LOCK")
+HOST_PATHS: Final = (
+    ("tracecar-modules", "/lib/modules"),
+    ("tracecar-usr-src", "/usr/src"),
+    ("tracecar-debugfs", "/sys/kernel/debug"),
+)
+# Env that makes JIT runtimes emit perf maps / frame pointers. "set" never overrides
+# the pod's value; "append" adds the flag to a literal value (never to a valueFrom).
+RUNTIME_ENV: Final[tuple[tuple[str, str, Literal["set", "append"]], ...]] = (
+    ("DOTNET_PerfMapEnabled", "1", "set"),
+    ("PYTHONPERFSUPPORT", "1", "set"),
+    ("NODE_OPTIONS", "--perf-basic-prof", "append"),
+    ("JAVA_TOOL_OPTIONS", "-XX:+PreserveFramePointer", "append"),
+)
+
+Mode = Literal["native", "classic"]
+
+
+class Status(TypedDict):
+    """The ``tracecar.dev/status`` annotation (JSON): what was injected, where to reach it."""
+
+    version: str
+    container: str
+    port: int
+    mode: Mode
+    image: str
+    volumes: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Injection:
+    pod: JsonObject
+    ops: list[PatchOp]
+    warnings: tuple[str, ...]
+    status: Status
+
+
+@dataclass(frozen=True, kw_only=True)
+class VolumeNames:
+    data: str
+    lttng: str
+    tmp: str | None
+    host: tuple[tuple[str, str], ...]
+    """(volume name, host path) pairs, empty unless host paths were asked for."""
+
+    def all(self) -> list[str]:
+        names = [self.data, self.lttng]
+        if self.tmp:
+            names.append(self.tmp)
+        names.extend(name for name, _ in self.host)
+        return names
+
+
+def _dicts(value: object) -> list[JsonObject]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def unique_name(wanted: str, taken: set[str]) -> str:
+    """`wanted`, or `wanted-2`, `wanted-3`... whichever is free; the result is taken."""
+    name, n = wanted, 1
+    while name in taken:
+        n += 1
+        name = f"{wanted}-{n}"
+    taken.add(name)
+    return name
+
+
+def declared_ports(containers: Iterable[JsonObject]) -> dict[int, str]:
+    """Ports the pod's containers declare (container and host ports) -> container name."""
+    out: dict[int, str] = {}
+    for c in containers:
+        for p in _dicts(c.get("ports")):
+            for key in ("containerPort", "hostPort"):
+                if isinstance(p.get(key), int):
+                    out.setdefault(p[key], str(c.get("name", "?")))
+    return out
+
+
+def choose_port(wanted: int, taken: dict[int, str]) -> int:
+    """`wanted` if no container declares it, else the next free port (wrapping around)."""
+    port = wanted
+    for _ in range(MAX_PORT - MIN_PORT + 1):
+        if port not in taken:
+            return port
+        port = port + 1 if port < MAX_PORT else MIN_PORT
+    return wanted  # every port declared: impossible in practice (a pod has a few)
+
+
+def _exec_probe(*, period_s: int, failure_threshold: int) -> JsonObject:
+    return {
+        "exec": {"command": list(HEALTHCHECK)},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 3,
+        "failureThreshold": failure_threshold,
+    }
+
+
+def render_agent(*, options: Options, port: int, volumes: VolumeNames) -> JsonObject:
+    """The agent container. Its probes are exec probes: the agent listens on loopback
+    only and the kubelet's httpGet/tcpSocket probes dial the pod IP. No readiness probe
+    on purpose: a profiler must never take the app out of its Service's endpoints."""
+    mounts: list[JsonObject] = [
+        {"name": volumes.data, "mountPath": DATA_DIR},
+        {"name": volumes.lttng, "mountPath": LTTNG_DIR},
+    ]
+    if volumes.tmp:
+        mounts.append({"name": volumes.tmp, "mountPath": TMP_DIR})
+    mounts.extend(
+        {"name": name, "mountPath": path, "readOnly": True} for name, path in volumes.host
+    )
+    security: JsonObject = {
+        # Root inside the container: perf, bpftrace and lttng-sessiond need it; explicit,
+        # so a pod-level runAsNonRoot/runAsUser does not stop the agent from starting.
+        "runAsUser": 0,
+        "runAsNonRoot": False,
+        "capabilities": {"add": list(CAPABILITIES)},
+    }
+    if options.privileged:
+        security["privileged"] = True
+    agent: JsonObject = {
+        "name": AGENT_CONTAINER,
+        "image": options.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": list(AGENT_COMMAND),
+        "env": [
+            {"name": "TRACECAR_AGENT_HOST", "value": "127.0.0.1"},
+            {"name": "TRACECAR_AGENT_PORT", "value": str(port)},
+            {"name": "TRACECAR_AGENT_POD_NAME", "valueFrom": _field("metadata.name")},
+            {"name": "TRACECAR_AGENT_POD_NAMESPACE", "valueFrom": _field("metadata.namespace")},
+            {"name": "TRACECAR_AGENT_POD_UID", "valueFrom": _field("metadata.uid")},
+            {"name": "TRACECAR_AGENT_DATA_DIR", "value": DATA_DIR},
+        ],
+        "resources": {
+            "requests": {"cpu": options.cpu_request, "memory": options.memory_request},
+            "limits": {"cpu": options.cpu_limit, "memory": options.memory_limit},
+        },
+        "securityContext": security,
+        "volumeMounts": mounts,
+        "livenessProbe": _exec_probe(period_s=10, failure_threshold=3),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if options.native_sidecar:
+        # An init container that keeps running: up (with LTTng's session daemon) before
+        # the app starts, which LTTng-UST agents need to register.
+        agent["restartPolicy"] = "Always"
+        agent["startupProbe"] = _exec_probe(period_s=1, failure_threshold=60)
+    return agent
+
+
+def _field(path: str) -> JsonObject:
+    return {"fieldRef": {"fieldPath": path}}
+
+
+def render_volumes(volumes: VolumeNames) -> list[JsonObject]:
+    out: list[JsonObject] = [
+        {"name": volumes.data, "emptyDir": {}},
+        {"name": volumes.lttng, "emptyDir": {}},
+    ]
+    if volumes.tmp:
+        out.append({"name": volumes.tmp, "emptyDir": {}})
+    out.extend(
+        {"name": name, "hostPath": {"path": path, "type": "Directory"}}
+        for name, path in volumes.host
+    )
+    return out
+
+
+def _env_index(env: list[object]) -> dict[str, int]:
+    """Name -> index of the entry that wins (the last one with that name)."""
+    return {e["name"]: i for i, e in enumerate(env) if isinstance(e, dict) and "name" in e}
+
+
+def _mutate_app_container(
+    b: PatchBuilder,
+    container: JsonObject,
+    path: str,
+    *,
+    options: Options,
+    volumes: VolumeNames,
+    warnings: list[str],
+) -> None:
+    name = str(container.get("name", ""))
+    mount_paths = {
+        str(m.get("mountPath", "")).rstrip("/") or "/"
+        for m in _dicts(container.get("volumeMounts"))
+    }
+    wanted_mounts = [(volumes.lttng, LTTNG_DIR)]
+    if volumes.tmp:
+        wanted_mounts.append((volumes.tmp, TMP_DIR))
+    for volume, mount_path in wanted_mounts:
+        if mount_path in mount_paths:
+            warnings.append(
+                f"tracecar: container {name} already mounts {mount_path}; "
+                "left as is (not shared with the agent)"
+            )
+            continue
+        b.append(container, path, "volumeMounts", {"name": volume, "mountPath": mount_path})
+
+    env_list = container.get("env")
+    env: list[object] = env_list if isinstance(env_list, list) else []
+    index = _env_index(env)
+    if CONTAINER_ENV not in index:
+        b.append(container, path, "env", {"name": CONTAINER_ENV, "value": name})
+    if not options.runtime_symbols:
+        return
+    for var, value, how in RUNTIME_ENV:
+        if var not in index:
+            b.append(container, path, "env", {"name": var, "value": value})
+            continue
+        entry = env[index[var]]
+        assert isinstance(entry, dict)
+        current = entry.get("value")
+        if how == "set" or "valueFrom" in entry or not isinstance(current, str | None):
+            continue  # the pod sets it: never overridden
+        current = current or ""
+        if value in current.split():
+            continue
+        b.set(entry, f"{path}/env/{index[var]}", "value", f"{current} {value}".strip())
+
+
+def plan_injection(pod: JsonObject, *, settings: Settings, copy: bool = True) -> Injection:
+    """Inject the agent into `pod` (a copy of it unless ``copy=False``: then the caller
+    hands over a pod it owns, e.g. freshly parsed, and saves the copy).
+
+    Assumes :func:`webhook.decision.inject_required` said yes (spec.containers exists).
+    """
+    doc: JsonObject = orjson.loads(orjson.dumps(pod)) if copy else pod
+    metadata = doc.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    parsed = parse_options(
+        annotations if isinstance(annotations, dict) else None, settings=settings
+    )
+    options = parsed.options
+    warnings = list(parsed.warnings)
+    spec: JsonObject = doc["spec"]
+    containers = spec["containers"]
+    init_containers = spec.get("initContainers")
+    inits: list[object] = init_containers if isinstance(init_containers, list) else []
+
+    taken_volumes = {str(v.get("name")) for v in _dicts(spec.get("volumes"))}
+    volumes = VolumeNames(
+        data=unique_name("tracecar-data", taken_volumes),
+        lttng=unique_name("tracecar-lttng", taken_volumes),
+        tmp=unique_name("tracecar-tmp", taken_volumes) if options.share_tmp else None,
+        host=tuple((unique_name(n, taken_volumes), p) for n, p in HOST_PATHS)
+        if options.host_paths
+        else (),
+    )
+
+    ports = declared_ports(_dicts(containers) + _dicts(inits))
+    port = choose_port(options.port, ports)
+    if port != options.port:
+        warnings.append(
+            f"tracecar: port {options.port} is declared by container {ports[options.port]}; "
+            f"the agent listens on {port} (see {STATUS_ANNOTATION})"
+        )
+
+    mode: Mode = "native" if options.native_sidecar else "classic"
+    status: Status = {
+        "version": __version__,
+        "container": AGENT_CONTAINER,
+        "port": port,
+        "mode": mode,
+        "image": options.image,
+        "volumes": volumes.all(),
+    }
+
+    b = PatchBuilder()
+    if not isinstance(metadata, dict):
+        metadata = {}
+        b.set(doc, "", "metadata", {})
+        doc["metadata"] = metadata
+    status_json = orjson.dumps(status, option=orjson.OPT_SORT_KEYS).decode()
+    b.set_in_map(metadata, "/metadata", "annotations", STATUS_ANNOTATION, status_json)
+    if mode == "classic":
+        current_annotations = metadata["annotations"]
+        first = containers[0] if isinstance(containers[0], dict) else {}
+        if DEFAULT_CONTAINER_ANNOTATION not in current_annotations and "name" in first:
+            # kubectl logs/exec keep defaulting to the app, not to the added agent.
+            b.set(
+                current_annotations,
+                "/metadata/annotations",
+                DEFAULT_CONTAINER_ANNOTATION,
+                first["name"],
+            )
+
+    if spec.get("hostPID") is True:
+        warnings.append(
+            "tracecar: the pod uses hostPID; shareProcessNamespace left unset "
+            "(the agent sees the node's processes)"
+        )
+    elif spec.get("shareProcessNamespace") is not True:
+        b.set(spec, "/spec", "shareProcessNamespace", True)
+
+    for volume in render_volumes(volumes):
+        b.append(spec, "/spec", "volumes", volume)
+
+    for i, c in enumerate(containers):
+        if isinstance(c, dict):
+            _mutate_app_container(
+                b, c, f"/spec/containers/{i}", options=options, volumes=volumes, warnings=warnings
+            )
+    for i, c in enumerate(inits):
+        # Other native sidecars are long-running apps too (e.g. a proxy).
+        if isinstance(c, dict) and c.get("restartPolicy") == "Always":
+            _mutate_app_container(
+                b,
+                c,
+                f"/spec/initContainers/{i}",
+                options=options,
+                volumes=volumes,
+                warnings=warnings,
+            )
+
+    agent = render_agent(options=options, port=port, volumes=volumes)
+    if options.native_sidecar:
+        b.prepend(spec, "/spec", "initContainers", agent)
+    else:
+        b.append(spec, "/spec", "containers", agent)
+    return Injection(pod=doc, ops=b.ops, warnings=tuple(warnings), status=status)

@@ -1,0 +1,1 @@
+"""The webhook's HTTP routers, one per concern: admission, health, metrics."""

@@ -1,0 +1,66 @@
+"""The webhook's settings: environment variables prefixed ``TRACECAR_WEBHOOK_``.
+
+Nothing reads the environment at import time: :func:`get_settings` builds the
+settings once, on first use; tests pass a :class:`Settings` to
+:func:`webhook.app.create_app` instead.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+"""Kubernetes resource quantities in their common forms ("250m", "1", "0.5", "128Mi")."""
+IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$"
+"""An image reference: registry/path:tag or @sha256:digest, no spaces or shell characters."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRACECAR_WEBHOOK_", extra="ignore")
+
+    # --- serving -----------------------------------------------------------
+    cert_file: Path | None = None
+    """PEM serving certificate (chain); reloaded when the file changes."""
+    key_file: Path | None = None
+    """PEM private key of `cert_file`."""
+    host: str = "0.0.0.0"
+    port: int = Field(default=8443, ge=1, le=65535)
+    cert_reload_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """How often the certificate files are checked for a rotation."""
+    max_body_bytes: int = Field(default=4 << 20, ge=1024)
+    """Larger requests get 413 (the API server caps its own requests at 3 MiB)."""
+    keep_alive_s: int = Field(default=10, ge=1)
+    """Idle keep-alive connections are closed after this (the API server reuses them;
+    a closed connection's memory is only released when this timer fires)."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    namespace: str = "tracecar-system"
+    """The webhook's own namespace: its pods are never injected."""
+    bench_floor: bool = False
+    """Expose ``POST /floor`` returning a fixed AdmissionReview (benchmark baseline only)."""
+
+    # --- the injected agent --------------------------------------------------
+    agent_image: str = Field(default="localhost/tracecar-agent:0.1.0", pattern=IMAGE_PATTERN)
+    agent_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    agent_port: int = Field(default=7780, ge=1024, le=65535)
+    agent_cpu_request: str = Field(default="50m", pattern=QUANTITY_PATTERN)
+    agent_cpu_limit: str = Field(default="1", pattern=QUANTITY_PATTERN)
+    agent_memory_request: str = Field(default="64Mi", pattern=QUANTITY_PATTERN)
+    agent_memory_limit: str = Field(default="512Mi", pattern=QUANTITY_PATTERN)
+
+    # --- defaults of the per-pod opt-ins (annotations under tracecar.dev/) ------
+    default_privileged: bool = False
+    default_runtime_symbols: bool = False
+    default_share_tmp: bool = False
+    default_host_paths: bool = False
+    default_native_sidecar: bool = True
+    """Native sidecars need Kubernetes 1.29+; set false for older clusters."""
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
