@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     lttng_default_max_duration_s: float = Field(default=600.0, gt=0)
     lttng_max_duration_s: float = Field(default=3600.0, gt=0)
     lttng_max_session_bytes: int = Field(default=256 << 20, ge=1 << 20)
+    lttng_ndjson_plugin_dir: Path | None = None
+    """A directory holding a prebuilt ``babeltrace-plugin-tracecar.so`` (the native NDJSON
+    sink, agent/lttng/ndjson_sink.c). Unset: the agent builds it at start-up when gcc and
+    libbabeltrace2-dev are there, else converts babeltrace2's text in Python (slower)."""
 
     def resolved_token(self) -> str | None:
         """The bearer token from ``token`` or, failing that, the first line of ``token_file``."""

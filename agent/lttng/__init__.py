@@ -38,7 +38,7 @@ from agent import _proc, procfs
 from agent.capabilities import lttng_kernel
 from agent.errors import Conflict, Invalid, NotFound, TooMany, Unavailable
 from agent.jobs import JobStore, atomic_path, new_id
-from agent.lttng import _read
+from agent.lttng import _native, _read
 from agent.lttng._cli import Lttng, LttngFailed
 from agent.lttng._daemon import SessionDaemon
 from agent.lttng._model import (
@@ -125,6 +125,9 @@ class Service:
         self._gone: dict[str, str] = {}  # id -> why it no longer exists (expired)
         self._watchdog: asyncio.Task[None] | None = None
         self._version: str | None = None
+        self._native: asyncio.Task[None] | None = None
+        self.plugin_dir: Path | None = None
+        self.json_converter = "python: the native sink is being located"
 
     # --- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
@@ -140,13 +143,30 @@ class Service:
             with contextlib.suppress(LttngFailed, _proc.ProcError):
                 self._version = await self.cli.version()
         self._watchdog = asyncio.create_task(self._watch(), name="lttng-watchdog")
+        # In the background: building the sink takes a second of gcc, and start-up
+        # must stay fast; until it is there, NDJSON is converted in Python.
+        self._native = asyncio.create_task(self._locate_native(), name="lttng-native-sink")
+
+    async def _locate_native(self) -> None:
+        try:
+            where, how = await _native.locate(
+                prebuilt=self.settings.lttng_ndjson_plugin_dir,
+                build_dir=self.base / "_home" / "plugins",
+            )
+        except Exception as e:  # never fatal: the Python converter works everywhere
+            log.warning("native NDJSON sink unavailable: %s", e)
+            where, how = None, f"python: locating the native sink failed ({e})"
+        self.plugin_dir = where
+        self.json_converter = f"native sink.tracecar.ndjson ({how})" if where else how
+        log.info("LTTng NDJSON: %s", self.json_converter)
 
     async def stop(self) -> None:
         """Destroy our sessions, remove their files, stop the daemon we started."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watchdog
+        for task in (self._watchdog, self._native):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         for s in list(self._sessions.values()):
             with contextlib.suppress(Exception):
                 await self._destroy(s)
@@ -221,6 +241,7 @@ class Service:
                 "max_session_bytes": self.settings.lttng_max_session_bytes,
             },
             "sessions": len(self._sessions),
+            "json_converter": self.json_converter,
         }
 
     # --- helpers -------------------------------------------------------------------
@@ -544,7 +565,13 @@ class Service:
         if begin_ns is not None and end_ns is not None and end_ns < begin_ns:
             raise Invalid("end_ns must not be before begin_ns", field="end_ns")
         return _read.stream_events(
-            trace, fmt=fmt, offset=offset, limit=limit, begin_ns=begin_ns, end_ns=end_ns
+            trace,
+            fmt=fmt,
+            offset=offset,
+            limit=limit,
+            begin_ns=begin_ns,
+            end_ns=end_ns,
+            plugin_dir=self.plugin_dir,
         )
 
     # --- the bounds ------------------------------------------------------------------

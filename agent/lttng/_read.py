@@ -1,6 +1,8 @@
 """Reading a session's CTF trace: babeltrace2 text, NDJSON, event counts, tar.gz.
 
-Text is babeltrace2's own pretty format, streamed as it comes. NDJSON is
+Text is babeltrace2's own pretty format, streamed as it comes. NDJSON comes from
+the native sink ``sink.tracecar.ndjson`` (:mod:`._native`) when it could be
+built; otherwise it is
 babeltrace2's text asked for in a regular shape (``--names=all
 --clock-seconds --no-delta -f loglevel``: every line a list of ``key = value``)
 and rewritten into JSON a chunk at a time with a few regular-expression passes
@@ -40,10 +42,20 @@ def _time(ns: int) -> str:
 
 
 def babeltrace_argv(
-    trace: Path, *, fmt: Format, begin_ns: int | None = None, end_ns: int | None = None
+    trace: Path,
+    *,
+    fmt: Format,
+    begin_ns: int | None = None,
+    end_ns: int | None = None,
+    plugin_dir: Path | None = None,
 ) -> list[str]:
-    argv = ["babeltrace2", str(trace)]
-    if fmt == "json":
+    """babeltrace2 writing text, the regular text the converter reads, or NDJSON itself."""
+    if fmt == "json" and plugin_dir is not None:
+        argv = ["babeltrace2", f"--plugin-path={plugin_dir}", str(trace)]
+        argv += ["-c", "sink.tracecar.ndjson"]
+    else:
+        argv = ["babeltrace2", str(trace)]
+    if fmt == "json" and plugin_dir is None:
         argv += ["--names=all", "--clock-seconds", "--no-delta", "--fields=loglevel"]
     if begin_ns is not None:
         argv.append(f"--begin={_time(begin_ns)}")
@@ -330,13 +342,16 @@ async def stream_events(
     limit: int | None = None,
     begin_ns: int | None = None,
     end_ns: int | None = None,
+    plugin_dir: Path | None = None,
 ) -> AsyncIterator[bytes]:
     """babeltrace2's events of ``trace`` as text or NDJSON, ``offset``/``limit`` in events.
 
-    Text passes through as bytes (only cut at line ends for paging); NDJSON is
-    converted a whole-lines chunk at a time.
+    Text, and NDJSON from the native sink (``plugin_dir``), pass through as bytes
+    (only cut at line ends for paging); otherwise NDJSON is converted here a
+    whole-lines chunk at a time.
     """
-    argv = babeltrace_argv(trace, fmt=fmt, begin_ns=begin_ns, end_ns=end_ns)
+    argv = babeltrace_argv(trace, fmt=fmt, begin_ns=begin_ns, end_ns=end_ns, plugin_dir=plugin_dir)
+    convert = fmt == "json" and plugin_dir is None
     child = await _proc.Child.start(argv, stderr=asyncio.subprocess.DEVNULL, limit=CHUNK)
     assert child.proc.stdout is not None
     to_skip = offset
@@ -363,7 +378,7 @@ async def stream_events(
                 left -= kept
             if not data:
                 continue
-            if fmt == "json":
+            if convert:
                 yield to_ndjson(data.decode("utf-8", "replace")).encode()
             else:
                 yield data

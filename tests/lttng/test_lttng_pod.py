@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent.lttng._read import babeltrace_argv, to_ndjson
 from tests import podsim
 from tests.conftest import need
 from tests.lttng.lttng_helpers import (
@@ -75,6 +77,17 @@ def pyapp(pod: podsim.SimPod, lt: podsim.AgentHandle) -> podsim.Container:
     return run_py_app(pod, "pyapp", 50)
 
 
+def _rounded(v: object) -> object:
+    """babeltrace2's text shows reals with 6 significant digits; the native sink all 17."""
+    if isinstance(v, float):
+        return float(f"{v:.6g}")
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_rounded(x) for x in v]
+    return v
+
+
 class Batches:
     """Each SIGUSR1 makes an app emit its next batch; count them per app."""
 
@@ -116,6 +129,12 @@ def test_capabilities(client: httpx.Client) -> None:
     kernel = caps["domains"]["kernel"]
     assert kernel["available"] is False and "module" in kernel["reason"]
     assert caps["modes"]["live"]["available"] is False
+    # The native NDJSON sink is built in the background (gcc + libbabeltrace2-dev).
+    wait_for(
+        lambda: client.get("/capabilities").json()["lttng"]["json_converter"].startswith("native"),
+        60,
+        "the native NDJSON sink",
+    )
 
 
 def test_registration_order(
@@ -213,6 +232,13 @@ def test_c_app_exact_events(
         ["babeltrace2", str(tmp_path / "c-exact")], capture_output=True, text=True, check=True
     )
     assert out.stdout.splitlines() == lines
+
+    # The native sink and the Python converter agree on every event.
+    regular = subprocess.run(
+        babeltrace_argv(tmp_path / "c-exact", fmt="json"), capture_output=True, text=True
+    ).stdout
+    converted = [json.loads(x) for x in to_ndjson(regular).splitlines()]
+    assert _rounded(converted) == _rounded(evs)
 
     name = client.get(f"/lttng/sessions/{sid}").json()["lttng_name"]
     assert name in daemon_sessions(lt)
