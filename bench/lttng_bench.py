@@ -10,15 +10,17 @@ tracepoint) in its own container, everything driven through the agent's API:
    channel: LTTng's defaults, 4 x 512 KiB per CPU): events/s and discarded events.
 2. The highest rate with zero discarded events: a rate-limited emitter stepped
    by bisection between 0 and the full-speed rate, ~1 s of events per step.
-3. Reading: ``GET /lttng/sessions/{id}/events?format=json`` (babeltrace2 + our
-   NDJSON conversion, streamed over HTTP) and ``format=text`` against
-   ``babeltrace2 TRACE > /dev/null`` on the same trace in the same run.
+3. Reading: ``GET /lttng/sessions/{id}/events?format=json`` (babeltrace2 with
+   the agent's native NDJSON sink when it could be built, streamed over HTTP) and
+   ``format=text`` against ``babeltrace2 TRACE > /dev/null`` on the same trace in
+   the same run; plus the Python fallback converter in-process.
    Target: JSON at least 50% of babeltrace2's event rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import subprocess
 import sys
 import tempfile
@@ -31,7 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests import podsim  # noqa: E402
-from tests.lttng.lttng_helpers import build_c_app, run_c_app, trigger  # noqa: E402
+from agent.lttng._read import stream_events  # noqa: E402
+from tests.lttng.lttng_helpers import build_c_app, run_c_app, trigger, wait_for  # noqa: E402
 
 
 def record(
@@ -69,6 +72,15 @@ def timed_get(url: str) -> tuple[float, int]:
     return time.perf_counter() - t0, int(lines.stdout.split()[0])
 
 
+async def python_converter(trace: Path) -> tuple[float, int]:
+    """The fallback path (no native sink): babeltrace2 text rewritten in Python."""
+    t0 = time.perf_counter()
+    lines = 0
+    async for chunk in stream_events(trace, fmt="json", plugin_dir=None):
+        lines += chunk.count(b"\n")
+    return time.perf_counter() - t0, lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=2_000_000, help="events at full speed")
@@ -84,6 +96,14 @@ def main() -> int:
     with podsim.sim_pod() as pod:
         agent = podsim.start_agent(pod)
         with agent.client(timeout=600) as client:
+            converter = wait_for(
+                lambda: (c := client.get("/capabilities").json()["lttng"]["json_converter"])
+                and not c.startswith("python: the native sink is being located")
+                and c,
+                120,
+                "the agent to settle its NDJSON converter",
+            )
+            print(f"NDJSON converter: {converter}")
             # 1. full speed, default buffers (repeated: the consumer daemon's share of
             # two busy cores decides whether a burst fits in the buffers)
             runs = []
@@ -123,6 +143,11 @@ def main() -> int:
                 f"= {bt_s / js_s:.0%} of baseline (target >= 50%)"
             )
             assert js_lines == recorded == tx_lines, (js_lines, tx_lines, recorded)
+            py_s, py_lines = asyncio.run(python_converter(trace))
+            print(
+                f"  Python converter (fallback)   : {py_s:.3f} s = {py_lines / py_s:,.0f} ev/s "
+                f"= {bt_s / py_s:.0%} of baseline (in-process, no HTTP)"
+            )
             client.delete(f"/lttng/sessions/{sid}")
 
             # 2. the lossless rate, by bisection

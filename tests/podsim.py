@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -51,6 +52,25 @@ def _wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def _private_tmp(name: str) -> str:
+    """Shell that gives a container its own /tmp, as a pod's container has.
+
+    A checkout under /tmp (CI clones anywhere) would vanish under the new tmpfs,
+    and with it the agent's code and venv: it is carried across with a bind mount
+    parked under the container's /srv and moved back into place.
+    """
+    tmp = f"mount -t tmpfs -o mode=1777 tmp-{name} /tmp; "
+    if not REPO.is_relative_to("/tmp"):
+        return tmp
+    repo = shlex.quote(str(REPO))
+    hold = f"{APP_MOUNT}/.tracecar-repo"
+    return (
+        f"mkdir -p {hold}; mount --bind {repo} {hold}; "
+        + tmp
+        + f"mkdir -p {repo}; mount --move {hold} {repo}; rmdir {hold}; "
+    )
 
 
 def ns_pid(host_pid: int) -> int:
@@ -168,8 +188,8 @@ class SimPod:
         setup = (
             f"set -e; mount -t tmpfs -o mode=0755 rootfs-{name} {APP_MOUNT}; "
             f'cp -a "$STAGE"/. {APP_MOUNT}/; '
-            f"mount -t tmpfs -o mode=1777 tmp-{name} /tmp; "
-            + (f"cd {cwd}; " if cwd else "")
+            + _private_tmp(name)
+            + (f"cd {shlex.quote(cwd)}; " if cwd else "")
             + 'unset STAGE; exec "$@"'
         )
         log_path = self.workdir / f"{name}.log"
