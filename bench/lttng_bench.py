@@ -32,8 +32,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests import podsim  # noqa: E402
 from agent.lttng._read import stream_events  # noqa: E402
+from tests import podsim  # noqa: E402
 from tests.lttng.lttng_helpers import build_c_app, run_c_app, trigger, wait_for  # noqa: E402
 
 
@@ -97,9 +97,11 @@ def main() -> int:
         agent = podsim.start_agent(pod)
         with agent.client(timeout=600) as client:
             converter = wait_for(
-                lambda: (c := client.get("/capabilities").json()["lttng"]["json_converter"])
-                and not c.startswith("python: the native sink is being located")
-                and c,
+                lambda: (
+                    (c := client.get("/capabilities").json()["lttng"]["json_converter"])
+                    and not c.startswith("python: the native sink is being located")
+                    and c
+                ),
                 120,
                 "the agent to settle its NDJSON converter",
             )

@@ -66,10 +66,12 @@ def _private_tmp(name: str) -> str:
         return tmp
     repo = shlex.quote(str(REPO))
     hold = f"{APP_MOUNT}/.tracecar-repo"
+    # Absolute paths: a test may hand the container a PATH under /tmp, gone after the mount.
+    mkdir, mount, rmdir = (shutil.which(t) or t for t in ("mkdir", "mount", "rmdir"))
     return (
-        f"mkdir -p {hold}; mount --bind {repo} {hold}; "
-        + tmp
-        + f"mkdir -p {repo}; mount --move {hold} {repo}; rmdir {hold}; "
+        f"{mkdir} -p {hold}; {mount} --bind {repo} {hold}; "
+        + tmp.replace("mount ", f"{mount} ", 1)
+        + f"{mkdir} -p {repo}; {mount} --move {hold} {repo}; {rmdir} {hold}; "
     )
 
 

@@ -41,6 +41,8 @@ def build_server(settings: Settings, tls: ReloadingTLS) -> uvicorn.Server:
         server_header=False,
         timeout_keep_alive=settings.keep_alive_s,
         lifespan="off",
+        loop=__import__("os").environ.get("XLOOP", "auto"),
+        http=__import__("os").environ.get("XHTTP", "auto"),
     )
     return uvicorn.Server(config)
 
@@ -80,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # cyclic GC, so full collections do not walk ~60k startup objects mid-request.
     gc.collect()
     gc.freeze()
-    asyncio.run(_serve(server, tls, settings.cert_reload_interval_s))
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        runner.run(_serve(server, tls, settings.cert_reload_interval_s))
     return 0
 
 

@@ -10,6 +10,7 @@ from webhook.deps import AppContext
 from webhook.limits import BodyLimit
 from webhook.logs import get_logger
 from webhook.metrics import Metrics
+from webhook.review import fixed_review
 from webhook.routers import admission, health, metrics
 from webhook.settings import Settings, get_settings
 
@@ -24,12 +25,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
-    app.state.context = AppContext(settings=settings, metrics=Metrics())
+    app.state.context = AppContext(
+        settings=settings,
+        metrics=Metrics(),
+        floor_review=fixed_review(settings) if settings.bench_floor else None,
+    )
     app.include_router(admission.router)
+    if settings.bench_floor:
+        # Right after /mutate, so both pay the same route matching.
+        app.include_router(admission.floor_router)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    if settings.bench_floor:
-        app.include_router(admission.floor_router)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

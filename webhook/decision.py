@@ -42,6 +42,16 @@ class Decision:
     message: str
 
 
+# The decisions that do not depend on the pod, built once (the hot path's answers).
+_NOT_LABELLED: Final = Decision(
+    inject=False, reason="not-labelled", message=f"pod lacks the label {LABEL_KEY}={LABEL_VALUE}"
+)
+_ALREADY_INJECTED: Final = Decision(
+    inject=False, reason="already-injected", message="the tracecar agent is already there"
+)
+_INJECT: Final = Decision(inject=True, reason="injected", message="labelled profiling=enabled")
+
+
 def _dict(value: object) -> JsonObject:
     return value if isinstance(value, dict) else {}
 
@@ -63,17 +73,11 @@ def inject_required(pod: JsonObject, *, namespace: str, settings: Settings) -> D
     spec = _dict(pod.get("spec"))
 
     if labels.get(LABEL_KEY) != LABEL_VALUE:
-        return Decision(
-            inject=False,
-            reason="not-labelled",
-            message=f"pod lacks the label {LABEL_KEY}={LABEL_VALUE}",
-        )
+        return _NOT_LABELLED
     if STATUS_ANNOTATION in annotations or any(
         c.get("name") == AGENT_CONTAINER for c in _containers(spec)
     ):
-        return Decision(
-            inject=False, reason="already-injected", message="the tracecar agent is already there"
-        )
+        return _ALREADY_INJECTED
     if namespace == settings.namespace:
         return Decision(
             inject=False,
@@ -101,4 +105,4 @@ def inject_required(pod: JsonObject, *, namespace: str, settings: Settings) -> D
             reason="no-containers",
             message="tracecar: not injected: the pod has no spec.containers",
         )
-    return Decision(inject=True, reason="injected", message="labelled profiling=enabled")
+    return _INJECT

@@ -81,20 +81,15 @@ def log_review(fields: dict[str, object]) -> None:
     """The one line per review: the same JSON shape as every other line, written
     straight into the handler's buffer (LogRecord and handler dispatch cost 20 us
     per review, a tenth of the webhook's CPU per request)."""
-    logger = logging.getLogger(LOGGER)
+    logger = get_logger()
     if not logger.isEnabledFor(logging.INFO):
         return
     if _handler is None:  # not configured (an app embedded elsewhere): plain logging
         logger.info("review", extra={"fields": fields})
         return
-    line: dict[str, object] = {
-        "ts": _timestamp(time.time()),
-        "level": "info",
-        "logger": LOGGER,
-        "msg": "review",
-    }
+    line: dict[str, object] = {"ts": _timestamp(time.time()), "level": "info", "logger": LOGGER, "msg": "review"}
     line.update(fields)
-    _handler.stream.write(orjson.dumps(line, default=str).decode() + "\n")
+    _handler.stream.write(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE).decode())
 
 
 def flush_logs() -> None:
@@ -108,5 +103,9 @@ async def flush_periodically(interval_s: float = 0.5) -> None:
         flush_logs()
 
 
+_logger: Final = logging.getLogger(LOGGER)
+
+
 def get_logger() -> logging.Logger:
-    return logging.getLogger(LOGGER)
+    # One lookup at import: logging.getLogger takes the module lock on every call.
+    return _logger

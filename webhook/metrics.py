@@ -43,11 +43,22 @@ class Metrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        self._by_outcome: dict[str, tuple[Counter, ...]] = {}
+
+    def _counters(self, outcome: str) -> tuple[Counter, ...]:
+        """The counters a review with this outcome increments: looked up once per outcome
+        (``labels()`` takes a lock and validates on every call)."""
+        counters = self._by_outcome.get(outcome)
+        if counters is None:
+            counters = (self.reviews.labels(outcome),)
+            if outcome == "injected":
+                counters += (self.injections,)
+            elif outcome != "internal-error":
+                counters += (self.skips.labels(outcome),)
+            self._by_outcome[outcome] = counters
+        return counters
 
     def record(self, *, outcome: str, seconds: float) -> None:
-        self.reviews.labels(outcome).inc()
-        if outcome == "injected":
-            self.injections.inc()
-        elif outcome != "internal-error":
-            self.skips.labels(outcome).inc()
+        for counter in self._counters(outcome):
+            counter.inc()
         self.latency.observe(seconds)

@@ -95,10 +95,46 @@ def _boolean(value: object) -> bool | None:
     return None
 
 
+_DEFAULTS: dict[tuple[object, ...], ParsedOptions] = {}
+"""The options of pods without ``tracecar.dev/`` annotations (nearly all), per settings."""
+
+
+def _defaults_key(settings: Settings) -> tuple[object, ...]:
+    """Every setting :func:`_parse` reads (keep in step): the settings' defaults as a key."""
+    return (
+        settings.default_privileged,
+        settings.default_runtime_symbols,
+        settings.default_share_tmp,
+        settings.default_host_paths,
+        settings.default_native_sidecar,
+        settings.agent_image,
+        settings.agent_port,
+        settings.agent_cpu_request,
+        settings.agent_cpu_limit,
+        settings.agent_memory_request,
+        settings.agent_memory_limit,
+    )
+
+
 def parse_options(annotations: Mapping[str, object] | None, *, settings: Settings) -> ParsedOptions:
     """Options for a pod from its annotations (may be None) and the settings' defaults."""
-    warnings: list[str] = []
     ann = {k[len(PREFIX) :]: v for k, v in (annotations or {}).items() if k.startswith(PREFIX)}
+    if ann:
+        return _parse(ann, settings)
+    # Measured: building the defaults was a tenth of a review's own CPU; they only
+    # change with the settings, so they are built once per distinct settings.
+    key = _defaults_key(settings)
+    parsed = _DEFAULTS.get(key)
+    if parsed is None:
+        if len(_DEFAULTS) >= 16:  # bounded even when settings keep changing (tests)
+            _DEFAULTS.clear()
+        parsed = _DEFAULTS[key] = _parse({}, settings)
+    return parsed
+
+
+def _parse(ann: dict[str, object], settings: Settings) -> ParsedOptions:
+    """Options from the ``tracecar.dev/`` annotations (prefix removed) over the defaults."""
+    warnings: list[str] = []
 
     def flag(name: str, default: bool) -> bool:
         if name not in ann:

@@ -28,7 +28,7 @@ from webhook._types import (
     AdmissionReviewResponse,
     JsonObject,
 )
-from webhook.decision import WARN_REASONS, Reason, inject_required
+from webhook.decision import LABEL_KEY, LABEL_VALUE, WARN_REASONS, Reason, inject_required
 from webhook.inject import plan_injection
 from webhook.settings import Settings
 
@@ -203,6 +203,21 @@ def internal_error(uid: str) -> AdmissionReviewResponse:
     )
 
 
-def fixed_review() -> bytes:
-    """The benchmark floor's answer: a constant review (same size class as a real one)."""
-    return orjson.dumps(_review(_allowed("00000000-0000-0000-0000-000000000000")))
+def fixed_review(settings: Settings) -> bytes:
+    """The benchmark floor's answer: a constant review of the size class of a real one
+    (the agent's patch for a one-container pod, computed once): the bytes a review
+    writes through TLS and the loopback are the server stack's cost, not the webhook's."""
+    pod: JsonObject = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "floor-", "labels": {LABEL_KEY: LABEL_VALUE}},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1.0"}]},
+    }
+    request: AdmissionRequest = {
+        "uid": "00000000-0000-0000-0000-000000000000",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "operation": "CREATE",
+        "namespace": "default",
+        "object": pod,
+    }
+    return orjson.dumps(answer(request, settings=settings, owned=True).review)

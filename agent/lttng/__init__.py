@@ -59,6 +59,7 @@ __all__ = ["EventSpec", "Format", "Service", "SessionRequest"]
 log = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL_S = 1.0
+HEALTH_EVERY = 10  # watchdog ticks between health checks of the session daemon
 AGENT_DOMAINS = ("python", "jul", "log4j")
 
 
@@ -202,8 +203,10 @@ class Service:
         daemon_reason = self.daemon.reason or ""
         agent_note = {
             "python": "the app must `import lttngust` (python3-lttngust) after the daemon is up",
-            "jul": "the app must load LTTng's JUL agent (liblttng-ust-java-agent)",
-            "log4j": "the app must load LTTng's log4j agent (liblttng-ust-java-agent)",
+            "jul": "the app must add LTTng's JUL handler (org.lttng.ust.agent.jul."
+            "LttngLogHandler: liblttng-ust-agent-java and -jni in the app's image)",
+            "log4j": "the app must add LTTng's log4j 1.2 appender (org.lttng.ust.agent."
+            "log4j.LttngLogAppender: liblttng-ust-agent-java and -jni in the app's image)",
         }
         domains: dict[str, object] = {
             "userspace": {"available": ok, **({"reason": daemon_reason} if not ok else {})},
@@ -576,10 +579,14 @@ class Service:
 
     # --- the bounds ------------------------------------------------------------------
     async def _watch(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            ticks += 1
             try:
                 await self._enforce()
+                if ticks % HEALTH_EVERY == 0:
+                    await self.daemon.check()
             except Exception:
                 log.exception("LTTng watchdog")
 

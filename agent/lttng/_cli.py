@@ -61,10 +61,14 @@ class Lttng:
         self.home.mkdir(parents=True, exist_ok=True)
         return {**os.environ, "LTTNG_HOME": str(self.home)}
 
-    async def run(self, args: Sequence[str], *, mi: bool = False) -> str:
+    async def run(
+        self, args: Sequence[str], *, mi: bool = False, timeout_s: float | None = None
+    ) -> str:
         argv = ["lttng", *(["--mi", "xml"] if mi else []), *args]
         try:
-            done = await _proc.run(argv, timeout=self.timeout_s, env=self.env(), check=False)
+            done = await _proc.run(
+                argv, timeout=timeout_s or self.timeout_s, env=self.env(), check=False
+            )
         except _proc.ToolTimeout as e:
             raise LttngFailed(str(e), returncode=-1, argv=argv) from e
         if done.returncode != 0:

@@ -6,7 +6,9 @@ watched). Its sockets live in ``/var/run/lttng`` (compiled into LTTng for the
 root daemon), which the webhook mounts as an emptyDir shared with every app
 container: liblttng-ust and the Python/Java agents find the daemon there.
 
-A supervisor task waits on the child; if it dies unexpectedly it kills what is
+The service's watchdog calls :meth:`SessionDaemon.check` every 10 s (``lttng
+list`` must answer; three failures in a row and the daemon is killed). A
+supervisor task waits on the child; if it dies unexpectedly it kills what is
 left of its process group (``lttng-consumerd``), tells the service (whose
 sessions died with it) and starts a new one, backing off up to 30 s. If a
 daemon is already answering when the agent starts (the app's own, or
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 #: Where LTTng's root session daemon puts its sockets (a compile-time default).
 ROOT_RUN_DIR = Path("/var/run/lttng")
 READY_TIMEOUT_S = 10.0
+HEALTH_TIMEOUT_S = 5.0
 
 
 def _same_dir(a: Path, b: Path) -> bool:
@@ -82,6 +85,9 @@ class SessionDaemon:
         self.started_at: float | None = None
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
+        self.last_check: float | None = None
+        self.last_check_ok: bool | None = None
+        self.failed_checks = 0
 
     @property
     def available(self) -> bool:
@@ -96,10 +102,27 @@ class SessionDaemon:
         if not (ROOT_RUN_DIR / "client-lttng-sessiond").exists():
             return False
         try:
-            await self.cli.run(["list"], mi=True)
+            await self.cli.run(["list"], mi=True, timeout_s=HEALTH_TIMEOUT_S)
         except (LttngFailed, _proc.ProcError):
             return False
         return True
+
+    async def check(self) -> None:
+        """Periodic health check: a daemon that stops answering is killed and restarted.
+
+        Three failed checks in a row (the watchdog checks every 10 s) and a daemon of
+        ours is SIGKILLed; the supervisor then starts a new one.
+        """
+        if not self.available:
+            return
+        ok = await self.answers()
+        self.last_check = time.time()
+        self.last_check_ok = ok
+        self.failed_checks = 0 if ok else self.failed_checks + 1
+        if self.failed_checks >= 3 and self.child is not None and not self.external:
+            log.error("lttng-sessiond stopped answering: killing it for a restart")
+            self.failed_checks = 0
+            self.child.send_signal(signal.SIGKILL)
 
     async def start(self) -> None:
         if not _same_dir(self.run_dir, ROOT_RUN_DIR):
@@ -142,6 +165,8 @@ class SessionDaemon:
             if await self.answers():
                 self.reason = None
                 self.started_at = time.time()
+                self.last_check_ok = None
+                self.failed_checks = 0
                 log.info("lttng-sessiond running (pid %d)", self.child.pid)
                 return
             await asyncio.sleep(0.05)
@@ -212,5 +237,7 @@ class SessionDaemon:
             "restarts": self.restarts,
             "run_dir": str(ROOT_RUN_DIR),
             "started_at": self.started_at,
+            "last_health_check": self.last_check,
+            "last_health_check_ok": self.last_check_ok,
             **({"reason": self.reason} if self.reason else {}),
         }

@@ -360,10 +360,9 @@ async def stream_events(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + READ_TIMEOUT_S
     try:
+        stdout = child.proc.stdout
         while left is None or left > 0:
-            data = await asyncio.wait_for(
-                child.proc.stdout.read(CHUNK), max(0.1, deadline - loop.time())
-            )
+            data = await asyncio.wait_for(stdout.read(CHUNK), max(0.1, deadline - loop.time()))
             if not data:
                 break
             if pending:

@@ -469,7 +469,7 @@ def test_perf_missing_is_503(pod: podsim.SimPod, tmp_path: Path) -> None:
     # A PATH with what the pod's container launcher needs, and no perf.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("nsenter", "unshare", "sh", "mount", "cp"):
+    for tool in ("nsenter", "unshare", "sh", "mount", "cp", "mkdir", "rmdir"):
         (bin_dir / tool).symlink_to(shutil.which(tool))  # type: ignore[arg-type]
     handle = podsim.start_agent(pod, env={"PATH": str(bin_dir)})
     try:

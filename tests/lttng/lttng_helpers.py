@@ -40,6 +40,38 @@ def build_c_app(dest_dir: Path) -> Path:
     return out
 
 
+JUL_CP = ["/usr/share/java/lttng-ust-agent-jul.jar", "/usr/share/java/lttng-ust-agent-common.jar"]
+
+
+def build_jul_app(dest_dir: Path) -> Path:
+    """javac: the JUL app logging through LTTng's Java agent."""
+    subprocess.run(
+        ["javac", "-cp", ":".join(JUL_CP), "-d", str(dest_dir), str(APPS / "JulApp.java")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dest_dir / "JulApp.class"
+
+
+def run_jul_app(pod: podsim.SimPod, name: str, cls: Path, n: int) -> podsim.Container:
+    argv = ["java", "-Djava.library.path=/usr/lib/x86_64-linux-gnu/jni"]
+    argv += ["-cp", ":".join(["/srv", *JUL_CP]), "JulApp", str(n)]
+    c = pod.run(name, argv, files={"JulApp.class": cls})
+    wait_for(lambda: "ready" in c.log(), 30, f"{name} ready")
+    return c
+
+
+def go(c: podsim.Container, batch: int, timeout: float = 30) -> None:
+    """The JUL app's trigger: a file in its own /tmp (Java has no handy SIGUSR1)."""
+    Path(f"/proc/{c.host_pid}/root/tmp/go-{batch}").write_text("")
+    wait_for(
+        lambda: Path(f"/proc/{c.host_pid}/root/tmp/done-{batch}").exists(),
+        timeout,
+        f"{c.name} batch {batch}",
+    )
+
+
 def wait_for(pred: Any, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -27,10 +27,13 @@ from tests import podsim
 from tests.conftest import need
 from tests.lttng.lttng_helpers import (
     build_c_app,
+    build_jul_app,
     daemon_sessions,
+    go,
     ndjson,
     pod_processes,
     run_c_app,
+    run_jul_app,
     run_py_app,
     trigger,
     wait_for,
@@ -48,11 +51,18 @@ def c_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def early(pod: podsim.SimPod, c_binary: Path) -> dict[str, podsim.Container]:
+def jul_class(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    need("javac", "java")
+    return build_jul_app(tmp_path_factory.mktemp("julapp"))
+
+
+@pytest.fixture(scope="module")
+def early(pod: podsim.SimPod, c_binary: Path, jul_class: Path) -> dict[str, podsim.Container]:
     """Apps started BEFORE the session daemon (registration order matters)."""
     return {
         "c": run_c_app(pod, "early-c", c_binary, N),
         "py": run_py_app(pod, "early-py", 10),
+        "jul": run_jul_app(pod, "early-jul", jul_class, 10),
     }
 
 
@@ -143,7 +153,8 @@ def test_registration_order(
     capp: podsim.Container,
     pyapp: podsim.Container,
 ) -> None:
-    """C apps (liblttng-ust) register when the daemon appears; the Python agent does not."""
+    """C apps (liblttng-ust) and the JUL agent register when the daemon appears; Python's
+    agent does not."""
 
     def listed() -> dict[int, set[str]]:
         procs = client.get("/lttng/tracepoints").json()["processes"]
@@ -152,7 +163,11 @@ def test_registration_order(
             out.setdefault(p["pid"], set()).update(e["name"] for e in p["events"])
         return out
 
-    seen = wait_for(lambda: (s := listed()) and early["c"].pid in s and s, 15, "early C app")
+    def both() -> dict[int, set[str]] | None:
+        s = listed()
+        return s if early["c"].pid in s and "tracecar.jul" in s.get(early["jul"].pid, ()) else None
+
+    seen = wait_for(both, 20, "the early C and JUL apps to register")
     assert "tracecar_test:tick" in seen[early["c"].pid]
     assert "tracecar_test:tick" in seen[capp.pid]
     assert "tracecar.py" in seen[pyapp.pid]
@@ -291,6 +306,49 @@ def test_python_app_events_and_loglevel(
         assert client.delete(f"/lttng/sessions/{sid}").status_code == 200
 
 
+def test_jul_app_events_and_loglevel(
+    client: httpx.Client, pod: podsim.SimPod, jul_class: Path
+) -> None:
+    jul = run_jul_app(pod, "julapp", jul_class, 30)
+    try:
+        every = create(
+            client,
+            {
+                "events": [{"domain": "jul", "names": ["tracecar.jul"]}],
+                "pids": [jul.pid],
+                "start": True,
+            },
+        )
+        warn = create(
+            client,
+            {
+                "events": [{"domain": "jul", "names": ["tracecar.*"], "loglevel": "WARNING"}],
+                "pids": [jul.pid],
+                "start": True,
+            },
+        )
+        go(jul, 1)
+        time.sleep(0.3)  # the agent hands records to the tracer asynchronously
+        for sid in (every, warn):
+            act(client, sid, "stop")
+        evs = ndjson(client.get(f"/lttng/sessions/{every}/events", params={"format": "json"}))
+        assert {e["name"] for e in evs} == {"lttng_jul:event"}
+        expected = []
+        for i in range(30):
+            expected.append(f"item {i}")
+            if i % 10 == 0:
+                expected.append(f"warn {i}")
+        assert [e["fields"]["msg"] for e in evs] == expected
+        assert {e["fields"]["logger_name"] for e in evs} == {"tracecar.jul"}
+        warned = ndjson(client.get(f"/lttng/sessions/{warn}/events", params={"format": "json"}))
+        assert [e["fields"]["msg"] for e in warned] == ["warn 0", "warn 10", "warn 20"]
+        assert {e["fields"]["int_loglevel"] for e in warned} == {900}  # Level.WARNING
+        for sid in (every, warn):
+            client.delete(f"/lttng/sessions/{sid}")
+    finally:
+        jul.stop()
+
+
 def test_filter_and_loglevel(
     client: httpx.Client, capp: podsim.Container, batches: Batches
 ) -> None:
@@ -351,6 +409,34 @@ def test_snapshot_captures_latest(client: httpx.Client, pod: podsim.SimPod, c_bi
         assert 0 < len(seqs) < 20000
         assert seqs[-1] == 19999
         assert seqs == list(range(seqs[0], 20000))
+        assert client.delete(f"/lttng/sessions/{sid}").status_code == 200
+    finally:
+        big.stop()
+
+
+def test_size_cap_stops_recording(client: httpx.Client, pod: podsim.SimPod, c_binary: Path) -> None:
+    big = run_c_app(pod, "capapp", c_binary, 150_000)
+    try:
+        sid = create(
+            client,
+            {
+                "events": [{"domain": "userspace", "names": ["tracecar_test:tick"]}],
+                "pids": [big.pid],
+                "max_size_bytes": 1 << 20,
+                "subbuf_size": 65536,
+                "start": True,
+            },
+        )
+        trigger(big, 1)  # ~5 MB of events
+        view = wait_for(
+            lambda: (v := client.get(f"/lttng/sessions/{sid}").json())["state"] == "stopped" and v,
+            10,
+            "the watchdog to stop the session",
+        )
+        assert "size cap" in view["message"], view
+        r = client.post(f"/lttng/sessions/{sid}/start")
+        assert r.status_code == 409 and "size cap" in r.json()["detail"]
+        assert client.get(f"/lttng/sessions/{sid}/trace").status_code == 200
         assert client.delete(f"/lttng/sessions/{sid}").status_code == 200
     finally:
         big.stop()

@@ -8,9 +8,9 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from webhook.deps import ContextDep
+from webhook.deps import context_of
 from webhook.logs import get_logger, log_review
-from webhook.review import BadReview, answer, fixed_review, internal_error, parse_review
+from webhook.review import BadReview, answer, internal_error, parse_review
 
 router = APIRouter(tags=["admission"])
 log = get_logger()
@@ -19,8 +19,9 @@ _JSON = "application/json"
 
 
 @router.post("/mutate", response_model=None)
-async def mutate(request: Request, context: ContextDep) -> Response:
+async def mutate(request: Request) -> Response:
     start = time.perf_counter()
+    context = context_of(request)  # not a dependency: see webhook.deps
     settings, metrics = context.settings, context.metrics
     content_type = request.headers.get("content-type", _JSON)
     if "json" not in content_type:
@@ -68,11 +69,12 @@ async def mutate(request: Request, context: ContextDep) -> Response:
 
 
 floor_router = APIRouter(tags=["benchmark"])
-_FIXED = fixed_review()
 
 
 @floor_router.post("/floor", include_in_schema=False)
 async def floor(request: Request) -> Response:
-    """The benchmark's baseline: same stack, body read, fixed answer (bench_floor only)."""
+    """The benchmark's baseline: same stack and context lookup, body read, a fixed answer
+    of a real review's size (only with ``settings.bench_floor``)."""
+    fixed = context_of(request).floor_review
     await request.body()
-    return Response(_FIXED, media_type=_JSON)
+    return Response(fixed, media_type=_JSON)
