@@ -4,7 +4,8 @@ Measures, over TLS with keep-alive, with ``wrk`` (a Lua script posts the body):
 
 - ``/mutate`` latency (p50, p99) and throughput at concurrency 1, 16 and 64, against a
   floor measured in the same run on the same server process: ``/floor`` (enabled by
-  ``TRACECAR_WEBHOOK_BENCH_FLOOR``) reads the body and returns a fixed AdmissionReview.
+  ``TRACECAR_WEBHOOK_BENCH_FLOOR``) reads the body and returns a fixed AdmissionReview
+  of a real one's size (the agent's patch for a one-container pod; sizes printed).
   Rounds alternate floor and mutate so drift on a shared machine hits both alike.
   Targets: p99 within 1.5x the floor, throughput at least 70 % of it.
 - Big pods answered one at a time (1,500 env vars; a 64 KB pod spec): target < 50 ms.
@@ -186,11 +187,14 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+JSON = {"content-type": "application/json"}
+
+
 def one_by_one(client: httpx.Client, body: bytes, n: int) -> list[float]:
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        r = client.post("/mutate", content=body, headers={"content-type": "application/json"})
+        r = client.post("/mutate", content=body, headers=JSON)
         times.append((time.perf_counter() - t) * 1000)
         assert r.status_code == 200 and "patch" in r.json()["response"], r.text[:300]
     return times
@@ -250,9 +254,14 @@ def main() -> int:
                             return 1
                     time.sleep(0.1)
                 print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+                sizes = {
+                    path: len(client.post(path, content=bodies["pod"], headers=JSON).content)
+                    for path in ("/floor", "/mutate")
+                }
                 print(
                     f"webhook pid {proc.pid}, RSS {rss_mb(proc.pid)[0]:.1f} MB idle; "
-                    f"body {len(bodies['pod'])} B; "
+                    f"body {len(bodies['pod'])} B, answer {sizes['/mutate']} B "
+                    f"(floor's {sizes['/floor']} B); "
                     f"{rounds} round(s) x {seconds:g} s per point, floor and mutate alternating\n"
                 )
 

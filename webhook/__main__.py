@@ -41,8 +41,6 @@ def build_server(settings: Settings, tls: ReloadingTLS) -> uvicorn.Server:
         server_header=False,
         timeout_keep_alive=settings.keep_alive_s,
         lifespan="off",
-        loop=__import__("os").environ.get("XLOOP", "auto"),
-        http=__import__("os").environ.get("XHTTP", "auto"),
     )
     return uvicorn.Server(config)
 
@@ -82,8 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # cyclic GC, so full collections do not walk ~60k startup objects mid-request.
     gc.collect()
     gc.freeze()
-    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
-        runner.run(_serve(server, tls, settings.cert_reload_interval_s))
+    asyncio.run(_serve(server, tls, settings.cert_reload_interval_s))
     return 0
 
 

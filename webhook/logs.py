@@ -16,6 +16,8 @@ from typing import Final, TextIO
 import orjson
 
 LOGGER: Final = "tracecar.webhook"
+_logger: Final = logging.getLogger(LOGGER)
+"""Looked up once: ``logging.getLogger`` takes the logging module's lock on every call."""
 
 
 _second: tuple[int, str] = (0, "")
@@ -87,9 +89,16 @@ def log_review(fields: dict[str, object]) -> None:
     if _handler is None:  # not configured (an app embedded elsewhere): plain logging
         logger.info("review", extra={"fields": fields})
         return
-    line: dict[str, object] = {"ts": _timestamp(time.time()), "level": "info", "logger": LOGGER, "msg": "review"}
+    line: dict[str, object] = {
+        "ts": _timestamp(time.time()),
+        "level": "info",
+        "logger": LOGGER,
+        "msg": "review",
+    }
     line.update(fields)
-    _handler.stream.write(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE).decode())
+    _handler.stream.write(
+        orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE).decode()
+    )
 
 
 def flush_logs() -> None:
@@ -103,9 +112,5 @@ async def flush_periodically(interval_s: float = 0.5) -> None:
         flush_logs()
 
 
-_logger: Final = logging.getLogger(LOGGER)
-
-
 def get_logger() -> logging.Logger:
-    # One lookup at import: logging.getLogger takes the module lock on every call.
     return _logger
