@@ -25,7 +25,7 @@ import ctypes
 import os
 import shutil
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 _PR_SET_PDEATHSIG = 1
@@ -211,6 +211,23 @@ async def run(
             stderr=done.err,
         )
     return done
+
+
+async def line_batches(
+    stream: asyncio.StreamReader, *, chunk: int = 1 << 16
+) -> AsyncIterator[list[bytes]]:
+    """A tracer's output as batches of complete lines, one batch per read.
+
+    Batches rather than single lines so a caller can do per-read work (flush a
+    histogram) and so a busy tracer costs one wake-up per 64 KiB, not per line.
+    An unterminated last line at EOF is a tracer killed mid-write: dropped.
+    """
+    pending = b""
+    while data := await stream.read(chunk):
+        pending += data
+        lines = pending.split(b"\n")
+        pending = lines.pop()
+        yield lines
 
 
 async def terminate_all(grace: float = 5.0) -> None:

@@ -303,15 +303,7 @@ class Session:
 
     async def items(self) -> AsyncIterator[Item]:
         assert self.child is not None and self.child.proc.stdout is not None
-        out = self.child.proc.stdout
-        pending = b""
-        while True:
-            chunk = await out.read(1 << 16)
-            if not chunk:
-                break
-            pending += chunk
-            lines = pending.split(b"\n")
-            pending = lines.pop()
+        async for lines in _proc.line_batches(self.child.proc.stdout):
             for line in lines:
                 if line:
                     item = self.parser.feed(line)

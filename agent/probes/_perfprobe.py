@@ -363,16 +363,8 @@ class Session:
 
     async def items(self) -> AsyncIterator[Item]:
         assert self.script is not None and self.script.proc.stdout is not None
-        out = self.script.proc.stdout
-        pending = b""
         last_hist = 0.0
-        while True:
-            chunk = await out.read(1 << 16)
-            if not chunk:
-                break
-            pending += chunk
-            lines = pending.split(b"\n")
-            pending = lines.pop()
+        async for lines in _proc.line_batches(self.script.proc.stdout):
             for line in lines:
                 item = self.parser.feed(line.decode("utf-8", "replace"))
                 if item is not None:
