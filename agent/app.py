@@ -31,6 +31,11 @@ log = logging.getLogger("agent")
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            where = err.get("loc", ("body", "?"))[-1]
+            reason = (err.get("ctx") or {}).get("error", "malformed")
+            parts.append(f"the request body is not valid JSON (at character {where}: {reason})")
+            continue
         loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
         parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"

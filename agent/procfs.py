@@ -481,13 +481,21 @@ def pids_of_container(name: str) -> list[int]:
 
 
 def own_tree() -> set[int]:
-    """The agent itself, its descendants and its container: never profiled as 'the pod'."""
+    """The agent itself, its descendants and its container: never profiled as 'the pod'.
+
+    "Its container" (every process in the agent's mount namespace) only when the
+    agent has a mount namespace of its own, as a sidecar does: run on a host
+    (``scripts/run``), that namespace is everybody's, and only its own tree is left out.
+    """
     me = os.getpid()
     parents: dict[int, int] = {}
     mine = set()
     try:
         my_mnt = _mnt_ns(me)
+        if my_mnt == _mnt_ns(1):
+            my_mnt = -1
     except OSError:
+        # pid 1's namespace is unreadable (a VM's own init): not a pod's sidecar either.
         my_mnt = -1
     for pid in _pids():
         with contextlib.suppress(OSError, ValueError, IndexError):

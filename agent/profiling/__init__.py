@@ -66,6 +66,19 @@ __all__ = ["ARTIFACTS", "KIND", "Service"]
 _UNRESOLVED = re.compile(r"\[[^\[\]]+\]")
 
 
+def _traceable(info: procfs.ProcessInfo) -> procfs.ProcessInfo:
+    """A process perf can attach to, or 409 saying why not (perf would fail mutely).
+
+    Zombies also show no namespaces; they go to perf, whose own refusal says it all.
+    """
+    if info.mnt_ns == 0 and info.state != "Z":
+        raise Conflict(
+            f"pid {info.pid} ({info.comm}) is closed to the agent: its /proc namespaces "
+            "cannot be read, so perf cannot attach (see GET /capabilities)"
+        )
+    return info
+
+
 def _facts(info: procfs.ProcessInfo) -> TargetFacts:
     elf = procfs.elf_facts(info.pid) if info.exe else None
     return TargetFacts(
@@ -150,14 +163,20 @@ class Service:
                 field="pid",
             )
         if req.pid is not None:
-            info = procfs.process_info(req.pid)
+            info = _traceable(procfs.process_info(req.pid))
             return [info], f"pid {info.pid} ({info.comm}) in container {info.container}"
         if req.pids is not None:
-            infos = [procfs.process_info(p) for p in sorted(set(req.pids))]
+            infos = [_traceable(procfs.process_info(p)) for p in sorted(set(req.pids))]
             return infos, "pids " + ", ".join(str(i.pid) for i in infos)
         own = procfs.own_tree()
-        # Zombies are left out: perf cannot attach to them and would refuse the whole list.
-        live = [p for p in procfs.list_processes() if p.pid not in own and p.state != "Z"]
+        # Zombies and processes we may not inspect (mnt_ns 0: a live process whose
+        # namespaces are closed to us) are left out: perf cannot attach to them and
+        # would refuse the whole list.
+        live = [
+            p
+            for p in procfs.list_processes()
+            if p.pid not in own and p.state != "Z" and p.mnt_ns != 0
+        ]
         if req.container is not None:
             procfs.pids_of_container(req.container)  # 404 naming the containers there are
             infos = [p for p in live if p.container == req.container]
@@ -237,6 +256,11 @@ class Service:
             )
         if rec.lost:
             notes.append(f"perf lost {rec.lost} chunk(s) of samples (the system was too busy)")
+        if rec.samples == 0:
+            notes.append(
+                "no samples: the targets used no CPU while recording (idle, or blocked); "
+                "profile while they are busy, or longer"
+            )
         meta["notes"] = notes
         targets: list[dict[str, Any]] = []
         for pid in the_plan.pids:

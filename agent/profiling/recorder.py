@@ -24,7 +24,8 @@ from pathlib import Path
 from agent import _proc
 from agent.profiling.planner import Plan
 
-_CAPTURED = re.compile(r"Captured and wrote [\d.]+ MB .*?\((\d+) samples\)")
+# perf leaves the "(N samples)" out when there were none (idle targets).
+_CAPTURED = re.compile(r"Captured and wrote [\d.]+ MB \S+(?: \((\d+) samples\))?")
 _LOST = re.compile(r"(?:lost|Lost) (\d+) (?:chunks|samples)")
 _SLEEP_NOISE = ("Terminated", "Interrupt", "perf: ", "Woken up")
 
@@ -42,7 +43,7 @@ class Recording:
 def parse_stderr(stderr: str) -> tuple[int | None, int, list[str]]:
     """Samples, lost chunks/samples, and perf's warnings from its stderr."""
     m = _CAPTURED.search(stderr)
-    samples = int(m.group(1)) if m else None
+    samples = (int(m.group(1)) if m.group(1) else 0) if m else None
     lost = sum(int(x) for x in _LOST.findall(stderr))
     warnings = [
         ln.strip()

@@ -51,3 +51,13 @@ def test_lost_chunks() -> None:
     samples, lost, warnings = parse_stderr(LOST)
     assert samples == 118000 and lost == 3
     assert "Check IO/CPU overload!" in warnings
+
+
+# Idle targets: perf leaves the "(N samples)" out (recorded here: -p of sleeping processes).
+IDLE = """[ perf record: Woken up 1 times to write data ]
+[ perf record: Captured and wrote 0.009 MB /tmp/agtest/profile/a7d0f616e214/perf.data.part ]
+"""
+
+
+def test_idle_targets_are_zero_samples_not_a_failure() -> None:
+    assert parse_stderr(IDLE) == (0, 0, [])
