@@ -150,7 +150,7 @@ def render_agent(*, options: Options, port: int, volumes: VolumeNames) -> JsonOb
     agent: JsonObject = {
         "name": AGENT_CONTAINER,
         "image": options.image,
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": options.image_pull_policy,
         "command": list(AGENT_COMMAND),
         "env": [
             {"name": "TRACECAR_AGENT_HOST", "value": "127.0.0.1"},
@@ -286,6 +286,14 @@ def plan_injection(pod: JsonObject, *, settings: Settings, copy: bool = True) ->
         )
 
     mode: Mode = "native" if options.native_sidecar else "classic"
+    if mode == "classic" and spec.get("restartPolicy") in ("Never", "OnFailure"):
+        # A regular container that never exits keeps a run-to-completion pod (a Job's)
+        # running forever; a native sidecar is stopped when the app containers end.
+        warnings.append(
+            f"tracecar: restartPolicy {spec['restartPolicy']} with the agent as a regular "
+            "container (native-sidecar false): the agent never exits, so this pod never "
+            'completes; use tracecar.dev/native-sidecar: "true" (Kubernetes 1.29+)'
+        )
     status: Status = {
         "version": __version__,
         "container": AGENT_CONTAINER,

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
 
-from webhook.settings import IMAGE_PATTERN, QUANTITY_PATTERN, Settings
+from webhook.settings import IMAGE_PATTERN, QUANTITY_PATTERN, PullPolicy, Settings
 
 PREFIX: Final = "tracecar.dev/"
 STATUS_ANNOTATION: Final = PREFIX + "status"
-"""Written by the webhook on every injected pod (JSON: version, port, container, mode)."""
+"""Written by the webhook on every injected pod (JSON: see :class:`webhook.inject.Status`)."""
 
 BOOLEAN_ANNOTATIONS: Final = (
     "privileged",
@@ -61,6 +61,7 @@ class Options:
     host_paths: bool
     native_sidecar: bool
     image: str
+    image_pull_policy: PullPolicy
     port: int
     cpu_request: str
     cpu_limit: str
@@ -108,6 +109,7 @@ def _defaults_key(settings: Settings) -> tuple[object, ...]:
         settings.default_host_paths,
         settings.default_native_sidecar,
         settings.agent_image,
+        settings.agent_image_pull_policy,
         settings.agent_port,
         settings.agent_cpu_request,
         settings.agent_cpu_limit,
@@ -212,6 +214,7 @@ def _parse(ann: dict[str, object], settings: Settings) -> ParsedOptions:
             host_paths=host_paths,
             native_sidecar=native_sidecar,
             image=image,
+            image_pull_policy=settings.agent_image_pull_policy,
             port=port,
             cpu_request=cpu_request,
             cpu_limit=cpu_limit,

@@ -18,6 +18,7 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 """Kubernetes resource quantities in their common forms ("250m", "1", "0.5", "128Mi")."""
 IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$"
 """An image reference: registry/path:tag or @sha256:digest, no spaces or shell characters."""
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 
 
 class Settings(BaseSettings):
@@ -45,12 +46,16 @@ class Settings(BaseSettings):
 
     # --- the injected agent --------------------------------------------------
     agent_image: str = Field(default="localhost/tracecar-agent:0.1.0", pattern=IMAGE_PATTERN)
-    agent_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    agent_image_pull_policy: PullPolicy = "IfNotPresent"
     agent_port: int = Field(default=7780, ge=1024, le=65535)
     agent_cpu_request: str = Field(default="50m", pattern=QUANTITY_PATTERN)
     agent_cpu_limit: str = Field(default="1", pattern=QUANTITY_PATTERN)
-    agent_memory_request: str = Field(default="64Mi", pattern=QUANTITY_PATTERN)
-    agent_memory_limit: str = Field(default="512Mi", pattern=QUANTITY_PATTERN)
+    # Measured: the idle agent (API + lttng-sessiond) holds ~66 MB; a smaller request
+    # puts the pod over its requests, first in line for eviction under memory pressure.
+    # The limit leaves room for `perf script` unwinding ~100k DWARF samples (several
+    # hundred MB) next to the agent: an OOM kill there loses the profile.
+    agent_memory_request: str = Field(default="128Mi", pattern=QUANTITY_PATTERN)
+    agent_memory_limit: str = Field(default="1Gi", pattern=QUANTITY_PATTERN)
 
     # --- defaults of the per-pod opt-ins (annotations under tracecar.dev/) ------
     default_privileged: bool = False

@@ -220,6 +220,8 @@ def test_deployment_is_hardened_and_probed(base: list[Obj]) -> None:
     for probe, path in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")]:
         get = c[probe]["httpGet"]
         assert (get["path"], get["scheme"], get["port"]) == (path, "HTTPS", "https")
+    # Rolling updates: keep serving while the endpoint removal propagates.
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
 
 
 def test_deployment_env_matches_the_webhook_settings(base: list[Obj]) -> None:

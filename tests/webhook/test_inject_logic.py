@@ -268,6 +268,21 @@ def test_classic_mode_and_privileged() -> None:
     assert out["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "other"
 
 
+@pytest.mark.parametrize("restart", ["Never", "OnFailure"])
+def test_classic_mode_warns_that_a_job_pod_never_completes(restart: str) -> None:
+    _, warnings = inject(annotated(pod(restartPolicy=restart), native_sidecar="false"))
+    assert len(warnings) == 1 and "never completes" in warnings[0]
+    # A native sidecar ends with the app containers; an always-restarting pod never ends.
+    assert inject(pod(restartPolicy=restart))[1] == []
+    assert inject(annotated(pod(restartPolicy="Always"), native_sidecar="false"))[1] == []
+
+
+def test_image_pull_policy_comes_from_the_settings() -> None:
+    assert agent_of(inject(pod())[0])["imagePullPolicy"] == "IfNotPresent"
+    always = Settings(agent_image_pull_policy="Always")
+    assert agent_of(inject(pod(), always)[0])["imagePullPolicy"] == "Always"
+
+
 def test_names_never_collide() -> None:
     p = pod(
         volumes=[
