@@ -159,20 +159,32 @@ class Child:
     async def stop(self, sig: int = signal.SIGINT, *, grace: float = 5.0) -> int:
         """Ask the child to finish (perf and bpftrace flush on SIGINT), then kill it.
 
-        Always reaps; safe to call more than once and from a cancelled task.
+        Always reaps; safe to call more than once and from a cancelled task. Cancelled
+        while waiting out ``grace``, it kills and reaps the child, then lets the
+        cancellation through (swallowing it would let the cancelled task carry on).
         """
         if self.proc.returncode is None:
             self.send_signal(sig)
             try:
                 await asyncio.wait_for(asyncio.shield(self.proc.wait()), grace)
-            except (TimeoutError, asyncio.CancelledError):
-                self.send_signal(signal.SIGKILL)
-                await self.proc.wait()
+            except TimeoutError:
+                await self._kill_and_reap()
+            except asyncio.CancelledError:
+                await self._kill_and_reap()
+                raise
+        self._forget()
+        return self.proc.returncode if self.proc.returncode is not None else -1
+
+    async def _kill_and_reap(self) -> None:
+        self.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+        self._forget()
+
+    def _forget(self) -> None:
         # The group may still hold grandchildren (perf's `sleep`): make sure they go too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         _live.discard(self)
-        return self.proc.returncode if self.proc.returncode is not None else -1
 
 
 async def run(

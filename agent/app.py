@@ -9,6 +9,7 @@ stops running work, keeping what was recorded, and reaps every child process.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,6 +27,12 @@ from agent.routers import probes as probe_routes
 from agent.settings import Settings, get_settings
 
 log = logging.getLogger("agent")
+
+_TOOL_STATUS: dict[type[_proc.ProcError], int] = {
+    _proc.ToolNotFound: 503,  # not installed here: like any unavailable capability
+    _proc.ToolTimeout: 504,
+    _proc.ToolFailed: 502,
+}
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -80,6 +87,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(AgentError)
     async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status_code)
+
+    @app.exception_handler(_proc.ProcError)
+    async def _tool_error(_: Request, exc: _proc.ProcError) -> JSONResponse:
+        # A tool that is missing, hung or failed where no module translated it: its own
+        # words, with a status saying whose fault it is, rather than a bare 500.
+        return JSONResponse(
+            {"detail": str(exc), "tool": os.path.basename(exc.argv[0]) if exc.argv else None},
+            status_code=_TOOL_STATUS.get(type(exc), 502),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -19,7 +19,10 @@ async def require_token(
     if expected is None:
         return
     scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), expected):
+    # Compared as bytes: compare_digest raises TypeError on non-ASCII str (a header may hold any).
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    ):
         raise Unauthorized(
             "this agent requires a bearer token: send 'Authorization: Bearer <token>'",
         )

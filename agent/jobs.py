@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
@@ -37,6 +38,7 @@ State = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 _PART = ".part"
 _RUNTIME = frozenset({"task", "stop_requested"})  # in memory only, never in job.json
+_JOB_ID = re.compile(r"[0-9a-f]{12}")  # what new_id() makes
 
 
 @dataclass
@@ -83,6 +85,10 @@ def new_id() -> str:
     return secrets.token_hex(6)
 
 
+def _is_job_dir(path: Path) -> bool:
+    return path.is_dir() and _JOB_ID.fullmatch(path.name) is not None
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it into place only on success."""
@@ -116,7 +122,9 @@ class JobStore:
         """Sweep a previous run's leftovers and reload finished jobs' metadata."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for kind_dir in sorted(p for p in self.data_dir.iterdir() if p.is_dir()):
-            for job_dir in sorted(p for p in kind_dir.iterdir() if p.is_dir()):
+            # Only directories named like a job id are ours: a capability may keep its
+            # own state next to its jobs (the LTTng service's ``lttng/_home``).
+            for job_dir in sorted(p for p in kind_dir.iterdir() if _is_job_dir(p)):
                 for part in job_dir.glob("*" + _PART):
                     part.unlink(missing_ok=True)
                 meta = job_dir / "job.json"

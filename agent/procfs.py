@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -418,15 +419,33 @@ class _Reader:
         return user_name(self.passwd[mnt], uid) or str(uid)
 
 
-def perf_map_path(pid: int) -> Path:
-    """Where ``pid``'s JIT perf map is, reached through its own /tmp."""
-    return PROC / str(pid) / "root" / "tmp" / f"perf-{pid}.map"
+def open_perf_map(pid: int) -> BinaryIO:
+    """``pid``'s JIT perf map, opened for reading; OSError when it has none (or it is gone).
+
+    The app controls its /tmp: the path is resolved inside its root (an absolute
+    symlink must not lead the agent to its own files), the last component is not
+    followed at open time (a symlink swapped in meanwhile), and anything but a
+    regular file (a FIFO would block the read forever, /dev/zero never end) is refused.
+    """
+    try:
+        path = resolve_in_root(pid, f"/tmp/perf-{pid}.map")
+    except AgentError as e:
+        raise FileNotFoundError(e.detail) from e
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def has_perf_map(pid: int) -> bool:
+    """A JIT perf map /tmp/perf-PID.map in ``pid``'s own /tmp (see :func:`open_perf_map`)."""
     try:
-        return perf_map_path(pid).is_file()
-    except OSError:
+        return resolve_in_root(pid, f"/tmp/perf-{pid}.map").is_file()
+    except (OSError, AgentError):
         return False
 
 
@@ -470,9 +489,13 @@ def process_info(pid: int) -> ProcessInfo:
     return info
 
 
-def pids_of_container(name: str) -> list[int]:
-    """The pids of the container called ``name`` (404 naming the containers there are)."""
-    procs = list_processes()
+def pids_of_container(name: str, *, procs: Sequence[ProcessInfo] | None = None) -> list[int]:
+    """The pids of the container called ``name`` (404 naming the containers there are).
+
+    ``procs``: a listing the caller already has (a /proc walk reads every process's maps).
+    """
+    if procs is None:
+        procs = list_processes()
     pids = [p.pid for p in procs if p.container == name]
     if not pids:
         known = sorted({p.container for p in procs})

@@ -220,7 +220,7 @@ class Service:
             await asyncio.shield(self._detect)
         return self.backends
 
-    async def stop(self) -> None:
+    async def stop(self, *, grace: float = STOP_GRACE_S * 3) -> None:
         """Detach every probe (tracers reaped, events deleted) and sweep our group."""
         if self._detect is not None:
             with contextlib.suppress(Exception):
@@ -230,7 +230,13 @@ class Service:
             self._request_stop(p, "agent stopping")
         tasks = [p.task for p in running if p.task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=STOP_GRACE_S * 3)
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            # A tracer deaf to SIGINT, or a stuck start: cancelled, its run's finally
+            # still reaps the tracer and deletes its events (no task outlives the app).
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=grace)
         if self.backends.perf_ok:
             await _perfprobe.sweep(self.group)
 
@@ -327,8 +333,9 @@ class Service:
         if req.pid is not None:
             return procfs.require_pid(req.pid)
         assert req.container is not None and req.process is not None
-        pids = procfs.pids_of_container(req.container)
-        infos = [i for i in (self._info(p) for p in pids) if i is not None]
+        procs = procfs.list_processes()
+        procfs.pids_of_container(req.container, procs=procs)  # 404 naming the containers
+        infos = [i for i in procs if i.container == req.container]
         found = [i.pid for i in infos if _match_process(i, req.process)]
         if not found:
             names = sorted({i.comm for i in infos})
@@ -343,13 +350,6 @@ class Service:
                 pids=found,
             )
         return found[0]
-
-    @staticmethod
-    def _info(pid: int) -> procfs.ProcessInfo | None:
-        try:
-            return procfs.process_info(pid)
-        except NotFound:
-            return None
 
     def _resolve(self, req: ProbeRequest, *, duration_s: float, max_events: int) -> Spec:
         pid = self._target_pid(req)
@@ -609,6 +609,8 @@ class Service:
         finally:
             if watcher is not None:
                 watcher.cancel()
+                # Gone, not just asked to go: it may be killing the tracer right now.
+                await asyncio.wait({watcher})
             with contextlib.suppress(Exception):
                 await session.stop(grace=STOP_GRACE_S)
             probe.finished_at = time.time()

@@ -320,7 +320,15 @@ class Session:
     async def stop(self, *, grace: float = 5.0) -> int:
         if self.child is None:
             return 0
-        return await self.child.stop(grace=grace)
+        rc = await self.child.stop(grace=grace)
+        task = self._stderr_task
+        if task is not None and not task.done():
+            # bpftrace's group is dead, so its stderr is at EOF and the drain ends now;
+            # it is waited for here because items() is not always read to its end.
+            _, pending = await asyncio.wait({task}, timeout=1)
+            for t in pending:
+                t.cancel()
+        return rc
 
     def message(self) -> str:
         rc = self.child.returncode if self.child is not None else None

@@ -391,6 +391,7 @@ class Session:
                 await self.script.stop(grace=grace)
             for t in self._tasks:
                 t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
             for fd in self._fifos:
                 with contextlib.suppress(OSError):

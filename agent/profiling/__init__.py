@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -61,6 +62,9 @@ ARTIFACTS: dict[OutputFormat, str] = {
 }
 
 __all__ = ["ARTIFACTS", "KIND", "Service"]
+
+PERF_MAP_MAX_BYTES = 256 << 20
+"""A JIT's perf map beyond this is cut at a line end: the app decides its size."""
 
 # An unresolved frame as the collapser writes it: "[libc.so.6]", "[unknown]".
 _UNRESOLVED = re.compile(r"\[[^\[\]]+\]")
@@ -107,8 +111,11 @@ class Service:
             timeout_slack_s=settings.perf_timeout_slack_s,
         )
         # Non-default folded views are computed from perf.data on demand, one at a time
-        # per profile (perf script is the expensive part).
-        self._folded_locks: dict[str, asyncio.Lock] = {}
+        # per profile (perf script is the expensive part). Weak values: a lock lives
+        # while someone holds or waits for it, so evicted profiles leave none behind.
+        self._folded_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     # --- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
@@ -172,13 +179,11 @@ class Service:
         # Zombies and processes we may not inspect (mnt_ns 0: a live process whose
         # namespaces are closed to us) are left out: perf cannot attach to them and
         # would refuse the whole list.
-        live = [
-            p
-            for p in procfs.list_processes()
-            if p.pid not in own and p.state != "Z" and p.mnt_ns != 0
-        ]
+        procs = procfs.list_processes()
+        live = [p for p in procs if p.pid not in own and p.state != "Z" and p.mnt_ns != 0]
         if req.container is not None:
-            procfs.pids_of_container(req.container)  # 404 naming the containers there are
+            # 404 naming the containers there are
+            procfs.pids_of_container(req.container, procs=procs)
             infos = [p for p in live if p.container == req.container]
             return infos, f"container {req.container} ({len(infos)} processes)"
         return live, f"the whole pod ({len(live)} processes, the agent excluded)"
@@ -290,9 +295,12 @@ class Service:
         the process exits (and is handed to perf script then, see ``_folded``).
         """
         for pid in the_plan.pids:
-            src = procfs.perf_map_path(pid)
             with contextlib.suppress(OSError):
-                write_atomic(job.artifact(f"perf-{pid}.map"), src.read_bytes())
+                with procfs.open_perf_map(pid) as src:
+                    data = src.read(PERF_MAP_MAX_BYTES + 1)
+                if len(data) > PERF_MAP_MAX_BYTES:
+                    data = data[: data.rfind(b"\n", 0, PERF_MAP_MAX_BYTES) + 1]
+                write_atomic(job.artifact(f"perf-{pid}.map"), data)
         return _map_pids(job)
 
     async def _folded(

@@ -126,6 +126,7 @@ async def perf_data_to_folded(
             await child.stop(signal.SIGKILL, grace=0)
         if not errors.done():
             errors.cancel()
+            await asyncio.wait({errors})
         # perf is gone, so the pump meets EOF: wait for it before closing its fd.
         with contextlib.suppress(BaseException):
             await asyncio.shield(pump)
