@@ -225,6 +225,22 @@ async def run(
     return done
 
 
+async def drain_tail(stream: asyncio.StreamReader | None, *, keep: int = 64 * 1024) -> bytes:
+    """Read a tool's stderr to EOF (so it never blocks on a full pipe); keep its tail.
+
+    Tools can warn a lot (perf's lost samples, missing symbols); the tail is what
+    goes into an error message.
+    """
+    if stream is None:
+        return b""
+    kept = bytearray()
+    while chunk := await stream.read(1 << 20):
+        kept += chunk
+        if len(kept) > 2 * keep:
+            del kept[:-keep]
+    return bytes(kept[-keep:])
+
+
 async def line_batches(
     stream: asyncio.StreamReader, *, chunk: int = 1 << 16
 ) -> AsyncIterator[list[bytes]]:

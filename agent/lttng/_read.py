@@ -352,18 +352,31 @@ async def stream_events(
     """
     argv = babeltrace_argv(trace, fmt=fmt, begin_ns=begin_ns, end_ns=end_ns, plugin_dir=plugin_dir)
     convert = fmt == "json" and plugin_dir is None
-    child = await _proc.Child.start(argv, stderr=asyncio.subprocess.DEVNULL, limit=CHUNK)
+    child = await _proc.Child.start(argv, limit=CHUNK)
     assert child.proc.stdout is not None
+    errors = asyncio.ensure_future(_proc.drain_tail(child.proc.stderr, keep=8192))
     to_skip = offset
     left = limit
     pending = b""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + READ_TIMEOUT_S
+    failure: str | None = None
     try:
         stdout = child.proc.stdout
         while left is None or left > 0:
-            data = await asyncio.wait_for(stdout.read(CHUNK), max(0.1, deadline - loop.time()))
+            try:
+                data = await asyncio.wait_for(stdout.read(CHUNK), max(0.1, deadline - loop.time()))
+            except TimeoutError:
+                failure = f"babeltrace2 did not finish reading within {READ_TIMEOUT_S:g} s"
+                break
             if not data:
+                try:
+                    rc = await child.wait(timeout=10)
+                except TimeoutError:
+                    rc = -1  # stdout closed but still running: stopped below, reported here
+                if rc != 0:
+                    stderr = (await errors).decode("utf-8", "replace")
+                    failure = f"babeltrace2 failed: {_proc.tool_message(stderr, rc)}"
                 break
             if pending:
                 data = pending + data
@@ -381,9 +394,23 @@ async def stream_events(
                 yield to_ndjson(data.decode("utf-8", "replace")).encode()
             else:
                 yield data
+        if failure is not None:
+            # The 200 and earlier events are already sent: the failure travels in-band,
+            # as the last record, so a reader never mistakes a cut-off stream for the end.
+            yield failure_record(failure, fmt=fmt)
     finally:
         # Limit reached, client gone or done: babeltrace2 goes either way.
         await child.stop(grace=0.5)
+        errors.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await errors
+
+
+def failure_record(message: str, *, fmt: Format) -> bytes:
+    """The in-band last record of an events stream that failed part-way."""
+    if fmt == "json":
+        return json.dumps({"error": message}).encode() + b"\n"
+    return b"# error: " + message.replace("\n", " | ").encode() + b"\n"
 
 
 async def count_events(trace: Path, *, timeout: float = 120.0) -> int:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent._proc import Child, ToolFailed, ToolTimeout, tool_message
+from agent._proc import Child, ToolFailed, ToolTimeout, drain_tail, tool_message
 from agent.profiling.collapse import CollapseOptions, Collapser
 
 __all__ = ["PERF_SCRIPT_FIELDS", "perf_data_to_folded", "perf_script_argv"]
@@ -53,19 +53,6 @@ def perf_script_argv(
         PERF_SCRIPT_FIELDS,
         *extra_args,
     ]
-
-
-async def _drain(stream: asyncio.StreamReader | None) -> bytes:
-    # perf can warn a lot (lost samples, missing symbols): read it all so it never
-    # blocks on a full pipe, keep the tail for the error message.
-    if stream is None:
-        return b""
-    kept = bytearray()
-    while chunk := await stream.read(_CHUNK):
-        kept += chunk
-        if len(kept) > 2 * _STDERR_KEEP:
-            del kept[:-_STDERR_KEEP]
-    return bytes(kept[-_STDERR_KEEP:])
 
 
 def _pump(fd: int, collapser: Collapser) -> None:
@@ -109,7 +96,7 @@ async def perf_data_to_folded(
     except BaseException:
         os.close(read_fd)
         raise
-    errors = asyncio.ensure_future(_drain(child.proc.stderr))
+    errors = asyncio.ensure_future(drain_tail(child.proc.stderr, keep=_STDERR_KEEP))
     pump = asyncio.ensure_future(asyncio.to_thread(_pump, read_fd, collapser))
     try:
         async with asyncio.timeout(timeout):

@@ -170,3 +170,24 @@ def test_request_bounds() -> None:
         SessionRequest.model_validate({"name": "../x", "events": [{"domain": "userspace"}]})
     with pytest.raises(ValidationError, match="mode"):
         SessionRequest.model_validate({"events": [{"domain": "userspace"}], "mode": "fast"})
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_failing_read_ends_with_an_error_record(tmp_path: Path, fmt: str) -> None:
+    # A CTF trace whose metadata is garbage: the real babeltrace2 refuses it. The events
+    # endpoint has already answered 200 by then, so the failure must travel in-band.
+    import asyncio
+
+    from agent.lttng._read import stream_events
+
+    (tmp_path / "metadata").write_text("/* CTF 1.8 */ this is not TSDL {\n")
+
+    async def read() -> bytes:
+        return b"".join([c async for c in stream_events(tmp_path, fmt=fmt)])  # type: ignore[arg-type]
+
+    out = asyncio.run(read()).decode()
+    last = out.splitlines()[-1]
+    if fmt == "json":
+        assert json.loads(last)["error"].startswith("babeltrace2 failed: "), last
+    else:
+        assert last.startswith("# error: babeltrace2 failed: "), last
