@@ -96,26 +96,9 @@ def _boolean(value: object) -> bool | None:
     return None
 
 
-_DEFAULTS: dict[tuple[object, ...], ParsedOptions] = {}
-"""The options of pods without ``tracecar.dev/`` annotations (nearly all), per settings."""
-
-
-def _defaults_key(settings: Settings) -> tuple[object, ...]:
-    """Every setting :func:`_parse` reads (keep in step): the settings' defaults as a key."""
-    return (
-        settings.default_privileged,
-        settings.default_runtime_symbols,
-        settings.default_share_tmp,
-        settings.default_host_paths,
-        settings.default_native_sidecar,
-        settings.agent_image,
-        settings.agent_image_pull_policy,
-        settings.agent_port,
-        settings.agent_cpu_request,
-        settings.agent_cpu_limit,
-        settings.agent_memory_request,
-        settings.agent_memory_limit,
-    )
+_DEFAULTS: dict[int, tuple[Settings, ParsedOptions]] = {}
+"""The options of pods without ``tracecar.dev/`` annotations (nearly all), per settings
+object: settings are frozen, so the object is the key (held, so its id is not reused)."""
 
 
 def parse_options(annotations: Mapping[str, object] | None, *, settings: Settings) -> ParsedOptions:
@@ -125,12 +108,13 @@ def parse_options(annotations: Mapping[str, object] | None, *, settings: Setting
         return _parse(ann, settings)
     # Measured: building the defaults was a tenth of a review's own CPU; they only
     # change with the settings, so they are built once per distinct settings.
-    key = _defaults_key(settings)
-    parsed = _DEFAULTS.get(key)
-    if parsed is None:
-        if len(_DEFAULTS) >= 16:  # bounded even when settings keep changing (tests)
-            _DEFAULTS.clear()
-        parsed = _DEFAULTS[key] = _parse({}, settings)
+    cached = _DEFAULTS.get(id(settings))
+    if cached is not None and cached[0] is settings:
+        return cached[1]
+    if len(_DEFAULTS) >= 16:  # bounded even when settings keep changing (tests)
+        _DEFAULTS.clear()
+    parsed = _parse({}, settings)
+    _DEFAULTS[id(settings)] = (settings, parsed)
     return parsed
 
 

@@ -22,7 +22,8 @@ PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TRACECAR_WEBHOOK_", extra="ignore")
+    # Frozen: read once at start-up and never changed; caches (webhook.options) key on it.
+    model_config = SettingsConfigDict(env_prefix="TRACECAR_WEBHOOK_", extra="ignore", frozen=True)
 
     # --- serving -----------------------------------------------------------
     cert_file: Path | None = None
