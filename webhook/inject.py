@@ -28,7 +28,12 @@ LTTNG_DIR: Final = "/var/run/lttng"
 TMP_DIR: Final = "/tmp"
 CONTAINER_ENV: Final = "TRACECAR_CONTAINER"
 DEFAULT_CONTAINER_ANNOTATION: Final = "kubectl.kubernetes.io/default-container"
-CAPABILITIES: Final = ("SYS_ADMIN", "SYS_PTRACE", "PERFMON", "BPF", "SYS_RESOURCE", "IPC_LOCK")
+# No SYS_RESOURCE: since Linux 5.11 BPF maps are charged to the memory cgroup, not
+# RLIMIT_MEMLOCK, and perf's ring buffers past perf_event_mlock_kb need IPC_LOCK or
+# PERFMON, not SYS_RESOURCE. Asking for it also breaks on nodes whose runtime lacks it
+# in its bounding set: runc then fails the container with "unable to apply caps"
+# (found on the real-cluster stage, where the VM has no CAP_SYS_RESOURCE).
+CAPABILITIES: Final = ("SYS_ADMIN", "SYS_PTRACE", "PERFMON", "BPF", "IPC_LOCK")
 HOST_PATHS: Final = (
     ("tracecar-modules", "/lib/modules"),
     ("tracecar-usr-src", "/usr/src"),

@@ -213,7 +213,6 @@ def test_default_injection_matches_the_contract() -> None:
         "SYS_PTRACE",
         "PERFMON",
         "BPF",
-        "SYS_RESOURCE",
         "IPC_LOCK",
     ]
     assert "privileged" not in sc

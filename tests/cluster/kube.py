@@ -1,0 +1,165 @@
+"""The cluster stage's helpers: kubectl against the dev cluster, waits, port-forward.
+
+Everything goes through the real kubectl (the version-matched build in the cluster's
+cache) the way a user types it; nothing here talks to the API any other way."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+TAG = "0.1.0"  # what deploy/ names, so `kubectl apply -k deploy/` needs no overlay here
+AGENT_IMAGE = f"localhost/tracecar-agent:{TAG}"
+WEBHOOK_IMAGE = f"localhost/tracecar-webhook:{TAG}"
+DEMO_IMAGE = f"localhost/tracecar-demo:{TAG}"
+AGENT = "tracecar-agent"
+NS = "tracecar-e2e"
+
+
+class Kube:
+    def __init__(self, kubeconfig: Path, kubectl: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.bin = kubectl
+
+    def argv(self, *args: str) -> list[str]:
+        return [str(self.bin), f"--kubeconfig={self.kubeconfig}", *args]
+
+    def run(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            self.argv(*args), input=stdin, capture_output=True, text=True, timeout=timeout
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{res.stderr}{res.stdout}")
+        return res
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "-o", "json").stdout)
+
+    def apply(
+        self, manifest: dict[str, Any] | str, *extra: str
+    ) -> subprocess.CompletedProcess[str]:
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        return self.run("apply", "-f", "-", *extra, stdin=text)
+
+    def pod(self, name: str, ns: str = NS) -> dict[str, Any]:
+        pod: dict[str, Any] = self.json("get", "pod", name, "-n", ns)
+        return pod
+
+    def logs_hint(self, kind_name: str, ns: str) -> str:
+        res = self.run("describe", kind_name, "-n", ns, check=False)
+        return res.stdout[-3000:]
+
+
+def wait_until(
+    cond: Callable[[], bool], timeout_s: float, what: str, hint: Callable[[], str] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(
+        f"timed out after {timeout_s:.0f}s waiting for {what}\n{hint() if hint else ''}"
+    )
+
+
+@contextmanager
+def port_forward(kube: Kube, target: str, port: int, ns: str = NS) -> Iterator[str]:
+    """`kubectl port-forward TARGET :PORT` (a free local port), the kubelet's real
+    streaming path; yields the local base URL and stops the forwarder after."""
+    proc = subprocess.Popen(
+        kube.argv("port-forward", "-n", ns, target, f":{port}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"127\.0\.0\.1:(\d+)", line)
+        if not m:
+            proc.kill()
+            raise AssertionError(
+                f"port-forward to {target} did not start: {line}{proc.stdout.read()}"
+            )
+        yield f"http://127.0.0.1:{m.group(1)}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    spec = pod["spec"]
+    return {c["name"]: c for c in [*spec.get("initContainers", []), *spec.get("containers", [])]}
+
+
+def demo_deployment(
+    name: str,
+    *,
+    labelled: bool = True,
+    annotations: dict[str, str] | None = None,
+    replicas: int = 1,
+) -> dict[str, Any]:
+    labels = {"app": name}
+    if labelled:
+        labels["profiling"] = "enabled"
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": labels, "annotations": annotations or {}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [
+                        {
+                            "name": "burner",
+                            "image": DEMO_IMAGE,
+                            "command": ["/usr/local/bin/burner"],
+                            "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
+                        },
+                        {
+                            # Imports lttngust at start: registers only because the
+                            # native sidecar's session daemon is already up.
+                            "name": "logger",
+                            "image": DEMO_IMAGE,
+                            "command": ["python3", "/usr/local/bin/logger.py"],
+                            "resources": {"limits": {"cpu": "200m", "memory": "64Mi"}},
+                        },
+                    ],
+                },
+            },
+        },
+    }
+
+
+def bare_pod(name: str, *, ns: str = NS, labelled: bool = True) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {"profiling": "enabled"} if labelled else {},
+        },
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "app", "image": DEMO_IMAGE, "command": ["sleep", "3600"]}],
+        },
+    }

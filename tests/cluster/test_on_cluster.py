@@ -1,0 +1,429 @@
+"""The end-to-end stage on a real cluster (`scripts/test cluster`), as a user does it:
+`kubectl apply -k deploy/`, a labelled Deployment, `kubectl port-forward`, the README's
+requests, classic mode, a webhook outage, certificate renewal under load, and nothing
+left on the node after the pod is gone. Tests run in file order and share the cluster."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.cluster import kube as K
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+
+HOT = "tracecar_demo_hot"
+DEMO = "demo"
+
+
+def _ready_pod(kube: K.Kube, app: str) -> dict[str, Any]:
+    kube.run("rollout", "status", "-n", K.NS, f"deploy/{app}", "--timeout=180s", timeout=200)
+    pods = kube.json("get", "pods", "-n", K.NS, "-l", f"app={app}")["items"]
+    running = [
+        p
+        for p in pods
+        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+    ]
+    assert running, pods
+    return running[0]
+
+
+def test_install_with_kubectl_apply_k(installed: K.Kube) -> None:
+    kube = installed
+    secret = kube.json("get", "secret", "-n", "tracecar-system", "tracecar-webhook-tls")
+    assert {"tls.crt", "tls.key", "ca.crt"} <= set(secret["data"]), secret["data"].keys()
+    hook = kube.json("get", "mutatingwebhookconfiguration", "tracecar")
+    bundle = hook["webhooks"][0]["clientConfig"].get("caBundle", "")
+    assert base64.b64decode(bundle).startswith(b"-----BEGIN CERTIFICATE-----")
+    deploy = kube.json("get", "deploy", "-n", "tracecar-system", "tracecar-webhook")
+    assert deploy["status"].get("readyReplicas") == 2, deploy["status"]
+
+
+@pytest.fixture(scope="module")
+def demo_pod(installed: K.Kube) -> dict[str, Any]:
+    installed.apply(K.demo_deployment(DEMO))
+    return _ready_pod(installed, DEMO)
+
+
+def test_labelled_deployment_gets_a_native_sidecar(
+    installed: K.Kube, demo_pod: dict[str, Any]
+) -> None:
+    init = {c["name"]: c for c in demo_pod["spec"].get("initContainers", [])}
+    assert K.AGENT in init, demo_pod["spec"]
+    assert init[K.AGENT].get("restartPolicy") == "Always"
+    assert init[K.AGENT]["image"] == K.AGENT_IMAGE
+    assert demo_pod["spec"]["shareProcessNamespace"] is True
+    status = json.loads(demo_pod["metadata"]["annotations"]["tracecar.dev/status"])
+    assert status["mode"] == "native", status
+    # started before the app: the sidecar's start time precedes the app containers'
+    states = {s["name"]: s for s in demo_pod["status"].get("initContainerStatuses", [])}
+    assert states[K.AGENT]["started"] is True
+    started = {
+        s["name"]: s["state"]["running"]["startedAt"]
+        for s in demo_pod["status"]["containerStatuses"]
+    }
+    assert states[K.AGENT]["state"]["running"]["startedAt"] <= min(started.values())
+
+
+def test_unlabelled_pod_is_untouched(installed: K.Kube) -> None:
+    installed.apply(K.bare_pod("plain", labelled=False))
+    pod = installed.pod("plain")
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["app"]
+    assert "initContainers" not in pod["spec"]
+    assert "tracecar.dev/status" not in pod["metadata"].get("annotations", {})
+    installed.run("delete", "pod", "plain", "-n", K.NS, "--wait=false")
+
+
+def test_baseline_namespace_rejects_the_injected_pod(installed: K.Kube) -> None:
+    installed.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": "tracecar-baseline",
+                "labels": {"pod-security.kubernetes.io/enforce": "baseline"},
+            },
+        }
+    )
+    res = (
+        installed.apply(K.bare_pod("rejected", ns="tracecar-baseline"), "--dry-run=none")
+        if False
+        else None
+    )
+    _ = res
+    out = installed.run(
+        "apply",
+        "-f",
+        "-",
+        stdin=json.dumps(K.bare_pod("rejected", ns="tracecar-baseline")),
+        check=False,
+    )
+    assert out.returncode != 0
+    # docs/install.md: Pod Security is checked after mutation, the capabilities are why
+    assert "violates PodSecurity" in out.stderr, out.stderr
+    assert "baseline" in out.stderr and "SYS_ADMIN" in out.stderr, out.stderr
+
+
+def test_server_side_dry_run_of_a_labelled_pod(installed: K.Kube) -> None:
+    out = installed.run(
+        "apply", "--dry-run=server", "-o", "json", "-f", "-", stdin=json.dumps(K.bare_pod("dry"))
+    )
+    pod = json.loads(out.stdout)
+    assert K.AGENT in K.containers(pod)
+    assert installed.run("get", "pod", "dry", "-n", K.NS, check=False).returncode != 0
+
+
+@pytest.fixture(scope="module")
+def agent(installed: K.Kube, demo_pod: dict[str, Any]) -> Any:
+    name = demo_pod["metadata"]["name"]
+    with (
+        K.port_forward(installed, f"pod/{name}", 7780) as url,
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        yield client
+
+
+def _burner(agent: httpx.Client) -> int:
+    body = agent.get("/processes").json()
+    procs = body["processes"] if isinstance(body, dict) else body
+    return int(next(p for p in procs if p["comm"] == "burner")["pid"])
+
+
+def test_port_forward_processes_by_container(agent: httpx.Client) -> None:
+    r = agent.get("/processes")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    procs = body["processes"] if isinstance(body, dict) else body
+    by: dict[str, set[str]] = {}
+    for p in procs:
+        by.setdefault(str(p["container"]), set()).add(str(p["comm"]))
+    assert "burner" in by.get("burner", set()), by
+    assert any(c.startswith("python") for c in by.get("logger", set())), by
+
+
+def test_port_forward_flame_graph(agent: httpx.Client) -> None:
+    # the README's curl line: a container's profile, answered as the SVG
+    r = agent.post(
+        "/profiles",
+        params={"wait": "true", "format": "svg"},
+        json={"container": "burner", "duration_s": 3},
+    )
+    assert r.status_code == 200, r.text
+    assert "svg" in r.headers["content-type"]
+    assert HOT in r.text
+
+
+def test_port_forward_uprobe_with_args_and_retval(agent: httpx.Client) -> None:
+    pid = _burner(agent)
+    r = agent.post(
+        "/probes",
+        json={
+            "pid": pid,
+            "function": HOT,
+            "mode": "events",
+            "args": ["int"],
+            "retval": "int",
+            "duration_s": 2,
+        },
+    )
+    assert r.status_code == 201, r.text
+    pid_ = r.json()["id"]
+    try:
+        deadline = time.monotonic() + 40
+        state: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            state = agent.get(f"/probes/{pid_}").json()
+            if state.get("state") in {"finished", "failed"}:
+                break
+            time.sleep(0.5)
+        assert state.get("state") == "finished", state
+        assert int(state["hits"]) > 0, state
+        events = agent.get(f"/probes/{pid_}/events", params={"follow": "false"})
+        assert events.status_code == 200, events.text
+        first = json.loads(events.text.splitlines()[0])
+        assert "retval" in json.dumps(first), first
+    finally:
+        agent.delete(f"/probes/{pid_}")
+
+
+def test_port_forward_lttng_session_and_trace(
+    agent: httpx.Client, installed: K.Kube, demo_pod: dict[str, Any]
+) -> None:
+    name = demo_pod["metadata"]["name"]
+    K.wait_until(
+        lambda: (
+            "registered"
+            in installed.run("logs", "-n", K.NS, name, "-c", "logger", check=False).stdout
+        ),
+        30,
+        "the demo logger registered with the sidecar's session daemon (at its start)",
+    )
+    r = agent.post(
+        "/lttng/sessions", json={"events": [{"domain": "python", "names": ["tracecar.demo"]}]}
+    )
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    try:
+        assert agent.post(f"/lttng/sessions/{sid}/start").status_code in (200, 202, 204)
+        time.sleep(2)
+        assert agent.post(f"/lttng/sessions/{sid}/stop").status_code in (200, 202, 204)
+        ev = agent.get(f"/lttng/sessions/{sid}/events", params={"format": "json"})
+        assert ev.status_code == 200, ev.text
+        ticks = [ln for ln in ev.text.splitlines() if "tracecar.demo" in ln and "tick" in ln]
+        assert len(ticks) >= 3, ev.text[:2000]
+        trace = agent.get(f"/lttng/sessions/{sid}/trace")
+        assert trace.status_code == 200, trace.text[:500]
+        assert len(trace.content) > 1000
+    finally:
+        agent.delete(f"/lttng/sessions/{sid}")
+
+
+def test_classic_sidecar_mode(installed: K.Kube) -> None:
+    installed.apply(
+        K.demo_deployment("classic", annotations={"tracecar.dev/native-sidecar": "false"})
+    )
+    pod = _ready_pod(installed, "classic")
+    assert K.AGENT in {c["name"] for c in pod["spec"]["containers"]}
+    with K.port_forward(installed, f"pod/{pod['metadata']['name']}", 7780) as url:
+        procs = httpx.get(f"{url}/processes", timeout=30)
+        assert procs.status_code == 200, procs.text
+        assert "burner" in procs.text
+    installed.run("delete", "deploy", "classic", "-n", K.NS, "--wait=false")
+
+
+def test_webhook_outage_does_not_block_pods(installed: K.Kube) -> None:
+    kube = installed
+    kube.run("scale", "-n", "tracecar-system", "deploy/tracecar-webhook", "--replicas=0")
+    K.wait_until(
+        lambda: (
+            not kube.json(
+                "get",
+                "pods",
+                "-n",
+                "tracecar-system",
+                "-l",
+                "app.kubernetes.io/name=tracecar-webhook",
+            )["items"]
+        ),
+        90,
+        "the webhook's pods gone",
+    )
+    try:
+        start = time.monotonic()
+        kube.apply(K.bare_pod("during-outage"))
+        took = time.monotonic() - start
+        pod = kube.pod("during-outage")
+        assert K.AGENT not in K.containers(pod)
+        # failurePolicy Ignore, timeoutSeconds 5: never hangs past the webhook timeout
+        assert took < 8, took
+        kube.run(
+            "wait",
+            "-n",
+            K.NS,
+            "--for=condition=Ready",
+            "pod/during-outage",
+            "--timeout=90s",
+            timeout=100,
+        )
+    finally:
+        kube.run("scale", "-n", "tracecar-system", "deploy/tracecar-webhook", "--replicas=2")
+        kube.run(
+            "rollout",
+            "status",
+            "-n",
+            "tracecar-system",
+            "deploy/tracecar-webhook",
+            "--timeout=180s",
+            timeout=200,
+        )
+        kube.run("delete", "pod", "during-outage", "-n", K.NS, "--wait=false")
+
+
+def _serving_cert(kube: K.Kube) -> set[bytes]:
+    """The certificate each webhook replica serves right now, read off its TLS port."""
+    pods = kube.json(
+        "get", "pods", "-n", "tracecar-system", "-l", "app.kubernetes.io/name=tracecar-webhook"
+    )["items"]
+    certs = set()
+    for p in pods:
+        ip = p["status"].get("podIP")
+        if not ip or p["metadata"].get("deletionTimestamp"):
+            continue
+        port = (
+            next(
+                cp["containerPort"]
+                for c in p["spec"]["containers"]
+                for cp in c.get("ports", [])
+                if cp.get("name") in {"https", "webhook"}
+            )
+            if any(c.get("ports") for c in p["spec"]["containers"])
+            else 8443
+        )
+        certs.add(ssl.get_server_certificate((ip, port)).encode())
+    return certs
+
+
+def test_certificate_renewal_under_load(installed: K.Kube) -> None:
+    kube = installed
+    before = _serving_cert(kube)
+    assert before
+    stop = threading.Event()
+    created: list[str] = []
+    errors: list[str] = []
+
+    def loop() -> None:
+        i = 0
+        while not stop.is_set():
+            name = f"renew-{i}"
+            res = kube.run("create", "-f", "-", stdin=json.dumps(K.bare_pod(name)), check=False)
+            (created if res.returncode == 0 else errors).append(
+                name if res.returncode == 0 else res.stderr
+            )
+            i += 1
+            time.sleep(0.3)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        job = kube.json("get", "cronjob", "-n", "tracecar-system", "tracecar-certs-renew")["spec"][
+            "jobTemplate"
+        ]
+        job["spec"]["template"]["spec"]["containers"][0]["args"].append("--rotate")
+        kube.apply(
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {"name": "rotate-now", "namespace": "tracecar-system"},
+                "spec": job["spec"],
+            }
+        )
+        kube.run(
+            "wait",
+            "-n",
+            "tracecar-system",
+            "--for=condition=complete",
+            "job/rotate-now",
+            "--timeout=120s",
+            timeout=130,
+        )
+        # the kubelet refreshes the Secret volume (sync period + cache), the webhook
+        # reloads on the symlink swap: no restart
+        K.wait_until(
+            lambda: _serving_cert(kube).isdisjoint(before),
+            150,
+            "the webhook serving the renewed certificate",
+        )
+        time.sleep(3)
+    finally:
+        stop.set()
+        t.join(timeout=60)
+    assert not errors, errors[:3]
+    assert len(created) >= 5, created
+    pods = kube.json("get", "pods", "-n", K.NS)["items"]
+    uninjected = [
+        p["metadata"]["name"]
+        for p in pods
+        if p["metadata"]["name"] in created and K.AGENT not in K.containers(p)
+    ]
+    # failurePolicy Ignore would hide a failed admission as a pod without the agent
+    assert uninjected == [], uninjected
+    restarts = [
+        s["restartCount"]
+        for p in kube.json(
+            "get", "pods", "-n", "tracecar-system", "-l", "app.kubernetes.io/name=tracecar-webhook"
+        )["items"]
+        for s in p["status"]["containerStatuses"]
+    ]
+    assert set(restarts) == {0}, restarts
+    kube.run("delete", "pods", "-n", K.NS, *created, "--wait=false", timeout=120)
+
+
+def _tracefs_uprobes() -> str:
+    for p in (
+        Path("/sys/kernel/tracing/uprobe_events"),
+        Path("/sys/kernel/debug/tracing/uprobe_events"),
+    ):
+        if p.exists():
+            return p.read_text()
+    return ""
+
+
+def test_deleting_the_pod_leaves_nothing_on_the_node(
+    installed: K.Kube, demo_pod: dict[str, Any], agent: httpx.Client
+) -> None:
+    # a probe and a long recording still running when the pod goes away
+    pid = _burner(agent)
+    agent.post(
+        "/probes",
+        json={"pid": pid, "function": HOT, "mode": "count", "duration_s": 300, "backend": "perf"},
+    )
+    agent.post("/profiles", json={"pid": pid, "duration_s": 300})
+    time.sleep(2)
+    installed.run("delete", "deploy", DEMO, "-n", K.NS, "--wait=false")
+    name = demo_pod["metadata"]["name"]
+    K.wait_until(
+        lambda: installed.run("get", "pod", name, "-n", K.NS, check=False).returncode != 0,
+        120,
+        "the demo pod deleted",
+    )
+
+    def clean() -> bool:
+        left = subprocess.run(
+            ["pgrep", "-x", "perf|bpftrace|lttng-sessiond|lttng-consumerd"],
+            capture_output=True,
+            text=True,
+        )
+        return left.stdout.strip() == "" and "tracecar" not in _tracefs_uprobes()
+
+    K.wait_until(clean, 60, "no tracer process or uprobe left on the node")
+    _ = os
