@@ -26,16 +26,26 @@ HOT = "tracecar_demo_hot"
 DEMO = "demo"
 
 
+def _is_ready(p: dict[str, Any]) -> bool:
+    conds = {c["type"]: c["status"] for c in p["status"].get("conditions", [])}
+    return conds.get("Ready") == "True" and not p["metadata"].get("deletionTimestamp")
+
+
 def _ready_pod(kube: K.Kube, app: str) -> dict[str, Any]:
     kube.run("rollout", "status", "-n", K.NS, f"deploy/{app}", "--timeout=180s", timeout=200)
-    pods = kube.json("get", "pods", "-n", K.NS, "-l", f"app={app}")["items"]
-    running = [
-        p
-        for p in pods
-        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
-    ]
-    assert running, pods
-    return running[0]
+    pods: list[dict[str, Any]] = []
+
+    def ready() -> bool:
+        nonlocal pods
+        pods = [
+            p
+            for p in kube.json("get", "pods", "-n", K.NS, "-l", f"app={app}")["items"]
+            if _is_ready(p)
+        ]
+        return bool(pods)
+
+    K.wait_until(ready, 60, f"a Ready pod of deploy/{app}")
+    return pods[0]
 
 
 def test_install_with_kubectl_apply_k(installed: K.Kube) -> None:
@@ -172,7 +182,7 @@ def test_port_forward_uprobe_with_args_and_retval(agent: httpx.Client) -> None:
             "function": HOT,
             "mode": "events",
             "args": ["int"],
-            "retval": "int",
+            "retval": True,
             "duration_s": 2,
         },
     )
@@ -188,7 +198,7 @@ def test_port_forward_uprobe_with_args_and_retval(agent: httpx.Client) -> None:
             time.sleep(0.5)
         assert state.get("state") == "finished", state
         assert int(state["hits"]) > 0, state
-        events = agent.get(f"/probes/{pid_}/events", params={"follow": "false"})
+        events = agent.get(f"/probes/{pid_}/events")
         assert events.status_code == 200, events.text
         first = json.loads(events.text.splitlines()[0])
         assert "retval" in json.dumps(first), first
@@ -228,6 +238,17 @@ def test_port_forward_lttng_session_and_trace(
         agent.delete(f"/lttng/sessions/{sid}")
 
 
+def _get_with_retry(url: str) -> httpx.Response:
+    # Ready is the kubelet's view; the first forwarded connection can still race the
+    # agent's listen() right after a container start.
+    for _ in range(20):
+        try:
+            return httpx.get(url, timeout=30)
+        except httpx.TransportError:
+            time.sleep(1)
+    return httpx.get(url, timeout=30)
+
+
 def test_classic_sidecar_mode(installed: K.Kube) -> None:
     installed.apply(
         K.demo_deployment("classic", annotations={"tracecar.dev/native-sidecar": "false"})
@@ -235,7 +256,7 @@ def test_classic_sidecar_mode(installed: K.Kube) -> None:
     pod = _ready_pod(installed, "classic")
     assert K.AGENT in {c["name"] for c in pod["spec"]["containers"]}
     with K.port_forward(installed, f"pod/{pod['metadata']['name']}", 7780) as url:
-        procs = httpx.get(f"{url}/processes", timeout=30)
+        procs = _get_with_retry(f"{url}/processes")
         assert procs.status_code == 200, procs.text
         assert "burner" in procs.text
     installed.run("delete", "deploy", "classic", "-n", K.NS, "--wait=false")
@@ -322,15 +343,30 @@ def test_certificate_renewal_under_load(installed: K.Kube) -> None:
     errors: list[str] = []
 
     def loop() -> None:
+        # Server-side dry-run creates: every one goes through admission (the webhook
+        # mutates it) without 2 cores having to run hundreds of pods.
         i = 0
         while not stop.is_set():
             name = f"renew-{i}"
-            res = kube.run("create", "-f", "-", stdin=json.dumps(K.bare_pod(name)), check=False)
-            (created if res.returncode == 0 else errors).append(
-                name if res.returncode == 0 else res.stderr
+            res = kube.run(
+                "create",
+                "--dry-run=server",
+                "-o",
+                "json",
+                "-f",
+                "-",
+                stdin=json.dumps(K.bare_pod(name)),
+                check=False,
             )
+            if res.returncode != 0:
+                errors.append(res.stderr)
+            elif K.AGENT not in K.containers(json.loads(res.stdout)):
+                # failurePolicy Ignore hides a failed call as a pod without the agent
+                errors.append(f"{name}: admitted without the agent")
+            else:
+                created.append(name)
             i += 1
-            time.sleep(0.3)
+            time.sleep(0.1)
 
     t = threading.Thread(target=loop, daemon=True)
     t.start()
@@ -353,8 +389,8 @@ def test_certificate_renewal_under_load(installed: K.Kube) -> None:
             "tracecar-system",
             "--for=condition=complete",
             "job/rotate-now",
-            "--timeout=120s",
-            timeout=130,
+            "--timeout=240s",
+            timeout=250,
         )
         # the kubelet refreshes the Secret volume (sync period + cache), the webhook
         # reloads on the symlink swap: no restart
@@ -369,14 +405,6 @@ def test_certificate_renewal_under_load(installed: K.Kube) -> None:
         t.join(timeout=60)
     assert not errors, errors[:3]
     assert len(created) >= 5, created
-    pods = kube.json("get", "pods", "-n", K.NS)["items"]
-    uninjected = [
-        p["metadata"]["name"]
-        for p in pods
-        if p["metadata"]["name"] in created and K.AGENT not in K.containers(p)
-    ]
-    # failurePolicy Ignore would hide a failed admission as a pod without the agent
-    assert uninjected == [], uninjected
     restarts = [
         s["restartCount"]
         for p in kube.json(
@@ -385,7 +413,6 @@ def test_certificate_renewal_under_load(installed: K.Kube) -> None:
         for s in p["status"]["containerStatuses"]
     ]
     assert set(restarts) == {0}, restarts
-    kube.run("delete", "pods", "-n", K.NS, *created, "--wait=false", timeout=120)
 
 
 def _tracefs_uprobes() -> str:
@@ -399,18 +426,33 @@ def _tracefs_uprobes() -> str:
 
 
 def test_deleting_the_pod_leaves_nothing_on_the_node(
-    installed: K.Kube, demo_pod: dict[str, Any], agent: httpx.Client
+    installed: K.Kube, demo_pod: dict[str, Any]
 ) -> None:
-    # a probe and a long recording still running when the pod goes away
-    pid = _burner(agent)
-    agent.post(
-        "/probes",
-        json={"pid": pid, "function": HOT, "mode": "count", "duration_s": 300, "backend": "perf"},
-    )
-    agent.post("/profiles", json={"pid": pid, "duration_s": 300})
-    time.sleep(2)
-    installed.run("delete", "deploy", DEMO, "-n", K.NS, "--wait=false")
+    # a perf probe, a bpftrace probe and a long recording still running when the pod
+    # goes away (a fresh port-forward: the module's may have idled out by now)
     name = demo_pod["metadata"]["name"]
+    with (
+        K.port_forward(installed, f"pod/{name}", 7780) as url,
+        httpx.Client(base_url=url, timeout=60) as agent,
+    ):
+        pid = _burner(agent)
+        for backend in ("perf-probe", "bpftrace"):
+            r = agent.post(
+                "/probes",
+                json={
+                    "pid": pid,
+                    "function": HOT,
+                    "mode": "count",
+                    "duration_s": 300,
+                    "backend": backend,
+                },
+            )
+            assert r.status_code == 201, r.text
+        r = agent.post("/profiles", json={"pid": pid, "duration_s": 300})
+        assert r.status_code in (201, 202), r.text
+        time.sleep(2)
+        assert "tracecar_" in _tracefs_uprobes(), "the perf probe is not in tracefs"
+    installed.run("delete", "deploy", DEMO, "-n", K.NS, "--wait=false")
     K.wait_until(
         lambda: installed.run("get", "pod", name, "-n", K.NS, check=False).returncode != 0,
         120,
@@ -423,7 +465,7 @@ def test_deleting_the_pod_leaves_nothing_on_the_node(
             capture_output=True,
             text=True,
         )
-        return left.stdout.strip() == "" and "tracecar" not in _tracefs_uprobes()
+        return left.stdout.strip() == "" and "tracecar_" not in _tracefs_uprobes()
 
     K.wait_until(clean, 60, "no tracer process or uprobe left on the node")
     _ = os
