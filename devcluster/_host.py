@@ -205,8 +205,13 @@ def cleanup(lay: Layout) -> None:
     """Everything the cluster left on the host, gone. Safe to run any number of times."""
     kill_all(our_processes(lay), grace_s=10)
     _umount_all(lay)
-    for ns in Path("/run/netns").glob("cni-*") if Path("/run/netns").exists() else []:
-        run(["ip", "netns", "delete", ns.name], check=False)
+    # Not `ip netns delete`: on a /run/netns that is not yet a mount point, ip first
+    # bind-mounts /run/netns over itself, which hides the nsfs mounts under it and
+    # leaves them behind (seen here). The mounts went with _umount_all; drop the files.
+    netns = Path("/run/netns")
+    for ns in netns.glob("cni-*") if netns.is_dir() else []:
+        with contextlib.suppress(OSError):
+            ns.unlink()
     for d in _cgroup_dirs():
         with contextlib.suppress(OSError):
             d.rmdir()
