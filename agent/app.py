@@ -8,6 +8,8 @@ stops running work, keeping what was recorded, and reaps every child process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -17,7 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from agent import _proc, lttng, probes, profiling
+from agent import _proc, idle, lttng, probes, procfs, profiling
 from agent.auth import require_token
 from agent.errors import AgentError
 from agent.jobs import JobStore
@@ -48,8 +50,19 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _busy(app: FastAPI) -> bool:
+    """Work that keeps an idle agent alive: a recording, an attached probe, a session."""
+    state = app.state
+    return bool(
+        state.jobs.running(profiling.KIND)
+        or any(p["state"] in ("starting", "running") for p in state.probes.list_probes())
+        or any(s.state == "active" for s in state.lttng.list_sessions())
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    activity = idle.Activity()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,12 +74,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.lttng = lttng.Service(settings, jobs)
         services = [app.state.profiling, app.state.probes, app.state.lttng]
         started = []
+        watcher: asyncio.Task[None] | None = None
+        procfs.set_container_names(settings.container_names)
         try:
             for svc in services:
                 await svc.start()
                 started.append(svc)
+            if settings.idle_exit_s is not None:
+                watcher = asyncio.create_task(
+                    idle.watch(
+                        activity=activity,
+                        idle_exit_s=settings.idle_exit_s,
+                        busy=lambda: _busy(app),
+                    )
+                )
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             await jobs.shutdown()
             for svc in reversed(started):
                 try:
@@ -82,7 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Profile and trace the processes of this pod: perf, uprobes, LTTng.",
     )
     app.state.settings = settings
+    app.state.activity = activity
     app.dependency_overrides[get_settings] = lambda: settings
+    app.add_middleware(idle.ActivityMiddleware, activity=activity)
 
     @app.exception_handler(AgentError)
     async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
+from agent.deps import SettingsDep
+from agent.errors import Conflict
 from agent.lttng import Format, Service, SessionRequest
 
 router = APIRouter(prefix="/lttng", tags=["lttng"])
@@ -28,6 +30,21 @@ def get_service(request: Request) -> Service:
 
 ServiceDep = Annotated[Service, Depends(get_service)]
 
+ATTACHED_LTTNG = (
+    "LTTng needs the pod's shared /var/run/lttng, where the apps' LTTng-UST finds the "
+    "agent's session daemon; an attached agent (ephemeral container) cannot add that "
+    "volume to a running pod. Label the pod template profiling=enabled so the webhook "
+    "injects the agent with it (the pods restart once)"
+)
+
+
+def require_shared_lttng(settings: SettingsDep) -> None:
+    if settings.mode == "attached":
+        raise Conflict(ATTACHED_LTTNG)
+
+
+SharedLttng = Annotated[None, Depends(require_shared_lttng)]
+
 
 @router.get("/tracepoints")
 async def tracepoints(svc: ServiceDep) -> dict[str, Any]:
@@ -37,6 +54,7 @@ async def tracepoints(svc: ServiceDep) -> dict[str, Any]:
 
 @router.post("/sessions", status_code=201)
 async def create_session(
+    _: SharedLttng,
     svc: ServiceDep,
     req: SessionRequest,
     dry_run: Annotated[bool, Query(description="Show the lttng commands; run nothing.")] = False,
