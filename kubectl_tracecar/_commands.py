@@ -408,10 +408,8 @@ def cmd_probe(kube: Kube, args: argparse.Namespace) -> int:
                 for rec in client.stream_ndjson(f"/probes/{probe['id']}/events", "probe events"):
                     kind = rec.get("type")
                     if kind == "hit":
-                        print(
-                            _output.event_line(rec) if not args.json else _json_line(rec),
-                            flush=True,
-                        )
+                        line = _json_line(rec) if args.json else _output.event_line(rec)
+                        print(line, flush=True)
                     elif kind == "drops":
                         say(f"warning: events dropped: {rec}")
                     elif kind == "end":
@@ -420,8 +418,12 @@ def cmd_probe(kube: Kube, args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             say("stopping the probe")
         finally:
-            client.delete(f"/probes/{probe['id']}", "removing the probe")
-        state = client.get_json(f"/probes/{probe['id']}", "probe state")
+            # A running probe is detached (and stays readable); an ended one is kept by
+            # the agent among its last few, for `GET /probes/ID` later.
+            state = client.get_json(f"/probes/{probe['id']}", "probe state")
+            if state.get("state") in ("starting", "running"):
+                client.delete(f"/probes/{probe['id']}", "removing the probe")
+                state = client.get_json(f"/probes/{probe['id']}", "probe state")
     summary = state.get("summary") or final.get("summary") or {}
     if args.json:
         _output.emit_json(state)
@@ -497,12 +499,15 @@ def cmd_trace(kube: Kube, args: argparse.Namespace) -> int:
     return OK
 
 
-def wait_healthy(client: AgentClient, *, timeout_s: float) -> None:
-    """The agent answers /healthz (a fresh container may not listen yet)."""
+def wait_healthy(kube: Kube, pod: JsonObject, *, timeout_s: float) -> None:
+    """The agent answers /healthz. A container that runs but does not listen yet makes
+    kubectl port-forward give up on its first refused connection, so each try takes a
+    fresh forward."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            client.get_json("/healthz", "agent health")
+            with reach(kube, pod) as (client, _):
+                client.get_json("/healthz", "agent health")
             return
         except PluginError:
             if time.monotonic() > deadline:
@@ -586,8 +591,7 @@ def cmd_attach(kube: Kube, args: argparse.Namespace) -> int:
             f"the attached agent did not start within {args.timeout:g}s ({agent.state})",
             hint=f"see: kubectl describe pod -n {kube.namespace} {target.name}",
         )
-    with reach(kube, pod) as (client, _):
-        wait_healthy(client, timeout_s=60.0)
+    wait_healthy(kube, pod, timeout_s=60.0)
     result = {"pod": target.name, "agent": "attached", "container": spec["name"], "added": True}
     if args.output == "json":
         _output.emit_json(result)
