@@ -40,13 +40,20 @@ def serve() -> None:
         level=settings.log_level.upper(),
         format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=15,
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=15,
+        )
     )
+    # An idle agent ends itself as a clean exit (status 0, "Completed" in the pod), not
+    # by a signal that uvicorn would re-raise after its graceful shutdown.
+    app.state.request_exit = lambda: setattr(server, "should_exit", True)
+    server.run()
 
 
 def main(argv: list[str] | None = None) -> None:

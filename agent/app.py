@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
@@ -60,6 +60,19 @@ def _busy(app: FastAPI) -> bool:
     )
 
 
+def _exit_request(app: FastAPI) -> Callable[[], Awaitable[None]] | None:
+    """How the idle watcher ends the agent: the server's own exit when ``serve`` set
+    one, else (no server we know of) a SIGTERM to ourselves."""
+    request = getattr(app.state, "request_exit", None)
+    if request is None:
+        return None
+
+    async def stop() -> None:
+        request()
+
+    return stop
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     activity = idle.Activity()
@@ -86,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         activity=activity,
                         idle_exit_s=settings.idle_exit_s,
                         busy=lambda: _busy(app),
+                        stop=_exit_request(app),
                     )
                 )
             yield

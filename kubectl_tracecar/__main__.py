@@ -5,6 +5,7 @@ there is one) and its exit code; nothing prints a traceback at a user."""
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from kubectl_tracecar import _cli, _commands
@@ -20,8 +21,15 @@ _COMMANDS = {
 }
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # Unwinds through every `with`: the port-forwards (in their own sessions, so a
+    # terminal's Ctrl-C does not reach them) are stopped, not orphaned.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _cli.parse(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         from kubectl_tracecar._kube import Kube
 

@@ -45,7 +45,14 @@ def render(pod: JsonObject, *, options: AttachOptions) -> JsonObject:
         *(spec.get("initContainers") or []),
         *(spec.get("containers") or []),
     ]
-    port = choose_port(DEFAULT_PORT, declared_ports(containers))
+    taken = declared_ports(containers)
+    # Earlier agents (a stopped attached one may still be restarted by nobody, but a
+    # running one holds its port in the pod's network namespace) declare no ports.
+    for c in [*containers, *(spec.get("ephemeralContainers") or [])]:
+        for e in c.get("env") or []:
+            if e.get("name") == PORT_ENV and str(e.get("value", "")).isdigit():
+                taken.setdefault(int(e["value"]), str(c.get("name")))
+    port = choose_port(DEFAULT_PORT, taken)
     name = f"{AGENT_NAME}-{options.suffix}"
     if name in _used_names(pod):  # the suffix is random; a clash is all but impossible
         raise ValueError(f"container name {name} is taken")

@@ -54,6 +54,9 @@ def port_forward(conn: Connection, pod: str, port: int) -> Iterator[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Its own session: a Ctrl-C at the terminal goes to the plugin, which then still
+        # needs the forward to stop the probe or session it started.
+        start_new_session=True,
     )
     found: list[int] = []
     ready = threading.Event()

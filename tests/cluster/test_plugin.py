@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,20 +22,24 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 HOT = "tracecar_demo_hot"
 
 
-def tracecar(kube: K.Kube, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """`kubectl tracecar ...` exactly as a user types it: kubectl finds the plugin."""
+def _env(kube: K.Kube) -> dict[str, str]:
+    """kubectl (the cluster's build) and the plugin on PATH, as after `pip install`."""
     lay = Layout.for_repo(K.REPO)
-    env = dict(
+    return dict(
         os.environ,
         KUBECONFIG=str(kube.kubeconfig),
         PATH=f"{lay.run / 'bin'}:{K.REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
     )
+
+
+def tracecar(kube: K.Kube, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """`kubectl tracecar ...` exactly as a user types it: kubectl finds the plugin."""
     return subprocess.run(
         ["kubectl", "tracecar", "-n", K.NS, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=_env(kube),
     )
 
 
@@ -105,6 +110,35 @@ def test_probe_the_attached_pod(installed: K.Kube, plain: dict[str, Any]) -> Non
     assert "|@" in ok(hist), hist.stdout
 
 
+def test_ctrl_c_ends_a_probe_and_removes_it(installed: K.Kube, plain: dict[str, Any]) -> None:
+    env = _env(installed)
+    proc = subprocess.Popen(
+        ["kubectl", "tracecar", "-n", K.NS, "probe", plain["metadata"]["name"], "-c", "burner",
+         "--function", HOT, "--backend", "bpftrace"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("pid="), first + (proc.stderr.read() if proc.stderr else "")
+        assert subprocess.run(["pgrep", "-x", "bpftrace"], capture_output=True).returncode == 0
+        # what a terminal's Ctrl-C does: SIGINT to the whole foreground process group
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "stopping the probe" in err and "Traceback" not in err, err
+    K.wait_until(
+        lambda: subprocess.run(["pgrep", "-x", "bpftrace"], capture_output=True).returncode != 0,
+        30,
+        "bpftrace gone after Ctrl-C",
+    )
+
+
 def test_what_an_attached_agent_cannot_do_is_said(installed: K.Kube, plain: dict[str, Any]) -> None:
     res = tracecar(installed, "trace", plain["metadata"]["name"], "--python", "x", "-d", "1s")
     assert res.returncode == 6, res.stderr
@@ -133,15 +167,9 @@ def test_pod_security_refusal_of_an_attach_says_why(installed: K.Kube) -> None:
         installed.apply(K.bare_pod("quiet", ns=ns, labelled=False))
         installed.run("wait", "-n", ns, "--for=condition=Ready", "pod/quiet", "--timeout=120s",
                       timeout=150)  # fmt: skip
-        lay = Layout.for_repo(K.REPO)
-        env = dict(
-            os.environ,
-            KUBECONFIG=str(installed.kubeconfig),
-            PATH=f"{lay.run / 'bin'}:{K.REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
-        )
         res = subprocess.run(
             ["kubectl", "tracecar", "-n", ns, "attach", "quiet"],
-            capture_output=True, text=True, timeout=120, env=env,
+            capture_output=True, text=True, timeout=120, env=_env(installed),
         )  # fmt: skip
         assert res.returncode == 4, res.stderr
         assert "Pod Security" in res.stderr and "privileged" in res.stderr, res.stderr
@@ -168,6 +196,28 @@ def test_profile_three_replicas_into_one_merged_graph(installed: K.Kube, tmp_pat
     status = json.loads(ok(tracecar(installed, "status", "deploy/trio", "-o", "json")))
     assert status["agent"] == "injected"
     installed.run("delete", "deploy/trio", "-n", K.NS, "--wait=false", check=False)
+
+
+def test_trace_an_injected_pod_through_the_plugin(installed: K.Kube, tmp_path: Path) -> None:
+    installed.apply(K.demo_deployment("traced"))
+    name = K.ready_pods(installed, "traced")[0]["metadata"]["name"]
+    K.wait_until(
+        lambda: (
+            "registered"
+            in installed.run("logs", "-n", K.NS, name, "-c", "logger", check=False).stdout
+        ),
+        60,
+        "the demo logger registered with the sidecar's session daemon",
+    )
+    out = tmp_path / "trace.tar.gz"
+    res = tracecar(installed, "trace", name, "--python", "tracecar.demo", "-d", "3s",
+                   "-o", str(out))  # fmt: skip
+    ok(res)
+    assert out.stat().st_size > 1000 and out.read_bytes()[:2] == b"\x1f\x8b"
+    events = tracecar(installed, "trace", name, "--python", "tracecar.demo", "-d", "3s",
+                      "--events")  # fmt: skip
+    assert "tracecar.demo" in ok(events) and "tick" in events.stdout
+    installed.run("delete", "deploy/traced", "-n", K.NS, "--wait=false", check=False)
 
 
 def test_an_idle_attached_agent_ends_itself(installed: K.Kube) -> None:
