@@ -33,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from kubectl_tracecar._kube import Kube
 
-        kube = Kube(kubeconfig=args.kubeconfig, context=args.context, namespace=args.namespace)
+        kube = Kube(
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            namespace=args.namespace,
+            as_user=args.as_user,
+        )
         return _COMMANDS[args.command](kube, args)
     except PluginError as e:
         print(f"error: {e.message}", file=sys.stderr)

@@ -44,6 +44,7 @@ def _globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
     g.add_argument("-n", "--namespace", default=d, help="the namespace (default: the context's)")
     g.add_argument("--context", default=d, help="the kubeconfig context to use")
     g.add_argument("--kubeconfig", default=d, help="path to the kubeconfig file")
+    g.add_argument("--as", dest="as_user", default=d, metavar="USER", help="impersonate USER")
 
 
 def _target(p: argparse.ArgumentParser, *, selector: bool = True) -> None:

@@ -41,6 +41,8 @@ def forward_argv(conn: Connection, pod: str, port: int) -> list[str]:
         argv.append(f"--kubeconfig={conn.kubeconfig}")
     if conn.context:
         argv.append(f"--context={conn.context}")
+    if conn.as_user:
+        argv.append(f"--as={conn.as_user}")
     argv += ["port-forward", "-n", conn.namespace, "--address=127.0.0.1", f"pod/{pod}", f":{port}"]
     return argv
 

@@ -28,6 +28,7 @@ class Connection:
     kubeconfig: str | None
     context: str | None
     namespace: str
+    as_user: str | None = None
 
 
 def _reason(e: ApiException) -> str:
@@ -41,7 +42,14 @@ def _reason(e: ApiException) -> str:
 class Kube:
     """A connection to one cluster and namespace, as kubectl's flags chose them."""
 
-    def __init__(self, *, kubeconfig: str | None, context: str | None, namespace: str | None):
+    def __init__(
+        self,
+        *,
+        kubeconfig: str | None,
+        context: str | None,
+        namespace: str | None,
+        as_user: str | None = None,
+    ):
         try:
             load = kubernetes.config.list_kube_config_contexts
             contexts, active = load(config_file=kubeconfig)  # type: ignore[no-untyped-call]
@@ -60,7 +68,11 @@ class Kube:
                 hint="set --kubeconfig, KUBECONFIG or ~/.kube/config as for kubectl",
             ) from e
         ns = namespace or (chosen or {}).get("context", {}).get("namespace") or "default"
-        self.conn = Connection(kubeconfig=kubeconfig, context=context, namespace=ns)
+        if as_user:
+            self._api.set_default_header("Impersonate-User", as_user)
+        self.conn = Connection(
+            kubeconfig=kubeconfig, context=context, namespace=ns, as_user=as_user
+        )
         self._core = kubernetes.client.CoreV1Api(self._api)
         self._apps = kubernetes.client.AppsV1Api(self._api)
 

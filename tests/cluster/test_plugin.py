@@ -154,6 +154,39 @@ def test_clear_errors_and_exit_codes(installed: K.Kube, plain: dict[str, Any]) -
     assert usage.returncode == 2 and "unsupported resource type" in usage.stderr
 
 
+def test_missing_rbac_names_the_verb_and_resource(installed: K.Kube, plain: dict[str, Any]) -> None:
+    # A user who may look at pods but not add containers to them.
+    for m in (
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "viewer", "namespace": K.NS}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "pod-viewer", "namespace": K.NS},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "viewer", "namespace": K.NS},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                        "name": "pod-viewer"},
+            "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": K.NS}],
+        },
+    ):  # fmt: skip
+        installed.apply(m)
+    viewer = f"--as=system:serviceaccount:{K.NS}:viewer"
+    pod = plain["metadata"]["name"]
+    # a fresh attach (the running one would be reused): a container of a pod we create
+    installed.apply(K.bare_pod("rbac-target", labelled=False))
+    installed.run("wait", "-n", K.NS, "--for=condition=Ready", "pod/rbac-target",
+                  "--timeout=120s", timeout=150)  # fmt: skip
+    denied = tracecar(installed, viewer, "attach", "rbac-target")
+    assert denied.returncode == 4, denied.stderr
+    assert "patch" in denied.stderr and "pods/ephemeralcontainers" in denied.stderr
+    forward = tracecar(installed, viewer, "ps", pod)
+    assert forward.returncode != 0 and "pods/portforward" in forward.stderr, forward.stderr
+    installed.run("delete", "pod/rbac-target", "-n", K.NS, "--wait=false", check=False)
+
+
 def test_pod_security_refusal_of_an_attach_says_why(installed: K.Kube) -> None:
     ns = "tracecar-plugin-baseline"
     installed.apply(
