@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from kubectl_tracecar._kube import Connection
-from kubectl_tracecar.errors import PluginError
+from kubectl_tracecar.errors import Forbidden, PluginError
 
 _FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+) ->")
 START_TIMEOUT_S = 30.0
@@ -93,7 +93,8 @@ def port_forward(conn: Connection, pod: str, port: int) -> Iterator[str]:
             for t in readers:
                 t.join(timeout=2)
             detail = "; ".join(err[-3:]) or f"no answer in {START_TIMEOUT_S:g}s"
-            raise PluginError(
+            kind = Forbidden if "forbidden" in detail.lower() else PluginError
+            raise kind(
                 f"port-forward to pod/{pod}:{port} failed: {detail}",
                 hint="you need RBAC verb 'create' on 'pods/portforward' in the pod's namespace",
             )

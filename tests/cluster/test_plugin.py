@@ -183,7 +183,7 @@ def test_missing_rbac_names_the_verb_and_resource(installed: K.Kube, plain: dict
     assert denied.returncode == 4, denied.stderr
     assert "patch" in denied.stderr and "pods/ephemeralcontainers" in denied.stderr
     forward = tracecar(installed, viewer, "ps", pod)
-    assert forward.returncode != 0 and "pods/portforward" in forward.stderr, forward.stderr
+    assert forward.returncode == 4 and "pods/portforward" in forward.stderr, forward.stderr
     installed.run("delete", "pod/rbac-target", "-n", K.NS, "--wait=false", check=False)
 
 
