@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _target(p)
     p.add_argument("-c", "--container", help="profile this container only (default: every app)")
     p.add_argument("--pid", type=int, help="profile this process only")
+    p.add_argument("--process", help="profile the processes of this name (comm or argv[0])")
     p.add_argument("-d", "--duration", default="30s", help="how long to record (default 30s)")
     p.add_argument("-F", "--frequency", type=int, help="samples per second (default 99)")
     p.add_argument(
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by-pod", action="store_true", help="merged graph: a root frame per pod")
     p.add_argument("--parallel", type=int, default=4, help="pods profiled at once (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--open", action="store_true", help="open the file when it is written")
 
     p = _sub(subs, "probe", "attach a uprobe to a function; print each call live")
     _target(p)

@@ -13,8 +13,9 @@ import secrets
 import signal
 import string
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -217,20 +218,55 @@ def output_format(path: Path) -> str:
     raise UsageError(f"cannot tell the format of {path.name!r} from its name: use one of {allowed}")
 
 
+class Progress:
+    """A bar per pod on a terminal (redrawn in place), a line per 10% otherwise."""
+
+    def __init__(self, pods: list[str]) -> None:
+        self.tty = sys.stderr.isatty()
+        self.pods = pods
+        self.state: dict[str, tuple[float, str]] = {p: (0.0, "pending") for p in pods}
+        self.printed: dict[str, float] = {}
+        self.drawn = False
+        self._lock = threading.Lock()  # pods report from their own threads
+
+    def update(self, pod: str, fraction: float, phase: str) -> None:
+        with self._lock:
+            self._update(pod, fraction, phase)
+
+    def _update(self, pod: str, fraction: float, phase: str) -> None:
+        self.state[pod] = (fraction, phase)
+        if not self.tty:
+            if fraction - self.printed.get(pod, -1.0) >= 0.1 or fraction >= 1.0:
+                say(f"{pod}: {phase} {fraction:.0%}")
+                self.printed[pod] = fraction
+            return
+        width = max(len(p) for p in self.pods)
+        lines = []
+        for p in self.pods:
+            f, ph = self.state[p]
+            bar = "#" * round(30 * f)
+            lines.append(f"{p.ljust(width)} [{bar.ljust(30)}] {f:4.0%} {ph}")
+        up = f"\x1b[{len(self.pods)}F" if self.drawn else ""
+        sys.stderr.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+        sys.stderr.flush()
+        self.drawn = True
+
+
 def _profile_one(
-    kube: Kube, pod: JsonObject, body: dict[str, Any], fmt: str, progress: Callable[[str], None]
+    kube: Kube, pod: JsonObject, body: dict[str, Any], fmt: str, progress: Progress
 ) -> tuple[bytes, str, dict[str, Any]]:
     """(the artifact, the folded stacks, the profile's view) of one pod."""
     with reach(kube, pod) as (client, _):
+        body = dict(body)
+        process = body.pop("process", None)
+        if process is not None:
+            body.setdefault("pids", _pids_named(client, pod, process, body.pop("container", None)))
         job = client.post_json("/profiles", body, f"starting a profile in {_name(pod)}")
-        last = -1.0
         while job["state"] not in ("succeeded", "failed", "cancelled"):
             time.sleep(1.0)
             job = client.get_json(f"/profiles/{job['id']}", "profile status")
-            pct = float(job.get("progress") or 0.0)
-            if pct - last >= 0.1:
-                progress(f"{_name(pod)}: {job.get('phase', job['state'])} {pct:.0%}")
-                last = pct
+            progress.update(_name(pod), float(job.get("progress") or 0.0), job.get("phase") or "")
+        progress.update(_name(pod), 1.0, job["state"])
         if job["state"] != "succeeded":
             raise PluginError(
                 f"the profile of pod {_name(pod)} {job['state']}: "
@@ -252,10 +288,33 @@ def _write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+def _pids_named(
+    client: AgentClient, pod: JsonObject, name: str, container: str | None
+) -> list[int]:
+    procs = processes(client, pod)
+    found = [
+        int(p["pid"])
+        for p in procs
+        if (container is None or p["container"] == container)
+        and (p["comm"] == name or (p["cmdline"] and Path(p["cmdline"][0]).name == name))
+    ]
+    if not found:
+        where = f"container {container!r}" if container else f"pod {_name(pod)}"
+        names = sorted({str(p["comm"]) for p in procs})
+        raise NotFound(f"no process named {name!r} in {where}", hint=f"there: {', '.join(names)}")
+    return found
+
+
 def profile_body(args: argparse.Namespace, duration_s: float) -> dict[str, Any]:
     body: dict[str, Any] = {"duration_s": duration_s}
+    if sum(x is not None for x in (args.pid, args.process)) > 1:
+        raise UsageError("give --pid or --process, not both")
     if args.pid is not None:
         body["pid"] = args.pid
+    elif args.process is not None:
+        body["process"] = args.process  # resolved to pids in each pod
+        if args.container:
+            body["container"] = args.container
     elif args.container:
         body["container"] = args.container
     if args.frequency is not None:
@@ -277,10 +336,11 @@ def cmd_profile(kube: Kube, args: argparse.Namespace) -> int:
     say(f"profiling {len(pods)} pod(s) for {duration:g}s: {', '.join(map(_name, pods))}")
     results: dict[str, tuple[bytes, str, dict[str, Any]]] = {}
     failures: dict[str, str] = {}
+    progress = Progress([_name(p) for p in pods])
 
     def one(pod: JsonObject) -> None:
         try:
-            results[_name(pod)] = _profile_one(kube, pod, body, fmt, say)
+            results[_name(pod)] = _profile_one(kube, pod, body, fmt, progress)
         except PluginError as e:
             failures[_name(pod)] = e.message + (f" ({e.hint})" if e.hint else "")
 
@@ -322,6 +382,11 @@ def cmd_profile(kube: Kube, args: argparse.Namespace) -> int:
             print(f"pod/{pod}: FAILED: {msg}")
         if len(pods) > 1 and results:
             print(f"merged flame graph of {len(results)} pods -> {out}")
+    if args.open and out.exists():
+        import webbrowser
+
+        if not webbrowser.open(out.resolve().as_uri()):
+            say(f"cannot open {out}: no browser found (set BROWSER)")
     return OK if not failures else FAILED
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from kubectl_tracecar import _attach, _cli, _merge, _output, _pods
-from kubectl_tracecar._commands import output_format, probe_body, profile_body, trace_body
+from kubectl_tracecar._commands import Progress, output_format, probe_body, profile_body, trace_body
 from kubectl_tracecar._kube import selector_string
 from kubectl_tracecar._targets import Target, parse_duration, parse_target
 from kubectl_tracecar.errors import NotFound, Unsupported, UsageError
@@ -104,6 +104,14 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
 def test_request_bodies() -> None:
     p = _cli.parse(["profile", "web", "-c", "app", "-F", "49", "-d", "5s"])
     assert profile_body(p, 5.0) == {"duration_s": 5.0, "container": "app", "frequency_hz": 49}
+    by_name = _cli.parse(["profile", "web", "--process", "gunicorn", "-c", "app"])
+    assert profile_body(by_name, 30.0) == {
+        "duration_s": 30.0,
+        "process": "gunicorn",
+        "container": "app",
+    }
+    with pytest.raises(UsageError, match="not both"):
+        profile_body(_cli.parse(["profile", "web", "--pid", "3", "--process", "x"]), 1.0)
     q = _cli.parse(
         [
             "probe",
@@ -258,6 +266,20 @@ def test_merge_of_many_pods_stacks() -> None:
     assert _merge.per_pod_path(Path("out/flame.svg"), "web-1") == Path("out/flame.web-1.svg")
     assert _merge.per_pod_path(Path("p.speedscope.json"), "w") == Path("p.w.speedscope.json")
     assert _merge.per_pod_path(Path("perf.data"), "w") == Path("perf.w.data")
+
+
+def test_progress_without_a_terminal_prints_a_line_per_tenth(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    p = Progress(["a", "b"])
+    for f in (0.0, 0.05, 0.1, 0.5, 0.55, 1.0):
+        p.update("a", f, "recording")
+    assert capsys.readouterr().err.splitlines() == [
+        "a: recording 0%",
+        "a: recording 10%",
+        "a: recording 50%",
+        "a: recording 100%",
+    ]
 
 
 def test_terminal_output() -> None:
