@@ -12,8 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from agent.probes import STREAM_MAX_BYTES, ProbeRequest, Service
-from agent.probes._model import SymbolList
+from agent.probes import STREAM_MAX_BYTES, ProbeRequest, Service, SymbolList
 
 router = APIRouter(tags=["probes"])
 
