@@ -47,6 +47,7 @@ from agent.lttng._model import (
 )
 from agent.lttng._plan import Step, plan_session
 from agent.lttng._session import Session, dir_size
+from agent.metrics import Metrics
 from agent.settings import Settings
 
 log = logging.getLogger("agent.lttng")  # the package's name, as before the split
@@ -57,9 +58,18 @@ AGENT_DOMAINS = ("python", "jul", "log4j")
 
 
 class Service:
-    def __init__(self, settings: Settings, jobs: JobStore) -> None:
+    def __init__(
+        self, settings: Settings, jobs: JobStore, *, metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
         self.jobs = jobs
+        self.metrics = metrics or Metrics()
+        self.metrics.lttng_sessions.running.set_function(
+            lambda: sum(1 for s in self._sessions.values() if s.state == "active")
+        )
+        self.metrics.measure_storage(
+            "lttng", lambda: sum(dir_size(s.dir)[0] for s in self._sessions.values())
+        )
         self.base = settings.data_dir / "lttng"
         instance = settings.instance_id or (settings.pod_uid or "")[:8] or "local"
         # Session names in the daemon: unique to this agent instance.
@@ -146,6 +156,8 @@ class Service:
 
     async def _daemon_lost(self, why: str) -> None:
         for s in self._sessions.values():
+            if s.state != "lost":
+                self.metrics.lttng_sessions.failed.inc()
             s.state = "lost"
             s.message = why
 
@@ -305,6 +317,7 @@ class Service:
             )
         sess.dir.mkdir(parents=True)
         self._sessions[sess.id] = sess
+        self.metrics.lttng_sessions.started.inc()
         created = False
         try:
             for st in steps:
@@ -317,7 +330,9 @@ class Service:
                 if st["args"][0] == "start":
                     sess.state = "active"
                     sess.started_at = time.time()
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, Exception):  # lttng refused the set-up (not a cancellation)
+                self.metrics.lttng_sessions.failed.inc()
             self._sessions.pop(sess.id, None)
             if created:
                 with contextlib.suppress(LttngFailed, _proc.ProcError):
@@ -402,6 +417,10 @@ class Service:
 
     async def _destroy(self, sess: Session, *, why: str | None = None) -> None:
         if sess.state != "lost":
+            # Its last discarded-events count, for the metrics, before it is gone.
+            with contextlib.suppress(LttngFailed, _proc.ProcError):
+                d = await self.cli.session_detail(sess.lttng_name)
+                self._count_discarded(sess, sum(c["discarded_events"] for c in d["channels"]))
             try:
                 await self.cli.destroy(sess.lttng_name)
             except (LttngFailed, _proc.ProcError) as e:
@@ -412,6 +431,11 @@ class Service:
             self._gone[sess.id] = why
             while len(self._gone) > 1000:
                 self._gone.pop(next(iter(self._gone)))
+
+    def _count_discarded(self, sess: Session, discarded: int) -> None:
+        """The daemon's per-session total, as increments of the agent's counter."""
+        self.metrics.drop("lttng_discarded", discarded - sess.discarded_counted)
+        sess.discarded_counted = max(sess.discarded_counted, discarded)
 
     def list_sessions(self) -> list[Session]:
         return sorted(self._sessions.values(), key=lambda s: s.created_at)
@@ -427,6 +451,7 @@ class Service:
                 channels = d["channels"]
                 discarded = sum(c["discarded_events"] for c in channels)
                 lost = sum(c["lost_packets"] for c in channels)
+                self._count_discarded(sess, discarded)
         events: int | None = None
         if detail and (sess.state in ("stopped", "lost") or sess.request.mode == "snapshot"):
             events = await self._count(sess, size, mtime)

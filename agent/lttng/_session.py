@@ -34,6 +34,7 @@ class Session:
     message: str = ""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     count_cache: tuple[tuple[int, float], int] | None = None
+    discarded_counted: int = 0  # of the daemon's discarded events, what the metrics have
 
     @property
     def output(self) -> Path:

@@ -3,7 +3,8 @@
 Public surface: :class:`Service` (constructed by :mod:`agent.app` with the
 settings and the shared :class:`agent.jobs.JobStore`; started and stopped by
 the app's lifespan), the request model :class:`ProbeRequest`, the symbol
-listing's shape :class:`SymbolList`, and ``STREAM_MAX_BYTES`` (the per-stream byte bound the router offers).
+listing's shape :class:`SymbolList`, and ``STREAM_MAX_BYTES`` (the per-stream
+byte bound the router offers).
 
 Inside, one module per step::
 

@@ -21,6 +21,7 @@ from typing import Any
 from agent import _proc, procfs
 from agent.errors import AgentError, Conflict, Forbidden, Invalid, NotFound, TooMany, Unavailable
 from agent.jobs import JobStore
+from agent.metrics import Metrics
 from agent.probes import _bpftrace, _perfprobe, _symbols
 from agent.probes._model import (
     PATH_RE,
@@ -70,14 +71,20 @@ def _match_process(info: procfs.ProcessInfo, name: str) -> bool:
 
 
 class Service:
-    def __init__(self, settings: Settings, jobs: JobStore) -> None:
+    def __init__(
+        self, settings: Settings, jobs: JobStore, *, metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
         self.jobs = jobs
+        self.metrics = metrics or Metrics()
         self.group = _perfprobe.group_name(instance_id(settings))
         self.backends = Backends()
         self.tracefs_reason = "not checked yet"
         self._probes: dict[str, Probe] = {}
         self._detect: asyncio.Task[None] | None = None
+        self.metrics.probes.running.set_function(
+            lambda: sum(1 for p in self._probes.values() if p.running)
+        )
 
     # --- lifecycle --------------------------------------------------------
 
@@ -421,6 +428,7 @@ class Service:
         self._evict()
         attached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         probe.task = asyncio.create_task(self._run(probe, attached, pid))
+        self.metrics.probes.started.inc()
         try:
             await asyncio.wait_for(asyncio.shield(attached), 60)
         except TimeoutError:
@@ -496,6 +504,7 @@ class Service:
             raise
         except (_proc.ProcError, AgentError, OSError) as e:
             probe.state = "failed"
+            self.metrics.probes.failed.inc()
             probe.error = _error_text(e, session)
         finally:
             if watcher is not None:
@@ -533,7 +542,8 @@ class Service:
                     continue
                 if spec is not None and spec.stack and item.event.get("stack"):
                     item.event["stack"] = self._symbolize(spec.pid, item.event["stack"])
-                stream.publish(item.event)
+                if not stream.publish(item.event):
+                    self.metrics.drop("probe_rate_limit")
                 probe.hits = max(probe.counted, seen)
                 if seen == probe.max_events:
                     self._request_stop(probe, "max_events")
@@ -547,6 +557,7 @@ class Service:
                 probe.histogram = item.buckets
             elif isinstance(item, Lost):
                 probe.lost += item.events
+                self.metrics.drop("probe_tracer_lost", item.events)
             elif isinstance(item, Finished):
                 continue
 

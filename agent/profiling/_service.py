@@ -22,6 +22,7 @@ from typing import Any
 from agent import capabilities, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import Job, JobStore, atomic_path, write_atomic
+from agent.metrics import Metrics
 from agent.profiling._artifacts import ARTIFACTS, FOLDED, KIND, PERF_DATA, PPROF, SPEEDSCOPE, SVG
 from agent.profiling._perfmaps import PERF_MAP_MAX_BYTES, map_pids, perf_maps_in_tmp
 from agent.profiling._targets import target_facts, traceable
@@ -41,9 +42,17 @@ _UNRESOLVED = re.compile(r"\[[^\[\]]+\]")
 
 
 class Service:
-    def __init__(self, settings: Settings, jobs: JobStore) -> None:
+    def __init__(
+        self, settings: Settings, jobs: JobStore, *, metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
         self.jobs = jobs
+        self.metrics = metrics or Metrics()
+        self.metrics.profiles.running.set_function(lambda: len(self.jobs.running(KIND)))
+        self.metrics.measure_storage(
+            "profiles", lambda: sum(j.size_bytes() for j in self.jobs.of_kind(KIND))
+        )
+        self.metrics.storage_limit.set(settings.max_storage_bytes)
         self.limits = Limits(
             default_duration_s=settings.default_duration_s,
             max_duration_s=settings.max_duration_s,
@@ -156,8 +165,17 @@ class Service:
         the_plan = plan(req, targets=facts, target=target, limits=self.limits, output=output)
         job.result = {"phase": "pending", "plan": the_plan.model_dump()}
         self.jobs.save(job)
-        self.jobs.start(job, lambda j: self._run(j, the_plan))
+        self.jobs.start(job, lambda j: self._run_counted(j, the_plan))
+        self.metrics.profiles.started.inc()
         return job
+
+    async def _run_counted(self, job: Job, the_plan: Plan) -> None:
+        # What the job store turns into a failed state is what is counted as failed.
+        try:
+            await self._run(job, the_plan)
+        except Exception:
+            self.metrics.profiles.failed.inc()
+            raise
 
     async def _run(self, job: Job, the_plan: Plan) -> None:
         meta = job.result
@@ -190,6 +208,7 @@ class Service:
         meta = job.result
         meta["samples"] = rec.samples
         meta["lost_samples"] = rec.lost
+        self.metrics.drop("perf_lost", rec.lost)
         meta["stopped_early"] = rec.stopped_early
         meta["perf_warnings"] = rec.warnings
         exited = [p for p in the_plan.pids if not procfs.pid_exists(p)]
