@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from agent import _proc, idle, lttng, probes, procfs, profiling
+from agent import _proc, idle, lttng, openapi, probes, procfs, profiling
 from agent.auth import require_token
 from agent.errors import AgentError
 from agent.jobs import JobStore
@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.activity = activity
     app.state.metrics = Metrics()
+    openapi.install(app)  # the 405 answer the document promises
     app.dependency_overrides[get_settings] = lambda: settings
     app.add_middleware(idle.ActivityMiddleware, activity=activity)
 

@@ -7,8 +7,9 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from agent.auth import TokenDep
 from agent.metrics import Metrics
+from agent.openapi import PROTECTED, errors
 
-router = APIRouter(tags=["metrics"])
+router = APIRouter(tags=["metrics"], responses=errors(*PROTECTED, 422))
 
 
 @router.get(
