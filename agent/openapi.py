@@ -3,8 +3,8 @@
 Owns the typed error bodies (what :mod:`agent.errors` and the app's handlers
 send), the ``responses=`` declarations the routers attach to their routes (every
 status a route can answer, with its model and media types), and the 405 answer:
-``Allow`` lists every method of the path, as the document does (Starlette names
-only the first route that matched the path).
+``Allow`` lists every method the document gives the path (Starlette names only
+the methods of the first route that matched it).
 
 ``tests/agent/test_openapi_conformance.py`` runs schemathesis against a real
 agent to keep this file and the routers honest.
@@ -12,15 +12,14 @@ agent to keep this file and the routers honest.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Match
 
 
 class ErrorBody(BaseModel):
@@ -110,22 +109,22 @@ def json_or(description: str, *media_types: str) -> dict[str, Any]:
 
 
 def install(app: FastAPI) -> None:
-    """Answer 405 with an ``Allow`` naming every documented method of the path."""
+    """Answer 405 with an ``Allow`` naming every method the document gives the path."""
+    paths: list[tuple[re.Pattern[str], str]] = []
+
+    def allowed(path: str) -> str:
+        if not paths:  # the document is built once, on first use, like /openapi.json
+            for template, item in app.openapi()["paths"].items():
+                parts = template.split("/")
+                regex = "/".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts)
+                paths.append((re.compile(regex), ", ".join(m.upper() for m in item)))
+        return next((methods for regex, methods in paths if regex.fullmatch(path)), "")
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 405:
-            allowed = sorted(
-                {
-                    m
-                    for route in app.router.routes
-                    if isinstance(route, APIRoute)
-                    and route.include_in_schema
-                    and route.matches(request.scope)[0] != Match.NONE
-                    for m in route.methods or ()
-                }
-            )
-            exc = StarletteHTTPException(405, exc.detail, headers={"Allow": ", ".join(allowed)})
+            headers = {"Allow": allowed(request.url.path)}
+            exc = StarletteHTTPException(405, exc.detail, headers=headers)
         return await http_exception_handler(request, exc)
 
     app.add_exception_handler(StarletteHTTPException, method_not_allowed)
