@@ -15,24 +15,13 @@ Inside, one module per concern::
     _native    the native NDJSON sink for babeltrace2 (built or prebuilt)
     _service   Service: the registry, limits, watchdog, actions and reads
 
-The service owns:
-
-* the pod's root session daemon (:mod:`._daemon`);
-* a registry of *our* sessions. Each is named ``tracecar-<instance>-<id>`` in
-  the daemon, so the agent never touches anyone else's sessions and can sweep
-  its own leftovers at start-up; its files live in ``DATA_DIR/lttng/<id>/``;
-* the bounds: a maximum number of sessions, a size cap per session (a watchdog
-  stops recording when the trace outgrows it), and a maximum lifetime after
-  which the session is destroyed and its files removed. Shutdown destroys all
-  of our sessions and removes their files.
-
-Sessions are not :class:`agent.jobs.JobStore` jobs: their life (created,
-active, stopped, restarted) is not a job's one-way state machine. The store is
-still handed in (the capability contract) and its start-up sweep removes any
-``DATA_DIR/lttng`` leftovers (they have no ``job.json``).
+A session is ours alone (named ``tracecar-<instance>-<id>`` in the daemon, its
+files in ``DATA_DIR/lttng/<id>/``), bounded (count, size, lifetime) and gone with
+the agent; :mod:`._service` says how. Sessions are not job-store jobs: their life
+(created, active, stopped, restarted) is not a job's one-way state machine.
 """
 
-from agent.lttng._model import EventSpec, Format, SessionRequest
+from agent.lttng._model import Action, EventSpec, Format, SessionRequest
 from agent.lttng._service import Service
 
-__all__ = ["EventSpec", "Format", "Service", "SessionRequest"]
+__all__ = ["Action", "EventSpec", "Format", "Service", "SessionRequest"]

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.deps import SettingsDep
 from agent.errors import Conflict, Invalid
-from agent.lttng import Format, Service, SessionRequest
+from agent.lttng import Action, Format, Service, SessionRequest
 from agent.openapi import PROTECTED, TOOLS, content, errors, json_object
 
 router = APIRouter(prefix="/lttng", tags=["lttng"], responses=errors(*PROTECTED, 422))
@@ -96,28 +96,24 @@ async def delete_session(svc: ServiceDep, session_id: SessionId) -> dict[str, An
 _ACTION = errors(404, 409, *TOOLS)
 
 
-@router.post("/sessions/{session_id}/start", responses=_ACTION)
-async def start_session(svc: ServiceDep, session_id: SessionId) -> dict[str, Any]:
-    """Start (or restart) recording."""
-    return await svc.action(session_id, "start")
+def _action_route(action: Action, summary: str) -> None:
+    async def act(svc: ServiceDep, session_id: SessionId) -> dict[str, Any]:
+        return await svc.action(session_id, action)
+
+    router.add_api_route(
+        f"/sessions/{{session_id}}/{action}",
+        act,
+        methods=["POST"],
+        name=f"{action}_session",
+        summary=summary,
+        responses=_ACTION,
+    )
 
 
-@router.post("/sessions/{session_id}/stop", responses=_ACTION)
-async def stop_session(svc: ServiceDep, session_id: SessionId) -> dict[str, Any]:
-    """Stop recording; the trace becomes readable."""
-    return await svc.action(session_id, "stop")
-
-
-@router.post("/sessions/{session_id}/rotate", responses=_ACTION)
-async def rotate_session(svc: ServiceDep, session_id: SessionId) -> dict[str, Any]:
-    """Close the current trace chunk (normal mode) so it can be read while recording."""
-    return await svc.action(session_id, "rotate")
-
-
-@router.post("/sessions/{session_id}/snapshot", responses=_ACTION)
-async def snapshot_session(svc: ServiceDep, session_id: SessionId) -> dict[str, Any]:
-    """Write the ring buffers' contents as a snapshot (snapshot mode)."""
-    return await svc.action(session_id, "snapshot")
+_action_route("start", "Start (or restart) recording")
+_action_route("stop", "Stop recording; the trace becomes readable")
+_action_route("rotate", "Close the current trace chunk (normal mode) to read it while recording")
+_action_route("snapshot", "Write the ring buffers' contents as a snapshot (snapshot mode)")
 
 
 @router.post("/sessions/{session_id}/{action}", include_in_schema=False, response_model=None)
