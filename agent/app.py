@@ -19,12 +19,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from agent import _proc, idle, lttng, probes, procfs, profiling
+from agent import _proc, idle, lttng, openapi, probes, procfs, profiling
 from agent.auth import require_token
 from agent.errors import AgentError
 from agent.jobs import JobStore
+from agent.metrics import Metrics
 from agent.routers import capabilities, health, processes, profiles
 from agent.routers import lttng as lttng_routes
+from agent.routers import metrics as metrics_routes
 from agent.routers import probes as probe_routes
 from agent.settings import Settings, get_settings
 
@@ -82,9 +84,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs = JobStore(settings.data_dir, max_storage_bytes=settings.max_storage_bytes)
         jobs.load()
         app.state.jobs = jobs
-        app.state.profiling = profiling.Service(settings, jobs)
-        app.state.probes = probes.Service(settings, jobs)
-        app.state.lttng = lttng.Service(settings, jobs)
+        metrics = app.state.metrics
+        app.state.profiling = profiling.Service(settings, jobs, metrics=metrics)
+        app.state.probes = probes.Service(settings, jobs, metrics=metrics)
+        app.state.lttng = lttng.Service(settings, jobs, metrics=metrics)
+        _proc.add_observer(metrics.observe_tool)
         services = [app.state.profiling, app.state.probes, app.state.lttng]
         started = []
         watcher: asyncio.Task[None] | None = None
@@ -115,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 except Exception:
                     log.exception("stopping %s failed", type(svc).__module__)
             await _proc.terminate_all()
+            _proc.remove_observer(metrics.observe_tool)
 
     app = FastAPI(
         title="tracecar agent",
@@ -124,6 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.activity = activity
+    app.state.metrics = Metrics()
+    openapi.install(app)  # the 405 answer the document promises
     app.dependency_overrides[get_settings] = lambda: settings
     app.add_middleware(idle.ActivityMiddleware, activity=activity)
 
@@ -157,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     protected = [Depends(require_token)]
     app.include_router(health.router)
+    app.include_router(metrics_routes.router)  # its own TokenDep: the same rule as the rest
     app.include_router(capabilities.router, dependencies=protected)
     app.include_router(processes.router, dependencies=protected)
     app.include_router(profiles.router, dependencies=protected)

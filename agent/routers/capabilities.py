@@ -8,9 +8,10 @@ from fastapi import APIRouter, Request
 
 from agent import capabilities
 from agent.deps import SettingsDep
+from agent.openapi import PROTECTED, errors
 from agent.routers.lttng import ATTACHED_LTTNG
 
-router = APIRouter(tags=["capabilities"])
+router = APIRouter(tags=["capabilities"], responses=errors(*PROTECTED, 422))
 
 _SERVICES = ("profiling", "probes", "lttng")
 
