@@ -9,6 +9,7 @@ Errors are raised as :class:`~kubectl_tracecar.errors.PluginError` and reported 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import secrets
 import signal
 import string
@@ -510,6 +511,9 @@ def _json_line(rec: dict[str, Any]) -> str:
 # --- trace ---------------------------------------------------------------------------
 
 
+TRACE_GRACE_S = 300.0
+
+
 def trace_body(args: argparse.Namespace, duration_s: float | None) -> dict[str, Any]:
     events: list[dict[str, Any]] = []
     for domain, names in (("python", args.python), ("userspace", args.ust), ("jul", args.jul)):
@@ -521,7 +525,9 @@ def trace_body(args: argparse.Namespace, duration_s: float | None) -> dict[str, 
         )
     body: dict[str, Any] = {"events": events, "start": True}
     if duration_s is not None:
-        body["max_duration_s"] = duration_s
+        # The agent destroys a session (files too) at its max_duration_s: that is the
+        # safety net should this command vanish, with time left to stop and download.
+        body["max_duration_s"] = duration_s + TRACE_GRACE_S
     return body
 
 
@@ -558,7 +564,8 @@ def cmd_trace(kube: Kube, args: argparse.Namespace) -> int:
                     out, client.download(f"/lttng/sessions/{sid}/trace", "downloading the trace")
                 )
         finally:
-            client.delete(f"/lttng/sessions/{sid}", "removing the session")
+            with contextlib.suppress(NotFound):  # already gone: its time ran out
+                client.delete(f"/lttng/sessions/{sid}", "removing the session")
     if not args.events:
         say(f"{state.get('events', '?')} events -> {out} (open with babeltrace2 or Trace Compass)")
     return OK

@@ -50,6 +50,7 @@ BUFFER_EVENTS = 8192
 STREAM_MAX_BYTES = 256 << 20
 """Per-stream byte bound; a client may ask for less with ``?max_bytes=``."""
 KEEP_FINISHED = 8
+BPFTRACE_RECHECK_S = 30.0
 STOP_GRACE_S = 5.0
 
 
@@ -82,6 +83,7 @@ class Service:
         self.tracefs_reason = "not checked yet"
         self._probes: dict[str, Probe] = {}
         self._detect: asyncio.Task[None] | None = None
+        self._bpftrace_checked = 0.0
         self.metrics.probes.running.set_function(
             lambda: sum(1 for p in self._probes.values() if p.running)
         )
@@ -95,6 +97,7 @@ class Service:
 
     async def _detect_backends(self) -> None:
         b = self.backends
+        self._bpftrace_checked = time.monotonic()
         b.bpftrace_version = await _bpftrace.version()
         if b.bpftrace_version is None:
             b.bpftrace_reason = "bpftrace is not installed"
@@ -116,7 +119,16 @@ class Service:
     async def _ready(self) -> Backends:
         if self._detect is not None:
             await asyncio.shield(self._detect)
-        return self.backends
+        b = self.backends
+        if b.bpftrace_version is not None and not b.bpftrace_ok:
+            # A failed load can be passing (locked memory is accounted per user, shared
+            # with every root process of the node): look again, at most every 30 s,
+            # rather than refusing bpftrace for the agent's whole life.
+            now = time.monotonic()
+            if now - self._bpftrace_checked >= BPFTRACE_RECHECK_S:
+                self._bpftrace_checked = now
+                b.bpftrace_ok, b.bpftrace_reason = await _bpftrace.usable()
+        return b
 
     async def stop(self, *, grace: float = STOP_GRACE_S * 3) -> None:
         """Detach every probe (tracers reaped, events deleted) and sweep our group."""

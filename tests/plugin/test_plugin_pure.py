@@ -134,6 +134,7 @@ def test_request_bodies() -> None:
         "of": "arg0",
     }
     t = _cli.parse(["trace", "web", "--python", "app*", "--ust", "prov:*"])
+    assert trace_body(t, 10.0)["max_duration_s"] == 310.0  # stopped by us at 10 s
     assert trace_body(t, 10.0)["events"] == [
         {"domain": "python", "names": ["app*"]},
         {"domain": "userspace", "names": ["prov:*"]},
