@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.probes._perfprobe import group_name
 from tests.cluster import kube as K
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
@@ -414,7 +415,9 @@ def test_deleting_the_pod_leaves_nothing_on_the_node(
         r = agent.post("/profiles", json={"pid": pid, "duration_s": 300})
         assert r.status_code in (201, 202), r.text
         time.sleep(2)
-        assert "tracecar_" in _tracefs_uprobes(), "the perf probe is not in tracefs"
+        assert f"{group_name(demo_pod['metadata']['uid'])}/" in _tracefs_uprobes(), (
+            "the perf probe is not in tracefs"
+        )
     installed.run("delete", "deploy", DEMO, "-n", K.NS, "--wait=false")
     K.wait_until(
         lambda: installed.run("get", "pod", name, "-n", K.NS, check=False).returncode != 0,
@@ -423,12 +426,13 @@ def test_deleting_the_pod_leaves_nothing_on_the_node(
     )
 
     uid = demo_pod["metadata"]["uid"]
+    group = group_name(uid)  # the agent's perf-probe event group: derived from the pod UID
 
     def left() -> list[str]:
         # Other pods' agents keep their own session daemons (and this machine may run
         # other tracers): what must be gone is every process of this pod (its agent's
         # perf, bpftrace and session daemon among them) and every tracecar uprobe.
-        uprobes = [e for e in _tracefs_uprobes().splitlines() if "tracecar_" in e]
+        uprobes = [e for e in _tracefs_uprobes().splitlines() if f"{group}/" in e]
         return K.pod_processes(uid) + uprobes
 
     K.wait_until(
