@@ -34,14 +34,22 @@ def serve() -> None:
     import uvicorn
 
     from agent.app import create_app
+    from agent.auth import TokenConfigError
 
     settings = get_settings()
     logging.basicConfig(
         level=settings.log_level.upper(),
         format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
     )
+    try:
+        app = create_app(settings)
+    except (TokenConfigError, OSError) as e:
+        # A token that cannot be used (or written) is a configuration error: say so
+        # and stop, rather than serve without one. The message never holds the token.
+        print(f"tracecar-agent: {e}", file=sys.stderr)
+        sys.exit(2)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

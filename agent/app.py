@@ -18,8 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from agent import _proc, lttng, probes, profiling
-from agent.auth import require_token
-from agent.errors import AgentError
+from agent.auth import load_access, remove_generated, require_token
+from agent.errors import AgentError, Unauthorized
 from agent.jobs import JobStore
 from agent.routers import capabilities, health, processes, profiles
 from agent.routers import lttng as lttng_routes
@@ -50,6 +50,13 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # Fixed before anything is served: a token is required unless auth=none says otherwise.
+    access = load_access(
+        auth=settings.auth,
+        token=settings.token.get_secret_value() if settings.token else None,
+        token_file=settings.token_file,
+        generated_token_file=settings.generated_token_file,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 except Exception:
                     log.exception("stopping %s failed", type(svc).__module__)
             await _proc.terminate_all()
+            remove_generated(access)
 
     app = FastAPI(
         title="tracecar agent",
@@ -82,11 +90,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Profile and trace the processes of this pod: perf, uprobes, LTTng.",
     )
     app.state.settings = settings
+    app.state.access = access
     app.dependency_overrides[get_settings] = lambda: settings
 
     @app.exception_handler(AgentError)
     async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code)
+        # RFC 6750: a 401 names the scheme it wants.
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(_proc.ProcError)
     async def _tool_error(_: Request, exc: _proc.ProcError) -> JSONResponse:

@@ -30,4 +30,5 @@ async def get_capabilities(request: Request) -> dict[str, object]:
     general, *per_service = await asyncio.gather(
         capabilities.general(), *(of(n) for n in _SERVICES)
     )
-    return {**general, **dict(zip(_SERVICES, per_service, strict=True))}
+    access = request.app.state.access.describe()
+    return {"auth": access, **general, **dict(zip(_SERVICES, per_service, strict=True))}
