@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shlex
 import shutil
-import secrets
 import signal
 import socket
 import subprocess

@@ -126,7 +126,7 @@ def golden_name(case_id: str) -> str:
 
 GOLDEN_TOKEN = "golden-agent-token-0123456789"
 """The token the golden files hold: injections through the seam (``new_token``) use it."""
-TOKEN_ENV = "TRACECAR_AGENT_TOKEN"  # noqa: S105  # the env var's name
+TOKEN_ENV = "TRACECAR_AGENT_TOKEN"  # the env var's name
 
 
 def golden_token() -> str:

@@ -14,9 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Any
-
 import re
+from typing import Any
 
 import httpx
 import jsonpatch
