@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -37,6 +38,9 @@ def serve() -> None:
     from agent.auth import TokenConfigError
 
     settings = get_settings()
+    # Read once (cached above); not handed down to perf, bpftrace, lttng-sessiond...:
+    # the children need no token, and a long-running one would hold it in its env.
+    os.environ.pop("TRACECAR_AGENT_TOKEN", None)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
