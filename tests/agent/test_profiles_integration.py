@@ -417,6 +417,7 @@ def test_bearer_token(pod: podsim.SimPod) -> None:
             b"Bearer " + "caf\u00e9".encode("latin-1"),
             b"Bearer " + "\u2603".encode(),
             b"Bearer " + b"A" * 10_000,
+            b"Bearer " + b"A" * 100_000,
             b"Bearer " + token.encode() + b"x",
         ):
             r = httpx.get(handle.url + "/processes", headers={"Authorization": bad})
