@@ -7,6 +7,7 @@ other containers' filesystems, listens on loopback only, and is reached through
 Layout (enforced by import-linter, see pyproject.toml)::
 
     agent.app                  the FastAPI application and its lifespan
+    agent.auth                 who may use it: the bearer token and where it comes from
     agent.routers.*            one APIRouter per concern; thin handlers
     agent.profiling            perf CPU profiles and their outputs
     agent.probes               uprobes through bpftrace or perf probe

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -34,13 +35,23 @@ def serve() -> None:
     import uvicorn
 
     from agent.app import create_app
+    from agent.auth import TokenConfigError
 
     settings = get_settings()
+    # Read once (cached above); not handed down to perf, bpftrace, lttng-sessiond...:
+    # the children need no token, and a long-running one would hold it in its env.
+    os.environ.pop("TRACECAR_AGENT_TOKEN", None)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
     )
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except (TokenConfigError, OSError) as e:
+        # A token that cannot be used (or written) is a configuration error: say so
+        # and stop, rather than serve without one. The message never holds the token.
+        print(f"tracecar-agent: {e}", file=sys.stderr)
+        sys.exit(2)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -20,8 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from agent import _proc, idle, lttng, openapi, probes, procfs, profiling
-from agent.auth import require_token
-from agent.errors import AgentError
+from agent.auth import load_access, remove_generated, require_token
+from agent.errors import AgentError, Unauthorized
 from agent.jobs import JobStore
 from agent.metrics import Metrics
 from agent.routers import capabilities, health, processes, profiles
@@ -78,6 +78,13 @@ def _exit_request(app: FastAPI) -> Callable[[], Awaitable[None]] | None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     activity = idle.Activity()
+    # Fixed before anything is served: a token is required unless auth=none says otherwise.
+    access = load_access(
+        auth=settings.auth,
+        token=settings.token.get_secret_value() if settings.token else None,
+        token_file=settings.token_file,
+        generated_token_file=settings.generated_token_file,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -120,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     log.exception("stopping %s failed", type(svc).__module__)
             await _proc.terminate_all()
             _proc.remove_observer(metrics.observe_tool)
+            remove_generated(access)
 
     app = FastAPI(
         title="tracecar agent",
@@ -131,12 +139,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.activity = activity
     app.state.metrics = Metrics()
     openapi.install(app)  # the 405 answer the document promises
+    app.state.access = access
     app.dependency_overrides[get_settings] = lambda: settings
     app.add_middleware(idle.ActivityMiddleware, activity=activity)
 
     @app.exception_handler(AgentError)
     async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code)
+        # RFC 6750: a 401 names the scheme it wants.
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(_proc.ProcError)
     async def _tool_error(_: Request, exc: _proc.ProcError) -> JSONResponse:

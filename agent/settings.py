@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,10 +22,17 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     """Loopback by default: reachable by port-forward and the pod's own containers only."""
     port: int = Field(default=7780, ge=1, le=65535)
-    token: str | None = None
-    """Optional bearer token; when set (here or through ``token_file``) every endpoint
-    but ``/healthz`` requires ``Authorization: Bearer <token>``."""
+    auth: Literal["token", "none"] = "token"
+    """``token``: every endpoint but ``/healthz`` requires ``Authorization: Bearer <token>``.
+    ``none``: no authentication, every container of the pod can use the agent (logged as
+    a warning, shown in ``/capabilities``; see docs/security.md)."""
+    token: SecretStr | None = None
+    """The bearer token (the webhook sets a random one per pod). A secret: never logged."""
     token_file: Path | None = None
+    """A file holding the token (first line), when ``token`` is unset."""
+    generated_token_file: Path = Path("/run/tracecar/agent-token")
+    """With neither ``token`` nor ``token_file``, the agent generates a token at start-up
+    and writes it here (mode 0600), removed at shutdown."""
     data_dir: Path = Path("/var/lib/tracecar")
     """Where artifacts (perf.data, flame graphs, traces) live."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -80,15 +87,6 @@ class Settings(BaseSettings):
     """A directory holding a prebuilt ``babeltrace-plugin-tracecar.so`` (the native NDJSON
     sink, agent/lttng/ndjson_sink.c). Unset: the agent builds it at start-up when gcc and
     libbabeltrace2-dev are there, else converts babeltrace2's text in Python (slower)."""
-
-    def resolved_token(self) -> str | None:
-        """The bearer token from ``token`` or, failing that, the first line of ``token_file``."""
-        if self.token:
-            return self.token
-        if self.token_file is not None:
-            text = self.token_file.read_text(encoding="utf-8").strip()
-            return text or None
-        return None
 
 
 @lru_cache(maxsize=1)

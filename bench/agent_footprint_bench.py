@@ -53,9 +53,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+BENCH_TOKEN = "footprint-bench-token-0123456789"  # a throwaway, local
+
+
 def get(url: str) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {BENCH_TOKEN}"})
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
+        with urllib.request.urlopen(request, timeout=2) as r:
             return int(r.status)
     except OSError:
         return 0
@@ -114,6 +118,7 @@ def main() -> None:
                         "TRACECAR_AGENT_DATA_DIR": str(work / f"data-{i}"),
                         "TRACECAR_AGENT_LOG_LEVEL": "warning",
                         "TRACECAR_AGENT_INSTANCE_ID": f"footprint{port}",
+                        "TRACECAR_AGENT_TOKEN": BENCH_TOKEN,
                     }
                     s, idle, busy = measure([sys.executable, "-m", "agent"], env, port)
                     agent_s.append(s)

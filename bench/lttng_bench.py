@@ -63,10 +63,11 @@ def record(
         app.stop()
 
 
-def timed_get(url: str) -> tuple[float, int]:
+def timed_get(url: str, token: str | None) -> tuple[float, int]:
     """Wall time and lines of one GET with curl (a C client: the agent is what is measured)."""
+    auth = ["-H", f"Authorization: Bearer {token}"] if token else []
     t0 = time.perf_counter()
-    curl = subprocess.Popen(["curl", "-sf", url], stdout=subprocess.PIPE)
+    curl = subprocess.Popen(["curl", "-sf", *auth, url], stdout=subprocess.PIPE)
     lines = subprocess.run(["wc", "-l"], stdin=curl.stdout, capture_output=True, text=True)
     assert curl.wait() == 0
     return time.perf_counter() - t0, int(lines.stdout.split()[0])
@@ -131,8 +132,8 @@ def main() -> int:
             subprocess.run(["babeltrace2", str(trace)], stdout=subprocess.DEVNULL, check=True)
             bt_s = time.perf_counter() - t0
             url = f"{agent.url}/lttng/sessions/{sid}/events"
-            js_s, js_lines = timed_get(url + "?format=json")
-            tx_s, tx_lines = timed_get(url + "?format=text")
+            js_s, js_lines = timed_get(url + "?format=json", agent.token)
+            tx_s, tx_lines = timed_get(url + "?format=text", agent.token)
             bt_rate = recorded / bt_s
             print(f"reading {recorded:,} events:")
             print(f"  babeltrace2 text > /dev/null : {bt_s:.3f} s = {bt_rate:,.0f} ev/s (baseline)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -35,6 +36,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
@@ -278,10 +280,21 @@ class AgentHandle:
 
 
 def start_agent(
-    pod: SimPod, *, env: Mapping[str, str] | None = None, token: str | None = None
+    pod: SimPod,
+    *,
+    env: Mapping[str, str] | None = None,
+    token: str | None = None,
+    auth: Literal["token", "none"] = "token",
 ) -> AgentHandle:
-    """Run ``python -m agent`` as a container of the pod and wait until it answers."""
+    """Run ``python -m agent`` as a container of the pod and wait until it answers.
+
+    As the webhook does, the agent gets a token in its env (random unless `token` is
+    given; :meth:`AgentHandle.client` sends it), or ``TRACECAR_AGENT_AUTH=none``.
+    """
     port = free_port()
+    if auth == "token" and token is None:
+        token = secrets.token_urlsafe(32)
+    auth_env = {"TRACECAR_AGENT_TOKEN": token} if token else {"TRACECAR_AGENT_AUTH": "none"}
     data_dir = pod.workdir / f"agent-data-{port}"
     agent_env = {
         "TRACECAR_AGENT_HOST": "127.0.0.1",
@@ -290,7 +303,7 @@ def start_agent(
         "TRACECAR_AGENT_LTTNG_RUN_DIR": "/var/run/lttng",
         "TRACECAR_AGENT_INSTANCE_ID": f"podsim{port}",
         "PYTHONPATH": str(REPO),
-        **({"TRACECAR_AGENT_TOKEN": token} if token else {}),
+        **auth_env,
         **(env or {}),
     }
     c = pod.run("agent", [sys.executable, "-m", "agent"], env=agent_env, cwd=str(REPO))

@@ -13,10 +13,14 @@ from webhook.metrics import Metrics
 from webhook.review import fixed_review
 from webhook.routers import admission, health, metrics
 from webhook.settings import Settings, get_settings
+from webhook.tokens import TokenFactory, random_token
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app, with `settings` or else :func:`get_settings` (read once, cached)."""
+def create_app(
+    settings: Settings | None = None, *, new_token: TokenFactory = random_token
+) -> FastAPI:
+    """The app, with `settings` or else :func:`get_settings` (read once, cached);
+    `new_token` makes the injected agents' tokens (tests: a deterministic one)."""
     settings = settings or get_settings()
     app = FastAPI(
         title="tracecar admission webhook",
@@ -29,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings=settings,
         metrics=Metrics(),
         floor_review=fixed_review(settings) if settings.bench_floor else None,
+        new_token=new_token,
     )
     app.include_router(admission.router)
     if settings.bench_floor:

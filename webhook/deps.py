@@ -20,6 +20,7 @@ from fastapi import Depends, Request
 
 from webhook.metrics import Metrics
 from webhook.settings import Settings
+from webhook.tokens import TokenFactory, random_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,8 @@ class AppContext:
     metrics: Metrics
     floor_review: bytes | None = None
     """The benchmark floor's fixed answer (only with ``settings.bench_floor``)."""
+    new_token: TokenFactory = random_token
+    """Makes each injected agent's token; tests pass a deterministic one."""
 
 
 def context_of(request: Request) -> AppContext:

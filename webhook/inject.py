@@ -1,6 +1,7 @@
 """The injection: render the agent sidecar and mutate a pod, recording the JSONPatch.
 
-Pure (no I/O). :func:`plan_injection` returns the mutated pod, the ops that turn the
+Pure (no I/O; the agent's token comes from the caller's :data:`webhook.tokens.TokenFactory`,
+random in the server). :func:`plan_injection` returns the mutated pod, the ops that turn the
 original into it, the warnings for the user and the status annotation's content.
 Op order matters: app containers are changed first (their list indices are the
 original ones), the agent is added last.
@@ -19,7 +20,8 @@ from webhook._types import JsonObject, PatchOp
 from webhook.decision import AGENT_CONTAINER
 from webhook.options import MAX_PORT, MIN_PORT, STATUS_ANNOTATION, Options, parse_options
 from webhook.patch import PatchBuilder
-from webhook.settings import Settings
+from webhook.settings import AgentAuth, Settings
+from webhook.tokens import AUTH_ENV, TOKEN_ENV, TokenFactory, random_token
 
 AGENT_COMMAND: Final = ["tracecar-agent"]
 HEALTHCHECK: Final = ["tracecar-agent", "healthcheck"]
@@ -60,6 +62,8 @@ class Status(TypedDict):
     mode: Mode
     image: str
     volumes: list[str]
+    auth: AgentAuth
+    """``token``: the agent's TRACECAR_AGENT_TOKEN env holds its bearer token (never here)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,10 +134,13 @@ def _exec_probe(*, period_s: int, failure_threshold: int) -> JsonObject:
     }
 
 
-def render_agent(*, options: Options, port: int, volumes: VolumeNames) -> JsonObject:
+def render_agent(
+    *, options: Options, port: int, volumes: VolumeNames, token: str | None
+) -> JsonObject:
     """The agent container. Its probes are exec probes: the agent listens on loopback
     only and the kubelet's httpGet/tcpSocket probes dial the pod IP. No readiness probe
-    on purpose: a profiler must never take the app out of its Service's endpoints."""
+    on purpose: a profiler must never take the app out of its Service's endpoints.
+    `token` (None with ``auth: none``) goes into the agent's env, nowhere else."""
     mounts: list[JsonObject] = [
         {"name": volumes.data, "mountPath": DATA_DIR},
         {"name": volumes.lttng, "mountPath": LTTNG_DIR},
@@ -164,6 +171,9 @@ def render_agent(*, options: Options, port: int, volumes: VolumeNames) -> JsonOb
             {"name": "TRACECAR_AGENT_POD_NAMESPACE", "valueFrom": _field("metadata.namespace")},
             {"name": "TRACECAR_AGENT_POD_UID", "valueFrom": _field("metadata.uid")},
             {"name": "TRACECAR_AGENT_DATA_DIR", "value": DATA_DIR},
+            {"name": TOKEN_ENV, "value": token}
+            if token is not None
+            else {"name": AUTH_ENV, "value": "none"},
         ],
         "resources": {
             "requests": {"cpu": options.cpu_request, "memory": options.memory_request},
@@ -253,9 +263,16 @@ def _mutate_app_container(
         b.set(entry, f"{path}/env/{index[var]}", "value", f"{current} {value}".strip())
 
 
-def plan_injection(pod: JsonObject, *, settings: Settings, copy: bool = True) -> Injection:
+def plan_injection(
+    pod: JsonObject,
+    *,
+    settings: Settings,
+    copy: bool = True,
+    new_token: TokenFactory = random_token,
+) -> Injection:
     """Inject the agent into `pod` (a copy of it unless ``copy=False``: then the caller
-    hands over a pod it owns, e.g. freshly parsed, and saves the copy).
+    hands over a pod it owns, e.g. freshly parsed, and saves the copy). `new_token`
+    makes the agent's per-pod token (called once, unless the pod opted out).
 
     Assumes :func:`webhook.decision.inject_required` said yes (spec.containers exists).
     """
@@ -306,6 +323,7 @@ def plan_injection(pod: JsonObject, *, settings: Settings, copy: bool = True) ->
         "mode": mode,
         "image": options.image,
         "volumes": volumes.all(),
+        "auth": options.auth,
     }
 
     b = PatchBuilder()
@@ -355,7 +373,13 @@ def plan_injection(pod: JsonObject, *, settings: Settings, copy: bool = True) ->
                 warnings=warnings,
             )
 
-    agent = render_agent(options=options, port=port, volumes=volumes)
+    token = new_token() if options.auth == "token" else None
+    if options.auth == "none":
+        warnings.append(
+            "tracecar: tracecar.dev/auth none: the agent serves every container of this pod "
+            "without a token (see docs/security.md)"
+        )
+    agent = render_agent(options=options, port=port, volumes=volumes, token=token)
     if options.native_sidecar:
         b.prepend(spec, "/spec", "initContainers", agent)
     else:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
 
-from webhook.settings import IMAGE_PATTERN, QUANTITY_PATTERN, PullPolicy, Settings
+from webhook.settings import IMAGE_PATTERN, QUANTITY_PATTERN, AgentAuth, PullPolicy, Settings
 
 PREFIX: Final = "tracecar.dev/"
 STATUS_ANNOTATION: Final = PREFIX + "status"
@@ -25,7 +25,8 @@ BOOLEAN_ANNOTATIONS: Final = (
     "host-paths",
     "native-sidecar",
 )
-VALUE_ANNOTATIONS: Final = ("image", "port", "cpu", "memory")
+VALUE_ANNOTATIONS: Final = ("image", "port", "cpu", "memory", "auth")
+AUTH_VALUES: Final[tuple[AgentAuth, ...]] = ("token", "none")
 KNOWN: Final = frozenset((*BOOLEAN_ANNOTATIONS, *VALUE_ANNOTATIONS, "status"))
 
 MIN_PORT: Final = 1024
@@ -67,6 +68,9 @@ class Options:
     cpu_limit: str
     memory_request: str
     memory_limit: str
+    auth: AgentAuth = "token"
+    """``token``: the agent gets a random per-pod bearer token; ``none``: it serves
+    every container of the pod without one (docs/security.md says what that costs)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,6 +187,16 @@ def _parse(ann: dict[str, object], settings: Settings) -> ParsedOptions:
         "memory", settings.agent_memory_request, settings.agent_memory_limit
     )
 
+    auth: AgentAuth = settings.default_auth
+    if "auth" in ann:
+        raw = ann["auth"]
+        text = raw.strip().lower() if isinstance(raw, str) else ""
+        if text in AUTH_VALUES:
+            auth = "none" if text == "none" else "token"
+        else:
+            # Never silently off: a typo keeps the token.
+            warnings.append(f'{PREFIX}auth: {_short(raw)} is not "token" or "none"; using {auth}')
+
     unknown = sorted(k for k in ann if k not in KNOWN)
     for name in unknown:
         warnings.append(
@@ -204,6 +218,7 @@ def _parse(ann: dict[str, object], settings: Settings) -> ParsedOptions:
             cpu_limit=cpu_limit,
             memory_request=memory_request,
             memory_limit=memory_limit,
+            auth=auth,
         ),
         warnings=tuple(warnings),
     )

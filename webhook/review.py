@@ -31,6 +31,7 @@ from webhook._types import (
 from webhook.decision import LABEL_KEY, LABEL_VALUE, WARN_REASONS, Reason, inject_required
 from webhook.inject import plan_injection
 from webhook.settings import Settings
+from webhook.tokens import TokenFactory, random_token
 
 Outcome = Reason | Literal["not-a-pod", "not-create", "subresource", "internal-error"]
 
@@ -131,9 +132,16 @@ def _pod_name(pod: JsonObject, request: AdmissionRequest) -> str:
     return request.get("name") or ""
 
 
-def answer(request: AdmissionRequest, *, settings: Settings, owned: bool = False) -> Answer:
+def answer(
+    request: AdmissionRequest,
+    *,
+    settings: Settings,
+    owned: bool = False,
+    new_token: TokenFactory = random_token,
+) -> Answer:
     """The answer to a parsed request. ``owned=True``: the caller hands over the request
-    (freshly parsed JSON), so the pod is mutated in place instead of copied."""
+    (freshly parsed JSON), so the pod is mutated in place instead of copied. `new_token`
+    makes the injected agent's token (see :mod:`webhook.tokens`)."""
     uid = request["uid"]
     namespace = request.get("namespace") or ""
     kind = request["kind"]
@@ -179,7 +187,7 @@ def answer(request: AdmissionRequest, *, settings: Settings, owned: bool = False
         return skipped(
             decision.reason, [decision.message] if decision.reason in WARN_REASONS else []
         )
-    injection = plan_injection(pod, settings=settings, copy=not owned)
+    injection = plan_injection(pod, settings=settings, copy=not owned, new_token=new_token)
     patch = orjson.dumps(injection.ops)
     response = _allowed(uid, injection.warnings)
     response["patchType"] = "JSONPatch"
@@ -189,7 +197,11 @@ def answer(request: AdmissionRequest, *, settings: Settings, owned: bool = False
         outcome="injected",
         warnings=injection.warnings,
         patch_ops=len(injection.ops),
-        extra={"port": injection.status["port"], "mode": injection.status["mode"]},
+        extra={
+            "port": injection.status["port"],
+            "mode": injection.status["mode"],
+            "auth": injection.status["auth"],
+        },
         uid=uid,
         namespace=namespace,
         pod=pod_name,

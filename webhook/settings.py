@@ -19,6 +19,7 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$"
 """An image reference: registry/path:tag or @sha256:digest, no spaces or shell characters."""
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+AgentAuth = Literal["token", "none"]
 
 
 class Settings(BaseSettings):
@@ -65,6 +66,9 @@ class Settings(BaseSettings):
     default_host_paths: bool = False
     default_native_sidecar: bool = True
     """Native sidecars need Kubernetes 1.29+; set false for older clusters."""
+    default_auth: AgentAuth = "token"
+    """``none`` turns the agent's authentication off for every pod without a
+    ``tracecar.dev/auth`` annotation: see docs/security.md before doing so."""
 
 
 @lru_cache(maxsize=1)

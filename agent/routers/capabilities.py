@@ -33,7 +33,8 @@ async def get_capabilities(request: Request, settings: SettingsDep) -> dict[str,
     general, *per_service = await asyncio.gather(
         capabilities.general(), *(of(n) for n in _SERVICES)
     )
-    out = {**general, **dict(zip(_SERVICES, per_service, strict=True))}
+    access = request.app.state.access.describe()
+    out = {"auth": access, **general, **dict(zip(_SERVICES, per_service, strict=True))}
     out["mode"] = {
         "mode": settings.mode,
         "idle_exit_s": settings.idle_exit_s,

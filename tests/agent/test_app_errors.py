@@ -18,7 +18,7 @@ def _client(tmp_path: Path, **settings: object) -> TestClient:
 
 
 def test_non_ascii_token_is_401_not_500(tmp_path: Path) -> None:
-    client = _client(tmp_path, token="s3cret")
+    client = _client(tmp_path, token="s3cret-token-of-the-test")
     r = client.get("/capabilities", headers={"Authorization": "Bearer caf\u00e9".encode("latin-1")})
     assert r.status_code == 401
     assert "bearer token" in r.json()["detail"]

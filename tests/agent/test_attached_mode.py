@@ -15,15 +15,16 @@ from agent.settings import Settings
 
 
 def _client(tmp_path: Path, **settings: object) -> TestClient:
+    settings.setdefault("generated_token_file", tmp_path / "token")
     return TestClient(create_app(Settings(data_dir=tmp_path, **settings)))  # type: ignore[arg-type]
 
 
 def test_attached_agent_refuses_lttng_and_says_what_to_do(tmp_path: Path) -> None:
-    client = _client(tmp_path, mode="attached", token="t")
+    client = _client(tmp_path, mode="attached", token="t" * 20)
     r = client.post(
         "/lttng/sessions",
         json={"events": [{"domain": "python"}]},
-        headers={"Authorization": "Bearer t"},
+        headers={"Authorization": "Bearer " + "t" * 20},
     )
     assert r.status_code == 409
     assert "profiling=enabled" in r.json()["detail"]

@@ -143,9 +143,9 @@ def test_lttng_discarded_events_count_each_event_once(tmp_path: Path) -> None:
 
 
 def test_metrics_endpoint_is_behind_the_token(tmp_path: Path) -> None:
-    client = TestClient(create_app(Settings(data_dir=tmp_path, token="s3cret")))
+    client = TestClient(create_app(Settings(data_dir=tmp_path, token="s3cret-metrics-token")))
     assert client.get("/metrics").status_code == 401
-    r = client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+    r = client.get("/metrics", headers={"Authorization": "Bearer s3cret-metrics-token"})
     assert r.status_code == 200
     assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     got = samples(r.text)

@@ -15,7 +15,7 @@ from agent.settings import Settings
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     # No `with`: the lifespan (tool services) is not started; these paths do not need it.
-    return TestClient(create_app(Settings(data_dir=tmp_path_factory.mktemp("data"))))
+    return TestClient(create_app(Settings(data_dir=tmp_path_factory.mktemp("data"), auth="none")))
 
 
 @pytest.fixture(scope="module")

@@ -443,7 +443,8 @@ def test_capabilities(client: httpx.Client) -> None:
 
 
 def test_bearer_token(pod: podsim.SimPod) -> None:
-    handle = podsim.start_agent(pod, token="s3cret-token")
+    token = "s3cret-token-of-this-test"
+    handle = podsim.start_agent(pod, token=token)
     try:
         assert httpx.get(handle.url + "/healthz").status_code == 200
         for path in ("/processes", "/capabilities", "/profiles"):
@@ -451,8 +452,22 @@ def test_bearer_token(pod: podsim.SimPod) -> None:
             assert r.status_code == 401 and "Bearer" in r.json()["detail"]
             r = httpx.get(handle.url + path, headers={"Authorization": "Bearer wrong"})
             assert r.status_code == 401
+        # Bad tokens through the real server (uvicorn's header parsing included): 401.
+        for bad in (
+            b"Bearer",  # empty (a client strips the trailing space)
+            b"Bearer " + "caf\u00e9".encode("latin-1"),
+            b"Bearer " + "\u2603".encode(),
+            b"Bearer " + b"A" * 10_000,
+            b"Bearer " + b"A" * 100_000,
+            b"Bearer " + token.encode() + b"x",
+        ):
+            r = httpx.get(handle.url + "/processes", headers={"Authorization": bad})
+            assert r.status_code == 401, (bad[:20], r.status_code, r.text[:200])
+            assert token not in r.text
         with handle.client() as c:
             assert c.get("/processes", params={"sample_ms": 0}).status_code == 200
+            assert c.get("/capabilities").json()["auth"]["source"] == "env"
+        assert token not in handle.container.log()
         # The exec probe of the sidecar.
         env = {**os.environ, "TRACECAR_AGENT_PORT": handle.url.rsplit(":", 1)[1]}
         ok = subprocess.run(

@@ -122,6 +122,17 @@ def agent_forward(kube: Kube, pod: str, port: int = 7780, ns: str = NS) -> Itera
         time.sleep(1)
 
 
+def auth(pod: dict[str, Any]) -> dict[str, str]:
+    """The Authorization header for the pod's agent: the token the webhook put into the
+    agent container's env (docs/security.md), read from the pod as the API stores it."""
+    for c in containers(pod).values():
+        if c["name"] == AGENT:
+            for e in c.get("env", []):
+                if e["name"] == "TRACECAR_AGENT_TOKEN":
+                    return {"Authorization": f"Bearer {e['value']}"}
+    raise AssertionError("the pod's agent has no TRACECAR_AGENT_TOKEN")
+
+
 def pod_processes(uid: str) -> list[str]:
     """Processes on the node still in the pod's cgroup (cgroupfs: podUID, systemd:
     podUID with underscores), as "pid comm"."""

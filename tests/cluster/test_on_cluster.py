@@ -113,7 +113,7 @@ def agent(installed: K.Kube, demo_pod: dict[str, Any]) -> Any:
     name = demo_pod["metadata"]["name"]
     with (
         K.agent_forward(installed, name) as url,
-        httpx.Client(base_url=url, timeout=60) as client,
+        httpx.Client(base_url=url, timeout=60, headers=K.auth(demo_pod)) as client,
     ):
         yield client
 
@@ -134,6 +134,26 @@ def test_port_forward_processes_by_container(agent: httpx.Client) -> None:
         by.setdefault(str(p["container"]), set()).add(str(p["comm"]))
     assert "burner" in by.get("burner", set()), by
     assert any(c.startswith("python") for c in by.get("logger", set())), by
+
+
+def test_the_pods_other_containers_are_refused(
+    agent: httpx.Client, installed: K.Kube, demo_pod: dict[str, Any]
+) -> None:
+    # issue 13: the app containers share the agent's loopback but not its token
+    probe = (
+        "import urllib.request, urllib.error\n"
+        "try:\n"
+        "    urllib.request.urlopen('http://127.0.0.1:7780/processes', timeout=10)\n"
+        "    print('served')\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code)\n"
+    )
+    name = demo_pod["metadata"]["name"]
+    out = installed.run("exec", "-n", K.NS, name, "-c", "logger", "--", "python3", "-c", probe)
+    assert out.stdout.strip() == "401", out.stdout + out.stderr
+    bare = httpx.get(f"{agent.base_url}processes", timeout=30)
+    assert bare.status_code == 401 and "token" in bare.json()["detail"]
+    assert agent.get("/processes").status_code == 200  # the port-forwarded user, with it
 
 
 def test_port_forward_flame_graph(agent: httpx.Client) -> None:
@@ -220,7 +240,7 @@ def test_classic_sidecar_mode(installed: K.Kube) -> None:
     pod = _ready_pod(installed, "classic")
     assert K.AGENT in {c["name"] for c in pod["spec"]["containers"]}
     with K.agent_forward(installed, pod["metadata"]["name"]) as url:
-        procs = httpx.get(f"{url}/processes", timeout=30)
+        procs = httpx.get(f"{url}/processes", timeout=30, headers=K.auth(pod))
         assert procs.status_code == 200, procs.text
         assert "burner" in procs.text
     installed.run("delete", "deploy", "classic", "-n", K.NS, "--wait=false")
@@ -397,7 +417,7 @@ def test_deleting_the_pod_leaves_nothing_on_the_node(
     name = demo_pod["metadata"]["name"]
     with (
         K.agent_forward(installed, name) as url,
-        httpx.Client(base_url=url, timeout=60) as agent,
+        httpx.Client(base_url=url, timeout=60, headers=K.auth(demo_pod)) as agent,
     ):
         pid = _burner(agent)
         for backend in ("perf-probe", "bpftrace"):

@@ -2,7 +2,8 @@
 
 Session-scoped and chained, so the stage builds, starts and tears down everything once:
 images -> webhook container -> AdmissionReview of demo/pod.yaml -> patched pod ->
-`podman kube play` -> port-forward to the agent. Teardown runs in reverse even when a
+`podman kube play` -> port-forward to the agent, with the agent's token read from the
+pod spec (the README's kubectl jsonpath one-liner). Teardown runs in reverse even when a
 test fails (see tests/e2e/realpod.py).
 """
 
@@ -83,7 +84,15 @@ def agent_url(real_pod: realpod.RealPod, patched_pod: dict[str, Any]) -> Iterato
         yield url
 
 
+@pytest.fixture(scope="session")
+def agent_token(patched_pod: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> str:
+    token = realpod.token_from_spec(patched_pod, tmp_path_factory.mktemp("spec"))
+    assert token, "no TRACECAR_AGENT_TOKEN in the patched pod's spec"
+    return token
+
+
 @pytest.fixture
-def agent(agent_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=agent_url, timeout=60) as client:
+def agent(agent_url: str, agent_token: str) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {agent_token}"}
+    with httpx.Client(base_url=agent_url, timeout=60, headers=headers) as client:
         yield client

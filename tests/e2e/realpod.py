@@ -322,7 +322,38 @@ def agent_port(pod: dict[str, Any]) -> int:
     raise AssertionError("no tracecar-agent container with TRACECAR_AGENT_PORT in the pod")
 
 
+TOKEN_JSONPATH = '{..env[?(@.name=="TRACECAR_AGENT_TOKEN")].value}'
+"""The README's one-liner (``kubectl get pod POD -o jsonpath=...``): the agent's token,
+wherever the agent is (initContainers in native-sidecar mode, containers in classic)."""
+
+
+def token_from_spec(pod: dict[str, Any], workdir: Path) -> str:
+    """The agent's token read from the pod spec with kubectl's own JSONPath, as a user
+    with `get pods` rights does. No cluster here: `kubectl label --local` prints the
+    local object through the same -o jsonpath printer as `kubectl get pod`."""
+    spec_file = workdir / "pod-as-stored.json"
+    spec_file.write_text(json.dumps(pod))
+    done = subprocess.run(
+        [
+            "kubectl", "label", "--local", "-f", str(spec_file), "tracecar-e2e=read",
+            "-o", f"jsonpath={TOKEN_JSONPATH}",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "KUBECONFIG": os.devnull},
+    )  # fmt: skip
+    spec_file.unlink()
+    if done.returncode != 0:
+        raise RuntimeError(f"kubectl jsonpath failed ({done.returncode}): {done.stderr}")
+    return done.stdout.strip()
+
+
+def exec_python(pod: RealPod, container: str, code: str, *args: str) -> str:
+    """Run python3 code inside a container of the pod (as `kubectl exec` would)."""
+    return podman("exec", pod.container(container), "python3", "-c", code, *args, timeout=60)
+
+
 def need_tools() -> None:
-    missing = [t for t in ("podman", "nsenter", "debootstrap", "gcc") if shutil.which(t) is None]
+    tools = ("podman", "nsenter", "debootstrap", "gcc", "kubectl")
+    missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         raise RuntimeError(f"missing tools {missing}: run scripts/setup")

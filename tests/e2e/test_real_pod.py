@@ -41,8 +41,9 @@ def _processes(agent: httpx.Client) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def burner_pid(agent_url: str) -> int:
-    with httpx.Client(base_url=agent_url, timeout=30) as agent:
+def burner_pid(agent_url: str, agent_token: str) -> int:
+    headers = {"Authorization": f"Bearer {agent_token}"}
+    with httpx.Client(base_url=agent_url, timeout=30, headers=headers) as agent:
         procs = [p for p in _processes(agent) if p["comm"] == "burner"]
     assert len(procs) == 1, procs
     return int(procs[0]["pid"])
@@ -88,6 +89,76 @@ def test_agent_liveness_probe_passes(real_pod: realpod.RealPod, agent_url: str) 
     # podman turns the sidecar's exec livenessProbe into a container healthcheck; with no
     # systemd here to schedule it, run it once as the kubelet would (raises if unhealthy).
     realpod.podman("healthcheck", "run", real_pod.container(realpod.AGENT_CONTAINER))
+
+
+# A compromised app container: same loopback, same PID namespace, no token.
+_CALL_AGENT = """
+import sys, urllib.error, urllib.request
+url, token = sys.argv[1], sys.argv[2]
+req = urllib.request.Request(url, headers={"Authorization": "Bearer " + token} if token else {})
+try:
+    with urllib.request.urlopen(req, timeout=10) as r:
+        print(r.status, r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"""
+
+_READ_AGENT_ENV = """
+import os
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+    except OSError:
+        continue
+    if b"tracecar-agent" not in cmd or b"healthcheck" in cmd:
+        continue
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            print("read", pid, b"TRACECAR_AGENT_TOKEN" in f.read())
+    except OSError as e:
+        print("denied", pid, e.errno)
+"""
+
+
+def test_another_container_of_the_pod_is_refused(
+    real_pod: realpod.RealPod, patched_pod: dict[str, Any], agent_token: str
+) -> None:
+    port = realpod.agent_port(patched_pod)
+    base = f"http://127.0.0.1:{port}"
+    # /healthz is open (the exec probe); everything else needs the token.
+    assert realpod.exec_python(real_pod, "logger", _CALL_AGENT, f"{base}/healthz", "")[:3] == "200"
+    for path in ("/processes", "/capabilities", "/probes"):
+        out = realpod.exec_python(real_pod, "logger", _CALL_AGENT, base + path, "")
+        assert out.startswith("401 "), out
+        assert "Authorization: Bearer <token>" in out and "kubectl get pod" in out, out
+        assert agent_token not in out
+        guessed = realpod.exec_python(real_pod, "logger", _CALL_AGENT, base + path, "x" * 43)
+        assert guessed.startswith("401 ") and "wrong" in guessed, guessed
+    # Nor can it read the token out of the agent's environment: the agent holds
+    # capabilities the app container lacks, so /proc/PID/environ is denied (EACCES).
+    seen = realpod.exec_python(real_pod, "logger", _READ_AGENT_ENV).splitlines()
+    assert seen and all(line.startswith("denied ") for line in seen), seen
+
+
+def test_the_port_forwarded_user_with_the_token_is_served(
+    agent_url: str, agent_token: str, agent: httpx.Client
+) -> None:
+    # The same request without the token, through the same port-forward: refused.
+    r = httpx.get(f"{agent_url}/capabilities", timeout=30)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    caps = agent.get("/capabilities")
+    assert caps.status_code == 200, caps.text
+    assert caps.json()["auth"] == {"required": True, "scheme": "Bearer", "source": "env"}
+    assert agent_token not in caps.text
+
+
+def test_the_token_is_in_no_log(
+    real_pod: realpod.RealPod, webhook: realpod.Webhook, agent_token: str
+) -> None:
+    for container in ("logger", "burner", realpod.AGENT_CONTAINER):
+        assert agent_token not in real_pod.logs(container, tail=10_000)
+    assert agent_token not in realpod.podman("logs", webhook.container, check=False)
 
 
 def test_processes_lists_the_demo_apps_by_container(agent: httpx.Client) -> None:

@@ -122,3 +122,34 @@ def validate_pod(pod: dict[str, Any]) -> None:
 
 def golden_name(case_id: str) -> str:
     return case_id.replace("#", ".") + ".json"
+
+
+GOLDEN_TOKEN = "golden-agent-token-0123456789"
+"""The token the golden files hold: injections through the seam (``new_token``) use it."""
+TOKEN_ENV = "TRACECAR_AGENT_TOKEN"  # the env var's name
+
+
+def golden_token() -> str:
+    return GOLDEN_TOKEN
+
+
+def tokens_in(value: Any) -> list[str]:
+    """Every TRACECAR_AGENT_TOKEN env value anywhere in `value` (a pod, a patch)."""
+    if isinstance(value, dict):
+        if value.get("name") == TOKEN_ENV and isinstance(value.get("value"), str):
+            return [value["value"]]
+        return [t for v in value.values() for t in tokens_in(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in tokens_in(v)]
+    return []
+
+
+def with_token(value: Any, token: str) -> Any:
+    """A copy of `value` with every TRACECAR_AGENT_TOKEN env value replaced by `token`."""
+    if isinstance(value, dict):
+        if value.get("name") == TOKEN_ENV and "value" in value:
+            return {**value, "value": token}
+        return {k: with_token(v, token) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_token(v, token) for v in value]
+    return value

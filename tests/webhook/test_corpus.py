@@ -3,7 +3,10 @@
 For each pod template (labelled profiling=enabled): the patch applies, the result is
 a valid Pod (kubernetes-validate --strict), the app containers are unchanged but for
 the documented additions, there is exactly one agent, re-sending the patched pod
-returns no patch, and the patch equals its golden file (UPDATE_GOLDEN=1 rewrites them).
+returns no patch (the agent keeps its token), and the patch equals its golden file
+(UPDATE_GOLDEN=1 rewrites them). The server's tokens are random: the golden files are
+made in-process through the token seam (``new_token``), and the server's patch must be
+that same patch once its token is replaced by the seam's.
 """
 
 from __future__ import annotations
@@ -11,26 +14,42 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from typing import Any
 
 import httpx
 import jsonpatch
+import orjson
 import pytest
 
 from tests.webhook.support import (
     CORPUS,
     GOLDEN,
+    GOLDEN_TOKEN,
     corpus_pods,
     decode_patch,
     golden_name,
+    golden_token,
     labelled,
     review,
+    tokens_in,
     validate_pod,
+    with_token,
 )
+from webhook.review import answer, parse_review
+from webhook.settings import Settings
 
 CASES = corpus_pods()
 RUNTIME_ENV = {"DOTNET_PerfMapEnabled", "PYTHONPERFSUPPORT", "NODE_OPTIONS", "JAVA_TOOL_OPTIONS"}
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+RANDOM_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
+
+
+def seam_patch(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The patch of the same review in-process, its token from the golden seam."""
+    request = parse_review(orjson.dumps(body))
+    out = answer(request, settings=Settings(), new_token=golden_token).review
+    return decode_patch(dict(out))
 
 
 def post(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
@@ -106,10 +125,16 @@ def check_patched(original: dict[str, Any], patched: dict[str, Any]) -> dict[str
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_corpus_pod(client: httpx.Client, case: Any) -> None:
     pod = labelled(case.pod)
-    out = post(client, review(pod))
+    body = review(pod)
+    out = post(client, body)
     ops = decode_patch(out)
+    tokens = tokens_in(ops)
+    if ops:
+        assert len(tokens) == 1 and RANDOM_TOKEN.match(tokens[0]), "one random token per pod"
+    expected = seam_patch(body)
+    assert with_token(ops, GOLDEN_TOKEN) == expected
     golden = GOLDEN / golden_name(case.id)
-    text = json.dumps(ops, indent=1) + "\n"
+    text = json.dumps(expected, indent=1) + "\n"
     if UPDATE:
         golden.write_text(text)
     assert golden.exists(), f"no golden file {golden.name}: run with UPDATE_GOLDEN=1"
@@ -123,8 +148,9 @@ def test_corpus_pod(client: httpx.Client, case: Any) -> None:
     check_patched(pod, patched)
 
     again = post(client, review(patched))
-    assert decode_patch(again) == []
+    assert decode_patch(again) == []  # re-invoked: not re-tokened
     assert "warnings" not in again["response"]
+    assert tokens_in(patched) == tokens
 
     unlabelled = post(client, review(case.pod))
     assert decode_patch(unlabelled) == []

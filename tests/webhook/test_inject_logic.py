@@ -171,6 +171,8 @@ def test_options_defaults_and_overrides() -> None:
         ("cpu", "lots", "is not a positive quantity"),
         ("memory", "0", "is not a positive quantity"),
         ("privilege", "true", "unknown annotation"),
+        ("auth", "off", 'is not "token" or "none"; using token'),
+        ("auth", "", 'is not "token" or "none"'),
     ],
 )
 def test_bad_annotation_values_warn_and_default(key: str, value: str, expect: str) -> None:
@@ -204,6 +206,8 @@ def test_default_injection_matches_the_contract() -> None:
     assert env["TRACECAR_AGENT_HOST"] == "127.0.0.1"
     assert env["TRACECAR_AGENT_PORT"] == "7780"
     assert env["TRACECAR_AGENT_DATA_DIR"] == "/var/lib/tracecar"
+    assert isinstance(env["TRACECAR_AGENT_TOKEN"], str) and len(env["TRACECAR_AGENT_TOKEN"]) == 43
+    assert "TRACECAR_AGENT_AUTH" not in env
     assert env["TRACECAR_AGENT_POD_UID"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
     assert env["TRACECAR_AGENT_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["TRACECAR_AGENT_POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
@@ -425,3 +429,68 @@ def test_answer_is_idempotent_and_escapes_the_status_key() -> None:
     again = answer(parse_review(json.dumps(review(patched)).encode()), settings=S)
     assert again.outcome == "already-injected"
     assert "patch" not in again.review["response"] and "warnings" not in again.review["response"]
+
+
+# --- the agent's token ------------------------------------------------------------------
+
+
+def test_each_injection_gets_its_own_token_through_the_seam() -> None:
+    made: list[str] = []
+
+    def seam() -> str:
+        made.append(f"token-number-{len(made):04d}")
+        return made[-1]
+
+    first = plan_injection(pod(), settings=S, new_token=seam)
+    second = plan_injection(pod(), settings=S, new_token=seam)
+    assert env_of(agent_of(first.pod))["TRACECAR_AGENT_TOKEN"] == "token-number-0000"
+    assert env_of(agent_of(second.pod))["TRACECAR_AGENT_TOKEN"] == "token-number-0001"
+    random_a = env_of(agent_of(inject(pod())[0]))["TRACECAR_AGENT_TOKEN"]
+    random_b = env_of(agent_of(inject(pod())[0]))["TRACECAR_AGENT_TOKEN"]
+    assert random_a != random_b
+    # Only the agent holds it: not the app containers, not the status annotation.
+    out = first.pod
+    assert "TRACECAR_AGENT_TOKEN" not in env_of(out["spec"]["containers"][0])
+    assert "token-number" not in out["metadata"]["annotations"]["tracecar.dev/status"]
+    assert json.loads(out["metadata"]["annotations"]["tracecar.dev/status"])["auth"] == "token"
+
+
+@pytest.mark.parametrize("native", ["true", "false"])
+def test_reinvoked_or_already_injected_pods_keep_their_token(native: str) -> None:
+    """reinvocationPolicy IfNeeded, or a pod re-created from a dumped spec: no new token."""
+    p = labelled(annotated(pod(), native_sidecar=native))
+    calls: list[int] = []
+
+    def seam() -> str:
+        calls.append(1)
+        return "the-one-and-only-token"
+
+    first = answer(parse_review(json.dumps(review(p)).encode()), settings=S, new_token=seam)
+    ops = json.loads(base64.b64decode(first.review["response"]["patch"]))
+    patched = jsonpatch.apply_patch(p, ops)
+    again = answer(parse_review(json.dumps(review(patched)).encode()), settings=S, new_token=seam)
+    assert again.outcome == "already-injected" and "patch" not in again.review["response"]
+    # Without the status annotation (stripped by some tool) the agent container still counts.
+    del patched["metadata"]["annotations"]["tracecar.dev/status"]
+    third = answer(parse_review(json.dumps(review(patched)).encode()), settings=S, new_token=seam)
+    assert third.outcome == "already-injected"
+    assert calls == [1]
+    assert env_of(agent_of(patched))["TRACECAR_AGENT_TOKEN"] == "the-one-and-only-token"
+
+
+def test_auth_none_opts_out_explicitly_with_a_warning() -> None:
+    def seam() -> str:
+        raise AssertionError("no token is made for an opted-out pod")
+
+    result = plan_injection(annotated(pod(), auth="none"), settings=S, new_token=seam)
+    env = env_of(agent_of(result.pod))
+    assert env["TRACECAR_AGENT_AUTH"] == "none" and "TRACECAR_AGENT_TOKEN" not in env
+    assert any("tracecar.dev/auth none" in w for w in result.warnings)
+    assert result.status["auth"] == "none"
+    validate_pod(result.pod)
+    # The same opt-out for every pod, from the webhook's settings; the annotation wins.
+    none_by_default = Settings(default_auth="none")
+    out, _ = inject(pod(), none_by_default)
+    assert env_of(agent_of(out))["TRACECAR_AGENT_AUTH"] == "none"
+    out, _ = inject(annotated(pod(), auth="token"), none_by_default)
+    assert "TRACECAR_AGENT_TOKEN" in env_of(agent_of(out))

@@ -21,7 +21,7 @@ import jsonpatch
 import pytest
 
 from tests.webhook.conftest import OWN_NAMESPACE, ROOT, Webhook
-from tests.webhook.support import decode_patch, labelled, review, validate_pod
+from tests.webhook.support import decode_patch, labelled, review, tokens_in, validate_pod
 
 POD: dict[str, Any] = {
     "apiVersion": "v1",
@@ -239,7 +239,8 @@ def test_health_and_metrics(client: httpx.Client) -> None:
 
 def test_one_json_log_line_per_review(webhook: Webhook, client: httpx.Client) -> None:
     body = review(labelled(copy.deepcopy(POD)), namespace="shop")
-    ok(client.post("/mutate", json=body))
+    out = ok(client.post("/mutate", json=body))
+    (token,) = tokens_in(decode_patch(out))
     uid = body["request"]["uid"]
     deadline = time.monotonic() + 5
     while True:
@@ -252,6 +253,8 @@ def test_one_json_log_line_per_review(webhook: Webhook, client: httpx.Client) ->
     assert lines[0]["namespace"] == "shop"
     assert lines[0]["pod"] == "web"
     assert lines[0]["decision"] == "injected"
+    assert lines[0]["auth"] == "token"
+    assert token not in webhook.log.read_text()  # the agent's token is never logged
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ async def mutate(request: Request) -> Response:
         review = parse_review(body)
         uid = review["uid"]
         # The request was parsed from this body alone, so the pod can be mutated in place.
-        result = answer(review, settings=settings, owned=True)
+        result = answer(review, settings=settings, owned=True, new_token=context.new_token)
     except BadReview as e:
         metrics.errors.labels("bad_request").inc()
         log.info("bad review", extra={"fields": {"status": e.status_code, "detail": e.detail}})
