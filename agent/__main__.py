@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import urllib.error
 import urllib.request
@@ -34,17 +33,17 @@ def serve() -> None:
     import uvicorn
 
     from agent.app import create_app
+    from servicelog import AccessLog, configure
 
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
+    configure(level=settings.log_level, fmt=settings.log_format)
     uvicorn.run(
-        create_app(settings),
+        # Outermost, so the access line has the status and time of every answer.
+        AccessLog(create_app(settings), logger="agent.access"),
         host=settings.host,
         port=settings.port,
-        log_level=settings.log_level,
+        log_config=None,  # our handler, installed above, formats uvicorn's lines too
+        access_log=False,  # AccessLog writes the access lines, in our format
         timeout_graceful_shutdown=15,
     )
 
