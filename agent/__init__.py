@@ -14,5 +14,13 @@ Layout (enforced by import-linter, see pyproject.toml)::
     agent.jobs                 background jobs and their artifacts on disk
     agent.procfs               what /proc says about the pod's processes
     agent.capabilities         what works on this node, and why not
+    agent.idle                 an idle (attached) agent ending itself
     agent._proc                the one seam to child processes
 """
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("tracecar")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"

@@ -37,15 +37,22 @@ def serve() -> None:
 
     settings = get_settings()
     configure(level=settings.log_level, fmt=settings.log_format)
-    uvicorn.run(
-        # Outermost, so the access line has the status and time of every answer.
-        AccessLog(create_app(settings), logger="agent.access"),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # our handler, installed above, formats uvicorn's lines too
-        access_log=False,  # AccessLog writes the access lines, in our format
-        timeout_graceful_shutdown=15,
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            # Outermost, so the access line has the status and time of every answer.
+            AccessLog(app, logger="agent.access"),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,  # our handler, installed above, formats uvicorn's lines too
+            access_log=False,  # AccessLog writes the access lines, in our format
+            timeout_graceful_shutdown=15,
+        )
     )
+    # An idle agent ends itself as a clean exit (status 0, "Completed" in the pod), not
+    # by a signal that uvicorn would re-raise after its graceful shutdown.
+    app.state.request_exit = lambda: setattr(server, "should_exit", True)
+    server.run()
 
 
 def main(argv: list[str] | None = None) -> None:

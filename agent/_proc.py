@@ -9,6 +9,10 @@ here, so three rules hold everywhere:
   leaves no stray tracer behind. Children also get ``PR_SET_PDEATHSIG`` so they
   die with the agent even if it is killed outright.
 
+Observers (:func:`add_observer`; the app's metrics) hear each child's argv and
+run time once it is reaped: this module stays the bottom layer, knowing nothing
+of what listens.
+
 Exceptions (all carry the argv and what the tool itself said)::
 
     ProcError
@@ -25,11 +29,25 @@ import ctypes
 import os
 import shutil
 import signal
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 _PR_SET_PDEATHSIG = 1
 _live: set[Child] = set()
+
+Observer = Callable[[Sequence[str], float], None]
+_observers: list[Observer] = []
+
+
+def add_observer(fn: Observer) -> None:
+    """Call ``fn(argv, seconds)`` for every child reaped from now on."""
+    _observers.append(fn)
+
+
+def remove_observer(fn: Observer) -> None:
+    with contextlib.suppress(ValueError):
+        _observers.remove(fn)
 
 
 class ProcError(Exception):
@@ -95,7 +113,19 @@ class Child:
     def __init__(self, proc: asyncio.subprocess.Process, argv: Sequence[str]) -> None:
         self.proc = proc
         self.argv = list(argv)
+        self.started = time.monotonic()
+        self._observed = False
         _live.add(self)
+
+    def _reaped(self) -> None:
+        """Tell the observers, once, how long the child ran (start to reaped)."""
+        if self._observed or self.proc.returncode is None:
+            return
+        self._observed = True
+        seconds = time.monotonic() - self.started
+        for fn in list(_observers):
+            with contextlib.suppress(Exception):  # a listener never breaks a tool run
+                fn(self.argv, seconds)
 
     @classmethod
     async def start(
@@ -154,6 +184,7 @@ class Child:
         finally:
             if self.proc.returncode is not None:
                 _live.discard(self)
+                self._reaped()
         return rc
 
     async def stop(self, sig: int = signal.SIGINT, *, grace: float = 5.0) -> int:
@@ -185,6 +216,7 @@ class Child:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         _live.discard(self)
+        self._reaped()
 
 
 async def run(

@@ -8,21 +8,25 @@ stops running work, keeping what was recorded, and reaps every child process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from agent import _proc, lttng, probes, profiling
+from agent import _proc, idle, lttng, openapi, probes, procfs, profiling
 from agent.auth import require_token
 from agent.errors import AgentError
 from agent.jobs import JobStore
+from agent.metrics import Metrics
 from agent.routers import capabilities, health, processes, profiles
 from agent.routers import lttng as lttng_routes
+from agent.routers import metrics as metrics_routes
 from agent.routers import probes as probe_routes
 from agent.settings import Settings, get_settings
 
@@ -48,25 +52,66 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _busy(app: FastAPI) -> bool:
+    """Work that keeps an idle agent alive: a recording, an attached probe, a session."""
+    state = app.state
+    return bool(
+        state.jobs.running(profiling.KIND)
+        or any(p["state"] in ("starting", "running") for p in state.probes.list_probes())
+        or any(s.state == "active" for s in state.lttng.list_sessions())
+    )
+
+
+def _exit_request(app: FastAPI) -> Callable[[], Awaitable[None]] | None:
+    """How the idle watcher ends the agent: the server's own exit when ``serve`` set
+    one, else (no server we know of) a SIGTERM to ourselves."""
+    request = getattr(app.state, "request_exit", None)
+    if request is None:
+        return None
+
+    async def stop() -> None:
+        request()
+
+    return stop
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    activity = idle.Activity()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         jobs = JobStore(settings.data_dir, max_storage_bytes=settings.max_storage_bytes)
         jobs.load()
         app.state.jobs = jobs
-        app.state.profiling = profiling.Service(settings, jobs)
-        app.state.probes = probes.Service(settings, jobs)
-        app.state.lttng = lttng.Service(settings, jobs)
+        metrics = app.state.metrics
+        app.state.profiling = profiling.Service(settings, jobs, metrics=metrics)
+        app.state.probes = probes.Service(settings, jobs, metrics=metrics)
+        app.state.lttng = lttng.Service(settings, jobs, metrics=metrics)
+        _proc.add_observer(metrics.observe_tool)
         services = [app.state.profiling, app.state.probes, app.state.lttng]
         started = []
+        watcher: asyncio.Task[None] | None = None
+        procfs.set_container_names(settings.container_names)
         try:
             for svc in services:
                 await svc.start()
                 started.append(svc)
+            if settings.idle_exit_s is not None:
+                watcher = asyncio.create_task(
+                    idle.watch(
+                        activity=activity,
+                        idle_exit_s=settings.idle_exit_s,
+                        busy=lambda: _busy(app),
+                        stop=_exit_request(app),
+                    )
+                )
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             await jobs.shutdown()
             for svc in reversed(started):
                 try:
@@ -74,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 except Exception:
                     log.exception("stopping %s failed", type(svc).__module__)
             await _proc.terminate_all()
+            _proc.remove_observer(metrics.observe_tool)
 
     app = FastAPI(
         title="tracecar agent",
@@ -82,7 +128,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Profile and trace the processes of this pod: perf, uprobes, LTTng.",
     )
     app.state.settings = settings
+    app.state.activity = activity
+    app.state.metrics = Metrics()
+    openapi.install(app)  # the 405 answer the document promises
     app.dependency_overrides[get_settings] = lambda: settings
+    app.add_middleware(idle.ActivityMiddleware, activity=activity)
 
     @app.exception_handler(AgentError)
     async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
@@ -114,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     protected = [Depends(require_token)]
     app.include_router(health.router)
+    app.include_router(metrics_routes.router)  # its own TokenDep: the same rule as the rest
     app.include_router(capabilities.router, dependencies=protected)
     app.include_router(processes.router, dependencies=protected)
     app.include_router(profiles.router, dependencies=protected)

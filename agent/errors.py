@@ -7,6 +7,7 @@ Every one becomes a JSON body ``{"detail": "..."}`` (plus optional fields)::
     AgentError                    500  (never raised directly)
      ├── BadRequest               400  malformed request the schema could not catch
      ├── Unauthorized             401  missing or wrong bearer token
+     ├── Forbidden                403  disabled on this agent by its operator
      ├── NotFound                 404  unknown pid, job, probe, session, symbol
      ├── Conflict                 409  action in the wrong state; unavailable domain
      ├── Invalid                  422  a value out of range or not matching its pattern
@@ -37,6 +38,10 @@ class BadRequest(AgentError):
 
 class Unauthorized(AgentError):
     status_code = 401
+
+
+class Forbidden(AgentError):
+    status_code = 403
 
 
 class NotFound(AgentError):

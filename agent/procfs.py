@@ -174,6 +174,17 @@ def container_id_from_cgroup(text: str) -> str | None:
     return None
 
 
+_KNOWN_NAMES: dict[str, str] = {}
+"""Container id -> name, from the agent's settings (set once at start-up)."""
+
+
+def set_container_names(names: Mapping[str, str]) -> None:
+    """Names for containers whose processes carry no TRACECAR_CONTAINER (an attached
+    agent's pod was never mutated): the plugin passes them from the pod's status."""
+    _KNOWN_NAMES.clear()
+    _KNOWN_NAMES.update(names)
+
+
 def container_env(environ: bytes) -> str | None:
     for item in environ.split(b"\0"):
         if item.startswith(_CONTAINER_ENV):
@@ -379,7 +390,12 @@ class _Reader:
         uids = status.get("Uid", "0 0").split()
         uid = int(uids[1] if len(uids) > 1 else uids[0])
         runtime, version = detect_runtime(exe, maps, elf_facts(pid) if exe else None)
-        name = container_env(environ) or (cid[:12] if cid else None) or f"mnt-{mnt}"
+        name = (
+            container_env(environ)
+            or (_KNOWN_NAMES.get(cid) if cid else None)
+            or (cid[:12] if cid else None)
+            or f"mnt-{mnt}"
+        )
         cpu_s = st.ticks / _CLK_TCK
         if self.before is not None and self.interval_s > 0 and pid in self.before:
             pct = 100.0 * (st.ticks - self.before[pid]) / _CLK_TCK / self.interval_s

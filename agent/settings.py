@@ -34,6 +34,16 @@ class Settings(BaseSettings):
     pod_name: str | None = None
     pod_namespace: str | None = None
     pod_uid: str | None = None
+    mode: Literal["sidecar", "attached"] = "sidecar"
+    """``attached``: an ephemeral container added by ``kubectl tracecar attach``. It
+    shares the target container's PID namespace only, and has none of the webhook's
+    volumes: no shared /var/run/lttng, so LTTng sessions are refused (409, saying why)."""
+    idle_exit_s: float | None = Field(default=None, gt=0)
+    """Exit after this long with no request and nothing running (attached agents: an
+    ephemeral container cannot be removed, so it ends itself)."""
+    container_names: dict[str, str] = Field(default_factory=dict)
+    """Container id -> name (JSON), for processes whose container has no
+    TRACECAR_CONTAINER variable (pods the webhook did not mutate)."""
 
     # --- storage (shared by every kind of job) ---------------------------
     max_storage_bytes: int = Field(default=1 << 30, ge=1 << 20)

@@ -105,8 +105,8 @@ def baseline_count(pod: podsim.SimPod, pid: int, seconds: float, out: Path) -> t
 
 def pipeline_capacity(pid: int, recorded: Path) -> float:
     """The agent's own share, in-process: parse bpftrace's real output, buffer, render NDJSON."""
-    from agent.probes import _render_batch
     from agent.probes._plan import Hit
+    from agent.probes._render import render_batch
     from agent.probes._stream import EventStream
 
     lines = recorded.read_bytes().splitlines()
@@ -119,9 +119,9 @@ def pipeline_capacity(pid: int, recorded: Path) -> float:
         if isinstance(item, Hit) and stream.publish(item.event):
             batch.append(item.event)
             if len(batch) == 4096:
-                _render_batch(batch, sse=False)
+                render_batch(batch, sse=False)
                 batch = []
-    _render_batch(batch, sse=False)
+    render_batch(batch, sse=False)
     return len(lines) / (time.perf_counter() - t0)
 
 

@@ -7,14 +7,17 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from agent import capabilities
+from agent.deps import SettingsDep
+from agent.openapi import PROTECTED, errors
+from agent.routers.lttng import ATTACHED_LTTNG
 
-router = APIRouter(tags=["capabilities"])
+router = APIRouter(tags=["capabilities"], responses=errors(*PROTECTED, 422))
 
 _SERVICES = ("profiling", "probes", "lttng")
 
 
 @router.get("/capabilities")
-async def get_capabilities(request: Request) -> dict[str, object]:
+async def get_capabilities(request: Request, settings: SettingsDep) -> dict[str, object]:
     """General facts (tools, permissions, tracefs, BPF, kernel tracing) and each service's."""
 
     async def of(name: str) -> dict[str, object]:
@@ -30,4 +33,16 @@ async def get_capabilities(request: Request) -> dict[str, object]:
     general, *per_service = await asyncio.gather(
         capabilities.general(), *(of(n) for n in _SERVICES)
     )
-    return {**general, **dict(zip(_SERVICES, per_service, strict=True))}
+    out = {**general, **dict(zip(_SERVICES, per_service, strict=True))}
+    out["mode"] = {
+        "mode": settings.mode,
+        "idle_exit_s": settings.idle_exit_s,
+        "reason": (
+            "attached as an ephemeral container: sees the target container's processes"
+            if settings.mode == "attached"
+            else "a sidecar: sees every container of the pod (shareProcessNamespace)"
+        ),
+    }
+    if settings.mode == "attached":
+        out["lttng"] = {"available": False, "reason": ATTACHED_LTTNG}
+    return out

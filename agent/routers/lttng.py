@@ -7,14 +7,18 @@ Thin handlers over :class:`agent.lttng.Service` (on ``app.state.lttng``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, NoReturn
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agent.lttng import Format, Service, SessionRequest
+from agent.deps import SettingsDep
+from agent.errors import Conflict, Invalid
+from agent.lttng import Action, Format, Service, SessionRequest
+from agent.openapi import PROTECTED, TOOLS, content, errors, json_object
 
-router = APIRouter(prefix="/lttng", tags=["lttng"])
+router = APIRouter(prefix="/lttng", tags=["lttng"], responses=errors(*PROTECTED, 422))
 
 SessionId = Annotated[
     str, Path(pattern=r"^[0-9a-f]{12}$", description="A session's id (from POST /lttng/sessions).")
@@ -28,15 +32,38 @@ def get_service(request: Request) -> Service:
 
 ServiceDep = Annotated[Service, Depends(get_service)]
 
+ATTACHED_LTTNG = (
+    "LTTng needs the pod's shared /var/run/lttng, where the apps' LTTng-UST finds the "
+    "agent's session daemon; an attached agent (ephemeral container) cannot add that "
+    "volume to a running pod. Label the pod template profiling=enabled so the webhook "
+    "injects the agent with it (the pods restart once)"
+)
 
-@router.get("/tracepoints")
+
+def require_shared_lttng(settings: SettingsDep) -> None:
+    if settings.mode == "attached":
+        raise Conflict(ATTACHED_LTTNG)
+
+
+SharedLttng = Annotated[None, Depends(require_shared_lttng)]
+
+
+@router.get("/tracepoints", responses=errors(*TOOLS))
 async def tracepoints(svc: ServiceDep) -> dict[str, Any]:
     """Tracepoints and loggers the pod's registered apps offer, per process and domain."""
     return await svc.tracepoints()
 
 
-@router.post("/sessions", status_code=201)
+@router.post(
+    "/sessions",
+    status_code=201,
+    responses={
+        200: json_object("dry_run=true: the lttng commands (nothing run)"),
+        **errors(400, 404, 409, 429, *TOOLS),
+    },
+)
 async def create_session(
+    _: SharedLttng,
     svc: ServiceDep,
     req: SessionRequest,
     dry_run: Annotated[bool, Query(description="Show the lttng commands; run nothing.")] = False,
@@ -54,32 +81,78 @@ async def list_sessions(svc: ServiceDep) -> dict[str, Any]:
     return {"sessions": [await svc.view(s, detail=False) for s in svc.list_sessions()]}
 
 
-@router.get("/sessions/{session_id}")
+@router.get("/sessions/{session_id}", responses=errors(404, *TOOLS))
 async def get_session(svc: ServiceDep, session_id: SessionId) -> dict[str, Any]:
     return await svc.view(svc.get(session_id))
 
 
-@router.delete("/sessions/{session_id}")
+@router.delete("/sessions/{session_id}", responses=errors(404))
 async def delete_session(svc: ServiceDep, session_id: SessionId) -> dict[str, Any]:
     return await svc.delete(session_id)
 
 
-@router.post("/sessions/{session_id}/{action}")
-async def session_action(
-    svc: ServiceDep,
-    session_id: SessionId,
-    action: Literal["start", "stop", "rotate", "snapshot"],
-) -> dict[str, Any]:
-    return await svc.action(session_id, action)
+# One route per action (not ``{action}``), so the document names each and a GET of
+# .../start is a 405 naming POST, as it says.
+_ACTION = errors(404, 409, *TOOLS)
 
 
-@router.get("/sessions/{session_id}/trace")
+def _action_route(action: Action, summary: str) -> None:
+    async def act(svc: ServiceDep, session_id: SessionId) -> dict[str, Any]:
+        return await svc.action(session_id, action)
+
+    router.add_api_route(
+        f"/sessions/{{session_id}}/{action}",
+        act,
+        methods=["POST"],
+        name=f"{action}_session",
+        summary=summary,
+        responses=_ACTION,
+    )
+
+
+_action_route("start", "Start (or restart) recording")
+_action_route("stop", "Stop recording; the trace becomes readable")
+_action_route("rotate", "Close the current trace chunk (normal mode) to read it while recording")
+_action_route("snapshot", "Write the ring buffers' contents as a snapshot (snapshot mode)")
+
+
+@router.post("/sessions/{session_id}/{action}", include_in_schema=False, response_model=None)
+async def unknown_action(session_id: str, action: str) -> NoReturn:
+    """Any other POST: .../trace and .../events are GET only (405); the rest is no action."""
+    if action in ("trace", "events"):
+        raise StarletteHTTPException(405)  # agent.openapi's handler names the methods
+    raise Invalid(
+        f"action: {action!r} is not an action on LTTng sessions (allowed: start, stop, "
+        "rotate, snapshot)",
+        field="action",
+    )
+
+
+@router.get(
+    "/sessions/{session_id}/trace",
+    response_class=FileResponse,
+    responses={
+        200: content("The CTF trace as a tar.gz", "application/gzip", binary=True),
+        **errors(404, 409),
+    },
+)
 async def trace(svc: ServiceDep, session_id: SessionId) -> FileResponse:
     path, filename = await svc.trace_archive(session_id)
     return FileResponse(path, media_type="application/gzip", filename=filename)
 
 
-@router.get("/sessions/{session_id}/events")
+@router.get(
+    "/sessions/{session_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: content(
+            "The events: babeltrace2's text (format=text) or NDJSON (format=json)",
+            "text/plain; charset=utf-8",
+            "application/x-ndjson",
+        ),
+        **errors(404, 409, *TOOLS),
+    },
+)
 async def events(
     svc: ServiceDep,
     session_id: SessionId,

@@ -12,10 +12,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from agent.probes import STREAM_MAX_BYTES, ProbeRequest, Service
-from agent.probes._model import SymbolList
+from agent.openapi import PROTECTED, TOOLS, content, errors, json_object
+from agent.probes import STREAM_MAX_BYTES, ProbeRequest, Service, SymbolList
 
-router = APIRouter(tags=["probes"])
+router = APIRouter(tags=["probes"], responses=errors(*PROTECTED, 422))
 
 ProbeId = Annotated[str, Path(pattern=r"^[0-9a-f]{8}$", description="A probe's id.")]
 
@@ -28,7 +28,7 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-@router.get("/processes/{pid}/symbols")
+@router.get("/processes/{pid}/symbols", responses=errors(404))
 async def symbols(
     svc: ServiceDep,
     pid: Annotated[int, Path(ge=1, le=1 << 22)],
@@ -39,7 +39,14 @@ async def symbols(
     return await svc.symbols(pid, match=match, limit=limit)
 
 
-@router.post("/probes", status_code=201)
+@router.post(
+    "/probes",
+    status_code=201,
+    responses={
+        200: json_object("dry_run=true: the plan (nothing attached)"),
+        **errors(400, 403, 404, 409, 429, *TOOLS),
+    },
+)
 async def create_probe(
     svc: ServiceDep,
     req: ProbeRequest,
@@ -56,12 +63,24 @@ async def list_probes(svc: ServiceDep) -> dict[str, Any]:
     return {"probes": svc.list_probes()}
 
 
-@router.get("/probes/{probe_id}")
+@router.get("/probes/{probe_id}", responses=errors(404))
 async def get_probe(svc: ServiceDep, probe_id: ProbeId) -> dict[str, Any]:
     return svc.get(probe_id).to_dict()
 
 
-@router.get("/probes/{probe_id}/events")
+@router.get(
+    "/probes/{probe_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: content(
+            "The events until the probe ends: NDJSON, or Server-Sent Events when Accept "
+            "asks for text/event-stream",
+            "application/x-ndjson",
+            "text/event-stream",
+        ),
+        **errors(404),
+    },
+)
 async def probe_events(
     svc: ServiceDep,
     probe_id: ProbeId,
@@ -75,6 +94,6 @@ async def probe_events(
     return StreamingResponse(body, media_type=media, headers=headers)
 
 
-@router.delete("/probes/{probe_id}")
+@router.delete("/probes/{probe_id}", responses=errors(404))
 async def delete_probe(svc: ServiceDep, probe_id: ProbeId) -> dict[str, Any]:
     return await svc.delete(probe_id)

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from agent import procfs
+from agent.openapi import PROTECTED, errors
 from agent.procfs import ProcessInfo
 
-router = APIRouter(tags=["processes"])
+router = APIRouter(tags=["processes"], responses=errors(*PROTECTED, 422))
 
 
 @router.get("/processes")
@@ -30,7 +31,7 @@ async def list_processes(
     )
 
 
-@router.get("/processes/{pid}")
+@router.get("/processes/{pid}", responses=errors(404))
 async def get_process(pid: Annotated[int, Path(ge=1, le=4_194_304)]) -> ProcessInfo:
     """One process (404 if there is none with that pid)."""
     return await asyncio.to_thread(procfs.process_info, pid)

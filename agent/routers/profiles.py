@@ -12,11 +12,12 @@ from fastapi.responses import FileResponse, JSONResponse
 from agent import profiling
 from agent.errors import AgentError
 from agent.jobs import Job
+from agent.openapi import PROTECTED, TOOLS, content, errors, json_or
 from agent.profiling import ARTIFACTS, KIND, PERF_DATA, PPROF, SPEEDSCOPE, SVG
 from agent.profiling.collapse import CollapseOptions
 from agent.profiling.planner import OutputFormat, Plan, ProfileRequest
 
-router = APIRouter(tags=["profiles"])
+router = APIRouter(tags=["profiles"], responses=errors(*PROTECTED, 422))
 
 JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="a profile's id")]
 _MEDIA: dict[str, str] = {
@@ -25,6 +26,21 @@ _MEDIA: dict[str, str] = {
     PPROF: "application/octet-stream",
     PERF_DATA: "application/octet-stream",
 }
+
+
+_TEXT = "text/plain; charset=utf-8"
+
+
+def _artifact_route(name: str) -> dict[str, Any]:
+    """The decorator arguments of an artifact's route: its media type, its errors."""
+    binary = _MEDIA[name] == "application/octet-stream"
+    return {
+        "response_class": FileResponse,
+        "responses": {
+            200: content(f"The profile's {name}", _MEDIA[name], binary=binary),
+            **errors(404, 409),
+        },
+    }
 
 
 class JobFailed(AgentError):
@@ -88,7 +104,22 @@ def _artifact(svc: profiling.Service, job: Job, name: str) -> FileResponse:
     return FileResponse(path, media_type=_MEDIA[name], filename=f"{job.id}-{name}")
 
 
-@router.post("/profiles", status_code=202, response_model=None)
+@router.post(
+    "/profiles",
+    status_code=202,
+    response_model=None,
+    responses={
+        200: json_or(
+            "dry_run=true: the plan (JSON). wait=true: the finished profile in the asked "
+            "format (svg, folded, speedscope JSON, pprof)",
+            _MEDIA[SVG],
+            _TEXT,
+            _MEDIA[PPROF],
+        ),
+        202: {"description": "Started: the profile (poll its Location)"},
+        **errors(400, 404, 409, 429, *TOOLS),
+    },
+)
 async def create_profile(
     svc: ServiceDep,
     body: Annotated[ProfileRequest | None, Body()] = None,
@@ -128,12 +159,21 @@ async def list_profiles(svc: ServiceDep) -> list[dict[str, Any]]:
     return [view(j) for j in svc.jobs.of_kind(KIND)]
 
 
-@router.get("/profiles/{job_id}")
+@router.get("/profiles/{job_id}", responses=errors(404))
 async def get_profile(svc: ServiceDep, job_id: JobId) -> dict[str, Any]:
     return view(svc.jobs.get(KIND, job_id))
 
 
-@router.delete("/profiles/{job_id}", response_model=None)
+@router.delete(
+    "/profiles/{job_id}",
+    response_model=None,
+    status_code=202,
+    responses={
+        202: {"description": "It was running: asked to stop; what was recorded is kept"},
+        204: {"description": "Removed (it had finished, or discard=true)"},
+        **errors(404),
+    },
+)
 async def delete_profile(
     svc: ServiceDep,
     job_id: JobId,
@@ -148,22 +188,22 @@ async def delete_profile(
     return JSONResponse(view(job), status_code=202)
 
 
-@router.get("/profiles/{job_id}/flamegraph.svg", response_model=None)
+@router.get("/profiles/{job_id}/flamegraph.svg", **_artifact_route(SVG))
 async def flamegraph(svc: ServiceDep, job_id: JobId) -> FileResponse:
     return _artifact(svc, svc.jobs.get(KIND, job_id), SVG)
 
 
-@router.get("/profiles/{job_id}/speedscope.json", response_model=None)
+@router.get("/profiles/{job_id}/speedscope.json", **_artifact_route(SPEEDSCOPE))
 async def speedscope(svc: ServiceDep, job_id: JobId) -> FileResponse:
     return _artifact(svc, svc.jobs.get(KIND, job_id), SPEEDSCOPE)
 
 
-@router.get("/profiles/{job_id}/profile.pb.gz", response_model=None)
+@router.get("/profiles/{job_id}/profile.pb.gz", **_artifact_route(PPROF))
 async def pprof(svc: ServiceDep, job_id: JobId) -> FileResponse:
     return _artifact(svc, svc.jobs.get(KIND, job_id), PPROF)
 
 
-@router.get("/profiles/{job_id}/perf.data", response_model=None)
+@router.get("/profiles/{job_id}/perf.data", **_artifact_route(PERF_DATA))
 async def perf_data(svc: ServiceDep, job_id: JobId) -> FileResponse:
     return _artifact(svc, svc.jobs.get(KIND, job_id), PERF_DATA)
 
@@ -172,10 +212,17 @@ Flag = Annotated[bool, Query()]
 
 
 def _folded_file(path: PathLike[str]) -> FileResponse:
-    return FileResponse(path, media_type="text/plain; charset=utf-8")
+    return FileResponse(path, media_type=_TEXT)
 
 
-@router.get("/profiles/{job_id}/folded", response_model=None)
+@router.get(
+    "/profiles/{job_id}/folded",
+    response_class=FileResponse,
+    responses={
+        200: content("Collapsed stacks, one `stack count` per line", _TEXT),
+        **errors(404, 409, *TOOLS),
+    },
+)
 async def folded(
     svc: ServiceDep,
     job_id: JobId,

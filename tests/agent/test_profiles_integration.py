@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests import podsim
 from tests.agent.workloads import HOTCOLD_C, PY312, PY_WORK, SHORT_C, compile_c
@@ -310,6 +311,46 @@ def test_wait_svg_whole_pod_and_container(
     plan = client.post("/profiles", params={"dry_run": "true"}, json={"container": "capp"}).json()
     assert plan["plan"]["pids"] == [apps["capp"].pid]
     assert client.post("/profiles", json={"container": "nope"}).status_code == 404
+
+
+def _metrics(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith(
+        "text/plain; version=0.0.4"
+    )
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def test_a_real_profile_shows_in_the_metrics(
+    client: httpx.Client, apps: dict[str, podsim.Container]
+) -> None:
+    before = _metrics(client)
+    r = client.post(
+        "/profiles", params={"wait": "true"}, json={"pid": apps["capp"].pid, "duration_s": 1}
+    )
+    assert r.status_code == 200, r.text
+    after = _metrics(client)
+
+    def grew(name: str, *labels: tuple[str, str]) -> float:
+        key = (name, tuple(sorted(labels)))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("tracecar_agent_profiles_started_total") == 1
+    assert grew("tracecar_agent_profiles_failed_total") == 0
+    assert after[("tracecar_agent_profiles_running", ())] == 0
+    # perf record ran about a second, then perf script post-processed it: both measured.
+    perf = ("tool", "perf")
+    assert grew("tracecar_agent_tool_duration_seconds_count", perf) >= 2
+    assert grew("tracecar_agent_tool_duration_seconds_sum", perf) >= 1.0
+    assert grew("tracecar_agent_tool_duration_seconds_bucket", perf, ("le", "0.5")) < grew(
+        "tracecar_agent_tool_duration_seconds_count", perf
+    )
+    # Its artifacts are on disk: perf.data, the flame graph, ...
+    assert grew("tracecar_agent_stored_bytes", ("capability", "profiles")) > 1000
 
 
 def test_delete_stops_early_and_keeps_the_recording(

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 REPO = Path(__file__).resolve().parents[2]
 TAG = "0.1.0"  # what deploy/ names, so `kubectl apply -k deploy/` needs no overlay here
 AGENT_IMAGE = f"localhost/tracecar-agent:{TAG}"
@@ -101,6 +103,43 @@ def port_forward(kube: Kube, target: str, port: int, ns: str = NS) -> Iterator[s
             proc.wait()
 
 
+@contextmanager
+def agent_forward(kube: Kube, pod: str, port: int = 7780, ns: str = NS) -> Iterator[str]:
+    """A port-forward to an agent that answers /healthz. kubectl port-forward gives up
+    on the first refused connection ("lost connection to pod"), which a container that
+    is Running but not yet listening causes: start a fresh one until the agent answers."""
+    deadline = time.monotonic() + 60
+    while True:
+        with port_forward(kube, f"pod/{pod}", port, ns) as url:
+            try:
+                httpx.get(f"{url}/healthz", timeout=10).raise_for_status()
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+            else:
+                yield url
+                return
+        time.sleep(1)
+
+
+def pod_processes(uid: str) -> list[str]:
+    """Processes on the node still in the pod's cgroup (cgroupfs: podUID, systemd:
+    podUID with underscores), as "pid comm"."""
+    keys = (f"pod{uid}", f"pod{uid.replace('-', '_')}")
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cg = (proc / "cgroup").read_text()
+            comm = (proc / "comm").read_text().strip()
+        except OSError:
+            continue
+        if any(k in cg for k in keys):
+            out.append(f"{proc.name} {comm}")
+    return out
+
+
 def containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
     spec = pod["spec"]
     return {c["name"]: c for c in [*spec.get("initContainers", []), *spec.get("containers", [])]}
@@ -112,10 +151,32 @@ def demo_deployment(
     labelled: bool = True,
     annotations: dict[str, str] | None = None,
     replicas: int = 1,
+    logger: bool = True,
 ) -> dict[str, Any]:
     labels = {"app": name}
     if labelled:
         labels["profiling"] = "enabled"
+    # Small requests: several replicas (and the agents' own requests) fit the 2-core node.
+    small = {"requests": {"cpu": "20m", "memory": "32Mi"}}
+    containers: list[dict[str, Any]] = [
+        {
+            "name": "burner",
+            "image": DEMO_IMAGE,
+            "command": ["/usr/local/bin/burner"],
+            "resources": {**small, "limits": {"cpu": "500m", "memory": "64Mi"}},
+        }
+    ]
+    if logger:
+        # Imports lttngust at start: registers only because the native sidecar's
+        # session daemon is already up (it gives up after 300 s without one).
+        containers.append(
+            {
+                "name": "logger",
+                "image": DEMO_IMAGE,
+                "command": ["python3", "/usr/local/bin/logger.py"],
+                "resources": {**small, "limits": {"cpu": "200m", "memory": "64Mi"}},
+            }
+        )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -125,28 +186,30 @@ def demo_deployment(
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": labels, "annotations": annotations or {}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 2,
-                    "containers": [
-                        {
-                            "name": "burner",
-                            "image": DEMO_IMAGE,
-                            "command": ["/usr/local/bin/burner"],
-                            "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
-                        },
-                        {
-                            # Imports lttngust at start: registers only because the
-                            # native sidecar's session daemon is already up.
-                            "name": "logger",
-                            "image": DEMO_IMAGE,
-                            "command": ["python3", "/usr/local/bin/logger.py"],
-                            "resources": {"limits": {"cpu": "200m", "memory": "64Mi"}},
-                        },
-                    ],
-                },
+                "spec": {"terminationGracePeriodSeconds": 2, "containers": containers},
             },
         },
     }
+
+
+def is_ready(p: dict[str, Any]) -> bool:
+    conds = {c["type"]: c["status"] for c in p["status"].get("conditions", [])}
+    return conds.get("Ready") == "True" and not p["metadata"].get("deletionTimestamp")
+
+
+def ready_pods(kube: Kube, app: str, n: int = 1) -> list[dict[str, Any]]:
+    """At least ``n`` Ready pods of deploy/APP (after its rollout), sorted by name."""
+    kube.run("rollout", "status", "-n", NS, f"deploy/{app}", "--timeout=180s", timeout=200)
+    pods: list[dict[str, Any]] = []
+
+    def ready() -> bool:
+        nonlocal pods
+        items = kube.json("get", "pods", "-n", NS, "-l", f"app={app}")["items"]
+        pods = sorted((p for p in items if is_ready(p)), key=lambda p: p["metadata"]["name"])
+        return len(pods) >= n
+
+    wait_until(ready, 90, f"{n} Ready pod(s) of deploy/{app}")
+    return pods
 
 
 def bare_pod(name: str, *, ns: str = NS, labelled: bool = True) -> dict[str, Any]:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import ssl
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.probes._perfprobe import group_name
 from tests.cluster import kube as K
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
@@ -26,26 +25,8 @@ HOT = "tracecar_demo_hot"
 DEMO = "demo"
 
 
-def _is_ready(p: dict[str, Any]) -> bool:
-    conds = {c["type"]: c["status"] for c in p["status"].get("conditions", [])}
-    return conds.get("Ready") == "True" and not p["metadata"].get("deletionTimestamp")
-
-
 def _ready_pod(kube: K.Kube, app: str) -> dict[str, Any]:
-    kube.run("rollout", "status", "-n", K.NS, f"deploy/{app}", "--timeout=180s", timeout=200)
-    pods: list[dict[str, Any]] = []
-
-    def ready() -> bool:
-        nonlocal pods
-        pods = [
-            p
-            for p in kube.json("get", "pods", "-n", K.NS, "-l", f"app={app}")["items"]
-            if _is_ready(p)
-        ]
-        return bool(pods)
-
-    K.wait_until(ready, 60, f"a Ready pod of deploy/{app}")
-    return pods[0]
+    return K.ready_pods(kube, app)[0]
 
 
 def test_install_with_kubectl_apply_k(installed: K.Kube) -> None:
@@ -105,12 +86,6 @@ def test_baseline_namespace_rejects_the_injected_pod(installed: K.Kube) -> None:
             },
         }
     )
-    res = (
-        installed.apply(K.bare_pod("rejected", ns="tracecar-baseline"), "--dry-run=none")
-        if False
-        else None
-    )
-    _ = res
     out = installed.run(
         "apply",
         "-f",
@@ -137,7 +112,7 @@ def test_server_side_dry_run_of_a_labelled_pod(installed: K.Kube) -> None:
 def agent(installed: K.Kube, demo_pod: dict[str, Any]) -> Any:
     name = demo_pod["metadata"]["name"]
     with (
-        K.port_forward(installed, f"pod/{name}", 7780) as url,
+        K.agent_forward(installed, name) as url,
         httpx.Client(base_url=url, timeout=60) as client,
     ):
         yield client
@@ -238,25 +213,14 @@ def test_port_forward_lttng_session_and_trace(
         agent.delete(f"/lttng/sessions/{sid}")
 
 
-def _get_with_retry(url: str) -> httpx.Response:
-    # Ready is the kubelet's view; the first forwarded connection can still race the
-    # agent's listen() right after a container start.
-    for _ in range(20):
-        try:
-            return httpx.get(url, timeout=30)
-        except httpx.TransportError:
-            time.sleep(1)
-    return httpx.get(url, timeout=30)
-
-
 def test_classic_sidecar_mode(installed: K.Kube) -> None:
     installed.apply(
         K.demo_deployment("classic", annotations={"tracecar.dev/native-sidecar": "false"})
     )
     pod = _ready_pod(installed, "classic")
     assert K.AGENT in {c["name"] for c in pod["spec"]["containers"]}
-    with K.port_forward(installed, f"pod/{pod['metadata']['name']}", 7780) as url:
-        procs = _get_with_retry(f"{url}/processes")
+    with K.agent_forward(installed, pod["metadata"]["name"]) as url:
+        procs = httpx.get(f"{url}/processes", timeout=30)
         assert procs.status_code == 200, procs.text
         assert "burner" in procs.text
     installed.run("delete", "deploy", "classic", "-n", K.NS, "--wait=false")
@@ -432,7 +396,7 @@ def test_deleting_the_pod_leaves_nothing_on_the_node(
     # goes away (a fresh port-forward: the module's may have idled out by now)
     name = demo_pod["metadata"]["name"]
     with (
-        K.port_forward(installed, f"pod/{name}", 7780) as url,
+        K.agent_forward(installed, name) as url,
         httpx.Client(base_url=url, timeout=60) as agent,
     ):
         pid = _burner(agent)
@@ -451,7 +415,9 @@ def test_deleting_the_pod_leaves_nothing_on_the_node(
         r = agent.post("/profiles", json={"pid": pid, "duration_s": 300})
         assert r.status_code in (201, 202), r.text
         time.sleep(2)
-        assert "tracecar_" in _tracefs_uprobes(), "the perf probe is not in tracefs"
+        assert f"{group_name(demo_pod['metadata']['uid'])}/" in _tracefs_uprobes(), (
+            "the perf probe is not in tracefs"
+        )
     installed.run("delete", "deploy", DEMO, "-n", K.NS, "--wait=false")
     K.wait_until(
         lambda: installed.run("get", "pod", name, "-n", K.NS, check=False).returncode != 0,
@@ -459,13 +425,16 @@ def test_deleting_the_pod_leaves_nothing_on_the_node(
         "the demo pod deleted",
     )
 
-    def clean() -> bool:
-        left = subprocess.run(
-            ["pgrep", "-x", "perf|bpftrace|lttng-sessiond|lttng-consumerd"],
-            capture_output=True,
-            text=True,
-        )
-        return left.stdout.strip() == "" and "tracecar_" not in _tracefs_uprobes()
+    uid = demo_pod["metadata"]["uid"]
+    group = group_name(uid)  # the agent's perf-probe event group: derived from the pod UID
 
-    K.wait_until(clean, 60, "no tracer process or uprobe left on the node")
-    _ = os
+    def left() -> list[str]:
+        # Other pods' agents keep their own session daemons (and this machine may run
+        # other tracers): what must be gone is every process of this pod (its agent's
+        # perf, bpftrace and session daemon among them) and every tracecar uprobe.
+        uprobes = [e for e in _tracefs_uprobes().splitlines() if f"{group}/" in e]
+        return K.pod_processes(uid) + uprobes
+
+    K.wait_until(
+        lambda: not left(), 60, "nothing of the pod left on the node", lambda: "\n".join(left())
+    )

@@ -6,7 +6,8 @@ import asyncio
 from pathlib import Path
 
 from agent.jobs import JobStore
-from agent.probes import Probe, Service
+from agent.probes import Service
+from agent.probes._probe import Probe
 from agent.probes._stream import EventStream
 from agent.settings import Settings
 

@@ -1,0 +1,21 @@
+"""The artifacts of a profile job: their file names in ``DATA_DIR/profile/<id>/``.
+
+``ARTIFACTS`` maps the output formats a client may ask for to their files.
+"""
+
+from __future__ import annotations
+
+from agent.profiling.planner import OutputFormat
+
+KIND = "profile"
+PERF_DATA = "perf.data"
+FOLDED = "folded.txt"
+SVG = "flamegraph.svg"
+SPEEDSCOPE = "speedscope.json"
+PPROF = "profile.pb.gz"
+ARTIFACTS: dict[OutputFormat, str] = {
+    "svg": SVG,
+    "folded": FOLDED,
+    "speedscope": SPEEDSCOPE,
+    "pprof": PPROF,
+}

@@ -1,0 +1,392 @@
+"""The profiling service: targets -> plan -> a recording job -> its outputs.
+
+:class:`Service` is what :mod:`agent.app` constructs and the profiles router
+calls. It checks perf is there and permitted, plans (validating) before a job
+exists, runs each recording as a :class:`agent.jobs.JobStore` job (perf maps
+copied before and after, then post-processing into every output format),
+serves non-default folded views on demand, and stops or deletes profiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+import weakref
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from agent import capabilities, procfs
+from agent.errors import Conflict, Invalid, NotFound, Unavailable
+from agent.jobs import Job, JobStore, atomic_path, write_atomic
+from agent.metrics import Metrics
+from agent.profiling._artifacts import ARTIFACTS, FOLDED, KIND, PERF_DATA, PPROF, SPEEDSCOPE, SVG
+from agent.profiling._perfmaps import PERF_MAP_MAX_BYTES, map_pids, perf_maps_in_tmp
+from agent.profiling._targets import target_facts, traceable
+from agent.profiling.collapse import CollapseOptions, format_folded
+from agent.profiling.planner import (
+    Limits,
+    Plan,
+    ProfileRequest,
+    TargetFacts,
+    plan,
+)
+from agent.profiling.recorder import Recording, record
+from agent.settings import Settings
+
+# An unresolved frame as the collapser writes it: "[libc.so.6]", "[unknown]".
+_UNRESOLVED = re.compile(r"\[[^\[\]]+\]")
+
+
+class Service:
+    def __init__(
+        self, settings: Settings, jobs: JobStore, *, metrics: Metrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.metrics = metrics or Metrics()
+        self.metrics.profiles.running.set_function(lambda: len(self.jobs.running(KIND)))
+        self.metrics.measure_storage(
+            "profiles", lambda: sum(j.size_bytes() for j in self.jobs.of_kind(KIND))
+        )
+        self.metrics.storage_limit.set(settings.max_storage_bytes)
+        self.limits = Limits(
+            default_duration_s=settings.default_duration_s,
+            max_duration_s=settings.max_duration_s,
+            default_frequency_hz=settings.default_frequency_hz,
+            max_frequency_hz=settings.max_frequency_hz,
+            timeout_slack_s=settings.perf_timeout_slack_s,
+        )
+        # Non-default folded views are computed from perf.data on demand, one at a time
+        # per profile (perf script is the expensive part). Weak values: a lock lives
+        # while someone holds or waits for it, so evicted profiles leave none behind.
+        self._folded_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    # --- lifecycle ---------------------------------------------------------------
+    async def start(self) -> None:
+        """Nothing to sweep beyond what the job store does (``*.part``, dead jobs)."""
+
+    async def stop(self) -> None:
+        """Nothing of its own to stop: the job store's shutdown (run first) asks each
+        recording to stop, so perf gets SIGINT and writes what it recorded, and
+        cancels what outlives the grace period (the recorder then stops perf); the
+        app's final ``_proc.terminate_all`` reaps anything left."""
+
+    async def capabilities(self) -> dict[str, object]:
+        perf = await capabilities.perf()
+        permitted = capabilities.perf_permitted()
+        out: dict[str, object] = {
+            "perf": perf,
+            "permitted": permitted,
+            "call_graph": ["auto", "fp", "dwarf"],
+            "formats": sorted(ARTIFACTS),
+            "limits": {
+                **asdict(self.limits),
+                "max_concurrent_profiles": self.settings.max_concurrent_profiles,
+                "max_storage_bytes": self.settings.max_storage_bytes,
+            },
+        }
+        if not perf.get("available"):
+            out.update(available=False, reason=perf.get("reason", "perf is not available"))
+        elif not permitted.get("available"):
+            out.update(available=False, reason=permitted.get("reason", "perf is not permitted"))
+        else:
+            out.update(available=True, reason="perf is installed and permitted")
+        return out
+
+    async def require_perf(self) -> None:
+        perf = await capabilities.perf()
+        if not perf.get("available"):
+            raise Unavailable(
+                f"CPU profiling is unavailable: {perf.get('reason')}; see GET /capabilities"
+            )
+        permitted = capabilities.perf_permitted()
+        if not permitted.get("available"):
+            raise Unavailable(
+                f"perf is not permitted here: {permitted.get('reason')}; see GET /capabilities"
+            )
+
+    # --- planning ----------------------------------------------------------------
+    def _targets(self, req: ProfileRequest) -> tuple[list[procfs.ProcessInfo], str]:
+        given = [x for x in (req.pid, req.pids, req.container) if x is not None]
+        if len(given) > 1:
+            raise Invalid(
+                "give at most one of pid, pids, container (none of them = the whole pod)",
+                field="pid",
+            )
+        if req.pid is not None:
+            info = traceable(procfs.process_info(req.pid))
+            return [info], f"pid {info.pid} ({info.comm}) in container {info.container}"
+        if req.pids is not None:
+            infos = [traceable(procfs.process_info(p)) for p in sorted(set(req.pids))]
+            return infos, "pids " + ", ".join(str(i.pid) for i in infos)
+        own = procfs.own_tree()
+        # Zombies and processes we may not inspect (mnt_ns 0: a live process whose
+        # namespaces are closed to us) are left out: perf cannot attach to them and
+        # would refuse the whole list.
+        procs = procfs.list_processes()
+        live = [p for p in procs if p.pid not in own and p.state != "Z" and p.mnt_ns != 0]
+        if req.container is not None:
+            # 404 naming the containers there are
+            procfs.pids_of_container(req.container, procs=procs)
+            infos = [p for p in live if p.container == req.container]
+            return infos, f"container {req.container} ({len(infos)} processes)"
+        return live, f"the whole pod ({len(live)} processes, the agent excluded)"
+
+    async def _gather(self, req: ProfileRequest) -> tuple[list[TargetFacts], str]:
+        infos, target = await asyncio.to_thread(self._targets, req)
+        facts = await asyncio.to_thread(lambda: [target_facts(i) for i in infos])
+        return facts, target
+
+    async def plan(self, req: ProfileRequest, *, output: Path) -> Plan:
+        facts, target = await self._gather(req)
+        return plan(req, targets=facts, target=target, limits=self.limits, output=output)
+
+    # --- jobs --------------------------------------------------------------------
+    async def create(self, req: ProfileRequest, *, dry_run: bool = False) -> Plan | Job:
+        if dry_run:
+            return await self.plan(req, output=self.jobs.data_dir / KIND / "ID" / PERF_DATA)
+        await self.require_perf()
+        facts, target = await self._gather(req)
+        # Plan (validate) before creating the job, so a bad request leaves nothing behind;
+        # then again with the job's own output path (planning is pure and cheap).
+        plan(req, targets=facts, target=target, limits=self.limits, output=Path(PERF_DATA))
+        job = self.jobs.create(
+            KIND,
+            req.model_dump(exclude_none=True),
+            max_running=self.settings.max_concurrent_profiles,
+        )
+        output = job.artifact(PERF_DATA).with_name(PERF_DATA + ".part")  # atomic_path's name
+        the_plan = plan(req, targets=facts, target=target, limits=self.limits, output=output)
+        job.result = {"phase": "pending", "plan": the_plan.model_dump()}
+        self.jobs.save(job)
+        self.jobs.start(job, lambda j: self._run_counted(j, the_plan))
+        self.metrics.profiles.started.inc()
+        return job
+
+    async def _run_counted(self, job: Job, the_plan: Plan) -> None:
+        # What the job store turns into a failed state is what is counted as failed.
+        try:
+            await self._run(job, the_plan)
+        except Exception:
+            self.metrics.profiles.failed.inc()
+            raise
+
+    async def _run(self, job: Job, the_plan: Plan) -> None:
+        meta = job.result
+        meta["phase"] = "recording"
+        meta["recording_started_at"] = time.time()
+        self.jobs.save(job)
+        perf_data = job.artifact(PERF_DATA)
+        # Perf maps are copied before and after recording: a target that exits takes
+        # its /tmp (and its map) with it, and JITs add entries while they run.
+        await asyncio.to_thread(self._collect_perf_maps, job, the_plan)
+        with atomic_path(perf_data) as part:
+            assert str(part) in the_plan.argv  # the planned output is atomic_path's temp
+            rec = await record(the_plan, output=part, stop=job.stop_requested)
+        meta["recording_finished_at"] = time.time()
+        self._note_recording(job, the_plan, rec)
+        meta["phase"] = "post-processing"
+        self.jobs.save(job)
+        maps = await asyncio.to_thread(self._collect_perf_maps, job, the_plan)
+        stacks = await self._folded(job, CollapseOptions(), perf_maps=maps)
+        write_atomic(job.artifact(FOLDED), format_folded(stacks))
+        await asyncio.to_thread(self._render_all, job, the_plan, stacks)
+        meta["folded_samples"] = sum(stacks.values())
+        meta["unresolved"] = self._unresolved(the_plan, stacks, maps, meta.get("exited_pids", []))
+        meta["phase"] = "done"
+        meta["artifacts"] = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
+        if rec.stopped_early:
+            job.message = "stopped early on request; what was recorded is kept"
+
+    def _note_recording(self, job: Job, the_plan: Plan, rec: Recording) -> None:
+        meta = job.result
+        meta["samples"] = rec.samples
+        meta["lost_samples"] = rec.lost
+        self.metrics.drop("perf_lost", rec.lost)
+        meta["stopped_early"] = rec.stopped_early
+        meta["perf_warnings"] = rec.warnings
+        exited = [p for p in the_plan.pids if not procfs.pid_exists(p)]
+        meta["exited_pids"] = exited
+        notes: list[str] = []
+        if exited:
+            notes.append(
+                f"pid(s) {', '.join(map(str, exited))} exited during the recording; "
+                "their samples up to then are kept"
+            )
+        if rec.lost:
+            notes.append(f"perf lost {rec.lost} chunk(s) of samples (the system was too busy)")
+        if rec.samples == 0:
+            notes.append(
+                "no samples: the targets used no CPU while recording (idle, or blocked); "
+                "profile while they are busy, or longer"
+            )
+        meta["notes"] = notes
+        targets: list[dict[str, Any]] = []
+        for pid in the_plan.pids:
+            try:
+                info = procfs.process_info(pid)
+            except NotFound:
+                targets.append({"pid": pid, "exited": True})
+                continue
+            targets.append(
+                {
+                    "pid": pid,
+                    "comm": info.comm,
+                    "container": info.container,
+                    "runtime": info.runtime,
+                    "runtime_version": info.runtime_version,
+                    "perf_map": info.perf_map,
+                    "exe": info.exe,
+                }
+            )
+        meta["targets"] = targets
+
+    def _collect_perf_maps(self, job: Job, the_plan: Plan) -> list[int]:
+        """Copy each target's JIT perf map from its own /tmp into the job directory.
+
+        perf script looks for /tmp/perf-PID.map in the target's mount namespace
+        only while the process lives; the copy keeps a profile resolvable after
+        the process exits (and is handed to perf script then, see ``_folded``).
+        """
+        for pid in the_plan.pids:
+            with contextlib.suppress(OSError):
+                with procfs.open_perf_map(pid) as src:
+                    data = src.read(PERF_MAP_MAX_BYTES + 1)
+                if len(data) > PERF_MAP_MAX_BYTES:
+                    data = data[: data.rfind(b"\n", 0, PERF_MAP_MAX_BYTES) + 1]
+                write_atomic(job.artifact(f"perf-{pid}.map"), data)
+        return map_pids(job)
+
+    async def _folded(
+        self, job: Job, options: CollapseOptions, *, perf_maps: list[int]
+    ) -> dict[str, int]:
+        from agent.profiling.postprocess import perf_data_to_folded
+
+        # perf script's time grows with the recording (DWARF unwinding above all).
+        duration = float(job.result.get("plan", {}).get("duration_s", 0.0))
+        timeout = self.settings.perf_timeout_slack_s + duration
+        with perf_maps_in_tmp(job, perf_maps):
+            return await perf_data_to_folded(
+                job.artifact(PERF_DATA), options=options, timeout=timeout
+            )
+
+    def _render_all(self, job: Job, the_plan: Plan, stacks: dict[str, int]) -> None:
+        from agent.profiling.flamegraph import render_svg
+        from agent.profiling.pprof import to_pprof
+        from agent.profiling.speedscope import to_speedscope
+
+        meta = job.result
+        started = float(meta.get("recording_started_at", job.created_at))
+        finished = float(meta.get("recording_finished_at", time.time()))
+        seconds = max(finished - started, 0.0)
+        title = f"CPU profile of {the_plan.target}"
+        pod = self.settings.pod_name or "this pod"
+        subtitle = (
+            f"{pod}: {seconds:.1f} s at {the_plan.frequency_hz} Hz, "
+            f"{the_plan.call_graph} call graphs, {sum(stacks.values())} samples, "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(started))}"
+        )
+        write_atomic(job.artifact(SVG), render_svg(stacks, title=title, subtitle=subtitle))
+        write_atomic(
+            job.artifact(SPEEDSCOPE),
+            json.dumps(
+                to_speedscope(
+                    stacks,
+                    name=f"{title} ({subtitle})",
+                    unit="nanoseconds",
+                    weight_per_sample=1e9 / the_plan.frequency_hz,
+                )
+            ),
+        )
+        write_atomic(
+            job.artifact(PPROF),
+            to_pprof(
+                stacks,
+                period_ns=round(1e9 / the_plan.frequency_hz),
+                duration_ns=round(seconds * 1e9),
+                time_ns=round(started * 1e9),
+            ),
+        )
+
+    def _unresolved(
+        self, the_plan: Plan, stacks: dict[str, int], maps: list[int], exited: list[int]
+    ) -> dict[str, Any]:
+        """Samples with unresolved frames, by object, and the reasons known for them.
+
+        The collapser writes an unresolved frame as ``[OBJECT]`` (the DSO's base
+        name, or ``[unknown]`` when perf did not know the mapping either).
+        """
+        total = sum(stacks.values()) or 1
+        with_unresolved = 0
+        by_object: dict[str, int] = {}
+        for stack, n in stacks.items():
+            objects = {f for f in stack.split(";")[1:] if _UNRESOLVED.fullmatch(f)}
+            if objects:
+                with_unresolved += n
+                for obj in objects:
+                    by_object[obj] = by_object.get(obj, 0) + n
+        reasons = [r for r in the_plan.unresolved if not any(f"perf-{p}.map" in r for p in maps)]
+        if exited and not maps and with_unresolved:
+            reasons.append(
+                "some targets exited before their perf map (if any) could be copied: "
+                "their JIT frames cannot be resolved"
+            )
+        top = sorted(by_object.items(), key=lambda kv: -kv[1])[:20]
+        return {
+            "samples_with_unresolved_frames": with_unresolved,
+            "fraction": round(with_unresolved / total, 4),
+            "by_object": dict(top),
+            "reasons": reasons,
+            "perf_maps_used": [f"/tmp/perf-{p}.map" for p in maps],
+        }
+
+    async def folded(self, job: Job, options: CollapseOptions) -> Path:
+        """The file of folded stacks of a finished profile with ``options``.
+
+        The default options' file is written when the profile finishes; any other
+        combination is computed from perf.data on first request and kept.
+        """
+        self.require_finished(job)
+        if options == CollapseOptions():
+            return job.artifact(FOLDED)
+        key = "".join(f"{k}{int(v)}" for k, v in sorted(asdict(options).items()))
+        cached = job.artifact(f"folded-{key}.txt")
+        lock = self._folded_locks.setdefault(job.id, asyncio.Lock())
+        async with lock:
+            if not await asyncio.to_thread(cached.exists):
+                stacks = await self._folded(job, options, perf_maps=map_pids(job))
+                await asyncio.to_thread(write_atomic, cached, format_folded(stacks))
+        return cached
+
+    def require_finished(self, job: Job, name: str | None = None) -> Path | None:
+        if job.state != "succeeded":
+            what = f"its {name}" if name else "its outputs"
+            detail = f"profile {job.id} is {job.state}"
+            if job.error:
+                detail += f" ({job.error})"
+            raise Conflict(f"{detail}: {what} exist only once it has succeeded")
+        if name is None:
+            return None
+        path = job.artifact(name)
+        if not path.exists():
+            raise NotFound(f"profile {job.id} has no {name}")
+        return path
+
+    async def wait(self, job: Job) -> None:
+        if job.task is not None:
+            await asyncio.shield(job.task)
+
+    async def stop_or_delete(self, job: Job, *, discard: bool) -> bool:
+        """DELETE: stop a running profile (keeping it) or remove it. True if removed."""
+        if not job.finished and not discard:
+            job.stop_requested.set()
+            return False
+        await self.jobs.delete(job)
+        self._folded_locks.pop(job.id, None)
+        return True

@@ -1,0 +1,168 @@
+"""The command line, as kubectl spells it: global flags (``-n``, ``--context``,
+``--kubeconfig``) accepted before or after the command, ``TARGET`` as ``POD``,
+``pod/NAME`` or ``deploy/NAME``, ``-l SELECTOR``, ``-o json`` for scripts. Pure:
+parsing touches nothing."""
+
+from __future__ import annotations
+
+import argparse
+
+from kubectl_tracecar._attach import DEFAULT_IDLE_S
+
+PROG = "kubectl tracecar"
+
+_EXAMPLES = {
+    "status": (
+        "kubectl tracecar status pod/web-7d9f-abcde\n  kubectl tracecar status -l app=web -o json"
+    ),
+    "ps": "kubectl tracecar ps deploy/web\n  kubectl tracecar ps web-7d9f-abcde -c app -o json",
+    "profile": (
+        "kubectl tracecar profile web-7d9f-abcde -d 30s -o flame.svg\n"
+        "  kubectl tracecar profile deploy/web --all-pods -o flame.svg   # merged + one per pod\n"
+        "  kubectl tracecar profile -l app=web -c app -o web.folded"
+    ),
+    "probe": (
+        "kubectl tracecar probe web-7d9f-abcde --function add3 --args int,int,int --retval\n"
+        "  kubectl tracecar probe web-7d9f-abcde --binary libc --function malloc \\\n"
+        "      --histogram arg0 -d 10s"
+    ),
+    "trace": (
+        "kubectl tracecar trace web-7d9f-abcde --python 'app*' -d 10s -o trace.tar.gz\n"
+        "  kubectl tracecar trace web-7d9f-abcde --ust 'myprov:*' --events"
+    ),
+    "attach": (
+        "kubectl tracecar attach web-7d9f-abcde            # the agent joins the app, no restart\n"
+        "  kubectl tracecar attach web-7d9f-abcde -c app --idle-timeout 1h"
+    ),
+}
+
+
+def _globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # Sub-parsers default to SUPPRESS so a flag given before the command is not reset.
+    d = None if top else argparse.SUPPRESS
+    g = parser.add_argument_group("kubectl flags")
+    g.add_argument("-n", "--namespace", default=d, help="the namespace (default: the context's)")
+    g.add_argument("--context", default=d, help="the kubeconfig context to use")
+    g.add_argument("--kubeconfig", default=d, help="path to the kubeconfig file")
+    g.add_argument("--as", dest="as_user", default=d, metavar="USER", help="impersonate USER")
+
+
+def _target(p: argparse.ArgumentParser, *, selector: bool = True) -> None:
+    p.add_argument("target", nargs="?", metavar="TARGET", help="POD, pod/NAME or deploy/NAME")
+    if selector:
+        p.add_argument("-l", "--selector", help="label selector: every matching running pod")
+
+
+def _sub(
+    subs: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse.ArgumentParser:
+    p = subs.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {_EXAMPLES[name]}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _globals(p, top=False)
+    return p
+
+
+def _json_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", choices=["json"], help="json: machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Profile, probe and trace live pods with tracecar's agent.",
+        epilog=(
+            "exit codes: 0 ok, 1 failed, 2 usage, 3 not found, 4 forbidden, 5 no agent, "
+            "6 unsupported (see docs/plugin.md)"
+        ),
+    )
+    _globals(parser, top=True)
+    subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _sub(
+        subs, "status", "is a tracecar agent in the pod (injected, attached, none), what works"
+    )
+    _target(p)
+    _json_output(p)
+
+    p = _sub(subs, "ps", "the pod's processes, by container")
+    _target(p)
+    p.add_argument("-c", "--container", help="only this container's processes")
+    _json_output(p)
+
+    p = _sub(subs, "profile", "record a CPU profile; write a flame graph or another format")
+    _target(p)
+    p.add_argument("-c", "--container", help="profile this container only (default: every app)")
+    p.add_argument("--pid", type=int, help="profile this process only")
+    p.add_argument("--process", help="profile the processes of this name (comm or argv[0])")
+    p.add_argument("-d", "--duration", default="30s", help="how long to record (default 30s)")
+    p.add_argument("-F", "--frequency", type=int, help="samples per second (default 99)")
+    p.add_argument(
+        "-o",
+        "--output-file",
+        default="flame.svg",
+        metavar="FILE",
+        help="flame.svg, x.folded, x.speedscope.json, x.pb.gz or perf.data (by extension)",
+    )
+    p.add_argument("--all-pods", action="store_true", help="with deploy/NAME: every pod, merged")
+    p.add_argument("--by-pod", action="store_true", help="merged graph: a root frame per pod")
+    p.add_argument("--parallel", type=int, default=4, help="pods profiled at once (default 4)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--open", action="store_true", help="open the file when it is written")
+
+    p = _sub(subs, "probe", "attach a uprobe to a function; print each call live")
+    _target(p)
+    p.add_argument("--function", required=True, help="symbol, symbol+0xOFF or 0xADDRESS")
+    p.add_argument("--binary", help="path as the app sees it, or a library name (libc)")
+    p.add_argument("-c", "--container", help="the app container (default: the pod's default)")
+    p.add_argument("--pid", type=int, help="the process (default: the container's main one)")
+    p.add_argument("--args", help="argument types, comma-separated: int,uint,str,ptr...")
+    p.add_argument("--retval", action="store_true", help="capture the return value")
+    p.add_argument(
+        "--histogram", metavar="OF", help="latency, retval or argN: a histogram at the end"
+    )
+    p.add_argument("--count", action="store_true", help="count calls only")
+    p.add_argument("--backend", choices=["bpftrace", "perf-probe"], help="force a tracer")
+    p.add_argument("-d", "--duration", help="stop after this long (default: until Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="events as NDJSON, the final state as JSON")
+
+    p = _sub(subs, "trace", "an LTTng session on the pod's instrumented apps")
+    _target(p)
+    p.add_argument("--python", action="append", metavar="NAME", help="Python logger names")
+    p.add_argument("--ust", action="append", metavar="PROV:EVENT", help="LTTng-UST tracepoints")
+    p.add_argument("--jul", action="append", metavar="NAME", help="java.util.logging loggers")
+    p.add_argument("-d", "--duration", help="stop after this long (default: until Ctrl-C)")
+    p.add_argument(
+        "-o", "--output-file", default="trace.tar.gz", metavar="FILE", help="the CTF trace"
+    )
+    p.add_argument(
+        "--events", action="store_true", help="print the events instead of saving the trace"
+    )
+
+    p = _sub(
+        subs, "attach", "add the agent to a running pod as an ephemeral container (no restart)"
+    )
+    _target(p, selector=False)
+    p.add_argument(
+        "-c", "--container", help="the app container to join (default: the pod's default)"
+    )
+    p.add_argument(
+        "--privileged", action="store_true", help="a privileged agent (default: capabilities only)"
+    )
+    p.add_argument("--image", help="the agent image (default: the one the webhook injects)")
+    p.add_argument(
+        "--idle-timeout",
+        default=f"{DEFAULT_IDLE_S:g}s",
+        help="the agent exits after this long without requests (default 30m)",
+    )
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for it to start")
+    _json_output(p)
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)

@@ -1,0 +1,300 @@
+"""The plugin's pure parts: argument parsing, targets, reading a pod, the ephemeral
+container, the merge of many pods' stacks, the terminal output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubectl_tracecar import _attach, _cli, _merge, _output, _pods
+from kubectl_tracecar._commands import Progress, output_format, probe_body, profile_body, trace_body
+from kubectl_tracecar._kube import selector_string
+from kubectl_tracecar._targets import Target, parse_duration, parse_target
+from kubectl_tracecar.errors import NotFound, Unsupported, UsageError
+from webhook.inject import CAPABILITIES
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("web-1", Target("pod", "web-1")),
+        ("pod/web-1", Target("pod", "web-1")),
+        ("po/web-1", Target("pod", "web-1")),
+        ("deploy/web", Target("deployment", "web")),
+        ("deployments/web.v2", Target("deployment", "web.v2")),
+    ],
+)
+def test_targets_as_kubectl_spells_them(text: str, expected: Target) -> None:
+    assert parse_target(text, selector=None) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "selector", "message"),
+    [
+        (None, None, "name a target"),
+        ("svc/web", None, "unsupported resource type 'svc'"),
+        ("pod/Web_1", None, "invalid pod name 'Web_1'"),
+        ("pod/" + "a" * 254, None, "invalid pod name"),
+        ("web", "app=web", "not both"),
+        (None, "app=web;rm -rf", "invalid label selector"),
+    ],
+)
+def test_bad_targets_say_what_is_allowed(
+    text: str | None, selector: str | None, message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_target(text, selector=selector)
+
+
+def test_selectors_pass_through() -> None:
+    assert parse_target(None, selector="app=web,tier in (a,b)") == Target(
+        "selector", "app=web,tier in (a,b)"
+    )
+    assert (
+        selector_string(
+            {
+                "matchLabels": {"b": "2", "a": "1"},
+                "matchExpressions": [
+                    {"key": "t", "operator": "In", "values": ["x", "y"]},
+                    {"key": "gone", "operator": "DoesNotExist"},
+                ],
+            }
+        )
+        == "a=1,b=2,t in (x,y),!gone"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("2m", 120), ("1.5h", 5400), ("500ms", 0.5), ("7", 7)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["0s", "-1s", "10x", "", "1e3"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(UsageError, match="positive number"):
+        parse_duration(text)
+
+
+def test_global_flags_before_or_after_the_command() -> None:
+    a = _cli.parse(["-n", "shop", "--context", "prod", "ps", "web-1"])
+    b = _cli.parse(["ps", "web-1", "-n", "shop", "--context", "prod"])
+    for args in (a, b):
+        assert (args.namespace, args.context, args.command, args.target) == (
+            "shop",
+            "prod",
+            "ps",
+            "web-1",
+        )
+    assert _cli.parse(["ps", "web-1"]).namespace is None
+
+
+def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    for cmd in ("status", "ps", "profile", "probe", "trace", "attach"):
+        with pytest.raises(SystemExit) as e:
+            _cli.parse([cmd, "--help"])
+        assert e.value.code == 0
+        assert "example:" in capsys.readouterr().out
+
+
+def test_request_bodies() -> None:
+    p = _cli.parse(["profile", "web", "-c", "app", "-F", "49", "-d", "5s"])
+    assert profile_body(p, 5.0) == {"duration_s": 5.0, "container": "app", "frequency_hz": 49}
+    by_name = _cli.parse(["profile", "web", "--process", "gunicorn", "-c", "app"])
+    assert profile_body(by_name, 30.0) == {
+        "duration_s": 30.0,
+        "process": "gunicorn",
+        "container": "app",
+    }
+    with pytest.raises(UsageError, match="not both"):
+        profile_body(_cli.parse(["profile", "web", "--pid", "3", "--process", "x"]), 1.0)
+    q = _cli.parse(
+        [
+            "probe",
+            "web",
+            "--function",
+            "add3",
+            "--args",
+            "int, str",
+            "--retval",
+            "--histogram",
+            "arg0",
+        ]
+    )
+    assert probe_body(q, 42, None) == {
+        "pid": 42,
+        "function": "add3",
+        "args": ["int", "str"],
+        "retval": True,
+        "mode": "histogram",
+        "of": "arg0",
+    }
+    t = _cli.parse(["trace", "web", "--python", "app*", "--ust", "prov:*"])
+    assert trace_body(t, 10.0)["max_duration_s"] == 310.0  # stopped by us at 10 s
+    assert trace_body(t, 10.0)["events"] == [
+        {"domain": "python", "names": ["app*"]},
+        {"domain": "userspace", "names": ["prov:*"]},
+    ]
+    with pytest.raises(UsageError, match="name what to trace"):
+        trace_body(_cli.parse(["trace", "web"]), None)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [
+        ("flame.svg", "svg"),
+        ("x.folded", "folded"),
+        ("x.speedscope.json", "speedscope"),
+        ("x.pb.gz", "pprof"),
+        ("perf.data", "perf_data"),
+    ],
+)
+def test_output_format_by_extension(name: str, fmt: str) -> None:
+    assert output_format(Path(name)) == fmt
+
+
+def test_unknown_output_extension() -> None:
+    with pytest.raises(UsageError, match=r"\.svg"):
+        output_format(Path("flame.png"))
+
+
+def _pod(**spec: Any) -> dict[str, Any]:
+    status = spec.pop("status", {"phase": "Running"})
+    return {
+        "metadata": {"name": "web-1", "annotations": spec.pop("annotations", {})},
+        "spec": {"containers": [{"name": "app"}, {"name": "side"}], **spec},
+        "status": status,
+    }
+
+
+def test_find_an_injected_agent_with_its_port_and_token() -> None:
+    agent = {
+        "name": "tracecar-agent",
+        "image": "reg/agent:1",
+        "env": [
+            {"name": "TRACECAR_AGENT_PORT", "value": "7781"},
+            {"name": "TRACECAR_AGENT_TOKEN", "value": "s3cret"},
+            {"name": "TRACECAR_AGENT_POD_NAME", "valueFrom": {"fieldRef": {}}},
+        ],
+    }
+    pod = _pod(
+        initContainers=[agent],
+        status={
+            "phase": "Running",
+            "initContainerStatuses": [{"name": "tracecar-agent", "state": {"running": {}}}],
+        },
+    )
+    found = _pods.find_agent(pod)
+    assert (found.how, found.port, found.token, found.running) == ("injected", 7781, "s3cret", True)
+
+
+def test_the_newest_running_attached_agent_wins() -> None:
+    eph = [{"name": "tracecar-agent-aaaaa"}, {"name": "tracecar-agent-bbbbb"}, {"name": "dbg"}]
+    statuses = [
+        {"name": "tracecar-agent-aaaaa", "state": {"running": {}}},
+        {"name": "tracecar-agent-bbbbb", "state": {"terminated": {"reason": "Completed"}}},
+    ]
+    pod = _pod(
+        ephemeralContainers=eph,
+        status={"phase": "Running", "ephemeralContainerStatuses": statuses},
+    )
+    found = _pods.find_agent(pod)
+    assert (found.how, found.container, found.running) == ("attached", "tracecar-agent-aaaaa", True)
+    statuses[0]["state"] = {"terminated": {"reason": "Completed"}}
+    found = _pods.find_agent(pod)
+    assert (found.container, found.state) == ("tracecar-agent-bbbbb", "terminated: Completed")
+    assert _pods.find_agent(_pod()).how == "none"
+
+
+def test_target_container() -> None:
+    assert _pods.target_container(_pod(), None) == "app"
+    annotated = _pod(annotations={"kubectl.kubernetes.io/default-container": "side"})
+    assert _pods.target_container(annotated, None) == "side"
+    with pytest.raises(NotFound, match="no container 'nope'") as e:
+        _pods.target_container(_pod(), "nope")
+    assert e.value.hint == "its containers: app, side"
+
+
+def test_a_pod_that_is_not_running_cannot_be_attached() -> None:
+    with pytest.raises(Unsupported, match="Pending"):
+        _pods.require_running(_pod(status={"phase": "Pending"}))
+
+
+def test_the_ephemeral_agent_has_the_webhooks_capabilities_and_nothing_ephemeral_forbids() -> None:
+    pod = _pod(containers=[{"name": "app", "ports": [{"containerPort": 7780}]}])
+    c = _attach.render(
+        pod,
+        options=_attach.AttachOptions(
+            image="reg/agent:1",
+            target="app",
+            token="t0k",
+            suffix="abcde",
+            container_names={"f" * 64: "app"},
+        ),
+    )
+    assert c["name"] == "tracecar-agent-abcde"
+    assert c["targetContainerName"] == "app"
+    assert c["securityContext"]["capabilities"]["add"] == list(CAPABILITIES)
+    assert "privileged" not in c["securityContext"]
+    for forbidden in ("resources", "ports", "livenessProbe", "readinessProbe", "startupProbe"):
+        assert forbidden not in c
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["TRACECAR_AGENT_PORT"] == "7781"  # 7780 is the app's
+    assert env["TRACECAR_AGENT_MODE"] == "attached"
+    assert env["TRACECAR_AGENT_TOKEN"] == "t0k"
+    assert json.loads(env["TRACECAR_AGENT_CONTAINER_NAMES"]) == {"f" * 64: "app"}
+    priv = _attach.render(
+        pod,
+        options=_attach.AttachOptions(
+            image="i", target="app", token="t", suffix="x", privileged=True
+        ),
+    )
+    assert priv["securityContext"]["privileged"] is True
+
+
+def test_merge_of_many_pods_stacks() -> None:
+    per_pod = {"a": "main;hot 3\nmain;cold 1\n", "b": "main;hot 2\n"}
+    assert _merge.merge_folded(per_pod) == {"main;hot": 5, "main;cold": 1}
+    assert _merge.merge_folded(per_pod, by_pod=True) == {
+        "pod:a;main;hot": 3,
+        "pod:a;main;cold": 1,
+        "pod:b;main;hot": 2,
+    }
+    assert _merge.per_pod_path(Path("out/flame.svg"), "web-1") == Path("out/flame.web-1.svg")
+    assert _merge.per_pod_path(Path("p.speedscope.json"), "w") == Path("p.w.speedscope.json")
+    assert _merge.per_pod_path(Path("perf.data"), "w") == Path("perf.w.data")
+
+
+def test_progress_without_a_terminal_prints_a_line_per_tenth(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    p = Progress(["a", "b"])
+    for f in (0.0, 0.05, 0.1, 0.5, 0.55, 1.0):
+        p.update("a", f, "recording")
+    assert capsys.readouterr().err.splitlines() == [
+        "a: recording 0%",
+        "a: recording 10%",
+        "a: recording 50%",
+        "a: recording 100%",
+    ]
+
+
+def test_terminal_output() -> None:
+    text = _output.table([("app", 7, "python")], ["container", "pid", "runtime"])
+    assert text.splitlines() == ["CONTAINER   PID   RUNTIME", "app         7     python"]
+    hist = _output.histogram(
+        [{"min": 1024, "max": 2047, "count": 4}, {"min": 2048, "max": 4095, "count": 1}],
+        unit="ns",
+        width=8,
+    )
+    assert hist.splitlines() == [
+        "[1.024us, 2.048us)  4 |@@@@@@@@|",
+        "[2.048us, 4.096us)  1 |@@      |",
+    ]
+    assert _output.event_line({"pid": 3, "tid": 4, "arg1": "x", "arg0": 1, "retval": 2}) == (
+        'pid=3 tid=4 arg0=1 arg1="x" retval=2'
+    )
