@@ -30,10 +30,12 @@ from tests.e2e import realpod
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 BASE = "localhost/debian:bookworm-slim"
+SITE = "/opt/tracecar/lib/python3.11/site-packages"
+# The installed distributions, and what lies in site-packages (the packages of the
+# tracecar wheel among them: agent, webhook, certs, servicelog, ...).
 PIP_LIST = (
     'pip=$(echo /usr/share/python-wheels/pip-*.whl); /opt/tracecar/bin/python "$pip/pip" '
-    "list --disable-pip-version-check --format=freeze --path "
-    "/opt/tracecar/lib/python3.11/site-packages"
+    f"list --disable-pip-version-check --format=freeze --path {SITE}; ls {SITE}"
 )
 
 
@@ -68,6 +70,7 @@ def _inspect(image: str) -> tuple[str, str, str, str]:
         image, "-c", PIP_LIST,
     )  # fmt: skip
     names = sorted(line.split("==")[0].lower() for line in packages.splitlines())
+    assert "tracecar" in names and "servicelog" in names, names
     return user, entrypoint, env, " ".join(names)
 
 
