@@ -35,7 +35,8 @@ SITE = "/opt/tracecar/lib/python3.11/site-packages"
 # tracecar wheel among them: agent, webhook, certs, servicelog, ...).
 PIP_LIST = (
     'pip=$(echo /usr/share/python-wheels/pip-*.whl); /opt/tracecar/bin/python "$pip/pip" '
-    f"list --disable-pip-version-check --format=freeze --path {SITE}; ls {SITE}"
+    f"list --disable-pip-version-check --format=freeze --path {SITE}; "
+    f"ls {SITE} | grep -v '[.]dist-info$'"
 )
 
 
