@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import urllib.error
@@ -36,15 +35,13 @@ def serve() -> None:
 
     from agent.app import create_app
     from agent.auth import TokenConfigError
+    from servicelog import AccessLog, configure
 
     settings = get_settings()
     # Read once (cached above); not handed down to perf, bpftrace, lttng-sessiond...:
     # the children need no token, and a long-running one would hold it in its env.
     os.environ.pop("TRACECAR_AGENT_TOKEN", None)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
+    configure(level=settings.log_level, fmt=settings.log_format)
     try:
         app = create_app(settings)
     except (TokenConfigError, OSError) as e:
@@ -54,10 +51,12 @@ def serve() -> None:
         sys.exit(2)
     server = uvicorn.Server(
         uvicorn.Config(
-            app,
+            # Outermost, so the access line has the status and time of every answer.
+            AccessLog(app, logger="agent.access"),
             host=settings.host,
             port=settings.port,
-            log_level=settings.log_level,
+            log_config=None,  # our handler, installed above, formats uvicorn's lines too
+            access_log=False,  # AccessLog writes the access lines, in our format
             timeout_graceful_shutdown=15,
         )
     )

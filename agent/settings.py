@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("/var/lib/tracecar")
     """Where artifacts (perf.data, flame graphs, traces) live."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    """One JSON object per line (for log collectors), or text for a terminal."""
     pod_name: str | None = None
     pod_namespace: str | None = None
     pod_uid: str | None = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
 import ssl
 import sys
 from collections.abc import Callable, Sequence
@@ -11,8 +13,9 @@ from collections.abc import Callable, Sequence
 import uvicorn
 from pydantic import ValidationError
 
+from servicelog import AccessLog
 from webhook.app import create_app
-from webhook.logs import configure_logging, flush_logs, flush_periodically
+from webhook.logs import ACCESS_LOGGER, configure_logging, flush_logs, flush_periodically
 from webhook.settings import Settings, get_settings
 from webhook.tls import ReloadingTLS, limit_ssl_read_buffer
 
@@ -27,17 +30,26 @@ async def _serve(server: uvicorn.Server, tls: ReloadingTLS, interval_s: float) -
         flush_logs()
 
 
+def _flush_then_die(sig: int, _frame: object) -> None:
+    # uvicorn re-raises the SIGTERM or SIGINT that stopped it once it has shut down,
+    # which would kill the process with the last half second of log lines still in the
+    # buffer: flush them, then die of the signal as before.
+    flush_logs()
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
+
+
 def build_server(settings: Settings, tls: ReloadingTLS) -> uvicorn.Server:
     def context(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         return tls.context
 
     config = uvicorn.Config(
-        create_app(settings),
+        AccessLog(create_app(settings), logger=ACCESS_LOGGER),
         host=settings.host,
         port=settings.port,
         ssl_context_factory=context,
         log_config=None,
-        access_log=False,
+        access_log=False,  # AccessLog writes the access lines, in our format
         server_header=False,
         timeout_keep_alive=settings.keep_alive_s,
         lifespan="off",
@@ -61,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = "TRACECAR_WEBHOOK_" + "_".join(str(p) for p in err["loc"]).upper()
             print(f"tracecar-webhook: {name}={err.get('input')!r}: {err['msg']}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.cert_file is None or settings.key_file is None:
         print(
             "tracecar-webhook: set TRACECAR_WEBHOOK_CERT_FILE and TRACECAR_WEBHOOK_KEY_FILE "
@@ -80,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # cyclic GC, so full collections do not walk ~60k startup objects mid-request.
     gc.collect()
     gc.freeze()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _flush_then_die)
     asyncio.run(_serve(server, tls, settings.cert_reload_interval_s))
     return 0
 

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     """Idle keep-alive connections are closed after this (the API server reuses them;
     a closed connection's memory is only released when this timer fires)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    """One JSON object per line (for log collectors), or text for a terminal."""
     namespace: str = "tracecar-system"
     """The webhook's own namespace: its pods are never injected."""
     bench_floor: bool = False

@@ -23,10 +23,20 @@ FrameKind = Literal["kernel", "jit", "interpreted", "inlined", "native", "unknow
 
 _FONT_SIZE = 12
 _FRAME_H = 16
-_PAD_TOP = 70  # title, subtitle, controls
 _PAD_BOTTOM = 34  # details line
 _PAD_SIDE = 10
 _CHAR_W = 0.59 * _FONT_SIZE
+# The header, top down: title, subtitle, the controls row (Reset Zoom on the left,
+# "Matched: NN%" and Search on the right), then the legend on rows of its own, wrapped
+# to the width (it shared the controls row once, and collided with them when narrow).
+_TITLE_Y = 20
+_SUBTITLE_Y = 38
+_CONTROLS_Y = 58
+_LEGEND_Y = 78
+_LEGEND_ROW = 18
+_GAP = 12  # between legend items, and between "Matched: NN%" and the Search button
+_LEGEND_CHAR_W = 7.0  # 11px Verdana, estimated; the script measures the real widths
+_SEARCH_W = 90  # "Reset Search" at 12px, estimated (the script measures it)
 
 # Kernel entry points recognisable without perf's `_[k]` annotation; every frame
 # above a kernel frame is kernel too (the kernel never calls back into user code).
@@ -117,6 +127,19 @@ def _build(stacks: Mapping[str, int]) -> tuple[_Node, int]:
     return root, root.count
 
 
+def _legend_layout(width: int) -> tuple[list[tuple[float, float]], int]:
+    """Where each legend item goes, wrapped to `width`, and the y where frames may start
+    (the script's ``layout`` does the same with measured widths)."""
+    x, row, places = float(_PAD_SIDE), 0, []
+    for _, label in _LEGEND:
+        item_w = 13 + len(label) * _LEGEND_CHAR_W
+        if x > _PAD_SIDE and x + item_w > width - _PAD_SIDE:
+            row, x = row + 1, float(_PAD_SIDE)
+        places.append((x, float(_LEGEND_Y + row * _LEGEND_ROW)))
+        x += item_w + _GAP
+    return places, _LEGEND_Y + row * _LEGEND_ROW + 12
+
+
 def render_svg(
     stacks: Mapping[str, int],
     *,
@@ -151,32 +174,36 @@ def render_svg(
             cx += child.count
         stack.extend(reversed(kids))
 
-    height = _PAD_TOP + (max_depth + 1) * _FRAME_H + _PAD_BOTTOM
+    legend_places, pad_top = _legend_layout(width)
+    height = pad_top + (max_depth + 1) * _FRAME_H + _PAD_BOTTOM
     out: list[str] = [
         '<?xml version="1.0" standalone="no"?>\n',
         f'<svg version="1.1" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg" '
         f'data-total="{total}" data-count-name="{_esc(count_name)}" '
-        f'data-plot-width="{plot_w}" data-pad="{_PAD_SIDE}">\n',
+        f'data-plot-width="{plot_w}" data-pad="{_PAD_SIDE}" data-top="{pad_top}" '
+        f'data-legend-y="{_LEGEND_Y}" data-legend-row="{_LEGEND_ROW}" data-gap="{_GAP}">\n',
         f"<style>{_CSS}</style>\n",
         f"<script><![CDATA[{_JS}]]></script>\n",
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#f8f8f8"/>\n',
-        f'<text id="title" x="{width / 2:.0f}" y="20" text-anchor="middle">{_esc(title)}</text>\n',
-        f'<text id="subtitle" x="{width / 2:.0f}" y="38" text-anchor="middle">'
+        f'<rect id="background" x="0" y="0" width="{width}" height="{height}" fill="#f8f8f8"/>\n',
+        f'<text id="title" x="{width / 2:.0f}" y="{_TITLE_Y}" text-anchor="middle">'
+        f"{_esc(title)}</text>\n",
+        f'<text id="subtitle" x="{width / 2:.0f}" y="{_SUBTITLE_Y}" text-anchor="middle">'
         f"{_esc(subtitle)}</text>\n",
-        f'<text id="unzoom" class="button hide" x="{_PAD_SIDE}" y="58">Reset Zoom</text>\n',
-        f'<text id="search" class="button" x="{width - _PAD_SIDE}" y="58" '
+        f'<text id="unzoom" class="button hide" x="{_PAD_SIDE}" y="{_CONTROLS_Y}">'
+        "Reset Zoom</text>\n",
+        f'<text id="search" class="button" x="{width - _PAD_SIDE}" y="{_CONTROLS_Y}" '
         'text-anchor="end">Search</text>\n',
-        f'<text id="matched" x="{width - _PAD_SIDE - 60}" y="58" text-anchor="end"></text>\n',
+        f'<text id="matched" x="{width - _PAD_SIDE - _SEARCH_W - _GAP}" '
+        f'y="{_CONTROLS_Y}" text-anchor="end"></text>\n',
         f'<text id="details" x="{_PAD_SIDE}" y="{height - 12}"> </text>\n',
     ]
-    lx = _PAD_SIDE + 110
-    for kind, label in _LEGEND:
+    for (kind, label), (lx, ly) in zip(_LEGEND, legend_places, strict=True):
         out.append(
-            f'<rect x="{lx}" y="49" width="10" height="10" fill="{_colour(kind, label)}"/>'
-            f'<text class="legend" x="{lx + 13}" y="58">{label}</text>\n'
+            f'<g class="legend" transform="translate({lx:.0f},{ly:.0f})">'
+            f'<rect x="0" y="-9" width="10" height="10" fill="{_colour(kind, label)}"/>'
+            f'<text x="13" y="0">{label}</text></g>\n'
         )
-        lx += 14 + len(label) * 7 + 12
     out.append('<g id="frames">\n')
     base_y = height - _PAD_BOTTOM
     pct = 100.0 / total if total else 0.0
@@ -206,7 +233,7 @@ _CSS = """
 text { font-family: Verdana, sans-serif; font-size: 12px; fill: #000; }
 #title { font-size: 17px; }
 #subtitle { fill: #555; }
-.legend { font-size: 11px; fill: #333; }
+.legend text { font-size: 11px; fill: #333; }
 .button { cursor: pointer; fill: #1f4f8f; text-decoration: underline; }
 .hide { display: none; }
 #frames g { cursor: pointer; }
@@ -220,8 +247,28 @@ text { font-family: Verdana, sans-serif; font-size: 12px; fill: #000; }
 _JS = r"""
 (function () {
   "use strict";
-  var svg, frames, total, plotW, pad, countName, zoomed = null, cw = 0.59 * 12;
+  var svg, frames, total, plotW, pad, top0, height0, zoomed = null, cw = 0.59 * 12;
+  var full = {}, legends, LEGEND_Y, LEGEND_ROW, GAP, MIN_WIDTH = 320;
+  function $(id) { return document.getElementById(id); }
   function attr(g, n) { return parseFloat(g.getAttribute(n)); }
+  function textWidth(el) {
+    try { return el.getComputedTextLength(); } catch (e) { return el.textContent.length * cw; }
+  }
+  function boxWidth(el, fallback) {
+    try { return el.getBBox().width; } catch (e) { return fallback; }
+  }
+  // Shorten `el` to `text` cut with ".." so that it is at most maxW wide.
+  function fitText(el, text, maxW) {
+    el.textContent = text;
+    if (textWidth(el) <= maxW) return;
+    var lo = 0, hi = text.length;
+    while (lo < hi) {
+      var mid = Math.ceil((lo + hi) / 2);
+      el.textContent = text.substring(0, mid) + "..";
+      if (textWidth(el) <= maxW) lo = mid; else hi = mid - 1;
+    }
+    el.textContent = lo ? text.substring(0, lo) + ".." : "";
+  }
   function fullName(g) {
     var t = g.querySelector("title").textContent;
     return t.substring(0, t.lastIndexOf(" ("));
@@ -240,7 +287,7 @@ _JS = r"""
     var zx = attr(g, "data-x"), zw = attr(g, "data-w"), zd = attr(g, "data-d");
     var s = plotW / zw;
     zoomed = g;
-    document.getElementById("unzoom").classList.remove("hide");
+    $("unzoom").classList.remove("hide");
     frames.forEach(function (f) {
       var x = attr(f, "data-x"), w = attr(f, "data-w"), d = attr(f, "data-d");
       f.classList.remove("parent"); f.classList.remove("hide");
@@ -255,21 +302,57 @@ _JS = r"""
   }
   function unzoom() {
     zoomed = null;
-    document.getElementById("unzoom").classList.add("hide");
+    $("unzoom").classList.add("hide");
     var s = plotW / total;
     frames.forEach(function (f) {
       f.classList.remove("parent"); f.classList.remove("hide");
       place(f, attr(f, "data-x") * s, attr(f, "data-w") * s);
     });
   }
+  // "Matched: NN%" ends a gap left of the Search button, whatever that one says now.
+  function placeMatched() {
+    var search = $("search"), x;
+    try { x = search.getBBox().x; } catch (e) { x = attr(search, "x") - 90; }
+    $("matched").setAttribute("x", (x - GAP).toFixed(1));
+  }
+  // Fit the graph to the window it is shown in: width, title, legend rows, frames.
+  function layout() {
+    var W = Math.max(Math.floor(window.innerWidth || attr(svg, "width")), MIN_WIDTH);
+    plotW = W - 2 * pad;
+    ["title", "subtitle"].forEach(function (id) {
+      $(id).setAttribute("x", (W / 2).toFixed(0));
+      fitText($(id), full[id], W - 2 * pad);
+    });
+    $("search").setAttribute("x", W - pad);
+    var x = pad, row = 0;
+    legends.forEach(function (g) {
+      var w = boxWidth(g, 80);
+      if (x > pad && x + w > W - pad) { row += 1; x = pad; }
+      var y = LEGEND_Y + row * LEGEND_ROW;
+      g.setAttribute("transform", "translate(" + x.toFixed(0) + "," + y + ")");
+      x += w + GAP;
+    });
+    var shift = LEGEND_Y + row * LEGEND_ROW + 12 - top0, H = height0 + shift;
+    $("frames").setAttribute("transform", "translate(0," + shift + ")");
+    $("details").setAttribute("y", H - 12);
+    [svg, $("background")].forEach(function (el) {
+      el.setAttribute("width", W); el.setAttribute("height", H);
+    });
+    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
+    placeMatched();
+    if (zoomed) zoom(zoomed); else unzoom();
+  }
   function search(term) {
-    var matched = document.getElementById("matched");
+    var matched = $("matched");
     frames.forEach(function (f) { f.classList.remove("match"); });
     if (!term) {
       matched.textContent = "";
-      document.getElementById("search").textContent = "Search";
+      $("search").textContent = "Search";
+      placeMatched();
       return;
     }
+    $("search").textContent = "Reset Search";
+    placeMatched();
     var re;
     try { re = new RegExp(term); } catch (e) { matched.textContent = "bad regex"; return; }
     // Count each sample once: keep only matches not inside another match.
@@ -287,26 +370,32 @@ _JS = r"""
       else if (s[0] + s[1] > end) { covered += s[0] + s[1] - end; end = s[0] + s[1]; }
     });
     matched.textContent = "Matched: " + (100 * covered / total).toFixed(1) + "%";
-    document.getElementById("search").textContent = "Reset Search";
   }
   window.addEventListener("load", function () {
     svg = document.documentElement;
     total = parseFloat(svg.getAttribute("data-total")) || 1;
     plotW = parseFloat(svg.getAttribute("data-plot-width"));
     pad = parseFloat(svg.getAttribute("data-pad"));
-    countName = svg.getAttribute("data-count-name");
+    top0 = parseFloat(svg.getAttribute("data-top"));
+    height0 = parseFloat(svg.getAttribute("height"));
+    LEGEND_Y = attr(svg, "data-legend-y");
+    LEGEND_ROW = attr(svg, "data-legend-row");
+    GAP = attr(svg, "data-gap");
+    full.title = $("title").textContent;
+    full.subtitle = $("subtitle").textContent;
+    legends = Array.prototype.slice.call(document.querySelectorAll("g.legend"));
     frames = Array.prototype.slice.call(document.querySelectorAll("#frames > g"));
-    var details = document.getElementById("details");
+    var details = $("details");
     frames.forEach(function (g) {
       g.addEventListener("mouseover", function () {
-        details.textContent = g.querySelector("title").textContent;
+        fitText(details, g.querySelector("title").textContent, plotW);
       });
       g.addEventListener("mouseout", function () { details.textContent = " "; });
       g.addEventListener("click", function () { zoom(g); });
     });
-    document.getElementById("unzoom").addEventListener("click", unzoom);
-    document.getElementById("search").addEventListener("click", function () {
-      if (document.getElementById("search").textContent !== "Search") { search(""); return; }
+    $("unzoom").addEventListener("click", unzoom);
+    $("search").addEventListener("click", function () {
+      if ($("search").textContent !== "Search") { search(""); return; }
       search(window.prompt("Search for (regular expression):", ""));
     });
     window.addEventListener("keydown", function (e) {
@@ -314,6 +403,8 @@ _JS = r"""
         e.preventDefault(); search(window.prompt("Search for (regular expression):", ""));
       } else if (e.key === "Escape") { if (zoomed) unzoom(); }
     });
+    window.addEventListener("resize", layout);
+    layout();
   });
 })();
 """

@@ -1,4 +1,5 @@
-"""The speedscope and pprof parsers the output tests check against, from npm.
+"""The speedscope and pprof parsers the output tests check against, and playwright-core
+(which drives Debian's chromium over the flame graph), from npm.
 
 `scripts/setup` installs them into .cache/npm-tools; the tests call :func:`ensure`
 too, so a fresh clone works either way (npm reaches the registry here). They are
@@ -21,6 +22,11 @@ SPEEDSCOPE = "speedscope@1.25.0"
 PPROF_FORMAT = "pprof-format@2.3.2"
 SCHEMA = TOOLS / "speedscope" / "package" / "dist" / "release" / "file-format-schema.json"
 PPROF_FORMAT_DIR = TOOLS / "node_modules" / "pprof-format"
+PLAYWRIGHT = "playwright-core@1.64.1"
+# A prefix of its own: `npm install --no-save` prunes what a prefix holds unsaved.
+PLAYWRIGHT_PREFIX = TOOLS / "playwright"
+PLAYWRIGHT_DIR = PLAYWRIGHT_PREFIX / "node_modules" / "playwright-core"
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def _npm(*args: str, cwd: Path) -> None:
@@ -56,6 +62,25 @@ def ensure() -> None:
             PPROF_FORMAT,
             cwd=TOOLS,
         )
+
+
+def ensure_playwright() -> Path:
+    """playwright-core's directory (for ``require``), installed if missing. It never
+    downloads a browser: the tests launch Debian's chromium (:data:`CHROMIUM`)."""
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup (it installs Debian's chromium)")
+    if not (PLAYWRIGHT_DIR / "package.json").is_file():
+        PLAYWRIGHT_PREFIX.mkdir(parents=True, exist_ok=True)
+        _npm(
+            "install",
+            "--ignore-scripts",
+            "--no-save",
+            "--prefix",
+            str(PLAYWRIGHT_PREFIX),
+            PLAYWRIGHT,
+            cwd=PLAYWRIGHT_PREFIX,
+        )
+    return PLAYWRIGHT_DIR
 
 
 def node() -> str:
