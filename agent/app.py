@@ -24,7 +24,15 @@ from agent.auth import load_access, remove_generated, require_token
 from agent.errors import AgentError, Unauthorized
 from agent.jobs import JobStore
 from agent.metrics import Metrics
-from agent.routers import capabilities, health, processes, profiles
+from agent.routers import (
+    capabilities,
+    health,
+    processes,
+    profile_diff,
+    profiles,
+    recorder,
+    triggers,
+)
 from agent.routers import lttng as lttng_routes
 from agent.routers import metrics as metrics_routes
 from agent.routers import probes as probe_routes
@@ -93,6 +101,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs = jobs
         metrics = app.state.metrics
         app.state.profiling = profiling.Service(settings, jobs, metrics=metrics)
+        app.state.recorder = profiling.FlightRecorder(
+            max_retain_s=settings.recorder_max_retain_s, max_bytes=settings.recorder_max_bytes
+        )
+        app.state.triggers = profiling.Triggers(
+            app.state.profiling, max_triggers=settings.max_triggers
+        )
         app.state.probes = probes.Service(settings, jobs, metrics=metrics)
         app.state.lttng = lttng.Service(settings, jobs, metrics=metrics)
         _proc.add_observer(metrics.observe_tool)
@@ -119,6 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            await app.state.triggers.stop()  # first: no new profile during the shutdown
+            await app.state.recorder.stop()
             await jobs.shutdown()
             for svc in reversed(started):
                 try:
@@ -178,7 +194,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_routes.router)  # its own TokenDep: the same rule as the rest
     app.include_router(capabilities.router, dependencies=protected)
     app.include_router(processes.router, dependencies=protected)
+    app.include_router(profile_diff.router, dependencies=protected)  # before /profiles/{id}
     app.include_router(profiles.router, dependencies=protected)
+    app.include_router(triggers.router, dependencies=protected)
+    app.include_router(recorder.router, dependencies=protected)
     app.include_router(probe_routes.router, dependencies=protected)
     app.include_router(lttng_routes.router, dependencies=protected)
     return app

@@ -519,6 +519,12 @@ def pids_of_container(name: str, *, procs: Sequence[ProcessInfo] | None = None) 
     return pids
 
 
+def own_pid_ns() -> int:
+    """The inode number of the agent's PID namespace (the pod's, with a shared one)."""
+    link = os.readlink(PROC / "self" / "ns" / "pid")  # "pid:[4026531836]"
+    return int(link.removeprefix("pid:[").removesuffix("]"))
+
+
 def own_tree() -> set[int]:
     """The agent itself, its descendants and its container: never profiled as 'the pod'.
 

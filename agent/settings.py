@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     max_frequency_hz: int = Field(default=999, ge=1)
     perf_timeout_slack_s: float = Field(default=60.0, gt=0)
     """Post-processing time allowed past a recording's duration before it is killed."""
+    recorder_max_retain_s: float = Field(default=86400.0, ge=2)
+    """The flight recorder's largest time bound (POST /recorder retain_s)."""
+    recorder_max_bytes: int = Field(default=256 << 20, ge=1024)
+    """The flight recorder's largest size bound (POST /recorder max_bytes), in memory."""
+    max_triggers: int = Field(default=8, ge=1)
+    """Triggers watching at once (POST /triggers)."""
+    offcpu_max_stacks_per_s: int = Field(default=2_000, ge=100)
+    """Off-CPU profiles: switches off the CPU recorded (with their stacks) per second;
+    beyond it one in w is recorded and weighs w (the cost bound, docs/profiling.md)."""
 
     # --- uprobes ---------------------------------------------------------
     max_probes: int = Field(default=8, ge=1)

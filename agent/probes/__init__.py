@@ -9,7 +9,6 @@ byte bound the router offers).
 Inside, one module per step::
 
     _model       the request and the wire shapes (pydantic, TypedDicts)
-    _symbols     ELF symbol tables of a process's objects; symbolizing stacks
     _plan        the resolved Spec and the items a tracer's output parses into
     _bpftrace    the bpftrace backend: program, argv, output parser, Session
     _perfprobe   the perf probe backend: plan, tracefs, Session, sweep
@@ -20,7 +19,7 @@ Inside, one module per step::
 
 A probe goes: request (validated, :mod:`._model`) -> resolved :class:`._plan.Spec`
 (target pid, the binary through ``/proc/PID/root``, the symbol checked in its
-ELF tables, :mod:`._symbols`) -> a plan (a bpftrace program, or ``perf probe``
+ELF tables, :mod:`agent.symbols`) -> a plan (a bpftrace program, or ``perf probe``
 command lines; a dry run stops here) -> a running tracer whose output is parsed
 into hits, counts and histogram buckets -> a bounded event stream
 (:mod:`._stream`). A probe ends by its duration, its event cap, ``DELETE``,

@@ -19,10 +19,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agent import _proc, procfs
+from agent import symbols as _symbols
 from agent.errors import AgentError, Conflict, Forbidden, Invalid, NotFound, TooMany, Unavailable
 from agent.jobs import JobStore
 from agent.metrics import Metrics
-from agent.probes import _bpftrace, _perfprobe, _symbols
+from agent.probes import _bpftrace, _perfprobe
 from agent.probes._model import (
     PATH_RE,
     ArgType,

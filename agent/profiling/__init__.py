@@ -1,4 +1,8 @@
-"""CPU profiles with perf: plan, record, post-process (folded, SVG, speedscope, pprof).
+"""CPU profiles with perf, off-CPU profiles with bpftrace, and differential flame graphs.
+
+Both types of profile (``type``: ``cpu``, ``off-cpu``) give the same outputs:
+folded stacks, SVG, speedscope, pprof, and the tool's raw record (``perf.data``;
+for off-CPU, bpftrace's JSON output ``bpftrace.json``).
 
 Public surface: :class:`Service` (constructed by :mod:`agent.app` with the
 settings and the shared :class:`agent.jobs.JobStore`; started and stopped by
@@ -8,6 +12,8 @@ and tests drive them alone); the service's own pieces are private::
 
     planner      the request, the limits, plan() (pure; what dry_run shows)
     recorder     perf record: run, stop early, parse its stderr
+    offcpu       the off-CPU bpftrace program, its output -> folded stacks (pure)
+    _offcpu      bpftrace run, stopped early, its output kept and folded
     postprocess  perf script streamed into the collapser
     collapse     stackcollapse-perf: perf script output -> folded stacks
     flamegraph, speedscope, pprof    folded stacks -> each output format
@@ -15,6 +21,10 @@ and tests drive them alone); the service's own pieces are private::
     _perfmaps    JIT perf maps kept with a profile and handed to perf script
     _artifacts   the file names of a profile's artifacts
     _service     Service: targets, jobs, outputs, folded views, stop/delete
+    diff         difffolded.pl: two folded files -> ``stack base target`` rows
+    _differential  GET /profiles/diff: two profiles -> diff folded or differential SVG
+    _flight      FlightRecorder: 19 Hz samples of the pod in a ring bounded by time and bytes
+    _triggers    Triggers: CPU use above N% for S s -> a profile (cooldown, limit, retention)
 
 The flow of one profile::
 
@@ -31,6 +41,7 @@ Artifacts of a profile job (``DATA_DIR/profile/<id>/``): ``perf.data``,
 
 from agent.profiling._artifacts import (
     ARTIFACTS,
+    BPFTRACE_OUT,
     FOLDED,
     KIND,
     PERF_DATA,
@@ -38,6 +49,28 @@ from agent.profiling._artifacts import (
     SPEEDSCOPE,
     SVG,
 )
+from agent.profiling._differential import DiffFormat, DiffOptions, Widths, differential
+from agent.profiling._flight import FlightRecorder, RecorderRequest
 from agent.profiling._service import Service
+from agent.profiling._triggers import Trigger, TriggerRequest, Triggers
 
-__all__ = ["ARTIFACTS", "FOLDED", "KIND", "PERF_DATA", "PPROF", "SPEEDSCOPE", "SVG", "Service"]
+__all__ = [
+    "ARTIFACTS",
+    "BPFTRACE_OUT",
+    "FOLDED",
+    "KIND",
+    "PERF_DATA",
+    "PPROF",
+    "SPEEDSCOPE",
+    "SVG",
+    "DiffFormat",
+    "DiffOptions",
+    "FlightRecorder",
+    "RecorderRequest",
+    "Service",
+    "Trigger",
+    "TriggerRequest",
+    "Triggers",
+    "Widths",
+    "differential",
+]

@@ -13,6 +13,8 @@ FOLDED = "folded.txt"
 SVG = "flamegraph.svg"
 SPEEDSCOPE = "speedscope.json"
 PPROF = "profile.pb.gz"
+BPFTRACE_OUT = "bpftrace.json"
+"""An off-CPU profile's raw record (its perf.data): bpftrace's JSON output."""
 ARTIFACTS: dict[OutputFormat, str] = {
     "svg": SVG,
     "folded": FOLDED,

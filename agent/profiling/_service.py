@@ -23,7 +23,17 @@ from agent import capabilities, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import Job, JobStore, atomic_path, write_atomic
 from agent.metrics import Metrics
-from agent.profiling._artifacts import ARTIFACTS, FOLDED, KIND, PERF_DATA, PPROF, SPEEDSCOPE, SVG
+from agent.profiling import _offcpu
+from agent.profiling._artifacts import (
+    ARTIFACTS,
+    BPFTRACE_OUT,
+    FOLDED,
+    KIND,
+    PERF_DATA,
+    PPROF,
+    SPEEDSCOPE,
+    SVG,
+)
 from agent.profiling._perfmaps import PERF_MAP_MAX_BYTES, map_pids, perf_maps_in_tmp
 from agent.profiling._targets import target_facts, traceable
 from agent.profiling.collapse import CollapseOptions, format_folded
@@ -39,6 +49,16 @@ from agent.settings import Settings
 
 # An unresolved frame as the collapser writes it: "[libc.so.6]", "[unknown]".
 _UNRESOLVED = re.compile(r"\[[^\[\]]+\]")
+
+
+def profile_type(job: Job) -> str:
+    """A profile's type (``cpu`` or ``off-cpu``); profiles made before types were CPU."""
+    return str(job.params.get("type", "cpu"))
+
+
+def units(kind: str) -> str:
+    """What a profile's folded counts count."""
+    return "microseconds off CPU" if kind == "off-cpu" else "samples"
 
 
 class Service:
@@ -59,6 +79,7 @@ class Service:
             default_frequency_hz=settings.default_frequency_hz,
             max_frequency_hz=settings.max_frequency_hz,
             timeout_slack_s=settings.perf_timeout_slack_s,
+            offcpu_max_stacks_per_s=settings.offcpu_max_stacks_per_s,
         )
         # Non-default folded views are computed from perf.data on demand, one at a time
         # per profile (perf script is the expensive part). Weak values: a lock lives
@@ -83,6 +104,7 @@ class Service:
         out: dict[str, object] = {
             "perf": perf,
             "permitted": permitted,
+            "types": {"cpu": "perf record", "off-cpu": await self._offcpu_check()},
             "call_graph": ["auto", "fp", "dwarf"],
             "formats": sorted(ARTIFACTS),
             "limits": {
@@ -98,6 +120,29 @@ class Service:
         else:
             out.update(available=True, reason="perf is installed and permitted")
         return out
+
+    async def _offcpu_check(self) -> dict[str, object]:
+        tool = await capabilities.tool_version("bpftrace", "--version")
+        if not tool.get("available"):
+            return {"available": False, "reason": tool.get("reason", "bpftrace is missing")}
+        bpf = capabilities.bpf_usable()
+        if not bpf.get("available"):
+            return {"available": False, "reason": f"BPF is not usable here: {bpf.get('reason')}"}
+        return {
+            "available": True,
+            "bpftrace": tool.get("version"),
+            "reason": "bpftrace on tracepoint:sched:sched_switch",
+        }
+
+    async def require_tool(self, kind: str) -> None:
+        if kind != "off-cpu":
+            await self.require_perf()
+            return
+        check = await self._offcpu_check()
+        if not check.get("available"):
+            raise Unavailable(
+                f"off-CPU profiling is unavailable: {check.get('reason')}; see GET /capabilities"
+            )
 
     async def require_perf(self) -> None:
         perf = await capabilities.perf()
@@ -145,24 +190,36 @@ class Service:
 
     async def plan(self, req: ProfileRequest, *, output: Path) -> Plan:
         facts, target = await self._gather(req)
-        return plan(req, targets=facts, target=target, limits=self.limits, output=output)
+        return self._plan(req, facts, target, output=output)
+
+    def _plan(
+        self, req: ProfileRequest, facts: list[TargetFacts], target: str, *, output: Path
+    ) -> Plan:
+        return plan(
+            req,
+            targets=facts,
+            target=target,
+            limits=self.limits,
+            output=output,
+            pid_ns=procfs.own_pid_ns() if req.type == "off-cpu" else 0,
+        )
 
     # --- jobs --------------------------------------------------------------------
     async def create(self, req: ProfileRequest, *, dry_run: bool = False) -> Plan | Job:
         if dry_run:
             return await self.plan(req, output=self.jobs.data_dir / KIND / "ID" / PERF_DATA)
-        await self.require_perf()
+        await self.require_tool(req.type)
         facts, target = await self._gather(req)
         # Plan (validate) before creating the job, so a bad request leaves nothing behind;
         # then again with the job's own output path (planning is pure and cheap).
-        plan(req, targets=facts, target=target, limits=self.limits, output=Path(PERF_DATA))
+        self._plan(req, facts, target, output=Path(PERF_DATA))
         job = self.jobs.create(
             KIND,
             req.model_dump(exclude_none=True),
             max_running=self.settings.max_concurrent_profiles,
         )
         output = job.artifact(PERF_DATA).with_name(PERF_DATA + ".part")  # atomic_path's name
-        the_plan = plan(req, targets=facts, target=target, limits=self.limits, output=output)
+        the_plan = self._plan(req, facts, target, output=output)
         job.result = {"phase": "pending", "plan": the_plan.model_dump()}
         self.jobs.save(job)
         self.jobs.start(job, lambda j: self._run_counted(j, the_plan))
@@ -182,6 +239,9 @@ class Service:
         meta["phase"] = "recording"
         meta["recording_started_at"] = time.time()
         self.jobs.save(job)
+        if the_plan.type == "off-cpu":
+            await self._run_offcpu(job, the_plan)
+            return
         perf_data = job.artifact(PERF_DATA)
         # Perf maps are copied before and after recording: a target that exits takes
         # its /tmp (and its map) with it, and JITs add entries while they run.
@@ -204,6 +264,37 @@ class Service:
         if rec.stopped_early:
             job.message = "stopped early on request; what was recorded is kept"
 
+    async def _run_offcpu(self, job: Job, the_plan: Plan) -> None:
+        meta = job.result
+        rec = await _offcpu.record(
+            the_plan, output=job.artifact(BPFTRACE_OUT), stop=job.stop_requested
+        )
+        meta["recording_finished_at"] = time.time()
+        meta["phase"] = "post-processing"
+        stacks = rec.stacks
+        meta["off_cpu_us"] = sum(stacks.values())
+        meta["stopped_early"] = rec.stopped_early
+        meta["bpftrace_warnings"] = rec.warnings
+        meta["sampling_weight"] = rec.sampling_weight
+        self._note_targets(job, the_plan)
+        if not stacks:
+            meta["notes"].append("no off-CPU time: the targets never left the CPU while recording")
+        if rec.sampling_weight > 1:
+            meta["notes"].append(
+                f"the targets left the CPU more than {self.limits.offcpu_max_stacks_per_s} "
+                f"times a second: at busiest one switch in {rec.sampling_weight} was recorded, "
+                "weighted to match (the cost bound)"
+            )
+        self.jobs.save(job)
+        write_atomic(job.artifact(FOLDED), format_folded(stacks))
+        await asyncio.to_thread(self._render_all, job, the_plan, stacks)
+        meta["folded_samples"] = len(stacks)
+        meta["unresolved"] = self._unresolved(the_plan, stacks, [], meta.get("exited_pids", []))
+        meta["phase"] = "done"
+        meta["artifacts"] = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
+        if rec.stopped_early:
+            job.message = "stopped early on request; what was recorded is kept"
+
     def _note_recording(self, job: Job, the_plan: Plan, rec: Recording) -> None:
         meta = job.result
         meta["samples"] = rec.samples
@@ -211,6 +302,19 @@ class Service:
         self.metrics.drop("perf_lost", rec.lost)
         meta["stopped_early"] = rec.stopped_early
         meta["perf_warnings"] = rec.warnings
+        self._note_targets(job, the_plan)
+        notes = meta["notes"]
+        if rec.lost:
+            notes.append(f"perf lost {rec.lost} chunk(s) of samples (the system was too busy)")
+        if rec.samples == 0:
+            notes.append(
+                "no samples: the targets used no CPU while recording (idle, or blocked); "
+                "profile while they are busy, or longer"
+            )
+
+    def _note_targets(self, job: Job, the_plan: Plan) -> None:
+        """Which targets exited, and what each target was (notes start here)."""
+        meta = job.result
         exited = [p for p in the_plan.pids if not procfs.pid_exists(p)]
         meta["exited_pids"] = exited
         notes: list[str] = []
@@ -218,13 +322,6 @@ class Service:
             notes.append(
                 f"pid(s) {', '.join(map(str, exited))} exited during the recording; "
                 "their samples up to then are kept"
-            )
-        if rec.lost:
-            notes.append(f"perf lost {rec.lost} chunk(s) of samples (the system was too busy)")
-        if rec.samples == 0:
-            notes.append(
-                "no samples: the targets used no CPU while recording (idle, or blocked); "
-                "profile while they are busy, or longer"
             )
         meta["notes"] = notes
         targets: list[dict[str, Any]] = []
@@ -285,14 +382,29 @@ class Service:
         started = float(meta.get("recording_started_at", job.created_at))
         finished = float(meta.get("recording_finished_at", time.time()))
         seconds = max(finished - started, 0.0)
-        title = f"CPU profile of {the_plan.target}"
         pod = self.settings.pod_name or "this pod"
-        subtitle = (
-            f"{pod}: {seconds:.1f} s at {the_plan.frequency_hz} Hz, "
-            f"{the_plan.call_graph} call graphs, {sum(stacks.values())} samples, "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(started))}"
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
+        if the_plan.type == "off-cpu":
+            title = f"Off-CPU profile of {the_plan.target}"
+            subtitle = (
+                f"{pod}: {seconds:.1f} s, {when}; widths: time off CPU (sleeping, blocked on "
+                f"locks or I/O, waiting for a CPU), {sum(stacks.values()) / 1e6:.3f} s in all"
+            )
+            period_ns = 1000  # a count is a microsecond
+            sample_types = (("off_cpu", "microseconds"), ("off_cpu_time", "nanoseconds"))
+        else:
+            title = f"CPU profile of {the_plan.target}"
+            subtitle = (
+                f"{pod}: {seconds:.1f} s at {the_plan.frequency_hz} Hz, "
+                f"{the_plan.call_graph} call graphs, {sum(stacks.values())} samples, {when}"
+            )
+            period_ns = round(1e9 / the_plan.frequency_hz)
+            sample_types = (("samples", "count"), ("cpu", "nanoseconds"))
+        count_name = units(the_plan.type)
+        write_atomic(
+            job.artifact(SVG),
+            render_svg(stacks, title=title, subtitle=subtitle, count_name=count_name),
         )
-        write_atomic(job.artifact(SVG), render_svg(stacks, title=title, subtitle=subtitle))
         write_atomic(
             job.artifact(SPEEDSCOPE),
             json.dumps(
@@ -300,7 +412,7 @@ class Service:
                     stacks,
                     name=f"{title} ({subtitle})",
                     unit="nanoseconds",
-                    weight_per_sample=1e9 / the_plan.frequency_hz,
+                    weight_per_sample=period_ns,
                 )
             ),
         )
@@ -308,9 +420,10 @@ class Service:
             job.artifact(PPROF),
             to_pprof(
                 stacks,
-                period_ns=round(1e9 / the_plan.frequency_hz),
+                period_ns=period_ns,
                 duration_ns=round(seconds * 1e9),
                 time_ns=round(started * 1e9),
+                sample_types=sample_types,
             ),
         )
 
@@ -355,6 +468,12 @@ class Service:
         self.require_finished(job)
         if options == CollapseOptions():
             return job.artifact(FOLDED)
+        if profile_type(job) == "off-cpu":
+            raise Conflict(
+                f"profile {job.id} is off-cpu: its stacks are folded once, without the "
+                "collapse options (pid, tid, kernel, jit, all, addrs), which apply to cpu "
+                "profiles"
+            )
         key = "".join(f"{k}{int(v)}" for k, v in sorted(asdict(options).items()))
         cached = job.artifact(f"folded-{key}.txt")
         lock = self._folded_locks.setdefault(job.id, asyncio.Lock())

@@ -8,6 +8,12 @@ Like flamegraph.pl: the root at the bottom, siblings in alphabetical order,
 widths proportional to counts, and frames narrower than ``minwidth`` pixels
 dropped with their subtrees, so a profile of millions of samples still renders
 to a small file. Colours tell the frame kind apart (see :func:`frame_kind`).
+
+Differential graphs (``deltas=``, see :mod:`agent.profiling.diff`) are coloured
+as flamegraph.pl colours difffolded.pl's output instead: each frame by the
+change of the stacks that end in it (its self delta), red for growth and blue
+for shrinkage, saturated in proportion to the largest change of one stack,
+white for none; ``negate`` swaps the hues (the graph drawn with the base's widths).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
-__all__ = ["FrameKind", "frame_kind", "render_svg"]
+__all__ = ["FrameKind", "diff_colour", "frame_kind", "render_svg"]
 
 FrameKind = Literal["kernel", "jit", "interpreted", "inlined", "native", "unknown", "root"]
 
@@ -67,6 +73,10 @@ _LEGEND: tuple[tuple[FrameKind, str], ...] = (
     ("unknown", "unresolved"),
 )
 
+# Differential graphs: what the two hues mean (the target against the base).
+_DIFF_LEGEND: tuple[tuple[FrameKind, str], ...] = (("root", "grew"), ("root", "shrank"))
+_DIFF_FILL = {"grew": "rgb(255,80,80)", "shrank": "rgb(80,80,255)"}
+
 _XML_ESCAPES = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;", ord('"'): "&quot;"}
 # Characters XML 1.0 forbids even escaped: replace them so the document stays well-formed.
 _XML_ESCAPES.update({c: "\ufffd" for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)})
@@ -104,14 +114,17 @@ def _colour(kind: FrameKind, name: str) -> str:
 
 
 class _Node:
-    __slots__ = ("children", "count")
+    __slots__ = ("children", "count", "delta")
 
     def __init__(self) -> None:
         self.count = 0
+        self.delta = 0.0  # differential graphs: the change of the stacks ending here
         self.children: dict[str, _Node] = {}
 
 
-def _build(stacks: Mapping[str, int]) -> tuple[_Node, int]:
+def _build(
+    stacks: Mapping[str, int], deltas: Mapping[str, float] | None = None
+) -> tuple[_Node, int]:
     root = _Node()
     for stack, count in stacks.items():
         if count <= 0:
@@ -124,20 +137,35 @@ def _build(stacks: Mapping[str, int]) -> tuple[_Node, int]:
                 child = node.children[name] = _Node()
             child.count += count
             node = child
+        if deltas is not None:
+            node.delta += deltas.get(stack, 0.0)
     return root, root.count
 
 
-def _legend_layout(width: int) -> tuple[list[tuple[float, float]], int]:
+def _legend_layout(
+    width: int, legend: tuple[tuple[FrameKind, str], ...] = _LEGEND
+) -> tuple[list[tuple[float, float]], int]:
     """Where each legend item goes, wrapped to `width`, and the y where frames may start
     (the script's ``layout`` does the same with measured widths)."""
     x, row, places = float(_PAD_SIDE), 0, []
-    for _, label in _LEGEND:
+    for _, label in legend:
         item_w = 13 + len(label) * _LEGEND_CHAR_W
         if x > _PAD_SIDE and x + item_w > width - _PAD_SIDE:
             row, x = row + 1, float(_PAD_SIDE)
         places.append((x, float(_LEGEND_Y + row * _LEGEND_ROW)))
         x += item_w + _GAP
     return places, _LEGEND_Y + row * _LEGEND_ROW + 12
+
+
+def diff_colour(delta: float, max_delta: float, *, negate: bool = False) -> str:
+    """flamegraph.pl's ``color_scale``: red for growth, blue for shrinkage, white for none."""
+    r = g = b = 255
+    value = -delta if negate else delta
+    if value > 0:
+        g = b = int(210 * (max_delta - value) / max_delta)
+    elif value < 0:
+        r = g = int(210 * (max_delta + value) / max_delta)
+    return f"rgb({r},{g},{b})"
 
 
 def render_svg(
@@ -148,22 +176,31 @@ def render_svg(
     count_name: str = "samples",
     width: int = 1200,
     minwidth: float = 0.1,
+    deltas: Mapping[str, float] | None = None,
+    negate: bool = False,
 ) -> str:
-    """An interactive flame graph of ``stacks`` (``{"a;b;c": count}``) as SVG text."""
+    """An interactive flame graph of ``stacks`` (``{"a;b;c": count}``) as SVG text.
+
+    ``deltas`` (``{"a;b;c": target - base}``) makes it a differential graph.
+    """
     width = max(int(width), 200)
-    root, total = _build(stacks)
+    root, total = _build(stacks, deltas)
+    # As flamegraph.pl: the scale is the largest change of one stack, at least 1.
+    max_delta = max([1.0, *(abs(d) for d in (deltas or {}).values())])
     plot_w = width - 2 * _PAD_SIDE
     scale = plot_w / total if total else 0.0
     min_count = minwidth / scale if scale else 0.0
 
     # Lay out breadth-agnostic, depth-first: (name, x in counts, depth, count, kind).
     frames: list[tuple[str, int, int, int, FrameKind]] = []
+    frame_delta: list[float] = []
     max_depth = 0
     stack: list[tuple[str, _Node, int, int, bool]] = [("all", root, 0, 0, False)]
     while stack:
         name, node, x, depth, in_kernel = stack.pop()
         kind: FrameKind = "root" if depth == 0 else frame_kind(name, parent_kernel=in_kernel)
         frames.append((name, x, depth, node.count, kind))
+        frame_delta.append(node.delta)
         max_depth = max(max_depth, depth)
         cx = x
         kids = []
@@ -174,7 +211,8 @@ def render_svg(
             cx += child.count
         stack.extend(reversed(kids))
 
-    legend_places, pad_top = _legend_layout(width)
+    legend = _LEGEND if deltas is None else _DIFF_LEGEND
+    legend_places, pad_top = _legend_layout(width, legend)
     height = pad_top + (max_depth + 1) * _FRAME_H + _PAD_BOTTOM
     out: list[str] = [
         '<?xml version="1.0" standalone="no"?>\n',
@@ -198,16 +236,17 @@ def render_svg(
         f'y="{_CONTROLS_Y}" text-anchor="end"></text>\n',
         f'<text id="details" x="{_PAD_SIDE}" y="{height - 12}"> </text>\n',
     ]
-    for (kind, label), (lx, ly) in zip(_LEGEND, legend_places, strict=True):
+    for (kind, label), (lx, ly) in zip(legend, legend_places, strict=True):
+        fill = _colour(kind, label) if deltas is None else _DIFF_FILL[label]
         out.append(
             f'<g class="legend" transform="translate({lx:.0f},{ly:.0f})">'
-            f'<rect x="0" y="-9" width="10" height="10" fill="{_colour(kind, label)}"/>'
+            f'<rect x="0" y="-9" width="10" height="10" fill="{fill}"/>'
             f'<text x="13" y="0">{label}</text></g>\n'
         )
     out.append('<g id="frames">\n')
     base_y = height - _PAD_BOTTOM
     pct = 100.0 / total if total else 0.0
-    for name, x, depth, count, kind in frames:
+    for (name, x, depth, count, kind), delta in zip(frames, frame_delta, strict=True):
         fx = _PAD_SIDE + x * scale
         fw = count * scale
         y = base_y - (depth + 1) * _FRAME_H
@@ -218,11 +257,19 @@ def render_svg(
             text = esc if len(label) <= chars else _esc(label[: chars - 2] + "..")
         else:
             text = ""
+        change = fill = ""
+        if deltas is None:
+            fill = _colour(kind, name)
+        else:
+            fill = diff_colour(delta, max_delta, negate=negate)
+            if depth:  # flamegraph.pl's "; +1.23%": the change as a share of the total
+                shown = -delta if negate else delta
+                change = f"; {'+' if shown > 0 else ''}{shown * pct:.2f}%"
         out.append(
             f'<g data-x="{x}" data-w="{count}" data-d="{depth}" data-k="{kind}">'
-            f"<title>{esc} ({count:,} {_esc(count_name)}, {count * pct:.2f}%)</title>"
+            f"<title>{esc} ({count:,} {_esc(count_name)}, {count * pct:.2f}%{change})</title>"
             f'<rect x="{fx:.2f}" y="{y}" width="{fw:.2f}" height="{_FRAME_H - 1}" '
-            f'fill="{_colour(kind, name)}" rx="2" ry="2"/>'
+            f'fill="{fill}" rx="2" ry="2"/>'
             f'<text x="{fx + 3:.2f}" y="{y + _FRAME_H - 4.5:.1f}">{text}</text></g>\n'
         )
     out.append("</g>\n</svg>\n")

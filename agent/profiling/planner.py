@@ -1,4 +1,7 @@
-"""The pure planner of a CPU profile: request + facts about the targets -> perf argv.
+"""The pure planner of a profile: request + facts about the targets -> the tool's argv.
+
+CPU profiles (``type: cpu``, the default) run ``perf record``; off-CPU profiles
+(``type: off-cpu``) run the bpftrace program of :mod:`agent.profiling.offcpu`.
 
 Nothing here touches the system: the service gathers :class:`TargetFacts` from
 /proc, the planner decides (validated bounds, call-graph mode and why, the exact
@@ -23,11 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from agent.errors import Invalid
+from agent.profiling import offcpu
 
 CallGraph = Literal["auto", "fp", "dwarf"]
+ProfileType = Literal["cpu", "off-cpu"]
 Runtime = Literal["python", "java", "node", "dotnet", "go", "native"]
 OutputFormat = Literal["svg", "folded", "speedscope", "pprof"]
 
@@ -41,18 +46,40 @@ ContainerName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-
 Pid = Annotated[int, Field(ge=1, le=PID_MAX)]
 
 
-class ProfileRequest(BaseModel):
-    """The body of ``POST /profiles``. At most one of pid, pids, container; none = the pod."""
+class Targets(BaseModel):
+    """What to watch, as every request names it: at most one of pid, pids, container;
+    none of them = the whole pod (the agent excluded)."""
 
     model_config = ConfigDict(extra="forbid")
 
     pid: Pid | None = None
     pids: Annotated[list[Pid], Field(min_length=1, max_length=MAX_PIDS)] | None = None
     container: ContainerName | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Targets:
+        if sum(x is not None for x in (self.pid, self.pids, self.container)) > 1:
+            raise ValueError("give at most one of pid, pids, container (none = the whole pod)")
+        return self
+
+
+class ProfileRequest(BaseModel):
+    """The body of ``POST /profiles``. At most one of pid, pids, container; none = the pod."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: ProfileType = Field(
+        default="cpu",
+        description="cpu: where time is spent on CPU (perf samples); off-cpu: where threads "
+        "wait off CPU (blocked, sleeping, preempted), weighted by that time (bpftrace)",
+    )
+    pid: Pid | None = None
+    pids: Annotated[list[Pid], Field(min_length=1, max_length=MAX_PIDS)] | None = None
+    container: ContainerName | None = None
     duration_s: float | None = Field(
         default=None, description="default from settings (10 s); bounded by the maximum"
     )
-    frequency_hz: int | None = Field(default=None, description="default 99 Hz; bounded")
+    frequency_hz: int | None = Field(default=None, description="cpu only: default 99 Hz; bounded")
     call_graph: CallGraph = "auto"
 
 
@@ -63,6 +90,8 @@ class Limits:
     default_frequency_hz: int
     max_frequency_hz: int
     timeout_slack_s: float
+    offcpu_max_stacks_per_s: int = offcpu.DEFAULT_MAX_STACKS_PER_S
+    """Off-CPU cost bound: switches recorded per second before 1-in-w sampling starts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +114,12 @@ class Plan(BaseModel):
     """What will run, and why: the dry-run answer and part of the profile's metadata."""
 
     argv: list[str]
+    type: ProfileType = "cpu"
+    program: str | None = Field(default=None, description="off-cpu: the bpftrace program")
     pids: list[int]
     target: str = Field(description="what is profiled, in words")
     duration_s: float
-    frequency_hz: int
+    frequency_hz: int = Field(description="cpu: samples per second; off-cpu: 0 (every switch)")
     call_graph: Literal["fp", "dwarf"]
     call_graph_reason: str
     timeout_s: float
@@ -165,17 +196,33 @@ def expected_unresolved(targets: list[TargetFacts], *, mode: str = "fp") -> list
     return out
 
 
-def _bounded(
-    value: float | None, *, default: float, low: float, high: float, field: str, unit: str
-) -> float:
-    v = default if value is None else value
-    if not low <= v <= high:
+def in_range(value: float, *, low: float, high: float, field: str, unit: str) -> float:
+    """``value``, or a 422 naming ``field`` and the range allowed."""
+    if not low <= value <= high:
         raise Invalid(
-            f"{field} must be between {low:g} and {high:g} {unit} (got {v:g})",
+            f"{field} must be between {low:g} and {high:g}{' ' + unit if unit else ''} "
+            f"(got {value:g})",
             field=field,
             allowed={"min": low, "max": high},
         )
-    return v
+    return value
+
+
+def _bounded(
+    value: float | None, *, default: float, low: float, high: float, field: str, unit: str
+) -> float:
+    return in_range(default if value is None else value, low=low, high=high, field=field, unit=unit)
+
+
+def _duration(request: ProfileRequest, limits: Limits) -> float:
+    return _bounded(
+        request.duration_s,
+        default=limits.default_duration_s,
+        low=0.1,
+        high=limits.max_duration_s,
+        field="duration_s",
+        unit="seconds",
+    )
 
 
 def plan(
@@ -185,16 +232,16 @@ def plan(
     target: str,
     limits: Limits,
     output: Path,
+    pid_ns: int = 0,
 ) -> Plan:
-    """Build the ``perf record`` command for ``request`` on ``targets``."""
-    duration = _bounded(
-        request.duration_s,
-        default=limits.default_duration_s,
-        low=0.1,
-        high=limits.max_duration_s,
-        field="duration_s",
-        unit="seconds",
-    )
+    """Build the ``perf record`` (or off-CPU bpftrace) command for ``request`` on ``targets``.
+
+    ``pid_ns``: the inode number of the agent's PID namespace (off-CPU targets are
+    selected by their pid there).
+    """
+    if request.type == "off-cpu":
+        return _plan_offcpu(request, targets=targets, target=target, limits=limits, pid_ns=pid_ns)
+    duration = _duration(request, limits)
     freq = int(
         _bounded(
             request.frequency_hz,
@@ -234,4 +281,49 @@ def plan(
         call_graph_reason=reason,
         timeout_s=duration + limits.timeout_slack_s,
         unresolved=expected_unresolved(targets, mode=mode),
+    )
+
+
+def _plan_offcpu(
+    request: ProfileRequest,
+    *,
+    targets: list[TargetFacts],
+    target: str,
+    limits: Limits,
+    pid_ns: int,
+) -> Plan:
+    if request.frequency_hz is not None:
+        raise Invalid(
+            "frequency_hz applies to cpu profiles only: an off-cpu profile records every "
+            "switch off the CPU",
+            field="frequency_hz",
+        )
+    if request.call_graph == "dwarf":
+        raise Invalid(
+            "off-cpu stacks are walked in the kernel with frame pointers: call_graph may be "
+            "auto or fp",
+            field="call_graph",
+        )
+    duration = _duration(request, limits)
+    if not targets:
+        raise Invalid("there is no process to profile", field="pid")
+    pids = sorted({t.pid for t in targets})
+    text = offcpu.program(
+        pids=pids,
+        pid_ns=pid_ns,
+        duration_s=duration,
+        max_stacks_per_s=limits.offcpu_max_stacks_per_s,
+    )
+    return Plan(
+        argv=offcpu.argv(text),
+        type="off-cpu",
+        program=text,
+        pids=pids,
+        target=target,
+        duration_s=duration,
+        frequency_hz=0,
+        call_graph="fp",
+        call_graph_reason="off-cpu stacks: BPF walks user stacks by frame pointers",
+        timeout_s=duration + limits.timeout_slack_s,
+        unresolved=expected_unresolved(targets, mode="fp"),
     )

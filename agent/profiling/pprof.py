@@ -66,8 +66,22 @@ def _split_py(name: str) -> tuple[str, str]:
     return name, ""
 
 
-def to_pprof(stacks: Mapping[str, int], *, period_ns: int, duration_ns: int, time_ns: int) -> bytes:
-    """Encode folded stacks (counts of samples, each ``period_ns`` of CPU) as gzipped pprof."""
+def to_pprof(
+    stacks: Mapping[str, int],
+    *,
+    period_ns: int,
+    duration_ns: int,
+    time_ns: int,
+    sample_types: tuple[tuple[str, str], tuple[str, str]] = (
+        ("samples", "count"),
+        ("cpu", "nanoseconds"),
+    ),
+) -> bytes:
+    """Encode folded stacks (counts of samples, each ``period_ns`` of CPU) as gzipped pprof.
+
+    ``sample_types``: the (type, unit) of the count and of count x period (an off-CPU
+    profile's counts are microseconds off CPU).
+    """
     strings: dict[str, int] = {"": 0}
 
     def s(text: str) -> int:
@@ -82,8 +96,8 @@ def to_pprof(stacks: Mapping[str, int], *, period_ns: int, duration_ns: int, tim
     samples: list[bytes] = []
 
     header = [
-        _bytes(_P_SAMPLE_TYPE, _int(_VT_TYPE, s("samples")) + _int(_VT_UNIT, s("count"))),
-        _bytes(_P_SAMPLE_TYPE, _int(_VT_TYPE, s("cpu")) + _int(_VT_UNIT, s("nanoseconds"))),
+        _bytes(_P_SAMPLE_TYPE, _int(_VT_TYPE, s(kind)) + _int(_VT_UNIT, s(unit)))
+        for kind, unit in sample_types
     ]
     for stack in sorted(stacks):
         count = stacks[stack]
@@ -117,7 +131,8 @@ def to_pprof(stacks: Mapping[str, int], *, period_ns: int, duration_ns: int, tim
         body += _bytes(_P_FUNCTION, fn)
     body += _int(_P_TIME, time_ns)
     body += _int(_P_DURATION, duration_ns)
-    body += _bytes(_P_PERIOD_TYPE, _int(_VT_TYPE, s("cpu")) + _int(_VT_UNIT, s("nanoseconds")))
+    kind, unit = sample_types[1]
+    body += _bytes(_P_PERIOD_TYPE, _int(_VT_TYPE, s(kind)) + _int(_VT_UNIT, s(unit)))
     body += _int(_P_PERIOD, period_ns)
     # The string table last: every index above is known by now.
     for text in strings:

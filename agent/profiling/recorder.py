@@ -28,6 +28,7 @@ from agent.profiling.planner import Plan
 _CAPTURED = re.compile(r"Captured and wrote [\d.]+ MB \S+(?: \((\d+) samples\))?")
 _LOST = re.compile(r"(?:lost|Lost) (\d+) (?:chunks|samples)")
 _SLEEP_NOISE = ("Terminated", "Interrupt", "perf: ", "Woken up")
+_STDERR_KEEP = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +54,19 @@ def parse_stderr(stderr: str) -> tuple[int | None, int, list[str]]:
     return samples, lost, warnings[:20]
 
 
-async def record(plan: Plan, *, output: Path, stop: asyncio.Event) -> Recording:
-    """Run ``plan.argv`` (which writes ``output``) until it ends, ``stop`` is set, or timeout."""
-    child = await _proc.Child.start(
-        plan.argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    assert child.proc.stderr is not None
-    err_task = asyncio.create_task(child.proc.stderr.read())
-    wait_task = asyncio.create_task(child.proc.wait())
-    stop_task = asyncio.create_task(stop.wait())
+async def run_to_end(
+    child: _proc.Child, plan: Plan, *, stop: asyncio.Event, tool: str
+) -> tuple[int, str, bool]:
+    """Wait for a recording tool until it ends, ``stop`` is set, or the plan's timeout.
+
+    On ``stop``: SIGINT to its group (perf stops its workload and finishes writing
+    the file; bpftrace runs END and prints its maps). On timeout: killed, and
+    :class:`agent._proc.ToolTimeout`. Always reaped, cancellation included.
+    Returns the exit status, its stderr, and whether it was stopped early.
+    """
+    err_task = asyncio.ensure_future(_proc.drain_tail(child.proc.stderr, keep=_STDERR_KEEP))
+    wait_task = asyncio.ensure_future(child.proc.wait())
+    stop_task = asyncio.ensure_future(stop.wait())
     stopped_early = False
     try:
         done, _ = await asyncio.wait(
@@ -71,25 +76,32 @@ async def record(plan: Plan, *, output: Path, stop: asyncio.Event) -> Recording:
             if stop_task not in done:
                 await child.stop(signal.SIGKILL, grace=0)
                 raise _proc.ToolTimeout(
-                    f"perf record did not finish within {plan.timeout_s:g} s; it was killed",
+                    f"{tool} did not finish within {plan.timeout_s:g} s; it was killed",
                     argv=plan.argv,
                 )
             stopped_early = True
-            # SIGINT to the group: perf stops its workload and finishes writing the file.
             await child.stop(signal.SIGINT, grace=15)
         rc = await child.stop()  # reaps (a no-op when it has exited)
         stderr = (await err_task).decode("utf-8", "replace")
     except BaseException:
-        # Cancelled (discard, shutdown) or anything unexpected: perf must not survive us.
+        # Cancelled (discard, shutdown) or anything unexpected: the tool must not survive us.
         await child.stop(signal.SIGINT, grace=5)
         raise
     finally:
-        stop_task.cancel()
         for t in (wait_task, err_task, stop_task):
             if not t.done():
                 t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+    return rc, stderr, stopped_early
+
+
+async def record(plan: Plan, *, output: Path, stop: asyncio.Event) -> Recording:
+    """Run ``plan.argv`` (which writes ``output``) until it ends, ``stop`` is set, or timeout."""
+    child = await _proc.Child.start(
+        plan.argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    rc, stderr, stopped_early = await run_to_end(child, plan, stop=stop, tool="perf record")
     samples, lost, warnings = parse_stderr(stderr)
     if samples is None or not await asyncio.to_thread(output.exists):
         raise _proc.ToolFailed(

@@ -13,7 +13,7 @@ from agent import profiling
 from agent.errors import AgentError
 from agent.jobs import Job
 from agent.openapi import PROTECTED, TOOLS, content, errors, json_or
-from agent.profiling import ARTIFACTS, KIND, PERF_DATA, PPROF, SPEEDSCOPE, SVG
+from agent.profiling import ARTIFACTS, BPFTRACE_OUT, KIND, PERF_DATA, PPROF, SPEEDSCOPE, SVG
 from agent.profiling.collapse import CollapseOptions
 from agent.profiling.planner import OutputFormat, Plan, ProfileRequest
 
@@ -25,6 +25,7 @@ _MEDIA: dict[str, str] = {
     SPEEDSCOPE: "application/json",
     PPROF: "application/octet-stream",
     PERF_DATA: "application/octet-stream",
+    BPFTRACE_OUT: "application/x-ndjson",
 }
 
 
@@ -78,8 +79,11 @@ def view(job: Job) -> dict[str, Any]:
             "folded": f"{base}/folded",
             "speedscope": f"{base}/speedscope.json",
             "pprof": f"{base}/profile.pb.gz",
-            "perf_data": f"{base}/perf.data",
         }
+        if job.params.get("type", "cpu") == "off-cpu":
+            links["bpftrace_output"] = f"{base}/{BPFTRACE_OUT}"
+        else:
+            links["perf_data"] = f"{base}/{PERF_DATA}"
     return {
         "id": job.id,
         "state": job.state,
@@ -127,7 +131,7 @@ async def create_profile(
     wait: Annotated[bool, Query(description="answer with the result when done")] = False,
     format: Annotated[OutputFormat, Query(description="with wait=true")] = "svg",
 ) -> Response | dict[str, Any]:
-    """Start a CPU profile of a pid, pids, a container, or (no target) the whole pod."""
+    """Start a CPU (or off-CPU) profile of a pid, pids, a container, or the whole pod."""
     req = body or ProfileRequest()
     result = await svc.create(req, dry_run=dry_run)
     if isinstance(result, Plan):
@@ -206,6 +210,12 @@ async def pprof(svc: ServiceDep, job_id: JobId) -> FileResponse:
 @router.get("/profiles/{job_id}/perf.data", **_artifact_route(PERF_DATA))
 async def perf_data(svc: ServiceDep, job_id: JobId) -> FileResponse:
     return _artifact(svc, svc.jobs.get(KIND, job_id), PERF_DATA)
+
+
+@router.get("/profiles/{job_id}/bpftrace.json", **_artifact_route(BPFTRACE_OUT))
+async def bpftrace_output(svc: ServiceDep, job_id: JobId) -> FileResponse:
+    """An off-CPU profile's raw record: bpftrace's JSON lines (``-f json``)."""
+    return _artifact(svc, svc.jobs.get(KIND, job_id), BPFTRACE_OUT)
 
 
 Flag = Annotated[bool, Query()]

@@ -83,3 +83,117 @@ def compile_c(source: str, out: Path) -> Path:
         timeout=60,
     )
     return out
+
+
+# Two functions whose shares swap on SIGUSR1 (9:1, then 1:9, then back): a known shift
+# between two recordings (differential flame graphs) or two phases (the recorder).
+SHIFT_C = r"""
+#include <signal.h>
+#include <stdint.h>
+volatile uint64_t sink;
+volatile sig_atomic_t phase;
+static void flip(int sig) { (void)sig; phase = !phase; }
+
+__attribute__((noinline)) uint64_t alpha_function(volatile uint64_t n) {
+    uint64_t s = 0;
+    for (uint64_t i = 0; i < n; i++) s += (i * i) ^ (s >> 3);
+    return s;
+}
+
+__attribute__((noinline)) uint64_t beta_function(volatile uint64_t n) {
+    uint64_t s = 0;
+    for (uint64_t i = 0; i < n; i++) s += (i * i) ^ (s >> 5);
+    return s;
+}
+
+int main(void) {
+    signal(SIGUSR1, flip);
+    for (;;) {
+        sink += alpha_function(phase ? 300000 : 2700000);
+        sink += beta_function(phase ? 2700000 : 300000);
+    }
+}
+"""
+
+
+# Off CPU 9:1 in two known functions: a worker thread sleeps 9 ms in sleep_function,
+# then waits about 1 ms in lock_function for a mutex a holder thread keeps for 1 ms.
+# The libc calls sit behind a noinline inner function each: libc has no frame
+# pointers, so a frame-pointer unwind from inside it skips its caller's frame.
+OFFCPU_C = r"""
+#include <pthread.h>
+#include <semaphore.h>
+#include <time.h>
+static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+static sem_t go, taken;
+static void nap(long ns) { struct timespec t = {0, ns}; nanosleep(&t, 0); }
+__attribute__((noinline)) void sleep_inner(void) { nap(9000000); __asm__ volatile(""); }
+__attribute__((noinline)) void sleep_function(void) { sleep_inner(); __asm__ volatile(""); }
+__attribute__((noinline)) void lock_inner(void) {
+    pthread_mutex_lock(&m);
+    pthread_mutex_unlock(&m);
+    __asm__ volatile("");
+}
+__attribute__((noinline)) void lock_function(void) {
+    sem_post(&go);
+    sem_wait(&taken);
+    lock_inner();
+    __asm__ volatile("");
+}
+__attribute__((noinline)) void *holder_thread(void *arg) {
+    for (;;) {
+        sem_wait(&go);
+        pthread_mutex_lock(&m);
+        sem_post(&taken);
+        nap(1000000);
+        pthread_mutex_unlock(&m);
+    }
+    return arg;
+}
+__attribute__((noinline)) void worker_loop(void) {
+    for (;;) {
+        sleep_function();
+        lock_function();
+    }
+}
+int main(void) {
+    pthread_t h;
+    sem_init(&go, 0, 0);
+    sem_init(&taken, 0, 0);
+    pthread_create(&h, 0, holder_thread, 0);
+    worker_loop();
+}
+"""
+
+
+# Idle (asleep) until SIGUSR1, then spins in spin_function for argv[1] seconds, then
+# idles again: a CPU spike on demand, for triggers.
+SPIKE_C = r"""
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+volatile uint64_t sink;
+volatile sig_atomic_t go;
+static void start(int sig) { (void)sig; go = 1; }
+
+__attribute__((noinline)) void spin_function(double seconds) {
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        for (volatile int i = 0; i < 100000; i++) sink += i;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 < seconds);
+}
+
+int main(int argc, char **argv) {
+    double seconds = argc > 1 ? atof(argv[1]) : 10;
+    signal(SIGUSR1, start);
+    for (;;) {
+        while (!go) pause();
+        go = 0;
+        spin_function(seconds);
+    }
+}
+"""

@@ -42,6 +42,7 @@ class ObjectSymbols:
     functions: tuple[Symbol, ...]  # sorted by address
     usdt: tuple[Symbol, ...]
     segments: tuple[tuple[int, int, int], ...]  # (p_offset, p_vaddr, p_filesz) of PT_LOAD
+    addresses: tuple[int, ...] = ()  # the functions' start addresses, for bisect
 
     def names(self) -> set[str]:
         return {s.name for s in self.functions}
@@ -55,15 +56,18 @@ class ObjectSymbols:
     def closest(self, name: str, n: int = 5) -> list[str]:
         return difflib.get_close_matches(name, sorted(self.names()), n=n, cutoff=0.6)
 
-    def symbolize(self, vaddr: int) -> str | None:
-        addrs = [s.address for s in self.functions]
-        i = bisect.bisect_right(addrs, vaddr) - 1
+    def function_at(self, vaddr: int) -> Symbol | None:
+        i = bisect.bisect_right(self.addresses, vaddr) - 1
         if i < 0:
             return None
         s = self.functions[i]
         if s.size and vaddr >= s.address + s.size:
             return None
-        return f"{s.name}+{vaddr - s.address:#x}"
+        return s
+
+    def symbolize(self, vaddr: int) -> str | None:
+        s = self.function_at(vaddr)
+        return None if s is None else f"{s.name}+{vaddr - s.address:#x}"
 
     def offset_to_vaddr(self, offset: int) -> int:
         for off, vaddr, size in self.segments:
@@ -128,7 +132,7 @@ def _load(path: str, _identity: tuple[int, int, int, int]) -> ObjectSymbols:
                             pc, provider, probe = parsed
                             usdt.append(Symbol(f"{provider}:{probe}", pc, 0, "usdt"))
     ordered = tuple(sorted(functions.values(), key=lambda s: (s.address, s.name)))
-    return ObjectSymbols(ordered, tuple(usdt), tuple(segments))
+    return ObjectSymbols(ordered, tuple(usdt), tuple(segments), tuple(s.address for s in ordered))
 
 
 def object_symbols(host_path: Path, *, field: str = "binary") -> ObjectSymbols:
@@ -204,26 +208,61 @@ def resolve_library(pid: int, name: str) -> str:
     )
 
 
+def _locate(
+    pid: int, mappings: list[Mapping], address: int
+) -> tuple[ObjectSymbols | None, int, str] | None:
+    """The object holding ``address`` (None: unreadable), its vaddr there, its base name."""
+    for m in mappings:
+        if m.start <= address < m.end:
+            base = os.path.basename(m.path)
+            try:
+                syms = object_symbols(procfs.resolve_in_root(pid, m.path))
+            except (NotFound, Invalid):
+                return None, address - m.start + m.offset, base
+            return syms, syms.offset_to_vaddr(address - m.start + m.offset), base
+    return None
+
+
+def _mappings(pid: int) -> list[Mapping]:
+    try:
+        return maps(pid)
+    except NotFound:
+        return []
+
+
 def symbolize(pid: int, addresses: list[int]) -> list[str]:
     """Raw user addresses of ``pid`` as ``symbol+0xoff (library)``, or hex where unknown."""
-    try:
-        mappings = maps(pid)
-    except NotFound:
-        return [f"{a:#x}" for a in addresses]
+    mappings = _mappings(pid)
     out = []
     for a in addresses:
+        found = _locate(pid, mappings, a)
         label = f"{a:#x}"
-        for m in mappings:
-            if m.start <= a < m.end:
-                host = procfs.resolve_in_root(pid, m.path)
-                try:
-                    syms = object_symbols(host)
-                except (NotFound, Invalid):
-                    break
-                vaddr = syms.offset_to_vaddr(a - m.start + m.offset)
+        if found is not None:
+            syms, vaddr, base = found
+            if syms is not None:
                 name = syms.symbolize(vaddr)
-                base = os.path.basename(m.path)
                 label = f"{name} ({base})" if name else f"{base}+{vaddr:#x}"
-                break
         out.append(label)
+    return out
+
+
+def function_names(pid: int, addresses: list[int]) -> list[str]:
+    """Raw user addresses of ``pid`` as folded-stack frames, as stackcollapse-perf names
+    them: the function, ``[object]`` where it has no symbol there, ``[unknown]``
+    outside any file mapping (or once the process is gone)."""
+    mappings = _mappings(pid)
+    cache: dict[int, str] = {}
+    out = []
+    for a in addresses:
+        name = cache.get(a)
+        if name is None:
+            found = _locate(pid, mappings, a)
+            if found is None:
+                name = "[unknown]"
+            else:
+                syms, vaddr, base = found
+                sym = syms.function_at(vaddr) if syms is not None else None
+                name = sym.name if sym is not None else f"[{base}]"
+            cache[a] = name
+        out.append(name)
     return out

@@ -1,0 +1,64 @@
+"""``/triggers``: record a profile when CPU use stays high (thin over agent.profiling)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Request, Response
+from fastapi.responses import JSONResponse
+
+from agent import profiling
+from agent.openapi import PROTECTED, errors
+
+router = APIRouter(tags=["triggers"], responses=errors(*PROTECTED, 422))
+
+TriggerId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="a trigger's id")]
+
+
+def get_triggers(request: Request) -> profiling.Triggers:
+    triggers: profiling.Triggers = request.app.state.triggers
+    return triggers
+
+
+TriggersDep = Annotated[profiling.Triggers, Depends(get_triggers)]
+
+
+@router.post(
+    "/triggers",
+    status_code=201,
+    response_model=None,
+    responses={
+        201: {"description": "Armed: the trigger (poll its Location)"},
+        **errors(400, 404, 409, 429),
+    },
+)
+async def create_trigger(
+    triggers: TriggersDep, body: Annotated[profiling.TriggerRequest, Body()]
+) -> JSONResponse:
+    """When the target's CPU use stays at or above ``cpu_percent`` for ``for_s``, profile it."""
+    trigger = await triggers.create(body)
+    return JSONResponse(
+        trigger.view(), status_code=201, headers={"Location": f"/triggers/{trigger.id}"}
+    )
+
+
+@router.get("/triggers")
+async def list_triggers(triggers: TriggersDep) -> list[dict[str, Any]]:
+    return [t.view() for t in triggers.list()]
+
+
+@router.get("/triggers/{trigger_id}", responses=errors(404))
+async def get_trigger(triggers: TriggersDep, trigger_id: TriggerId) -> dict[str, Any]:
+    """State, the last CPU use measured, and ``captures``: what fired, when, at what CPU."""
+    return triggers.get(trigger_id).view()
+
+
+@router.delete(
+    "/triggers/{trigger_id}",
+    status_code=204,
+    response_class=Response,
+    responses={204: {"description": "Stopped and removed; its profiles are kept"}, **errors(404)},
+)
+async def delete_trigger(triggers: TriggersDep, trigger_id: TriggerId) -> Response:
+    await triggers.delete(trigger_id)
+    return Response(status_code=204)

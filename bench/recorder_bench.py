@@ -1,0 +1,201 @@
+"""The flight recorder at 19 Hz: its cost on a CPU-bound app, and the agent's own cost
+(CPU, memory, ring bytes) per hour of retained window.
+
+One command: ``.venv/bin/python bench/recorder_bench.py [--pairs N] [--soak S]``.
+
+A real agent (``python -m agent`` on this machine, its own data directory) and a
+CPU-bound C app that times its own work (wall and CPU, from inside). Runs
+alternate unrecorded / recorded (``POST /recorder`` for the app's pid at the
+default 19 Hz before the work starts, ``DELETE`` after) in the same invocation;
+medians are compared. Target: recorded at most 1% slower (the app's CPU time;
+wall printed too). Then a soak: the recorder on a long-running app for ``--soak``
+seconds, measuring the agent's CPU time and RSS and the ring's bytes, reported
+per hour of retained window (the ring's bytes are bounded by ``max_bytes``
+whatever the rate; the default is 16 MiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+WORK_C = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <time.h>
+volatile uint64_t sink;
+__attribute__((noinline)) uint64_t step(volatile uint64_t n) {
+    uint64_t s = 0;
+    for (uint64_t i = 0; i < n; i++) s += (i * i) ^ (s >> 3);
+    return s;
+}
+static double now(clockid_t c) {
+    struct timespec t; clock_gettime(c, &t); return t.tv_sec + t.tv_nsec / 1e9;
+}
+int main(int argc, char **argv) {
+    int rounds = argc > 1 ? atoi(argv[1]) : 1000;
+    char go; if (fread(&go, 1, 1, stdin) != 1) return 1;   /* start when told */
+    double w = now(CLOCK_MONOTONIC), c = now(CLOCK_PROCESS_CPUTIME_ID);
+    for (int k = 0; rounds == 0 || k < rounds; k++) sink += step(2000000);
+    printf("%f %f\n", now(CLOCK_MONOTONIC) - w, now(CLOCK_PROCESS_CPUTIME_ID) - c);
+    return 0;
+}
+""".replace("#include <time.h>", "#include <time.h>\n#include <stdlib.h>")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_once(binary: Path, client: httpx.Client, *, recorded: bool) -> tuple[float, float]:
+    proc = subprocess.Popen([str(binary), "800"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        if recorded:
+            r = client.post("/recorder", json={"pid": proc.pid})
+            assert r.status_code == 201, r.text
+        time.sleep(3)  # bpftrace attached (it parses BTF first) before the work starts
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"g")
+        proc.stdin.flush()
+        line = proc.stdout.readline().split()
+        proc.wait(120)
+        if recorded:
+            time.sleep(1.5)  # the last second's counts arrive
+            status = client.get("/recorder").json()
+            assert status["samples"] > 0, f"the recorder recorded nothing: {status}"
+        return float(line[0]), float(line[1])
+    finally:
+        if recorded:
+            client.delete("/recorder")
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--soak", type=float, default=60.0)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="recorder-", dir="/var/tmp"))
+    (tmp / "work.c").write_text(WORK_C)
+    binary = tmp / "work"
+    subprocess.run(
+        ["gcc", "-O2", "-fno-omit-frame-pointer", "-o", str(binary), str(tmp / "work.c")],
+        check=True,
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "TRACECAR_AGENT_PORT": str(port),
+        "TRACECAR_AGENT_DATA_DIR": str(tmp / "data"),
+        "TRACECAR_AGENT_LTTNG_START_SESSIOND": "false",
+        "TRACECAR_AGENT_INSTANCE_ID": f"bench{port}",
+    }
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent"], cwd=REPO, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "the agent did not start"
+                time.sleep(0.2)
+            measure(binary, client, agent.pid, args)
+    finally:
+        agent.terminate()
+        agent.wait(30)
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
+def _r(xs: list[float]) -> list[float]:
+    return [round(x, 3) for x in xs]
+
+
+def measure(binary: Path, client: httpx.Client, agent_pid: int, args: argparse.Namespace) -> None:
+    print(f"flight recorder at 19 Hz, {args.pairs} alternating pairs (medians)")
+    base_w, base_c, rec_w, rec_c = [], [], [], []
+    for i in range(args.pairs):
+        for recorded in (i % 2 == 1, i % 2 == 0):  # alternate which arm goes first
+            w, c = run_once(binary, client, recorded=recorded)
+            (rec_w if recorded else base_w).append(w)
+            (rec_c if recorded else base_c).append(c)
+    bw, rw = statistics.median(base_w), statistics.median(rec_w)
+    bc, rc = statistics.median(base_c), statistics.median(rec_c)
+    print(
+        f"  unrecorded: wall {bw:.3f} s  cpu {bc:.3f} s   cpu runs {[round(x, 3) for x in base_c]}"
+    )
+    print(
+        f"  recorded:   wall {rw:.3f} s  cpu {rc:.3f} s   cpu runs {[round(x, 3) for x in rec_c]}"
+    )
+    verdict = "OK" if rc / bc <= 1.01 else "ABOVE TARGET"
+    print(
+        f"  ratio recorded/unrecorded: cpu {rc / bc:.4f}x  wall {rw / bw:.4f}x  "
+        f"(target cpu <= 1.01x: {verdict})"
+    )
+    # The soak: the agent's own cost while recording a busy app.
+    app = subprocess.Popen([str(binary), "0"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        assert app.stdin is not None
+        app.stdin.write(b"g")
+        app.stdin.flush()
+        rss0, cpu0 = rss_mb(agent_pid), proc_cpu_s(agent_pid)
+        r = client.post("/recorder", json={"pid": app.pid})
+        assert r.status_code == 201, r.text
+        t0 = time.monotonic()
+        time.sleep(args.soak)
+        status = client.get("/recorder").json()
+        elapsed = time.monotonic() - t0
+        cpu = proc_cpu_s(agent_pid) - cpu0
+        rss1 = rss_mb(agent_pid)
+        client.delete("/recorder")
+    finally:
+        app.kill()
+        app.wait()
+    per_hour = 3600 / elapsed
+    print(f"\n  soak: {elapsed:.0f} s of recording a busy app ({status['samples']} samples kept)")
+    print(
+        f"  agent CPU: {cpu:.2f} s = {100 * cpu / elapsed:.2f}% of a core "
+        f"({cpu * per_hour:.0f} s per hour)"
+    )
+    print(
+        f"  ring: {status['bytes']:,} bytes for {status['buckets']} s "
+        f"= {status['bytes'] * 3600 / max(status['buckets'], 1) / 1e6:.2f} MB per hour of window "
+        f"(bounded by max_bytes, default 16 MiB)"
+    )
+    print(f"  agent RSS: {rss0:.1f} MB before, {rss1:.1f} MB after (+{rss1 - rss0:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The flight recorder through the agent: the real bpftrace sampling the simulated pod
+at a low rate, a real workload in two phases with different hot functions (SIGUSR1
+flips them), and flame graphs of intervals of the retained window."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import podsim
+from tests.agent.test_profiles_integration import folded_total, pod_processes
+from tests.agent.workloads import SHIFT_C, compile_c
+from tests.conftest import need
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
+    with agent.client() as c:
+        yield c
+        c.delete("/recorder")
+
+
+@pytest.fixture(scope="module")
+def shift_binary(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    need("bpftrace", "gcc")
+    return compile_c(SHIFT_C, tmp_path_factory.mktemp("rec") / "shift")
+
+
+def share(stacks: dict[str, int], name: str) -> float:
+    return sum(n for s, n in stacks.items() if name in s) / max(sum(stacks.values()), 1)
+
+
+def interval(client: httpx.Client, start: float, end: float, fmt: str = "folded") -> httpx.Response:
+    return client.get("/recorder/profile", params={"from": start, "to": end, "format": fmt})
+
+
+def test_two_phases_each_interval_shows_its_function(
+    pod: podsim.SimPod, client: httpx.Client, shift_binary: Any
+) -> None:
+    r = client.post("/recorder", json={"frequency_hz": 49})
+    assert r.status_code == 201, r.text
+    assert client.post("/recorder", json={}).status_code == 409  # one at a time
+    # Started after the recorder: picked up all the same.
+    app = pod.run("phases", ["/srv/shift"], files={"shift": shift_binary})
+    try:
+        time.sleep(1)
+        a0 = time.time()
+        time.sleep(4)
+        a1 = time.time()
+        os.kill(app.host_pid, signal.SIGUSR1)  # alpha 9:1 -> beta 9:1
+        time.sleep(0.5)
+        b0 = time.time()
+        time.sleep(4)
+        b1 = time.time()
+        time.sleep(1.5)  # the last second's counts arrive
+        status = client.get("/recorder").json()
+        assert status["state"] == "recording" and status["window"]["start"] <= a0, status
+        assert status["window"]["end"] >= b1 - 1, status
+        phase_a = folded_total(interval(client, a0 + 1, a1 - 1).text)
+        phase_b = folded_total(interval(client, b0 + 1, b1 - 1).text)
+        assert share(phase_a, "alpha_function") > 0.6, phase_a
+        assert share(phase_b, "beta_function") > 0.6, phase_b
+        assert any(s.startswith("shift;") for s in phase_a)
+        svg = interval(client, a0 + 1, a1 - 1, "svg")
+        assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+        assert b"alpha_function" in svg.content
+        ET.fromstring(svg.content)
+        assert float(svg.headers["x-tracecar-from"]) <= a0 + 1
+        for fmt in ("speedscope", "pprof"):
+            assert interval(client, a0, b1, fmt).status_code == 200
+        # Intervals kept as profiles diff like any two profiles: beta grew, alpha shrank.
+        ids = []
+        for start, end in ((a0 + 1, a1 - 1), (b0 + 1, b1 - 1)):
+            r = client.post("/recorder/profiles", params={"from": start, "to": end})
+            assert r.status_code == 201 and r.json()["state"] == "succeeded", r.text
+            ids.append(r.json()["id"])
+        assert "alpha_function" in client.get(f"/profiles/{ids[0]}/flamegraph.svg").text
+        diff = client.get(
+            "/profiles/diff", params={"base": ids[0], "target": ids[1], "format": "folded"}
+        ).text
+        change = {"alpha_function": 0, "beta_function": 0}
+        for line in diff.splitlines():
+            stack, b, t = line.rsplit(" ", 2)
+            for fn in change:
+                if fn in stack:
+                    change[fn] += int(t) - int(b)
+        assert change["alpha_function"] < 0 < change["beta_function"], change
+        # Bad intervals: 422 saying what the window is.
+        w = status["window"]
+        for start, end in ((b1, a0), (w["start"] - 100, w["start"] - 50), (a0, b1 + 1000)):
+            r = interval(client, start, end)
+            assert r.status_code == 422, r.text
+            assert ("window" in r.json() and "from" in r.json()["detail"]) or "outside" in r.json()[
+                "detail"
+            ]
+        r = client.get("/recorder/profile", params={"from": "x", "to": a1})
+        assert r.status_code == 422
+        r = client.get("/recorder/profile", params={"from": a0, "to": a1, "format": "pdf"})
+        assert r.status_code == 422
+    finally:
+        app.stop()
+    assert client.delete("/recorder").status_code == 204
+    assert client.get("/recorder").json()["state"] == "stopped"
+    r = interval(client, a0, a1)
+    assert r.status_code == 409 and "POST /recorder" in r.json()["detail"]
+    deadline = time.monotonic() + 10
+    while pod_processes(pod, "bpftrace") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pod_processes(pod, "bpftrace") == []
+
+
+def test_ring_stays_within_its_bounds_after_it_wraps(
+    pod: podsim.SimPod, client: httpx.Client, shift_binary: Any
+) -> None:
+    app = pod.run("wrapper", ["/srv/shift"], files={"shift": shift_binary})
+    try:
+        r = client.post(
+            "/recorder", json={"container": "wrapper", "retain_s": 3, "max_bytes": 100000}
+        )
+        assert r.status_code == 201, r.text
+        time.sleep(7)
+        s = client.get("/recorder").json()
+        assert s["evicted_buckets"] > 0 and s["window"]["end"] - s["window"]["start"] <= 4, s
+        assert s["bytes"] <= 100000
+        client.delete("/recorder")
+        r = client.post("/recorder", json={"container": "wrapper", "max_bytes": 300})
+        assert r.status_code == 201, r.text
+        time.sleep(6)
+        s = client.get("/recorder").json()
+        assert s["evicted_buckets"] > 0 and 0 < s["bytes"] <= 300, s
+        # Only the container's processes: the agent's own never show.
+        w = s["window"]
+        stacks = folded_total(interval(client, w["start"], w["end"]).text)
+        assert stacks and all(k.startswith("shift;") for k in stacks), stacks
+    finally:
+        app.stop()
+
+
+def test_recorder_bad_input_and_capabilities(client: httpx.Client) -> None:
+    caps = client.get("/capabilities").json()["recorder"]
+    assert caps["default_frequency_hz"] == 19 and caps["max_retain_s"] > 0 and caps["max_bytes"] > 0
+    for body, words in (
+        ({"frequency_hz": 0}, "frequency_hz must be between 1 and 99"),
+        ({"retain_s": 1}, "retain_s must be between 2"),
+        ({"max_bytes": 10}, "max_bytes must be between 256"),
+        ({"pid": 999999}, "999999"),
+        ({"container": "nope-nope"}, "nope-nope"),
+        ({"pid": 1, "container": "x"}, "at most one of"),
+    ):
+        r = client.post("/recorder", json=body)
+        assert r.status_code in (404, 422) and words in r.json()["detail"], (body, r.text)
+    assert client.get("/recorder").json()["state"] == "stopped"
+    r = client.get("/recorder/profile", params={"from": 1, "to": 2})
+    assert r.status_code == 409
