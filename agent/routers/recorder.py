@@ -124,5 +124,5 @@ async def recorder_profile(
     """The profile of ``[from, to)`` (whole seconds covering it) from the retained window."""
     stacks, start, end = rec.interval(from_, to)
     body = _render(stacks, format, start, end, rec.frequency_hz)
-    headers = {"X-Tracecar-From": f"{start:g}", "X-Tracecar-To": f"{end:g}"}
+    headers = {"X-Tracecar-From": f"{start:.3f}", "X-Tracecar-To": f"{end:.3f}"}
     return Response(body, media_type=_MEDIA[format], headers=headers)
