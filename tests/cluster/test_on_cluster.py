@@ -151,7 +151,7 @@ def test_the_pods_other_containers_are_refused(
     name = demo_pod["metadata"]["name"]
     out = installed.run("exec", "-n", K.NS, name, "-c", "logger", "--", "python3", "-c", probe)
     assert out.stdout.strip() == "401", out.stdout + out.stderr
-    bare = httpx.get(f"{agent.base_url}processes", timeout=30)
+    bare = httpx.get(agent.base_url.join("/processes"), timeout=30)
     assert bare.status_code == 401 and "token" in bare.json()["detail"]
     assert agent.get("/processes").status_code == 200  # the port-forwarded user, with it
 
