@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from kubectl_tracecar._pods import AGENT_NAME, DEFAULT_PORT, PORT_ENV, TOKEN_ENV, JsonObject
 from kubectl_tracecar._pods import used_names as _used_names
-from webhook.inject import AGENT_COMMAND, CAPABILITIES, DATA_DIR, choose_port, declared_ports
+from webhook.inject import AGENT_COMMAND, CAPABILITIES, agent_env, choose_port, declared_ports
 
 MODE_ENV = "TRACECAR_AGENT_MODE"
 IDLE_ENV = "TRACECAR_AGENT_IDLE_EXIT_S"
@@ -33,10 +33,6 @@ class AttachOptions:
     pull_policy: str = "IfNotPresent"
     container_names: dict[str, str] = field(default_factory=dict)
     """Container id -> name from the pod's status: the agent names processes by it."""
-
-
-def _field(path: str) -> JsonObject:
-    return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
 def render(pod: JsonObject, *, options: AttachOptions) -> JsonObject:
@@ -70,12 +66,7 @@ def render(pod: JsonObject, *, options: AttachOptions) -> JsonObject:
         "command": list(AGENT_COMMAND),
         "targetContainerName": options.target,
         "env": [
-            {"name": "TRACECAR_AGENT_HOST", "value": "127.0.0.1"},
-            {"name": PORT_ENV, "value": str(port)},
-            {"name": "TRACECAR_AGENT_POD_NAME", **_field("metadata.name")},
-            {"name": "TRACECAR_AGENT_POD_NAMESPACE", **_field("metadata.namespace")},
-            {"name": "TRACECAR_AGENT_POD_UID", **_field("metadata.uid")},
-            {"name": "TRACECAR_AGENT_DATA_DIR", "value": DATA_DIR},
+            *agent_env(port=port),
             {"name": MODE_ENV, "value": "attached"},
             {"name": IDLE_ENV, "value": f"{options.idle_exit_s:g}"},
             # No session daemon: without the webhook's shared /var/run/lttng no app

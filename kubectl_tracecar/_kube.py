@@ -18,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from kubectl_tracecar._pods import literal_env
 from kubectl_tracecar.errors import Forbidden, NotFound, PluginError, Unsupported
 
 JsonObject = dict[str, Any]
@@ -134,7 +135,7 @@ class Kube:
         )
         for c in dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
             if c.get("name") == container:
-                return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+                return literal_env(c)
         return {}
 
     def add_ephemeral_container(self, pod: str, container: JsonObject) -> JsonObject:

@@ -36,7 +36,8 @@ class Agent:
     image: str | None = None
 
 
-def _env(container: JsonObject) -> dict[str, str]:
+def literal_env(container: JsonObject) -> dict[str, str]:
+    """A container's env entries that have a literal value (valueFrom ones left out)."""
     return {
         e["name"]: e["value"]
         for e in container.get("env") or []
@@ -59,7 +60,7 @@ def _state(statuses: list[JsonObject], name: str) -> tuple[bool, str]:
 
 
 def _agent_from(container: JsonObject, how: How, statuses: list[JsonObject]) -> Agent:
-    env = _env(container)
+    env = literal_env(container)
     port = env.get(PORT_ENV, "")
     running, state = _state(statuses, container["name"])
     return Agent(

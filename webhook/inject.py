@@ -165,12 +165,7 @@ def render_agent(
         "imagePullPolicy": options.image_pull_policy,
         "command": list(AGENT_COMMAND),
         "env": [
-            {"name": "TRACECAR_AGENT_HOST", "value": "127.0.0.1"},
-            {"name": "TRACECAR_AGENT_PORT", "value": str(port)},
-            {"name": "TRACECAR_AGENT_POD_NAME", "valueFrom": _field("metadata.name")},
-            {"name": "TRACECAR_AGENT_POD_NAMESPACE", "valueFrom": _field("metadata.namespace")},
-            {"name": "TRACECAR_AGENT_POD_UID", "valueFrom": _field("metadata.uid")},
-            {"name": "TRACECAR_AGENT_DATA_DIR", "value": DATA_DIR},
+            *agent_env(port=port),
             {"name": TOKEN_ENV, "value": token}
             if token is not None
             else {"name": AUTH_ENV, "value": "none"},
@@ -190,6 +185,19 @@ def render_agent(
         agent["restartPolicy"] = "Always"
         agent["startupProbe"] = _exec_probe(period_s=1, failure_threshold=60)
     return agent
+
+
+def agent_env(*, port: int) -> list[JsonObject]:
+    """The agent's own env, the same wherever it runs (injected here, or attached by
+    ``kubectl tracecar``): loopback, its port, the pod it is in, its data directory."""
+    return [
+        {"name": "TRACECAR_AGENT_HOST", "value": "127.0.0.1"},
+        {"name": "TRACECAR_AGENT_PORT", "value": str(port)},
+        {"name": "TRACECAR_AGENT_POD_NAME", "valueFrom": _field("metadata.name")},
+        {"name": "TRACECAR_AGENT_POD_NAMESPACE", "valueFrom": _field("metadata.namespace")},
+        {"name": "TRACECAR_AGENT_POD_UID", "valueFrom": _field("metadata.uid")},
+        {"name": "TRACECAR_AGENT_DATA_DIR", "value": DATA_DIR},
+    ]
 
 
 def _field(path: str) -> JsonObject:
