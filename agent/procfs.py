@@ -193,6 +193,37 @@ def container_env(environ: bytes) -> str | None:
     return None
 
 
+_FLAG_ENV = (b"NODE_OPTIONS=", b"JAVA_TOOL_OPTIONS=", b"JDK_JAVA_OPTIONS=", b"_JAVA_OPTIONS=")
+_FLAG_WORDS = re.compile(r"^(?:-X|--?perf|--interpreted-frames-native-stack|PYTHONPERFSUPPORT)")
+
+
+def profiling_flags(cmdline: list[str], environ: bytes) -> tuple[str, ...]:
+    """The runtime flags that decide what a profiler can see: the command line's and
+    those its runtime reads from the environment (NODE_OPTIONS, JAVA_TOOL_OPTIONS...)."""
+    words = list(cmdline[1:])
+    for item in environ.split(b"\0"):
+        if item.startswith(_FLAG_ENV):
+            words.extend(item.split(b"=", 1)[1].decode("utf-8", "replace").split())
+        elif item.startswith(b"PYTHONPERFSUPPORT=") and item != b"PYTHONPERFSUPPORT=0":
+            words.append("PYTHONPERFSUPPORT=1")
+    return tuple(dict.fromkeys(w for w in words if _FLAG_WORDS.match(w)))
+
+
+def runtime_flags(pid: int) -> tuple[str, ...]:
+    """:func:`profiling_flags` of a live process (empty when it cannot be read)."""
+    base = Path(f"/proc/{pid}")
+    try:
+        raw_cmd = (base / "cmdline").read_bytes()
+    except OSError:
+        return ()
+    try:
+        environ = (base / "environ").read_bytes()
+    except OSError:
+        environ = b""
+    cmdline = [a.decode("utf-8", "replace") for a in raw_cmd.split(b"\0")[:-1]]
+    return profiling_flags(cmdline, environ)
+
+
 def user_name(passwd: str, uid: int) -> str | None:
     for line in passwd.splitlines():
         fields = line.split(":")

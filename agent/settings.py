@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     max_frequency_hz: int = Field(default=999, ge=1)
     perf_timeout_slack_s: float = Field(default=60.0, gt=0)
     """Post-processing time allowed past a recording's duration before it is killed."""
+    py_spy: str = "auto"
+    """The py-spy executable for Python targets: ``auto`` (the one installed with the
+    agent, else PATH), a path, or ``off`` (Python processes are profiled with perf)."""
     recorder_max_retain_s: float = Field(default=86400.0, ge=2)
     """The flight recorder's largest time bound (POST /recorder retain_s)."""
     recorder_max_bytes: int = Field(default=256 << 20, ge=1024)

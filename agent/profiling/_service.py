@@ -19,11 +19,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from agent import capabilities, procfs
+from agent import _proc, capabilities, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import Job, JobStore, atomic_path, write_atomic
 from agent.metrics import Metrics
-from agent.profiling import _offcpu
+from agent.profiling import _offcpu, _pyspy, pyspy
 from agent.profiling._artifacts import (
     ARTIFACTS,
     BPFTRACE_OUT,
@@ -35,12 +35,14 @@ from agent.profiling._artifacts import (
     SVG,
 )
 from agent.profiling._perfmaps import PERF_MAP_MAX_BYTES, map_pids, perf_maps_in_tmp
+from agent.profiling._pyspy import PySpyResult
 from agent.profiling._targets import target_facts, traceable
 from agent.profiling.collapse import CollapseOptions, format_folded
 from agent.profiling.planner import (
     Limits,
     Plan,
     ProfileRequest,
+    PySpyRun,
     TargetFacts,
     plan,
 )
@@ -105,6 +107,11 @@ class Service:
             "perf": perf,
             "permitted": permitted,
             "types": {"cpu": "perf record", "off-cpu": await self._offcpu_check()},
+            "profilers": {
+                "perf": perf,
+                "py-spy": await self._pyspy_check(),
+                "jattach": self._jattach_check(),
+            },
             "call_graph": ["auto", "fp", "dwarf"],
             "formats": sorted(ARTIFACTS),
             "limits": {
@@ -132,6 +139,43 @@ class Service:
             "available": True,
             "bpftrace": tool.get("version"),
             "reason": "bpftrace on tracepoint:sched:sched_switch",
+        }
+
+    def _pyspy(self) -> str | None:
+        """The py-spy to run (settings ``py_spy``: auto, a path, or off)."""
+        choice = self.settings.py_spy
+        if choice == "off":
+            return None
+        if choice == "auto":
+            return pyspy.find()
+        return choice if Path(choice).is_file() else None
+
+    async def _pyspy_check(self) -> dict[str, object]:
+        exe = self._pyspy()
+        if exe is None:
+            return {
+                "available": False,
+                "reason": "py-spy is not installed (pip install py-spy) or is turned off "
+                "(setting py_spy): Python processes are profiled with perf, which sees only "
+                "the innermost Python function",
+            }
+        version = await capabilities.tool_version(exe, "--version")
+        return {
+            "available": True,
+            "version": version.get("version"),
+            "reason": "whole Python stacks for CPython 2.3-3.14 processes (profiler auto)",
+        }
+
+    def _jattach_check(self) -> dict[str, object]:
+        if _proc.which("jattach") is None:
+            return {
+                "available": False,
+                "reason": "jattach is not installed: JIT-compiled Java methods resolve only "
+                "if the JVM writes its own perf map",
+            }
+        return {
+            "available": True,
+            "reason": "asks each profiled JVM for its perf map (jcmd Compiler.perfmap, JDK >= 17)",
         }
 
     async def require_tool(self, kind: str) -> None:
@@ -202,6 +246,8 @@ class Service:
             limits=self.limits,
             output=output,
             pid_ns=procfs.own_pid_ns() if req.type == "off-cpu" else 0,
+            pyspy=self._pyspy(),
+            jattach=_proc.which("jattach") is not None,
         )
 
     # --- jobs --------------------------------------------------------------------
@@ -242,27 +288,101 @@ class Service:
         if the_plan.type == "off-cpu":
             await self._run_offcpu(job, the_plan)
             return
-        perf_data = job.artifact(PERF_DATA)
         # Perf maps are copied before and after recording: a target that exits takes
         # its /tmp (and its map) with it, and JITs add entries while they run.
         await asyncio.to_thread(self._collect_perf_maps, job, the_plan)
-        with atomic_path(perf_data) as part:
-            assert str(part) in the_plan.argv  # the planned output is atomic_path's temp
-            rec = await record(the_plan, output=part, stop=job.stop_requested)
+        perf_task = asyncio.ensure_future(self._record_perf(job, the_plan))
+        spy_task = asyncio.ensure_future(_pyspy.record_all(the_plan, stop=job.stop_requested))
+        try:
+            rec = await perf_task
+        except BaseException:
+            spy_task.cancel()  # py-spy's runs are stopped and reaped on cancellation
+            with contextlib.suppress(BaseException):
+                await spy_task
+            raise
+        spies = await spy_task
         meta["recording_finished_at"] = time.time()
-        self._note_recording(job, the_plan, rec)
+        self._note_recording(job, the_plan, rec, spies)
         meta["phase"] = "post-processing"
         self.jobs.save(job)
+        await self._ask_jvms_for_perf_maps(job, the_plan)
         maps = await asyncio.to_thread(self._collect_perf_maps, job, the_plan)
-        stacks = await self._folded(job, CollapseOptions(), perf_maps=maps)
+        stacks = await self._cpu_folded(
+            job,
+            CollapseOptions(),
+            perf_maps=maps,
+            with_perf=bool(the_plan.argv),
+            runs=the_plan.py_spy,
+        )
         write_atomic(job.artifact(FOLDED), format_folded(stacks))
         await asyncio.to_thread(self._render_all, job, the_plan, stacks)
         meta["folded_samples"] = sum(stacks.values())
         meta["unresolved"] = self._unresolved(the_plan, stacks, maps, meta.get("exited_pids", []))
         meta["phase"] = "done"
         meta["artifacts"] = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
-        if rec.stopped_early:
+        if job.stop_requested.is_set():
             job.message = "stopped early on request; what was recorded is kept"
+
+    async def _record_perf(self, job: Job, the_plan: Plan) -> Recording | None:
+        if not the_plan.argv:
+            return None
+        with atomic_path(job.artifact(PERF_DATA)) as part:
+            assert str(part) in the_plan.argv  # the planned output is atomic_path's temp
+            return await record(the_plan, output=part, stop=job.stop_requested)
+
+    async def _ask_jvms_for_perf_maps(self, job: Job, the_plan: Plan) -> None:
+        """Have each profiled JVM write its perf map now, while it lives (jattach enters
+        its namespaces and asks for ``Compiler.perfmap``: /tmp/perf-PID.map in its /tmp)."""
+        jvms = [t["pid"] for t in job.result.get("targets", []) if t.get("runtime") == "java"]
+        if not jvms or _proc.which("jattach") is None:
+            return
+        done: dict[str, str] = {}
+        for pid in jvms:
+            try:
+                res = await _proc.run(
+                    ["jattach", str(pid), "jcmd", "Compiler.perfmap"], timeout=15, check=False
+                )
+                said = (res.text.strip() or res.err.strip())[-300:]
+                done[str(pid)] = "written" if res.returncode == 0 else f"failed: {said}"
+            except _proc.ProcError as e:
+                done[str(pid)] = f"failed: {e}"
+        job.result["jvm_perf_maps"] = done
+        for pid, what in done.items():
+            if what != "written":
+                job.result["notes"].append(
+                    f"the JVM {pid} did not write its perf map ({what[:300]}): its JIT-compiled "
+                    "methods show as [perf-PID.map] or [unknown]"
+                )
+
+    async def _cpu_folded(
+        self,
+        job: Job,
+        options: CollapseOptions,
+        *,
+        perf_maps: list[int],
+        with_perf: bool,
+        runs: list[PySpyRun],
+    ) -> dict[str, int]:
+        """perf's stacks and py-spy's, in one folded dict."""
+        stacks: dict[str, int] = {}
+        if with_perf:
+            stacks = await self._folded(job, options, perf_maps=perf_maps)
+        for run in runs:
+            path = job.artifact(f"py-spy-{run.pid}.txt")
+            try:
+                raw = await asyncio.to_thread(path.read_text, "utf-8", "replace")
+            except OSError:
+                continue  # py-spy failed for it: said in the notes
+            part = pyspy.fold(
+                raw,
+                comm=run.comm,
+                pid=run.pid,
+                with_pid=options.pid or options.tid,
+                with_tid=options.tid,
+            )
+            for k, v in part.items():
+                stacks[k] = stacks.get(k, 0) + v
+        return stacks
 
     async def _run_offcpu(self, job: Job, the_plan: Plan) -> None:
         meta = job.result
@@ -295,18 +415,51 @@ class Service:
         if rec.stopped_early:
             job.message = "stopped early on request; what was recorded is kept"
 
-    def _note_recording(self, job: Job, the_plan: Plan, rec: Recording) -> None:
+    def _note_recording(
+        self, job: Job, the_plan: Plan, rec: Recording | None, spies: list[PySpyResult]
+    ) -> None:
         meta = job.result
-        meta["samples"] = rec.samples
-        meta["lost_samples"] = rec.lost
-        self.metrics.drop("perf_lost", rec.lost)
-        meta["stopped_early"] = rec.stopped_early
-        meta["perf_warnings"] = rec.warnings
+        perf_samples = rec.samples or 0 if rec is not None else 0
+        spy_samples = sum(s.samples for s in spies)
+        meta["samples"] = perf_samples + spy_samples
+        meta["lost_samples"] = rec.lost if rec is not None else 0
+        meta["dropped_samples"] = sum(s.errors for s in spies)
+        if rec is not None:
+            self.metrics.drop("perf_lost", rec.lost)
+        meta["stopped_early"] = job.stop_requested.is_set()
+        meta["perf_warnings"] = rec.warnings if rec is not None else []
+        meta["py_spy"] = [
+            {
+                "pid": s.pid,
+                "ok": s.ok,
+                "samples": s.samples,
+                "errors": s.errors,
+                "exited": s.exited,
+                **({"message": s.message} if s.message else {}),
+            }
+            for s in spies
+        ]
         self._note_targets(job, the_plan)
         notes = meta["notes"]
-        if rec.lost:
+        if rec is not None and rec.lost:
             notes.append(f"perf lost {rec.lost} chunk(s) of samples (the system was too busy)")
-        if rec.samples == 0:
+        for s in spies:
+            if not s.ok:
+                notes.append(f"py-spy could not profile pid {s.pid}: {s.message[:500]}")
+            elif s.errors:
+                notes.append(
+                    f"py-spy dropped {s.errors} of {s.samples + s.errors} samples of pid "
+                    f"{s.pid} (the interpreter could not be read at that instant)"
+                )
+        if spies and rec is None and not any(s.ok for s in spies):
+            raise _proc.ToolFailed(
+                "py-spy could not profile "
+                + "; ".join(f"pid {s.pid}: {s.message[:300]}" for s in spies),
+                argv=the_plan.py_spy[0].argv,
+                returncode=1,
+                stderr="",
+            )
+        if meta["samples"] == 0:
             notes.append(
                 "no samples: the targets used no CPU while recording (idle, or blocked); "
                 "profile while they are busy, or longer"
@@ -477,9 +630,14 @@ class Service:
         key = "".join(f"{k}{int(v)}" for k, v in sorted(asdict(options).items()))
         cached = job.artifact(f"folded-{key}.txt")
         lock = self._folded_locks.setdefault(job.id, asyncio.Lock())
+        # Profiles made before py-spy came have no py_spy runs in their plan.
+        runs = [PySpyRun.model_validate(r) for r in job.result.get("plan", {}).get("py_spy", [])]
+        with_perf = bool(job.result.get("plan", {}).get("argv", True))
         async with lock:
             if not await asyncio.to_thread(cached.exists):
-                stacks = await self._folded(job, options, perf_maps=map_pids(job))
+                stacks = await self._cpu_folded(
+                    job, options, perf_maps=map_pids(job), with_perf=with_perf, runs=runs
+                )
                 await asyncio.to_thread(write_atomic, cached, format_folded(stacks))
         return cached
 
@@ -496,6 +654,15 @@ class Service:
         if not path.exists():
             raise NotFound(f"profile {job.id} has no {name}")
         return path
+
+    def require_perf_data(self, job: Job) -> None:
+        """409 for a profile that has no perf.data because py-spy recorded all of it."""
+        if job.state == "succeeded" and not job.result.get("plan", {}).get("argv", True):
+            raise Conflict(
+                f"profile {job.id} has no perf.data: py-spy recorded all its targets "
+                "(Python); its stacks are in folded, flamegraph.svg, speedscope.json and "
+                "profile.pb.gz"
+            )
 
     async def wait(self, job: Job) -> None:
         if job.task is not None:

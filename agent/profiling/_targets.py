@@ -10,6 +10,8 @@ from agent import procfs
 from agent.errors import Conflict
 from agent.profiling.planner import TargetFacts
 
+_FLAGGED = ("java", "node", "python")
+
 
 def traceable(info: procfs.ProcessInfo) -> procfs.ProcessInfo:
     """A process perf can attach to, or 409 saying why not (perf would fail mutely).
@@ -37,4 +39,5 @@ def target_facts(info: procfs.ProcessInfo) -> TargetFacts:
         stripped=elf is not None and not elf.symtab and not elf.debug_info,
         # Only native code is judged by its prologues: runtimes have their own story.
         frame_pointers=procfs.frame_pointers(info.pid) if info.runtime == "native" else None,
+        runtime_flags=procfs.runtime_flags(info.pid) if info.runtime in _FLAGGED else (),
     )

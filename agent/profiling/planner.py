@@ -2,11 +2,20 @@
 
 CPU profiles (``type: cpu``, the default) run ``perf record``; off-CPU profiles
 (``type: off-cpu``) run the bpftrace program of :mod:`agent.profiling.offcpu`.
+Python targets of a CPU profile are sampled by py-spy instead (whole Python
+stacks read from the interpreter's memory): :func:`choose_profilers` decides per
+process and says why, and both kinds of recording run side by side.
 
 Nothing here touches the system: the service gathers :class:`TargetFacts` from
 /proc, the planner decides (validated bounds, call-graph mode and why, the exact
 ``perf record`` argument list, what will not resolve and why), and
 ``POST /profiles?dry_run=true`` shows the resulting :class:`Plan` unchanged.
+
+Profiler rule for ``auto`` (documented in docs/profiling.md): py-spy for every
+CPython process when py-spy is installed (perf sees only the innermost Python
+function, and nothing Python at all without perf support), perf for the rest.
+``profiler: perf`` keeps perf for everything; ``profiler: py-spy`` insists on py-spy
+(a 409 names the targets that are not Python).
 
 Call-graph rule for ``auto`` (documented in docs/profiling.md):
 
@@ -28,10 +37,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from agent.errors import Invalid
+from agent.errors import Conflict, Invalid, Unavailable
 from agent.profiling import offcpu
 
 CallGraph = Literal["auto", "fp", "dwarf"]
+Profiler = Literal["auto", "perf", "py-spy"]
 ProfileType = Literal["cpu", "off-cpu"]
 Runtime = Literal["python", "java", "node", "dotnet", "go", "native"]
 OutputFormat = Literal["svg", "folded", "speedscope", "pprof"]
@@ -81,6 +91,17 @@ class ProfileRequest(BaseModel):
     )
     frequency_hz: int | None = Field(default=None, description="cpu only: default 99 Hz; bounded")
     call_graph: CallGraph = "auto"
+    profiler: Profiler = Field(
+        default="auto",
+        description="auto: py-spy for Python processes (whole Python stacks), perf for the "
+        "rest; perf or py-spy force one (py-spy: every target must be Python)",
+    )
+    python_native: bool = Field(
+        default=False,
+        description="py-spy only: mixed stacks, the native frames of C extensions and the "
+        "interpreter under the Python ones. It pauses the process at each sample "
+        "(see docs/profiling.md for the measured cost)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +129,32 @@ class TargetFacts:
     stripped: bool = False
     frame_pointers: bool | None = None
     """False when the executable was seen built without frame pointers; None = unknown."""
+    runtime_flags: tuple[str, ...] = ()
+    """The profiling flags the runtime was started with (its command line and its
+    NODE_OPTIONS / JAVA_TOOL_OPTIONS / PYTHONPERFSUPPORT), as far as they matter here."""
+
+
+class ProfilerChoice(BaseModel):
+    """Which profiler records one target, and why."""
+
+    pid: int
+    profiler: Literal["perf", "py-spy"]
+    reason: str
+
+
+class PySpyRun(BaseModel):
+    """One py-spy recording: a Python target sampled from the interpreter's memory."""
+
+    pid: int
+    comm: str
+    argv: list[str]
+    output: str = Field(description="where py-spy writes its raw (folded) stacks")
 
 
 class Plan(BaseModel):
     """What will run, and why: the dry-run answer and part of the profile's metadata."""
 
-    argv: list[str]
+    argv: list[str] = Field(description="perf record's command; empty when py-spy records all")
     type: ProfileType = "cpu"
     program: str | None = Field(default=None, description="off-cpu: the bpftrace program")
     pids: list[int]
@@ -126,14 +167,31 @@ class Plan(BaseModel):
     unresolved: list[str] = Field(
         description="frames expected to show as [unknown], and why (before recording)"
     )
+    profilers: list[ProfilerChoice] = Field(
+        default_factory=list, description="the profiler of each target, and why"
+    )
+    py_spy: list[PySpyRun] = Field(
+        default_factory=list, description="the py-spy recordings (Python targets)"
+    )
+
+    @property
+    def perf_pids(self) -> list[int]:
+        return (
+            [c.pid for c in self.profilers if c.profiler == "perf"] if self.profilers else self.pids
+        )
 
 
 _JIT_HINT = {
-    "python": "Python >= 3.12 writes one with PYTHONPERFSUPPORT=1 (or -X perf)",
-    "java": "run the JVM with a perf-map agent (e.g. -agentpath:libperfmap.so)",
-    "node": "start node with --perf-basic-prof",
+    "python": "Python >= 3.12 writes one with PYTHONPERFSUPPORT=1 (or -X perf); py-spy "
+    "(profiler auto or py-spy) needs none",
+    "java": "the agent asks the JVM for one (jattach PID jcmd Compiler.perfmap, JDK >= 17) "
+    "when jattach is installed; otherwise run the JVM with a perf-map agent",
+    "node": "start node with --perf-basic-prof (NODE_OPTIONS; the webhook sets it)",
     "dotnet": "set DOTNET_PerfMapEnabled=1",
 }
+JAVA_FRAME_POINTERS = "-XX:+PreserveFramePointer"
+NODE_PERF_MAP = "--perf-basic-prof"
+NODE_INTERPRETED = "--interpreted-frames-native-stack"
 
 
 def _py_version(v: str | None) -> tuple[int, int] | None:
@@ -164,10 +222,81 @@ def choose_call_graph(requested: CallGraph, targets: list[TargetFacts]) -> tuple
     return "fp", "no target needs DWARF unwinding: frame pointers are cheaper"
 
 
-def expected_unresolved(targets: list[TargetFacts], *, mode: str = "fp") -> list[str]:
-    """Why some frames will show as ``[unknown]`` (or be missing), known before recording."""
+def choose_profilers(
+    request: ProfileRequest, targets: list[TargetFacts], *, pyspy: str | None
+) -> list[ProfilerChoice]:
+    """The profiler of each target and why (see the module docstring)."""
+    if request.profiler == "perf":
+        if request.python_native:
+            raise Invalid(
+                "python_native applies to py-spy: use profiler auto or py-spy",
+                field="python_native",
+            )
+        return [
+            ProfilerChoice(pid=t.pid, profiler="perf", reason="perf requested") for t in targets
+        ]
+    if request.profiler == "py-spy":
+        others = [t for t in targets if t.runtime != "python"]
+        if others:
+            raise Conflict(
+                "py-spy profiles CPython processes only, and "
+                + ", ".join(f"pid {t.pid} ({t.comm}) is {t.runtime}" for t in others[:10])
+                + ": use profiler auto (py-spy for the Python processes, perf for the rest) "
+                "or target the Python processes only"
+            )
+        if pyspy is None:
+            raise Unavailable(
+                "py-spy is not installed in the agent (it comes with the agent's package, "
+                "pip install py-spy); use profiler perf meanwhile"
+            )
+    out: list[ProfilerChoice] = []
+    for t in targets:
+        if t.runtime == "python" and pyspy is not None:
+            out.append(
+                ProfilerChoice(
+                    pid=t.pid,
+                    profiler="py-spy",
+                    reason=(
+                        f"Python {t.runtime_version or ''}".rstrip()
+                        + ": py-spy reads the interpreter's own frames, so whole Python "
+                        "stacks (function, file, line) show, with or without perf support"
+                        + ("; with native frames (python_native)" if request.python_native else "")
+                    ),
+                )
+            )
+        elif t.runtime == "python":
+            out.append(
+                ProfilerChoice(
+                    pid=t.pid,
+                    profiler="perf",
+                    reason="py-spy is not installed in the agent: perf sees the interpreter, "
+                    "and Python functions only through a perf map",
+                )
+            )
+        else:
+            out.append(
+                ProfilerChoice(
+                    pid=t.pid, profiler="perf", reason=f"{t.runtime} code: perf samples it"
+                )
+            )
+    return out
+
+
+def expected_unresolved(
+    targets: list[TargetFacts], *, mode: str = "fp", jattach: bool = False
+) -> list[str]:
+    """Why some frames will show as ``[unknown]`` (or be missing), known before recording.
+
+    Only the targets perf records belong here: py-spy's stacks have no unresolved frames.
+    """
     out: list[str] = []
     for t in targets:
+        if t.runtime == "java":
+            out.extend(_java_notes(t, jattach=jattach))
+            continue
+        if t.runtime == "node":
+            out.extend(_node_notes(t))
+            continue
         ver = _py_version(t.runtime_version)
         if t.runtime == "python" and ver is not None and ver >= (3, 12) and t.perf_map:
             # Seen with perf 6.1 and CPython 3.12: the trampoline that names each
@@ -193,6 +322,40 @@ def expected_unresolved(targets: list[TargetFacts], *, mode: str = "fp") -> list
                 f"pid {t.pid} ({t.comm}): {t.exe} is stripped (no .symtab, no debug info): "
                 "only its exported symbols resolve, other frames show as [unknown]"
             )
+    return out
+
+
+def _java_notes(t: TargetFacts, *, jattach: bool) -> list[str]:
+    out: list[str] = []
+    if JAVA_FRAME_POINTERS not in t.runtime_flags:
+        out.append(
+            f"pid {t.pid} ({t.comm}, java): the JVM was started without "
+            f"{JAVA_FRAME_POINTERS}: its JIT-compiled frames keep no frame pointer, so "
+            "stacks are cut short at compiled Java methods and their callers are missing; "
+            f"restart it with JAVA_TOOL_OPTIONS={JAVA_FRAME_POINTERS} (the webhook sets it)"
+        )
+    if not t.perf_map and not jattach:
+        out.append(
+            f"pid {t.pid} ({t.comm}, java) has no perf map and jattach is not installed: "
+            f"JIT-compiled methods will show as [perf-{t.pid}.map] or [unknown]; "
+            + _JIT_HINT["java"]
+        )
+    return out
+
+
+def _node_notes(t: TargetFacts) -> list[str]:
+    out: list[str] = []
+    if not t.perf_map and NODE_PERF_MAP not in t.runtime_flags:
+        out.append(
+            f"pid {t.pid} ({t.comm}, node) was started without {NODE_PERF_MAP}: its "
+            "JavaScript functions will be [unknown] or V8 builtins; " + _JIT_HINT["node"]
+        )
+    elif NODE_INTERPRETED not in t.runtime_flags:
+        out.append(
+            f"pid {t.pid} ({t.comm}, node) was started without {NODE_INTERPRETED}: "
+            "functions V8 has not compiled yet show as InterpreterEntryTrampoline instead "
+            "of their names (only JIT-compiled ones are named)"
+        )
     return out
 
 
@@ -233,13 +396,24 @@ def plan(
     limits: Limits,
     output: Path,
     pid_ns: int = 0,
+    pyspy: str | None = None,
+    jattach: bool = False,
 ) -> Plan:
-    """Build the ``perf record`` (or off-CPU bpftrace) command for ``request`` on ``targets``.
+    """Build the ``perf record`` (or off-CPU bpftrace) command for ``request`` on ``targets``,
+    and the py-spy commands of its Python targets.
 
     ``pid_ns``: the inode number of the agent's PID namespace (off-CPU targets are
-    selected by their pid there).
+    selected by their pid there). ``pyspy``: the py-spy executable, None when it is
+    missing. ``jattach``: whether JVM perf maps can be asked for. py-spy writes its
+    raw stacks next to ``output`` (``py-spy-PID.txt``).
     """
     if request.type == "off-cpu":
+        if request.profiler == "py-spy" or request.python_native:
+            raise Invalid(
+                "off-cpu profiles are recorded by bpftrace: profiler py-spy and "
+                "python_native apply to cpu profiles",
+                field="profiler",
+            )
         return _plan_offcpu(request, targets=targets, target=target, limits=limits, pid_ns=pid_ns)
     duration = _duration(request, limits)
     freq = int(
@@ -254,23 +428,48 @@ def plan(
     )
     if not targets:
         raise Invalid("there is no process to profile", field="pid")
-    mode, reason = choose_call_graph(request.call_graph, targets)
-    pids = sorted({t.pid for t in targets})
-    call_graph = ["--call-graph", f"dwarf,{DWARF_STACK_BYTES}"] if mode == "dwarf" else ["-g"]
-    argv = [
-        "perf",
-        "record",
-        "-F",
-        str(freq),
-        *call_graph,
-        "-p",
-        ",".join(str(p) for p in pids),
-        "-o",
-        str(output),
-        "--",
-        "sleep",
-        f"{duration:g}",
+    choices = choose_profilers(request, targets, pyspy=pyspy)
+    by_pyspy = {c.pid for c in choices if c.profiler == "py-spy"}
+    perf_targets = [t for t in targets if t.pid not in by_pyspy]
+    runs = [
+        PySpyRun(
+            pid=t.pid,
+            comm=t.comm,
+            argv=pyspy_argv(
+                pyspy=pyspy or "py-spy",
+                pid=t.pid,
+                rate_hz=freq,
+                native=request.python_native,
+                output=output.with_name(f"py-spy-{t.pid}.txt"),
+            ),
+            output=str(output.with_name(f"py-spy-{t.pid}.txt")),
+        )
+        for t in sorted(targets, key=lambda t: t.pid)
+        if t.pid in by_pyspy
     ]
+    if perf_targets:
+        mode, reason = choose_call_graph(request.call_graph, perf_targets)
+    else:
+        mode, reason = "fp", "no target is recorded by perf (py-spy reads Python's own stacks)"
+    pids = sorted({t.pid for t in targets})
+    perf_pids = sorted({t.pid for t in perf_targets})
+    argv: list[str] = []
+    if perf_pids:
+        call_graph = ["--call-graph", f"dwarf,{DWARF_STACK_BYTES}"] if mode == "dwarf" else ["-g"]
+        argv = [
+            "perf",
+            "record",
+            "-F",
+            str(freq),
+            *call_graph,
+            "-p",
+            ",".join(str(p) for p in perf_pids),
+            "-o",
+            str(output),
+            "--",
+            "sleep",
+            f"{duration:g}",
+        ]
     return Plan(
         argv=argv,
         pids=pids,
@@ -280,8 +479,36 @@ def plan(
         call_graph="dwarf" if mode == "dwarf" else "fp",
         call_graph_reason=reason,
         timeout_s=duration + limits.timeout_slack_s,
-        unresolved=expected_unresolved(targets, mode=mode),
+        unresolved=expected_unresolved(perf_targets, mode=mode, jattach=jattach),
+        profilers=choices,
+        py_spy=runs,
     )
+
+
+def pyspy_argv(*, pyspy: str, pid: int, rate_hz: int, native: bool, output: Path) -> list[str]:
+    """``py-spy record`` of one process until stopped (SIGINT ends it and writes the file).
+
+    No ``--duration``: py-spy takes whole seconds only, so the recorder stops it at the
+    planned time. ``--threads`` keeps the thread id of each stack (the folded view's
+    ``tid`` option), ``--full-filenames`` the whole path of each frame's file.
+    ``--nonblocking`` reads the interpreter without pausing it (the cheap default);
+    ``--native`` must pause it to unwind the native frames, and excludes it.
+    """
+    return [
+        pyspy,
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "raw",
+        "--rate",
+        str(rate_hz),
+        "--threads",
+        "--full-filenames",
+        *(["--native"] if native else ["--nonblocking"]),
+        "--output",
+        str(output),
+    ]
 
 
 def _plan_offcpu(

@@ -82,7 +82,7 @@ def view(job: Job) -> dict[str, Any]:
         }
         if job.params.get("type", "cpu") == "off-cpu":
             links["bpftrace_output"] = f"{base}/{BPFTRACE_OUT}"
-        else:
+        elif the_plan.get("argv", True):  # not when py-spy recorded every target
             links["perf_data"] = f"{base}/{PERF_DATA}"
     return {
         "id": job.id,
@@ -209,7 +209,9 @@ async def pprof(svc: ServiceDep, job_id: JobId) -> FileResponse:
 
 @router.get("/profiles/{job_id}/perf.data", **_artifact_route(PERF_DATA))
 async def perf_data(svc: ServiceDep, job_id: JobId) -> FileResponse:
-    return _artifact(svc, svc.jobs.get(KIND, job_id), PERF_DATA)
+    job = svc.jobs.get(KIND, job_id)
+    svc.require_perf_data(job)
+    return _artifact(svc, job, PERF_DATA)
 
 
 @router.get("/profiles/{job_id}/bpftrace.json", **_artifact_route(BPFTRACE_OUT))

@@ -126,11 +126,18 @@ def test_expected_unresolved_reasons() -> None:
         pid=13, comm="py", container="p", runtime="python", runtime_version="3.13"
     )
     reasons = expected_unresolved([java, stripped, py_no_map, PY312, C], mode="dwarf")
-    assert len(reasons) == 4
-    assert "perf-11.map" in reasons[0] and "perf-map agent" in reasons[0]
-    assert "stripped" in reasons[1]
-    assert "PYTHONPERFSUPPORT" in reasons[2]
-    assert "trampoline" in reasons[3] and "no Python frame" not in reasons[3]
+    assert len(reasons) == 5
+    assert "PreserveFramePointer" in reasons[0] and "callers are missing" in reasons[0]
+    assert "perf-11.map" in reasons[1] and "jattach is not installed" in reasons[1]
+    assert "stripped" in reasons[2]
+    assert "PYTHONPERFSUPPORT" in reasons[3]
+    assert "trampoline" in reasons[4] and "no Python frame" not in reasons[4]
+    # With jattach the agent asks the JVM for its map; with the flag its stacks are whole.
+    java_fp = TargetFacts(
+        pid=11, comm="java", container="j", runtime="java",
+        runtime_flags=("-XX:+PreserveFramePointer",),
+    )  # fmt: skip
+    assert expected_unresolved([java_fp], jattach=True) == []
     (fp_reason,) = expected_unresolved([PY312], mode="fp")
     assert "no Python frame shows" in fp_reason
 

@@ -233,12 +233,14 @@ def check_pprof(data: bytes, name: str) -> None:
 
 def test_python_functions_by_name(client: httpx.Client, apps: dict[str, podsim.Container]) -> None:
     pid = apps["pyapp"].pid
-    plan = client.post("/profiles", params={"dry_run": "true"}, json={"pid": pid}).json()["plan"]
+    # perf on Python (profiler perf; auto would pick py-spy): the perf trampoline's names.
+    body = {"pid": pid, "profiler": "perf"}
+    plan = client.post("/profiles", params={"dry_run": "true"}, json=body).json()["plan"]
     assert plan["call_graph"] == "dwarf" and "perf trampoline" in plan["call_graph_reason"]
     r = client.post(
         "/profiles",
         params={"wait": "true", "format": "folded"},
-        json={"pid": pid, "duration_s": 1.5},
+        json={**body, "duration_s": 1.5},
     )
     assert r.status_code == 200, r.text
     text = r.text
@@ -260,7 +262,7 @@ def test_unresolved_frames_say_why(
         r = client.post(
             "/profiles",
             params={"wait": "true", "format": "folded"},
-            json={"pids": [stripped.pid, nomap.pid], "duration_s": 1},
+            json={"pids": [stripped.pid, nomap.pid], "duration_s": 1, "profiler": "perf"},
         )
         assert r.status_code == 200, r.text
         job_id = r.headers["location"].rsplit("/", 1)[1]

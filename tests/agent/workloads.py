@@ -197,3 +197,30 @@ int main(int argc, char **argv) {
     }
 }
 """
+
+
+# main calls hot() directly three times for each call through cold(): a known split
+# (3:1) between the chains main -> hot and main -> cold -> hot.
+PY_CHAIN = r"""
+import sys, time
+
+def hot(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+
+def cold(n):
+    return hot(n)
+
+def main():
+    total = 0
+    while True:
+        total += hot(30000)
+        total += hot(30000)
+        total += hot(30000)
+        total += cold(30000)
+
+main()
+"""
+PY313 = "/root/.pyenv/versions/3.13.0/bin/python3.13"
