@@ -46,7 +46,10 @@ HOST_PATHS: Final = (
 RUNTIME_ENV: Final[tuple[tuple[str, str, Literal["set", "append"]], ...]] = (
     ("DOTNET_PerfMapEnabled", "1", "set"),
     ("PYTHONPERFSUPPORT", "1", "set"),
-    ("NODE_OPTIONS", "--perf-basic-prof", "append"),
+    # --perf-basic-prof names JIT-compiled functions; --interpreted-frames-native-stack
+    # gives each interpreted one a frame of its own in that map (else they all show as
+    # InterpreterEntryTrampoline). Both are allowed in NODE_OPTIONS.
+    ("NODE_OPTIONS", "--perf-basic-prof --interpreted-frames-native-stack", "append"),
     ("JAVA_TOOL_OPTIONS", "-XX:+PreserveFramePointer", "append"),
 )
 
@@ -266,9 +269,10 @@ def _mutate_app_container(
         if how == "set" or "valueFrom" in entry or not isinstance(current, str | None):
             continue  # the pod sets it: never overridden
         current = current or ""
-        if value in current.split():
+        missing = [flag for flag in value.split() if flag not in current.split()]
+        if not missing:
             continue
-        b.set(entry, f"{path}/env/{index[var]}", "value", f"{current} {value}".strip())
+        b.set(entry, f"{path}/env/{index[var]}", "value", " ".join([current, *missing]).strip())
 
 
 def plan_injection(

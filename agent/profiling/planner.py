@@ -297,6 +297,12 @@ def expected_unresolved(
         if t.runtime == "node":
             out.extend(_node_notes(t))
             continue
+        if t.runtime == "go" and mode == "fp":
+            out.append(
+                f"pid {t.pid} ({t.comm}, go): Go's frameless leaf functions (no call, nothing "
+                "on the stack) push no frame pointer, so their immediate caller is missing "
+                "from frame-pointer stacks (the rest of the stack is whole)"
+            )
         ver = _py_version(t.runtime_version)
         if t.runtime == "python" and ver is not None and ver >= (3, 12) and t.perf_map:
             # Seen with perf 6.1 and CPython 3.12: the trampoline that names each

@@ -8,6 +8,8 @@ the argument is ``volatile`` and every result is kept in a volatile sink.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -224,3 +226,103 @@ def main():
 main()
 """
 PY313 = "/root/.pyenv/versions/3.13.0/bin/python3.13"
+
+
+# The same 3:1 chain in Java. Inlining is turned off for Chain's methods on the command
+# line (-XX:CompileCommand=dontinline,Chain::*): the JIT would fold hot into its callers.
+JAVA_CHAIN = r"""
+public class Chain {
+    static volatile long sink;
+    static long hot(long n) {
+        long s = 0;
+        for (long i = 0; i < n; i++) s += (i * i) ^ (s >>> 3);
+        return s;
+    }
+    static long cold(long n) { return hot(n); }
+    // The loop's body is a method of its own: main, never returning, stays interpreted
+    // (its frame shows as "Interpreter"), work is compiled and named.
+    static void work() {
+        sink += hot(300000);
+        sink += hot(300000);
+        sink += hot(300000);
+        sink += cold(300000);
+    }
+    public static void main(String[] args) {
+        while (true) work();
+    }
+}
+"""
+
+NODE_CHAIN = r"""
+let sink = 0;
+function hot(n) {
+    let s = 0;
+    for (let i = 0; i < n; i++) s += (i * i) ^ (s >>> 3);
+    return s;
+}
+function cold(n) { return hot(n); }
+function main() {
+    for (;;) {
+        sink += hot(300000);
+        sink += hot(300000);
+        sink += hot(300000);
+        sink += cold(300000);
+    }
+}
+main();
+"""
+
+GO_CHAIN = r"""
+package main
+
+var sink uint64
+
+// hot calls finish so that it has a frame of its own: a frameless leaf function (no
+// call, nothing on the stack) pushes no frame pointer, and frame-pointer stacks then
+// skip its caller (said in the profile's notes for Go, and in docs/profiling.md).
+//
+//go:noinline
+func hot(n uint64) uint64 {
+	var s uint64
+	for i := uint64(0); i < n; i++ {
+		s += (i * i) ^ (s >> 3)
+	}
+	return finish(s)
+}
+
+//go:noinline
+func finish(s uint64) uint64 { return s + 1 }
+
+//go:noinline
+func cold(n uint64) uint64 { return hot(n) }
+
+func main() {
+	for {
+		sink += hot(3000000)
+		sink += hot(3000000)
+		sink += hot(3000000)
+		sink += cold(3000000)
+	}
+}
+"""
+
+
+def build_java(source: str, out_dir: Path) -> Path:
+    """Chain.class in ``out_dir``."""
+    src = out_dir / "Chain.java"
+    src.write_text(source)
+    subprocess.run(["javac", "-d", str(out_dir), str(src)], check=True, timeout=120)
+    return out_dir / "Chain.class"
+
+
+def build_go(source: str, out: Path) -> Path:
+    src_dir = out.parent / "gosrc"
+    src_dir.mkdir(exist_ok=True)
+    (src_dir / "main.go").write_text(source)
+    (src_dir / "go.mod").write_text("module chain\n\ngo 1.22\n")
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    subprocess.run(
+        [go, "build", "-o", str(out), "."], cwd=src_dir, env=env, check=True, timeout=300
+    )
+    return out

@@ -354,7 +354,8 @@ def test_runtime_symbols_never_override_the_pod() -> None:
     a, b = out["spec"]["containers"][:2]
     assert env_of(a) == {
         "PYTHONPERFSUPPORT": "0",
-        "NODE_OPTIONS": "--max-old-space-size=100 --perf-basic-prof",
+        "NODE_OPTIONS": "--max-old-space-size=100 --perf-basic-prof "
+        "--interpreted-frames-native-stack",
         "JAVA_TOOL_OPTIONS": "-Xmx1g -XX:+PreserveFramePointer",
         "TRACECAR_CONTAINER": "custom",
         "DOTNET_PerfMapEnabled": "1",
