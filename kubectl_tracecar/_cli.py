@@ -102,6 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--duration", default="30s", help="how long to record (default 30s)")
     p.add_argument("-F", "--frequency", type=int, help="samples per second (default 99)")
     p.add_argument(
+        "--type",
+        choices=["cpu", "off-cpu"],
+        default="cpu",
+        help="cpu: time on CPU; off-cpu: time blocked or waiting, weighted by that time",
+    )
+    p.add_argument(
+        "--profiler",
+        choices=["auto", "perf", "py-spy"],
+        default="auto",
+        help="auto: py-spy for Python processes (whole Python stacks), perf for the rest",
+    )
+    p.add_argument(
+        "--python-native",
+        action="store_true",
+        help="py-spy: native frames under the Python ones (pauses the process per sample)",
+    )
+    p.add_argument(
         "-o",
         "--output-file",
         default="flame.svg",

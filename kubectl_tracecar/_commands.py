@@ -320,6 +320,13 @@ def profile_body(args: argparse.Namespace, duration_s: float) -> dict[str, Any]:
         body["container"] = args.container
     if args.frequency is not None:
         body["frequency_hz"] = args.frequency
+    # Only what differs from the agent's defaults: an older agent keeps working.
+    if getattr(args, "type", "cpu") != "cpu":
+        body["type"] = args.type
+    if getattr(args, "profiler", "auto") != "auto":
+        body["profiler"] = args.profiler
+    if getattr(args, "python_native", False):
+        body["python_native"] = True
     return body
 
 

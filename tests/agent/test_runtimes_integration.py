@@ -306,3 +306,44 @@ def test_go_whole_stacks(pod: podsim.SimPod, client: httpx.Client, tmp_path: Pat
         assert_known_split(via_cold, direct, stacks)
     finally:
         app.stop()
+
+
+WORKERS = r"""
+import multiprocessing as mp
+import sys, time
+sys.path.insert(0, "/srv")
+from chainlib import main
+
+if __name__ == "__main__":
+    mp.set_start_method("fork")
+    procs = [mp.Process(target=main) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+"""
+
+
+def test_python_workers_of_a_container(pod: podsim.SimPod, client: httpx.Client) -> None:
+    """A multiprocessing parent and its workers (gunicorn's shape): targeting the
+    container covers every worker, each sampled by py-spy, in one graph."""
+    lib = PY_CHAIN.replace("\nmain()\n", "\n")
+    app = pod.run(
+        "workers",
+        [PY312, "/srv/workers.py"],
+        files={"workers.py": WORKERS.encode(), "chainlib.py": lib.encode()},
+    )
+    try:
+        time.sleep(1.0)
+        stacks, view = profile(
+            client, {"container": "workers", "duration_s": 2, "frequency_hz": 49}
+        )
+        spied = [r["pid"] for r in view["metadata"]["py_spy"] if r["ok"]]
+        assert len(spied) == 3, view["metadata"]["py_spy"]  # the parent and two workers
+        by_pid = client.get(f"/profiles/{view['id']}/folded", params={"pid": "true"}).text
+        busy = {
+            line.split(";", 1)[0] for line in by_pid.splitlines() if "hot (/srv/chainlib.py" in line
+        }
+        assert len(busy) == 2, busy  # both workers burn CPU in hot, each under its own pid
+    finally:
+        app.stop()

@@ -112,6 +112,12 @@ def test_request_bodies() -> None:
     }
     with pytest.raises(UsageError, match="not both"):
         profile_body(_cli.parse(["profile", "web", "--pid", "3", "--process", "x"]), 1.0)
+    py = _cli.parse(["profile", "web", "--pid", "3", "--profiler", "py-spy", "--python-native"])
+    assert profile_body(py, 2.0) == {
+        "duration_s": 2.0, "pid": 3, "profiler": "py-spy", "python_native": True,
+    }  # fmt: skip
+    off = _cli.parse(["profile", "web", "--type", "off-cpu"])
+    assert profile_body(off, 2.0) == {"duration_s": 2.0, "type": "off-cpu"}
     q = _cli.parse(
         [
             "probe",
