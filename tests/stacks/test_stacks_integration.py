@@ -145,9 +145,7 @@ def tids(c: podsim.Container) -> set[int]:
 # --- Python -----------------------------------------------------------------------
 
 
-def test_python_stack_shows_main_then_wait_here(
-    client: httpx.Client, apps: dict[str, Any]
-) -> None:
+def test_python_stack_shows_main_then_wait_here(client: httpx.Client, apps: dict[str, Any]) -> None:
     py = apps["py"]
     body = stack(client, py.pid)
     assert (body["pid"], body["runtime"], body["kind"], body["tool"]) == (
@@ -170,9 +168,10 @@ def test_python_text_is_py_spy_own_dump(client: httpx.Client, apps: dict[str, An
     for kw in ({"params": {"format": "text"}}, {"headers": {"Accept": "text/plain"}}):
         r = client.get(f"/processes/{py.pid}/stack", **kw)  # type: ignore[arg-type]
         assert r.status_code == 200 and r.headers["content-type"] == TEXT, r.text
-        assert f"Thread {py.pid} (idle): \"MainThread\"" in r.text, r.text
+        assert f'Thread {py.pid} (idle): "MainThread"' in r.text, r.text
         lines = [ln.strip() for ln in r.text.splitlines()]
-        at = next(i for i, ln in enumerate(lines) if ln.startswith(f"wait_here (wait.py:{PY_LINE})"))
+        inner = f"wait_here (wait.py:{PY_LINE})"
+        at = next(i for i, ln in enumerate(lines) if ln.startswith(inner))
         assert lines[at + 1].startswith("main (wait.py:"), r.text
 
 
@@ -315,9 +314,7 @@ def test_tool_timeout_is_504_and_the_target_runs_on(
         assert r.json()["tool"] == "gdb" and "within 0.2 s" in r.json()["detail"], r.text
         # Killed mid-attach, gdb must not leave the target (or any of its threads) stopped.
         for _ in range(20):
-            assert target.alive() and not thread_states(target) & {"t", "T"}, (
-                thread_states(target)
-            )
+            assert target.alive() and not thread_states(target) & {"t", "T"}, thread_states(target)
             time.sleep(0.05)
     finally:
         target.stop(signal.SIGKILL)
