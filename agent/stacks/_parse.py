@@ -32,7 +32,10 @@ def pyspy_json(out: str) -> list[ThreadStack]:
         raise Unparsable(f"py-spy printed no JSON ({e})") from e
     if not isinstance(data, list):
         raise Unparsable("py-spy's JSON is not a list of threads")
-    return [_pyspy_thread(t) for t in data if isinstance(t, dict)]
+    threads = [_pyspy_thread(t) for t in data if isinstance(t, dict)]
+    # py-spy lists threads in no useful order; the main thread (tid = pid) first, as gdb's.
+    threads.sort(key=lambda t: t.tid if t.tid is not None else 0)
+    return threads
 
 
 def _pyspy_thread(t: dict[str, Any]) -> ThreadStack:

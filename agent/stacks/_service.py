@@ -5,7 +5,7 @@ What can go wrong, and what the client hears (never a 500, never a stopped targe
 * no such process, or it exits while the tool runs      -> 404
 * a zombie, already traced (a debugger, strace), or not
   the runtime asked for, or py-spy sees no interpreter  -> 409, saying which
-* the JVM refuses the attach                             -> 409 with the JVM's words
+* the JVM refuses the attach (or is started not to)     -> 409 with the JVM's words
 * the tool is not installed                              -> 503 naming it and how to get it
 * the tool fails otherwise                               -> 502 with its stderr, summarised
 * the tool outlives ``stack_timeout_s``                  -> 504; it is killed and reaped
@@ -79,6 +79,21 @@ def _comm(pid: int) -> str:
         return "?"
 
 
+_NO_ATTACH = b"-XX:+DisableAttachMechanism"
+
+
+def _attach_disabled(pid: int, cmdline: list[str]) -> bool:
+    """A JVM started with -XX:+DisableAttachMechanism (argument, or JAVA_TOOL_OPTIONS and
+    the like in its environment). Asked anyway, it would print a thread dump into its
+    own stdout (jattach's SIGQUIT) and jattach would give up after 6 s."""
+    if any(_NO_ATTACH.decode() in a for a in cmdline):
+        return True
+    try:
+        return _NO_ATTACH in (procfs.PROC / str(pid) / "environ").read_bytes()
+    except OSError:
+        return False
+
+
 def summarise(stderr: str, returncode: int) -> str:
     """The tool's own words without its noise: py-spy's Rust backtrace, gdb's missing
     source lines (``29\t../sysdeps/...: No such file or directory.``)."""
@@ -109,6 +124,12 @@ class Stacks:
         the_plan = plan(
             pid, info.runtime, requested=runtime, native=native, text=text, tools=find_tools()
         )
+        if the_plan.tool == "jattach" and _attach_disabled(pid, info.cmdline):
+            raise Conflict(
+                f"the JVM of pid {pid} runs with -XX:+DisableAttachMechanism: it answers no "
+                "attach (jattach, jcmd, jstack); runtime=native shows its native stacks",
+                tool="jattach",
+            )
         lock = self._locks.setdefault(pid, asyncio.Lock())
         try:
             async with lock:

@@ -85,10 +85,8 @@ def apps(pod: podsim.SimPod, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     assert go_tool(), "no Go toolchain: the polyglot machine kind has /usr/local/go/bin/go"
     build = tmp_path_factory.mktemp("stacks-build")
     cbin = build_c(build / "blocked")
-    java = pod.run(
-        "japp", ["java", "-Xss512k", "-cp", "/srv", "Sleeper"],
-        files={"Sleeper.class": build_java(build)},
-    )  # fmt: skip
+    java_class = build_java(build)
+    java = pod.run("japp", ["java", "-cp", "/srv", "Sleeper"], files={"Sleeper.class": java_class})
     apps = {
         "py": pod.run("pyapp", [PY312, "/srv/wait.py"], files={"wait.py": PY_BLOCKED.encode()}),
         "c": pod.run("capp", ["/srv/blocked"], files={"blocked": cbin}),
@@ -97,7 +95,7 @@ def apps(pod: podsim.SimPod, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     }
     for c in apps.values():
         wait_ready(c)
-    return {**apps, "cbin": cbin}
+    return {**apps, "cbin": cbin, "java_class": java_class}
 
 
 @pytest.fixture
@@ -255,6 +253,31 @@ def test_java_stack_shows_sleeper_wait_here(client: httpx.Client, apps: dict[str
     assert f"\tat Sleeper.waitHere(Sleeper.java:{JAVA_LINE})" in text.text, text.text
     r = client.get(f"/processes/{java.pid}/stack", params={"runtime": "python"})
     assert r.status_code == 409 and "runtime is java" in r.json()["detail"], r.text
+
+
+def test_a_jvm_refusing_the_attach_is_409_and_runs_on(
+    pod: podsim.SimPod, client: httpx.Client, apps: dict[str, Any]
+) -> None:
+    jvm = pod.run(
+        "noattach", ["java", "-XX:+DisableAttachMechanism", "-cp", "/srv", "Sleeper"],
+        files={"Sleeper.class": apps["java_class"]},
+    )  # fmt: skip
+    try:
+        wait_ready(jvm)
+        t0 = time.monotonic()
+        r = client.get(f"/processes/{jvm.pid}/stack")
+        assert r.status_code == 409, r.text
+        body = r.json()
+        assert body["tool"] == "jattach" and "answers no attach" in body["detail"], body
+        assert "DisableAttachMechanism" in body["detail"] and "runtime=native" in body["detail"]
+        # Refused up front: no SIGQUIT (a thread dump in the app's own log), no 6 s wait.
+        assert time.monotonic() - t0 < 3 and "Full thread dump" not in jvm.log()
+        assert jvm.alive() and not thread_states(jvm) & {"t", "T"}
+        # Its native stacks are still there for the asking.
+        native = stack(client, jvm.pid, runtime="native")
+        assert native["kind"] == "native" and len(native["threads"]) > 5
+    finally:
+        jvm.stop(signal.SIGKILL)
 
 
 # --- Go -------------------------------------------------------------------------------
