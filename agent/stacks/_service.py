@@ -107,7 +107,7 @@ class Stacks:
 
     def __init__(self, *, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}  # pid -> (lock, its users)
 
     async def snapshot(
         self,
@@ -130,13 +130,18 @@ class Stacks:
                 "attach (jattach, jcmd, jstack); runtime=native shows its native stacks",
                 tool="jattach",
             )
-        lock = self._locks.setdefault(pid, asyncio.Lock())
+        lock, users = self._locks.get(pid, (asyncio.Lock(), 0))
+        self._locks[pid] = (lock, users + 1)
         try:
             async with lock:
                 return await self._take(the_plan)
         finally:
-            if not lock.locked():
-                self._locks.pop(pid, None)
+            # Forgotten by the last user only: a waiter keeps the lock the others share.
+            lock, users = self._locks[pid]
+            if users == 1:
+                del self._locks[pid]
+            else:
+                self._locks[pid] = (lock, users - 1)
 
     async def _take(self, p: Plan) -> StackSnapshot | str:
         before = _identity(p.pid)
@@ -169,9 +174,13 @@ class Stacks:
         except _parse.Unparsable as e:
             self._gone(p, before)
             raise self._failure(p, done, str(e)) from None
+        # Exited (or its pid reused) by now: what the tool printed is a dying process's
+        # partial state (gdb lists threads without frames), not a snapshot.
+        self._gone(p, before)
         if isinstance(result, str):
             return result
-        self._gone(p, before)  # an empty answer from a process that exited meanwhile
+        if not result:
+            raise self._failure(p, done, "it printed no thread")
         return StackSnapshot(
             pid=p.pid,
             runtime=p.runtime,
@@ -193,10 +202,7 @@ class Stacks:
             return _parse.jattach_text(out) if p.text else _parse.jattach(out)
         if p.text:
             return _parse.gdb_text(out)
-        threads = _parse.gdb(out)
-        if not threads:
-            raise _parse.Unparsable("gdb printed no thread")
-        return threads
+        return _parse.gdb(out)
 
     @staticmethod
     def _gone(p: Plan, before: tuple[int, str]) -> None:
@@ -233,5 +239,10 @@ class Stacks:
                 tool=p.tool,
             )
         if p.tool == "gdb" and "ptrace:" in said:
-            return Conflict(f"gdb cannot attach to pid {p.pid}: {said}", tool=p.tool)
+            hint = (
+                " (the agent needs CAP_SYS_PTRACE, or a tracer outside this pod holds it)"
+                if "not permitted" in said
+                else ""
+            )
+            return Conflict(f"gdb cannot attach to pid {p.pid}: {said}{hint}", tool=p.tool)
         return ToolError(f"{p.tool} failed on pid {p.pid}: {why}: {said}", tool=p.tool)

@@ -227,6 +227,26 @@ def test_python_on_a_c_process_is_409(client: httpx.Client, apps: dict[str, Any]
     assert r.status_code == 422 and r.json()["field"] == "native", r.text
 
 
+def test_a_process_another_tracer_holds_is_409_naming_it(
+    pod: podsim.SimPod, client: httpx.Client, apps: dict[str, Any]
+) -> None:
+    c = apps["c"]
+    # A debugger in another container of the pod, attached for a few seconds.
+    holder = pod.run(
+        "debugger",
+        ["gdb", "-nx", "-batch", "-iex", f"set sysroot /proc/{c.pid}/root",
+         "-p", str(c.pid), "-ex", "shell sleep 3"],
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while "\nTracerPid:\t0\n" in Path(f"/proc/{c.host_pid}/status").read_text():
+        assert time.monotonic() < deadline and holder.alive(), holder.log()
+        time.sleep(0.02)
+    r = client.get(f"/processes/{c.pid}/stack")
+    assert r.status_code == 409, r.text
+    assert f"already traced by pid {holder.pid} (gdb)" in r.json()["detail"], r.text
+    holder.launcher.wait(20)  # it detaches; the process runs on (checked after the test)
+
+
 def test_no_such_pid_is_404(client: httpx.Client) -> None:
     r = client.get("/processes/4000000/stack")
     assert r.status_code == 404 and "no process with pid 4000000" in r.json()["detail"]
