@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent import _proc, procfs
+from agent import _proc, capabilities, procfs
 from agent.errors import AgentError, Conflict, NotFound, Unavailable
 from agent.stacks import _parse
 from agent.stacks._model import RequestedRuntime, StackSnapshot, ThreadStack, Tool
@@ -108,6 +108,36 @@ class Stacks:
     def __init__(self, *, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self._locks: dict[int, tuple[asyncio.Lock, int]] = {}  # pid -> (lock, its users)
+
+    async def capabilities(self) -> dict[str, object]:
+        """``GET /capabilities``' ``stacks``: which kinds of stacks work here, and why not."""
+        found = find_tools()
+        pyspy, jattach, gdb = await asyncio.gather(
+            capabilities.tool_version("py-spy", "--version", path=found["py-spy"]),
+            capabilities.tool_version("jattach"),  # its usage names its version
+            capabilities.tool_version("gdb", "--version"),
+        )
+        ptrace = "SYS_PTRACE" in capabilities.effective_caps()
+        kinds = {
+            "python": bool(pyspy.get("available")) and ptrace,
+            "java": bool(jattach.get("available")),
+            "native": bool(gdb.get("available")) and ptrace,
+        }
+        missing = [k for k, ok in kinds.items() if not ok]
+        reason = (
+            "every kind of stack can be taken"
+            if not missing
+            else f"no {', '.join(missing)} stacks: "
+            + ("CAP_SYS_PTRACE is not held; " if not ptrace else "")
+            + "see tools"
+        )
+        return {
+            "available": any(kinds.values()),
+            "reason": reason,
+            "kinds": kinds,
+            "tools": {"py-spy": pyspy, "jattach": jattach, "gdb": gdb},
+            "timeout_s": self.timeout_s,
+        }
 
     async def snapshot(
         self,

@@ -247,6 +247,15 @@ def test_a_process_another_tracer_holds_is_409_naming_it(
     holder.launcher.wait(20)  # it detaches; the process runs on (checked after the test)
 
 
+def test_capabilities_say_every_kind_works(client: httpx.Client) -> None:
+    caps = client.get("/capabilities").json()["stacks"]
+    assert caps["available"] is True and caps["kinds"] == {
+        "python": True, "java": True, "native": True,
+    }, caps  # fmt: skip
+    assert caps["tools"]["py-spy"]["version"].startswith("0.4")
+    assert caps["tools"]["gdb"]["available"] and caps["tools"]["jattach"]["available"]
+
+
 def test_no_such_pid_is_404(client: httpx.Client) -> None:
     r = client.get("/processes/4000000/stack")
     assert r.status_code == 404 and "no process with pid 4000000" in r.json()["detail"]
