@@ -16,12 +16,12 @@ the target's files exist only in its own mount namespace:
   Debian 12's eu-stack (0.188) opens the target's executable by its path in
   the *agent's* mount namespace, so a binary that exists only in the app
   container shows bare addresses (seen here: ``#1 0x555d10d5e162`` for
-  ``blocked_here``). gdb opens the target's files in the target's namespace
-  and names them: given ``set sysroot /proc/PID/root`` it reads the target's files
-  through that root, from the agent's side. (Without a sysroot gdb would enter the
-  target's mount namespace through a helper process of its own, which it leaves
-  a zombie for the pod's PID 1 to reap: a pod's pause does, an app running as
-  PID 1 of an attached agent's namespace may not.) Its libthread_db is the
+  ``blocked_here``). gdb, given ``set sysroot /proc/PID/root``, reads the
+  target's executable and libraries through that root and names them. (Without
+  a sysroot gdb enters the target's mount namespace through a helper process of
+  its own, which it leaves a zombie for the PID namespace's init to reap: a
+  pod's pause does, the app running as PID 1 where an attached agent lives may
+  not. Seen here: one zombie per snapshot.) Its libthread_db is the
   agent's own (``$sdir``), never one from the target's filesystem: that one
   would be loaded into gdb, code of the app's choosing run in the agent.
 """
