@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from agent import _proc, idle, lttng, openapi, probes, procfs, profiling
+from agent import _proc, idle, lttng, openapi, probes, procfs, profiling, stacks
 from agent.auth import load_access, remove_generated, require_token
 from agent.errors import AgentError, Unauthorized
 from agent.jobs import JobStore
@@ -36,6 +36,7 @@ from agent.routers import (
 from agent.routers import lttng as lttng_routes
 from agent.routers import metrics as metrics_routes
 from agent.routers import probes as probe_routes
+from agent.routers import stacks as stack_routes
 from agent.settings import Settings, get_settings
 
 log = logging.getLogger("agent")
@@ -154,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.activity = activity
     app.state.metrics = Metrics()
+    app.state.stacks = stacks.Stacks(timeout_s=settings.stack_timeout_s)
     openapi.install(app)  # the 405 answer the document promises
     app.state.access = access
     app.dependency_overrides[get_settings] = lambda: settings
@@ -194,6 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_routes.router)  # its own TokenDep: the same rule as the rest
     app.include_router(capabilities.router, dependencies=protected)
     app.include_router(processes.router, dependencies=protected)
+    app.include_router(stack_routes.router, dependencies=protected)
     app.include_router(profile_diff.router, dependencies=protected)  # before /profiles/{id}
     app.include_router(profiles.router, dependencies=protected)
     app.include_router(triggers.router, dependencies=protected)

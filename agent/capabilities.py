@@ -110,23 +110,25 @@ def clear_cache() -> None:
 _VERSION = re.compile(r"\d+\.\d+(?:\.\d+)?")
 
 
-async def tool_version(tool: str, *args: str) -> Check:
-    """Is ``tool`` installed, and which version (from its own ``--version``-style output)."""
+async def tool_version(tool: str, *args: str, path: str | None = None) -> Check:
+    """Is ``tool`` installed, and which version (from its own ``--version``-style output).
+
+    ``path``: where the caller found it (py-spy beside the agent's Python), else PATH."""
 
     async def compute() -> Check:
-        path = _proc.which(tool)
-        if path is None:
+        found = path or _proc.which(tool)
+        if found is None:
             return {"available": False, "reason": f"{tool} is not installed (not on PATH)"}
         try:
-            done = await _proc.run([tool, *args], timeout=10, check=False)
+            done = await _proc.run([found, *args], timeout=10, check=False)
         except _proc.ProcError as e:
-            return {"available": False, "reason": str(e), "path": path}
+            return {"available": False, "reason": str(e), "path": found}
         m = _VERSION.search(done.text + done.err)
         if m is None:
-            return {"available": False, "path": path, "reason": f"{tool} did not print a version"}
-        return {"available": True, "version": m.group(0), "path": path}
+            return {"available": False, "path": found, "reason": f"{tool} did not print a version"}
+        return {"available": True, "version": m.group(0), "path": found}
 
-    result: Check = await _cached(f"version:{tool}", compute)
+    result: Check = await _cached(f"version:{tool}:{path}", compute)
     return result
 
 

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     """Off-CPU profiles: switches off the CPU recorded (with their stacks) per second;
     beyond it one in w is recorded and weighs w (the cost bound, docs/profiling.md)."""
 
+    # --- stack snapshots (GET /processes/{pid}/stack) -----------------------
+    stack_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """How long py-spy, jattach or gdb may take for one snapshot before it is killed
+    (a JVM's attach alone can take a few seconds; a snapshot is usually 10-500 ms)."""
+
     # --- uprobes ---------------------------------------------------------
     max_probes: int = Field(default=8, ge=1)
     probe_default_duration_s: float = Field(default=60.0, gt=0)
