@@ -335,9 +335,7 @@ def test_python_workers_of_a_container(pod: podsim.SimPod, client: httpx.Client)
     )
     try:
         time.sleep(1.0)
-        stacks, view = profile(
-            client, {"container": "workers", "duration_s": 2, "frequency_hz": 49}
-        )
+        _, view = profile(client, {"container": "workers", "duration_s": 2, "frequency_hz": 49})
         spied = [r["pid"] for r in view["metadata"]["py_spy"] if r["ok"]]
         assert len(spied) == 3, view["metadata"]["py_spy"]  # the parent and two workers
         by_pid = client.get(f"/profiles/{view['id']}/folded", params={"pid": "true"}).text
