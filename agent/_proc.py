@@ -29,9 +29,11 @@ import ctypes
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 _live: set[Child] = set()
@@ -88,6 +90,15 @@ class Completed:
 
 
 def which(tool: str) -> str | None:
+    return shutil.which(tool)
+
+
+def python_tool(tool: str) -> str | None:
+    """A tool installed by a Python dependency (py-spy): beside the agent's own Python
+    (its venv or the image's), else on PATH."""
+    beside = Path(sys.executable).parent / tool
+    if os.access(beside, os.X_OK):
+        return str(beside)
     return shutil.which(tool)
 
 

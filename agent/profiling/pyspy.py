@@ -15,10 +15,9 @@ Pure: no process is started here (see :mod:`agent.profiling._pyspy`).
 from __future__ import annotations
 
 import re
-import shutil
-import sys
 from dataclasses import dataclass
-from pathlib import Path
+
+from agent import _proc
 
 _SUMMARY = re.compile(r"Samples: (\d+) Errors: (\d+)")
 _THREAD = re.compile(r"^thread \((?:0x[0-9a-fA-F]+|\d+)\)$")
@@ -44,12 +43,8 @@ class Summary:
 
 
 def find() -> str | None:
-    """The py-spy executable: beside the agent's Python (its wheel installs it there),
-    else on PATH."""
-    beside = Path(sys.executable).parent / "py-spy"
-    if beside.is_file():
-        return str(beside)
-    return shutil.which("py-spy")
+    """The py-spy executable (its wheel installs it beside the agent's Python)."""
+    return _proc.python_tool("py-spy")
 
 
 def parse_stderr(stderr: str) -> Summary:

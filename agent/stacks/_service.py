@@ -25,9 +25,7 @@ import os
 import re
 import shutil
 import signal
-import sys
 import time
-from pathlib import Path
 
 from agent import _proc, capabilities, procfs
 from agent.errors import AgentError, Conflict, NotFound, Unavailable
@@ -42,16 +40,12 @@ class ToolError(AgentError):
     status_code = 502
 
 
-def find_pyspy() -> str | None:
-    """py-spy beside the agent's Python (the pinned dependency: venv or image), else PATH."""
-    beside = Path(sys.executable).parent / "py-spy"
-    if os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which("py-spy")
-
-
 def find_tools() -> dict[Tool, str | None]:
-    return {"py-spy": find_pyspy(), "jattach": shutil.which("jattach"), "gdb": shutil.which("gdb")}
+    return {
+        "py-spy": _proc.python_tool("py-spy"),
+        "jattach": shutil.which("jattach"),
+        "gdb": shutil.which("gdb"),
+    }
 
 
 def _identity(pid: int) -> tuple[int, str] | None:
