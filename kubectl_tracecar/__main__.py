@@ -15,6 +15,7 @@ _COMMANDS = {
     "status": _commands.cmd_status,
     "ps": _commands.cmd_ps,
     "profile": _commands.cmd_profile,
+    "stack": _commands.cmd_stack,
     "probe": _commands.cmd_probe,
     "trace": _commands.cmd_trace,
     "attach": _commands.cmd_attach,

@@ -72,8 +72,8 @@ class AgentClient:
     def delete(self, path: str, what: str) -> Any:
         return self._req("DELETE", path, what).json()
 
-    def download(self, path: str, what: str) -> bytes:
-        return self._req("GET", path, what).content
+    def download(self, path: str, what: str, **kw: Any) -> bytes:
+        return self._req("GET", path, what, **kw).content
 
     def stream_ndjson(self, path: str, what: str) -> Iterator[dict[str, Any]]:
         """Records of an NDJSON stream, as they arrive."""

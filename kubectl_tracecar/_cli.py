@@ -21,6 +21,11 @@ _EXAMPLES = {
         "  kubectl tracecar profile deploy/web --all-pods -o flame.svg   # merged + one per pod\n"
         "  kubectl tracecar profile -l app=web -c app -o web.folded"
     ),
+    "stack": (
+        "kubectl tracecar stack web-7d9f-abcde            # every thread of the main process\n"
+        "  kubectl tracecar stack web-7d9f-abcde --process gunicorn -o json\n"
+        "  kubectl tracecar stack web-7d9f-abcde --pid 7 --native"
+    ),
     "probe": (
         "kubectl tracecar probe web-7d9f-abcde --function add3 --args int,int,int --retval\n"
         "  kubectl tracecar probe web-7d9f-abcde --binary libc --function malloc \\\n"
@@ -130,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=4, help="pods profiled at once (default 4)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--open", action="store_true", help="open the file when it is written")
+
+    p = _sub(subs, "stack", "what is it doing right now: every thread's stack, once")
+    _target(p)
+    p.add_argument("-c", "--container", help="the app container (default: the pod's default)")
+    p.add_argument("--pid", type=int, help="this process (default: the container's main one)")
+    p.add_argument("--process", help="the processes of this name (comm or argv[0])")
+    p.add_argument(
+        "--runtime",
+        choices=["auto", "python", "java", "native"],
+        default="auto",
+        help="auto: Python/Java frames for those runtimes, native otherwise",
+    )
+    p.add_argument("--native", action="store_true", help="Python: C frames mixed in")
+    p.add_argument("-o", "--output", choices=["json"], help="json: machine-readable output")
 
     p = _sub(subs, "probe", "attach a uprobe to a function; print each call live")
     _target(p)

@@ -464,6 +464,47 @@ def probe_body(args: argparse.Namespace, pid: int, duration_s: float | None) -> 
     return body
 
 
+def stack_params(args: argparse.Namespace, *, text: bool) -> dict[str, str]:
+    params = {"format": "text" if text else "json"}
+    if args.runtime != "auto":
+        params["runtime"] = args.runtime
+    if args.native:
+        params["native"] = "true"
+    return params
+
+
+def cmd_stack(kube: Kube, args: argparse.Namespace) -> int:
+    if args.pid is not None and args.process is not None:
+        raise UsageError("give --pid or --process, not both")
+    pods = resolve(kube, args)
+    if len(pods) != 1:
+        raise UsageError("one pod at a time: name a pod (or deploy/NAME for one of its pods)")
+    pod = pods[0]
+    as_json = args.output == "json"
+    snapshots: list[Any] = []
+    with reach(kube, pod) as (client, _):
+        if args.pid is not None:
+            pids = [args.pid]
+        elif args.process is not None:
+            pids = _pids_named(client, pod, args.process, args.container)
+        else:
+            pids = [_main_process(client, pod, _pods.target_container(pod, args.container))]
+        for pid in pids:
+            params = stack_params(args, text=not as_json)
+            what = f"the stack snapshot of pid {pid}"
+            if as_json:
+                snapshots.append(client.get_json(f"/processes/{pid}/stack", what, params=params))
+                continue
+            if len(pids) > 1:
+                print(f"--- pid {pid}")
+            raw = client.download(f"/processes/{pid}/stack", what, params=params)
+            text = raw.decode("utf-8", "replace")
+            print(text, end="" if text.endswith("\n") else "\n")
+    if as_json:
+        _output.emit_json(snapshots if len(snapshots) > 1 else snapshots[0])
+    return OK
+
+
 def cmd_probe(kube: Kube, args: argparse.Namespace) -> int:
     duration = parse_duration(args.duration) if args.duration else None
     pods = resolve(kube, args)

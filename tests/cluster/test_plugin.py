@@ -110,6 +110,17 @@ def test_probe_the_attached_pod(installed: K.Kube, plain: dict[str, Any]) -> Non
     assert "|@" in ok(hist), hist.stdout
 
 
+def test_stack_snapshot_of_the_attached_pod(installed: K.Kube, plain: dict[str, Any]) -> None:
+    """What is it doing right now: the burner's native stack, from the image's gdb."""
+    name = plain["metadata"]["name"]
+    text = ok(tracecar(installed, "stack", name, "-c", "burner"))
+    assert "main" in text, text[-2000:]
+    snap = json.loads(ok(tracecar(installed, "stack", name, "-c", "burner", "-o", "json")))
+    functions = [f["function"] for t in snap["threads"] for f in t["frames"]]
+    assert snap["tool"] == "gdb" and "main" in functions, snap
+    assert not [p for p in K.pod_processes(plain["metadata"]["uid"]) if p.endswith(" gdb")]
+
+
 def _tracers(uid: str) -> list[str]:
     """perf and bpftrace processes of the pod (its cgroup), not of anything else here."""
     return [p for p in K.pod_processes(uid) if p.split(" ", 1)[1] in ("perf", "bpftrace")]

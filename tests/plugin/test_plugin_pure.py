@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from kubectl_tracecar import _attach, _cli, _merge, _output, _pods
-from kubectl_tracecar._commands import Progress, output_format, probe_body, profile_body, trace_body
+from kubectl_tracecar._commands import (
+    Progress,
+    output_format,
+    probe_body,
+    profile_body,
+    stack_params,
+    trace_body,
+)
 from kubectl_tracecar._kube import selector_string
 from kubectl_tracecar._targets import Target, parse_duration, parse_target
 from kubectl_tracecar.errors import NotFound, Unsupported, UsageError
@@ -116,6 +123,9 @@ def test_request_bodies() -> None:
     assert profile_body(py, 2.0) == {
         "duration_s": 2.0, "pid": 3, "profiler": "py-spy", "python_native": True,
     }  # fmt: skip
+    st = _cli.parse(["stack", "web", "--pid", "7", "--native", "--runtime", "python"])
+    assert stack_params(st, text=True) == {"format": "text", "runtime": "python", "native": "true"}
+    assert stack_params(_cli.parse(["stack", "web"]), text=False) == {"format": "json"}
     off = _cli.parse(["profile", "web", "--type", "off-cpu"])
     assert profile_body(off, 2.0) == {"duration_s": 2.0, "type": "off-cpu"}
     q = _cli.parse(
