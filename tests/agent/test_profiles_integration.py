@@ -467,7 +467,8 @@ def test_bearer_token(pod: podsim.SimPod) -> None:
         # agent: a 4xx when the client reads the answer in time, or the connection
         # reset (the server closes while the client is still sending). Never served.
         try:
-            r = httpx.get(handle.url + "/processes", headers={"Authorization": b"Bearer " + b"A" * 100_000})
+            huge = {"Authorization": b"Bearer " + b"A" * 100_000}
+            r = httpx.get(handle.url + "/processes", headers=huge)
             assert 400 <= r.status_code < 500 and token not in r.text
         except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
             pass
