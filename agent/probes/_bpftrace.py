@@ -13,6 +13,13 @@ bpftrace itself escapes whatever a traced string holds. Records are tagged:
 
 Maps ``@__hits`` (count) and ``@__hist`` (hist) are printed every second and at
 the end, which gives exact hit counts even when the perf buffer loses events.
+A USDT spec attaches ``usdt:/proc/PID/root/PATH:provider:name`` (``-p PID`` also sets
+the probe's semaphore, through the kernel's uprobe reference counter); a Python
+function is CPython's ``python:function__entry``/``function__return`` pair filtered
+by name and file in BPF, its latency paired per thread and nesting depth; Python
+events print ``E\\tpid\\ttid\\tnsecs\\tline\\treturn_line\\tlatency`` with the file
+and function name on S records 0 and 1.
+
 bpftrace's ``pid``/``tid`` are the node's ids; the process is selected with
 ``-p PID`` (resolved in the agent's PID namespace, the pod's), and events carry
 the pod's pid.

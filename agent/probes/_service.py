@@ -609,7 +609,7 @@ class Service:
             assert text is not None
             plan = {"program": text, "argv": _bpftrace.argv(text, pid)}
             if spec is not None and spec.is_usdt:
-                plan["env"] = {k: v for k, v in _bpftrace.env(spec).items() if k != "PATH"}
+                plan["env"] = _bpftrace.env(spec)
                 if spec.usdt_enable:
                     plan["note"] = USDT_ENABLE_NOTE
         else:

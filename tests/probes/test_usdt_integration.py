@@ -63,17 +63,17 @@ def main():
         batch += 1
         while not os.path.exists(f"/tmp/go-{batch}"):
             time.sleep(0.005)
-        for _ in range(%(slow)d):
+        for _ in range(SLOW):
             slow()
             slower()
-        for _ in range(%(fast)d):
+        for _ in range(FAST):
             other.slow()
         rec(3)
         open(f"/tmp/done-{batch}", "w").close()
 
 
 main()
-""" % {"slow": SLOW, "fast": FAST}
+""".replace("SLOW", str(SLOW)).replace("FAST", str(FAST))
 
 OTHER = """\
 def slow():
