@@ -472,7 +472,9 @@ class Service:
             runtime, version = info.runtime, info.runtime_version
         except NotFound:
             runtime, version = "native", None
-        where = ", ".join(candidates) or "its executable"
+        # The executable and any libpython: where a CPython keeps its notes.
+        objs = candidates[:1] + [c for c in candidates[1:] if "libpython" in os.path.basename(c)]
+        where = ", ".join(objs) or "its executable"
         if runtime == "python":
             if with_notes:
                 listed = sorted({s.name for syms in with_notes.values() for s in syms.usdt})
@@ -501,7 +503,7 @@ class Service:
         if not with_notes:
             return Conflict(
                 f"usdt: pid {pid} has no USDT probes in {where} (no .note.stapsdt); "
-                "use `function` for a uprobe, or GET /processes/{pid}/symbols to list what "
+                f"use `function` for a uprobe, or GET /processes/{pid}/symbols to list what "
                 "can be probed",
                 runtime=runtime,
             )

@@ -12,6 +12,7 @@ The pyenv Python 3.12 has no probes at all: the agent must say so and point else
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,6 +211,42 @@ def test_dry_run_shows_the_usdt_program(client: httpx.Client, py311: PyApp) -> N
     assert plan["argv"][:5] == ["bpftrace", "-f", "json", "-p", str(py311.pid)]
     assert plan["env"]["BPFTRACE_STRLEN"] == "200"
     assert "python:line" in plan["note"]
+
+
+EMBED_C = r"""
+#include <Python.h>
+/* Python's own main, linked against the shared libpython: its USDT notes live there. */
+int main(int argc, char **argv) { return Py_BytesMain(argc, argv); }
+"""
+
+
+def test_a_shared_libpython_carries_the_probes(
+    client: httpx.Client, pod: podsim.SimPod, tmp_path: Path
+) -> None:
+    need("gcc")
+    src = tmp_path / "embed.c"
+    src.write_text(EMBED_C)
+    exe = tmp_path / "pyembed"
+    subprocess.run(
+        ["gcc", "-O2", "-I/usr/include/python3.11", "-I/usr/include/x86_64-linux-gnu/python3.11"]
+        + ["-o", str(exe), str(src), "-lpython3.11"],
+        check=True,
+    )
+    c = pod.run(
+        "pyembed",
+        ["/srv/pyembed", "/srv/app.py"],
+        files={"pyembed": exe, "app.py": APP, "other.py": OTHER},
+        env={"PYTHONPATH": "/srv", "PYTHONHOME": "/usr", "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    try:
+        app = PyApp(c)
+        probe = attach(client, py_probe(app, python_function="slow", mode="histogram"))
+        assert "libpython3.11.so" in probe["target"]["binary"], probe["target"]
+        app.batch()
+        state = detach(client, probe["id"])
+        assert state["hits"] == SLOW + FAST, state
+    finally:
+        c.stop(signal.SIGKILL)
 
 
 # --- a generic USDT probe ------------------------------------------------------------
