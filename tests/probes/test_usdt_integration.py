@@ -6,7 +6,9 @@ function__return, line, ...) running a script that exists only in its own contai
 app.slow() (time.sleep(0.05)) SLOW times, app.slower() (a name that starts like slow:
 the filter must be exact) SLOW times, other.slow() (same name, another file) FAST times
 and app.rec(3) (recursion: four nested calls) once, and writes /tmp/done-B.
-The pyenv Python 3.12 has no probes at all: the agent must say so and point elsewhere.
+The same script also runs under a C program linked against Debian's shared
+libpython3.11.so (the notes are in the library, not the executable). The pyenv
+Python 3.12 has no probes at all: the agent must say so and point elsewhere.
 """
 
 from __future__ import annotations
@@ -227,11 +229,8 @@ def test_a_shared_libpython_carries_the_probes(
     src = tmp_path / "embed.c"
     src.write_text(EMBED_C)
     exe = tmp_path / "pyembed"
-    subprocess.run(
-        ["gcc", "-O2", "-I/usr/include/python3.11", "-I/usr/include/x86_64-linux-gnu/python3.11"]
-        + ["-o", str(exe), str(src), "-lpython3.11"],
-        check=True,
-    )
+    includes = ["-I/usr/include/python3.11", "-I/usr/include/x86_64-linux-gnu/python3.11"]
+    subprocess.run(["gcc", "-O2", *includes, "-o", str(exe), str(src), "-lpython3.11"], check=True)
     c = pod.run(
         "pyembed",
         ["/srv/pyembed", "/srv/app.py"],
