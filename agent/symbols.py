@@ -35,6 +35,10 @@ class Symbol:
     address: int
     size: int
     kind: Literal["function", "usdt"]
+    args: tuple[str, ...] = ()
+    """USDT only: the note's argument specs (``8@%rbp``, ``-4@%eax``), one per argN."""
+    semaphore: int = 0
+    """USDT only: the semaphore's address (0: none); a tracer must be given the pid to set it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,13 @@ class ObjectSymbols:
 
     def lookup(self, name: str) -> Symbol | None:
         for s in self.functions:
+            if s.name == name:
+                return s
+        return None
+
+    def probe(self, name: str) -> Symbol | None:
+        """The USDT probe ``provider:name`` (the first note of that name)."""
+        for s in self.usdt:
             if s.name == name:
                 return s
         return None
@@ -84,15 +95,23 @@ def is_elf(host_path: Path) -> bool:
         return False
 
 
-def _parse_stapsdt(desc: bytes, is64: bool) -> tuple[int, str, str] | None:
+def _parse_stapsdt(desc: bytes, is64: bool) -> tuple[int, str, str, int, str] | None:
+    """A stapsdt note: pc, base, semaphore, then provider, name and argument specs."""
     width = 8 if is64 else 4
     if len(desc) < 3 * width:
         return None
-    (pc,) = struct.unpack_from("<Q" if is64 else "<I", desc, 0)
+    pc, _base, semaphore = struct.unpack_from("<QQQ" if is64 else "<III", desc, 0)
     rest = desc[3 * width :].split(b"\0")
     if len(rest) < 2:
         return None
-    return pc, rest[0].decode("ascii", "replace"), rest[1].decode("ascii", "replace")
+    args = rest[2].decode("ascii", "replace") if len(rest) > 2 else ""
+    return (
+        pc,
+        rest[0].decode("ascii", "replace"),
+        rest[1].decode("ascii", "replace"),
+        semaphore,
+        args,
+    )
 
 
 @lru_cache(maxsize=64)
@@ -129,8 +148,17 @@ def _load(path: str, _identity: tuple[int, int, int, int]) -> ObjectSymbols:
                     if ntype == 3:
                         parsed = _parse_stapsdt(desc, elf.elfclass == 64)
                         if parsed:
-                            pc, provider, probe = parsed
-                            usdt.append(Symbol(f"{provider}:{probe}", pc, 0, "usdt"))
+                            pc, provider, probe, sem, spec = parsed
+                            usdt.append(
+                                Symbol(
+                                    f"{provider}:{probe}",
+                                    pc,
+                                    0,
+                                    "usdt",
+                                    args=tuple(spec.split()),
+                                    semaphore=sem,
+                                )
+                            )
     ordered = tuple(sorted(functions.values(), key=lambda s: (s.address, s.name)))
     return ObjectSymbols(ordered, tuple(usdt), tuple(segments), tuple(s.address for s in ordered))
 

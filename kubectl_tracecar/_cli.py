@@ -29,7 +29,8 @@ _EXAMPLES = {
     "probe": (
         "kubectl tracecar probe web-7d9f-abcde --function add3 --args int,int,int --retval\n"
         "  kubectl tracecar probe web-7d9f-abcde --binary libc --function malloc \\\n"
-        "      --histogram arg0 -d 10s"
+        "      --histogram arg0 -d 10s\n"
+        "  kubectl tracecar probe web-7d9f-abcde --python-function handle --histogram latency"
     ),
     "trace": (
         "kubectl tracecar trace web-7d9f-abcde --python 'app*' -d 10s -o trace.tar.gz\n"
@@ -150,9 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--native", action="store_true", help="Python: C frames mixed in")
     p.add_argument("-o", "--output", choices=["json"], help="json: machine-readable output")
 
-    p = _sub(subs, "probe", "attach a uprobe to a function; print each call live")
+    p = _sub(subs, "probe", "attach a uprobe or USDT probe (or a Python function); print each call")
     _target(p)
-    p.add_argument("--function", required=True, help="symbol, symbol+0xOFF or 0xADDRESS")
+    point = p.add_mutually_exclusive_group(required=True)
+    point.add_argument("--function", help="symbol, symbol+0xOFF or 0xADDRESS")
+    point.add_argument("--usdt", metavar="PROVIDER:NAME", help="a USDT probe (bpftrace)")
+    point.add_argument(
+        "--python-function", metavar="NAME", help="a Python function (CPython's USDT probes)"
+    )
+    p.add_argument("--python-file", metavar="PART", help="with --python-function: its file")
     p.add_argument("--binary", help="path as the app sees it, or a library name (libc)")
     p.add_argument("-c", "--container", help="the app container (default: the pod's default)")
     p.add_argument("--pid", type=int, help="the process (default: the container's main one)")

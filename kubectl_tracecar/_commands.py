@@ -445,7 +445,10 @@ def _main_process(client: AgentClient, pod: JsonObject, container: str) -> int:
 
 
 def probe_body(args: argparse.Namespace, pid: int, duration_s: float | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"pid": pid, "function": args.function}
+    body: dict[str, Any] = {"pid": pid}
+    for key in ("function", "usdt", "python_function", "python_file"):
+        if getattr(args, key, None):
+            body[key] = getattr(args, key)
     if args.binary:
         body["binary"] = args.binary
     if args.args:
@@ -515,7 +518,8 @@ def cmd_probe(kube: Kube, args: argparse.Namespace) -> int:
         pid = args.pid or _main_process(client, pod, _pods.target_container(pod, args.container))
         probe = client.post_json("/probes", probe_body(args, pid, duration), "attaching the probe")
         pid_text = f"pid {pid} in pod {_name(pod)}"
-        say(f"probing {args.function} in {pid_text} ({probe.get('backend')}); Ctrl-C to stop")
+        what = args.function or args.usdt or f"Python function {args.python_function}"
+        say(f"probing {what} in {pid_text} ({probe.get('backend')}); Ctrl-C to stop")
         final: dict[str, Any] = {}
         try:
             with _Interrupt():

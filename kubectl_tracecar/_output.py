@@ -55,6 +55,8 @@ def histogram(buckets: Sequence[dict[str, Any]], *, unit: str | None, width: int
 def event_line(event: dict[str, Any]) -> str:
     """One probe hit on one line: pid/tid, arguments, return value, latency."""
     parts = [f"pid={event.get('pid')}", f"tid={event.get('tid')}"]
+    if "function" in event:  # a Python function's call
+        parts.append(f"{event['function']} ({event.get('file')}:{event.get('line')})")
     args = sorted((k for k in event if k.startswith("arg")), key=lambda k: int(k[3:] or 0))
     parts += [f"{k}={json.dumps(event[k])}" for k in args]
     if "retval" in event:

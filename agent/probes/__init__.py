@@ -1,4 +1,5 @@
-"""Dynamic tracing with uprobes (bpftrace, or perf probe where bpftrace cannot run).
+"""Dynamic tracing with uprobes (bpftrace, or perf probe where bpftrace cannot run) and with
+USDT probes, Python functions among them (bpftrace).
 
 Public surface: :class:`Service` (constructed by :mod:`agent.app` with the
 settings and the shared :class:`agent.jobs.JobStore`; started and stopped by
@@ -18,8 +19,8 @@ Inside, one module per step::
     _service     Service: the registry, backend choice, run task and watchdog
 
 A probe goes: request (validated, :mod:`._model`) -> resolved :class:`._plan.Spec`
-(target pid, the binary through ``/proc/PID/root``, the symbol checked in its
-ELF tables, :mod:`agent.symbols`) -> a plan (a bpftrace program, or ``perf probe``
+(target pid, the binary through ``/proc/PID/root``, the symbol or USDT note checked
+in its ELF, :mod:`agent.symbols`) -> a plan (a bpftrace program, or ``perf probe``
 command lines; a dry run stops here) -> a running tracer whose output is parsed
 into hits, counts and histogram buckets -> a bounded event stream
 (:mod:`._stream`). A probe ends by its duration, its event cap, ``DELETE``,

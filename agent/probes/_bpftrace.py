@@ -13,6 +13,13 @@ bpftrace itself escapes whatever a traced string holds. Records are tagged:
 
 Maps ``@__hits`` (count) and ``@__hist`` (hist) are printed every second and at
 the end, which gives exact hit counts even when the perf buffer loses events.
+A USDT spec attaches ``usdt:/proc/PID/root/PATH:provider:name`` (``-p PID`` also sets
+the probe's semaphore, through the kernel's uprobe reference counter); a Python
+function is CPython's ``python:function__entry``/``function__return`` pair filtered
+by name and file in BPF, its latency paired per thread and nesting depth; Python
+events print ``E\\tpid\\ttid\\tnsecs\\tline\\treturn_line\\tlatency`` with the file
+and function name on S records 0 and 1.
+
 bpftrace's ``pid``/``tid`` are the node's ids; the process is selected with
 ``-p PID`` (resolved in the agent's PID namespace, the pod's), and events carry
 the pod's pid.
@@ -70,11 +77,69 @@ def _decode(t: ArgType, text: str | bytes) -> int | str:
 
 
 def probe_point(spec: Spec, kind: str) -> str:
-    """``uprobe:/proc/PID/root/PATH:func`` (path and function validated by the model)."""
+    """``uprobe:/proc/PID/root/PATH:func`` (path and function validated by the model);
+    for a USDT spec, ``usdt:/proc/PID/root/PATH:provider:name`` of its point (``uprobe``)
+    or of the probe that closes it (``uretprobe``)."""
+    if spec.usdt is not None:
+        name = spec.usdt_return if kind == "uretprobe" else spec.usdt
+        return f"usdt:{spec.host_binary}:{name}"
     # bpftrace 0.17 here cannot place a probe inside a function (symbol+offset): the
     # service routes those to perf probe, so only symbols and entry addresses get here.
     target = spec.function
     return f"{kind}:{spec.host_binary}:{target}"
+
+
+def _python_filter(spec: Spec) -> str:
+    """``str(arg1) == "name" && strcontains(str(arg0), "file")`` (both validated by the model:
+    identifiers and path characters, nothing a bpftrace string literal would interpret)."""
+    conds = []
+    if spec.python_function is not None:
+        conds.append(f'str(arg1) == "{spec.python_function}"')
+    if spec.python_file is not None:
+        conds.append(f'strcontains(str(arg0), "{spec.python_file}")')
+    return " && ".join(conds)
+
+
+def _usdt_parts(spec: Spec, hit: str, cap: str) -> tuple[list[str], list[str], list[str], str]:
+    """Entry and return statements, maps and the filter of a USDT spec.
+
+    Latency pairs the point with its closing probe per thread *and nesting depth*
+    (``@__d[tid]``): a recursive function's inner calls close before the outer one,
+    and a return seen at depth 0 belongs to a call that began before the probe was
+    attached, so it is skipped.
+    """
+    entry: list[str] = []
+    ret: list[str] = []
+    maps: list[str] = ["@__hits"]
+    push = ["@__d[tid] = @__d[tid] + 1;", "@__t[tid, @__d[tid]] = nsecs;"]
+    pop = ["$d = @__d[tid];", "$lat = nsecs - @__t[tid, $d];", "delete(@__t[tid, $d]);"]
+    pop.append("@__d[tid] = $d - 1;")
+    if spec.python_function is not None:
+        if spec.mode == "count":
+            # A call is counted when it returns: function__return fires on every build
+            # seen, and needs no line tracing (see Spec.usdt_enable).
+            ret += [hit, cap]
+        elif spec.mode == "histogram":
+            maps += ["@__hist", "@__d", "@__t"]
+            entry += push
+            ret += [*pop, hit, "@__hist = hist($lat);", cap]
+        else:
+            maps += ["@__d", "@__t", "@__l"]
+            entry += [*push, "@__l[tid, @__d[tid]] = (int32)arg2;"]
+            ret += [*pop, hit]
+            ret.append('printf("S\\t%d\\t0\\t%s\\n", tid, str(arg0));')
+            ret.append('printf("S\\t%d\\t1\\t%s\\n", tid, str(arg1));')
+            ret.append(
+                'printf("E\\t%d\\t%d\\t%llu\\t%d\\t%d\\t%llu\\n", '
+                "pid, tid, nsecs, @__l[tid, $d], (int32)arg2, $lat);"
+            )
+            ret.append("delete(@__l[tid, $d]);")
+        return entry, ret, maps, _python_filter(spec)
+    # A generic USDT point: latency needs its closing probe (the service checks there is one).
+    maps += ["@__hist", "@__d", "@__t"]
+    entry += push
+    ret += [*pop, hit, "@__hist = hist($lat);", cap]
+    return entry, ret, maps, ""
 
 
 def program(spec: Spec) -> str:
@@ -82,6 +147,7 @@ def program(spec: Spec) -> str:
     entry: list[str] = []
     ret: list[str] = []
     maps: list[str] = ["@__hits"]
+    pred = ""
     hit = "@__hits = count();"
     cap = ""
     if spec.mode != "events" and spec.max_events:
@@ -89,7 +155,10 @@ def program(spec: Spec) -> str:
         maps.append("@__n")
     stack = 'printf("K\\t%d\\t%s\\n", tid, ustack);' if spec.stack else ""
 
-    if spec.mode == "events":
+    if spec.python_function is not None:
+        entry, ret, umaps, pred = _usdt_parts(spec, hit, cap)
+        maps += [m for m in umaps if m not in maps]
+    elif spec.mode == "events":
         nums = [(i, t) for i, t in enumerate(spec.args) if t != "str"]
         strs = [i for i, t in enumerate(spec.args) if t == "str"]
         fmt = "E\\t%d\\t%d\\t%llu" + "".join("\\t" + _FMT[t] for _, t in nums)
@@ -121,6 +190,9 @@ def program(spec: Spec) -> str:
             ret += [f"delete({m}[tid]);" for m in maps if m not in ("@__hits",)]
     elif spec.mode == "count":
         entry += [hit, cap]
+    elif spec.is_usdt and (spec.python_function is not None or spec.of == "latency"):
+        entry, ret, umaps, pred = _usdt_parts(spec, hit, cap)
+        maps += [m for m in umaps if m not in maps]
     else:
         maps.append("@__hist")
         if spec.of == "latency":
@@ -134,15 +206,28 @@ def program(spec: Spec) -> str:
             at: ArgType = spec.args[n] if n < len(spec.args) else "int"
             entry += [hit, f"@__hist = hist({_expr(at, f'arg{n}')});", cap]
 
-    lines = [f"// tracecar probe: {spec.mode} of {spec.function} in {spec.binary} (pid {spec.pid})"]
+    what = spec.function
+    if spec.python_function is not None:
+        what = f"Python function {spec.python_function}"
+        if spec.python_file is not None:
+            what += f" (file containing {spec.python_file})"
+    lines = [f"// tracecar probe: {spec.mode} of {what} in {spec.binary} (pid {spec.pid})"]
     # BEGIN fires once every probe is attached: the agent's signal that hits will be seen.
     lines.append('BEGIN { printf("R\\n"); }')
     if entry:
-        lines.append(probe_point(spec, "uprobe") + " {")
+        # Probes that only switch the program onto the path that fires the point.
+        lines += [f"usdt:{spec.host_binary}:{name} {{ }}" for name in spec.usdt_enable]
+        guard = f" /{pred}/" if pred else ""
+        lines.append(probe_point(spec, "uprobe") + guard + " {")
         lines += [f"  {s}" for s in entry if s]
         lines.append("}")
     if ret:
-        guard = " /@__t[tid]/" if "@__t" in maps else ""
+        if spec.is_usdt and "@__d" in maps:
+            guard = f" /{pred + ' && ' if pred else ''}@__d[tid] > 0/"
+        elif spec.is_usdt:
+            guard = f" /{pred}/" if pred else ""
+        else:
+            guard = " /@__t[tid]/" if "@__t" in maps else ""
         lines.append(probe_point(spec, "uretprobe") + guard + " {")
         lines += [f"  {s}" for s in ret if s]
         lines.append("}")
@@ -164,6 +249,16 @@ ENV = {
     # A bigger perf ring buffer per CPU than the default 64 pages: fewer lost events.
     "BPFTRACE_PERF_RB_PAGES": "256",
 }
+PYTHON_STRLEN = 200
+"""Bytes ``str()`` reads for Python's file and function names (bpftrace's default is 64,
+too short for many paths; 200 is what bpftrace 0.17 fits on the BPF stack here)."""
+
+
+def env(spec: Spec | None) -> dict[str, str]:
+    """The variables bpftrace runs with (shown by a dry run)."""
+    if spec is not None and spec.python_function is not None:
+        return {**ENV, "BPFTRACE_STRLEN": str(PYTHON_STRLEN)}
+    return dict(ENV)
 
 
 _E_PREFIX = b'{"type": "printf", "data": "E\\t'
@@ -249,6 +344,13 @@ class Parser:
                 "tid": spec.pid if tid == host_pid else tid,
             }
             rest: Iterator[str | bytes] = iter(fields[4:])
+            if spec.python_function is not None:
+                ev["function"] = strings.get("1", "")
+                ev["file"] = strings.get("0", "")
+                ev["line"] = int(next(rest))
+                ev["return_line"] = int(next(rest))
+                ev["latency_ns"] = int(next(rest))
+                return Hit(ev, host_tid=tid)
             for i, t in enumerate(spec.args):
                 ev[f"arg{i}"] = strings.get(str(i), "") if t == "str" else _decode(t, next(rest))
             if spec.retval:
@@ -278,14 +380,14 @@ class Session:
 
     def __init__(self, program_text: str, pid: int, spec: Spec | None) -> None:
         self.argv = argv(program_text, pid)
+        self.env = env(spec)
         self.parser = Parser(spec)
         self.child: _proc.Child | None = None
         self.stderr_tail = ""
         self._stderr_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        env = {**os.environ, **ENV}
-        self.child = await _proc.Child.start(self.argv, env=env)
+        self.child = await _proc.Child.start(self.argv, env={**os.environ, **self.env})
         self._stderr_task = asyncio.create_task(self._drain_stderr())
 
     async def _drain_stderr(self) -> None:

@@ -33,6 +33,14 @@ PATH_RE = re.compile(r"^/[A-Za-z0-9_.+@=,%/-]{0,1023}$")
 CONTAINER_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$"
 PROCESS_RE = r"^[A-Za-z0-9_.+:-][A-Za-z0-9_.+: -]{0,63}$"
 OF_RE = rf"^(latency|retval|arg[0-{MAX_ARGS - 1}])$"
+# A USDT probe as its note names it: provider and probe name (``python:function__entry``).
+USDT_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,63}:[A-Za-z_][A-Za-z0-9_]{0,63}$"
+# A Python function's co_name: an identifier, or one of the compiler's own names.
+PY_FUNCTION_RE = (
+    r"^(?:[A-Za-z_][A-Za-z0-9_]{0,127}|<(?:module|lambda|listcomp|dictcomp|setcomp|genexpr)>)$"
+)
+# Part of a co_filename (matched as a substring): path characters only.
+PY_FILE_RE = r"^[A-Za-z0-9_.+@=,%/-]{1,128}$"
 
 
 def check_binary(value: str) -> str:
@@ -76,6 +84,22 @@ class ProbeRequest(BaseModel):
         default=None,
         description="Symbol, `symbol+0xOFF`, or `0xADDRESS` (ELF virtual address).",
     )
+    usdt: str | None = Field(
+        default=None,
+        pattern=USDT_RE,
+        description="Instead of `function`: a USDT probe `provider:name` (bpftrace only).",
+    )
+    python_function: str | None = Field(
+        default=None,
+        pattern=PY_FUNCTION_RE,
+        description="Instead of `function`: a Python function's name, traced through CPython's "
+        "python:function__entry/function__return USDT probes (bpftrace only).",
+    )
+    python_file: str | None = Field(
+        default=None,
+        pattern=PY_FILE_RE,
+        description="With `python_function`: only functions whose file name contains this.",
+    )
     mode: Mode = "events"
     of: str = Field(default="latency", pattern=OF_RE, description="What a histogram is of.")
     args: list[ArgType] = Field(default_factory=list, max_length=MAX_ARGS)
@@ -112,17 +136,47 @@ class ProbeRequest(BaseModel):
             raise ValueError("name the target: `pid`, or `container` together with `process`")
         if self.pid is not None and (self.container is not None or self.process is not None):
             raise ValueError("give either `pid` or `container` + `process`, not both")
+        points = [
+            k for k in ("function", "usdt", "python_function") if getattr(self, k) is not None
+        ]
         if self.program is not None:
-            if self.function is not None or self.args or self.retval or self.stack:
+            if points or self.args or self.retval or self.stack:
                 raise ValueError("`program` replaces function/args/retval/stack: give one or other")
             return self
-        if self.function is None:
-            raise ValueError("`function` is required (or a raw `program` where allowed)")
+        if not points:
+            raise ValueError(
+                "`function`, `usdt` or `python_function` is required "
+                "(or a raw `program` where allowed)"
+            )
+        if len(points) > 1:
+            raise ValueError(f"give one of `function`, `usdt`, `python_function`, not {points}")
+        if self.python_file is not None and self.python_function is None:
+            raise ValueError("`python_file` filters a `python_function`: give that too")
+        if self.usdt is not None or self.python_function is not None:
+            self._check_usdt()
         if self.mode == "histogram" and self.of.startswith("arg"):
             n = int(self.of[3:])
             if n < len(self.args) and self.args[n] == "str":
                 raise ValueError(f"`of`: {self.of} is a string; a histogram needs a number")
         return self
+
+    def _check_usdt(self) -> None:
+        what = "`usdt`" if self.usdt is not None else "`python_function`"
+        if self.retval:
+            raise ValueError(f"`retval`: a USDT probe point has no return value ({what})")
+        if self.mode == "histogram" and self.of == "retval":
+            raise ValueError(f"`of`: retval is not defined for {what}; use latency or argN")
+        if self.python_function is None:
+            return
+        if self.args:
+            raise ValueError("`args`: python_function events carry function, file and line already")
+        if self.stack:
+            raise ValueError(
+                "`stack`: native stacks of the interpreter say little about Python code; "
+                "use GET /processes/{pid}/stack (Python stacks) or POST /profiles"
+            )
+        if self.mode == "histogram" and self.of != "latency":
+            raise ValueError("`of`: a python_function histogram is of latency (entry to return)")
 
 
 class SymbolEntry(TypedDict):

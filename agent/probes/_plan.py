@@ -34,6 +34,18 @@ class Spec:
     stack: bool
     duration_s: float
     max_events: int
+    usdt: str | None = None
+    """A USDT probe ``provider:name`` in ``binary`` (then ``function`` repeats it)."""
+    usdt_return: str | None = None
+    """The probe that closes ``usdt`` (``function__entry`` -> ``function__return``): latency."""
+    usdt_enable: tuple[str, ...] = ()
+    """Probes attached with no action, only so the program takes the path that fires ``usdt``."""
+    python_function: str | None = None
+    python_file: str | None = None
+
+    @property
+    def is_usdt(self) -> bool:
+        return self.usdt is not None
 
     @property
     def needs_return(self) -> bool:

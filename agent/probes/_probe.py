@@ -87,6 +87,16 @@ class Probe:
                 "binary": spec.binary,
                 "function": spec.function,
                 "address": None if spec.address is None else f"0x{spec.address:x}",
+                **(
+                    {}
+                    if spec.usdt is None
+                    else {
+                        "usdt": spec.usdt,
+                        "usdt_return": spec.usdt_return,
+                        "python_function": spec.python_function,
+                        "python_file": spec.python_file,
+                    }
+                ),
             },
             "request": self.request,
             "duration_s": self.duration_s,

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import os
 import re
 import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from agent import _proc, procfs
@@ -53,6 +55,34 @@ STREAM_MAX_BYTES = 256 << 20
 KEEP_FINISHED = 8
 BPFTRACE_RECHECK_S = 30.0
 STOP_GRACE_S = 5.0
+
+PY_ENTRY = "python:function__entry"
+PY_RETURN = "python:function__return"
+USDT_PAIRS = (("__entry", "__return"), ("__start", "__done"))
+"""How a USDT point names the probe that closes it, for latency (CPython's, and the
+common DTrace convention)."""
+USDT_ENABLERS: dict[str, tuple[str, ...]] = {
+    # CPython 3.11 (Debian's, seen here) fires function__entry only on its tracing path,
+    # which it takes while the python:line semaphore is set: without line attached,
+    # entry never fires although function__return does. The line probe is attached with
+    # no action; its cost is one uprobe hit per executed line while the probe runs.
+    PY_ENTRY: ("python:line",),
+}
+USDT_ENABLE_NOTE = (
+    "python:line is attached (no action) because this CPython fires function__entry only "
+    "while line tracing is on: every executed Python line costs one uprobe hit while the "
+    "probe runs (mode count needs only function__return and avoids this)"
+)
+
+
+def _closing_probe(syms: _symbols.ObjectSymbols, name: str) -> str | None:
+    """``python:function__entry`` -> ``python:function__return`` when the object has it."""
+    for opening, closing in USDT_PAIRS:
+        if name.endswith(opening):
+            other = name[: -len(opening)] + closing
+            if syms.probe(other) is not None:
+                return other
+    return None
 
 
 def instance_id(settings: Settings) -> str:
@@ -262,14 +292,9 @@ class Service:
             )
         return found[0]
 
-    def _resolve(self, req: ProbeRequest, *, duration_s: float, max_events: int) -> Spec:
-        pid = self._target_pid(req)
-        if req.binary is None:
-            view = procfs.exe_path(pid)
-        elif req.binary.startswith("/"):
-            view = req.binary
-        else:
-            view = _symbols.resolve_library(pid, req.binary)
+    @staticmethod
+    def _object(pid: int, view: str) -> tuple[str, str]:
+        """An object as ``pid`` sees it -> (its canonical path, the same via /proc/PID/root)."""
         host = procfs.resolve_in_root(pid, view)
         root = str(procfs.proc_root(pid))
         canonical = str(host)[len(root) :] or "/"
@@ -281,7 +306,20 @@ class Service:
             )
         if not host.is_file():
             raise NotFound(f"binary: {view!r} is not a file in the filesystem of pid {pid}")
-        syms = _symbols.object_symbols(host)
+        return canonical, f"{root}{canonical}"
+
+    def _resolve(self, req: ProbeRequest, *, duration_s: float, max_events: int) -> Spec:
+        pid = self._target_pid(req)
+        if req.usdt is not None or req.python_function is not None:
+            return self._resolve_usdt(req, pid, duration_s=duration_s, max_events=max_events)
+        if req.binary is None:
+            view = procfs.exe_path(pid)
+        elif req.binary.startswith("/"):
+            view = req.binary
+        else:
+            view = _symbols.resolve_library(pid, req.binary)
+        canonical, host_binary = self._object(pid, view)
+        syms = _symbols.object_symbols(Path(host_binary))
         function = req.function
         assert function is not None
         address: int | None
@@ -306,7 +344,7 @@ class Service:
         return Spec(
             pid=pid,
             binary=canonical,
-            host_binary=f"{root}{canonical}",
+            host_binary=host_binary,
             function=function,
             address=address,
             mode=req.mode,
@@ -317,6 +355,162 @@ class Service:
             stack=req.stack,
             duration_s=duration_s,
             max_events=max_events,
+        )
+
+    def _resolve_usdt(
+        self, req: ProbeRequest, pid: int, *, duration_s: float, max_events: int
+    ) -> Spec:
+        """A USDT probe (or a Python function's pair of them) in the object that carries it."""
+        python = req.python_function is not None
+        name = PY_ENTRY if python else req.usdt
+        assert name is not None
+        candidates: list[str]
+        if req.binary is None:
+            # The executable first, then its libraries: a shared CPython build carries
+            # its notes in libpython3.X.so, a static one in the executable.
+            candidates = _symbols.mapped_objects(pid)
+        elif req.binary.startswith("/"):
+            candidates = [req.binary]
+        else:
+            candidates = [_symbols.resolve_library(pid, req.binary)]
+        found: tuple[str, str, _symbols.ObjectSymbols, _symbols.Symbol] | None = None
+        with_notes: dict[str, _symbols.ObjectSymbols] = {}
+        for view in candidates:
+            try:
+                canonical, host_binary = self._object(pid, view)
+                syms = _symbols.object_symbols(Path(host_binary))
+            except (NotFound, Invalid):
+                if req.binary is not None:
+                    raise
+                continue
+            if syms.usdt:
+                with_notes[canonical] = syms
+            probe = syms.probe(name)
+            if probe is not None:
+                found = (canonical, host_binary, syms, probe)
+                break
+        if found is None:
+            raise self._no_usdt(req, pid, name, candidates, with_notes)
+        canonical, host_binary, syms, probe = found
+        closing = _closing_probe(syms, name)
+        if python:
+            if closing is None:
+                raise Conflict(
+                    f"python_function: {canonical} has {PY_ENTRY} but no {PY_RETURN}; "
+                    f"use the stack snapshot GET /processes/{pid}/stack or the profiler "
+                    "POST /profiles",
+                    binary=canonical,
+                )
+        elif req.mode == "histogram" and req.of == "latency":
+            if closing is None:
+                raise Invalid(
+                    f"of: latency is not defined for a single USDT point ({name} has no "
+                    f"closing probe in {canonical}; pairs are X__entry/X__return and "
+                    "X__start/X__done); give `of`: argN, or mode count or events",
+                    field="of",
+                )
+        else:
+            closing = None
+        n_args = len(probe.args)
+        if len(req.args) > n_args:
+            raise Invalid(
+                f"args: {name} in {canonical} has {n_args} argument(s) "
+                f"({' '.join(probe.args) or 'none'}); {len(req.args)} were typed",
+                field="args",
+            )
+        args: tuple[ArgType, ...] = tuple(req.args)
+        of = req.of
+        if python:
+            of = "latency"
+        elif req.mode == "histogram" and req.of.startswith("arg"):
+            n = int(req.of[3:])
+            if n >= n_args:
+                raise Invalid(
+                    f"of: {req.of} does not exist: {name} in {canonical} has {n_args} "
+                    f"argument(s) ({' '.join(probe.args) or 'none'})",
+                    field="of",
+                )
+            filler: ArgType = "int"
+            args += (filler,) * (n + 1 - len(args))
+        needs_entry = not (python and req.mode == "count")
+        enable = tuple(
+            e for e in USDT_ENABLERS.get(name, ()) if needs_entry and syms.probe(e) is not None
+        )
+        return Spec(
+            pid=pid,
+            binary=canonical,
+            host_binary=host_binary,
+            function=name,
+            address=probe.address,
+            mode=req.mode,
+            of=of,
+            args=args,
+            retval=False,
+            retval_type=req.retval_type,
+            stack=req.stack,
+            duration_s=duration_s,
+            max_events=max_events,
+            usdt=name,
+            usdt_return=closing,
+            usdt_enable=enable,
+            python_function=req.python_function,
+            python_file=req.python_file,
+        )
+
+    @staticmethod
+    def _no_usdt(
+        req: ProbeRequest,
+        pid: int,
+        name: str,
+        candidates: list[str],
+        with_notes: dict[str, _symbols.ObjectSymbols],
+    ) -> AgentError:
+        """Why the probe is not there: a build without probes (409), or another name (404)."""
+        field = "python_function" if req.python_function is not None else "usdt"
+        try:
+            info = procfs.process_info(pid)
+            runtime, version = info.runtime, info.runtime_version
+        except NotFound:
+            runtime, version = "native", None
+        # The executable and any libpython: where a CPython keeps its notes.
+        objs = candidates[:1] + [c for c in candidates[1:] if "libpython" in os.path.basename(c)]
+        where = ", ".join(objs) or "its executable"
+        if runtime == "python":
+            if with_notes:
+                listed = sorted({s.name for syms in with_notes.values() for s in syms.usdt})
+                return NotFound(
+                    f"{field}: no USDT probe {name} in pid {pid} (it has: {', '.join(listed)})",
+                    closest=difflib.get_close_matches(name, listed, n=5, cutoff=0.6),
+                )
+            build = f"Python {version}" if version else "this Python"
+            return Conflict(
+                f"{field}: pid {pid} runs {build} built without USDT probes (no "
+                f".note.stapsdt in {where}; CPython has them when built --with-dtrace), so "
+                "its functions cannot be traced without a restart. Without restarting: the "
+                f"stack snapshot GET /processes/{pid}/stack (what it is doing now) or the "
+                "profiler POST /profiles (where its time goes)",
+                runtime=runtime,
+                runtime_version=version,
+            )
+        if req.python_function is not None:
+            return Conflict(
+                f"python_function: pid {pid} is not a CPython process (it runs "
+                f"{candidates[0] if candidates else 'an unknown executable'}, detected as "
+                f"{runtime}); python_function needs a CPython with USDT probes. "
+                "Use `function` (uprobes) or `usdt` for native code",
+                runtime=runtime,
+            )
+        if not with_notes:
+            return Conflict(
+                f"usdt: pid {pid} has no USDT probes in {where} (no .note.stapsdt); "
+                f"use `function` for a uprobe, or GET /processes/{pid}/symbols to list what "
+                "can be probed",
+                runtime=runtime,
+            )
+        listed = sorted({s.name for syms in with_notes.values() for s in syms.usdt})
+        return NotFound(
+            f"usdt: no USDT probe {name} in pid {pid}; it has: {', '.join(listed[:50])}",
+            closest=difflib.get_close_matches(name, listed, n=5, cutoff=0.6),
         )
 
     def _auto_backend(self, b: Backends) -> tuple[BackendName | None, str]:
@@ -330,6 +524,8 @@ class Service:
         wanted = req.backend or self.settings.probe_backend
         if req.program is not None:
             wanted = "bpftrace"
+        if spec is not None and spec.is_usdt:
+            return self._choose_usdt(req, b)
         if wanted == "bpftrace":
             if not b.bpftrace_ok:
                 raise Unavailable(f"backend: bpftrace cannot run here: {b.bpftrace_reason}")
@@ -354,6 +550,23 @@ class Service:
         if chosen == "perf-probe" and spec is not None and spec.stack:
             raise Invalid("stack: user stacks need bpftrace, which cannot run here", field="stack")
         return chosen, reason
+
+    def _choose_usdt(self, req: ProbeRequest, b: Backends) -> tuple[BackendName, str]:
+        field = "python_function" if req.python_function is not None else "usdt"
+        if req.backend == "perf-probe":
+            raise Invalid(
+                f"backend: {field} needs the bpftrace backend (perf probe reaches SDT notes "
+                "only through a build-id cache entry per binary, made in the agent's own "
+                "mount namespace); use backend bpftrace or auto",
+                field="backend",
+            )
+        if not b.bpftrace_ok:
+            raise Unavailable(
+                f"backend: {field} needs bpftrace, which cannot run here: {b.bpftrace_reason}"
+            )
+        if req.backend == "bpftrace":
+            return "bpftrace", "requested"
+        return "bpftrace", f"USDT probes are attached by bpftrace {b.bpftrace_version}"
 
     def _limits(self, req: ProbeRequest) -> tuple[float, int]:
         s = self.settings
@@ -397,6 +610,10 @@ class Service:
             text = req.program if spec is None else _bpftrace.program(spec)
             assert text is not None
             plan = {"program": text, "argv": _bpftrace.argv(text, pid)}
+            if spec is not None and spec.is_usdt:
+                plan["env"] = _bpftrace.env(spec)
+                if spec.usdt_enable:
+                    plan["note"] = USDT_ENABLE_NOTE
         else:
             assert spec is not None
             pp = _perfprobe.plan(
@@ -411,7 +628,8 @@ class Service:
                 "backend_reason": reason,
                 "target": None
                 if spec is None
-                else {"pid": spec.pid, "binary": spec.binary, "function": spec.function},
+                else {"pid": spec.pid, "binary": spec.binary, "function": spec.function}
+                | _usdt_target(spec),
                 "duration_s": duration,
                 "max_events": max_events,
                 "plan": plan,
@@ -610,6 +828,17 @@ class Service:
         """The probe's events as NDJSON lines or Server-Sent Events, until it ends."""
         probe = self.get(probe_id)
         return render(probe, sse=sse, max_bytes=min(max_bytes, STREAM_MAX_BYTES))
+
+
+def _usdt_target(spec: Spec) -> dict[str, Any]:
+    """What a USDT probe's target adds: the probe, its closing probe, the Python filter."""
+    if not spec.is_usdt:
+        return {}
+    out: dict[str, Any] = {"usdt": spec.usdt, "usdt_return": spec.usdt_return}
+    if spec.python_function is not None:
+        out["python_function"] = spec.python_function
+        out["python_file"] = spec.python_file
+    return out
 
 
 def _error_text(e: BaseException, session: Any) -> str:

@@ -1,4 +1,4 @@
-"""Routes of the probes concern: symbols of a process, and uprobes attached to its functions.
+"""Routes of the probes concern: symbols of a process, and uprobes or USDT probes attached to it.
 
 Thin handlers over :class:`agent.probes.Service` (on ``app.state.probes``).
 ``GET /probes/{id}/events`` answers NDJSON, or Server-Sent Events when the
@@ -52,6 +52,11 @@ async def create_probe(
     req: ProbeRequest,
     dry_run: Annotated[bool, Query(description="Show the plan; attach nothing.")] = False,
 ) -> Any:
+    """Attach a uprobe (`function`), a USDT probe (`usdt`) or a Python function (`python_function`).
+
+    409: the target cannot have this probe (a Python built without USDT probes, a
+    process that is not Python); 503: no backend, or bpftrace needed and unusable.
+    """
     result = await svc.create(req, dry_run=dry_run)
     if dry_run:
         return JSONResponse(result, status_code=200)

@@ -149,6 +149,17 @@ def test_request_bodies() -> None:
         "mode": "histogram",
         "of": "arg0",
     }
+    py = _cli.parse(["probe", "web", "--python-function", "slow", "--python-file", "app.py"])
+    assert probe_body(py, 42, 5.0) == {
+        "pid": 42,
+        "python_function": "slow",
+        "python_file": "app.py",
+        "duration_s": 5.0,
+    }
+    u = _cli.parse(["probe", "web", "--usdt", "python:gc__start", "--count"])
+    assert probe_body(u, 42, None) == {"pid": 42, "usdt": "python:gc__start", "mode": "count"}
+    with pytest.raises(SystemExit):
+        _cli.parse(["probe", "web", "--function", "f", "--usdt", "a:b"])
     t = _cli.parse(["trace", "web", "--python", "app*", "--ust", "prov:*"])
     assert trace_body(t, 10.0)["max_duration_s"] == 310.0  # stopped by us at 10 s
     assert trace_body(t, 10.0)["events"] == [
@@ -313,4 +324,8 @@ def test_terminal_output() -> None:
     ]
     assert _output.event_line({"pid": 3, "tid": 4, "arg1": "x", "arg0": 1, "retval": 2}) == (
         'pid=3 tid=4 arg0=1 arg1="x" retval=2'
+    )
+    py = {"pid": 3, "tid": 3, "function": "slow", "file": "/srv/app.py", "line": 7}
+    assert _output.event_line({**py, "latency_ns": 50112834}) == (
+        "pid=3 tid=3 slow (/srv/app.py:7) latency=50.1128ms"
     )
