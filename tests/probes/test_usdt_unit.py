@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from agent.probes import _bpftrace
 from agent.probes._model import ProbeRequest
 from agent.probes._plan import Hit, Spec
-from agent.probes._service import _closing_probe
+from agent.probes._usdt import _closing_probe
 from agent.symbols import ObjectSymbols, Symbol, object_symbols
 
 ROOT = "/proc/7/root/usr/bin/python3.11"
