@@ -1,7 +1,8 @@
 """py-spy's output, read: its summary line, and its raw stacks folded as perf's are.
 
 py-spy (``record --format raw --threads --full-filenames``) writes one line per
-distinct stack, root first: ``thread (TID);<module> (/app/x.py:11);main (/app/x.py:10) 61``.
+distinct stack, root first: ``thread (TID);<module> (/app/x.py:11);main (/app/x.py:10) 61``
+(``thread (TID): MainThread;...`` for some Python versions: the name is dropped).
 :func:`fold` turns that into the folded format every other backend emits, with the
 process's name as the root frame (``comm``, ``comm-PID`` or ``comm-PID/TID``, as
 stackcollapse-perf's ``--pid``/``--tid`` spell it), so Python and perf stacks merge
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from agent import _proc
 
 _SUMMARY = re.compile(r"Samples: (\d+) Errors: (\d+)")
-_THREAD = re.compile(r"^thread \((?:0x[0-9a-fA-F]+|\d+)\)$")
+# "thread (TID)", and on some Pythons (3.11 here) "thread (TID): NAME".
+_THREAD = re.compile(r"^thread \((?:0x[0-9a-fA-F]+|\d+)\)(?:: .*)?$")
 _THREAD_ID = re.compile(r"\((0x[0-9a-fA-F]+|\d+)\)")
 _ADDRESS_ONLY = re.compile(r"^0x[0-9a-fA-F]+ \(([^()]+)\)$")
 _NOISE = (

@@ -24,6 +24,8 @@ from tests.agent.workloads import (
     HOTCOLD_C,
     JAVA_CHAIN,
     NODE_CHAIN,
+    PY38,
+    PY311,
     PY312,
     PY313,
     PY_CHAIN,
@@ -87,7 +89,7 @@ def profile(client: httpx.Client, body: dict[str, object]) -> tuple[dict[str, in
     return folded_total(r.text), meta
 
 
-@pytest.mark.parametrize("python", [PY312, PY313], ids=["3.12", "3.13"])
+@pytest.mark.parametrize("python", [PY38, PY311, PY312, PY313], ids=["3.8", "3.11", "3.12", "3.13"])
 def test_python_whole_stacks_without_perf_support(
     pod: podsim.SimPod, client: httpx.Client, python: str
 ) -> None:
