@@ -174,12 +174,6 @@ class Plan(BaseModel):
         default_factory=list, description="the py-spy recordings (Python targets)"
     )
 
-    @property
-    def perf_pids(self) -> list[int]:
-        return (
-            [c.pid for c in self.profilers if c.profiler == "perf"] if self.profilers else self.pids
-        )
-
 
 _JIT_HINT = {
     "python": "Python >= 3.12 writes one with PYTHONPERFSUPPORT=1 (or -X perf); py-spy "
