@@ -347,3 +347,21 @@ def test_python_workers_of_a_container(pod: podsim.SimPod, client: httpx.Client)
         assert len(busy) == 2, busy  # both workers burn CPU in hot, each under its own pid
     finally:
         app.stop()
+
+
+def test_stopping_a_py_spy_profile_early_keeps_it(pod: podsim.SimPod, client: httpx.Client) -> None:
+    app = pod.run("pystop", [PY312, "/srv/chain.py"], files={"chain.py": PY_CHAIN.encode()})
+    try:
+        time.sleep(0.3)
+        r = client.post("/profiles", json={"pid": app.pid, "duration_s": 60})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        time.sleep(1.5)
+        assert client.delete(f"/profiles/{job_id}").status_code == 202
+        body = wait_done(client, job_id, timeout=30)
+        assert body["state"] == "succeeded", body
+        meta = body["metadata"]
+        assert meta["stopped_early"] and meta["py_spy"][0]["samples"] > 0
+        assert "hot (/srv/chain.py" in client.get(f"/profiles/{job_id}/folded").text
+    finally:
+        app.stop()
