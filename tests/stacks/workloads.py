@@ -84,15 +84,20 @@ public class Sleeper {
 """
 
 # main.main -> main.blockedHere -> a read(2) on a pipe nobody writes: the goroutine
-# stays on its thread (a syscall), so the thread's stack shows it.
+# stays on its thread (a syscall), so the thread's stack shows it. init locks the main
+# goroutine to the main thread (the documented idiom): else the scheduler may run it
+# on another thread before it blocks (seen under load).
 GO_BLOCKED = r"""
 package main
 
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"syscall"
 )
+
+func init() { runtime.LockOSThread() }
 
 //go:noinline
 func blockedHere() {
