@@ -1,7 +1,8 @@
 """`kubectl tracecar` on the real cluster, found by kubectl as a plugin on PATH:
 attach to a running unlabelled pod (no restart), profile and probe it through the
 plugin, refuse what an attached agent cannot do, profile a three-replica Deployment
-into one merged graph, work the same on an injected pod, and end an idle agent."""
+into one merged graph, work the same on an injected pod (LTTng, a Python stack snapshot
+and a Python function counted through USDT), and end an idle agent."""
 
 from __future__ import annotations
 
@@ -269,6 +270,15 @@ def test_trace_an_injected_pod_through_the_plugin(installed: K.Kube, tmp_path: P
     events = tracecar(installed, "trace", name, "--python", "tracecar.demo", "-d", "3s",
                       "--events")  # fmt: skip
     assert "tracecar.demo" in ok(events) and "tick" in events.stdout
+    # The logger is Debian's python3 (USDT probes built in): what it is doing now, from
+    # the image's py-spy; how often logging's `info` runs, from its function__return probe.
+    snap = json.loads(ok(tracecar(installed, "stack", name, "-c", "logger", "-o", "json")))
+    frames = [f for t in snap["threads"] for f in t["frames"]]
+    assert snap["tool"] == "py-spy", snap
+    assert any(f["function"] == "main" and "logger.py" in (f["file"] or "") for f in frames)
+    args = ["probe", name, "-c", "logger", "--python-function", "info", "--count", "-d", "3s"]
+    counted = json.loads(ok(tracecar(installed, *args, "--json")))
+    assert counted["hits"] >= 5, counted  # one log.info every 200 ms
     installed.run("delete", "deploy/traced", "-n", K.NS, "--wait=false", check=False)
 
 
