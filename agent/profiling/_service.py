@@ -303,6 +303,15 @@ class Service:
         spies = await spy_task
         meta["recording_finished_at"] = time.time()
         self._note_recording(job, the_plan, rec, spies)
+        if rec is None and not any(s.ok for s in spies):
+            # py-spy recorded everything, and every run of it failed: nothing to show.
+            raise _proc.ToolFailed(
+                "py-spy could not profile "
+                + "; ".join(f"pid {s.pid}: {s.message[:300]}" for s in spies),
+                argv=the_plan.py_spy[0].argv,
+                returncode=1,
+                stderr="",
+            )
         meta["phase"] = "post-processing"
         self.jobs.save(job)
         await self._ask_jvms_for_perf_maps(job, the_plan)
@@ -451,14 +460,6 @@ class Service:
                     f"py-spy dropped {s.errors} of {s.samples + s.errors} samples of pid "
                     f"{s.pid} (the interpreter could not be read at that instant)"
                 )
-        if spies and rec is None and not any(s.ok for s in spies):
-            raise _proc.ToolFailed(
-                "py-spy could not profile "
-                + "; ".join(f"pid {s.pid}: {s.message[:300]}" for s in spies),
-                argv=the_plan.py_spy[0].argv,
-                returncode=1,
-                stderr="",
-            )
         if meta["samples"] == 0:
             notes.append(
                 "no samples: the targets used no CPU while recording (idle, or blocked); "

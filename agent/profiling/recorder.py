@@ -55,32 +55,49 @@ def parse_stderr(stderr: str) -> tuple[int | None, int, list[str]]:
 
 
 async def run_to_end(
-    child: _proc.Child, plan: Plan, *, stop: asyncio.Event, tool: str
+    child: _proc.Child,
+    plan: Plan,
+    *,
+    stop: asyncio.Event,
+    tool: str,
+    end_after_s: float | None = None,
+    output: asyncio.StreamReader | None = None,
 ) -> tuple[int, str, bool]:
     """Wait for a recording tool until it ends, ``stop`` is set, or the plan's timeout.
 
     On ``stop``: SIGINT to its group (perf stops its workload and finishes writing
     the file; bpftrace runs END and prints its maps). On timeout: killed, and
     :class:`agent._proc.ToolTimeout`. Always reaped, cancellation included.
-    Returns the exit status, its stderr, and whether it was stopped early.
+    ``end_after_s``: for a tool that runs until told (py-spy), SIGINT at that time
+    is its planned end, not a timeout. ``output``: the stream its messages are on
+    (default its stderr). Returns the exit status, those messages, and whether it
+    was stopped early.
     """
-    err_task = asyncio.ensure_future(_proc.drain_tail(child.proc.stderr, keep=_STDERR_KEEP))
+    stream = output if output is not None else child.proc.stderr
+    err_task = asyncio.ensure_future(_proc.drain_tail(stream, keep=_STDERR_KEEP))
     wait_task = asyncio.ensure_future(child.proc.wait())
     stop_task = asyncio.ensure_future(stop.wait())
     stopped_early = False
     try:
+        wait_s = plan.timeout_s if end_after_s is None else end_after_s
         done, _ = await asyncio.wait(
-            {wait_task, stop_task}, timeout=plan.timeout_s, return_when=asyncio.FIRST_COMPLETED
+            {wait_task, stop_task}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
         )
         if wait_task not in done:
-            if stop_task not in done:
+            if stop_task in done:
+                stopped_early = True
+                await child.stop(signal.SIGINT, grace=15)
+            elif end_after_s is not None:
+                # Its planned end: SIGINT makes it write what it sampled, within the
+                # time the plan has left.
+                grace = min(max(plan.timeout_s - end_after_s, 1.0), 15.0)
+                await child.stop(signal.SIGINT, grace=grace)
+            else:
                 await child.stop(signal.SIGKILL, grace=0)
                 raise _proc.ToolTimeout(
                     f"{tool} did not finish within {plan.timeout_s:g} s; it was killed",
                     argv=plan.argv,
                 )
-            stopped_early = True
-            await child.stop(signal.SIGINT, grace=15)
         rc = await child.stop()  # reaps (a no-op when it has exited)
         stderr = (await err_task).decode("utf-8", "replace")
     except BaseException:
