@@ -102,14 +102,28 @@ class Container:
     def alive(self) -> bool:
         return self.launcher.poll() is None and Path(f"/proc/{self.host_pid}").exists()
 
+    def wake_launcher(self) -> None:
+        """SIGCONT the nsenter that launched this container.
+
+        util-linux's nsenter, seeing its child stop (as a ptrace attach's SIGSTOP can
+        make it, when the tracer is killed mid-attach), stops itself with SIGSTOP and
+        waits for a SIGCONT before it forwards one and reaps again. Nothing in a real
+        pod sends that, so a container whose process was attached to would never be
+        reaped: wake the launcher before waiting on it.
+        """
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.launcher.pid, signal.SIGCONT)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.host_pid, sig)
+        self.wake_launcher()
         try:
             return self.launcher.wait(timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.host_pid, signal.SIGKILL)
+            self.wake_launcher()
             return self.launcher.wait(timeout)
 
     def log(self) -> str:
@@ -252,9 +266,11 @@ class SimPod:
         if self.infra is None:
             return
         # Let containers shut down in order (the agent cleans up on SIGTERM) ...
+        # A container that will not stop must not keep the pod (and its namespace) alive.
         for c in reversed(self.containers):
             if c.alive():
-                c.stop(signal.SIGTERM, timeout=20)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    c.stop(signal.SIGTERM, timeout=20)
         # ... then the pod itself: killing pid 1 kills everything left in the namespace.
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.infra_pid, signal.SIGKILL)
@@ -262,6 +278,7 @@ class SimPod:
             os.killpg(self.infra.pid, signal.SIGKILL)
         self.infra.wait(10)
         for c in self.containers:
+            c.wake_launcher()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 c.launcher.wait(10)
         self.infra = None

@@ -356,14 +356,17 @@ def test_process_exiting_mid_snapshot_is_404(
 def test_tool_timeout_is_504_and_the_target_runs_on(
     pod: podsim.SimPod, apps: dict[str, Any]
 ) -> None:
-    slow = podsim.start_agent(pod, env={"TRACECAR_AGENT_STACK_TIMEOUT_S": "0.2"})
-    target = pod.run("slowapp", ["/srv/blocked", "300"], files={"blocked": apps["cbin"]})
+    # gdb needs ~0.2 s to start and ~0.4 ms per thread to attach and unwind: with 3000
+    # threads it takes over a second on a fast machine, so a 0.3 s limit kills it while
+    # it is attached (a 300-thread target finished inside 0.2 s on one CI machine).
+    slow = podsim.start_agent(pod, env={"TRACECAR_AGENT_STACK_TIMEOUT_S": "0.3"})
+    target = pod.run("slowapp", ["/srv/blocked", "3000"], files={"blocked": apps["cbin"]})
     wait_ready(target)
     try:
         with slow.client(timeout=60) as c:
             r = c.get(f"/processes/{target.pid}/stack")
         assert r.status_code == 504, r.text
-        assert r.json()["tool"] == "gdb" and "within 0.2 s" in r.json()["detail"], r.text
+        assert r.json()["tool"] == "gdb" and "within 0.3 s" in r.json()["detail"], r.text
         # Killed mid-attach, gdb must not leave the target (or any of its threads) stopped.
         for _ in range(20):
             assert target.alive() and not thread_states(target) & {"t", "T"}, thread_states(target)
