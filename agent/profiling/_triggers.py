@@ -8,7 +8,8 @@ at or above ``cpu_percent`` for ``for_s`` seconds starts an ordinary profile
 through :class:`agent.profiling.Service` (so it is listed, fetched, diffed and
 evicted like any other), then waits out the profile and ``cooldown_s`` before
 watching again, until ``max_captures``. Captured profiles older than
-``retain_s`` are deleted by the trigger while it lives.
+``retain_s`` are deleted by the trigger while it lives, after its last capture
+too (until ``DELETE`` or the agent's end).
 
 A container's or the pod's processes are re-read at each sample, so processes
 that start later count. Triggers live in memory only: they survive clients
@@ -27,14 +28,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from agent import procfs
 from agent.errors import NotFound, TooMany
 from agent.jobs import Job
 from agent.profiling._artifacts import KIND
 from agent.profiling._service import Service
-from agent.profiling.planner import ProfileRequest, Targets, in_range
+from agent.profiling.planner import ProfileOptions, ProfileRequest, Targets, in_range
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,6 @@ MAX_CAPTURES = 100
 TriggerState = Literal["armed", "recording", "cooling-down", "done", "failed"]
 
 
-class TriggerProfile(BaseModel):
-    """The profile a trigger records: ``POST /profiles``'s body without a target."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["cpu", "off-cpu"] = "cpu"
-    duration_s: float | None = None
-    frequency_hz: int | None = None
-    call_graph: Literal["auto", "fp", "dwarf"] = "auto"
-
-
 class TriggerRequest(Targets):
     """The body of ``POST /triggers``. At most one of pid, pids, container; none = the pod."""
 
@@ -66,7 +56,7 @@ class TriggerRequest(Targets):
         description="fire at or above this CPU use (100 = one core; up to 100 x the CPUs)"
     )
     for_s: float = Field(default=5.0, description=f"for this long ({SAMPLE_S} .. {MAX_FOR_S} s)")
-    profile: TriggerProfile = Field(default_factory=TriggerProfile)
+    profile: ProfileOptions = Field(default_factory=ProfileOptions)
     cooldown_s: float = Field(
         default=60.0, description=f"after a capture, wait this long (0 .. {MAX_COOLDOWN_S} s)"
     )
@@ -195,6 +185,7 @@ class Triggers:
     async def _watch(self, trigger: Trigger) -> None:
         try:
             await self._loop(trigger)
+            await self._retain(trigger)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a trigger never dies silently
@@ -254,6 +245,20 @@ class Triggers:
             trigger.state = "cooling-down"
             await asyncio.sleep(req.cooldown_s)
             trigger.state = "armed"
+
+    async def _retain(self, trigger: Trigger) -> None:
+        """After the last capture, go on deleting captures as they pass ``retain_s``:
+        a trigger that hit its limit must not keep its profiles for ever."""
+        retain = trigger.request.retain_s
+        if retain is None:
+            return
+        while True:
+            await self._expire(trigger)
+            due = [c["fired_at"] + retain for c in trigger.captures if not c.get("expired")]
+            if not due:
+                return
+            # Sleep until the next one is due (a recording one is retried shortly).
+            await asyncio.sleep(min(max(min(due) - time.time(), SAMPLE_S), 60.0))
 
     async def _expire(self, trigger: Trigger) -> None:
         retain = trigger.request.retain_s

@@ -73,8 +73,9 @@ class Targets(BaseModel):
         return self
 
 
-class ProfileRequest(BaseModel):
-    """The body of ``POST /profiles``. At most one of pid, pids, container; none = the pod."""
+class ProfileOptions(BaseModel):
+    """How to profile, whatever the target: the body of ``POST /profiles`` without its
+    target, which is also what a trigger records (``POST /triggers``'s ``profile``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -83,9 +84,6 @@ class ProfileRequest(BaseModel):
         description="cpu: where time is spent on CPU (perf samples); off-cpu: where threads "
         "wait off CPU (blocked, sleeping, preempted), weighted by that time (bpftrace)",
     )
-    pid: Pid | None = None
-    pids: Annotated[list[Pid], Field(min_length=1, max_length=MAX_PIDS)] | None = None
-    container: ContainerName | None = None
     duration_s: float | None = Field(
         default=None, description="default from settings (10 s); bounded by the maximum"
     )
@@ -102,6 +100,14 @@ class ProfileRequest(BaseModel):
         "interpreter under the Python ones. It pauses the process at each sample "
         "(see docs/profiling.md for the measured cost)",
     )
+
+
+class ProfileRequest(ProfileOptions):
+    """The body of ``POST /profiles``. At most one of pid, pids, container; none = the pod."""
+
+    pid: Pid | None = None
+    pids: Annotated[list[Pid], Field(min_length=1, max_length=MAX_PIDS)] | None = None
+    container: ContainerName | None = None
 
 
 @dataclass(frozen=True, slots=True)

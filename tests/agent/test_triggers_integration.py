@@ -97,6 +97,37 @@ def test_trigger_fires_on_the_spike_with_cooldown_and_limit(
     assert client.get(f"/triggers/{tid}").status_code == 404
 
 
+def test_retention_goes_on_after_the_capture_limit(
+    pod: podsim.SimPod, client: httpx.Client, spike_binary: Any
+) -> None:
+    # The limit ends the watching, not the retention: a capture older than retain_s is
+    # deleted even though the trigger is done. The profile body is /profiles' own
+    # (profiler included), not a subset of it.
+    app = pod.run("spiky", ["/srv/spike", "30"], files={"spike": spike_binary})
+    body = {
+        "pid": app.pid,
+        "cpu_percent": 40,
+        "for_s": 1,
+        "profile": {"duration_s": 1, "profiler": "perf", "python_native": False},
+        "max_captures": 1,
+        "retain_s": 2,
+    }
+    r = client.post("/triggers", json=body)
+    assert r.status_code == 201, r.text
+    tid = r.json()["id"]
+    try:
+        os.kill(app.host_pid, signal.SIGUSR1)
+        t = wait_for(client, tid, lambda t: t["state"] == "done", 20)
+        pid = t["captures"][0]["profile_id"]
+        assert "1 capture(s) made" in t["message"], t
+        t = wait_for(client, tid, lambda t: t["captures"][0].get("expired"), 10)
+        assert client.get(f"/profiles/{pid}").status_code == 404
+        assert t["state"] == "done" and len(t["captures"]) == 1, t
+    finally:
+        assert client.delete(f"/triggers/{tid}").status_code == 204
+        app.stop()
+
+
 def test_trigger_bad_input(client: httpx.Client, pod: podsim.SimPod, spike_binary: Any) -> None:
     ncpu = os.cpu_count() or 1
     cases: list[tuple[dict[str, Any], int, str]] = [
