@@ -302,6 +302,7 @@ def up(lay: Layout, repo: Path) -> str:
         d.mkdir(parents=True, exist_ok=True)
     _host.save_sysctls(lay)
     _host.make_node_link()
+    _host.isolate_pods()
     _check_ports()
     _pki.ensure(lay.pki)
     _render.write_all(lay)

@@ -1,9 +1,11 @@
 """What the cluster changes on the host, and how ``down`` undoes every bit of it.
 
-Made by ``up``: the veth pair carrying the node IP, sysctls the kubelet and the bridge
-plugin rewrite (saved first, restored by ``down``). Made by the components: the pod
-bridge, pod network namespaces, KUBE-*/CNI-* iptables chains, kubepods cgroups, mounts
-under the state directory, containerd shims. ``cleanup`` removes all of it whether or
+Made by ``up``: the veth pair carrying the node IP, the TCAR-* iptables chain that keeps
+pods' packets on the pod bridge, sysctls the kubelet and the bridge plugin rewrite
+(saved first, restored by ``down``). Made by the components: the pod bridge, pod network
+namespaces, KUBE-*/CNI-* iptables chains, kubepods cgroups, mounts under the state
+directory, containerd shims, the kubelet's links in /var/log/containers and its
+device-plugin socket. ``cleanup`` removes all of it whether or
 not the components are still alive or were ever fully started, so it also repairs a
 half-up cluster."""
 
@@ -34,7 +36,7 @@ SYSCTLS = (
     "net.ipv4.conf.all.route_localnet",
     "net.bridge.bridge-nf-call-iptables",
 )
-CHAIN_PREFIXES = ("KUBE-", "CNI-")
+CHAIN_PREFIXES = ("KUBE-", "CNI-", "TCAR-")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -78,6 +80,47 @@ def make_node_link() -> None:
     run(["ip", "addr", "replace", f"{L.NODE_IP}/24", "dev", L.NODE_IF])
     run(["ip", "link", "set", L.NODE_IF, "up"])
     run(["ip", "link", "set", L.PEER_IF, "up"])
+
+
+def isolate_pods() -> None:
+    """Pods may reach each other (the bridge) and the node's own addresses (that is
+    INPUT, not FORWARD): nothing they send is forwarded out of any other interface.
+    With no masquerade that traffic could not come back anyway; this makes sure it
+    never leaves. Swept by ``_chains`` with the components' own chains."""
+    chain = L.EGRESS_CHAIN
+    for binary in ("iptables", "ip6tables"):
+        if run([binary, "-w", "-n", "-L", chain], check=False).returncode != 0:
+            run([binary, "-w", "-N", chain])
+        run([binary, "-w", "-F", chain])
+        run([binary, "-w", "-A", chain, "-o", L.BRIDGE_IF, "-j", "RETURN"])
+        run([binary, "-w", "-A", chain, "-j", "DROP"])
+        jump = ["FORWARD", "-i", L.BRIDGE_IF, "-j", chain]
+        if run([binary, "-w", "-C", *jump], check=False).returncode != 0:
+            run([binary, "-w", "-I", jump[0], "1", *jump[1:]])
+
+
+def _kubelet_host_files(lay: Layout) -> list[Path]:
+    """What the kubelet wrote outside its directories: its links to our pods' logs in
+    /var/log/containers and its device-plugin socket."""
+    found: list[Path] = []
+    if L.CONTAINER_LOGS_DIR.is_dir():
+        for link in L.CONTAINER_LOGS_DIR.iterdir():
+            with contextlib.suppress(OSError):
+                if link.is_symlink() and os.readlink(link).startswith(f"{lay.pod_logs}/"):
+                    found.append(link)
+    sock = L.DEVICE_PLUGINS_DIR / "kubelet.sock"
+    if sock.is_socket():
+        found.append(sock)
+    return found
+
+
+def _remove_kubelet_host_files(lay: Layout) -> None:
+    for f in _kubelet_host_files(lay):
+        f.unlink(missing_ok=True)
+    # The directories the kubelet made for them, when nothing else is in them.
+    for d in (L.CONTAINER_LOGS_DIR, L.DEVICE_PLUGINS_DIR, L.DEVICE_PLUGINS_DIR.parent):
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def _mounts() -> list[str]:
@@ -225,6 +268,7 @@ def cleanup(lay: Layout) -> None:
         for f in results.glob(f"{L.CNI_NETWORK}-*"):
             f.unlink(missing_ok=True)
     restore_sysctls(lay)
+    _remove_kubelet_host_files(lay)
     if lay.sock.parent.exists():
         subprocess.run(["rm", "-rf", str(lay.sock.parent)], check=False, timeout=60)
     if lay.state.exists():
@@ -240,6 +284,7 @@ def leftovers(lay: Layout) -> list[str]:
     left += [f"iptables chain {c}" for c in leftover_chains()]
     if Path("/run/netns").exists():
         left += [f"netns {n.name}" for n in Path("/run/netns").glob("cni-*")]
+    left += [f"kubelet file {f}" for f in _kubelet_host_files(lay)]
     if lay.state.exists():
         left.append(f"state {lay.state}")
     return left

@@ -26,6 +26,13 @@ POD_CIDR = "10.214.0.0/24"
 SERVICE_CIDR = "10.215.0.0/24"
 KUBERNETES_SERVICE_IP = "10.215.0.1"
 CNI_NETWORK = "tracecar"
+EGRESS_CHAIN = "TCAR-POD-EGRESS"
+"""The FORWARD chain that keeps pods' packets off every interface but the pod bridge."""
+# Paths the kubelet writes whatever its configuration says (Kubernetes constants:
+# DefaultContainerLogsDir, deviceplugin's DevicePluginPath); ``down`` removes what of
+# them is ours.
+CONTAINER_LOGS_DIR = Path("/var/log/containers")
+DEVICE_PLUGINS_DIR = Path("/var/lib/kubelet/device-plugins")
 
 APISERVER_PORT = 6443
 ETCD_CLIENT_PORT = 12379
@@ -92,6 +99,15 @@ class Layout:
     def state(self) -> Path:
         """Data the components write (etcd, containerd, kubelet): removed by ``down``."""
         return self.run / "state"
+
+    @property
+    def pod_logs(self) -> Path:
+        """The kubelet's podLogsDir (not /var/log/pods): gone with the state on ``down``."""
+        return self.state / "pod-logs"
+
+    @property
+    def resolv_conf(self) -> Path:
+        return self.run / "resolv.conf"
 
     @property
     def sock(self) -> Path:

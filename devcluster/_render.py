@@ -146,7 +146,11 @@ def kubelet_config(lay: Layout) -> str:
         "failSwapOn": False,
         "oomScoreAdj": 0,  # no CAP_SYS_RESOURCE for -999
         "clusterDomain": "cluster.local",
-        "resolvConf": "/etc/resolv.conf",
+        # Not the host's resolv.conf: its nameserver is reached through the external
+        # interface. No DNS server runs in this cluster (clients use the service IPs
+        # in their environment), so a pod's lookup fails at once, on its own loopback.
+        "resolvConf": str(lay.resolv_conf),
+        "podLogsDir": str(lay.pod_logs),
         # No registry: an image garbage-collected is an image lost.
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
@@ -280,4 +284,5 @@ def write_all(lay: Layout) -> None:
     (run / "cni").mkdir(exist_ok=True)
     (run / "cni" / "10-tracecar.conflist").write_text(cni_config(lay))
     (run / "kubelet.yaml").write_text(kubelet_config(lay))
+    lay.resolv_conf.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
     (run / "kube-proxy.yaml").write_text(kube_proxy_config(lay))

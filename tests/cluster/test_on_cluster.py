@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from agent.probes._perfprobe import group_name
+from devcluster._layout import EGRESS_CHAIN
 from tests.cluster import kube as K
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
@@ -154,6 +156,70 @@ def test_the_pods_other_containers_are_refused(
     bare = httpx.get(agent.base_url.join("/processes"), timeout=30)
     assert bare.status_code == 401 and "token" in bare.json()["detail"]
     assert agent.get("/processes").status_code == 200  # the port-forwarded user, with it
+
+
+def _egress_drops() -> int:
+    out = subprocess.run(
+        ["iptables", "-w", "-nvxL", EGRESS_CHAIN],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    return sum(int(ln.split()[0]) for ln in out.splitlines() if " DROP " in f" {ln} ")
+
+
+def _default_gateway() -> str:
+    route = subprocess.run(
+        ["ip", "-4", "route", "show", "default"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.split()
+    return route[route.index("via") + 1] if "via" in route else "192.0.2.1"
+
+
+def test_pods_send_nothing_out_of_the_machine(installed: K.Kube, demo_pod: dict[str, Any]) -> None:
+    # issue 8: the cluster uses its own veth and bridge only. A pod's packet for an
+    # address beyond this machine is dropped at the node (counted by our DROP rule),
+    # and a DNS lookup fails at once on the pod's loopback instead of going to the
+    # host's nameserver.
+    probe = (
+        "import socket, sys, time\n"
+        "print(open('/etc/resolv.conf').read().split())\n"
+        "t = time.monotonic()\n"
+        "try:\n"
+        "    socket.getaddrinfo('example.com', 80)\n"
+        "    print('resolved')\n"
+        "except OSError:\n"
+        "    print('no-dns', round(time.monotonic() - t, 1))\n"
+        "try:\n"
+        "    socket.create_connection((sys.argv[1], 80), timeout=2)\n"
+        "    print('connected')\n"
+        "except OSError:\n"
+        "    print('no-route')\n"
+    )
+    before = _egress_drops()
+    name = demo_pod["metadata"]["name"]
+    out = installed.run(
+        "exec",
+        "-n",
+        K.NS,
+        name,
+        "-c",
+        "logger",
+        "--",
+        "python3",
+        "-c",
+        probe,
+        _default_gateway(),
+    )
+    lines = out.stdout.splitlines()
+    assert "'127.0.0.1'" in lines[0], out.stdout
+    assert lines[1].startswith("no-dns") and float(lines[1].split()[1]) < 5, out.stdout
+    assert lines[2] == "no-route", out.stdout
+    assert _egress_drops() > before
 
 
 def test_port_forward_flame_graph(agent: httpx.Client) -> None:
