@@ -163,6 +163,7 @@ def demo_deployment(
     annotations: dict[str, str] | None = None,
     replicas: int = 1,
     logger: bool = True,
+    lttng_wait_s: int = 5,
 ) -> dict[str, Any]:
     labels = {"app": name}
     if labelled:
@@ -179,12 +180,15 @@ def demo_deployment(
     ]
     if logger:
         # Imports lttngust at start: registers only because the native sidecar's
-        # session daemon is already up (it gives up after 300 s without one).
+        # session daemon is already up. It waits lttng_wait_s for the daemon's port
+        # file and then exits 1 (a restart the tests see): 5 s by default, which only
+        # a sidecar started before the app meets; classic mode needs the long wait.
         containers.append(
             {
                 "name": "logger",
                 "image": DEMO_IMAGE,
                 "command": ["python3", "/usr/local/bin/logger.py"],
+                "env": [{"name": "TRACECAR_DEMO_WAIT_S", "value": str(lttng_wait_s)}],
                 "resources": {**small, "limits": {"cpu": "200m", "memory": "64Mi"}},
             }
         )

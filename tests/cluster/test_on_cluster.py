@@ -279,6 +279,10 @@ def test_port_forward_lttng_session_and_trace(
         30,
         "the demo logger registered with the sidecar's session daemon (at its start)",
     )
+    # At its first start: with a 5 s wait for the daemon, a sidecar that came up after
+    # the app would have made the logger exit and restart.
+    statuses = installed.pod(name)["status"]["containerStatuses"]
+    assert {s["name"]: s["restartCount"] for s in statuses}.get("logger") == 0, statuses
     r = agent.post(
         "/lttng/sessions", json={"events": [{"domain": "python", "names": ["tracecar.demo"]}]}
     )
@@ -301,7 +305,9 @@ def test_port_forward_lttng_session_and_trace(
 
 def test_classic_sidecar_mode(installed: K.Kube) -> None:
     installed.apply(
-        K.demo_deployment("classic", annotations={"tracecar.dev/native-sidecar": "false"})
+        K.demo_deployment(
+            "classic", annotations={"tracecar.dev/native-sidecar": "false"}, lttng_wait_s=300
+        )
     )
     pod = _ready_pod(installed, "classic")
     assert K.AGENT in {c["name"] for c in pod["spec"]["containers"]}
