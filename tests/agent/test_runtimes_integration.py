@@ -10,6 +10,7 @@ The tools are the real ones (py-spy, perf, jattach) on real processes.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,6 +153,10 @@ def test_python_native_mixed_stacks(pod: podsim.SimPod, client: httpx.Client) ->
         stacks, view = profile(client, {"pid": app.pid, "duration_s": 1.5, "python_native": True})
         assert "--native" in view["metadata"]["plan"]["py_spy"][0]["argv"]
         assert any("hot (/srv/chain.py" in s for s in stacks)
+        # Mixed: native frames (the interpreter's, libc's) under the Python ones, which
+        # the default mode never shows.
+        native = {f for s in stacks for f in s.split(";")[1:] if not re.search(r"\.py:\d+\)$", f)}
+        assert native, sorted(stacks)[:5]
     finally:
         app.stop()
 
