@@ -284,7 +284,14 @@ class FlightRecorder:
         req = run.request
         # The agent's own processes only matter when the target is the pod or a container.
         own = procfs.own_tree() | {os.getpid()} if req.pid is None and req.pids is None else set()
-        stacks = [s for s in parse_output(text, map_name="@s") if self._wanted(run, s.pid, own)]
+        parsed = parse_output(text, map_name="@s")
+        # The pid -> container cache holds only live processes: bounded however many
+        # come and go, and a reused pid is looked up afresh.
+        seen = {s.pid for s in parsed}
+        for pid in [p for p in run.containers if p not in seen]:
+            if not procfs.pid_exists(pid):
+                del run.containers[pid]
+        stacks = [s for s in parsed if self._wanted(run, s.pid, own)]
         folded = fold(stacks, names=symbols.function_names, divisor=1)
         interned = {self._strings.setdefault(k, k): v for k, v in folded.items()}
         size = sum(len(k.encode()) + _ENTRY_OVERHEAD for k in interned)

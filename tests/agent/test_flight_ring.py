@@ -68,3 +68,14 @@ def test_no_recorder() -> None:
     with pytest.raises(Conflict, match="POST /recorder"):
         rec.interval(1, 2)
     assert rec.limits()["max_bytes"] == 1 << 20
+
+
+def test_the_pid_to_container_cache_keeps_only_live_processes() -> None:
+    # A container target caches each pid's container; pids that exited are dropped at
+    # the next bucket, so the cache stays bounded on a long run with process churn.
+    rec = FlightRecorder(max_retain_s=3600, max_bytes=1 << 20)
+    run = _Run(request=RecorderRequest(container="app"))
+    dead = 4_194_304  # above pid_max's ceiling: never a live pid
+    run.containers = {dead: "app", 1: None}
+    rec._bucket(run, _line({KEY_A: 3}))
+    assert dead not in run.containers and 1 in run.containers
