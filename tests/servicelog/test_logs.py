@@ -76,7 +76,7 @@ def _serve(
     return log.read_text().splitlines()
 
 
-def _agent_lines(tmp: Path, *, fmt: str) -> list[str]:
+def _agent_lines(tmp: Path, *, fmt: str, extra: dict[str, str] | None = None) -> list[str]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -86,6 +86,7 @@ def _agent_lines(tmp: Path, *, fmt: str) -> list[str]:
         "TRACECAR_AGENT_LTTNG_RUN_DIR": str(tmp / "lttng"),
         "TRACECAR_AGENT_LOG_FORMAT": fmt,
         "TRACECAR_AGENT_TOKEN": SECRET,
+        **(extra or {}),
     }
 
     def requests() -> None:
@@ -98,7 +99,7 @@ def _agent_lines(tmp: Path, *, fmt: str) -> list[str]:
     return _serve("agent", env, tmp, requests, f"{url}/healthz")
 
 
-def _webhook_lines(tmp: Path) -> list[str]:
+def _webhook_lines(tmp: Path, *, extra: dict[str, str] | None = None) -> list[str]:
     paths = ensure_local_certs(tmp / "certs", dns_names=["localhost"], ip_addresses=["127.0.0.1"])
     port = _free_port()
     url = f"https://127.0.0.1:{port}"
@@ -107,6 +108,7 @@ def _webhook_lines(tmp: Path) -> list[str]:
         "TRACECAR_WEBHOOK_KEY_FILE": str(paths.key),
         "TRACECAR_WEBHOOK_HOST": "127.0.0.1",
         "TRACECAR_WEBHOOK_PORT": str(port),
+        **(extra or {}),
     }
 
     def requests() -> None:
@@ -179,6 +181,33 @@ def test_agent_text_format_is_readable(tmp_path: Path) -> None:
         "agent.access: request method=GET path=/healthz status=200 duration_ms=" in line
         for line in lines
     ), lines
+
+
+TEXT_HEAD = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (info|warning|error|debug) +\S+: ")
+
+
+def test_webhook_text_format_is_readable(tmp_path: Path) -> None:
+    lines = _webhook_lines(tmp_path, extra={"TRACECAR_WEBHOOK_LOG_FORMAT": "text"})
+    for line in lines:
+        assert SECRET not in line
+        assert TEXT_HEAD.match(line), line
+    assert any(
+        "webhook.access: request method=POST path=/mutate status=400 duration_ms=" in line
+        for line in lines
+    ), lines
+
+
+def test_the_level_comes_from_the_environment(tmp_path: Path) -> None:
+    # warning: the access lines (info) and uvicorn's start-up lines go, for the same
+    # requests that log them at info; debug keeps them.
+    agent = _agent_lines(tmp_path / "a", fmt="json", extra={"TRACECAR_AGENT_LOG_LEVEL": "warning"})
+    webhook = _webhook_lines(tmp_path / "w", extra={"TRACECAR_WEBHOOK_LOG_LEVEL": "warning"})
+    for line in agent + webhook:
+        assert json.loads(line)["level"] in {"warning", "error", "critical"}, line
+    debug = _parsed(
+        _agent_lines(tmp_path / "d", fmt="json", extra={"TRACECAR_AGENT_LOG_LEVEL": "debug"})
+    )
+    assert len(_access(debug)) >= 4 and len(debug) > len(agent)
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
