@@ -42,6 +42,33 @@ def test_install_with_kubectl_apply_k(installed: K.Kube) -> None:
     assert deploy["status"].get("readyReplicas") == 2, deploy["status"]
 
 
+def test_up_again_reuses_the_healthy_cluster(installed: K.Kube) -> None:
+    # `scripts/cluster up` is idempotent: on a healthy cluster it changes nothing (the
+    # installed tracecar stays), and `status -o json` says every component is running.
+    start = time.monotonic()
+    up = subprocess.run(
+        [str(K.REPO / "scripts" / "cluster"), "up"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=K.REPO,
+    )
+    assert up.returncode == 0 and "reusing it" in up.stderr, up.stderr
+    assert time.monotonic() - start < 60
+    st = subprocess.run(
+        [str(K.REPO / "scripts" / "cluster"), "status", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=K.REPO,
+    )
+    assert st.returncode == 0, st.stdout + st.stderr
+    body = json.loads(st.stdout)
+    assert body["healthy"] is True and body["components"]["node"] == "Ready", st.stdout
+    deploy = installed.json("get", "deploy", "-n", "tracecar-system", "tracecar-webhook")
+    assert deploy["status"].get("readyReplicas") == 2
+
+
 @pytest.fixture(scope="module")
 def demo_pod(installed: K.Kube) -> dict[str, Any]:
     installed.apply(K.demo_deployment(DEMO))
