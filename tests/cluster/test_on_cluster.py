@@ -511,8 +511,8 @@ def _tracefs_uprobes() -> str:
 def test_deleting_the_pod_leaves_nothing_on_the_node(
     installed: K.Kube, demo_pod: dict[str, Any]
 ) -> None:
-    # a perf probe, a bpftrace probe and a long recording still running when the pod
-    # goes away (a fresh port-forward: the module's may have idled out by now)
+    # a perf probe, a bpftrace probe, a long recording and an LTTng session still running
+    # when the pod goes away (a fresh port-forward: the module's may have idled out by now)
     name = demo_pod["metadata"]["name"]
     with (
         K.agent_forward(installed, name) as url,
@@ -533,6 +533,13 @@ def test_deleting_the_pod_leaves_nothing_on_the_node(
             assert r.status_code == 201, r.text
         r = agent.post("/profiles", json={"pid": pid, "duration_s": 300})
         assert r.status_code in (201, 202), r.text
+        # and an LTTng session recording: its session and consumer daemons must go too
+        r = agent.post(
+            "/lttng/sessions", json={"events": [{"domain": "python", "names": ["tracecar.demo"]}]}
+        )
+        assert r.status_code == 201, r.text
+        started = agent.post(f"/lttng/sessions/{r.json()['id']}/start")
+        assert started.status_code in (200, 202, 204), started.text
         time.sleep(2)
         assert f"{group_name(demo_pod['metadata']['uid'])}/" in _tracefs_uprobes(), (
             "the perf probe is not in tracefs"
