@@ -36,6 +36,12 @@ _EXAMPLES = {
         "kubectl tracecar trace web-7d9f-abcde --python 'app*' -d 10s -o trace.tar.gz\n"
         "  kubectl tracecar trace web-7d9f-abcde --ust 'myprov:*' --events"
     ),
+    "diff": (
+        "kubectl tracecar profile web-7d9f-abcde -o a.folded   # two pods, or before/after\n"
+        "  kubectl tracecar profile web-7d9f-fghij -o b.folded\n"
+        "  kubectl tracecar diff a.folded b.folded -o diff.svg    # red: more in b, blue: less\n"
+        "  kubectl tracecar diff before.folded after.folded -o diff.folded --raw"
+    ),
     "attach": (
         "kubectl tracecar attach web-7d9f-abcde            # the agent joins the app, no restart\n"
         "  kubectl tracecar attach web-7d9f-abcde -c app --idle-timeout 1h"
@@ -184,6 +190,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--events", action="store_true", help="print the events instead of saving the trace"
+    )
+
+    p = _sub(
+        subs,
+        "diff",
+        "compare two folded profiles: a differential flame graph or difffolded.pl's lines",
+    )
+    p.add_argument("base", metavar="BASE", help="the folded file compared against (before)")
+    p.add_argument("target_file", metavar="TARGET", help="the folded file that changed (after)")
+    p.add_argument(
+        "-o",
+        "--output-file",
+        default="diff.svg",
+        metavar="FILE",
+        help="diff.svg (red: grew in TARGET, blue: shrank) or diff.folded "
+        "(`stack base target` lines, as difffolded.pl)",
+    )
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="compare raw counts (default: BASE scaled to TARGET's total, difffolded.pl -n)",
+    )
+    p.add_argument(
+        "--widths",
+        choices=["target", "base"],
+        default="target",
+        help="svg: frame widths from TARGET (default) or from BASE (shows what vanished)",
+    )
+    p.add_argument(
+        "--strip-hex", action="store_true", help="merge stacks differing only in 0x... addresses"
     )
 
     p = _sub(

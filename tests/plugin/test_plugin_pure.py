@@ -101,7 +101,9 @@ def test_global_flags_before_or_after_the_command() -> None:
 
 
 def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
-    for cmd in ("status", "ps", "profile", "probe", "trace", "attach"):
+    commands = ("status", "ps", "profile", "stack", "probe", "trace", "attach", "diff")
+    assert set(commands) == set(_cli._EXAMPLES)
+    for cmd in commands:
         with pytest.raises(SystemExit) as e:
             _cli.parse([cmd, "--help"])
         assert e.value.code == 0
