@@ -8,8 +8,12 @@ from __future__ import annotations
 import argparse
 
 from kubectl_tracecar._attach import DEFAULT_IDLE_S
+from kubectl_tracecar._targets import parse_duration, parse_target
+from kubectl_tracecar.errors import UsageError
 
 PROG = "kubectl tracecar"
+# The commands that act on pods: each takes TARGET (and all but attach take -l).
+POD_COMMANDS = frozenset({"status", "ps", "profile", "stack", "probe", "trace", "attach"})
 
 _EXAMPLES = {
     "status": (
@@ -243,5 +247,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            sub: argparse.ArgumentParser = action.choices[command]
+            return sub
+    return parser
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    """The arguments, with the target and durations checked too: a missing or malformed
+    TARGET is a usage error (exit 2, with the command's usage) before any kubeconfig
+    is read, not a kubeconfig error that hides it."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command in POD_COMMANDS:
+            parse_target(args.target, selector=getattr(args, "selector", None))
+        if getattr(args, "duration", None) is not None:
+            parse_duration(args.duration)
+        if getattr(args, "idle_timeout", None) is not None:
+            parse_duration(args.idle_timeout, flag="--idle-timeout")
+    except UsageError as e:
+        _subparser(parser, args.command).error(e.message)
+    return args
