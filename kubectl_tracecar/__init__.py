@@ -8,7 +8,8 @@ The shape of the package:
 * :mod:`._attach` renders the ephemeral agent container (the webhook's capabilities);
 * :mod:`._kube` is the only module that talks to the Kubernetes API;
 * :mod:`._forward` port-forwards through kubectl; :mod:`._agent` is the agent's client;
-* :mod:`._merge` and :mod:`._output` shape results; :mod:`._commands` runs each command.
+* :mod:`._merge` and :mod:`._output` shape results; :mod:`._commands` runs each command;
+* :mod:`._diff` compares two local folded files (``diff``: no cluster, no kubeconfig).
 
 Errors are :class:`~kubectl_tracecar.errors.PluginError` with stable exit codes.
 """

@@ -5,10 +5,12 @@ there is one) and its exit code; nothing prints a traceback at a user."""
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
+from collections.abc import Callable
 
-from kubectl_tracecar import _cli, _commands
+from kubectl_tracecar import _cli, _commands, _diff
 from kubectl_tracecar.errors import FAILED, PluginError
 
 _COMMANDS = {
@@ -20,6 +22,8 @@ _COMMANDS = {
     "trace": _commands.cmd_trace,
     "attach": _commands.cmd_attach,
 }
+# Commands on local files only: no kubeconfig is loaded, so they work without a cluster.
+_LOCAL: dict[str, Callable[[argparse.Namespace], int]] = {"diff": _diff.cmd_diff}
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -32,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _cli.parse(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _terminated)
     try:
+        if args.command in _LOCAL:
+            return _LOCAL[args.command](args)
         from kubectl_tracecar._kube import Kube
 
         kube = Kube(

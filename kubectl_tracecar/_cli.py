@@ -8,8 +8,12 @@ from __future__ import annotations
 import argparse
 
 from kubectl_tracecar._attach import DEFAULT_IDLE_S
+from kubectl_tracecar._targets import parse_duration, parse_target
+from kubectl_tracecar.errors import UsageError
 
 PROG = "kubectl tracecar"
+# The commands that act on pods: each takes TARGET (and all but attach take -l).
+POD_COMMANDS = frozenset({"status", "ps", "profile", "stack", "probe", "trace", "attach"})
 
 _EXAMPLES = {
     "status": (
@@ -35,6 +39,12 @@ _EXAMPLES = {
     "trace": (
         "kubectl tracecar trace web-7d9f-abcde --python 'app*' -d 10s -o trace.tar.gz\n"
         "  kubectl tracecar trace web-7d9f-abcde --ust 'myprov:*' --events"
+    ),
+    "diff": (
+        "kubectl tracecar profile web-7d9f-abcde -o a.folded   # two pods, or before/after\n"
+        "  kubectl tracecar profile web-7d9f-fghij -o b.folded\n"
+        "  kubectl tracecar diff a.folded b.folded -o diff.svg    # red: more in b, blue: less\n"
+        "  kubectl tracecar diff before.folded after.folded -o diff.folded --raw"
     ),
     "attach": (
         "kubectl tracecar attach web-7d9f-abcde            # the agent joins the app, no restart\n"
@@ -187,6 +197,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = _sub(
+        subs,
+        "diff",
+        "compare two folded profiles: a differential flame graph or difffolded.pl's lines",
+    )
+    p.add_argument("base", metavar="BASE", help="the folded file compared against (before)")
+    p.add_argument("target_file", metavar="TARGET", help="the folded file that changed (after)")
+    p.add_argument(
+        "-o",
+        "--output-file",
+        default="diff.svg",
+        metavar="FILE",
+        help="diff.svg (red: grew in TARGET, blue: shrank) or diff.folded "
+        "(`stack base target` lines, as difffolded.pl)",
+    )
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="compare raw counts (default: BASE scaled to TARGET's total, difffolded.pl -n)",
+    )
+    p.add_argument(
+        "--widths",
+        choices=["target", "base"],
+        default="target",
+        help="svg: frame widths from TARGET (default) or from BASE (shows what vanished)",
+    )
+    p.add_argument(
+        "--strip-hex", action="store_true", help="merge stacks differing only in 0x... addresses"
+    )
+
+    p = _sub(
         subs, "attach", "add the agent to a running pod as an ephemeral container (no restart)"
     )
     _target(p, selector=False)
@@ -207,5 +247,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            sub: argparse.ArgumentParser = action.choices[command]
+            return sub
+    return parser
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    """The arguments, with the target and durations checked too: a missing or malformed
+    TARGET is a usage error (exit 2, with the command's usage) before any kubeconfig
+    is read, not a kubeconfig error that hides it."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command in POD_COMMANDS:
+            parse_target(args.target, selector=getattr(args, "selector", None))
+        if getattr(args, "duration", None) is not None:
+            parse_duration(args.duration)
+        if getattr(args, "idle_timeout", None) is not None:
+            parse_duration(args.idle_timeout, flag="--idle-timeout")
+    except UsageError as e:
+        _subparser(parser, args.command).error(e.message)
+    return args

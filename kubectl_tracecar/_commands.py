@@ -282,13 +282,6 @@ def _profile_one(
     return data, folded, job
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Written whole or not at all: a half-written flame graph is worse than none."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def _pids_named(
     client: AgentClient, pod: JsonObject, name: str, container: str | None
 ) -> list[int]:
@@ -359,12 +352,12 @@ def cmd_profile(kube: Kube, args: argparse.Namespace) -> int:
         if not results:
             raise PluginError(next(iter(failures.values())))
         data, _, job = next(iter(results.values()))
-        _write(out, data)
+        _output.write_whole(out, data)
         report["pods"][_name(pods[0])] = _summary(job, str(out))
     else:
         for pod, (data, _, job) in sorted(results.items()):
             path = per_pod_path(out, pod)
-            _write(path, data)
+            _output.write_whole(path, data)
             report["pods"][pod] = _summary(job, str(path))
         if results:
             from agent.profiling.collapse import format_folded
@@ -378,7 +371,7 @@ def cmd_profile(kube: Kube, args: argparse.Namespace) -> int:
                 merged = render_svg(
                     stacks, title=title, subtitle=", ".join(sorted(results))
                 ).encode()
-            _write(out, merged)
+            _output.write_whole(out, merged)
     if args.json:
         _output.emit_json(report)
     else:
@@ -612,7 +605,7 @@ def cmd_trace(kube: Kube, args: argparse.Namespace) -> int:
                 text = client.download(f"/lttng/sessions/{sid}/events", "reading events")
                 sys.stdout.write(text.decode("utf-8", "replace"))
             else:
-                _write(
+                _output.write_whole(
                     out, client.download(f"/lttng/sessions/{sid}/trace", "downloading the trace")
                 )
         finally:

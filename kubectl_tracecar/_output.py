@@ -1,11 +1,13 @@
-"""Human output for people, JSON for scripts (``-o json``), and a bar chart for
-histograms; nothing here does I/O beyond the stream it is handed."""
+"""Human output for people, JSON for scripts (``-o json``), a bar chart for
+histograms, and output files written whole; nothing here does I/O beyond the
+stream or the path it is handed."""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 
@@ -66,3 +68,10 @@ def event_line(event: dict[str, Any]) -> str:
     if "stack" in event:
         parts.append(f"stack={';'.join(map(str, event['stack']))}")
     return " ".join(parts)
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """Written whole or not at all: a half-written flame graph is worse than none."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

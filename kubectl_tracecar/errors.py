@@ -6,7 +6,7 @@ Exit codes (documented in docs/plugin.md, stable for scripts):
 0      success
 1      the operation failed (the agent or a tool said why)
 2      usage: a flag or a target that cannot be parsed
-3      not found: no such pod, container or Deployment, or no pod matches
+3      not found: no such pod, container, Deployment or file, or no pod matches
 4      forbidden: RBAC or Pod Security refused (the message names what is missing)
 5      no agent: the pod has no tracecar agent and none could be attached
 6      unsupported: the cluster or pod cannot do this (too old, not running)

@@ -17,7 +17,7 @@ from agent.errors import Conflict
 from agent.jobs import Job
 from agent.profiling._artifacts import FOLDED
 from agent.profiling._service import Service, profile_type, units
-from agent.profiling.diff import DiffRow, EmptyBase, diff_folded, format_diff
+from agent.profiling.diff import DiffRow, EmptyBase, diff_folded, flame_deltas, format_diff
 from agent.profiling.flamegraph import render_svg
 
 DiffFormat = Literal["folded", "svg"]
@@ -40,14 +40,8 @@ def _read(svc: Service, job: Job) -> bytes:
 
 def _svg(rows: list[DiffRow], base: Job, target: Job, options: DiffOptions) -> str:
     swap = options.widths == "base"
-    stacks: dict[str, int] = {}
-    deltas: dict[str, float] = {}
-    for row in rows:
-        stack = row.stack.decode("utf-8", "replace")
-        # Swapped rows are (target, base): widths from the base, and the deltas are
-        # negated when drawn, so red means "grew in the target" in both graphs.
-        stacks[stack] = stacks.get(stack, 0) + round(row.target)
-        deltas[stack] = deltas.get(stack, 0.0) + float(row.delta)
+    # Swapped rows are (target, base): widths from the base, drawn with negate.
+    stacks, deltas = flame_deltas(rows)
     kind = profile_type(target)
     unit = units(kind)
     scaled = "normalised to the same total" if options.normalize else "raw counts"

@@ -1,8 +1,9 @@
 """Differential folded stacks: FlameGraph's ``difffolded.pl``, byte for byte.
 
 This module owns the ``GET /profiles/diff`` folded format and the per-stack
-deltas the differential flame graph is coloured by. It is pure: two folded
-texts in, rows (or their text) out.
+deltas the differential flame graph is coloured by (for the agent's endpoint and
+``kubectl tracecar diff`` alike). It is pure: two folded texts in, rows (or their
+text, or the flame graph's widths and deltas) out.
 
 ``difffolded.pl [-n] [-s] folded1 folded2`` prints ``stack count1 count2`` for
 every stack of either file (0 where a file lacks it). Kept exactly here:
@@ -26,7 +27,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["DiffRow", "EmptyBase", "diff_folded", "format_diff", "parse_folded"]
+__all__ = [
+    "DiffRow",
+    "EmptyBase",
+    "diff_folded",
+    "first_bad_line",
+    "flame_deltas",
+    "format_diff",
+    "parse_folded",
+]
 
 _LINE = re.compile(rb"^(.*)\s+?(\d+(?:\.\d*)?)$")
 _HEX = re.compile(rb"0x[0-9a-fA-F]+")
@@ -75,6 +84,16 @@ def parse_folded(data: bytes, *, strip_hex: bool = False) -> tuple[dict[bytes, N
     return counts, total
 
 
+def first_bad_line(data: bytes) -> int | None:
+    """The 1-based number of the first non-blank line that is not ``stack count``, or
+    None. difffolded.pl takes such lines silently (as the empty stack); a caller that
+    reads a user's files checks first, so a wrong file is named instead of diffed."""
+    for number, line in enumerate(_lines(data), start=1):
+        if line.strip() and not _LINE.match(line):
+            return number
+    return None
+
+
 def diff_folded(
     base: bytes, target: bytes, *, normalize: bool = True, strip_hex: bool = False
 ) -> list[DiffRow]:
@@ -91,6 +110,24 @@ def diff_folded(
             c1 = int(c1 * total2 / total1)
         rows.append(DiffRow(stack, c1, counts2.get(stack, 0)))
     return rows
+
+
+def flame_deltas(rows: Iterable[DiffRow]) -> tuple[dict[str, int], dict[str, float]]:
+    """The differential flame graph's input, as ``flamegraph.pl`` reads difffolded.pl's
+    lines: each stack's width (its second count) and its delta (second - first).
+
+    Stacks are keyed as text for :func:`~agent.profiling.flamegraph.render_svg`; two
+    that only differ in invalid UTF-8 decode alike and are summed. Rows drawn with the
+    base's widths are the swapped ``(target, base)`` rows, rendered with ``negate``
+    so that red still means "grew in the target".
+    """
+    stacks: dict[str, int] = {}
+    deltas: dict[str, float] = {}
+    for row in rows:
+        stack = row.stack.decode("utf-8", "replace")
+        stacks[stack] = stacks.get(stack, 0) + round(row.target)
+        deltas[stack] = deltas.get(stack, 0.0) + float(row.delta)
+    return stacks, deltas
 
 
 def _perl(n: Number) -> bytes:

@@ -352,6 +352,25 @@ def exec_python(pod: RealPod, container: str, code: str, *args: str) -> str:
     return podman("exec", pod.container(container), "python3", "-c", code, *args, timeout=60)
 
 
+# A compromised app container: same loopback, same PID namespace, no token.
+_CALL_AGENT = """
+import sys, urllib.error, urllib.request
+url, token = sys.argv[1], sys.argv[2]
+req = urllib.request.Request(url, headers={"Authorization": "Bearer " + token} if token else {})
+try:
+    with urllib.request.urlopen(req, timeout=10) as r:
+        print(r.status, r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"""
+
+
+def call_agent(pod: RealPod, container: str, url: str, *, token: str) -> str:
+    """``STATUS BODY`` of a GET of the agent from inside another container of the pod
+    (the pod's loopback, as an app would call it); ``token=""`` sends no header."""
+    return exec_python(pod, container, _CALL_AGENT, url, token)
+
+
 def need_tools() -> None:
     tools = ("podman", "nsenter", "debootstrap", "gcc", "kubectl")
     missing = [t for t in tools if shutil.which(t) is None]

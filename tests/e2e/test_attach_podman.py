@@ -119,6 +119,26 @@ def test_attached_agent_sees_the_app_by_its_container_name(
     assert plain.states()["burner"] == "running"  # nothing restarted
 
 
+def test_attached_agent_refuses_a_request_without_the_token(
+    attached: httpx.Client, plain: realpod.RealPod, first: tuple[str, int, str, dict[str, Any]]
+) -> None:
+    _, port, token, _ = first
+    # A user through the port-forward without the token: refused, with how to get it.
+    r = httpx.get(str(attached.base_url.join("/processes")), timeout=30)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+    assert "Authorization: Bearer <token>" in r.json()["detail"] and token not in r.text
+    assert attached.get("/processes").status_code == 200  # the same, with the token
+    # The app's other container shares the pod's loopback with the attached agent: the
+    # same refusal there, and served once it has the token.
+    url = f"http://127.0.0.1:{port}/processes"
+    out = realpod.call_agent(plain, "logger", url, token="")
+    assert out.startswith("401 "), out
+    assert "Authorization: Bearer <token>" in out and "kubectl get pod" in out, out
+    assert token not in out
+    served = realpod.call_agent(plain, "logger", url, token=token)
+    assert served.startswith("200 ") and '"burner"' in served, served[:2000]
+
+
 def test_attached_agent_profiles_the_app(attached: httpx.Client) -> None:
     r = attached.post(
         "/profiles",

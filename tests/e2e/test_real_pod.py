@@ -91,18 +91,6 @@ def test_agent_liveness_probe_passes(real_pod: realpod.RealPod, agent_url: str) 
     realpod.podman("healthcheck", "run", real_pod.container(realpod.AGENT_CONTAINER))
 
 
-# A compromised app container: same loopback, same PID namespace, no token.
-_CALL_AGENT = """
-import sys, urllib.error, urllib.request
-url, token = sys.argv[1], sys.argv[2]
-req = urllib.request.Request(url, headers={"Authorization": "Bearer " + token} if token else {})
-try:
-    with urllib.request.urlopen(req, timeout=10) as r:
-        print(r.status, r.read().decode())
-except urllib.error.HTTPError as e:
-    print(e.code, e.read().decode())
-"""
-
 _READ_AGENT_ENV = """
 import os
 for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -127,13 +115,13 @@ def test_another_container_of_the_pod_is_refused(
     port = realpod.agent_port(patched_pod)
     base = f"http://127.0.0.1:{port}"
     # /healthz is open (the exec probe); everything else needs the token.
-    assert realpod.exec_python(real_pod, "logger", _CALL_AGENT, f"{base}/healthz", "")[:3] == "200"
+    assert realpod.call_agent(real_pod, "logger", f"{base}/healthz", token="")[:3] == "200"
     for path in ("/processes", "/capabilities", "/probes"):
-        out = realpod.exec_python(real_pod, "logger", _CALL_AGENT, base + path, "")
+        out = realpod.call_agent(real_pod, "logger", base + path, token="")
         assert out.startswith("401 "), out
         assert "Authorization: Bearer <token>" in out and "kubectl get pod" in out, out
         assert agent_token not in out
-        guessed = realpod.exec_python(real_pod, "logger", _CALL_AGENT, base + path, "x" * 43)
+        guessed = realpod.call_agent(real_pod, "logger", base + path, token="x" * 43)
         assert guessed.startswith("401 ") and "wrong" in guessed, guessed
     # Nor can it read the token out of the agent's environment: the agent holds
     # capabilities the app container lacks, so /proc/PID/environ is denied (EACCES).

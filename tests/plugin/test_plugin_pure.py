@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from kubectl_tracecar import _attach, _cli, _merge, _output, _pods
+from kubectl_tracecar.__main__ import main
 from kubectl_tracecar._commands import (
     Progress,
     output_format,
@@ -20,7 +21,7 @@ from kubectl_tracecar._commands import (
 )
 from kubectl_tracecar._kube import selector_string
 from kubectl_tracecar._targets import Target, parse_duration, parse_target
-from kubectl_tracecar.errors import NotFound, Unsupported, UsageError
+from kubectl_tracecar.errors import USAGE, NotFound, Unsupported, UsageError
 from webhook.inject import CAPABILITIES
 
 
@@ -101,7 +102,9 @@ def test_global_flags_before_or_after_the_command() -> None:
 
 
 def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
-    for cmd in ("status", "ps", "profile", "probe", "trace", "attach"):
+    commands = ("status", "ps", "profile", "stack", "probe", "trace", "attach", "diff")
+    assert set(commands) == set(_cli._EXAMPLES)
+    for cmd in commands:
         with pytest.raises(SystemExit) as e:
             _cli.parse([cmd, "--help"])
         assert e.value.code == 0
@@ -329,3 +332,30 @@ def test_terminal_output() -> None:
     assert _output.event_line({**py, "latency_ns": 50112834}) == (
         "pid=3 tid=3 slow (/srv/app.py:7) latency=50.1128ms"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["profile"], "name a target"),
+        (["ps", "-o", "json"], "name a target"),
+        (["attach"], "name a target"),
+        (["status", "svc/web"], "unsupported resource type 'svc'"),
+        (["profile", "web-1", "-d", "soon"], "invalid duration for -d"),
+    ],
+)
+def test_argument_errors_come_before_the_kubeconfig(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A kubeconfig that cannot load: were it read first, its error would hide ours.
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == USAGE
+    err = capsys.readouterr().err
+    assert f"usage: kubectl tracecar {argv[0]}" in err and message in err
+    assert "cannot load the kubeconfig" not in err
