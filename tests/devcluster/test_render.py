@@ -1,16 +1,20 @@
 """The dev cluster's rendered configuration (pure: nothing started): every listener on
 loopback or the cluster's own node address, nothing of the host's network or log
-directories in the kubelet's hands, and ``down``'s sweep covering our own chain."""
+directories in the kubelet's hands, ``down``'s sweep covering our own chain; and the
+refusals ``up`` makes before it starts anything (not root, a port taken)."""
 
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
+import pytest
 import yaml
 
 from devcluster import _host, _render
 from devcluster import _layout as L
+from devcluster._cluster import ClusterError, _check_ports, up
 from devcluster._layout import Layout
 
 OURS = {"127.0.0.1", L.NODE_IP}
@@ -61,3 +65,23 @@ def test_the_kubelet_keeps_pod_logs_and_dns_to_the_cluster(tmp_path: Path) -> No
 def test_downs_sweep_covers_the_egress_chain() -> None:
     assert L.EGRESS_CHAIN.startswith(_host.CHAIN_PREFIXES)
     assert len(L.EGRESS_CHAIN) <= 28  # iptables' limit on chain names
+
+
+def test_a_port_taken_by_another_program_is_named(tmp_path: Path) -> None:
+    addr, port, who = next((a, p, w) for a, p, w in L.LISTENERS if a == "127.0.0.1")
+    with socket.socket() as holder:
+        try:
+            holder.bind((addr, port))
+        except OSError:
+            pytest.skip(f"{addr}:{port} is in use here already (a cluster is up?)")
+        holder.listen()
+        with pytest.raises(ClusterError) as err:
+            _check_ports()
+    assert f"{addr}:{port} ({who})" in str(err.value) and "ss -ltnp" in str(err.value)
+
+
+def test_up_without_root_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("devcluster._cluster.os.geteuid", lambda: 1000)
+    with pytest.raises(ClusterError, match="needs root"):
+        up(_layout(tmp_path), tmp_path)
+    assert not (tmp_path / "run").exists()  # refused before anything was made
