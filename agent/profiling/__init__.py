@@ -22,8 +22,9 @@ and tests drive them alone); the service's own pieces are private::
     _artifacts   the file names of a profile's artifacts
     _service     Service: targets, jobs, outputs, folded views, stop/delete
     diff         difffolded.pl: two folded files -> ``stack base target`` rows, and
-                 the differential graph's widths and deltas (the plugin's too)
-    _differential  GET /profiles/diff: two profiles -> diff folded or differential SVG
+                 the differential graph's widths and deltas
+    diffgraph    two folded texts -> diff folded or differential SVG (the plugin's too)
+    _differential  GET /profiles/diff: two profiles' checks and labels over diffgraph
     _flight      FlightRecorder: 19 Hz samples of the pod in a ring bounded by time and bytes
     _triggers    Triggers: CPU use above N% for S s -> a profile (cooldown, limit, retention)
 
