@@ -10,18 +10,19 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests import podsim
+from tests.agent.offcpu_workloads import GO_BLOCKER, LIBC_C, LIBC_C_FLAGS, PY_BLOCKER
 from tests.agent.test_profiles_integration import (
     check_pprof,
     folded_total,
     pod_processes,
     wait_done,
 )
-from tests.agent.offcpu_workloads import GO_BLOCKER, LIBC_C, LIBC_C_FLAGS, PY_BLOCKER
 from tests.agent.workloads import OFFCPU_C, PY312, build_go, compile_c
 from tests.conftest import need
 
@@ -222,10 +223,10 @@ def test_offcpu_python_names_the_c_function_that_blocked(
 
 
 def test_offcpu_go_frame_pointers(
-    client: httpx.Client, pod: podsim.SimPod, tmp_path: pytest.TempPathFactory
+    client: httpx.Client, pod: podsim.SimPod, tmp_path: Path
 ) -> None:
     need("bpftrace")
-    exe = build_go(GO_BLOCKER, tmp_path / "goblk")  # type: ignore[operator]
+    exe = build_go(GO_BLOCKER, tmp_path / "goblk")
     app = pod.run("goblk", ["/srv/goblk"], files={"goblk": exe})
     try:
         time.sleep(0.5)
