@@ -259,7 +259,12 @@ def perf_argv(
     *, pids: Iterable[int], output: str, duration_s: float, stack_bytes: int, period: int
 ) -> list[str]:
     """``perf record`` of the targets' switch-outs with their user stacks (DWARF) and of
-    every switch of their threads (``--switch-events``: the switch-in times)."""
+    every switch of their threads (``--switch-events``: the switch-in times).
+
+    ``--no-period``: perf asks for the period in each tracepoint sample by default, and
+    the kernel then samples every event whatever ``-c`` says (seen with perf 6.1:
+    ``-c 600`` still gave a stack per switch); without it, ``-c`` is one in ``period``.
+    """
     return [
         "perf",
         "record",
@@ -267,6 +272,7 @@ def perf_argv(
         "sched:sched_switch",
         "-c",
         str(period),
+        "--no-period",
         "--switch-events",
         "--call-graph",
         f"dwarf,{stack_bytes}",

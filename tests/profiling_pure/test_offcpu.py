@@ -145,7 +145,7 @@ def test_perf_argv_and_period() -> None:
     argv = perf_argv(pids=[9, 7], output="/d/perf.data", duration_s=2.5, stack_bytes=8192,
                      period=4)  # fmt: skip
     assert argv == [
-        "perf", "record", "-e", "sched:sched_switch", "-c", "4", "--switch-events",
+        "perf", "record", "-e", "sched:sched_switch", "-c", "4", "--no-period", "--switch-events",
         "--call-graph", "dwarf,8192", "-p", "7,9", "-o", "/d/perf.data", "--", "sleep", "2.5",
     ]  # fmt: skip
     assert dwarf_period(0, max_stacks_per_s=1000) == 1
