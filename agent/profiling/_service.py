@@ -83,6 +83,7 @@ class Service:
             max_frequency_hz=settings.max_frequency_hz,
             timeout_slack_s=settings.perf_timeout_slack_s,
             offcpu_max_stacks_per_s=settings.offcpu_max_stacks_per_s,
+            offcpu_max_dwarf_stacks_per_s=settings.offcpu_max_dwarf_stacks_per_s,
         )
         # Non-default folded views are computed from perf.data on demand, one at a time
         # per profile (perf script is the expensive part). Weak values: a lock lives
