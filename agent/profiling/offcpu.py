@@ -52,6 +52,7 @@ from dataclasses import dataclass
 __all__ = [
     "DEFAULT_MAX_DWARF_STACKS_PER_S",
     "DEFAULT_MAX_STACKS_PER_S",
+    "DWARF_MAX_RECORD_BYTES",
     "DWARF_STACK_BYTES",
     "ENV",
     "PERF_SCRIPT_FIELDS",
@@ -245,14 +246,30 @@ DEFAULT_MAX_DWARF_STACKS_PER_S = 1_000
 """Stacks copied per second at most (then one switch-out in ``period``): 8 MiB/s of
 perf.data at 8 KiB each."""
 
+DWARF_MAX_RECORD_BYTES = 256 << 20
+"""Stack copies one recording may hold at most (at the switch rate measured before it):
+a long recording gets fewer stacks a second, so perf.data stays within the agent's
+storage (each stack copy is ``DWARF_STACK_BYTES`` of it)."""
+
 PERF_SCRIPT_FIELDS = "comm,pid,tid,time,event,ip,sym,dso"
 
 
-def dwarf_period(switches_per_s: float, *, max_stacks_per_s: int) -> int:
-    """One switch-out in how many gets a stack, for targets switching this often."""
-    if switches_per_s <= max_stacks_per_s:
+def dwarf_period(
+    switches_per_s: float,
+    *,
+    max_stacks_per_s: int,
+    duration_s: float = 0.0,
+    stack_bytes: int = DWARF_STACK_BYTES,
+) -> int:
+    """One switch-out in how many gets a stack, for targets switching this often: at most
+    ``max_stacks_per_s``, and at most ``DWARF_MAX_RECORD_BYTES`` of stacks over
+    ``duration_s``."""
+    budget = float(max_stacks_per_s)
+    if duration_s > 0:
+        budget = min(budget, DWARF_MAX_RECORD_BYTES / stack_bytes / duration_s)
+    if switches_per_s <= budget:
         return 1
-    return math.ceil(switches_per_s / max_stacks_per_s)
+    return math.ceil(switches_per_s / budget)
 
 
 def perf_argv(

@@ -668,7 +668,9 @@ def _plan_offcpu(
     period = 1
     rate = sum(t.switches_per_s or 0.0 for t in targets if t.pid in set(dwarf_pids))
     if dwarf_pids:
-        period = offcpu.dwarf_period(rate, max_stacks_per_s=limits.offcpu_max_dwarf_stacks_per_s)
+        period = offcpu.dwarf_period(
+            rate, max_stacks_per_s=limits.offcpu_max_dwarf_stacks_per_s, duration_s=duration
+        )
         argv = offcpu.perf_argv(
             pids=dwarf_pids,
             output=str(output),
@@ -694,7 +696,8 @@ def _plan_offcpu(
         reason += (
             f"; the targets left the CPU about {rate:,.0f} times a second just before: "
             f"one switch-out in {period} gets a stack (weighted {period} times), the cost "
-            f"bound of {limits.offcpu_max_dwarf_stacks_per_s} stacks a second"
+            f"bound of {limits.offcpu_max_dwarf_stacks_per_s} stacks a second and "
+            f"{offcpu.DWARF_MAX_RECORD_BYTES >> 20} MiB of stacks per recording"
         )
     by_pid = {t.pid: t for t in targets}
     return Plan(

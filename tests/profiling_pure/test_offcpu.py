@@ -151,6 +151,9 @@ def test_perf_argv_and_period() -> None:
     assert dwarf_period(0, max_stacks_per_s=1000) == 1
     assert dwarf_period(1000, max_stacks_per_s=1000) == 1
     assert dwarf_period(250_000, max_stacks_per_s=1000) == 250
+    # 300 s x 8 KiB stacks: 256 MiB allow ~109 a second.
+    assert dwarf_period(500, max_stacks_per_s=1000, duration_s=300) == 5
+    assert dwarf_period(500, max_stacks_per_s=1000, duration_s=10) == 1
     assert perf_script_argv("x")[-2:] == ["-F", "comm,pid,tid,time,event,ip,sym,dso"]
     assert "--no-inline" in perf_script_argv("x") and "--show-switch-events" in perf_script_argv(
         "x"
