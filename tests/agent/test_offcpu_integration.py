@@ -10,7 +10,6 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -157,7 +156,8 @@ def _blocked_split(stacks: dict[str, int], disk: str, lock: str) -> float:
 
 
 def _offcpu(client: httpx.Client, pid: int, **extra: object) -> tuple[dict[str, int], dict]:  # type: ignore[type-arg]
-    r = client.post("/profiles", json={"type": "off-cpu", "pid": pid, "duration_s": 3, **extra})
+    target = {} if "pids" in extra else {"pid": pid}
+    r = client.post("/profiles", json={"type": "off-cpu", **target, "duration_s": 3, **extra})
     assert r.status_code == 202, r.text
     done = wait_done(client, r.json()["id"], timeout=120)
     assert done["state"] == "succeeded", done
@@ -236,18 +236,55 @@ def test_offcpu_python_names_the_function_that_blocked(
         app.stop()
 
 
-def test_offcpu_go_frame_pointers(client: httpx.Client, pod: podsim.SimPod, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def go_blocker(pod: podsim.SimPod, tmp_path_factory: pytest.TempPathFactory) -> podsim.Container:
     need("bpftrace")
-    exe = build_go(GO_BLOCKER, tmp_path / "goblk")
-    app = pod.run("goblk", ["/srv/goblk"], files={"goblk": exe})
-    try:
-        time.sleep(0.5)
-        stacks, done = _offcpu(client, app.pid)
-        meta = done["metadata"]
-        (choice,) = meta["unwinding"]
-        assert choice["call_graph"] == "fp" and "Go keeps frame pointers" in choice["reason"]
-        assert meta["plan"]["argv"] == [] and meta["plan"]["bpftrace_argv"][0] == "bpftrace"
-        share = _blocked_split(stacks, "main.waitForDisk", "main.waitForLock")
-        assert 0.85 <= share <= 0.95, (share, sorted(stacks.items(), key=lambda kv: -kv[1])[:4])
-    finally:
-        app.stop()
+    exe = build_go(GO_BLOCKER, tmp_path_factory.mktemp("go") / "goblk")
+    return pod.run("goblk", ["/srv/goblk"], files={"goblk": exe})
+
+
+def test_offcpu_go_frame_pointers(client: httpx.Client, go_blocker: podsim.Container) -> None:
+    stacks, done = _offcpu(client, go_blocker.pid)
+    meta = done["metadata"]
+    (choice,) = meta["unwinding"]
+    assert choice["call_graph"] == "fp" and "Go keeps frame pointers" in choice["reason"]
+    assert meta["plan"]["argv"] == [] and meta["plan"]["bpftrace_argv"][0] == "bpftrace"
+    share = _blocked_split(stacks, "main.waitForDisk", "main.waitForLock")
+    assert 0.85 <= share <= 0.95, (share, sorted(stacks.items(), key=lambda kv: -kv[1])[:4])
+
+
+def test_offcpu_per_target_both_recorders_then_discard(
+    client: httpx.Client, go_blocker: podsim.Container, libc_blocker: podsim.Container
+) -> None:
+    """A Go and a C target in one profile: bpftrace for one, perf for the other, merged."""
+    stacks, done = _offcpu(client, go_blocker.pid, pids=[go_blocker.pid, libc_blocker.pid])
+    meta = done["metadata"]
+    tools = {c["pid"]: c["tool"] for c in meta["unwinding"]}
+    assert tools == {go_blocker.pid: "bpftrace", libc_blocker.pid: "perf"}, meta["unwinding"]
+    assert "per target" in meta["plan"]["call_graph_reason"]
+    assert _blocked_split(stacks, "main.waitForDisk", "main.waitForLock") > 0.8
+    assert _blocked_split(stacks, "wait_for_disk", "wait_for_lock") > 0.8
+    links = done["links"]
+    assert "perf_data" in links and "bpftrace_output" in links, links
+    # Discarded while both record: removed at once, both tools stopped and reaped, no
+    # half-written perf.data or bpftrace.json left (the autouse fixture checks).
+    body = {"type": "off-cpu", "pids": [go_blocker.pid, libc_blocker.pid], "duration_s": 60}
+    job = client.post("/profiles", json=body).json()["id"]
+    time.sleep(2)
+    assert client.delete(f"/profiles/{job}", params={"discard": "true"}).status_code == 204
+    assert client.get(f"/profiles/{job}").status_code == 404
+
+
+def test_offcpu_dwarf_target_exiting_mid_recording(
+    client: httpx.Client, pod: podsim.SimPod
+) -> None:
+    need("perf")
+    app = pod.run("naps", ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.2; done"])
+    r = client.post("/profiles", json={"type": "off-cpu", "pid": app.pid, "duration_s": 8})
+    done = wait_done(client, r.json()["id"], timeout=120)
+    assert done["state"] == "succeeded", done
+    meta = done["metadata"]
+    assert meta["plan"]["call_graph"] == "dwarf" and meta["exited_pids"] == [app.pid], meta
+    assert any("exited" in n for n in meta["notes"]), meta["notes"]
+    assert meta["off_cpu_us"] > 0.5e6, meta  # it waited for its children most of the time
+    assert done["elapsed_s"] < 8, done  # perf ends with its last target
