@@ -275,6 +275,8 @@ class Service:
         record here (None: it can). Nothing to measure for cpu profiles or fp."""
         if req.type != "off-cpu" or req.call_graph == "fp":
             return facts, None
+        if req.call_graph == "auto" and all(f.runtime == "go" for f in facts):
+            return facts, None  # all frame pointers: perf has nothing to record
         why_not = await _offcpu.dwarf_unavailable()
         if why_not is not None:
             return facts, why_not
