@@ -386,6 +386,10 @@ class TimedStats:
     no_user_stack: int = 0
 
 
+_MISS: tuple[str, bool] = ("", False)  # sentinel (compared by identity)
+_FRAME_CACHE_MAX = 1 << 18
+
+
 @dataclass(slots=True)
 class _Pending:
     start_ns: int
@@ -404,17 +408,34 @@ class PerfTimedFolder:
         self._ns: dict[str, int] = {}
         self._pending: dict[int, _Pending] = {}
         self._last_ns = 0
+        self._frames: dict[bytes, tuple[str, bool] | None] = {}
         # The sample being read: (tid, time, comm, frames innermost first).
         self._cur: tuple[int, int, str, list[tuple[str, bool]]] | None = None
 
     def feed(self, line: bytes) -> None:
         if line[:1] in (b"\t", b" "):
             if self._cur is not None:
-                frame = _frame_name(line)
+                # The same frame lines come back over and over: each is parsed once.
+                frame = self._frames.get(line, _MISS)
+                if frame is _MISS:
+                    if len(self._frames) > _FRAME_CACHE_MAX:
+                        self._frames.clear()
+                    frame = self._frames[line] = _frame_name(line)
                 if frame is not None:
                     self._cur[3].append(frame)
             return
         self._close_sample()
+        at = line.find(b": PERF_RECORD_SWITCH")
+        if at > 0:
+            # Most lines of a busy recording: split, not the regex. "... PID/TID SEC.NSEC"
+            head = line[:at].rsplit(None, 2)
+            if len(head) == 3 and b"/" in head[1] and b"." in head[2]:
+                sec, _, nsec = head[2].partition(b".")
+                t = int(sec) * 1_000_000_000 + int(nsec)
+                self._last_ns = max(self._last_ns, t)
+                if line.startswith(b" IN", at + len(b": PERF_RECORD_SWITCH")):
+                    self._switch_in(int(head[1].rpartition(b"/")[2]), t)
+                return
         m = _HEADER.match(line.rstrip(b"\n"))
         if m is None:
             return
