@@ -221,9 +221,9 @@ class Plan(BaseModel):
     )
 
 
+_PYSPY_HINT = "; py-spy (profiler auto or py-spy) needs none"
 _JIT_HINT = {
-    "python": "Python >= 3.12 writes one with PYTHONPERFSUPPORT=1 (or -X perf); py-spy "
-    "(profiler auto or py-spy) needs none",
+    "python": "Python >= 3.12 writes one with PYTHONPERFSUPPORT=1 (or -X perf)" + _PYSPY_HINT,
     "java": "the agent asks the JVM for one (jattach PID jcmd Compiler.perfmap, JDK >= 17) "
     "when jattach is installed; otherwise run the JVM with a perf-map agent",
     "node": "start node with --perf-basic-prof (NODE_OPTIONS; the webhook sets it)",
@@ -714,6 +714,10 @@ def _plan_offcpu(
         call_graph=mode,
         call_graph_reason=reason,
         timeout_s=duration + limits.timeout_slack_s,
-        unresolved=expected_unresolved([by_pid[p] for p in fp_pids], mode="fp")
-        + expected_unresolved([by_pid[p] for p in dwarf_pids], mode="dwarf"),
+        # py-spy does not record off-CPU time: its hint does not apply here.
+        unresolved=[
+            r.replace(_PYSPY_HINT, "")
+            for r in expected_unresolved([by_pid[p] for p in fp_pids], mode="fp")
+            + expected_unresolved([by_pid[p] for p in dwarf_pids], mode="dwarf")
+        ],
     )

@@ -200,3 +200,12 @@ def test_plan_bounds_the_dwarf_cost_by_the_switch_rate() -> None:
     assert p.dwarf_period == 120 and p.argv[p.argv.index("-c") + 1] == "120"
     assert "one switch-out in 120" in p.call_graph_reason
     assert _offcpu_plan([replace(LIBC, switches_per_s=200.0)]).dwarf_period == 1
+
+
+def test_plan_for_python_says_what_names_its_functions() -> None:
+    py = TargetFacts(pid=9, comm="python3.12", container="app", runtime="python",
+                     runtime_version="3.12.1")  # fmt: skip
+    p = _offcpu_plan([py])
+    assert p.call_graph == "dwarf" and "time_sleep" in p.unwinding[0].reason
+    assert any("PYTHONPERFSUPPORT=1" in r for r in p.unresolved), p.unresolved
+    assert not any("py-spy" in r for r in p.unresolved), p.unresolved  # not for off-CPU
