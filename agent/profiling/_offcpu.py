@@ -146,9 +146,11 @@ async def dwarf_unavailable() -> str | None:
     tracefs = await capabilities.ensure_tracefs()
     if not tracefs.get("available"):
         return str(tracefs.get("reason"))
-    path = Path(str(tracefs.get("path", capabilities.TRACEFS))).joinpath(*_SCHED_SWITCH)
-    if not await asyncio.to_thread(path.is_dir):
-        return f"the kernel has no sched:sched_switch tracepoint ({path} is missing)"
+    # Where perf looks: tracefs itself, or under debugfs (older mounts).
+    roots = (capabilities.TRACEFS, Path("/sys/kernel/debug/tracing"))
+    paths = [root.joinpath(*_SCHED_SWITCH) for root in roots]
+    if not any([await asyncio.to_thread(p.is_dir) for p in paths]):
+        return f"the kernel has no sched:sched_switch tracepoint ({paths[0]} is missing)"
     return None
 
 
