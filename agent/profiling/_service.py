@@ -476,6 +476,7 @@ class Service:
         self.jobs.save(job)
         stacks: dict[str, int] = dict(fp_rec.stacks) if fp_rec is not None else {}
         stats: TimedStats | None = None
+        maps: list[int] = []
         if perf_rec is not None:
             # Symbols are read while the targets live; JIT maps copied as for CPU profiles.
             maps = await asyncio.to_thread(self._collect_perf_maps, job, the_plan)
@@ -507,7 +508,7 @@ class Service:
                 f"in {weight} was recorded, weighted to match (the cost bound)"
             )
         for c in the_plan.unwinding:
-            if c.call_graph == "fp" and "cannot record" in c.reason:
+            if c.fallback:
                 notes.append(f"pid {c.pid}: {c.reason}")
         if perf_rec is not None:
             notes.extend(_dwarf_notes(perf_rec, stats, the_plan.dwarf_period))
@@ -515,7 +516,7 @@ class Service:
         write_atomic(job.artifact(FOLDED), format_folded(stacks))
         await asyncio.to_thread(self._render_all, job, the_plan, stacks)
         meta["folded_samples"] = len(stacks)
-        meta["unresolved"] = self._unresolved(the_plan, stacks, [], meta.get("exited_pids", []))
+        meta["unresolved"] = self._unresolved(the_plan, stacks, maps, meta.get("exited_pids", []))
         meta["phase"] = "done"
         meta["artifacts"] = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
         if stopped_early:

@@ -170,6 +170,9 @@ class UnwindChoice(BaseModel):
     call_graph: Literal["fp", "dwarf"]
     tool: Literal["bpftrace", "perf"]
     reason: str
+    fallback: bool = Field(
+        default=False, description="fp only because perf cannot record here (said in notes)"
+    )
 
 
 class PySpyRun(BaseModel):
@@ -611,6 +614,7 @@ def choose_offcpu_unwinding(
                     reason=f"{t.runtime}: DWARF would be right ({_OFFCPU_DWARF_WHY[t.runtime]}), "
                     f"but perf cannot record it here ({dwarf_unavailable}): frame pointers "
                     "instead, so the frames between libc and the app's own are missing",
+                    fallback=True,
                 )
             )
         else:

@@ -55,7 +55,7 @@ def test_offcpu_falls_back_to_frame_pointers_and_says_why(
     assert isinstance(plan, Plan) and plan.call_graph == "fp" and plan.argv == []
     (choice,) = plan.unwinding
     assert choice.tool == "bpftrace" and "CAP_SYS_ADMIN" in choice.reason
-    assert "missing" in choice.reason  # what is lost, in words
+    assert "missing" in choice.reason and choice.fallback  # what is lost, in words
     with pytest.raises(Unavailable, match="call_graph fp or auto"):
         asyncio.run(
             svc.create(ProfileRequest(type="off-cpu", pid=me, call_graph="dwarf"), dry_run=True)
