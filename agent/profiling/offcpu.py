@@ -238,9 +238,10 @@ def fold(
 
 DWARF_STACK_BYTES = 8192
 """User stack copied at each recorded switch-out. A thread blocks at the bottom of a
-call chain that is rarely deep in bytes (the C workloads reach ``_start`` with 2 KiB,
-Python 3.12 reaches ``Py_BytesMain`` with 8 KiB); each byte is copied into perf's
-buffer at every recorded switch, so this is most of the cost (bench/offcpu_bench.py)."""
+call chain that is rarely deep in bytes (the tests' C programs reach ``_start`` and
+CPython 3.12 reaches ``Py_BytesMain`` within 8 KiB; stacks that do not are counted as
+``cut_short``); it is copied into perf's buffer at every recorded switch-out, 1-2 µs of
+the app's CPU each here (bench/offcpu_bench.py), and kept in perf.data."""
 
 DEFAULT_MAX_DWARF_STACKS_PER_S = 1_000
 """Stacks copied per second at most (then one switch-out in ``period``): 8 MiB/s of
