@@ -18,7 +18,11 @@ round runs every arm once, in a rotating order; medians are compared:
   switch-out: the raw cost of DWARF per switch);
 * ``dwarf, bounded``: the same with the period the planner picks from the app's
   switch rate (measured on a warm-up run, as the agent measures it before planning):
-  at most ``offcpu_max_dwarf_stacks_per_s`` stacks copied a second.
+  at most ``offcpu_max_dwarf_stacks_per_s`` stacks copied a second;
+* ``perf events alone``: the same perf command with a period no run reaches (no stack
+  is ever copied): the floor of the DWARF recorder, the cost of perf events attached
+  to the app's threads (the kernel switches them at every switch of those threads)
+  and of the switch records.
 
 Attached before the work starts. Printed per arm: the app's CPU and wall ratios to
 the baseline, the cost per context switch of the app (its extra CPU time / its
@@ -93,7 +97,7 @@ LIMITS = Limits(
     max_frequency_hz=999,
     timeout_slack_s=60,
 )
-ARMS = ("unprofiled", "fp", "dwarf, every switch", "dwarf, bounded")
+ARMS = ("unprofiled", "fp", "dwarf, every switch", "dwarf, bounded", "perf events alone")
 _LOST = re.compile(r"(?:lost|Lost) (\d+) chunks")
 
 
@@ -122,6 +126,10 @@ class Run:
 
 
 def tool_argv(arm: str, pid: int, out: Path, rate: float) -> list[str]:
+    if arm == "perf events alone":
+        # The DWARF recorder's floor: the same events on the app's threads, no stack ever.
+        return offcpu.perf_argv(pids=[pid], output=str(out), duration_s=120, stack_bytes=8,
+                                period=10**9)  # fmt: skip
     facts = TargetFacts(pid, comm="pingpong", container="b", runtime="native",
                         switches_per_s=rate if arm == "dwarf, bounded" else 0.0)  # fmt: skip
     p = plan(

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 __all__ = [
     "DEFAULT_MAX_DWARF_STACKS_PER_S",
     "DEFAULT_MAX_STACKS_PER_S",
+    "DWARF_FLOOR_US_PER_SWITCH",
     "DWARF_MAX_RECORD_BYTES",
     "DWARF_STACK_BYTES",
     "ENV",
@@ -251,6 +252,11 @@ DWARF_MAX_RECORD_BYTES = 256 << 20
 """Stack copies one recording may hold at most (at the switch rate measured before it):
 a long recording gets fewer stacks a second, so perf.data stays within the agent's
 storage (each stack copy is ``DWARF_STACK_BYTES`` of it)."""
+
+DWARF_FLOOR_US_PER_SWITCH = 0.4
+"""What perf's events on the targets' threads cost per switch of those threads, stacks
+or not (the kernel switches a thread's perf events with it; bench/offcpu_bench.py's
+"perf events alone": 0.35-0.5 µs here, against 0.1-0.25 µs for the bpftrace probe)."""
 
 PERF_SCRIPT_FIELDS = "comm,pid,tid,time,event,ip,sym,dso"
 

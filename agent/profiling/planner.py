@@ -696,6 +696,14 @@ def _plan_offcpu(
         reason = "off-cpu stacks walked by frame pointers in BPF: " + "; ".join(
             sorted({c.reason for c in choices})
         )
+    floor = rate * offcpu.DWARF_FLOOR_US_PER_SWITCH / 1e4  # percent of a core
+    if dwarf_pids and floor >= 5:
+        reason += (
+            f"; at about {rate:,.0f} switches a second, perf's events on the targets' "
+            f"threads cost about {floor:.0f}% of a core whatever the period "
+            "(bench/offcpu_bench.py); call_graph fp costs a third of that or less, "
+            "without the frames between libc and the app"
+        )
     if period > 1:
         reason += (
             f"; the targets left the CPU about {rate:,.0f} times a second just before: "

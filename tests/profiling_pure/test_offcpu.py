@@ -199,6 +199,10 @@ def test_plan_bounds_the_dwarf_cost_by_the_switch_rate() -> None:
     p = _offcpu_plan([busy])
     assert p.dwarf_period == 120 and p.argv[p.argv.index("-c") + 1] == "120"
     assert "one switch-out in 120" in p.call_graph_reason
+    assert "of a core" not in p.call_graph_reason  # 4.8%: not worth a word
+    # perf's floor at a high rate, said with the way out.
+    reason = _offcpu_plan([replace(LIBC, switches_per_s=500_000.0)]).call_graph_reason
+    assert "about 20% of a core" in reason and "call_graph fp" in reason, reason
     assert _offcpu_plan([replace(LIBC, switches_per_s=200.0)]).dwarf_period == 1
 
 
