@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     offcpu_max_stacks_per_s: int = Field(default=2_000, ge=100)
     """Off-CPU profiles: switches off the CPU recorded (with their stacks) per second;
     beyond it one in w is recorded and weighs w (the cost bound, docs/profiling.md)."""
+    offcpu_max_dwarf_stacks_per_s: int = Field(default=1_000, ge=10)
+    """Off-CPU profiles unwound by DWARF (perf): user stacks copied per second, judged
+    from the targets' switch rate before recording; beyond it one switch-out in N gets
+    a stack and weighs N (perf's -c; docs/profiling.md)."""
 
     # --- stack snapshots (GET /processes/{pid}/stack) -----------------------
     stack_timeout_s: float = Field(default=10.0, gt=0, le=600)

@@ -1,8 +1,9 @@
-"""CPU profiles with perf, off-CPU profiles with bpftrace, and differential flame graphs.
+"""CPU profiles with perf, off-CPU profiles with perf (DWARF) or bpftrace (frame
+pointers), and differential flame graphs.
 
 Both types of profile (``type``: ``cpu``, ``off-cpu``) give the same outputs:
-folded stacks, SVG, speedscope, pprof, and the tool's raw record (``perf.data``;
-for off-CPU, bpftrace's JSON output ``bpftrace.json``).
+folded stacks, SVG, speedscope, pprof, and the tools' raw records (``perf.data``;
+for off-CPU targets walked by frame pointers, bpftrace's JSON output ``bpftrace.json``).
 
 Public surface: :class:`Service` (constructed by :mod:`agent.app` with the
 settings and the shared :class:`agent.jobs.JobStore`; started and stopped by
@@ -12,8 +13,10 @@ and tests drive them alone); the service's own pieces are private::
 
     planner      the request, the limits, plan() (pure; what dry_run shows)
     recorder     perf record: run, stop early, parse its stderr
-    offcpu       the off-CPU bpftrace program, its output -> folded stacks (pure)
-    _offcpu      bpftrace run, stopped early, its output kept and folded
+    offcpu       off-CPU: the bpftrace program and the perf command, their outputs ->
+                 folded stacks weighted by time off CPU (pure)
+    _offcpu      off-CPU: the bpftrace run, perf script's time weighting, whether perf
+                 can record tracepoints here, the targets' switch rates
     postprocess  perf script streamed into the collapser
     collapse     stackcollapse-perf: perf script output -> folded stacks
     flamegraph, speedscope, pprof    folded stacks -> each output format

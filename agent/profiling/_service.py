@@ -15,7 +15,7 @@ import json
 import re
 import time
 import weakref
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from agent import _proc, capabilities, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import Job, JobStore, atomic_path, write_atomic
 from agent.metrics import Metrics
-from agent.profiling import _offcpu, _pyspy, pyspy
+from agent.profiling import _offcpu, _pyspy, offcpu, pyspy
 from agent.profiling._artifacts import (
     ARTIFACTS,
     BPFTRACE_OUT,
@@ -38,6 +38,7 @@ from agent.profiling._perfmaps import PERF_MAP_MAX_BYTES, map_pids, perf_maps_in
 from agent.profiling._pyspy import PySpyResult
 from agent.profiling._targets import target_facts, traceable
 from agent.profiling.collapse import CollapseOptions, format_folded
+from agent.profiling.offcpu import TimedStats
 from agent.profiling.planner import (
     Limits,
     Plan,
@@ -82,6 +83,7 @@ class Service:
             max_frequency_hz=settings.max_frequency_hz,
             timeout_slack_s=settings.perf_timeout_slack_s,
             offcpu_max_stacks_per_s=settings.offcpu_max_stacks_per_s,
+            offcpu_max_dwarf_stacks_per_s=settings.offcpu_max_dwarf_stacks_per_s,
         )
         # Non-default folded views are computed from perf.data on demand, one at a time
         # per profile (perf script is the expensive part). Weak values: a lock lives
@@ -128,18 +130,44 @@ class Service:
             out.update(available=True, reason="perf is installed and permitted")
         return out
 
-    async def _offcpu_check(self) -> dict[str, object]:
+    async def _bpftrace_check(self) -> dict[str, object]:
         tool = await capabilities.tool_version("bpftrace", "--version")
         if not tool.get("available"):
             return {"available": False, "reason": tool.get("reason", "bpftrace is missing")}
         bpf = capabilities.bpf_usable()
         if not bpf.get("available"):
             return {"available": False, "reason": f"BPF is not usable here: {bpf.get('reason')}"}
-        return {
-            "available": True,
-            "bpftrace": tool.get("version"),
-            "reason": "bpftrace on tracepoint:sched:sched_switch",
+        return {"available": True, "version": tool.get("version")}
+
+    async def _offcpu_check(self) -> dict[str, object]:
+        """Off-CPU profiles need either recorder: perf (DWARF) or bpftrace (frame pointers)."""
+        bpf = await self._bpftrace_check()
+        why_not_dwarf = await _offcpu.dwarf_unavailable()
+        fp = (
+            {"available": True, "reason": "bpftrace on tracepoint:sched:sched_switch"}
+            if bpf.get("available")
+            else bpf
+        )
+        dwarf = (
+            {"available": True, "reason": "perf record -e sched:sched_switch --switch-events"}
+            if why_not_dwarf is None
+            else {"available": False, "reason": why_not_dwarf}
+        )
+        out: dict[str, object] = {
+            "available": bool(fp.get("available") or dwarf.get("available")),
+            "call_graph": {"dwarf": dwarf, "fp": fp},
+            "bpftrace": bpf.get("version"),
         }
+        if not out["available"]:
+            out["reason"] = f"neither recorder works: dwarf: {dwarf['reason']}; fp: {fp['reason']}"
+        elif why_not_dwarf is not None:
+            out["reason"] = (
+                f"frame pointers only (bpftrace): {why_not_dwarf}; stacks through libc miss "
+                "the app's function that blocked"
+            )
+        else:
+            out["reason"] = "perf with DWARF (frame pointers with bpftrace for Go targets)"
+        return out
 
     def _pyspy(self) -> str | None:
         """The py-spy to run (settings ``py_spy``: auto, a path, or off)."""
@@ -188,6 +216,14 @@ class Service:
                 f"off-CPU profiling is unavailable: {check.get('reason')}; see GET /capabilities"
             )
 
+    async def _require_bpftrace(self) -> None:
+        check = await self._bpftrace_check()
+        if not check.get("available"):
+            raise Unavailable(
+                f"off-CPU profiling by frame pointers needs bpftrace: {check.get('reason')}; "
+                "call_graph dwarf records with perf instead (see GET /capabilities)"
+            )
+
     async def require_perf(self) -> None:
         perf = await capabilities.perf()
         if not perf.get("available"):
@@ -232,12 +268,34 @@ class Service:
         facts = await asyncio.to_thread(lambda: [target_facts(i) for i in infos])
         return facts, target
 
+    async def _offcpu_facts(
+        self, req: ProfileRequest, facts: list[TargetFacts]
+    ) -> tuple[list[TargetFacts], str | None]:
+        """off-cpu: the targets' switch rates (the DWARF cost bound) and why perf cannot
+        record here (None: it can). Nothing to measure for cpu profiles or fp."""
+        if req.type != "off-cpu" or req.call_graph == "fp":
+            return facts, None
+        if req.call_graph == "auto" and all(f.runtime == "go" for f in facts):
+            return facts, None  # all frame pointers: perf has nothing to record
+        why_not = await _offcpu.dwarf_unavailable()
+        if why_not is not None:
+            return facts, why_not
+        rates = await _offcpu.switch_rates([f.pid for f in facts])
+        return [replace(f, switches_per_s=rates.get(f.pid)) for f in facts], None
+
     async def plan(self, req: ProfileRequest, *, output: Path) -> Plan:
         facts, target = await self._gather(req)
-        return self._plan(req, facts, target, output=output)
+        facts, why_not = await self._offcpu_facts(req, facts)
+        return self._plan(req, facts, target, output=output, dwarf_unavailable=why_not)
 
     def _plan(
-        self, req: ProfileRequest, facts: list[TargetFacts], target: str, *, output: Path
+        self,
+        req: ProfileRequest,
+        facts: list[TargetFacts],
+        target: str,
+        *,
+        output: Path,
+        dwarf_unavailable: str | None = None,
     ) -> Plan:
         return plan(
             req,
@@ -248,6 +306,7 @@ class Service:
             pid_ns=procfs.own_pid_ns() if req.type == "off-cpu" else 0,
             pyspy=self._pyspy(),
             jattach=_proc.which("jattach") is not None,
+            offcpu_dwarf_unavailable=dwarf_unavailable,
         )
 
     # --- jobs --------------------------------------------------------------------
@@ -256,16 +315,19 @@ class Service:
             return await self.plan(req, output=self.jobs.data_dir / KIND / "ID" / PERF_DATA)
         await self.require_tool(req.type)
         facts, target = await self._gather(req)
+        facts, why_not = await self._offcpu_facts(req, facts)
         # Plan (validate) before creating the job, so a bad request leaves nothing behind;
         # then again with the job's own output path (planning is pure and cheap).
-        self._plan(req, facts, target, output=Path(PERF_DATA))
+        first = self._plan(req, facts, target, output=Path(PERF_DATA), dwarf_unavailable=why_not)
+        if first.bpftrace_argv:
+            await self._require_bpftrace()
         job = self.jobs.create(
             KIND,
             req.model_dump(exclude_none=True),
             max_running=self.settings.max_concurrent_profiles,
         )
         output = job.artifact(PERF_DATA).with_name(PERF_DATA + ".part")  # atomic_path's name
-        the_plan = self._plan(req, facts, target, output=output)
+        the_plan = self._plan(req, facts, target, output=output, dwarf_unavailable=why_not)
         job.result = {"phase": "pending", "plan": the_plan.model_dump()}
         self.jobs.save(job)
         self.jobs.start(job, lambda j: self._run_counted(j, the_plan))
@@ -394,35 +456,78 @@ class Service:
         return stacks
 
     async def _run_offcpu(self, job: Job, the_plan: Plan) -> None:
+        """bpftrace (frame-pointer targets) and perf (DWARF targets) side by side, merged."""
         meta = job.result
-        rec = await _offcpu.record(
-            the_plan, output=job.artifact(BPFTRACE_OUT), stop=job.stop_requested
-        )
+        fp_task = asyncio.ensure_future(self._record_offcpu_fp(job, the_plan))
+        perf_task = asyncio.ensure_future(self._record_perf(job, the_plan))
+        try:
+            fp_rec, perf_rec = await asyncio.gather(fp_task, perf_task)
+        except BaseException:
+            # One failed, or we are cancelled: the other recorder must not outlive us
+            # (cancelling it stops and reaps its tool; atomic_path drops its .part).
+            for t in (fp_task, perf_task):
+                t.cancel()
+            for t in (fp_task, perf_task):
+                with contextlib.suppress(BaseException):
+                    await t
+            raise
         meta["recording_finished_at"] = time.time()
         meta["phase"] = "post-processing"
-        stacks = rec.stacks
+        self.jobs.save(job)
+        stacks: dict[str, int] = dict(fp_rec.stacks) if fp_rec is not None else {}
+        stats: TimedStats | None = None
+        maps: list[int] = []
+        if perf_rec is not None:
+            # Symbols are read while the targets live; JIT maps copied as for CPU profiles.
+            maps = await asyncio.to_thread(self._collect_perf_maps, job, the_plan)
+            timeout = self.settings.perf_timeout_slack_s + the_plan.duration_s
+            with perf_maps_in_tmp(job, maps):
+                perf_stacks, stats = await _offcpu.fold_perf(
+                    job.artifact(PERF_DATA), period=the_plan.dwarf_period, timeout=timeout
+                )
+            for k, v in perf_stacks.items():
+                stacks[k] = stacks.get(k, 0) + v
+        stopped_early = any(r is not None and r.stopped_early for r in (fp_rec, perf_rec))
+        weight = fp_rec.sampling_weight if fp_rec is not None else 1
         meta["off_cpu_us"] = sum(stacks.values())
-        meta["stopped_early"] = rec.stopped_early
-        meta["bpftrace_warnings"] = rec.warnings
-        meta["sampling_weight"] = rec.sampling_weight
+        meta["stopped_early"] = stopped_early
+        meta["bpftrace_warnings"] = fp_rec.warnings if fp_rec is not None else []
+        meta["perf_warnings"] = perf_rec.warnings if perf_rec is not None else []
+        meta["sampling_weight"] = max(weight, the_plan.dwarf_period if perf_rec else 1)
+        meta["unwinding"] = [c.model_dump() for c in the_plan.unwinding]
+        if stats is not None:
+            meta["dwarf"] = {**asdict(stats), "period": the_plan.dwarf_period}
         self._note_targets(job, the_plan)
+        notes = meta["notes"]
         if not stacks:
-            meta["notes"].append("no off-CPU time: the targets never left the CPU while recording")
-        if rec.sampling_weight > 1:
-            meta["notes"].append(
-                f"the targets left the CPU more than {self.limits.offcpu_max_stacks_per_s} "
-                f"times a second: at busiest one switch in {rec.sampling_weight} was recorded, "
-                "weighted to match (the cost bound)"
+            notes.append("no off-CPU time: the targets never left the CPU while recording")
+        if weight > 1:
+            notes.append(
+                f"the frame-pointer targets left the CPU more than "
+                f"{self.limits.offcpu_max_stacks_per_s} times a second: at busiest one switch "
+                f"in {weight} was recorded, weighted to match (the cost bound)"
             )
+        for c in the_plan.unwinding:
+            if c.fallback:
+                notes.append(f"pid {c.pid}: {c.reason}")
+        if perf_rec is not None:
+            notes.extend(_dwarf_notes(perf_rec, stats, the_plan.dwarf_period))
         self.jobs.save(job)
         write_atomic(job.artifact(FOLDED), format_folded(stacks))
         await asyncio.to_thread(self._render_all, job, the_plan, stacks)
         meta["folded_samples"] = len(stacks)
-        meta["unresolved"] = self._unresolved(the_plan, stacks, [], meta.get("exited_pids", []))
+        meta["unresolved"] = self._unresolved(the_plan, stacks, maps, meta.get("exited_pids", []))
         meta["phase"] = "done"
         meta["artifacts"] = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
-        if rec.stopped_early:
+        if stopped_early:
             job.message = "stopped early on request; what was recorded is kept"
+
+    async def _record_offcpu_fp(self, job: Job, the_plan: Plan) -> _offcpu.OffCpuRecording | None:
+        if not the_plan.bpftrace_argv:
+            return None
+        return await _offcpu.record(
+            the_plan, output=job.artifact(BPFTRACE_OUT), stop=job.stop_requested
+        )
 
     def _note_recording(
         self, job: Job, the_plan: Plan, rec: Recording | None, spies: list[PySpyResult]
@@ -657,8 +762,15 @@ class Service:
         return path
 
     def require_perf_data(self, job: Job) -> None:
-        """409 for a profile that has no perf.data because py-spy recorded all of it."""
-        if job.state == "succeeded" and not job.result.get("plan", {}).get("argv", True):
+        """409 for a profile that has no perf.data because py-spy recorded all of it (404
+        for an off-CPU profile that bpftrace recorded alone)."""
+        argv = job.result.get("plan", {}).get("argv", True)
+        if profile_type(job) == "off-cpu" and not (argv and argv[0] == "perf"):
+            raise NotFound(
+                f"profile {job.id} has no perf.data: bpftrace recorded it (frame pointers); "
+                "its raw record is bpftrace.json"
+            )
+        if job.state == "succeeded" and not argv:
             raise Conflict(
                 f"profile {job.id} has no perf.data: py-spy recorded all its targets "
                 "(Python); its stacks are in folded, flamegraph.svg, speedscope.json and "
@@ -677,3 +789,33 @@ class Service:
         await self.jobs.delete(job)
         self._folded_locks.pop(job.id, None)
         return True
+
+
+def _dwarf_notes(rec: Recording, stats: TimedStats | None, period: int) -> list[str]:
+    """What the DWARF recorder lost or weighted, in words (never silent)."""
+    notes: list[str] = []
+    if rec.lost:
+        notes.append(
+            f"perf lost {rec.lost} chunk(s) of off-CPU records (the system was too busy): "
+            "the switches in them are missing, and a lost switch-in makes the next one count"
+        )
+    if period > 1:
+        notes.append(
+            f"one switch-out in {period} got a stack (perf's sampling period, from the "
+            f"targets' switch rate and the cost bound), weighted {period} times"
+        )
+    if stats is None:
+        return notes
+    if stats.unmatched:
+        notes.append(
+            f"{stats.unmatched} of {stats.stacks} switch-outs had no switch-in record before the "
+            "thread's next switch-out (lost): not counted"
+        )
+    if stats.cut_short:
+        notes.append(
+            f"{stats.cut_short} of {stats.stacks} stacks stop before the thread's first frame "
+            f"(_start, start_thread, clone): the {offcpu.DWARF_STACK_BYTES}-byte user stack "
+            "copy did not reach it, or a frame has no unwind information (JIT code); their "
+            "outer frames are missing"
+        )
+    return notes

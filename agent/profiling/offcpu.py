@@ -1,6 +1,22 @@
-"""Off-CPU profiles with bpftrace: the program, its output, folded stacks (pure).
+"""Off-CPU profiles: the bpftrace program and the perf command, their output, folded
+stacks weighted by time off CPU (pure).
 
-One probe, ``tracepoint:sched:sched_switch`` (a stable tracepoint; kprobes on
+Two recorders, chosen per target by the planner (:func:`agent.profiling.planner.plan`):
+
+* **bpftrace, frame pointers** (``call_graph: fp``): cheap per switch, stacks walked
+  in the kernel by frame pointers. Right for Go (frame pointers everywhere, and its
+  syscalls do not go through libc). Wrong through libc and any other library built
+  without frame pointers: the walk from inside it skips the caller's frame, so the
+  app's function that blocked is lost (``main;clock_nanosleep``).
+* **perf, DWARF** (``call_graph: dwarf``): :func:`perf_argv` records
+  ``sched:sched_switch`` with a copy of each switching-out thread's user stack (perf
+  unwinds it later with ``.eh_frame``, which libc has) and ``--switch-events`` (every
+  switch-in and switch-out of the targets' threads, without stacks). :class:`PerfTimedFolder`
+  weighs each stack by the time from its switch-out to that thread's next switch-in.
+  Costlier per recorded switch (the stack copy), so past a rate only one switch-out
+  in ``period`` gets a stack (perf's ``-c``), weighted ``period`` times.
+
+The bpftrace recorder: one probe, ``tracepoint:sched:sched_switch`` (a stable tracepoint; kprobes on
 ``finish_task_switch`` need tracefs and its name changes between kernels):
 
 * when a target thread is switched out (it is ``curtask``), its time and its
@@ -28,17 +44,28 @@ them with the targets' own ELF files, through /proc/PID/root.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "DEFAULT_MAX_DWARF_STACKS_PER_S",
     "DEFAULT_MAX_STACKS_PER_S",
+    "DWARF_FLOOR_US_PER_SWITCH",
+    "DWARF_MAX_RECORD_BYTES",
+    "DWARF_STACK_BYTES",
     "ENV",
+    "PERF_SCRIPT_FIELDS",
     "OffCpuStack",
+    "PerfTimedFolder",
+    "TimedStats",
     "argv",
+    "dwarf_period",
     "fold",
     "parse_output",
+    "perf_argv",
+    "perf_script_argv",
     "program",
     "sampler_program",
     "sampling_weight",
@@ -206,3 +233,267 @@ def fold(
         ns_by_stack[key] = ns_by_stack.get(key, 0) + s.ns
     folded = {k: round(v / divisor) for k, v in ns_by_stack.items()}
     return {k: v for k, v in folded.items() if v > 0}
+
+
+# --- perf, DWARF-unwound -------------------------------------------------------------
+
+DWARF_STACK_BYTES = 8192
+"""User stack copied at each recorded switch-out. A thread blocks at the bottom of a
+call chain that is rarely deep in bytes (the tests' C programs reach ``_start`` and
+CPython 3.12 reaches ``Py_BytesMain`` within 8 KiB; stacks that do not are counted as
+``cut_short``); it is copied into perf's buffer at every recorded switch-out, 1-2 µs of
+the app's CPU each here (bench/offcpu_bench.py), and kept in perf.data."""
+
+DEFAULT_MAX_DWARF_STACKS_PER_S = 1_000
+"""Stacks copied per second at most (then one switch-out in ``period``): 8 MiB/s of
+perf.data at 8 KiB each."""
+
+DWARF_MAX_RECORD_BYTES = 256 << 20
+"""Stack copies one recording may hold at most (at the switch rate measured before it):
+a long recording gets fewer stacks a second, so perf.data stays within the agent's
+storage (each stack copy is ``DWARF_STACK_BYTES`` of it)."""
+
+DWARF_FLOOR_US_PER_SWITCH = 0.4
+"""What perf's events on the targets' threads cost per switch of those threads, stacks
+or not (the kernel switches a thread's perf events with it; bench/offcpu_bench.py's
+"perf events alone": 0.35-0.5 µs here, against 0.1-0.25 µs for the bpftrace probe)."""
+
+PERF_SCRIPT_FIELDS = "comm,pid,tid,time,event,ip,sym,dso"
+
+
+def dwarf_period(
+    switches_per_s: float,
+    *,
+    max_stacks_per_s: int,
+    duration_s: float = 0.0,
+    stack_bytes: int = DWARF_STACK_BYTES,
+) -> int:
+    """One switch-out in how many gets a stack, for targets switching this often: at most
+    ``max_stacks_per_s``, and at most ``DWARF_MAX_RECORD_BYTES`` of stacks over
+    ``duration_s``."""
+    budget = float(max_stacks_per_s)
+    if duration_s > 0:
+        budget = min(budget, DWARF_MAX_RECORD_BYTES / stack_bytes / duration_s)
+    if switches_per_s <= budget:
+        return 1
+    return math.ceil(switches_per_s / budget)
+
+
+def perf_argv(
+    *, pids: Iterable[int], output: str, duration_s: float, stack_bytes: int, period: int
+) -> list[str]:
+    """``perf record`` of the targets' switch-outs with their user stacks (DWARF) and of
+    every switch of their threads (``--switch-events``: the switch-in times).
+
+    ``--no-period``: perf asks for the period in each tracepoint sample by default, and
+    the kernel then samples every event whatever ``-c`` says (seen with perf 6.1:
+    ``-c 600`` still gave a stack per switch); without it, ``-c`` is one in ``period``.
+    """
+    return [
+        "perf",
+        "record",
+        "-e",
+        "sched:sched_switch",
+        "-c",
+        str(period),
+        "--no-period",
+        "--switch-events",
+        "--call-graph",
+        f"dwarf,{stack_bytes}",
+        "-p",
+        ",".join(str(p) for p in sorted(set(pids))),
+        "-o",
+        output,
+        "--",
+        "sleep",
+        f"{duration_s:g}",
+    ]
+
+
+def perf_script_argv(perf_data: str, *, perf: str = "perf") -> list[str]:
+    """``perf script`` printing the samples and the switch records, in time order, with
+    nanosecond times. ``--no-inline``: inline resolution runs addr2line, minutes on big
+    binaries."""
+    return [
+        perf,
+        "script",
+        "-i",
+        perf_data,
+        "--no-inline",
+        "--ns",
+        "--show-switch-events",
+        "-F",
+        PERF_SCRIPT_FIELDS,
+    ]
+
+
+# "comm pid/tid sec.nsec: rest" (comm may hold spaces; perf pads pid/tid and time).
+_HEADER = re.compile(rb"^(.*?)\s+(-?\d+)/(-?\d+)\s+(\d+)\.(\d{9}):\s*(.*)$")
+# "\t ADDR SYM (DSO)" or "\t ADDR SYM+0xOFF (DSO)".
+_FRAME = re.compile(rb"^\s*([0-9a-fA-F]+)\s+(.*?)\s+\((.*)\)\s*$")
+_KERNEL_START = 0xFFFF800000000000  # x86-64 and arm64: the kernel's half of the address space
+_FRAME_OFFSET = re.compile(rb"\+0x[0-9a-f]+$")
+_GO_METHOD = re.compile(rb"\.\(.*\)\.")
+_ARGS = re.compile(rb"\((?!anonymous namespace\)).*")
+# Where a thread's stack starts: an unwind that ends elsewhere was cut short.
+_ROOTS = frozenset(
+    {
+        "_start",
+        "__libc_start_main",
+        "__libc_start_call_main",
+        "start_thread",
+        "clone",
+        "clone3",
+        "__clone",
+        "__clone3",
+        "runtime.goexit",
+        "runtime.goexit.abi0",
+        "runtime.rt0_go",
+        "runtime.rt0_go.abi0",
+        "runtime.mstart",
+        "runtime.mstart.abi0",
+    }
+)
+
+
+def _frame_name(line: bytes) -> tuple[str, bool] | None:
+    """A frame's name as the CPU profiles' collapser writes it (``[dso]`` if unknown),
+    and whether it is the kernel's."""
+    m = _FRAME.match(line)
+    if m is None:
+        return None
+    kernel = int(m.group(1), 16) >= _KERNEL_START
+    sym, dso = m.group(2), m.group(3)
+    sym = _FRAME_OFFSET.sub(b"", sym, count=1)
+    if sym == b"[unknown]" or not sym:
+        base = dso.rpartition(b"/")[2]
+        sym = b"[" + (base if base and base != b"[unknown]" else b"unknown") + b"]"
+    elif _GO_METHOD.search(sym) is None:
+        sym = _ARGS.sub(b"", sym, count=1) or sym
+    return sym.replace(b";", b":").decode("utf-8", "replace"), kernel
+
+
+@dataclass(slots=True)
+class TimedStats:
+    """What the weighting saw, for the profile's notes."""
+
+    stacks: int = 0
+    """Switch-outs with a stack."""
+    matched: int = 0
+    """...whose switch-in was seen: their time is exact."""
+    open_at_end: int = 0
+    """...still off CPU when the recording ended: counted up to its last event."""
+    unmatched: int = 0
+    """...followed by another switch-out of the same thread before any switch-in
+    (the switch-in record was lost): not counted."""
+    cut_short: int = 0
+    """...whose user stack does not reach the thread's first frame (``_start``,
+    ``start_thread``, ``clone``): the stack copy was too small, or a frame had no
+    unwind information."""
+    no_user_stack: int = 0
+
+
+_MISS: tuple[str, bool] = ("", False)  # sentinel (compared by identity)
+_FRAME_CACHE_MAX = 1 << 18
+
+
+@dataclass(slots=True)
+class _Pending:
+    start_ns: int
+    key: str
+    user_cut: bool
+
+
+class PerfTimedFolder:
+    """``perf script`` text (:func:`perf_script_argv`), fed line by line, into folded
+    stacks weighted by microseconds off CPU: ``comm;user...;kernel...``, root first,
+    as the bpftrace recorder writes them."""
+
+    def __init__(self, *, period: int = 1) -> None:
+        self.period = max(1, period)
+        self.stats = TimedStats()
+        self._ns: dict[str, int] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._last_ns = 0
+        self._frames: dict[bytes, tuple[str, bool] | None] = {}
+        # The sample being read: (tid, time, comm, frames innermost first).
+        self._cur: tuple[int, int, str, list[tuple[str, bool]]] | None = None
+
+    def feed(self, line: bytes) -> None:
+        if line[:1] in (b"\t", b" "):
+            if self._cur is not None:
+                # The same frame lines come back over and over: each is parsed once.
+                frame = self._frames.get(line, _MISS)
+                if frame is _MISS:
+                    if len(self._frames) > _FRAME_CACHE_MAX:
+                        self._frames.clear()
+                    frame = self._frames[line] = _frame_name(line)
+                if frame is not None:
+                    self._cur[3].append(frame)
+            return
+        self._close_sample()
+        at = line.find(b": PERF_RECORD_SWITCH")
+        if at > 0:
+            # Most lines of a busy recording: split, not the regex. "... PID/TID SEC.NSEC"
+            head = line[:at].rsplit(None, 2)
+            if len(head) == 3 and b"/" in head[1] and b"." in head[2]:
+                sec, _, nsec = head[2].partition(b".")
+                t = int(sec) * 1_000_000_000 + int(nsec)
+                self._last_ns = max(self._last_ns, t)
+                if line.startswith(b" IN", at + len(b": PERF_RECORD_SWITCH")):
+                    self._switch_in(int(head[1].rpartition(b"/")[2]), t)
+                return
+        m = _HEADER.match(line.rstrip(b"\n"))
+        if m is None:
+            return
+        tid = int(m.group(3))
+        t = int(m.group(4)) * 1_000_000_000 + int(m.group(5))
+        self._last_ns = max(self._last_ns, t)
+        rest = m.group(6)
+        if rest.startswith(b"PERF_RECORD_SWITCH"):
+            if b" IN" in rest[len(b"PERF_RECORD_SWITCH") :]:
+                self._switch_in(tid, t)
+            return
+        if b"sched_switch" in rest:
+            comm = m.group(1).strip().decode("utf-8", "replace")
+            self._cur = (tid, t, comm, [])
+
+    def _close_sample(self) -> None:
+        if self._cur is None:
+            return
+        tid, t, comm, frames = self._cur
+        self._cur = None
+        self.stats.stacks += 1
+        user = [name for name, kernel in frames if not kernel]
+        cut = bool(user) and user[-1] not in _ROOTS
+        if not user:
+            self.stats.no_user_stack += 1
+        names = [name for name, _ in reversed(frames)]
+        key = ";".join([comm.replace(" ", "_") or "[unknown]", *names])
+        if tid in self._pending:
+            self.stats.unmatched += 1
+        self._pending[tid] = _Pending(t, key, cut)
+
+    def _switch_in(self, tid: int, t: int) -> None:
+        p = self._pending.pop(tid, None)
+        if p is None:
+            return
+        self.stats.matched += 1
+        self._add(p, t)
+
+    def _add(self, p: _Pending, end_ns: int) -> None:
+        if p.user_cut:
+            self.stats.cut_short += 1
+        ns = max(0, end_ns - p.start_ns) * self.period
+        self._ns[p.key] = self._ns.get(p.key, 0) + ns
+
+    def finish(self) -> dict[str, int]:
+        """The folded stacks (microseconds). Threads still off CPU count up to the last
+        event of the recording (its end, as near as the record says)."""
+        self._close_sample()
+        for p in self._pending.values():
+            self.stats.open_at_end += 1
+            self._add(p, self._last_ns)
+        self._pending.clear()
+        folded = {k: round(v / 1000) for k, v in self._ns.items()}
+        return {k: v for k, v in folded.items() if v > 0}

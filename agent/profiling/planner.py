@@ -1,7 +1,9 @@
 """The pure planner of a profile: request + facts about the targets -> the tool's argv.
 
 CPU profiles (``type: cpu``, the default) run ``perf record``; off-CPU profiles
-(``type: off-cpu``) run the bpftrace program of :mod:`agent.profiling.offcpu`.
+(``type: off-cpu``) run perf on ``sched:sched_switch`` with DWARF unwinding, or the
+bpftrace program of :mod:`agent.profiling.offcpu` (frame pointers), chosen per target
+by :func:`choose_offcpu_unwinding`, side by side when the targets differ.
 Python targets of a CPU profile are sampled by py-spy instead (whole Python
 stacks read from the interpreter's memory): :func:`choose_profilers` decides per
 process and says why, and both kinds of recording run side by side.
@@ -27,6 +29,14 @@ Call-graph rule for ``auto`` (documented in docs/profiling.md):
 * ``fp`` otherwise: cheap (8 bytes per frame, no stack copies), and right for Go,
   for code built with ``-fno-omit-frame-pointer`` and for JITs that keep frame
   pointers (Node, .NET, Java with -XX:+PreserveFramePointer).
+
+Off-CPU unwinding rule for ``auto`` (docs/profiling.md): a thread leaves the CPU
+inside a system call, and nearly every program makes its system calls through libc,
+which has no frame pointers: a frame-pointer walk from there skips the function that
+called libc (``main;clock_nanosleep``, without ``wait_for_disk``). So ``dwarf``
+(perf) for every target but Go; ``fp`` (bpftrace, cheaper per switch) for Go, which
+keeps frame pointers and makes its system calls without libc; ``fp`` for all, said
+in the plan, when perf cannot record tracepoints here.
 """
 
 from __future__ import annotations
@@ -119,6 +129,9 @@ class Limits:
     timeout_slack_s: float
     offcpu_max_stacks_per_s: int = offcpu.DEFAULT_MAX_STACKS_PER_S
     """Off-CPU cost bound: switches recorded per second before 1-in-w sampling starts."""
+    offcpu_max_dwarf_stacks_per_s: int = offcpu.DEFAULT_MAX_DWARF_STACKS_PER_S
+    """The same bound for the DWARF (perf) recorder, whose stacks cost more: above it
+    one switch-out in ``period`` gets a stack, weighted ``period`` times."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +151,8 @@ class TargetFacts:
     runtime_flags: tuple[str, ...] = ()
     """The profiling flags the runtime was started with (its command line and its
     NODE_OPTIONS / JAVA_TOOL_OPTIONS / PYTHONPERFSUPPORT), as far as they matter here."""
+    switches_per_s: float | None = None
+    """off-cpu: how often its threads left the CPU just before planning; None = unknown."""
 
 
 class ProfilerChoice(BaseModel):
@@ -146,6 +161,18 @@ class ProfilerChoice(BaseModel):
     pid: int
     profiler: Literal["perf", "py-spy"]
     reason: str
+
+
+class UnwindChoice(BaseModel):
+    """off-cpu: how one target's stacks are unwound, by which tool, and why."""
+
+    pid: int
+    call_graph: Literal["fp", "dwarf"]
+    tool: Literal["bpftrace", "perf"]
+    reason: str
+    fallback: bool = Field(
+        default=False, description="fp only because perf cannot record here (said in notes)"
+    )
 
 
 class PySpyRun(BaseModel):
@@ -160,9 +187,25 @@ class PySpyRun(BaseModel):
 class Plan(BaseModel):
     """What will run, and why: the dry-run answer and part of the profile's metadata."""
 
-    argv: list[str] = Field(description="perf record's command; empty when py-spy records all")
+    argv: list[str] = Field(
+        description="perf record's command; empty when py-spy records all (cpu) or when "
+        "bpftrace records all (off-cpu)"
+    )
     type: ProfileType = "cpu"
     program: str | None = Field(default=None, description="off-cpu: the bpftrace program")
+    bpftrace_argv: list[str] = Field(
+        default_factory=list,
+        description="off-cpu: bpftrace's command, for the targets unwound by frame pointers",
+    )
+    unwinding: list[UnwindChoice] = Field(
+        default_factory=list,
+        description="off-cpu: each target's unwinding (fp: bpftrace, dwarf: perf), and why",
+    )
+    dwarf_period: int = Field(
+        default=1,
+        description="off-cpu, dwarf: one switch-out in this many gets a stack (weighted "
+        "as many times); 1 = every one",
+    )
     pids: list[int]
     target: str = Field(description="what is profiled, in words")
     duration_s: float
@@ -181,9 +224,9 @@ class Plan(BaseModel):
     )
 
 
+_PYSPY_HINT = "; py-spy (profiler auto or py-spy) needs none"
 _JIT_HINT = {
-    "python": "Python >= 3.12 writes one with PYTHONPERFSUPPORT=1 (or -X perf); py-spy "
-    "(profiler auto or py-spy) needs none",
+    "python": "Python >= 3.12 writes one with PYTHONPERFSUPPORT=1 (or -X perf)" + _PYSPY_HINT,
     "java": "the agent asks the JVM for one (jattach PID jcmd Compiler.perfmap, JDK >= 17) "
     "when jattach is installed; otherwise run the JVM with a perf-map agent",
     "node": "start node with --perf-basic-prof (NODE_OPTIONS; the webhook sets it)",
@@ -404,6 +447,7 @@ def plan(
     pid_ns: int = 0,
     pyspy: str | None = None,
     jattach: bool = False,
+    offcpu_dwarf_unavailable: str | None = None,
 ) -> Plan:
     """Build the ``perf record`` (or off-CPU bpftrace) command for ``request`` on ``targets``,
     and the py-spy commands of its Python targets.
@@ -411,16 +455,25 @@ def plan(
     ``pid_ns``: the inode number of the agent's PID namespace (off-CPU targets are
     selected by their pid there). ``pyspy``: the py-spy executable, None when it is
     missing. ``jattach``: whether JVM perf maps can be asked for. py-spy writes its
-    raw stacks next to ``output`` (``py-spy-PID.txt``).
+    raw stacks next to ``output`` (``py-spy-PID.txt``). ``offcpu_dwarf_unavailable``:
+    why perf cannot record an off-CPU profile here (None: it can).
     """
     if request.type == "off-cpu":
         if request.profiler == "py-spy" or request.python_native:
             raise Invalid(
-                "off-cpu profiles are recorded by bpftrace: profiler py-spy and "
+                "off-cpu profiles are recorded by perf and bpftrace: profiler py-spy and "
                 "python_native apply to cpu profiles",
                 field="profiler",
             )
-        return _plan_offcpu(request, targets=targets, target=target, limits=limits, pid_ns=pid_ns)
+        return _plan_offcpu(
+            request,
+            targets=targets,
+            target=target,
+            limits=limits,
+            pid_ns=pid_ns,
+            output=output,
+            dwarf_unavailable=offcpu_dwarf_unavailable,
+        )
     duration = _duration(request, limits)
     freq = int(
         _bounded(
@@ -517,6 +570,65 @@ def pyspy_argv(*, pyspy: str, pid: int, rate_hz: int, native: bool, output: Path
     ]
 
 
+_OFFCPU_DWARF_WHY: dict[str, str] = {
+    "native": "its blocking calls go through libc, which has no frame pointers: only "
+    "DWARF unwinding (.eh_frame) reaches the function that called libc",
+    "python": "the interpreter and libc have no frame pointers: DWARF unwinding reaches "
+    "the C function that blocked (time_sleep, sock_recv...) and the interpreter's frames; "
+    "Python function names show only as far as a perf map names them (innermost)",
+    "java": "the JVM blocks in libc and libjvm, without frame pointers: DWARF unwinding "
+    "names them (the walk ends at the first JIT-compiled frame, which has no unwind "
+    "information; call_graph fp walks JIT frames with -XX:+PreserveFramePointer instead)",
+    "node": "node blocks in libc and libuv, without frame pointers: DWARF unwinding names "
+    "them (the walk ends at the first JIT-compiled frame; call_graph fp walks those)",
+    "dotnet": "the runtime blocks in libc and libcoreclr, without frame pointers: DWARF "
+    "unwinding names them (the walk ends at the first JIT-compiled frame)",
+}
+_OFFCPU_GO_WHY = (
+    "Go keeps frame pointers and makes its system calls without libc: the frame-pointer "
+    "walk is whole, and bpftrace is cheaper per switch than perf's stack copies"
+)
+
+
+def choose_offcpu_unwinding(
+    requested: CallGraph, targets: list[TargetFacts], *, dwarf_unavailable: str | None
+) -> list[UnwindChoice]:
+    """Each off-CPU target's unwinding and why (see the module docstring)."""
+    out: list[UnwindChoice] = []
+    for t in sorted(targets, key=lambda t: t.pid):
+        if requested == "fp":
+            out.append(UnwindChoice(pid=t.pid, call_graph="fp", tool="bpftrace",
+                                    reason="fp requested"))  # fmt: skip
+        elif requested == "dwarf":
+            out.append(UnwindChoice(pid=t.pid, call_graph="dwarf", tool="perf",
+                                    reason="dwarf requested"))  # fmt: skip
+        elif t.runtime == "go":
+            out.append(UnwindChoice(pid=t.pid, call_graph="fp", tool="bpftrace",
+                                    reason=_OFFCPU_GO_WHY))  # fmt: skip
+        elif dwarf_unavailable is not None:
+            out.append(
+                UnwindChoice(
+                    pid=t.pid,
+                    call_graph="fp",
+                    tool="bpftrace",
+                    reason=f"{t.runtime}: DWARF would be right ({_OFFCPU_DWARF_WHY[t.runtime]}), "
+                    f"but perf cannot record it here ({dwarf_unavailable}): frame pointers "
+                    "instead, so the frames between libc and the app's own are missing",
+                    fallback=True,
+                )
+            )
+        else:
+            out.append(
+                UnwindChoice(
+                    pid=t.pid,
+                    call_graph="dwarf",
+                    tool="perf",
+                    reason=f"{t.runtime}: {_OFFCPU_DWARF_WHY[t.runtime]}",
+                )
+            )
+    return out
+
+
 def _plan_offcpu(
     request: ProfileRequest,
     *,
@@ -524,6 +636,8 @@ def _plan_offcpu(
     target: str,
     limits: Limits,
     pid_ns: int,
+    output: Path,
+    dwarf_unavailable: str | None,
 ) -> Plan:
     if request.frequency_hz is not None:
         raise Invalid(
@@ -531,32 +645,91 @@ def _plan_offcpu(
             "switch off the CPU",
             field="frequency_hz",
         )
-    if request.call_graph == "dwarf":
-        raise Invalid(
-            "off-cpu stacks are walked in the kernel with frame pointers: call_graph may be "
-            "auto or fp",
-            field="call_graph",
-        )
     duration = _duration(request, limits)
     if not targets:
         raise Invalid("there is no process to profile", field="pid")
-    pids = sorted({t.pid for t in targets})
-    text = offcpu.program(
-        pids=pids,
-        pid_ns=pid_ns,
-        duration_s=duration,
-        max_stacks_per_s=limits.offcpu_max_stacks_per_s,
+    if request.call_graph == "dwarf" and dwarf_unavailable is not None:
+        raise Unavailable(
+            f"off-cpu call_graph dwarf needs perf to record sched:sched_switch, and it cannot "
+            f"here: {dwarf_unavailable}; use call_graph fp or auto (frame pointers, bpftrace)"
+        )
+    choices = choose_offcpu_unwinding(
+        request.call_graph, targets, dwarf_unavailable=dwarf_unavailable
     )
+    fp_pids = [c.pid for c in choices if c.call_graph == "fp"]
+    dwarf_pids = [c.pid for c in choices if c.call_graph == "dwarf"]
+    text = None
+    bpftrace_argv: list[str] = []
+    if fp_pids:
+        text = offcpu.program(
+            pids=fp_pids,
+            pid_ns=pid_ns,
+            duration_s=duration,
+            max_stacks_per_s=limits.offcpu_max_stacks_per_s,
+        )
+        bpftrace_argv = offcpu.argv(text)
+    argv: list[str] = []
+    period = 1
+    rate = sum(t.switches_per_s or 0.0 for t in targets if t.pid in set(dwarf_pids))
+    if dwarf_pids:
+        period = offcpu.dwarf_period(
+            rate, max_stacks_per_s=limits.offcpu_max_dwarf_stacks_per_s, duration_s=duration
+        )
+        argv = offcpu.perf_argv(
+            pids=dwarf_pids,
+            output=str(output),
+            duration_s=duration,
+            stack_bytes=offcpu.DWARF_STACK_BYTES,
+            period=period,
+        )
+    mode: Literal["fp", "dwarf"] = "dwarf" if dwarf_pids else "fp"
+    if dwarf_pids and fp_pids:
+        reason = (
+            f"per target: DWARF (perf) for pid(s) {', '.join(map(str, dwarf_pids))}, frame "
+            f"pointers (bpftrace) for pid(s) {', '.join(map(str, fp_pids))}; see unwinding"
+        )
+    elif dwarf_pids:
+        reason = "off-cpu stacks unwound by perf with DWARF: " + "; ".join(
+            sorted({c.reason for c in choices})
+        )
+    else:
+        reason = "off-cpu stacks walked by frame pointers in BPF: " + "; ".join(
+            sorted({c.reason for c in choices})
+        )
+    floor = rate * offcpu.DWARF_FLOOR_US_PER_SWITCH / 1e4  # percent of a core
+    if dwarf_pids and floor >= 5:
+        reason += (
+            f"; at about {rate:,.0f} switches a second, perf's events on the targets' "
+            f"threads cost about {floor:.0f}% of a core whatever the period "
+            "(bench/offcpu_bench.py); call_graph fp costs a third of that or less, "
+            "without the frames between libc and the app"
+        )
+    if period > 1:
+        reason += (
+            f"; the targets left the CPU about {rate:,.0f} times a second just before: "
+            f"one switch-out in {period} gets a stack (weighted {period} times), the cost "
+            f"bound of {limits.offcpu_max_dwarf_stacks_per_s} stacks a second and "
+            f"{offcpu.DWARF_MAX_RECORD_BYTES >> 20} MiB of stacks per recording"
+        )
+    by_pid = {t.pid: t for t in targets}
     return Plan(
-        argv=offcpu.argv(text),
+        argv=argv,
         type="off-cpu",
         program=text,
-        pids=pids,
+        bpftrace_argv=bpftrace_argv,
+        unwinding=choices,
+        dwarf_period=period,
+        pids=sorted(by_pid),
         target=target,
         duration_s=duration,
         frequency_hz=0,
-        call_graph="fp",
-        call_graph_reason="off-cpu stacks: BPF walks user stacks by frame pointers",
+        call_graph=mode,
+        call_graph_reason=reason,
         timeout_s=duration + limits.timeout_slack_s,
-        unresolved=expected_unresolved(targets, mode="fp"),
+        # py-spy does not record off-CPU time: its hint does not apply here.
+        unresolved=[
+            r.replace(_PYSPY_HINT, "")
+            for r in expected_unresolved([by_pid[p] for p in fp_pids], mode="fp")
+            + expected_unresolved([by_pid[p] for p in dwarf_pids], mode="dwarf")
+        ],
     )

@@ -81,7 +81,12 @@ def view(job: Job) -> dict[str, Any]:
             "pprof": f"{base}/profile.pb.gz",
         }
         if job.params.get("type", "cpu") == "off-cpu":
-            links["bpftrace_output"] = f"{base}/{BPFTRACE_OUT}"
+            # Profiles made before the DWARF recorder ran bpftrace alone, from argv.
+            tools = {a[0] for a in (the_plan.get("argv"), the_plan.get("bpftrace_argv")) if a}
+            if "bpftrace" in tools:
+                links["bpftrace_output"] = f"{base}/{BPFTRACE_OUT}"
+            if "perf" in tools:
+                links["perf_data"] = f"{base}/{PERF_DATA}"
         elif the_plan.get("argv", True):  # not when py-spy recorded every target
             links["perf_data"] = f"{base}/{PERF_DATA}"
     return {
