@@ -1,0 +1,141 @@
+""".NET on a real CoreCLR (3.1.23), through the agent in the simulated pod.
+
+The runtime comes from PyPI's dotnetcore2 wheel and the C# workloads are compiled
+with Debian's mcs (tests/dotnet_workloads.py). The runtime, the app and its files
+live in the app container only (its perf map in its own /tmp): the agent reaches
+them through /proc/PID/root, as in a pod.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests import dotnet_workloads as dn
+from tests import podsim
+from tests.agent.test_profiles_integration import folded_total, pod_processes
+from tests.conftest import need
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def dotnet() -> str:
+    need("mcs")
+    return str(dn.ensure_runtime())
+
+
+@pytest.fixture
+def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
+    with agent.client() as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(pod: podsim.SimPod, agent: podsim.AgentHandle) -> Iterator[None]:
+    yield
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and pod_processes(pod, "perf"):
+        time.sleep(0.1)
+    assert pod_processes(pod, "perf") == [], "a perf process was left running"
+    assert list(agent.data_dir.rglob("*.part")) == [], "half-written artifacts left behind"
+
+
+def run_dotnet(
+    pod: podsim.SimPod,
+    dotnet: str,
+    name: str,
+    source: str,
+    *,
+    env: dict[str, str] | None = None,
+    refs: tuple[str, ...] = dn.DEFAULT_REFS,
+) -> podsim.Container:
+    built = dn.build(source, name=name, refs=refs)
+    app = pod.run(name, [dotnet, f"/srv/app/{name}.dll"], files=dn.app_files(built), env=env)
+    deadline = time.monotonic() + 30
+    while "ready" not in app.log():
+        assert app.alive(), app.log()
+        assert time.monotonic() < deadline, f"{name} never said ready: {app.log()}"
+        time.sleep(0.1)
+    return app
+
+
+def wait_for_method(app: podsim.Container, method: str) -> None:
+    """Until the JIT has written ``method`` into the app's perf map (its own /tmp)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if method.encode() in app.read(f"/tmp/perf-{app.pid}.map"):
+                return
+        except FileNotFoundError:
+            pass
+        assert time.monotonic() < deadline, f"{method} never reached the perf map"
+        time.sleep(0.1)
+
+
+def test_managed_flame_graph_with_callers(
+    pod: podsim.SimPod, client: httpx.Client, dotnet: str
+) -> None:
+    # COMPlus_ is the spelling 3.1 reads (DOTNET_ came with .NET 5): the webhook sets both.
+    app = run_dotnet(pod, dotnet, "chain", dn.CHAIN_CS, env={"COMPlus_PerfMapEnabled": "1"})
+    try:
+        wait_for_method(app, "Chain::Hot")
+        procs = {p["pid"]: p for p in client.get("/processes").json()}
+        me = procs[app.pid]
+        assert me["runtime"] == "dotnet" and me["runtime_version"] == dn.VERSION, me
+        assert me["perf_map"] is True
+        r = client.post(
+            "/profiles",
+            params={"wait": "true", "format": "folded"},
+            json={"pid": app.pid, "duration_s": 3},
+        )
+        assert r.status_code == 200, r.text
+        stacks = folded_total(r.text)
+        total = sum(stacks.values())
+        under_hot = {s: n for s, n in stacks.items() if "TraceCar.Demo.Chain::Hot" in s}
+        hot = sum(under_hot.values())
+        assert total >= 50 and hot / total >= 0.8, sorted(stacks.items(), key=lambda kv: -kv[1])[:8]
+        # The callers, in order, root first: Main -> Outer -> Middle -> Hot.
+        chained = 0
+        for stack, n in under_hot.items():
+            names = [
+                f.rsplit("::", 1)[-1] for f in stack.split(";") if "TraceCar.Demo.Chain::" in f
+            ]
+            if names[-4:] == ["Main", "Outer", "Middle", "Hot"]:
+                chained += n
+        assert chained / hot >= 0.9, sorted(under_hot.items(), key=lambda kv: -kv[1])[:5]
+        job_id = r.headers["location"].rsplit("/", 1)[1]
+        meta = client.get(f"/profiles/{job_id}").json()["metadata"]
+        assert f"/tmp/perf-{app.pid}.map" in meta["unresolved"]["perf_maps_used"]
+        svg = client.get(f"/profiles/{job_id}/flamegraph.svg").text
+        assert "TraceCar.Demo.Chain::Middle" in svg
+    finally:
+        app.stop()
+
+
+def test_no_perf_map_note_names_the_spelling_and_the_restart(
+    pod: podsim.SimPod, client: httpx.Client, dotnet: str
+) -> None:
+    # The .NET 5+ spelling only: a 3.1 runtime ignores it and writes no map.
+    app = run_dotnet(pod, dotnet, "chain", dn.CHAIN_CS, env={"DOTNET_PerfMapEnabled": "1"})
+    try:
+        time.sleep(1)
+        me = client.get(f"/processes/{app.pid}").json()
+        assert me["runtime"] == "dotnet" and me["perf_map"] is False, me
+        r = client.post(
+            "/profiles",
+            params={"wait": "true", "format": "folded"},
+            json={"pid": app.pid, "duration_s": 1},
+        )
+        assert r.status_code == 200, r.text
+        job_id = r.headers["location"].rsplit("/", 1)[1]
+        reasons = client.get(f"/profiles/{job_id}").json()["metadata"]["unresolved"]["reasons"]
+        note = next(x for x in reasons if "no perf map" in x)
+        assert "COMPlus_PerfMapEnabled=1" in note and "restart" in note, note
+        assert "DOTNET_PerfMapEnabled=1, a spelling .NET 3.1.23 does not read" in note, note
+        assert not any("TraceCar.Demo" in s for s in folded_total(r.text))
+    finally:
+        app.stop()

@@ -1,0 +1,137 @@
+""".NET test workloads on a real CoreCLR, built inside the test harness.
+
+No registry here serves the .NET SDK, but PyPI's ``dotnetcore2==3.1.23`` is a
+Microsoft wheel carrying the .NET Core 3.1.23 runtime (``dotnet``, the shared
+framework with ``libcoreclr.so``, ``createdump`` and the LTTng tracepoint
+provider), and Debian's ``mcs`` (mono-mcs) compiles C# against that runtime's
+own assemblies. ../shared/platform-notes.md (".NET") has the recipe.
+
+The runtime is downloaded once and unpacked under ``/var/cache/tracecar/dotnet``
+(outside the repository, shared by test runs); compiled workloads are cached
+there too, keyed by a hash of their source. Nothing here is mocked: tests run
+the real runtime with ``dotnet prog.dll``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+VERSION = "3.1.23"
+CACHE = Path(os.environ.get("TRACECAR_DOTNET_CACHE", "/var/cache/tracecar/dotnet"))
+ROOT = CACHE / VERSION
+DOTNET = ROOT / "dotnet"
+FW = ROOT / "shared" / "Microsoft.NETCore.App" / VERSION
+
+RUNTIMECONFIG = {
+    "runtimeOptions": {
+        "tfm": "netcoreapp3.1",
+        "framework": {"name": "Microsoft.NETCore.App", "version": "3.1.0"},
+        # Debian 12's libicu72 is newer than the 3.1 runtime knows: without this it aborts.
+        "configProperties": {"System.Globalization.Invariant": True},
+    }
+}
+DEFAULT_REFS = ("System.Private.CoreLib", "System.Runtime", "System.Console")
+
+
+def ensure_runtime() -> Path:
+    """The unpacked runtime's ``dotnet`` host, downloading the wheel the first time."""
+    if DOTNET.exists() and (FW / "libcoreclr.so").exists():
+        return DOTNET
+    CACHE.mkdir(parents=True, exist_ok=True)
+    wheels = CACHE / "wheel"
+    found = sorted(wheels.glob(f"dotnetcore2-{VERSION}-*.whl")) if wheels.exists() else []
+    if not found:
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+        subprocess.run(
+            [*pip, "download", "--no-deps", "-q", "-d", str(wheels), f"dotnetcore2=={VERSION}"],
+            check=True,
+            timeout=600,
+        )
+        found = sorted(wheels.glob(f"dotnetcore2-{VERSION}-*.whl"))
+    staging = CACHE / f".unpack-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    with zipfile.ZipFile(found[0]) as z:
+        z.extractall(staging)
+    bindir = staging / "dotnetcore2" / "bin"
+    for exe in (
+        bindir / "dotnet",
+        bindir / "shared/Microsoft.NETCore.App" / VERSION / "createdump",
+    ):
+        exe.chmod(0o755)  # zip entries carry no mode
+    shutil.rmtree(ROOT, ignore_errors=True)
+    bindir.rename(ROOT)  # atomic: a concurrent run sees all or nothing
+    shutil.rmtree(staging, ignore_errors=True)
+    return DOTNET
+
+
+def build(source: str, *, name: str = "prog", refs: tuple[str, ...] = DEFAULT_REFS) -> Path:
+    """Compile ``source`` (C#) with mcs against the runtime; the directory holding
+    ``NAME.dll`` and ``NAME.runtimeconfig.json`` (cached by the source's hash)."""
+    ensure_runtime()
+    mcs = shutil.which("mcs")
+    if mcs is None:
+        raise RuntimeError("mcs is missing: run scripts/setup (it installs mono-mcs)")
+    key = hashlib.sha256(f"{name}\0{refs}\0{source}".encode()).hexdigest()[:16]
+    out = CACHE / "build" / f"{name}-{key}"
+    dll = out / f"{name}.dll"
+    if dll.exists():
+        return out
+    tmp = CACHE / "build" / f".{name}-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / f"{name}.cs").write_text(source)
+    argv = [mcs, "-nostdlib", "-noconfig", "-target:exe", "-optimize+", "-debug-",
+            f"-out:{tmp / (name + '.dll')}"]  # fmt: skip
+    argv += [f"-r:{FW / (r + '.dll')}" for r in refs]
+    argv.append(str(tmp / f"{name}.cs"))
+    subprocess.run(argv, check=True, timeout=120, capture_output=True)
+    (tmp / f"{name}.runtimeconfig.json").write_text(json.dumps(RUNTIMECONFIG))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def app_files(built: Path, *, under: str = "app") -> dict[str, Path]:
+    """``files=`` for :meth:`tests.podsim.SimPod.run`: the compiled app under /srv/UNDER."""
+    return {f"{under}/{p.name}": p for p in built.iterdir() if p.suffix in (".dll", ".json")}
+
+
+# Main -> Outer -> Middle -> Hot, nearly all the time in Hot. The callers are neither
+# inlined nor optimised: optimised JIT code omits frame pointers, and a frame-pointer
+# unwind then skips the callers (platform notes). Hot itself may be optimised.
+CHAIN_CS = r"""
+using System;
+using System.Runtime.CompilerServices;
+
+namespace TraceCar.Demo {
+    public static class Chain {
+        static long sink;
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        static long Hot(long n) {
+            long s = 0;
+            for (long i = 0; i < n; i++) s += (i * i) ^ (s >> 3);
+            return s;
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.NoOptimization)]
+        static long Middle(long n) { return Hot(n) + 1; }
+
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.NoOptimization)]
+        static long Outer(long n) { return Middle(n) + 1; }
+
+        [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.NoOptimization)]
+        public static void Main(string[] args) {
+            Console.WriteLine("ready");
+            for (;;) sink += Outer(20000000);
+        }
+    }
+}
+"""
