@@ -91,7 +91,9 @@ def build(source: str, *, name: str = "prog", refs: tuple[str, ...] = DEFAULT_RE
             f"-out:{tmp / (name + '.dll')}"]  # fmt: skip
     argv += [f"-r:{FW / (r + '.dll')}" for r in refs]
     argv.append(str(tmp / f"{name}.cs"))
-    subprocess.run(argv, check=True, timeout=120, capture_output=True)
+    done = subprocess.run(argv, timeout=120, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"mcs failed on {name}.cs: {done.stdout}{done.stderr}")
     (tmp / f"{name}.runtimeconfig.json").write_text(json.dumps(RUNTIMECONFIG))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -135,3 +137,51 @@ namespace TraceCar.Demo {
     }
 }
 """
+
+
+# Allocates (a GC every few ms) and throws: the GC and exception events and counters.
+# With an argument N it waits for /tmp/go, throws exactly N exceptions, writes the
+# count it threw to /tmp/thrown, then keeps allocating without throwing.
+BUSY_CS = r"""
+using System;
+using System.Collections.Generic;
+using System.IO;
+using System.Threading;
+
+namespace TraceCar.Demo {
+    public static class Busy {
+        static object keep;
+
+        static void Allocate(List<byte[]> list) {
+            for (int i = 0; i < 1000; i++) {
+                list.Add(new byte[1000]);
+                if (list.Count > 5000) list.Clear();
+            }
+            keep = list;
+        }
+
+        public static void Main(string[] args) {
+            var list = new List<byte[]>();
+            long thrown = 0;
+            Console.WriteLine("ready");
+            if (args.Length > 0) {
+                long n = long.Parse(args[0]);
+                while (!File.Exists("/tmp/go")) { Allocate(list); Thread.Sleep(20); }
+                for (long i = 0; i < n; i++) {
+                    try { throw new InvalidOperationException("counted " + i); }
+                    catch (InvalidOperationException) { thrown++; }
+                }
+                File.WriteAllText("/tmp/thrown", thrown.ToString());
+                for (;;) { Allocate(list); Thread.Sleep(5); }
+            }
+            for (;;) {
+                Allocate(list);
+                try { throw new InvalidOperationException("boom " + thrown); }
+                catch (InvalidOperationException) { thrown++; }
+                Thread.Sleep(1);
+            }
+        }
+    }
+}
+"""
+BUSY_REFS = (*DEFAULT_REFS, "System.Collections", "System.Threading.Thread", "System.IO.FileSystem")
