@@ -30,10 +30,11 @@ HEADER_SIZE = _HEADER.size  # 20
 SERVER = 0xFF
 OK, ERROR = 0x00, 0xFF
 
-# HRESULTs the runtime answers (ds-protocol.h).
-E_UNKNOWN_COMMAND = 0x80131384
-E_UNKNOWN_COMMANDSET = 0x80131385
-E_BAD_ENCODING = 0x80131386
+# HRESULTs the runtime answers (ds-protocol.h). Seen on 3.1.23: ProcessInfo answers
+# UNKNOWN_COMMAND; a known command with a payload it cannot read, BAD_ENCODING.
+E_BAD_ENCODING = 0x80131384
+E_UNKNOWN_COMMAND = 0x80131385
+E_UNKNOWN_MAGIC = 0x80131386
 E_NOT_SUPPORTED = 0x80131515
 
 
@@ -48,6 +49,7 @@ class Command:
 
 STOP_TRACING = Command("StopTracing", 0x02, 0x01, "3.0")
 COLLECT_TRACING = Command("CollectTracing", 0x02, 0x02, "3.0")
+# Documented as .NET 5; 3.1.23 answers it too (seen: rundown off honoured).
 COLLECT_TRACING2 = Command("CollectTracing2 (rundown off)", 0x02, 0x03, "5.0")
 GENERATE_CORE_DUMP = Command("GenerateCoreDump", 0x01, 0x01, "3.1")
 PROCESS_INFO = Command("ProcessInfo", 0x04, 0x00, "5.0")
@@ -76,7 +78,7 @@ class CommandError(IpcError):
 
     @property
     def unsupported(self) -> bool:
-        return self.hresult in (E_UNKNOWN_COMMAND, E_UNKNOWN_COMMANDSET, E_NOT_SUPPORTED)
+        return self.hresult in (E_UNKNOWN_COMMAND, E_NOT_SUPPORTED)
 
 
 def socket_path(pid: int) -> Path:

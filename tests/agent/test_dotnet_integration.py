@@ -92,7 +92,7 @@ def test_managed_flame_graph_with_callers(
             params={"wait": "true", "format": "folded"},
             json={"pid": app.pid, "duration_s": 3},
         )
-        assert r.status_code == 200, r.text
+        assert r.status_code == 200, (r.text, client.get(f"/profiles/{r.json().get('id')}").text)
         stacks = folded_total(r.text)
         total = sum(stacks.values())
         under_hot = {s: n for s, n in stacks.items() if "TraceCar.Demo.Chain::Hot" in s}
@@ -137,5 +137,115 @@ def test_no_perf_map_note_names_the_spelling_and_the_restart(
         assert "COMPlus_PerfMapEnabled=1" in note and "restart" in note, note
         assert "DOTNET_PerfMapEnabled=1, a spelling .NET 3.1.23 does not read" in note, note
         assert not any("TraceCar.Demo" in s for s in folded_total(r.text))
+    finally:
+        app.stop()
+
+
+@pytest.fixture(scope="module")
+def busy(pod: podsim.SimPod, dotnet: str) -> Iterator[podsim.Container]:
+    """A .NET app that allocates and throws all the time (shared by the tests below)."""
+    app = run_dotnet(pod, dotnet, "busy", dn.BUSY_CS, refs=dn.BUSY_REFS)
+    try:
+        yield app
+    finally:
+        app.stop()
+
+
+def test_trace_saved_as_nettrace_and_summarized(
+    busy: podsim.Container, client: httpx.Client
+) -> None:
+    r = client.post(
+        f"/dotnet/{busy.pid}/traces",
+        params={"wait": "true"},
+        json={"duration_s": 1.5, "preset": "gc", "providers": [
+            {"name": "Microsoft-Windows-DotNETRuntime", "keywords": "exception", "level": 4}
+        ]},
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    view = r.json()
+    assert view["state"] == "succeeded", view
+    assert view["result"]["providers"] == [
+        {"name": "Microsoft-Windows-DotNETRuntime", "keywords": "0x8001", "level": 5, "filter": ""}
+    ]
+    raw = client.get(view["links"]["nettrace"])
+    assert raw.status_code == 200 and raw.content.startswith(
+        b"Nettrace\x14\0\0\0!FastSerialization.1"
+    )
+    assert len(raw.content) == view["result"]["bytes"]
+    summary = client.get(view["links"]["summary"]).json()
+    assert summary["complete"] and summary["pid"] == busy.pid
+    names = {e["event"]: e["count"] for e in summary["by_event"]}
+    assert names["GCStart_V2"] > 0 and names["GCEnd_V1"] > 0, names
+    assert names["ExceptionThrown_V1"] > 0 and names["GCAllocationTick_V3"] > 0, names
+    assert client.get("/dotnet/traces").json()[-1]["id"] == view["id"]
+    assert client.delete(view["links"]["self"]).status_code == 204
+    assert client.get(view["links"]["self"]).status_code == 404
+
+
+def test_counters_parsed_from_the_stream(busy: podsim.Container, client: httpx.Client) -> None:
+    r = client.get(f"/dotnet/{busy.pid}/counters", params={"duration_s": 2.5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["runtime_version"] == dn.VERSION and body["interval_s"] == 1
+    c = body["counters"]
+    for name in ("cpu-usage", "gc-heap-size", "gen-0-gc-count", "gen-1-gc-count",
+                 "gen-2-gc-count", "exception-count", "threadpool-queue-length"):  # fmt: skip
+        assert name in c, sorted(c)
+    # the app throws and collects all the time (an interval may end right as one starts)
+    assert c["exception-count"]["type"] == "Sum" and max(c["exception-count"]["samples"]) > 0
+    assert max(c["gen-0-gc-count"]["samples"]) > 0 and c["gc-heap-size"]["units"] == "MB"
+    assert c["cpu-usage"]["samples"], c["cpu-usage"]
+
+
+def test_diagnostics_errors(
+    pod: podsim.SimPod,
+    agent: podsim.AgentHandle,
+    busy: podsim.Container,
+    client: httpx.Client,
+    dotnet: str,
+) -> None:
+    # a pid that is not .NET: 409 naming its runtime
+    r = client.get(f"/dotnet/{agent.container.pid}/counters", params={"duration_s": 1})
+    assert r.status_code == 409 and "its runtime is python" in r.json()["detail"], r.text
+    assert client.get("/dotnet/4000000/counters").status_code == 404
+    # unknown providers: 422 listing the presets
+    r = client.post(f"/dotnet/{busy.pid}/traces", json={"providers": [{"name": "Nope-Provider"}]})
+    assert r.status_code == 422 and "cpu-sampling, gc, exceptions" in r.json()["detail"], r.text
+    r = client.post(f"/dotnet/{busy.pid}/traces", json={"preset": "allocations"})
+    assert r.status_code == 422 and "cpu-sampling" in r.text
+    # what 3.1 does not answer: 409 naming the minimum version
+    r = client.get(f"/dotnet/{busy.pid}/process-info")
+    assert r.status_code == 409, r.text
+    assert (
+        r.json()["minimum_version"] == "5.0" and "ProcessInfo needs .NET 5.0" in r.json()["detail"]
+    )
+    # CollectTracing2 (rundown off) is documented for .NET 5, and 3.1.23 answers it
+    r = client.post(
+        f"/dotnet/{busy.pid}/traces",
+        params={"wait": "true"},
+        json={"preset": "exceptions", "rundown": False, "duration_s": 0.5},
+    )
+    assert r.status_code == 200 and r.json()["state"] == "succeeded", r.text
+    summary = client.get(r.json()["links"]["summary"]).json()
+    providers = {e["provider"] for e in summary["by_event"]}
+    assert "Microsoft-Windows-DotNETRuntimeRundown" not in providers, summary
+    # diagnostics off: no socket at all
+    off = run_dotnet(pod, dotnet, "chain", dn.CHAIN_CS, env={"COMPlus_EnableDiagnostics": "0"})
+    try:
+        r = client.get(f"/dotnet/{off.pid}/counters", params={"duration_s": 1})
+        assert r.status_code == 409 and "no diagnostics socket" in r.json()["detail"], r.text
+    finally:
+        off.stop()
+    # a socket file left with nothing listening (what a crashed runtime leaves)
+    import socket as so
+
+    app = run_dotnet(pod, dotnet, "chain", dn.CHAIN_CS)
+    try:
+        stale = f"/proc/{app.host_pid}/root/tmp/dotnet-diagnostic-{app.pid}-99999999-socket"
+        s = so.socket(so.AF_UNIX)
+        s.bind(stale)
+        s.close()  # bound, never listening: connect() is refused
+        r = client.get(f"/dotnet/{app.pid}/counters", params={"duration_s": 1})
+        assert r.status_code == 409 and "socket is gone" in r.json()["detail"], r.text
     finally:
         app.stop()
