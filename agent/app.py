@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from agent import _proc, dotnet, idle, lttng, openapi, probes, procfs, profiling, stacks
+from agent import _proc, dotnet, dumps, idle, lttng, openapi, probes, procfs, profiling, stacks
 from agent.auth import load_access, remove_generated, require_token
 from agent.errors import AgentError, Unauthorized
 from agent.jobs import JobStore
@@ -34,6 +34,7 @@ from agent.routers import (
     triggers,
 )
 from agent.routers import dotnet as dotnet_routes
+from agent.routers import dumps as dump_routes
 from agent.routers import lttng as lttng_routes
 from agent.routers import metrics as metrics_routes
 from agent.routers import probes as probe_routes
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.probes = probes.Service(settings, jobs, metrics=metrics)
         app.state.lttng = lttng.Service(settings, jobs, metrics=metrics)
         app.state.dotnet = dotnet.Service(jobs)
+        app.state.dumps = dumps.Service(jobs, max_storage_bytes=settings.max_storage_bytes)
         _proc.add_observer(metrics.observe_tool)
         services = [app.state.profiling, app.state.probes, app.state.lttng]
         started = []
@@ -206,6 +208,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(probe_routes.router, dependencies=protected)
     app.include_router(lttng_routes.router, dependencies=protected)
     app.include_router(dotnet_routes.router, dependencies=protected)
+    app.include_router(dump_routes.router, dependencies=protected)
     return app
 
 

@@ -8,8 +8,11 @@ them through /proc/PID/root, as in a pod.
 
 from __future__ import annotations
 
+import struct
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +20,7 @@ import pytest
 from tests import dotnet_workloads as dn
 from tests import podsim
 from tests.agent.test_profiles_integration import folded_total, pod_processes
+from tests.agent.workloads import HOTCOLD_C, compile_c
 from tests.conftest import need
 
 pytestmark = pytest.mark.integration
@@ -249,3 +253,107 @@ def test_diagnostics_errors(
         assert r.status_code == 409 and "socket is gone" in r.json()["detail"], r.text
     finally:
         app.stop()
+
+
+def elf_core_notes(data: bytes) -> dict[int, int]:
+    """The note types of an ELF core file (x86-64), with how many of each."""
+    assert data[:4] == b"\x7fELF" and data[4] == 2, "not a 64-bit ELF file"
+    e_type = struct.unpack_from("<H", data, 16)[0]
+    assert e_type == 4, f"ELF type {e_type}, not a core file (4)"
+    (phoff,) = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    notes: dict[int, int] = {}
+    for i in range(phnum):
+        p_type, _, p_offset, _, _, p_filesz = struct.unpack_from(
+            "<IIQQQQ", data, phoff + i * phentsize
+        )
+        if p_type != 4:  # PT_NOTE
+            continue
+        pos, end = p_offset, p_offset + p_filesz
+        while pos + 12 <= end:
+            namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
+            pos += 12 + ((namesz + 3) & ~3) + ((descsz + 3) & ~3)
+            notes[ntype] = notes.get(ntype, 0) + 1
+    return notes
+
+
+NT_PRSTATUS, NT_PRPSINFO, NT_AUXV, NT_FILE = 1, 3, 6, 0x46494C45
+
+
+def test_dotnet_dump_with_createdump(busy: podsim.Container, client: httpx.Client) -> None:
+    r = client.post(f"/processes/{busy.pid}/dump", params={"wait": "true"}, json={"type": "mini"})
+    assert r.status_code == 200, r.text
+    view = r.json()
+    assert view["state"] == "succeeded", view
+    assert view["writer"] == f"createdump of .NET {dn.VERSION}" and view["type"] == "mini"
+    # createdump came from the target's own shared framework, through /proc/PID/root
+    assert view["result"]["argv"][0].startswith(f"/proc/{busy.pid}/root/")
+    core = client.get(view["links"]["core"])
+    assert core.status_code == 200 and len(core.content) == view["result"]["bytes"]
+    notes = elf_core_notes(core.content)
+    threads = client.get(f"/processes/{busy.pid}").json()["threads"]
+    assert notes.get(NT_PRSTATUS, 0) >= min(threads, 2) and NT_AUXV in notes, notes
+    assert view["result"]["bytes"] <= view["result"]["estimate"]["bytes"] * 1.5
+    assert busy.alive()
+    assert client.delete(view["links"]["self"]).status_code == 204
+    # a native-only type for a .NET process's counterpart: mini/heap are .NET's
+    r = client.post(f"/processes/{busy.pid}/dump", json={"type": "huge"})
+    assert r.status_code == 422 and "mini" in r.text
+
+
+def test_native_dump_with_gcore_opens_in_gdb(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
+) -> None:
+    need("gcc", "gdb")
+    exe = compile_c(HOTCOLD_C, tmp_path / "hotcold")
+    app = pod.run("native", ["/srv/hotcold"], files={"hotcold": exe})
+    try:
+        r = client.post(f"/processes/{app.pid}/dump", json={"type": "heap"})
+        assert r.status_code == 422 and "use type full" in r.json()["detail"], r.text
+        r = client.post(f"/processes/{app.pid}/dump", params={"wait": "true"})
+        assert r.status_code == 200 and r.json()["state"] == "succeeded", r.text
+        view = r.json()
+        assert view["writer"] == "gdb gcore" and view["type"] == "full"
+        core = tmp_path / "core"
+        core.write_bytes(client.get(view["links"]["core"]).content)
+        bt = subprocess.run(
+            ["gdb", "-nx", "-batch", "-ex", "bt", str(exe), str(core)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert "main" in bt.stdout and (
+            "hot_function" in bt.stdout or "cold_function" in bt.stdout
+        ), bt.stdout
+        time.sleep(0.3)
+        assert app.alive() and Path(f"/proc/{app.host_pid}/stat").read_text().split()[2] != "T"
+    finally:
+        app.stop()
+
+
+def test_dump_larger_than_the_free_space_is_refused_before_writing(
+    pod: podsim.SimPod, dotnet: str, busy: podsim.Container
+) -> None:
+    """An agent whose data volume is a 96 MiB tmpfs: a full dump of a .NET process
+    (hundreds of MiB of readable memory) does not fit, and nothing is written."""
+    small = pod.workdir / "small-volume"  # not under /tmp: each container has its own
+    small.mkdir()
+    # mounted in the pod's mount namespace: the agent's container starts from a copy of it
+    in_pod = ["nsenter", "-t", str(pod.infra_pid), "--mount", "--"]
+    mount = [*in_pod, "mount", "-t", "tmpfs", "-o", "size=96m", "tracecar-small", str(small)]
+    subprocess.run(mount, check=True, timeout=30)
+    try:
+        agent2 = podsim.start_agent(pod, env={"TRACECAR_AGENT_DATA_DIR": str(small / "data")})
+        try:
+            with agent2.client() as c:
+                r = c.post(f"/processes/{busy.pid}/dump", json={"type": "full"})
+                assert r.status_code == 409, r.text
+                body = r.json()
+                assert (
+                    "nothing was written" in body["detail"] and body["estimate"]["bytes"] > 96 << 20
+                )
+                assert c.get("/dumps").json() == []
+            left = f"/proc/{agent2.container.host_pid}/root{small}/data"
+            assert not list(Path(left).rglob("core*"))
+        finally:
+            agent2.container.stop()
+    finally:
+        subprocess.run([*in_pod, "umount", "-l", str(small)], check=False, timeout=30)
