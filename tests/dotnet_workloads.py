@@ -185,3 +185,46 @@ namespace TraceCar.Demo {
 }
 """
 BUSY_REFS = (*DEFAULT_REFS, "System.Collections", "System.Threading.Thread", "System.IO.FileSystem")
+
+
+UST212 = CACHE / "bullseye"
+UST212_LIBS = UST212 / "root" / "usr" / "lib" / "x86_64-linux-gnu"
+
+
+def ensure_lttng_ust_212() -> Path:
+    """Debian 11's LTTng-UST 2.12 libraries (liblttng-ust.so.0), for LD_LIBRARY_PATH.
+
+    The 3.1 runtime's tracepoint provider links liblttng-ust.so.0; Debian 12 ships
+    only .so.1 (2.13), so without these the runtime silently loads no provider. They
+    are fetched with apt-get (an apt configuration naming bullseye, kept in the cache)
+    and unpacked with dpkg -x; Debian 12's lttng-sessiond 2.13 accepts their apps.
+    """
+    if (UST212_LIBS / "liblttng-ust.so.0").exists():
+        return UST212_LIBS
+    etc = UST212 / "etc"
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "sources.list").write_text("deb http://deb.debian.org/debian bullseye main\n")
+    (UST212 / "status").touch()
+    opts = [
+        f"-oDir::Etc::SourceList={etc / 'sources.list'}",
+        "-oDir::Etc::SourceParts=/dev/null",
+        f"-oDir::State::Lists={UST212 / 'lists'}",
+        f"-oDir::State::Status={UST212 / 'status'}",
+        f"-oDir::Cache={UST212 / 'cache'}",
+        "-oDebug::NoLocking=1",
+    ]
+    (UST212 / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    debs = UST212 / "debs"
+    debs.mkdir(exist_ok=True)
+    subprocess.run(["apt-get", *opts, "update", "-qq"], check=True, timeout=300)
+    subprocess.run(
+        ["apt-get", *opts, "download", "-qq", "liblttng-ust0", "liburcu6", "liblttng-ust-ctl4"],
+        check=True,
+        timeout=300,
+        cwd=debs,
+    )
+    for deb in debs.glob("*.deb"):
+        subprocess.run(["dpkg", "-x", str(deb), str(UST212 / "root")], check=True, timeout=60)
+    shutil.rmtree(UST212 / "lists", ignore_errors=True)
+    shutil.rmtree(UST212 / "cache", ignore_errors=True)
+    return UST212_LIBS

@@ -88,6 +88,59 @@ async def ipc_errors(info: procfs.ProcessInfo) -> AsyncIterator[None]:
         raise Conflict(f"{_label(info)}: the diagnostics socket failed: {e}") from e
 
 
+TRACEPOINT_PROVIDER = "libcoreclrtraceptprovider.so"
+
+
+def dotnet_facts(info: procfs.ProcessInfo) -> dict[str, object]:
+    """What a .NET process offers the agent, from its mappings, environment and /tmp."""
+    pid = info.pid
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text(errors="replace")
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        maps, environ = "", b""
+    knobs = procfs.dotnet_knobs(environ)
+    version = info.runtime_version
+    event_log = procfs.dotnet_env(version, "EnableEventLog")
+    try:
+        socket: str | None = _ipc.socket_path(pid).name
+    except _ipc.IpcError:
+        socket = None
+    out: dict[str, object] = {
+        "pid": pid,
+        "comm": info.comm,
+        "container": info.container,
+        "version": version,
+        "diagnostics_socket": socket,
+        "perf_map": info.perf_map,
+        "event_log": any(knobs.get(f"{p}EnableEventLog") == "1" for p in ("DOTNET_", "COMPlus_")),
+    }
+    fw = procfs.dotnet_framework(maps)
+    loaded = f"/{TRACEPOINT_PROVIDER}" in maps
+    out["lttng_provider"] = loaded
+    if not loaded:
+        shipped = (
+            fw is not None
+            and (procfs.proc_root(pid) / fw.lstrip("/") / TRACEPOINT_PROVIDER).exists()
+        )
+        if not shipped:
+            why = f"its shared framework has no {TRACEPOINT_PROVIDER}"
+        elif knobs.get("DOTNET_LTTng") == "0" or knobs.get("COMPlus_LTTng") == "0":
+            why = "LTTng=0 in its environment turned the provider off"
+        else:
+            why = (
+                f"{TRACEPOINT_PROVIDER} did not load: it links the LTTng-UST library its "
+                "runtime was built with (liblttng-ust.so.0, LTTng-UST 2.12, for .NET Core 3.1 "
+                "and others), which the app's image lacks (Debian 12 and Ubuntu 22.04+ ship "
+                "only .so.1, 2.13): install liblttng-ust0 2.12 in the image "
+                "(docs/dotnet.md), then restart the app"
+            )
+        out["lttng_reason"] = why
+    elif not out["event_log"]:
+        out["lttng_reason"] = f"the provider is loaded, but events need {event_log}=1 at start"
+    return out
+
+
 def summarize(data: bytes, *, top: int = 200) -> TraceSummary:
     """Count and name the events of a nettrace stream."""
     trace = _nettrace.parse(data)
@@ -155,6 +208,19 @@ class Service:
 
     async def start(self) -> None:
         return None
+
+    async def capabilities(self) -> dict[str, object]:
+        """Each .NET process of the pod: version, diagnostics socket, perf map, and
+        whether its LTTng tracepoint provider loaded (and why not)."""
+        procs = await asyncio.to_thread(
+            lambda: [p for p in procfs.list_processes() if p.runtime == "dotnet"]
+        )
+        found = await asyncio.to_thread(lambda: [dotnet_facts(p) for p in procs])
+        return {
+            "available": True,
+            "reason": "the diagnostics port is reached through /proc/PID/root/tmp",
+            "processes": found,
+        }
 
     async def stop(self) -> None:
         # Running sessions end with their jobs (JobStore.shutdown cancels them, and

@@ -8,6 +8,7 @@ them through /proc/PID/root, as in a pod.
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import time
@@ -357,3 +358,70 @@ def test_dump_larger_than_the_free_space_is_refused_before_writing(
             agent2.container.stop()
     finally:
         subprocess.run([*in_pod, "umount", "-l", str(small)], check=False, timeout=30)
+
+
+def test_runtime_events_through_lttng_and_the_provider_report(
+    pod: podsim.SimPod, agent: podsim.AgentHandle, client: httpx.Client, dotnet: str
+) -> None:
+    """Exceptions counted by the runtime's own tracepoints (DotNETRuntime:*), within 5%
+    of what the app reports; /capabilities tells a process whose provider loaded from one
+    whose provider did not (no LTTng-UST 2.12 in its image)."""
+    libs = dn.ensure_lttng_ust_212()
+    n = 2000
+    # Started after the agent (its session daemon is up: the app registers at start).
+    app = pod.run(
+        "events",
+        [dotnet, "/srv/app/busy.dll", str(n)],
+        files=dn.app_files(dn.build(dn.BUSY_CS, name="busy", refs=dn.BUSY_REFS)),
+        env={"COMPlus_EnableEventLog": "1", "LD_LIBRARY_PATH": str(libs),
+             "LTTNG_HOME": "/run/lttng", "LTTNG_UST_REGISTER_TIMEOUT": "3000"},
+    )  # fmt: skip
+    bare = run_dotnet(pod, dotnet, "chain", dn.CHAIN_CS, env={"COMPlus_EnableEventLog": "1"})
+    try:
+        deadline = time.monotonic() + 30
+        while "ready" not in app.log():
+            assert app.alive() and time.monotonic() < deadline, app.log()
+            time.sleep(0.1)
+        caps = {p["pid"]: p for p in client.get("/capabilities").json()["dotnet"]["processes"]}
+        assert caps[app.pid]["lttng_provider"] is True and caps[app.pid]["event_log"], caps
+        assert caps[bare.pid]["lttng_provider"] is False
+        assert "liblttng-ust.so.0" in caps[bare.pid]["lttng_reason"], caps[bare.pid]
+        r = client.post(
+            "/lttng/sessions",
+            json={"preset": "dotnet", "pids": [app.pid], "start": True, "subbuf_size": 1 << 20,
+                  "num_subbuf": 8},
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+        Path(f"/proc/{app.host_pid}/root/tmp/go").write_text("")
+        deadline = time.monotonic() + 60
+        thrown_file = Path(f"/proc/{app.host_pid}/root/tmp/thrown")
+        while not thrown_file.exists() or not thrown_file.read_text():
+            assert app.alive() and time.monotonic() < deadline, app.log()
+            time.sleep(0.2)
+        reported = int(thrown_file.read_text())
+        assert reported == n
+        time.sleep(1)
+        r = client.post(f"/lttng/sessions/{sid}/stop")
+        assert r.status_code == 200, r.text
+        counts: dict[str, int] = {}
+        fields: dict[str, object] = {}
+        with client.stream(
+            "GET", f"/lttng/sessions/{sid}/events", params={"format": "json"}
+        ) as events:
+            for line in events.iter_lines():
+                if not line.strip():
+                    continue
+                ev = json.loads(line)
+                counts[ev["name"]] = counts.get(ev["name"], 0) + 1
+                if ev["name"] == "DotNETRuntime:ExceptionThrown_V1" and not fields:
+                    fields = ev["fields"]
+        thrown = counts.get("DotNETRuntime:ExceptionThrown_V1", 0)
+        assert abs(thrown - reported) <= 0.05 * reported, (thrown, reported, counts)
+        assert fields["ExceptionType"] == "System.InvalidOperationException", fields
+        assert str(fields["ExceptionMessage"]).startswith("counted "), fields
+        assert counts.get("DotNETRuntime:GCStart_V2", 0) > 0, counts
+        assert client.delete(f"/lttng/sessions/{sid}").status_code == 200
+    finally:
+        app.stop()
+        bare.stop()
