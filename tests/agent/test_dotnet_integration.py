@@ -425,3 +425,41 @@ def test_runtime_events_through_lttng_and_the_provider_report(
     finally:
         app.stop()
         bare.stop()
+
+
+def test_stack_snapshot_names_managed_frames(
+    pod: podsim.SimPod, client: httpx.Client, dotnet: str
+) -> None:
+    app = run_dotnet(pod, dotnet, "chain", dn.CHAIN_CS, env={"COMPlus_PerfMapEnabled": "1"})
+    try:
+        wait_for_method(app, "Chain::Hot")
+        r = client.get(f"/processes/{app.pid}/stack")
+        assert r.status_code == 200, r.text
+        snap = r.json()
+        assert snap["runtime"] == "dotnet" and snap["tool"] == "gdb"
+        main = next(t for t in snap["threads"] if t["tid"] == app.pid)
+        names = [f["function"] for f in main["frames"]]
+        managed = [n.split("::")[1].split("(")[0] for n in names if "TraceCar.Demo.Chain::" in n]
+        # innermost first; Hot itself unless the snapshot caught the loop in a caller
+        assert managed[-3:] == ["Middle", "Outer", "Main"] or managed[-4:] == [
+            "Hot", "Middle", "Outer", "Main"
+        ], names  # fmt: skip
+        assert any(n.startswith("CallDescrWorkerInternal") for n in names), names
+        assert any("managed frame(s) named from /tmp/perf-" in n for n in snap["notes"]), snap
+        assert any("frame pointers" in n for n in snap["notes"])
+        text = client.get(f"/processes/{app.pid}/stack", params={"format": "text"}).text
+        assert "TraceCar.Demo.Chain::Outer" in text and "libcoreclr.so" in text
+    finally:
+        app.stop()
+
+
+def test_uprobe_on_a_managed_method_says_what_works(
+    busy: podsim.Container, client: httpx.Client
+) -> None:
+    r = client.post("/probes", json={"pid": busy.pid, "function": "TraceCar.Demo.Busy::Allocate"})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "anonymous memory" in detail and "preset dotnet" in detail, detail
+    assert "libcoreclr.so" in detail and "ReadyToRun" in detail
+    r = client.post("/probes", json={"pid": busy.pid, "function": "Allocate"})
+    assert r.status_code == 422 and "no native function 'Allocate'" in r.json()["detail"], r.text

@@ -9,8 +9,8 @@ MAPS = """\
 55d0c0001000-55d0c0011000 r-xp 00001000 fe:00 1   /usr/share/dotnet/dotnet
 7f0000000000-7f0000100000 rw-p 00000000 00:00 0
 7f0000100000-7f0010100000 ---p 00000000 00:00 0
-7f0010100000-7f0010300000 r-xp 00000000 fe:00 2   /usr/share/dotnet/shared/Microsoft.NETCore.App/3.1.23/libcoreclr.so
-7f0010300000-7f0010301000 rw-p 00200000 fe:00 2   /usr/share/dotnet/shared/Microsoft.NETCore.App/3.1.23/libcoreclr.so
+7f0010100000-7f0010300000 r-xp 00000000 fe:00 2   /usr/share/dotnet/shared/NETCore/libcoreclr.so
+7f0010300000-7f0010301000 rw-p 00200000 fe:00 2   /usr/share/dotnet/shared/NETCore/libcoreclr.so
 7ffd00000000-7ffd00004000 r--p 00000000 00:00 0   [vvar]
 """
 
