@@ -463,3 +463,17 @@ def test_uprobe_on_a_managed_method_says_what_works(
     assert "libcoreclr.so" in detail and "ReadyToRun" in detail
     r = client.post("/probes", json={"pid": busy.pid, "function": "Allocate"})
     assert r.status_code == 422 and "no native function 'Allocate'" in r.json()["detail"], r.text
+
+
+def test_uprobe_on_the_runtime_counts_throws(busy: podsim.Container, client: httpx.Client) -> None:
+    """What works instead: a uprobe on libcoreclr.so's throw helper counts exceptions."""
+    r = client.post(
+        "/probes",
+        json={"pid": busy.pid, "binary": "libcoreclr.so", "function": "_Z8IL_ThrowP6Object",
+              "mode": "count"},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    probe = r.json()
+    time.sleep(1.5)
+    r = client.delete(f"/probes/{probe['id']}")
+    assert r.status_code == 200 and r.json()["hits"] > 0, r.text
