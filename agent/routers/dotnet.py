@@ -60,7 +60,14 @@ def view(job: Job) -> TraceView:
     )
 
 
-@router.post("/dotnet/{pid}/traces", status_code=202, responses=errors(404, 409, 429))
+@router.post(
+    "/dotnet/{pid}/traces",
+    status_code=202,
+    responses={
+        200: {"model": TraceView, "description": "wait=true: the trace, ended (or failed)"},
+        **errors(404, 409, 429),
+    },
+)
 async def start_trace(
     svc: ServiceDep,
     pid: Pid,
