@@ -64,7 +64,14 @@ def view(job: Job) -> DumpView:
     )
 
 
-@router.post("/processes/{pid}/dump", status_code=202, responses=errors(404, 409, 429, *TOOLS))
+@router.post(
+    "/processes/{pid}/dump",
+    status_code=202,
+    responses={
+        200: {"model": DumpView, "description": "wait=true: the dump, written (or failed)"},
+        **errors(404, 409, 429, *TOOLS),
+    },
+)
 async def create_dump(
     svc: ServiceDep,
     pid: Pid,
