@@ -477,3 +477,18 @@ def test_uprobe_on_the_runtime_counts_throws(busy: podsim.Container, client: htt
     time.sleep(1.5)
     r = client.delete(f"/probes/{probe['id']}")
     assert r.status_code == 200 and r.json()["hits"] > 0, r.text
+
+
+def test_cpu_sampling_preset_records_stacks(busy: podsim.Container, client: httpx.Client) -> None:
+    r = client.post(
+        f"/dotnet/{busy.pid}/traces",
+        params={"wait": "true"},
+        json={"preset": "cpu-sampling", "duration_s": 1},
+    )
+    assert r.status_code == 200 and r.json()["state"] == "succeeded", r.text
+    summary = client.get(r.json()["links"]["summary"]).json()
+    by = {(e["provider"], e["event"]): e["count"] for e in summary["by_event"]}
+    samples = sum(n for (p, _), n in by.items() if p == "Microsoft-DotNETCore-SampleProfiler")
+    assert samples > 0 and summary["stacks"] > 0, by
+    # the rundown names the methods the samples' stacks point into
+    assert by[("Microsoft-Windows-DotNETRuntimeRundown", "MethodDCEndVerbose_V1")] > 0
