@@ -376,8 +376,18 @@ class Service:
         )
         chunks: list[bytes] = []
         async with ipc_errors(info):
-            # rundown off where the runtime allows would be cheaper; 3.1 always does it
-            conn, session = await _ipc.start_session(pid, [provider], buffer_mb=16, rundown=True)
+            # No method rundown (it costs the app and carries nothing counters need):
+            # CollectTracing2, answered by 3.1.23 and 5+; older runtimes do not know it.
+            try:
+                conn, session = await _ipc.start_session(
+                    pid, [provider], buffer_mb=16, rundown=False
+                )
+            except _ipc.CommandError as e:
+                if not (e.unsupported or e.hresult == _ipc.E_BAD_ENCODING):
+                    raise
+                conn, session = await _ipc.start_session(
+                    pid, [provider], buffer_mb=16, rundown=True
+                )
             stopped = False
             try:
 
