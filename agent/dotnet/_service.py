@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Gauge
+
 from agent import procfs
 from agent.dotnet import _ipc, _nettrace
 from agent.dotnet._model import (
@@ -89,6 +91,20 @@ async def ipc_errors(info: procfs.ProcessInfo) -> AsyncIterator[None]:
 
 
 TRACEPOINT_PROVIDER = "libcoreclrtraceptprovider.so"
+
+
+def _opted_in() -> list[procfs.ProcessInfo]:
+    out = []
+    for p in procfs.list_processes():
+        if p.runtime != "dotnet":
+            continue
+        try:
+            environ = Path(f"/proc/{p.pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if OPT_IN_ENV in environ.split(b"\0"):
+            out.append(p)
+    return out
 
 
 def dotnet_facts(info: procfs.ProcessInfo) -> dict[str, object]:
@@ -201,13 +217,63 @@ def _payload(decoded: dict[str, Any] | None) -> dict[str, Any] | None:
     return None
 
 
+OPT_IN_ENV = b"TRACECAR_DOTNET_COUNTERS=1"
+"""A .NET process whose environment has this gets its counters on /metrics."""
+METRICS_EVERY_S = 10.0
+
+
 class Service:
-    def __init__(self, jobs: JobStore, *, max_running: int = 4) -> None:
+    def __init__(
+        self,
+        jobs: JobStore,
+        *,
+        max_running: int = 4,
+        registry: CollectorRegistry | None = None,
+        metrics_every_s: float = METRICS_EVERY_S,
+    ) -> None:
         self.jobs = jobs
         self.max_running = max_running
+        self.metrics_every_s = metrics_every_s
+        self._poller: asyncio.Task[None] | None = None
+        self._gauge = (
+            Gauge(
+                "tracecar_dotnet_counter",
+                "System.Runtime counters of the .NET processes that opt in "
+                "(TRACECAR_DOTNET_COUNTERS=1 in their environment): the last interval's "
+                "mean, or its increment for counters of type Sum",
+                ["pid", "container", "counter", "units"],
+                registry=registry,
+            )
+            if registry is not None
+            else None
+        )
 
     async def start(self) -> None:
-        return None
+        if self._gauge is not None:
+            self._poller = asyncio.create_task(self._export(), name="dotnet-counters-metrics")
+
+    async def _export(self) -> None:
+        """Every ``metrics_every_s``: the counters of each opted-in .NET process into the
+        gauge; the series of processes that are gone (or failed to answer) removed."""
+        assert self._gauge is not None
+        shown: set[tuple[str, ...]] = set()
+        while True:
+            now: set[tuple[str, ...]] = set()
+            for info in await asyncio.to_thread(_opted_in):
+                try:
+                    got = await self.counters(info.pid, duration_s=1.5, interval_s=1)
+                except Exception as e:  # one app's failure must not stop the others
+                    log.info("counters of pid %d for /metrics: %s", info.pid, e)
+                    continue
+                for c in got.counters.values():
+                    labels = (str(info.pid), info.container, c.name, c.units)
+                    self._gauge.labels(*labels).set(c.value)
+                    now.add(labels)
+            for gone in shown - now:
+                with contextlib.suppress(KeyError):
+                    self._gauge.remove(*gone)
+            shown = now
+            await asyncio.sleep(self.metrics_every_s)
 
     async def capabilities(self) -> dict[str, object]:
         """Each .NET process of the pod: version, diagnostics socket, perf map, and
@@ -224,8 +290,11 @@ class Service:
 
     async def stop(self) -> None:
         # Running sessions end with their jobs (JobStore.shutdown cancels them, and
-        # each one's finally stops its session).
-        return None
+        # each one's finally stops its session); the poller's, with it.
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
 
     # --- traces ---------------------------------------------------------------
 

@@ -492,3 +492,30 @@ def test_cpu_sampling_preset_records_stacks(busy: podsim.Container, client: http
     assert samples > 0 and summary["stacks"] > 0, by
     # the rundown names the methods the samples' stacks point into
     assert by[("Microsoft-Windows-DotNETRuntimeRundown", "MethodDCEndVerbose_V1")] > 0
+
+
+def test_counters_on_metrics_for_processes_that_opt_in(
+    pod: podsim.SimPod, client: httpx.Client, dotnet: str, busy: podsim.Container
+) -> None:
+    app = run_dotnet(pod, dotnet, "chain", dn.CHAIN_CS, env={"TRACECAR_DOTNET_COUNTERS": "1"})
+
+    def series() -> list[str]:
+        text = client.get("/metrics").text
+        return [ln for ln in text.splitlines() if ln.startswith("tracecar_dotnet_counter{")]
+
+    try:
+        mine = f'pid="{app.pid}"'
+        deadline = time.monotonic() + 60
+        while not any(mine in ln and 'counter="cpu-usage"' in ln for ln in series()):
+            assert time.monotonic() < deadline, series()
+            time.sleep(1)
+        got = series()
+        assert any(mine in ln and 'container="chain"' in ln and 'units="%"' in ln for ln in got)
+        # the busy app did not opt in: none of its counters
+        assert not any(f'pid="{busy.pid}"' in ln for ln in got)
+    finally:
+        app.stop()
+    deadline = time.monotonic() + 60
+    while any(mine in ln for ln in series()):
+        assert time.monotonic() < deadline, "the series of an exited process stayed"
+        time.sleep(1)
