@@ -68,6 +68,8 @@ def _busy(app: FastAPI) -> bool:
     state = app.state
     return bool(
         state.jobs.running(profiling.KIND)
+        or state.jobs.running(dotnet.KIND)
+        or state.jobs.running(dumps.KIND)
         or any(p["state"] in ("starting", "running") for p in state.probes.list_probes())
         or any(s.state == "active" for s in state.lttng.list_sessions())
     )
