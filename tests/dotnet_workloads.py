@@ -65,8 +65,10 @@ def ensure_runtime() -> Path:
         bindir / "shared/Microsoft.NETCore.App" / VERSION / "createdump",
     ):
         exe.chmod(0o755)  # zip entries carry no mode
-    shutil.rmtree(ROOT, ignore_errors=True)
-    bindir.rename(ROOT)  # atomic: a concurrent run sees all or nothing
+    try:
+        bindir.rename(ROOT)  # atomic: a concurrent run sees all or nothing
+    except OSError:  # another run unpacked it meanwhile: keep theirs
+        pass
     shutil.rmtree(staging, ignore_errors=True)
     return DOTNET
 
@@ -95,8 +97,10 @@ def build(source: str, *, name: str = "prog", refs: tuple[str, ...] = DEFAULT_RE
     if done.returncode != 0:
         raise RuntimeError(f"mcs failed on {name}.cs: {done.stdout}{done.stderr}")
     (tmp / f"{name}.runtimeconfig.json").write_text(json.dumps(RUNTIMECONFIG))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another run built the same source meanwhile: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
