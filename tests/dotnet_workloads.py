@@ -14,6 +14,7 @@ the real runtime with ``dotnet prog.dll``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -65,10 +66,9 @@ def ensure_runtime() -> Path:
         bindir / "shared/Microsoft.NETCore.App" / VERSION / "createdump",
     ):
         exe.chmod(0o755)  # zip entries carry no mode
-    try:
-        bindir.rename(ROOT)  # atomic: a concurrent run sees all or nothing
-    except OSError:  # another run unpacked it meanwhile: keep theirs
-        pass
+    # atomic: a concurrent run sees all or nothing; one that unpacked it meanwhile wins
+    with contextlib.suppress(OSError):
+        bindir.rename(ROOT)
     shutil.rmtree(staging, ignore_errors=True)
     return DOTNET
 
