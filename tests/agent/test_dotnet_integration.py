@@ -297,6 +297,15 @@ def test_dotnet_dump_with_createdump(busy: podsim.Container, client: httpx.Clien
     assert view["result"]["bytes"] <= view["result"]["estimate"]["bytes"] * 1.5
     assert busy.alive()
     assert client.delete(view["links"]["self"]).status_code == 204
+    # the default type, heap: what dotnet-dump analyze needs, bigger than mini
+    r = client.post(f"/processes/{busy.pid}/dump", params={"wait": "true"})
+    heap = r.json()
+    assert r.status_code == 200 and heap["state"] == "succeeded" and heap["type"] == "heap", r.text
+    assert heap["result"]["bytes"] > view["result"]["bytes"]
+    with client.stream("GET", heap["links"]["core"]) as core_stream:
+        head = next(core_stream.iter_bytes(64))
+    assert head[:4] == b"\x7fELF" and head[16] == 4  # ET_CORE
+    assert client.delete(heap["links"]["self"]).status_code == 204
     # a native-only type for a .NET process's counterpart: mini/heap are .NET's
     r = client.post(f"/processes/{busy.pid}/dump", json={"type": "huge"})
     assert r.status_code == 422 and "mini" in r.text
