@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from agent import _proc, idle, lttng, openapi, probes, procfs, profiling, stacks
+from agent import _proc, dotnet, dumps, idle, lttng, openapi, probes, procfs, profiling, stacks
 from agent.auth import load_access, remove_generated, require_token
 from agent.errors import AgentError, Unauthorized
 from agent.jobs import JobStore
@@ -33,6 +33,8 @@ from agent.routers import (
     recorder,
     triggers,
 )
+from agent.routers import dotnet as dotnet_routes
+from agent.routers import dumps as dump_routes
 from agent.routers import lttng as lttng_routes
 from agent.routers import metrics as metrics_routes
 from agent.routers import probes as probe_routes
@@ -66,6 +68,8 @@ def _busy(app: FastAPI) -> bool:
     state = app.state
     return bool(
         state.jobs.running(profiling.KIND)
+        or state.jobs.running(dotnet.KIND)
+        or state.jobs.running(dumps.KIND)
         or any(p["state"] in ("starting", "running") for p in state.probes.list_probes())
         or any(s.state == "active" for s in state.lttng.list_sessions())
     )
@@ -110,8 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.probes = probes.Service(settings, jobs, metrics=metrics)
         app.state.lttng = lttng.Service(settings, jobs, metrics=metrics)
+        app.state.dotnet = dotnet.Service(jobs, registry=metrics.registry)
+        app.state.dumps = dumps.Service(jobs, max_storage_bytes=settings.max_storage_bytes)
         _proc.add_observer(metrics.observe_tool)
-        services = [app.state.profiling, app.state.probes, app.state.lttng]
+        services = [app.state.profiling, app.state.probes, app.state.lttng, app.state.dotnet]
         started = []
         watcher: asyncio.Task[None] | None = None
         procfs.set_container_names(settings.container_names)
@@ -203,6 +209,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(recorder.router, dependencies=protected)
     app.include_router(probe_routes.router, dependencies=protected)
     app.include_router(lttng_routes.router, dependencies=protected)
+    app.include_router(dotnet_routes.router, dependencies=protected)
+    app.include_router(dump_routes.router, dependencies=protected)
     return app
 
 

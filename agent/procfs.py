@@ -96,6 +96,10 @@ _CONTAINER_ENV = b"TRACECAR_CONTAINER="
 _CGROUP_ID = re.compile(r"^(?:(?:cri-containerd|crio|docker|libpod)-)?([0-9a-f]{64})(?:\.scope)?$")
 _PY_EXE = re.compile(r"^python(\d+\.\d+)?")
 _LIBPY = re.compile(r"libpython(\d+\.\d+)")
+# .NET's shared framework is versioned by folder: .../shared/Microsoft.NETCore.App/3.1.23/
+_DOTNET_FW = re.compile(
+    r" (/\S*/shared/Microsoft\.NETCore\.App/(\d+\.\d+\.\d+[^/\s]*))/libcoreclr\.so$", re.M
+)
 
 
 class ProcessInfo(BaseModel):
@@ -194,7 +198,15 @@ def container_env(environ: bytes) -> str | None:
 
 
 _FLAG_ENV = (b"NODE_OPTIONS=", b"JAVA_TOOL_OPTIONS=", b"JDK_JAVA_OPTIONS=", b"_JAVA_OPTIONS=")
-_FLAG_WORDS = re.compile(r"^(?:-X|--?perf|--interpreted-frames-native-stack|PYTHONPERFSUPPORT)")
+_FLAG_WORDS = re.compile(
+    r"^(?:-X|--?perf|--interpreted-frames-native-stack|PYTHONPERFSUPPORT"
+    r"|(?:DOTNET|COMPlus)_(?:PerfMapEnabled|EnableEventLog|JITMinOpts)=)"
+)
+_DOTNET_FLAG_ENV = tuple(
+    f"{prefix}{knob}=".encode()
+    for prefix in ("DOTNET_", "COMPlus_")
+    for knob in ("PerfMapEnabled", "EnableEventLog", "JITMinOpts")
+)
 
 
 def profiling_flags(cmdline: list[str], environ: bytes) -> tuple[str, ...]:
@@ -206,7 +218,37 @@ def profiling_flags(cmdline: list[str], environ: bytes) -> tuple[str, ...]:
             words.extend(item.split(b"=", 1)[1].decode("utf-8", "replace").split())
         elif item.startswith(b"PYTHONPERFSUPPORT=") and item != b"PYTHONPERFSUPPORT=0":
             words.append("PYTHONPERFSUPPORT=1")
+        elif item.startswith(_DOTNET_FLAG_ENV):
+            words.append(item.decode("utf-8", "replace"))  # e.g. COMPlus_PerfMapEnabled=1
     return tuple(dict.fromkeys(w for w in words if _FLAG_WORDS.match(w)))
+
+
+def dotnet_framework(maps: str) -> str | None:
+    """The shared framework folder a .NET process runs from, as it sees it (the
+    folder of its libcoreclr.so: createdump and the tracepoint provider live there)."""
+    fw = _DOTNET_FW.search(maps)
+    return fw.group(1) if fw else None
+
+
+def dotnet_env(version: str | None, knob: str) -> str:
+    """The environment variable a .NET runtime of ``version`` reads for ``knob``.
+
+    .NET 5 added the ``DOTNET_`` prefix; 3.x (and older) read only ``COMPlus_``
+    (seen: 3.1 with DOTNET_PerfMapEnabled=1 writes no perf map). Every version
+    still reads ``COMPlus_``, so it is the answer when the version is unknown.
+    """
+    major = version.split(".", 1)[0] if version else ""
+    return f"DOTNET_{knob}" if major.isdigit() and int(major) >= 5 else f"COMPlus_{knob}"
+
+
+def dotnet_knobs(environ: bytes) -> dict[str, str]:
+    """The .NET knobs set in an environment, by their full name (both spellings)."""
+    out: dict[str, str] = {}
+    for item in environ.split(b"\0"):
+        if item.startswith((b"DOTNET_", b"COMPlus_")) and b"=" in item:
+            name, value = item.decode("utf-8", "replace").split("=", 1)
+            out[name] = value
+    return out
 
 
 def runtime_flags(pid: int) -> tuple[str, ...]:
@@ -245,7 +287,8 @@ def detect_runtime(exe: str | None, maps: str, elf: ElfFacts | None) -> tuple[Ru
     if base == "java" or "/libjvm.so" in maps:
         return "java", None
     if base in ("dotnet", "corerun") or "/libcoreclr.so" in maps:
-        return "dotnet", None
+        fw = _DOTNET_FW.search(maps)
+        return "dotnet", fw.group(2) if fw else None
     if base in ("node", "nodejs") or "/libnode.so" in maps:
         return "node", None
     if elf is not None and elf.go:

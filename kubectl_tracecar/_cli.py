@@ -13,7 +13,9 @@ from kubectl_tracecar.errors import UsageError
 
 PROG = "kubectl tracecar"
 # The commands that act on pods: each takes TARGET (and all but attach take -l).
-POD_COMMANDS = frozenset({"status", "ps", "profile", "stack", "probe", "trace", "attach"})
+POD_COMMANDS = frozenset(
+    {"status", "ps", "profile", "stack", "probe", "trace", "attach", "dump", "counters"}
+)
 
 _EXAMPLES = {
     "status": (
@@ -46,6 +48,11 @@ _EXAMPLES = {
         "  kubectl tracecar diff a.folded b.folded -o diff.svg    # red: more in b, blue: less\n"
         "  kubectl tracecar diff before.folded after.folded -o diff.folded --raw"
     ),
+    "dump": (
+        "kubectl tracecar dump web-7d9f-abcde --pid 7 -o core.dmp      # .NET: createdump\n"
+        "  kubectl tracecar dump web-7d9f-abcde --pid 7 --type full     # others: gdb gcore"
+    ),
+    "counters": "kubectl tracecar counters web-7d9f-abcde --pid 7       # Ctrl-C ends it",
     "attach": (
         "kubectl tracecar attach web-7d9f-abcde            # the agent joins the app, no restart\n"
         "  kubectl tracecar attach web-7d9f-abcde -c app --idle-timeout 1h"
@@ -225,6 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strip-hex", action="store_true", help="merge stacks differing only in 0x... addresses"
     )
+
+    p = _sub(subs, "dump", "write a core dump of one process and download it")
+    _target(p, selector=False)
+    p.add_argument("--pid", type=int, required=True, help="the process (GET /processes, ps)")
+    p.add_argument(
+        "--type",
+        choices=["mini", "heap", "full"],
+        help=".NET: mini, heap (default) or full (createdump); others: full (gdb gcore)",
+    )
+    p.add_argument("-o", "--output-file", metavar="FILE", help="where to write it (core.PID)")
+    p.add_argument("--keep", action="store_true", help="keep the dump on the agent too")
+
+    p = _sub(subs, "counters", "a .NET process's System.Runtime counters, live (Ctrl-C ends)")
+    _target(p, selector=False)
+    p.add_argument("--pid", type=int, required=True, help="the .NET process")
+    p.add_argument("--interval", type=int, default=1, help="seconds per refresh (default 1)")
 
     p = _sub(
         subs, "attach", "add the agent to a running pod as an ephemeral container (no restart)"

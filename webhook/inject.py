@@ -44,7 +44,14 @@ HOST_PATHS: Final = (
 # Env that makes JIT runtimes emit perf maps / frame pointers. "set" never overrides
 # the pod's value; "append" adds the flag to a literal value (never to a valueFrom).
 RUNTIME_ENV: Final[tuple[tuple[str, str, Literal["set", "append"]], ...]] = (
+    # .NET reads its knobs as DOTNET_X (5+) or COMPlus_X (every version; 3.x reads only
+    # this one): both spellings, each pair treated as one setting (DOTNET_ALIASES).
+    # PerfMapEnabled names JIT'd methods in /tmp/perf-PID.map; EnableEventLog turns on
+    # the runtime's LTTng events (docs/dotnet.md gives the cost of each).
     ("DOTNET_PerfMapEnabled", "1", "set"),
+    ("COMPlus_PerfMapEnabled", "1", "set"),
+    ("DOTNET_EnableEventLog", "1", "set"),
+    ("COMPlus_EnableEventLog", "1", "set"),
     ("PYTHONPERFSUPPORT", "1", "set"),
     # --perf-basic-prof names JIT-compiled functions; --interpreted-frames-native-stack
     # gives each interpreted one a frame of its own in that map (else they all show as
@@ -52,6 +59,13 @@ RUNTIME_ENV: Final[tuple[tuple[str, str, Literal["set", "append"]], ...]] = (
     ("NODE_OPTIONS", "--perf-basic-prof --interpreted-frames-native-stack", "append"),
     ("JAVA_TOOL_OPTIONS", "-XX:+PreserveFramePointer", "append"),
 )
+
+DOTNET_ALIASES: Final = {
+    f"{prefix}{knob}": f"{other}{knob}"
+    for knob in ("PerfMapEnabled", "EnableEventLog")
+    for prefix, other in (("DOTNET_", "COMPlus_"), ("COMPlus_", "DOTNET_"))
+}
+"""A .NET knob the pod sets in one spelling is the pod's choice: the other is not added."""
 
 Mode = Literal["native", "classic"]
 
@@ -260,6 +274,8 @@ def _mutate_app_container(
     if not options.runtime_symbols:
         return
     for var, value, how in RUNTIME_ENV:
+        if var not in index and DOTNET_ALIASES.get(var) in index:
+            continue  # e.g. DOTNET_PerfMapEnabled=0: the pod said no, in the other spelling
         if var not in index:
             b.append(container, path, "env", {"name": var, "value": value})
             continue

@@ -144,7 +144,13 @@ class SessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, pattern=SESSION_NAME)
-    events: list[EventSpec] = Field(min_length=1, max_length=32)
+    preset: Literal["dotnet"] | None = Field(
+        default=None,
+        description="dotnet: the .NET runtime's own tracepoints (DotNETRuntime:*: GC, "
+        "exceptions, JIT, thread pool), added to events; the app needs the runtime's "
+        "event log on (COMPlus_EnableEventLog=1, docs/dotnet.md)",
+    )
+    events: list[EventSpec] = Field(default_factory=list, max_length=32)
     contexts: list[Context] = Field(default_factory=list, max_length=20)
     pids: list[Annotated[int, Field(ge=1, le=1 << 22)]] = Field(
         default_factory=list,
@@ -161,6 +167,14 @@ class SessionRequest(BaseModel):
     max_size_bytes: int | None = Field(default=None, ge=1 << 20)
     max_duration_s: float | None = Field(default=None, gt=0)
     start: bool = Field(default=False, description="Start recording right away.")
+
+    @model_validator(mode="after")
+    def _preset(self) -> SessionRequest:
+        if self.preset == "dotnet":
+            self.events = [*self.events, EventSpec(domain="userspace", names=["DotNETRuntime:*"])]
+        if not self.events:
+            raise ValueError("events: give at least one, or a preset (dotnet)")
+        return self
 
     @field_validator("subbuf_size", "num_subbuf")
     @classmethod

@@ -26,6 +26,18 @@ SYMBOL_RE = re.compile(rf"^{SYMBOL_PATTERN}$")
 FUNCTION_RE = re.compile(
     rf"^(?:{SYMBOL_PATTERN}(?:\+0x[0-9a-fA-F]{{1,8}})?|0x[0-9a-fA-F]{{1,16}})$"
 )
+# Namespace.Class::Method or Class.Method: a .NET (or Java) method, never an ELF symbol.
+MANAGED_RE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_`]*(?:\.[A-Za-z_][A-Za-z0-9_`]*)*(?:::|\.)[A-Za-z_.<>][A-Za-z0-9_<>]*$"
+)
+MANAGED_HINT = (
+    "JIT-compiled methods (.NET, Java) live in anonymous memory, where uprobes cannot "
+    "attach (there is no file to put the breakpoint in). What works: the runtime's own "
+    "events (POST /lttng/sessions with preset dotnet, or POST /dotnet/{pid}/traces with "
+    "preset exceptions or gc), uprobes on the runtime's native code (binary libcoreclr.so, "
+    "e.g. function _Z8IL_ThrowP6Object counts every throw), or methods compiled ahead of "
+    "time into a file (ReadyToRun/crossgen: docs/dotnet.md)"
+)
 # Library names as in /proc/PID/maps: "libc", "libc.so.6", "libpython3.12".
 LIBRARY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")
 # Absolute paths of plain characters: no quotes, spaces, colons, braces or control characters.
@@ -123,6 +135,8 @@ class ProbeRequest(BaseModel):
     @field_validator("function")
     @classmethod
     def _function(cls, v: str | None) -> str | None:
+        if v is not None and MANAGED_RE.fullmatch(v):
+            raise ValueError(f"{v!r} looks like a managed method: {MANAGED_HINT}")
         if v is not None and not FUNCTION_RE.fullmatch(v):
             raise ValueError(
                 "must be a symbol ([A-Za-z_][A-Za-z0-9_]*), symbol+0xOFFSET or 0xADDRESS; "

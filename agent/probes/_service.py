@@ -26,6 +26,7 @@ from agent.jobs import JobStore
 from agent.metrics import Metrics
 from agent.probes import _bpftrace, _perfprobe, _usdt
 from agent.probes._model import (
+    MANAGED_HINT,
     ArgType,
     BackendName,
     ProbeRequest,
@@ -282,6 +283,13 @@ class Service:
         else:
             name, _, off = function.partition("+")
             sym = syms.lookup(name)
+            if sym is None and req.binary is None and procfs.process_info(pid).runtime == "dotnet":
+                raise Invalid(
+                    f"function: no native function {name!r} in {canonical} (the .NET host); "
+                    f"if it is a managed method: {MANAGED_HINT}",
+                    field="function",
+                    closest=syms.closest(name),
+                )
             if sym is None:
                 raise NotFound(
                     f"function: no function {name!r} in {canonical}",

@@ -10,7 +10,7 @@ from agent import procfs
 from agent.errors import Conflict
 from agent.profiling.planner import TargetFacts
 
-_FLAGGED = ("java", "node", "python")
+_FLAGGED = ("java", "node", "python", "dotnet")
 
 
 def traceable(info: procfs.ProcessInfo) -> procfs.ProcessInfo:

@@ -47,6 +47,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from agent import procfs
 from agent.errors import Conflict, Invalid, Unavailable
 from agent.profiling import offcpu
 
@@ -230,7 +231,7 @@ _JIT_HINT = {
     "java": "the agent asks the JVM for one (jattach PID jcmd Compiler.perfmap, JDK >= 17) "
     "when jattach is installed; otherwise run the JVM with a perf-map agent",
     "node": "start node with --perf-basic-prof (NODE_OPTIONS; the webhook sets it)",
-    "dotnet": "set DOTNET_PerfMapEnabled=1",
+    "dotnet": "set COMPlus_PerfMapEnabled=1 (any version; DOTNET_PerfMapEnabled=1 from .NET 5)",
 }
 JAVA_FRAME_POINTERS = "-XX:+PreserveFramePointer"
 NODE_PERF_MAP = "--perf-basic-prof"
@@ -340,6 +341,9 @@ def expected_unresolved(
         if t.runtime == "node":
             out.extend(_node_notes(t))
             continue
+        if t.runtime == "dotnet":
+            out.extend(_dotnet_notes(t, mode=mode))
+            continue
         if t.runtime == "go" and mode == "fp":
             out.append(
                 f"pid {t.pid} ({t.comm}, go): Go's frameless leaf functions (no call, nothing "
@@ -388,6 +392,40 @@ def _java_notes(t: TargetFacts, *, jattach: bool) -> list[str]:
             f"pid {t.pid} ({t.comm}, java) has no perf map and jattach is not installed: "
             f"JIT-compiled methods will show as [perf-{t.pid}.map] or [unknown]; "
             + _JIT_HINT["java"]
+        )
+    return out
+
+
+def _dotnet_notes(t: TargetFacts, *, mode: str) -> list[str]:
+    """.NET: the perf map names JIT'd methods; the knob's spelling depends on the version."""
+    out: list[str] = []
+    version = t.runtime_version
+    wanted = procfs.dotnet_env(version, "PerfMapEnabled")
+    what = f".NET {version}" if version else ".NET (version unknown)"
+    if not t.perf_map:
+        wrong = [
+            f for f in t.runtime_flags if f.startswith("DOTNET_PerfMapEnabled=") and f != wanted
+        ]
+        said = (
+            f"; it has {wrong[0]}, a spelling {what} does not read"
+            if wrong and wanted.startswith("COMPlus_")
+            else ""
+        )
+        out.append(
+            f"pid {t.pid} ({t.comm}, {what}) has no perf map /tmp/perf-{t.pid}.map in its "
+            f"/tmp: its JIT-compiled (managed) methods will show as [unknown]{said}; set "
+            f"{wanted}=1 in its environment and restart it (the runtime reads it at start; "
+            "the webhook sets both spellings with tracecar.dev/runtime-symbols)"
+        )
+    minopts = any(
+        f in (f"{p}JITMinOpts=1" for p in ("DOTNET_", "COMPlus_")) for f in t.runtime_flags
+    )
+    if mode == "fp" and not minopts:
+        out.append(
+            f"pid {t.pid} ({t.comm}, {what}): methods the JIT optimises keep no frame "
+            "pointer, so a frame-pointer stack may skip their callers; mark callers "
+            "[MethodImpl(MethodImplOptions.NoOptimization)] or run with "
+            f"{procfs.dotnet_env(version, 'JITMinOpts')}=1 (slower) for whole chains"
         )
     return out
 

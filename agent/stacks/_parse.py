@@ -123,6 +123,52 @@ def gdb(out: str) -> list[ThreadStack]:
     return threads
 
 
+_SYSROOT = re.compile(r"^/proc/\d+/root(?=/)")
+_WALK_THREAD = re.compile(r"^TRACECAR-THREAD (?P<tid>\d+) ?(?P<name>.*)$")
+_WALK_FRAME = re.compile(r"^TRACECAR-FRAME (?P<addr>0x[0-9a-f]+) (?P<sym>.*)$")
+# gdb's `info symbol`: "CallDescrWorkerInternal + 124 in section .text of /x/libcoreclr.so"
+_INFO_SYMBOL = re.compile(r"^(?P<func>.+?)(?: \+ \d+)? in section \S+(?: of (?P<lib>.+))?$")
+
+
+def gdb_walk(out: str) -> list[ThreadStack]:
+    """The .NET walk's lines (agent.stacks._plan.DOTNET_WALK): frames with no symbol
+    are ``??`` (JIT code: the service names them from the perf map)."""
+    threads: list[ThreadStack] = []
+    current: ThreadStack | None = None
+    for line in out.splitlines():
+        m = _WALK_THREAD.match(line)
+        if m:
+            current = ThreadStack(tid=int(m.group("tid")), name=m.group("name") or None, frames=[])
+            threads.append(current)
+            continue
+        f = _WALK_FRAME.match(line)
+        if f and current is not None:
+            s = _INFO_SYMBOL.match(f.group("sym"))
+            lib = s.group("lib") if s else None
+            if lib:
+                lib = _SYSROOT.sub("", lib)  # as the process sees it
+            current.frames.append(
+                Frame(
+                    function=s.group("func") if s else "??",
+                    module=lib or None,
+                    address=f.group("addr"),
+                )
+            )
+    return threads
+
+
+def walk_text(threads: list[ThreadStack]) -> str:
+    """The walk as gdb's backtraces read: one block per thread, one line per frame."""
+    out = []
+    for t in threads:
+        out.append(f'Thread (LWP {t.tid}) "{t.name or ""}":')
+        for i, f in enumerate(t.frames):
+            where = f" from {f.module}" if f.module else ""
+            out.append(f"#{i:<3}{f.address} in {f.function} (){where}")
+        out.append("")
+    return "\n".join(out)
+
+
 def gdb_text(out: str) -> str:
     """gdb's backtraces without its preamble and its closing "[Inferior 1 ... detached]"."""
     lines = out.splitlines()

@@ -82,9 +82,57 @@ _NATIVE_NOTES: dict[Runtime, str] = {
     "_PyEval_EvalFrameDefault; runtime=auto shows them (native=true: both)",
     "java": "native frames of the JVM: Java methods are JIT or interpreter code (`??` "
     "frames); runtime=auto shows them",
-    "dotnet": ".NET: managed methods are JIT code gdb has no symbols for (`??` frames); "
-    "dotnet-stack shows them",
+    "dotnet": ".NET: gdb unwinds the native frames; from the first JIT-compiled frame "
+    "(no symbol, no unwind information) the stack is walked by its frame pointers, and "
+    "managed methods are named from the runtime's perf map /tmp/perf-PID.map when it "
+    "writes one (COMPlus_PerfMapEnabled=1; DOTNET_ from .NET 5), else they stay `??`",
 }
+
+# .NET: gdb's own unwinder is lost in JIT code (no symbols, no CFI: it reads stack
+# slots as frames), so from the first frame without a symbol the walk follows the frame
+# pointers instead (JIT'd code keeps them, as perf's -g relies on too). Runs in gdb's
+# own Python; prints one TRACECAR-THREAD line per thread and one TRACECAR-FRAME line
+# per frame (address, then gdb's `info symbol` answer or the function's name).
+DOTNET_WALK = """\
+import gdb, struct
+inf = gdb.selected_inferior()
+def sym(pc):
+    try:
+        return gdb.execute("info symbol 0x%x" % pc, to_string=True).strip()
+    except gdb.error:
+        return "??"
+for th in sorted(inf.threads(), key=lambda t: t.ptid[1]):
+    th.switch()
+    print("TRACECAR-THREAD %d %s" % (th.ptid[1], th.name or ""))
+    f = gdb.newest_frame()
+    n = 0
+    while f is not None and n < LIMIT:
+        pc = f.pc()
+        if f.name() is None and f.type() == gdb.NORMAL_FRAME:
+            fp = int(f.read_register("rbp"))
+            print("TRACECAR-FRAME 0x%x %s" % (pc, sym(pc)))
+            n += 1
+            while fp and fp % 8 == 0 and n < LIMIT:
+                try:
+                    nfp, ret = struct.unpack("<QQ", inf.read_memory(fp, 16).tobytes())
+                except gdb.MemoryError:
+                    break
+                if ret == 0:
+                    break
+                print("TRACECAR-FRAME 0x%x %s" % (ret, sym(ret)))
+                n += 1
+                if nfp <= fp:
+                    break
+                fp = nfp
+            break
+        lib = gdb.solib_name(pc) or ""
+        print("TRACECAR-FRAME 0x%x %s in section .text of %s" % (pc, f.name() or "??", lib))
+        n += 1
+        try:
+            f = f.older()
+        except gdb.error:
+            break
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +200,11 @@ def plan(
     elif tool == "jattach":
         argv = (exe, str(pid), "threaddump")
     else:
+        walk = (
+            ("-ex", "python exec(" + repr(DOTNET_WALK.replace("LIMIT", str(MAX_FRAMES))) + ")")
+            if runtime == "dotnet" and kind == "native"
+            else ("-ex", f"thread apply all bt {MAX_FRAMES}")
+        )
         argv = (
             exe,
             "-iex",
@@ -161,8 +214,7 @@ def plan(
             *GDB_ARGS,
             "-p",
             str(pid),
-            "-ex",
-            f"thread apply all bt {MAX_FRAMES}",
+            *walk,
         )
     notes = (_NATIVE_NOTES[runtime],) if kind == "native" and runtime in _NATIVE_NOTES else ()
     return Plan(pid, runtime, kind, tool, argv, text, notes)

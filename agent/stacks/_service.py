@@ -20,6 +20,7 @@ killed run it gets one anyway (a SIGCONT discards a stop signal still pending).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import os
 import re
@@ -86,6 +87,40 @@ def _attach_disabled(pid: int, cmdline: list[str]) -> bool:
         return _NO_ATTACH in (procfs.PROC / str(pid) / "environ").read_bytes()
     except OSError:
         return False
+
+
+def name_jit_frames(pid: int, threads: list[ThreadStack]) -> int:
+    """Name the ``??`` frames that fall in the process's perf map (JIT'd methods, as
+    the runtime wrote them); how many were named, -1 when it has no perf map."""
+    try:
+        with procfs.open_perf_map(pid) as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return -1
+    starts: list[int] = []
+    entries: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3:
+            with contextlib.suppress(ValueError):
+                start, size = int(parts[0], 16), int(parts[1], 16)
+                starts.append(start)
+                entries.append((start + size, parts[2]))
+    order = sorted(range(len(starts)), key=starts.__getitem__)
+    starts = [starts[i] for i in order]
+    entries = [entries[i] for i in order]
+    named = 0
+    for t in threads:
+        for fr in t.frames:
+            if fr.function != "??" or fr.address is None:
+                continue
+            addr = int(fr.address, 16)
+            i = bisect.bisect_right(starts, addr) - 1
+            if i >= 0 and addr < entries[i][0]:
+                fr.function = entries[i][1]
+                fr.module = f"/tmp/perf-{pid}.map"
+                named += 1
+    return named
 
 
 def summarise(stderr: str, returncode: int) -> str:
@@ -201,6 +236,17 @@ class Stacks:
         # Exited (or its pid reused) by now: what the tool printed is a dying process's
         # partial state (gdb lists threads without frames), not a snapshot.
         self._gone(p, before)
+        notes = list(p.notes)
+        if isinstance(result, list) and p.runtime == "dotnet" and p.kind == "native":
+            named = await asyncio.to_thread(name_jit_frames, p.pid, result)
+            notes.append(
+                f"{named} managed frame(s) named from /tmp/perf-{p.pid}.map"
+                if named >= 0
+                else f"pid {p.pid} has no perf map: its managed frames stay `??`; start it "
+                "with COMPlus_PerfMapEnabled=1 (DOTNET_ from .NET 5) to name them"
+            )
+            if p.text and result:
+                return _parse.walk_text(result) + "".join(f"# {n}\n" for n in notes)
         if isinstance(result, str):
             return result
         if not result:
@@ -213,7 +259,7 @@ class Stacks:
             taken_at=round(started, 3),
             duration_ms=duration_ms,
             threads=result,
-            notes=list(p.notes),
+            notes=notes,
         )
 
     def _parse(self, p: Plan, done: _proc.Completed) -> list[ThreadStack] | str:
@@ -224,6 +270,8 @@ class Stacks:
             return _parse.pyspy_text(out) if p.text else _parse.pyspy_json(out)
         if p.tool == "jattach":
             return _parse.jattach_text(out) if p.text else _parse.jattach(out)
+        if p.runtime == "dotnet" and p.kind == "native":
+            return _parse.gdb_walk(out)  # named and rendered by _take
         if p.text:
             return _parse.gdb_text(out)
         return _parse.gdb(out)

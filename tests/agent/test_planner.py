@@ -145,3 +145,25 @@ def test_expected_unresolved_reasons() -> None:
 def test_no_targets() -> None:
     with pytest.raises(Invalid):
         plan(ProfileRequest(), targets=[], target="t", limits=LIMITS, output=Path("/o"))
+
+
+def test_dotnet_notes_name_the_spelling_its_version_reads() -> None:
+    old = TargetFacts(
+        pid=11, comm="dotnet", container="app", runtime="dotnet", runtime_version="3.1.23",
+        runtime_flags=("DOTNET_PerfMapEnabled=1",),
+    )  # fmt: skip
+    (no_map, fp) = expected_unresolved([old], mode="fp")
+    assert "no perf map /tmp/perf-11.map" in no_map
+    assert "set COMPlus_PerfMapEnabled=1" in no_map and "restart" in no_map
+    assert "DOTNET_PerfMapEnabled=1, a spelling .NET 3.1.23 does not read" in no_map
+    assert "frame pointer" in fp and "COMPlus_JITMinOpts=1" in fp
+    new = TargetFacts(
+        pid=12, comm="App", container="app", runtime="dotnet", runtime_version="8.0.1",
+    )  # fmt: skip
+    (no_map,) = expected_unresolved([new], mode="dwarf")
+    assert "set DOTNET_PerfMapEnabled=1" in no_map and "a spelling" not in no_map
+    mapped = TargetFacts(
+        pid=13, comm="App", container="app", runtime="dotnet", runtime_version="8.0.1",
+        perf_map=True, runtime_flags=("DOTNET_JITMinOpts=1",),
+    )  # fmt: skip
+    assert expected_unresolved([mapped], mode="fp") == []

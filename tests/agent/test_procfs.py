@@ -58,6 +58,35 @@ def test_container_env_and_users() -> None:
     assert procfs.user_name(passwd, 42) is None
 
 
+DOTNET_MAPS = (
+    "7f5a72400000-7f5a7264e000 r-xp 00000000 fe:00 966851   "
+    "/usr/share/dotnet/shared/Microsoft.NETCore.App/3.1.23/libcoreclr.so\n"
+    "7f5a7264e000-7f5a7264f000 rwxp 0024e000 fe:00 966851   "
+    "/usr/share/dotnet/shared/Microsoft.NETCore.App/3.1.23/libcoreclr.so\n"
+)
+
+
+def test_dotnet_framework_and_knob_spelling() -> None:
+    fw = procfs.dotnet_framework(DOTNET_MAPS)
+    assert fw == "/usr/share/dotnet/shared/Microsoft.NETCore.App/3.1.23"
+    assert procfs.dotnet_framework("7f r-xp /usr/lib/libc.so.6\n") is None
+    # 3.x reads COMPlus_ only; DOTNET_ from .NET 5; COMPlus_ when the version is unknown
+    assert procfs.dotnet_env("3.1.23", "PerfMapEnabled") == "COMPlus_PerfMapEnabled"
+    assert procfs.dotnet_env("2.1.0", "EnableEventLog") == "COMPlus_EnableEventLog"
+    assert procfs.dotnet_env("5.0.17", "PerfMapEnabled") == "DOTNET_PerfMapEnabled"
+    assert procfs.dotnet_env("8.0.1", "PerfMapEnabled") == "DOTNET_PerfMapEnabled"
+    assert procfs.dotnet_env(None, "PerfMapEnabled") == "COMPlus_PerfMapEnabled"
+    env = b"PATH=/bin\0DOTNET_PerfMapEnabled=1\0COMPlus_EnableEventLog=1\0"
+    assert procfs.dotnet_knobs(env) == {
+        "DOTNET_PerfMapEnabled": "1",
+        "COMPlus_EnableEventLog": "1",
+    }
+    assert procfs.profiling_flags(["dotnet", "app.dll"], env) == (
+        "DOTNET_PerfMapEnabled=1",
+        "COMPlus_EnableEventLog=1",
+    )
+
+
 @pytest.mark.parametrize(
     ("exe", "maps", "elf", "expected"),
     [
@@ -67,6 +96,8 @@ def test_container_env_and_users() -> None:
         ("/app/launcher", "7f r-xp /opt/jdk/lib/server/libjvm.so\n", None, ("java", None)),
         ("/usr/bin/node", "", None, ("node", None)),
         ("/app/App", "7f r-xp /usr/share/dotnet/shared/libcoreclr.so\n", None, ("dotnet", None)),
+        ("/usr/share/dotnet/dotnet", DOTNET_MAPS, None, ("dotnet", "3.1.23")),
+        ("/app/App", DOTNET_MAPS.replace("3.1.23", "8.0.1"), None, ("dotnet", "8.0.1")),
         ("/app/server", "", ElfFacts(go=True, symtab=True, debug_info=False), ("go", None)),
         ("/app/server", "", ElfFacts(go=False, symtab=False, debug_info=False), ("native", None)),
         (None, "", None, ("native", None)),

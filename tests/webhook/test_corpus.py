@@ -40,7 +40,15 @@ from webhook.review import answer, parse_review
 from webhook.settings import Settings
 
 CASES = corpus_pods()
-RUNTIME_ENV = {"DOTNET_PerfMapEnabled", "PYTHONPERFSUPPORT", "NODE_OPTIONS", "JAVA_TOOL_OPTIONS"}
+RUNTIME_ENV = {
+    "DOTNET_PerfMapEnabled",
+    "COMPlus_PerfMapEnabled",
+    "DOTNET_EnableEventLog",
+    "COMPlus_EnableEventLog",
+    "PYTHONPERFSUPPORT",
+    "NODE_OPTIONS",
+    "JAVA_TOOL_OPTIONS",
+}
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 RANDOM_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")
 

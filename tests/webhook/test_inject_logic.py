@@ -359,14 +359,45 @@ def test_runtime_symbols_never_override_the_pod() -> None:
         "JAVA_TOOL_OPTIONS": "-Xmx1g -XX:+PreserveFramePointer",
         "TRACECAR_CONTAINER": "custom",
         "DOTNET_PerfMapEnabled": "1",
+        "COMPlus_PerfMapEnabled": "1",
+        "DOTNET_EnableEventLog": "1",
+        "COMPlus_EnableEventLog": "1",
     }
     env_b = env_of(b)
     assert env_b["DOTNET_PerfMapEnabled"] == {"configMapKeyRef": {"name": "c", "key": "k"}}
+    # the pod chose in one spelling: the other is not added behind its back
+    assert "COMPlus_PerfMapEnabled" not in env_b
+    assert env_b["COMPlus_EnableEventLog"] == "1"
     assert env_b["NODE_OPTIONS"] == {"secretKeyRef": {"name": "s", "key": "k"}}
     assert env_b["PYTHONPERFSUPPORT"] == "1"
     assert env_b["JAVA_TOOL_OPTIONS"] == "-XX:+PreserveFramePointer"
     assert env_b["TRACECAR_CONTAINER"] == "b"
     assert "PYTHONPERFSUPPORT" not in env_of(agent_of(out)), "env goes on app containers only"
+
+
+def test_dotnet_knobs_in_both_spellings_unless_the_pod_chose() -> None:
+    p = annotated(pod(), runtime_symbols="true")
+    p["spec"]["containers"] = [
+        {"name": "a", "image": "a"},
+        {
+            "name": "b",
+            "image": "b",
+            "env": [
+                {"name": "COMPlus_PerfMapEnabled", "value": "0"},
+                {"name": "DOTNET_EnableEventLog", "value": "0"},
+            ],
+        },
+    ]
+    out, _ = inject(p)
+    a, b = out["spec"]["containers"][:2]
+    env_a, env_b = env_of(a), env_of(b)
+    for knob in ("PerfMapEnabled", "EnableEventLog"):
+        assert env_a[f"DOTNET_{knob}"] == env_a[f"COMPlus_{knob}"] == "1"
+    assert env_b["COMPlus_PerfMapEnabled"] == "0" and "DOTNET_PerfMapEnabled" not in env_b
+    assert env_b["DOTNET_EnableEventLog"] == "0" and "COMPlus_EnableEventLog" not in env_b
+    # without the annotation (the default), none of them
+    out, _ = inject(annotated(pod(), runtime_symbols="false"))
+    assert not {k for k in env_of(out["spec"]["containers"][0]) if "PerfMap" in k}
 
 
 def test_share_tmp_and_host_paths() -> None:

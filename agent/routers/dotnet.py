@@ -1,0 +1,141 @@
+"""``/dotnet/...``: the diagnostics port of a pod's .NET process (thin over agent.dotnet):
+EventPipe traces saved as .nettrace files, System.Runtime counters, ProcessInfo."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from agent.dotnet import Counters, ProcessInfoAnswer, Service, TraceRequest, TraceSummary
+from agent.jobs import Job
+from agent.openapi import PROTECTED, errors
+
+router = APIRouter(tags=["dotnet"], responses=errors(*PROTECTED, 422))
+
+Pid = Annotated[int, Path(ge=1, le=4_194_304)]
+JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]
+
+
+def get_service(request: Request) -> Service:
+    svc: Service = request.app.state.dotnet
+    return svc
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+class TraceView(BaseModel):
+    """One EventPipe trace job."""
+
+    id: str
+    pid: int
+    state: str
+    progress: float
+    error: str | None
+    created_at: float
+    finished_at: float | None
+    result: dict[str, Any] = Field(description="session id, providers, bytes, events")
+    links: dict[str, str]
+
+
+def view(job: Job) -> TraceView:
+    base = f"/dotnet/traces/{job.id}"
+    links = {"self": base}
+    if job.state == "succeeded":
+        links |= {"nettrace": f"{base}/trace.nettrace", "summary": f"{base}/summary"}
+    return TraceView(
+        id=job.id,
+        pid=int(job.params["pid"]),
+        state=job.state,
+        progress=round(job.progress, 3),
+        error=job.error,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+        result=job.result,
+        links=links,
+    )
+
+
+@router.post(
+    "/dotnet/{pid}/traces",
+    status_code=202,
+    responses={
+        200: {"model": TraceView, "description": "wait=true: the trace, ended (or failed)"},
+        **errors(404, 409, 429),
+    },
+)
+async def start_trace(
+    svc: ServiceDep,
+    pid: Pid,
+    req: TraceRequest,
+    response: Response,
+    wait: Annotated[bool, Query(description="answer when the trace has ended")] = False,
+) -> TraceView:
+    """An EventPipe session (what dotnet-trace collect runs) for ``duration_s``; the
+    .nettrace stream is saved for PerfView, Visual Studio or dotnet-trace convert."""
+    job = await svc.start_trace(pid, req)
+    response.headers["location"] = f"/dotnet/traces/{job.id}"
+    if wait and job.task is not None:
+        await asyncio.shield(job.task)
+        response.status_code = 200
+    return view(job)
+
+
+@router.get("/dotnet/traces")
+async def list_traces(svc: ServiceDep) -> list[TraceView]:
+    return [view(j) for j in svc.list()]
+
+
+@router.get("/dotnet/traces/{job_id}", responses=errors(404))
+async def get_trace(svc: ServiceDep, job_id: JobId) -> TraceView:
+    return view(svc.get(job_id))
+
+
+@router.get("/dotnet/traces/{job_id}/summary", responses=errors(404, 409))
+async def trace_summary(svc: ServiceDep, job_id: JobId) -> TraceSummary:
+    """The events of the trace, counted and named by the agent's nettrace reader."""
+    return svc.summary(svc.get(job_id))
+
+
+@router.get(
+    "/dotnet/traces/{job_id}/trace.nettrace",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
+        **errors(404, 409),
+    },
+)
+async def trace_file(svc: ServiceDep, job_id: JobId) -> FileResponse:
+    job = svc.get(job_id)
+    return FileResponse(
+        svc.trace_file(job), media_type="application/octet-stream", filename=f"{job.id}.nettrace"
+    )
+
+
+@router.delete("/dotnet/traces/{job_id}", status_code=204, responses=errors(404))
+async def delete_trace(svc: ServiceDep, job_id: JobId) -> Response:
+    """Stop the trace if it runs (its session ends) and delete it."""
+    await svc.delete(svc.get(job_id))
+    return Response(status_code=204)
+
+
+@router.get("/dotnet/{pid}/counters", responses=errors(404, 409))
+async def counters(
+    svc: ServiceDep,
+    pid: Pid,
+    duration_s: Annotated[float, Query(gt=0, le=300, description="how long to listen")] = 3,
+    interval_s: Annotated[int, Query(ge=1, le=60, description="the counters' interval")] = 1,
+) -> Counters:
+    """System.Runtime's counters (CPU, GC heap, gen 0/1/2 counts, exceptions, thread
+    pool...) over ``duration_s``, as dotnet-counters shows them."""
+    return await svc.counters(pid, duration_s=duration_s, interval_s=interval_s)
+
+
+@router.get("/dotnet/{pid}/process-info", responses=errors(404, 409))
+async def process_info(svc: ServiceDep, pid: Pid) -> ProcessInfoAnswer:
+    """The runtime's own ProcessInfo (.NET 5+; older runtimes: 409 naming the minimum)."""
+    return await svc.process_info(pid)
