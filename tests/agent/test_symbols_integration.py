@@ -127,7 +127,7 @@ def share(stacks: dict[str, int], pattern: str, within: str) -> tuple[int, int]:
 
 
 def symbols_of(meta: dict, name: str) -> list[dict]:  # type: ignore[type-arg]
-    return [e for e in meta["result"]["symbols"] if os.path.basename(e["object"]) == name]
+    return [e for e in meta["metadata"]["symbols"] if os.path.basename(e["object"]) == name]
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def test_c_frameless_leaf_caller(pod: podsim.SimPod, client: httpx.Client, tmp_p
     via, of = share(stacks, "verify;checksum", "checksum")
     assert of >= 30, stacks
     assert 0.1 <= via / of <= 0.45, (via, of, stacks)
-    assert meta["result"]["leaf_callers_recovered"] > 0
+    assert meta["metadata"]["leaf_callers_recovered"] > 0
 
 
 def _stripped_c(tmp_path: Path, *, debuglink: bool = False) -> tuple[Path, Path, str]:
@@ -284,7 +284,7 @@ def test_stripped_without_debug_file_says_so(
     (entry,) = symbols_of(meta, "prog")
     assert entry["source"] in ("none", "dynsym"), entry
     assert "TRACECAR_AGENT_DEBUGINFOD_URLS" in entry["detail"], entry
-    assert any("symbols of prog" in n for n in meta["result"]["notes"])
+    assert any("symbols of prog" in n for n in meta["metadata"]["notes"])
 
 
 def _free_port() -> int:
