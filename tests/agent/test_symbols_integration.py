@@ -96,6 +96,16 @@ int main(void) {
 """
 
 
+# A loaded machine (2 cores, a cluster build alongside) can take over 30 s to import
+# and start the agent: these tests wait longer for it than the default.
+AGENT_READY_S = 180.0
+
+
+@pytest.fixture(scope="module")
+def agent(pod: podsim.SimPod) -> podsim.AgentHandle:
+    return podsim.start_agent(pod, ready_timeout=AGENT_READY_S)
+
+
 @pytest.fixture
 def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
     with agent.client() as c:
@@ -342,6 +352,7 @@ def test_debuginfod_fetch_and_cache(
             "TRACECAR_AGENT_DEBUGINFOD_URLS": f"http://127.0.0.1:{_free_port()} {url}",
             "TRACECAR_AGENT_DEBUGINFOD_CACHE_DIR": str(cache),
         },
+        ready_timeout=AGENT_READY_S,
     )
     app = pod.run("cfetch", ["/srv/prog"], files={"prog": exe})
     try:
