@@ -41,6 +41,7 @@ _PCDATA_INLTREE = 2
 _FUNCDATA_INLTREE = 3
 _NO_FUNCDATA = 0xFFFFFFFF
 _MAX_INLINE_DEPTH = 64  # a corrupt tree must not loop
+_TABLES_MAX = 50_000  # decoded pcvalue tables kept per binary
 
 
 class PclntabError(ValueError):
@@ -152,6 +153,7 @@ class GoTable:
         self.inline = gofunc_data is not None
         self._funcs: dict[int, _Func] = {}
         self._names: dict[int, str] = {}
+        self._tables: dict[tuple[int, int], tuple[array[int], list[int]]] = {}
 
     # --- functions ------------------------------------------------------------------
     @property
@@ -216,24 +218,45 @@ class GoTable:
         """The value of a pcvalue table at ``pc`` (Go's zig-zag delta encoding)."""
         if table_off == 0:
             return None
+        # The linker shares identical tables between functions: PCs depend on the entry.
+        table = self._tables.get((table_off, f.entry))
+        if table is None:
+            table = self._decode(f, table_off)
+        ends, values = table
+        i = bisect.bisect_right(ends, pc)
+        return values[i] if i < len(values) else None
+
+    def _decode(self, f: _Func, table_off: int) -> tuple[array[int], list[int]]:
+        """A whole pcvalue table as (end PCs, values): a profile asks the same hot
+        functions about many PCs, so each table is decoded once and then bisected."""
         pos = self._pctab + table_off
         data = self._data
         val = -1
         cur = f.entry
         first = True
+        ends: array[int] = array("Q")
+        values: list[int] = []
         try:
             while True:
                 uv, pos = _uvarint(data, pos)
                 if uv == 0 and not first:
-                    return None
+                    break
                 first = False
                 val += -((uv + 1) >> 1) if uv & 1 else uv >> 1
                 delta, pos = _uvarint(data, pos)
+                if delta == 0:
+                    continue  # an empty range
                 cur += delta * self._quantum
-                if pc < cur:
-                    return val
+                ends.append(cur)
+                values.append(val)
+                if len(values) > 1_000_000:
+                    raise PclntabError("pclntab: pcvalue table does not end (corrupt)")
         except IndexError as e:
             raise PclntabError("pclntab: pcvalue table runs off the end (truncated)") from e
+        if len(self._tables) >= _TABLES_MAX:
+            self._tables.clear()  # bounded memory; hot tables come back at once
+        self._tables[(table_off, f.entry)] = (ends, values)
+        return ends, values
 
     def _pcdata_off(self, f: _Func, index: int) -> int:
         if index >= f.npcdata:
