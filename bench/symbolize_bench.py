@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import glob
 import os
 import random
@@ -35,12 +36,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent import symbols  # noqa: E402
+from agent import _proc, symbols  # noqa: E402
 from agent.profiling.postprocess import perf_data_to_folded, perf_script_argv  # noqa: E402
 from agent.symbolize import _objects  # noqa: E402
 from agent.symbolize.resolver import Symbolizer  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench"
+print = functools.partial(print, flush=True)
 GO_ENV = {
     **os.environ,
     "GOTOOLCHAIN": "local",
@@ -94,6 +96,8 @@ def lookups(full: Path, n: int, *, symtab: bool = True) -> None:
         f"binary: {full} ({full.stat().st_size >> 20} MB; stripped copy "
         f"{stripped.stat().st_size >> 20} MB)"
     )
+    if not symtab:
+        return
 
     tracemalloc.start()
     t = time.perf_counter()
@@ -192,8 +196,15 @@ def postprocessing(seconds: float, rounds: int, large: Path) -> None:
     app = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wrk = None
     try:
-        time.sleep(3 if load else 0.3)
+        time.sleep(0.3)
         if load:
+            health = load[-1].replace("/cluster", "/live")
+            deadline = time.monotonic() + 120
+            while subprocess.run(
+                ["curl", "-sf", "-o", "/dev/null", health], check=False
+            ).returncode:
+                assert time.monotonic() < deadline, "MinIO did not start"
+                time.sleep(0.5)
             wrk = subprocess.Popen(
                 [*load[:-1], "-d", f"{seconds + 5:g}s", load[-1]], stdout=subprocess.DEVNULL
             )
@@ -220,7 +231,9 @@ def postprocessing(seconds: float, rounds: int, large: Path) -> None:
         )
 
         def script() -> None:
-            subprocess.run(perf_script_argv(data), stdout=subprocess.PIPE, check=True)
+            # Through the agent's own door to child processes, as post-processing runs it
+            # (same stdin, session and environment: perf's start-up differs otherwise).
+            asyncio.run(_proc.run(perf_script_argv(data), timeout=600))
 
         def plain() -> None:
             asyncio.run(post(data, None, 600))
