@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     """The flight recorder's largest size bound (POST /recorder max_bytes), in memory."""
     max_triggers: int = Field(default=8, ge=1)
     """Triggers watching at once (POST /triggers)."""
+    debuginfod_urls: str = ""
+    """Debuginfod servers for stripped native objects' debug files, space-separated (the
+    standard ``DEBUGINFOD_URLS`` meaning); empty: none asked (docs/profiling.md)."""
+    debuginfod_cache_dir: Path | None = None
+    """Where fetched debug files are kept; default ``data_dir/debuginfod``."""
+    debuginfod_cache_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    """The cache's size limit: least recently used files go first."""
+    debuginfod_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """One request to one server; a profile waits for debuginfod 20 s at most in all."""
     offcpu_max_stacks_per_s: int = Field(default=2_000, ge=100)
     """Off-CPU profiles: switches off the CPU recorded (with their stacks) per second;
     beyond it one in w is recorded and weighs w (the cost bound, docs/profiling.md)."""

@@ -3,7 +3,9 @@
 Owns: which objects a process maps (``/proc/PID/maps``), resolving a library name
 (``libc``) to the path the process sees, checking a file is ELF, listing the
 functions (``.symtab`` and ``.dynsym``) and USDT probes (``.note.stapsdt``) of
-an object, and turning raw user-stack addresses into ``symbol+0xoff``.
+an object, and turning raw user-stack addresses into ``symbol+0xoff``. A stripped Go
+binary's functions come from its ``.gopclntab`` (:mod:`agent.symbolize.gopclntab`), so
+they can be listed, probed and named in off-CPU and recorder stacks too.
 Parsing uses pyelftools; results are cached per file identity (device, inode,
 size, mtime) since libraries are shared by every process of a pod.
 """
@@ -25,6 +27,7 @@ from elftools.elf.sections import NoteSection, SymbolTableSection
 
 from agent import procfs
 from agent.errors import Invalid, NotFound
+from agent.symbolize.gopclntab import PclntabError, open_table
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -159,6 +162,20 @@ def _load(path: str, _identity: tuple[int, int, int, int]) -> ObjectSymbols:
                                     semaphore=sem,
                                 )
                             )
+        has_symtab = any(s.name == ".symtab" for s in elf.iter_sections())
+        if not has_symtab and elf.get_section_by_name(".gopclntab") is not None:
+            # Stripped Go: every function is still named in the pclntab.
+            sections = {
+                s.name: (s["sh_offset"], s["sh_size"], s["sh_addr"])
+                for s in elf.iter_sections()
+                if s["sh_type"] != "SHT_NOBITS"
+            }
+            try:
+                tab = open_table(f, sections, pie=elf["e_type"] == "ET_DYN")
+                for name, entry, size in tab.functions():
+                    functions.setdefault((name, entry), Symbol(name, entry, size, "function"))
+            except (PclntabError, struct.error, IndexError):
+                pass  # a corrupt pclntab: the dynamic symbols (if any) stay
     ordered = tuple(sorted(functions.values(), key=lambda s: (s.address, s.name)))
     return ObjectSymbols(ordered, tuple(usdt), tuple(segments), tuple(s.address for s in ordered))
 

@@ -302,6 +302,7 @@ def start_agent(
     env: Mapping[str, str] | None = None,
     token: str | None = None,
     auth: Literal["token", "none"] = "token",
+    ready_timeout: float = 30.0,
 ) -> AgentHandle:
     """Run ``python -m agent`` as a container of the pod and wait until it answers.
 
@@ -334,7 +335,7 @@ def start_agent(
         except httpx.HTTPError:
             return False
 
-    _wait_for(up, 30, "agent /healthz")
+    _wait_for(up, ready_timeout, "agent /healthz")
     return AgentHandle(c, url, data_dir, token)
 
 

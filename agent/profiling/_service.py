@@ -49,6 +49,7 @@ from agent.profiling.planner import (
 )
 from agent.profiling.recorder import Recording, record
 from agent.settings import Settings
+from agent.symbolize import resolver as symbolize
 
 # An unresolved frame as the collapser writes it: "[libc.so.6]", "[unknown]".
 _UNRESOLVED = re.compile(r"\[[^\[\]]+\]")
@@ -627,10 +628,19 @@ class Service:
         # perf script's time grows with the recording (DWARF unwinding above all).
         duration = float(job.result.get("plan", {}).get("duration_s", 0.0))
         timeout = self.settings.perf_timeout_slack_s + duration
+        pids = [int(p) for p in job.result.get("plan", {}).get("pids", [])]
+        symbolizer = await asyncio.to_thread(symbolize.for_profile, self.settings, pids)
         with perf_maps_in_tmp(job, perf_maps):
-            return await perf_data_to_folded(
-                job.artifact(PERF_DATA), options=options, timeout=timeout
+            stacks = await perf_data_to_folded(
+                job.artifact(PERF_DATA), options=options, timeout=timeout, symbolizer=symbolizer
             )
+        if options == CollapseOptions():
+            # Where each object's names came from (the default view's run says it once).
+            report = symbolizer.report()
+            job.result["symbols"] = report
+            job.result["leaf_callers_recovered"] = symbolizer.leaf_fixes
+            job.result.setdefault("notes", []).extend(symbolize.note_lines(report))
+        return stacks
 
     def _render_all(self, job: Job, the_plan: Plan, stacks: dict[str, int]) -> None:
         from agent.profiling.flamegraph import render_svg

@@ -19,6 +19,14 @@ own regression corpus for every option):
   dropped, Java ``L`` prefixes), annotations ``_[k]`` / ``_[j]`` on request;
 * output sorted bytewise, ``stack count`` per line.
 
+Symbols (optional, :class:`StackSymbolizer`): post-processing may hand the collapser
+a symbolizer (agent.symbolize's) that names frames perf could not (stripped Go from
+its pclntab, with inlined calls; stripped native code from its debug file) and puts
+back the caller a frameless leaf hides. Without one the output is exactly
+``stackcollapse-perf.pl``'s. With one, frame lines are cached per pid (the same
+address means different code in different processes) and the leaf fix-up runs on
+the fast path's samples.
+
 Speed: ``perf script`` prints the same frame lines over and over, so each
 distinct frame line is transformed once (regexes, in :meth:`_FrameCache.__missing__`)
 and every sample after that is a C-level ``split`` + ``join`` of cached
@@ -31,8 +39,35 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["CollapseOptions", "Collapser", "collapse_text", "format_folded", "parse_folded"]
+__all__ = [
+    "CollapseOptions",
+    "Collapser",
+    "StackSymbolizer",
+    "collapse_text",
+    "format_folded",
+    "parse_folded",
+]
+
+
+class StackSymbolizer(Protocol):
+    """What the collapser asks of a symbolizer (all arguments as perf printed them:
+    pid digits, hex PC without ``0x``, the symbol, the object's path)."""
+
+    def frames(
+        self, pid: bytes, pc: bytes, sym: bytes, mod: bytes, *, caller: bool
+    ) -> list[bytes] | None:
+        """The frames at ``pc``, outermost first, or None to keep perf's ``sym``.
+        ``caller``: ``pc`` is a return address (the call is the instruction before it)."""
+        ...
+
+    def missing_caller(
+        self, pid: bytes, leaf: tuple[bytes, bytes], ret: tuple[bytes, bytes]
+    ) -> bytes | None:
+        """The function a frameless leaf's (pc, object) hides between itself and the next
+        (pc, object) of the walk, or None."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -71,14 +106,40 @@ def _perl_true(value: bytes | None) -> bool:
 class _FrameCache(dict[bytes, bytes]):
     """frame line -> its folded fragment (``;f`` or ``;f;g_[i]``, or b"" if skipped)."""
 
-    __slots__ = ("addrs", "java", "jit", "kernel")
+    __slots__ = (
+        "addrs",
+        "callers",
+        "java",
+        "jit",
+        "kernel",
+        "outer",
+        "pid",
+        "symbolizer",
+        "where",
+    )
 
-    def __init__(self, *, java: bool, kernel: bool, jit: bool, addrs: bool) -> None:
+    def __init__(
+        self,
+        *,
+        java: bool,
+        kernel: bool,
+        jit: bool,
+        addrs: bool,
+        symbolizer: StackSymbolizer | None = None,
+        pid: bytes = b"",
+    ) -> None:
         super().__init__()
         self.java = java
         self.kernel = kernel
         self.jit = jit
         self.addrs = addrs
+        self.symbolizer = symbolizer
+        self.pid = pid
+        # With a symbolizer: frame line -> (pc, object) of user frames, None for the
+        # kernel's; and (leaf line, next line) -> the fragment of the hidden caller.
+        self.where: dict[bytes, tuple[bytes, bytes] | None] = {}
+        self.callers: dict[tuple[bytes, bytes], bytes] = {}
+        self.outer = _OuterCache(self)
 
     def __missing__(self, line: bytes) -> bytes:
         frames = self.transform(line)
@@ -86,8 +147,9 @@ class _FrameCache(dict[bytes, bytes]):
         self[line] = fragment
         return fragment
 
-    def transform(self, line: bytes) -> list[bytes] | None:
-        """The frames a stack line contributes (leaf-most last), or None if not a stack line."""
+    def transform(self, line: bytes, *, caller: bool = False) -> list[bytes] | None:
+        """The frames a stack line contributes (leaf-most last), or None if not a stack line.
+        ``caller``: the line is a return address, not the sampled PC (symbolizer only)."""
         m = _STACK_RE.match(line)
         if m is None:
             return None
@@ -95,6 +157,13 @@ class _FrameCache(dict[bytes, bytes]):
         rawfunc = _OFFSET_RE.sub(b"", rawfunc, count=1)
         if rawfunc.startswith(b"("):  # process names
             return []
+        named: list[bytes] | None = None
+        if self.symbolizer is not None:
+            self.where[line] = None if b"kernel" in mod[:8] else (pc, mod)
+            named = self.symbolizer.frames(self.pid, pc, rawfunc, mod, caller=caller)
+        if named is not None:
+            # The symbolizer's frames (inlined calls included) are plain functions.
+            return [self.tidy(f, mod, annotate=True) for f in named]
         parts = rawfunc.split(b"->")
         while parts and not parts[-1]:  # Perl's split drops trailing empty fields
             parts.pop()
@@ -103,37 +172,94 @@ class _FrameCache(dict[bytes, bytes]):
             if func == b"[unknown]":
                 name = mod.rpartition(b"/")[2] if mod != b"[unknown]" else b"unknown"
                 func = b"[" + name + b" <" + pc + b">]" if self.addrs else b"[" + name + b"]"
-            func = func.replace(b";", b":")
-            if _GO_METHOD_RE.search(func) is None:
-                func = _ARGS_RE.sub(b"", func, count=1)
-            func = func.translate(None, _QUOTES)
-            if self.java and func.startswith(b"L") and b"/" in func:
-                func = func[1:]
             if inline:
+                func = self.tidy(func, mod, annotate=False)
                 if b"_[i]" not in func:
                     func += b"_[i]"
-            elif self.kernel and _KERNEL_MOD_RE.search(mod) and b"unknown" not in mod:
-                func += b"_[k]"
-            elif self.jit and _JIT_MOD_RE.search(mod) and b"_[j]" not in func:
-                func += b"_[j]"
+            else:
+                func = self.tidy(func, mod, annotate=True)
             inline.append(func)
         return inline
+
+    def tidy(self, func: bytes, mod: bytes, *, annotate: bool) -> bytes:
+        """A function name as stackcollapse-perf writes it."""
+        func = func.replace(b";", b":")
+        if _GO_METHOD_RE.search(func) is None:
+            func = _ARGS_RE.sub(b"", func, count=1)
+        func = func.translate(None, _QUOTES)
+        if self.java and func.startswith(b"L") and b"/" in func:
+            func = func[1:]
+        if not annotate:
+            return func
+        if self.kernel and _KERNEL_MOD_RE.search(mod) and b"unknown" not in mod:
+            func += b"_[k]"
+        elif self.jit and _JIT_MOD_RE.search(mod) and b"_[j]" not in func:
+            func += b"_[j]"
+        return func
+
+    def joined(self, lines: list[bytes]) -> bytes:
+        """The fragments of a sample's frame lines (outermost first), with the caller a
+        frameless leaf hides put back (symbolizer only)."""
+        where = self.where
+        frags = list(map(self.__getitem__, lines))  # fills ``where`` too
+        i = len(lines) - 1
+        while i >= 0 and where.get(lines[i], 0) is None:  # the kernel's frames
+            i -= 1
+        if i >= 1:
+            # Frames above the first user frame are return addresses: named by the
+            # call before them (an inlined call ends there, not where it returns to).
+            frags[:i] = map(self.outer.__getitem__, lines[:i])
+            leaf, ret = where.get(lines[i]), where.get(lines[i - 1])
+            if leaf is not None and ret is not None:
+                pair = (lines[i], lines[i - 1])
+                extra = self.callers.get(pair)
+                if extra is None:
+                    assert self.symbolizer is not None
+                    name = self.symbolizer.missing_caller(self.pid, leaf, ret)
+                    extra = b"" if name is None else b";" + self.tidy(name, ret[1], annotate=True)
+                    self.callers[pair] = extra
+                if extra:
+                    frags.insert(i, extra)
+        return b"".join(frags)
+
+
+class _OuterCache(dict[bytes, bytes]):
+    """frame line -> its fragment when the line is a return address (symbolizer only)."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: _FrameCache) -> None:
+        super().__init__()
+        self.frames = frames
+
+    def __missing__(self, line: bytes) -> bytes:
+        out = self.frames.transform(line, caller=True)
+        fragment = b"".join(b";" + f for f in out) if out else b""
+        self[line] = fragment
+        return fragment
 
 
 class Collapser:
     """Incremental stackcollapse-perf: :meth:`feed` chunks of ``perf script`` stdout
     (any boundaries), then :meth:`finish` for ``{folded stack: count}``."""
 
-    def __init__(self, options: CollapseOptions = CollapseOptions()) -> None:
+    def __init__(
+        self,
+        options: CollapseOptions = CollapseOptions(),
+        *,
+        symbolizer: StackSymbolizer | None = None,
+    ) -> None:
         self._options = options
+        self._symbolizer = symbolizer
+        self._pid_caches: dict[tuple[bytes, bool], _FrameCache] = {}
         self._kernel = options.kernel or options.all
         self._jit = options.jit or options.all
         self._caches = {
             java: _FrameCache(java=java, kernel=self._kernel, jit=self._jit, addrs=options.addrs)
             for java in (False, True)
         }
-        # header line -> (pname, weight, event) ; None = not an event line.
-        self._headers: dict[bytes, tuple[bytes, int, bytes | None] | None] = {}
+        # header line -> (pname, weight, event, pid) ; None = not an event line.
+        self._headers: dict[bytes, tuple[bytes, int, bytes | None, bytes] | None] = {}
         self._event_filter: bytes | None = None
         self._stacks: dict[bytes, int] = {}
         self._tail = b""
@@ -147,6 +273,7 @@ class Collapser:
         self._pname: bytes | None = None
         self._stack: list[bytes] = []
         self._period = 1
+        self._pid = b"?"
 
     # -- input -----------------------------------------------------------------
 
@@ -172,7 +299,23 @@ class Collapser:
 
     @property
     def frame_cache_size(self) -> int:
-        return sum(len(c) for c in self._caches.values())
+        return sum(len(c) for c in self._caches.values()) + sum(
+            len(c) for c in self._pid_caches.values()
+        )
+
+    def _cache(self, pid: bytes, java: bool) -> _FrameCache:
+        """The frame cache of one process (symbolizer only)."""
+        cache = self._pid_caches.get((pid, java))
+        if cache is None:
+            cache = self._pid_caches[(pid, java)] = _FrameCache(
+                java=java,
+                kernel=self._kernel,
+                jit=self._jit,
+                addrs=self._options.addrs,
+                symbolizer=self._symbolizer,
+                pid=pid,
+            )
+        return cache
 
     # -- samples -----------------------------------------------------------------
 
@@ -207,7 +350,7 @@ class Collapser:
                         headers.clear()
                     parsed = headers[header] = self._parse_event(header)
                 if parsed is not None:
-                    pname, weight, event = parsed
+                    pname, weight, event, pid = parsed
                     outcome: tuple[bytes, int] | None = None
                     # Filtered samples (another event; Perl's `next if not $pname`)
                     # count nothing. Once the first event is known, a block's
@@ -217,7 +360,10 @@ class Collapser:
                     if (event is None or event == self._event_filter) and pname != b"0":
                         lines.reverse()
                         lines.pop()  # the header
-                        key = pname + b"".join(map(caches[pname == b"java"].__getitem__, lines))
+                        if self._symbolizer is None:
+                            key = pname + b"".join(map(caches[pname == b"java"].__getitem__, lines))
+                        else:
+                            key = pname + self._cache(pid, pname == b"java").joined(lines)
                         stacks[key] = stacks.get(key, 0) + weight
                         outcome = (key, weight)
                     if seen is not None:
@@ -240,13 +386,14 @@ class Collapser:
             seen[block] = outcome
             self._seen_bytes += len(block)
 
-    def _parse_event(self, line: bytes) -> tuple[bytes, int, bytes | None] | None:
+    def _parse_event(self, line: bytes) -> tuple[bytes, int, bytes | None, bytes] | None:
         m = _EVENT_RE.match(line)
         if m is None:
             return None
         comm, pid, tid = m.group(1), m.group(2), m.group(3)
         if not _perl_true(tid):
             pid, tid = b"?", pid
+        real_pid = pid
         event: bytes | None = None
         period = b""
         e = _EVENT_NAME_RE.search(line)
@@ -260,7 +407,7 @@ class Collapser:
             pname = comm + b"-" + pid
         else:
             pname = comm
-        return pname.replace(b" ", b"_"), weight, event
+        return pname.replace(b" ", b"_"), weight, event, real_pid
 
     def _slow_block(self, block: bytes) -> None:
         """Line-by-line mirror of the Perl main loop for one block, then its empty line."""
@@ -273,15 +420,16 @@ class Collapser:
             if _EVENT_RE.match(line) is not None:
                 parsed = self._parse_event(line)
                 assert parsed is not None
-                pname, weight, event = parsed
+                pname, weight, event, pid = parsed
                 if event is not None:
                     if self._event_filter is None:
                         self._event_filter = event
                     elif event != self._event_filter:
                         continue
-                self._pname, self._period = pname, weight
+                self._pname, self._period, self._pid = pname, weight, pid
                 continue
-            cache = self._caches[self._pname == b"java"]
+            java = self._pname == b"java"
+            cache = self._caches[java] if self._symbolizer is None else self._cache(self._pid, java)
             frames = cache.transform(line)
             if frames is None or self._pname is None:
                 continue  # unrecognised line, or a frame of a filtered sample
@@ -298,11 +446,14 @@ class Collapser:
 
 
 def collapse_text(
-    text: str | bytes, options: CollapseOptions = CollapseOptions()
+    text: str | bytes,
+    options: CollapseOptions = CollapseOptions(),
+    *,
+    symbolizer: StackSymbolizer | None = None,
 ) -> dict[str, int]:
     """Collapse a whole ``perf script`` text at once."""
     data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
-    collapser = Collapser(options)
+    collapser = Collapser(options, symbolizer=symbolizer)
     collapser.feed(data)
     return collapser.finish()
 

@@ -347,8 +347,11 @@ def expected_unresolved(
         if t.runtime == "go" and mode == "fp":
             out.append(
                 f"pid {t.pid} ({t.comm}, go): Go's frameless leaf functions (no call, nothing "
-                "on the stack) push no frame pointer, so their immediate caller is missing "
-                "from frame-pointer stacks (the rest of the stack is whole)"
+                "on the stack) push no frame pointer, so a frame-pointer walk skips their "
+                "immediate caller; post-processing puts it back (the pclntab's frame sizes "
+                "say which PCs have no frame) when the call into that caller is direct, and "
+                "cannot when it is indirect (a function value, an interface method, "
+                "runtime.main calling main.main)"
             )
         ver = _py_version(t.runtime_version)
         if t.runtime == "python" and ver is not None and ver >= (3, 12) and t.perf_map:
@@ -370,10 +373,15 @@ def expected_unresolved(
                 f"its /tmp: its JIT or interpreted frames will be [unknown] or interpreter "
                 f"frames; {_JIT_HINT[t.runtime]}"
             )
-        if t.stripped:
+        if t.stripped and t.runtime != "go":
+            # Go names come from .gopclntab, stripped or not (agent.symbolize).
             out.append(
                 f"pid {t.pid} ({t.comm}): {t.exe} is stripped (no .symtab, no debug info): "
-                "only its exported symbols resolve, other frames show as [unknown]"
+                "its names come from a separate debug file if one is found (the build-id "
+                "path or .gnu_debuglink in its container, or debuginfod when "
+                "TRACECAR_AGENT_DEBUGINFOD_URLS is set); otherwise only its exported "
+                "symbols resolve and other frames show as [unknown] (the profile's "
+                "symbols say which)"
             )
     return out
 

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent._proc import Child, ToolFailed, ToolTimeout, drain_tail, tool_message
-from agent.profiling.collapse import CollapseOptions, Collapser
+from agent.profiling.collapse import CollapseOptions, Collapser, StackSymbolizer
 
 __all__ = ["PERF_SCRIPT_FIELDS", "perf_data_to_folded", "perf_script_argv"]
 
@@ -74,15 +74,19 @@ async def perf_data_to_folded(
     timeout: float,
     perf: str = "perf",
     extra_args: Sequence[str] = (),
+    symbolizer: StackSymbolizer | None = None,
 ) -> dict[str, int]:
     """Run ``perf script`` on ``perf_data`` and collapse its output as it streams.
+
+    ``symbolizer``: names what perf cannot (stripped Go, separate debug files) and puts
+    back frameless leaves' callers (:class:`~agent.profiling.collapse.StackSymbolizer`).
 
     Raises :class:`agent._proc.ToolTimeout` (perf killed and reaped) after
     ``timeout`` seconds, :class:`agent._proc.ToolFailed` with perf's own message
     when it exits non-zero, :class:`agent._proc.ToolNotFound` without perf.
     """
     argv = perf_script_argv(perf_data, perf=perf, extra_args=extra_args)
-    collapser = Collapser(options)
+    collapser = Collapser(options, symbolizer=symbolizer)
     # Our own pipe rather than asyncio's stream: no copies through a StreamReader
     # buffer, and a 1 MiB pipe so perf rarely waits for us.
     read_fd, write_fd = os.pipe()

@@ -1,0 +1,372 @@
+"""Names for stripped binaries and the callers of frameless leaves, through the agent in
+the simulated pod, with the real perf, gcc, objcopy, Go and elfutils' debuginfod.
+
+* A Go program built twice, with and without ``-ldflags=-s -w``: both profiles name the
+  same functions (from .gopclntab) in the same proportions, an inlined function as a
+  frame of its own, and the caller a frameless leaf hides is put back.
+* The issue's leaf program (``main`` calls the leaf ``checksum`` directly three times as
+  often as through ``verify``), in Go and in C (-O2 -fno-omit-frame-pointer, where gcc
+  still builds leaves without a frame): ``verify;checksum`` holds about a quarter.
+* A stripped C program with its debug file at the build-id path inside its container,
+  by .gnu_debuglink, from a real debuginfod server (cached), and with none of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import podsim
+from tests.agent.test_profiles_integration import folded_total, pod_processes
+from tests.agent.workloads import build_go, compile_c
+from tests.conftest import need
+
+pytestmark = pytest.mark.integration
+
+LEAF_GO = r"""
+package main
+
+var sink uint64
+
+// checksum is a frameless leaf: no call, nothing on the stack.
+//
+//go:noinline
+func checksum(n uint64) uint64 {
+	var s uint64
+	for i := uint64(0); i < n; i++ {
+		s += (i * i) ^ (s >> 3)
+	}
+	return s
+}
+
+//go:noinline
+func verify(n uint64) uint64 { return checksum(n) + 1 }
+
+// mix is inlined into hot: a frame of its own only through the pclntab's inline tree.
+func mix(a, b uint64) uint64 { return (a * a) ^ (b >> 3) }
+
+//go:noinline
+func hot(n uint64) uint64 {
+	var s uint64
+	for i := uint64(0); i < n; i++ {
+		s += mix(i, s)
+	}
+	return s
+}
+
+func main() {
+	for {
+		sink += checksum(3000000)
+		sink += checksum(3000000)
+		sink += checksum(3000000)
+		sink += verify(3000000)
+		sink += hot(3000000)
+	}
+}
+"""
+
+LEAF_C = r"""
+#include <stdint.h>
+volatile uint64_t sink;
+/* A leaf: gcc gives it no frame even under -fno-omit-frame-pointer. */
+__attribute__((noinline)) uint64_t checksum(uint64_t n) {
+    uint64_t s = 0;
+    for (uint64_t i = 0; i < n; i++) s += (i * i) ^ (s >> 3);
+    return s;
+}
+__attribute__((noinline)) uint64_t verify(uint64_t n) { return checksum(n) + 1; }
+int main(void) {
+    volatile uint64_t n = 3000000;
+    for (;;) {
+        sink += checksum(n);
+        sink += checksum(n);
+        sink += checksum(n);
+        sink += verify(n);
+    }
+}
+"""
+
+
+# A loaded machine (2 cores, a cluster build alongside) can take over 30 s to import
+# and start the agent: these tests wait longer for it than the default.
+AGENT_READY_S = 180.0
+
+
+@pytest.fixture(scope="module")
+def agent(pod: podsim.SimPod) -> podsim.AgentHandle:
+    return podsim.start_agent(pod, ready_timeout=AGENT_READY_S)
+
+
+@pytest.fixture
+def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
+    with agent.client() as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(pod: podsim.SimPod) -> Iterator[None]:
+    yield
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and pod_processes(pod, "perf"):
+        time.sleep(0.1)
+    assert pod_processes(pod, "perf") == [], "a perf process was left running"
+
+
+def profile(client: httpx.Client, body: dict[str, object]) -> tuple[dict[str, int], dict]:  # type: ignore[type-arg]
+    r = client.post("/profiles", params={"wait": "true", "format": "folded"}, json=body)
+    assert r.status_code == 200, r.text
+    job_id = r.headers["location"].rsplit("/", 1)[1]
+    meta = client.get(f"/profiles/{job_id}").json()
+    return folded_total(r.text), meta
+
+
+def share(stacks: dict[str, int], pattern: str, within: str) -> tuple[int, int]:
+    """Samples whose stack contains ``pattern``, of those containing ``within``."""
+    total = sum(n for s, n in stacks.items() if within in s.split(";"))
+    hit = sum(n for s, n in stacks.items() if pattern in s)
+    return hit, total
+
+
+def symbols_of(meta: dict, name: str) -> list[dict]:  # type: ignore[type-arg]
+    return [e for e in meta["metadata"]["symbols"] if os.path.basename(e["object"]) == name]
+
+
+@pytest.fixture(scope="module")
+def go_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    need("go")
+    d = tmp_path_factory.mktemp("gobuild")
+    full = build_go(LEAF_GO, d / "full")
+    stripped = d / "stripped"
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
+    subprocess.run(
+        [shutil.which("go") or "go", "build", "-ldflags=-s -w", "-o", str(stripped), "."],
+        cwd=d / "gosrc",
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    out = subprocess.run(["readelf", "-S", str(stripped)], capture_output=True, text=True)
+    assert ".symtab" not in out.stdout and ".gopclntab" in out.stdout
+    return full, stripped
+
+
+def test_stripped_go_names_like_unstripped(
+    pod: podsim.SimPod, client: httpx.Client, go_builds: tuple[Path, Path]
+) -> None:
+    results = {}
+    for name, exe in zip(("full", "stripped"), go_builds, strict=True):
+        app = pod.run(f"go-{name}", [f"/srv/{name}"], files={name: exe})
+        try:
+            time.sleep(0.5)
+            stacks, meta = profile(client, {"pid": app.pid, "duration_s": 3, "frequency_hz": 199})
+        finally:
+            app.stop()
+        (entry,) = symbols_of(meta, name)
+        assert entry["source"] == "pclntab", entry
+        assert "inlined calls" in entry["detail"], entry
+        assert not any(f"[{name}]" in s for s in stacks), "unnamed frames in the Go binary"
+        results[name] = stacks
+    for name, stacks in results.items():
+        total = sum(stacks.values())
+        funcs = {f for s in stacks for f in s.split(";")}
+        assert {"main.checksum", "main.verify", "main.hot", "main.mix"} <= funcs, (name, funcs)
+        # The inlined mix shows under hot, in both builds.
+        assert any("main.hot;main.mix" in s for s in stacks), name
+        # checksum runs 4 times for each hot: about 80% of the busy samples (noise aside).
+        checksum, _ = share(stacks, "main.checksum", "main.checksum")
+        assert 0.55 <= checksum / total <= 0.95, (name, checksum, total)
+        # The frameless checksum's caller is back: verify;checksum about 1/4 of checksum.
+        via, of = share(stacks, "main.verify;main.checksum", "main.checksum")
+        assert 0.1 <= via / of <= 0.45, (name, via, of)
+    f_share = share(results["full"], "main.checksum", "main.checksum")[0] / sum(
+        results["full"].values()
+    )
+    s_share = share(results["stripped"], "main.checksum", "main.checksum")[0] / sum(
+        results["stripped"].values()
+    )
+    assert abs(f_share - s_share) < 0.15, (f_share, s_share)
+
+
+def test_c_frameless_leaf_caller(pod: podsim.SimPod, client: httpx.Client, tmp_path: Path) -> None:
+    exe = compile_c(LEAF_C, tmp_path / "leaf")
+    app = pod.run("cleaf", ["/srv/leaf"], files={"leaf": exe})
+    try:
+        time.sleep(0.5)
+        stacks, meta = profile(client, {"pid": app.pid, "duration_s": 3, "frequency_hz": 199})
+    finally:
+        app.stop()
+    via, of = share(stacks, "verify;checksum", "checksum")
+    assert of >= 30, stacks
+    assert 0.1 <= via / of <= 0.45, (via, of, stacks)
+    assert meta["metadata"]["leaf_callers_recovered"] > 0
+
+
+def _stripped_c(tmp_path: Path, *, debuglink: bool = False) -> tuple[Path, Path, str]:
+    """A stripped leaf program, its debug file and its build-id."""
+    need("objcopy")
+    exe = compile_c(LEAF_C.replace("checksum", "crunch_numbers"), tmp_path / "prog")
+    debug = tmp_path / "prog.debug"
+    subprocess.run(["objcopy", "--only-keep-debug", str(exe), str(debug)], check=True)
+    subprocess.run(["objcopy", "--strip-all", str(exe)], check=True)
+    if debuglink:
+        subprocess.run(
+            ["objcopy", f"--add-gnu-debuglink={debug}", str(exe)], check=True, cwd=tmp_path
+        )
+    out = subprocess.run(["readelf", "-n", str(exe)], capture_output=True, text=True, check=True)
+    build_id = out.stdout.split("Build ID:")[1].split()[0]
+    return exe, debug, build_id
+
+
+def _private_debug_dir(files: dict[str, str]) -> list[str]:
+    """The container's own /usr/lib/debug (a tmpfs over the host's) filled from /srv."""
+    cmds = ["mount -t tmpfs dbg /usr/lib/debug"]
+    for src, dest in files.items():
+        cmds.append(f"mkdir -p {os.path.dirname(dest)} && cp /srv/{src} {dest}")
+    return ["sh", "-c", " && ".join(cmds) + " && exec /srv/prog"]
+
+
+def test_debug_file_at_build_id_path_in_container(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
+) -> None:
+    exe, debug, build_id = _stripped_c(tmp_path)
+    dest = f"/usr/lib/debug/.build-id/{build_id[:2]}/{build_id[2:]}.debug"
+    app = pod.run(
+        "cdebug",
+        _private_debug_dir({"prog.debug": dest}),
+        files={"prog": exe, "prog.debug": debug},
+    )
+    try:
+        time.sleep(0.5)
+        assert not Path(dest).exists(), "the debug file must exist in the container only"
+        stacks, meta = profile(client, {"pid": app.pid, "duration_s": 2})
+    finally:
+        app.stop()
+    assert any(s.endswith(";crunch_numbers") for s in stacks), stacks
+    (entry,) = symbols_of(meta, "prog")
+    assert entry["source"] == "build-id path" and entry["detail"] == dest, entry
+
+
+def test_debuglink_and_mismatched_build_id(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
+) -> None:
+    exe, debug, build_id = _stripped_c(tmp_path, debuglink=True)
+    # A debug file of another build at the build-id path: ignored, and said.
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    _, other_debug, _ = _stripped_c(other_dir)
+    dest = f"/usr/lib/debug/.build-id/{build_id[:2]}/{build_id[2:]}.debug"
+    app = pod.run(
+        "clink",
+        _private_debug_dir({"other.debug": dest}),
+        files={"prog": exe, "prog.debug": debug, "other.debug": other_debug},
+    )
+    try:
+        time.sleep(0.5)
+        stacks, meta = profile(client, {"pid": app.pid, "duration_s": 2})
+    finally:
+        app.stop()
+    assert any(s.endswith(";crunch_numbers") for s in stacks), stacks
+    (entry,) = symbols_of(meta, "prog")
+    assert entry["source"] == "debuglink" and entry["detail"] == "/srv/prog.debug", entry
+    assert any("ignored" in i for i in entry["ignored"]), entry
+
+
+def test_stripped_without_debug_file_says_so(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
+) -> None:
+    exe, _debug, _ = _stripped_c(tmp_path)
+    app = pod.run("cbare", ["/srv/prog"], files={"prog": exe})
+    try:
+        time.sleep(0.5)
+        stacks, meta = profile(client, {"pid": app.pid, "duration_s": 1})
+    finally:
+        app.stop()
+    assert not any("crunch_numbers" in s for s in stacks)
+    (entry,) = symbols_of(meta, "prog")
+    assert entry["source"] in ("none", "dynsym"), entry
+    assert "TRACECAR_AGENT_DEBUGINFOD_URLS" in entry["detail"], entry
+    assert any("symbols of prog" in n for n in meta["metadata"]["notes"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def debuginfod_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """elfutils' debuginfod serving a directory (``-F``: ELF/DWARF files in it)."""
+    need("debuginfod")
+    serve = tmp_path / "served"
+    serve.mkdir()
+    port = _free_port()
+    db = tmp_path / "debuginfod.sqlite"
+    proc = subprocess.Popen(
+        ["debuginfod", "-F", "-p", str(port), "-d", str(db), "-t", "1", str(serve)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}", serve
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_debuginfod_fetch_and_cache(
+    pod: podsim.SimPod, tmp_path: Path, debuginfod_server: tuple[str, Path]
+) -> None:
+    url, served = debuginfod_server
+    exe, debug, build_id = _stripped_c(tmp_path)
+    shutil.copy2(debug, served / "prog.debug")
+    # Wait until the server has indexed it (it rescans every second with -t 1).
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            r = httpx.get(f"{url}/buildid/{build_id}/debuginfo", timeout=5)
+            if r.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "debuginfod never served the debug file"
+        time.sleep(0.5)
+    cache = Path(tempfile.mkdtemp(prefix="dbgcache-", dir=pod.workdir))
+    agent = podsim.start_agent(
+        pod,
+        env={
+            # a server that is down first: skipped, the next one answers
+            "TRACECAR_AGENT_DEBUGINFOD_URLS": f"http://127.0.0.1:{_free_port()} {url}",
+            "TRACECAR_AGENT_DEBUGINFOD_CACHE_DIR": str(cache),
+        },
+        ready_timeout=AGENT_READY_S,
+    )
+    app = pod.run("cfetch", ["/srv/prog"], files={"prog": exe})
+    try:
+        time.sleep(0.5)
+        with agent.client() as client:
+            stacks, meta = profile(client, {"pid": app.pid, "duration_s": 2})
+            assert any(s.endswith(";crunch_numbers") for s in stacks), stacks
+            (entry,) = symbols_of(meta, "prog")
+            assert entry["source"] == "debuginfod" and url in entry["detail"], entry
+            assert (cache / f"{build_id}.debug").is_file()
+            # The second profile is served from the agent's cache.
+            stacks, meta = profile(client, {"pid": app.pid, "duration_s": 1})
+            (entry,) = symbols_of(meta, "prog")
+            assert entry["source"] == "debuginfod" and entry["detail"] == "cached", entry
+    finally:
+        app.stop()
+        agent.container.stop()
