@@ -60,18 +60,26 @@ _NS_PID = (
 )
 
 
-def sampler_program(*, pid_ns: int, frequency_hz: int) -> str:
+def sampler_program(*, pid_ns: int, frequency_hz: int, wall_offset_ns: int) -> str:
     """The flight recorder's program: on-CPU samples of every process of the agent's PID
-    namespace (so processes started later count), counted per stack and printed (then
-    cleared) every second."""
+    namespace (so processes started later count), counted per stack, and printed (then
+    cleared) just after each wall-clock second ends, labelled with that second.
+
+    bpftrace's ``nsecs`` is CLOCK_MONOTONIC; ``wall_offset_ns`` (CLOCK_REALTIME minus
+    it, measured by the agent) turns it into Unix time, so each printed map is exactly
+    the samples of one Unix second (to within the 50 ms check), whatever second
+    bpftrace started in: the printf line ``SECOND`` comes first, then the map.
+    """
     return f"""profile:hz:{frequency_hz} {{
   {_NS_PID}
   if ($u->ns->ns.inum == {pid_ns}) {{
     @s[$u->nr, kstack(perf), ustack(perf), comm] = count();
   }}
 }}
-interval:s:1 {{ print(@s); clear(@s); }}
-END {{ print(@s); clear(@s); }}
+interval:ms:50 {{
+  $sec = (nsecs + {wall_offset_ns}) / 1000000000;
+  if ($sec != @sec) {{ printf("%d\\n", @sec); print(@s); clear(@s); @sec = $sec; }}
+}}
 """
 
 
