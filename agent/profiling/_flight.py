@@ -36,6 +36,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -413,7 +414,10 @@ class FlightRecorder:
             if run.child is not None:
                 await run.child.stop(signal.SIGINT, grace=5)
 
-    def _wanted(self, run: _Run, pid: int, own: set[int], meta: ProcessMeta | None) -> bool:
+    def _wanted(
+        self, run: _Run, pid: int, own: set[int], meta: Callable[[int], ProcessMeta | None]
+    ) -> bool:
+        """In the target? ``meta`` is asked only when the answer needs it (a container)."""
         req = run.request
         if req.pid is not None:
             return pid == req.pid
@@ -423,7 +427,8 @@ class FlightRecorder:
             return False
         if req.container is None:
             return True
-        return meta is not None and meta.container == req.container
+        m = meta(pid)
+        return m is not None and m.container == req.container
 
     def _own(self, run: _Run) -> set[int]:
         # The agent's own processes only matter when the target is the pod or a container.
@@ -451,8 +456,12 @@ class FlightRecorder:
         found: dict[int, ProcessMeta | None] = {}
         parsed = parse_output(text, map_name="@s")
         stacks = [
-            s for s in parsed if self._wanted(run, s.pid, own, self._meta_of(run, s.pid, found))
+            s
+            for s in parsed
+            if self._wanted(run, s.pid, own, lambda pid: self._meta_of(run, pid, found))
         ]
+        for pid in {s.pid for s in stacks}:
+            self._meta_of(run, pid, found)  # each recorded process's group, read once
 
         def names(pid: int, addresses: list[int]) -> list[str]:
             return run.jit.resolve(pid, addresses, symbols.function_names(pid, addresses))
@@ -497,7 +506,7 @@ class FlightRecorder:
                 own = self._own(run)
                 now = time.monotonic()
                 for pid, meta in list(run.meta.items()):
-                    if meta is None or not self._wanted(run, pid, own, meta):
+                    if meta is None or not self._wanted(run, pid, own, run.meta.get):
                         continue
                     py = run.python.get(pid)
                     if meta.runtime == "python" and pyspy_path and py is None:
