@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from kubectl_tracecar import _cli, _commands, _diff
+from kubectl_tracecar import _cli, _commands, _diff, _recorder
 from kubectl_tracecar.errors import FAILED, PluginError
 
 _COMMANDS = {
@@ -21,6 +21,7 @@ _COMMANDS = {
     "probe": _commands.cmd_probe,
     "trace": _commands.cmd_trace,
     "attach": _commands.cmd_attach,
+    "recorder": _recorder.cmd_recorder,
 }
 # Commands on local files only: no kubeconfig is loaded, so they work without a cluster.
 _LOCAL: dict[str, Callable[[argparse.Namespace], int]] = {"diff": _diff.cmd_diff}

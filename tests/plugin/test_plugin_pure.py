@@ -102,7 +102,7 @@ def test_global_flags_before_or_after_the_command() -> None:
 
 
 def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
-    commands = ("status", "ps", "profile", "stack", "probe", "trace", "attach", "diff")
+    commands = ("status", "ps", "profile", "stack", "probe", "trace", "attach", "diff", "recorder")
     assert set(commands) == set(_cli._EXAMPLES)
     for cmd in commands:
         with pytest.raises(SystemExit) as e:
