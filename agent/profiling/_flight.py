@@ -69,6 +69,8 @@ MIN_BYTES = 256
 JVM_MAP_EVERY_S = 60.0
 PYSPY_GIVE_UP_AFTER = 5
 """Consecutive failed py-spy runs after which a process is left to the sampler."""
+PYSPY_GIVE_UP_BEFORE_FIRST = 30
+"""The same, before py-spy has read a process once (its interpreter may be starting)."""
 _MAX_LEAD_S = 0.6
 _MAX_INFLIGHT = 3
 """py-spy runs of one process at once (each lasts about a second; more: stuck)."""
@@ -131,6 +133,7 @@ class _Run:
     jvm_asked: dict[int, float] = field(default_factory=dict)
     jit: JitNames = field(default_factory=JitNames)
     scratch: Path | None = None
+    sampler_delay_s: float | None = None  # how late bpftrace's last second arrived
 
 
 def _describe(pid: int) -> ProcessMeta | None:
@@ -224,6 +227,9 @@ class FlightRecorder:
             "window": None if w is None else {"start": w[0], "end": w[1]},
             "complete_until": ring.complete_until,
             "lag_s": None if lag is None else round(lag, 3),
+            "sampler_delay_s": None
+            if run.sampler_delay_s is None
+            else round(run.sampler_delay_s, 3),
             "bytes": ring.size,
             "buckets": len(ring.buckets),
             "samples": ring.samples,
@@ -387,6 +393,7 @@ class FlightRecorder:
             pid_ns=procfs.own_pid_ns(),
             frequency_hz=run.request.frequency_hz,
             wall_offset_ns=time.time_ns() - time.monotonic_ns(),
+            pids=[run.request.pid] if run.request.pid is not None else run.request.pids or [],
         )
         try:
             run.child = await _proc.Child.start(argv(program))
@@ -474,6 +481,7 @@ class FlightRecorder:
         return per_pid, found
 
     async def _add(self, run: _Run, second: int, text: str) -> None:
+        run.sampler_delay_s = time.time() - (second + 1)
         per_pid, found = await asyncio.to_thread(self._bucket, run, text)
         if self._run is not run:
             return
@@ -598,6 +606,7 @@ class FlightRecorder:
             py.state, py.message = "gave up", str(e)
         finally:
             run.ring.add_python(second, pid, got.stacks if got is not None else None)
+            run.ring.commit(time.time())  # that second may be complete now: no waiting
         if got is None:
             return
         if got.started_after_s:
@@ -610,7 +619,10 @@ class FlightRecorder:
         else:
             py.failures += 1
             py.message = got.message
-            if py.failures >= PYSPY_GIVE_UP_AFTER and py.state == "recording":
+            # A process just started fails until its interpreter is up ("Failed to find
+            # python version"): more patience before its first good second.
+            limit = PYSPY_GIVE_UP_AFTER if py.seconds else PYSPY_GIVE_UP_BEFORE_FIRST
+            if py.failures >= limit and py.state == "recording":
                 py.state = "gave up"
                 log.warning("recorder: py-spy keeps failing on pid %d: %s", pid, py.message)
         if got.exited:
