@@ -15,8 +15,9 @@ the ``/recorder`` router, read by continuous-profile sinks through
   before or after the recorder) and keeps a loop of one-second py-spy runs on each
   (:mod:`agent.profiling._flightpy`): their whole Python stacks replace the
   interpreter frames bpftrace sees. It also asks each recorded JVM for its perf map
-  (jattach, when installed), at first sight and every ``JVM_MAP_EVERY_S``, so
-  JIT-compiled Java methods are named as in on-demand profiles.
+  (jattach, when installed), at first sight, then 2, 4, 8... s later (the JIT is
+  compiling) and every ``JVM_MAP_EVERY_S`` after, so JIT-compiled Java methods are
+  named as in on-demand profiles.
 
 Both feed one :class:`agent.profiling._ring.Ring` (what is complete, the bounds,
 the queries). The ring is in memory only: nothing is written to disk but py-spy's
@@ -130,7 +131,7 @@ class _Run:
     meta: dict[int, ProcessMeta | None] = field(default_factory=dict)  # live pids, read once
     exes: dict[int, str] = field(default_factory=dict)  # what each live pid runs
     python: dict[int, _Python] = field(default_factory=dict)
-    jvm_asked: dict[int, float] = field(default_factory=dict)
+    jvm_asked: dict[int, tuple[int, float]] = field(default_factory=dict)  # asks, last
     jit: JitNames = field(default_factory=JitNames)
     scratch: Path | None = None
     sampler_delay_s: float | None = None  # how late bpftrace's last second arrived
@@ -523,13 +524,13 @@ class FlightRecorder:
                         py.task = asyncio.create_task(
                             self._python_loop(run, pid, py, pyspy_path), name=f"recorder-py-{pid}"
                         )
-                    elif (
-                        meta.runtime == "java"
-                        and jattach
-                        and now - run.jvm_asked.get(pid, -math.inf) >= JVM_MAP_EVERY_S
-                    ):
-                        run.jvm_asked[pid] = now
-                        await self._ask_jvm(pid)
+                    elif meta.runtime == "java" and jattach:
+                        asks, last = run.jvm_asked.get(pid, (0, -math.inf))
+                        # Soon after first sight the JIT has compiled little: ask again
+                        # after 2, 4, 8... s, then every JVM_MAP_EVERY_S.
+                        if now - last >= min(JVM_MAP_EVERY_S, 2.0 * 2**asks):
+                            run.jvm_asked[pid] = (asks + 1, now)
+                            await self._ask_jvm(pid)
                 for pid in [p for p, py in run.python.items() if p not in live and py.task is None]:
                     del run.python[pid]  # exited, its loop over: forgotten
                 run.ring.commit(time.time())

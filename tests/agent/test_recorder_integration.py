@@ -9,6 +9,7 @@ import signal
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ import pytest
 
 from tests import podsim
 from tests.agent.test_profiles_integration import folded_total, pod_processes
-from tests.agent.workloads import PY312, SHIFT_C, compile_c
+from tests.agent.workloads import JAVA_CHAIN, NODE_CHAIN, PY312, SHIFT_C, build_java, compile_c
 from tests.conftest import need
 
 pytestmark = pytest.mark.integration
@@ -273,3 +274,45 @@ def test_a_query_beyond_the_window_answers_with_the_retained_part(
         assert "T" in r.json()["detail"].split("(")[1]  # ISO 8601 beside it
     finally:
         app.stop()
+
+
+def _recorded(client: httpx.Client, name: str, deadline_s: float = 90) -> dict[str, int]:
+    """The last 5 s the recorder holds, once ``name`` shows in them."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        status = client.get("/recorder").json()
+        end = status["complete_until"]
+        if end is not None:
+            stacks = folded_total(interval(client, end - 5, end).text)
+            if any(name in s for s in stacks) or time.monotonic() > deadline:
+                return stacks
+        time.sleep(1)
+
+
+def test_node_and_java_frames_are_named_from_their_perf_maps(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
+) -> None:
+    need("node", "java", "javac", "jattach")
+    node = pod.run(
+        "node",
+        ["node", "--perf-basic-prof", "--max-inlined-bytecode-size=0", "/srv/chain.js"],
+        files={"chain.js": NODE_CHAIN.encode()},
+    )
+    java = pod.run(
+        "java",
+        ["java", "-XX:+PreserveFramePointer", "-XX:CompileCommand=quiet",
+         "-XX:CompileCommand=dontinline,Chain::*", "-cp", "/srv", "Chain"],
+        files={"Chain.class": build_java(JAVA_CHAIN, tmp_path)},
+    )  # fmt: skip
+    try:
+        r = client.post("/recorder", json={"pids": [node.pid, java.pid], "frequency_hz": 49})
+        assert r.status_code == 201, r.text
+        stacks = _recorded(client, "hot /srv/chain.js")
+        node_hot = sum(n for s, n in stacks.items() if "hot /srv/chain.js" in s)
+        assert node_hot > 0.3 * sum(n for s, n in stacks.items() if s.startswith("node")), stacks
+        # The JVM is asked for its map soon after first sight, and again as it compiles.
+        stacks = _recorded(client, "Chain.hot")
+        assert any("Chain.hot" in s for s in stacks), stacks
+    finally:
+        node.stop()
+        java.stop()
