@@ -135,6 +135,7 @@ class _Run:
     jit: JitNames = field(default_factory=JitNames)
     scratch: Path | None = None
     sampler_delay_s: float | None = None  # how late bpftrace's last second arrived
+    side_tasks: set[asyncio.Task[None]] = field(default_factory=set)  # jattach asks
 
 
 def _describe(pid: int) -> ProcessMeta | None:
@@ -256,7 +257,12 @@ class FlightRecorder:
         run, self._run = self._run, None
         if run is None:
             return
-        tasks = [run.task, run.watcher, *(p.task for p in run.python.values())]
+        tasks = [
+            run.task,
+            run.watcher,
+            *(p.task for p in run.python.values()),
+            *run.side_tasks,
+        ]
         for t in tasks:
             if t is not None and not t.done():
                 t.cancel()
@@ -503,7 +509,7 @@ class FlightRecorder:
         pyspy_path = pyspy.find() if run.request.python else None
         jattach = _proc.which("jattach") is not None
         try:
-            while self._run is run:
+            while self._run is run and run.state != "failed":
                 found, gone = await asyncio.to_thread(self._scan, run)
                 self._learn(run, found)
                 for pid in gone:
@@ -530,15 +536,19 @@ class FlightRecorder:
                         # after 2, 4, 8... s, then every JVM_MAP_EVERY_S.
                         if now - last >= min(JVM_MAP_EVERY_S, 2.0 * 2**asks):
                             run.jvm_asked[pid] = (asks + 1, now)
-                            await self._ask_jvm(pid)
+                            # In the background: a slow JVM must not hold the watcher.
+                            t = asyncio.create_task(self._ask_jvm(pid), name=f"recorder-jvm-{pid}")
+                            run.side_tasks.add(t)
+                            t.add_done_callback(run.side_tasks.discard)
                 for pid in [p for p, py in run.python.items() if p not in live and py.task is None]:
                     del run.python[pid]  # exited, its loop over: forgotten
                 run.ring.commit(time.time())
                 await asyncio.sleep(1.0 - time.time() % 1.0 + 0.1)
         except asyncio.CancelledError:
             raise
-        except Exception:  # the watcher never dies silently, nor takes the recorder down
+        except Exception as e:  # the watcher never dies silently, nor takes the recorder down
             log.exception("flight recorder watcher failed")
+            run.message = f"new Python processes and JVMs are no longer looked for: {e}"
 
     def _scan(self, run: _Run) -> tuple[dict[int, ProcessMeta | None], list[int]]:
         """Processes of the target not seen before, or that exec'd another program (read
@@ -573,7 +583,7 @@ class FlightRecorder:
         inflight: set[asyncio.Task[None]] = set()
         second = math.ceil(time.time() + py.lead_s)
         try:
-            while self._run is run and py.state == "recording":
+            while self._run is run and py.state == "recording" and run.state != "failed":
                 await asyncio.sleep(max(0.0, second - py.lead_s - time.time()))
                 if len(inflight) < _MAX_INFLIGHT and run.ring.expect(second, pid):
                     t = asyncio.create_task(self._python_second(run, pid, py, pyspy_path, second))
