@@ -63,7 +63,10 @@ def parse_time(text: str, *, flag: str) -> float:
 
 
 def iso(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return f"{t:.3f}"  # no calendar date (1e20): the number itself
 
 
 def start_body(args: argparse.Namespace) -> dict[str, Any]:

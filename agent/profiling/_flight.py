@@ -81,9 +81,13 @@ RecorderState = Literal["stopped", "starting", "recording", "failed"]
 
 
 def when(t: float) -> str:
-    """A Unix time as messages print it: in full (never ``1.79657e+09``) and ISO 8601."""
-    iso = datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="milliseconds")
+    """A Unix time as messages print it: in full (never ``1.79657e+09``) and ISO 8601
+    (left out for a time no calendar date has, such as 1e20)."""
     full = f"{t:.3f}".rstrip("0").rstrip(".")
+    try:
+        iso = datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return full
     return f"{full} ({iso.replace('+00:00', 'Z')})"
 
 

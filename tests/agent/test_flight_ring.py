@@ -84,6 +84,8 @@ def test_an_interval_beyond_the_window_answers_with_the_retained_part(
     assert (part.start, part.end) == (now - 10, now) and part.clipped
     assert not rec.interval(now - 10, now).clipped
     # Wholly outside (before, after) and inverted: 422s printing the times in full.
+    with pytest.raises(Invalid, match="1000000000000000000000"):
+        rec.interval(1e20, 1e21)  # no date to print: still a 422, never a 500
     for start, end in ((now - 600, now - 31), (now + 5, now + 50), (now, now - 60)):
         with pytest.raises(Invalid) as e:
             rec.interval(start, end)
@@ -94,6 +96,7 @@ def test_an_interval_beyond_the_window_answers_with_the_retained_part(
 def test_times_print_in_full_and_as_iso_8601() -> None:
     assert when(1796570260) == "1796570260 (2026-12-06T15:17:40.000Z)"
     assert when(1796570260.25) == "1796570260.25 (2026-12-06T15:17:40.250Z)"
+    assert when(1e20) == "100000000000000000000"  # no calendar date: the number alone
 
 
 def test_the_bytes_bound(monkeypatch: pytest.MonkeyPatch) -> None:
