@@ -514,7 +514,7 @@ class FlightRecorder:
         jattach = _proc.which("jattach") is not None
         try:
             while self._run is run and run.state != "failed":
-                found, gone = await asyncio.to_thread(self._scan, run)
+                found, gone, own = await asyncio.to_thread(self._scan, run)
                 self._learn(run, found)
                 for pid in gone:
                     run.meta.pop(pid, None)
@@ -522,7 +522,6 @@ class FlightRecorder:
                     run.jvm_asked.pop(pid, None)
                 live = set(run.meta)
                 run.jit.forget_except(live)
-                own = self._own(run)
                 now = time.monotonic()
                 for pid, meta in list(run.meta.items()):
                     if meta is None or not self._wanted(run, pid, own, run.meta.get):
@@ -554,16 +553,17 @@ class FlightRecorder:
             log.exception("flight recorder watcher failed")
             run.message = f"new Python processes and JVMs are no longer looked for: {e}"
 
-    def _scan(self, run: _Run) -> tuple[dict[int, ProcessMeta | None], list[int]]:
+    def _scan(self, run: _Run) -> tuple[dict[int, ProcessMeta | None], list[int], set[int]]:
         """Processes of the target not seen before, or that exec'd another program (read
-        afresh), and those gone. The agent's own (py-spy's runs come and go every
-        second) are never read. Runs in a thread."""
+        afresh), those gone, and the agent's own (py-spy's runs come and go every
+        second: never read). Runs in a thread (it walks /proc)."""
         req = run.request
         pids = {int(p) for p in os.listdir(procfs.PROC) if p.isdigit()}
+        own = self._own(run)
         if req.pid is not None or req.pids is not None:
             pids &= {req.pid} if req.pid is not None else set(req.pids or [])
         else:
-            pids -= self._own(run)
+            pids -= own
         found: dict[int, ProcessMeta | None] = {}
         known = set(run.meta)  # one copy: the event loop may change it meanwhile
         for pid in pids:
@@ -572,7 +572,7 @@ class FlightRecorder:
                 run.exes[pid] = exe
                 found[pid] = _describe(pid)
         gone = [p for p in known if p not in pids]
-        return found, gone
+        return found, gone, own
 
     async def _ask_jvm(self, pid: int) -> None:
         with contextlib.suppress(_proc.ProcError):
