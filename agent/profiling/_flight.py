@@ -47,7 +47,7 @@ from pydantic import ConfigDict, Field
 from agent import _proc, procfs, symbols
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import Job, write_atomic
-from agent.profiling import pyspy
+from agent.profiling import offcpu, pyspy
 from agent.profiling._artifacts import FOLDED, KIND
 from agent.profiling._flightpy import record_second
 from agent.profiling._jitnames import JitNames
@@ -407,7 +407,12 @@ class FlightRecorder:
             pids=[run.request.pid] if run.request.pid is not None else run.request.pids or [],
         )
         try:
-            run.child = await _proc.Child.start(argv(program))
+            # Addresses only: the agent names the frames itself (ELF symbols, perf maps).
+            # bpftrace's own naming re-reads a process's symbols for every stack it
+            # prints when it can see the process (a host run), which took minutes per
+            # second for a Node app.
+            env = {**os.environ, **offcpu.ENV, "BPFTRACE_NO_USER_SYMBOLS": "1"}
+            run.child = await _proc.Child.start(argv(program), env=env)
             assert run.child.proc.stdout is not None
             errors = asyncio.ensure_future(_proc.drain_tail(run.child.proc.stderr, keep=16384))
             run.state = "recording"
