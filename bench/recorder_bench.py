@@ -1,17 +1,22 @@
-"""The flight recorder at 19 Hz: its cost on a CPU-bound app, and the agent's own cost
-(CPU, memory, ring bytes) per hour of retained window.
+"""The flight recorder at 19 Hz: its cost on a CPU-bound app (C, and Python, which
+the recorder samples with py-spy for whole Python stacks), the agent's own cost (CPU,
+memory, ring bytes) per hour of retained window, and how far behind real time the
+ring is.
 
 One command: ``.venv/bin/python bench/recorder_bench.py [--pairs N] [--soak S]``.
 
 A real agent (``python -m agent`` on this machine, its own data directory) and a
-CPU-bound C app that times its own work (wall and CPU, from inside). Runs
-alternate unrecorded / recorded (``POST /recorder`` for the app's pid at the
-default 19 Hz before the work starts, ``DELETE`` after) in the same invocation;
-medians are compared. Target: recorded at most 1% slower (the app's CPU time;
-wall printed too). Then a soak: the recorder on a long-running app for ``--soak``
-seconds, measuring the agent's CPU time and RSS and the ring's bytes, reported
-per hour of retained window (the ring's bytes are bounded by ``max_bytes``
-whatever the rate; the default is 16 MiB).
+CPU-bound app that times its own work (wall and CPU, from inside): a C program, then
+a Python one (Python 3.12 when installed, else the bench's own). Runs alternate
+unrecorded / recorded (``POST /recorder`` for the app's pid at the default 19 Hz
+before the work starts, ``DELETE`` after) in the same invocation; medians are
+compared. Target: recorded at most 1% slower (the app's CPU time; wall printed
+too). Then a soak per app: the recorder on a long-running app for ``--soak``
+seconds, measuring the agent's CPU time with its children's (bpftrace, py-spy's
+one-second runs: counted once reaped, after DELETE) and RSS, the ring's bytes per
+hour of retained window (bounded by ``max_bytes`` whatever the rate; 16 MiB by
+default), and the lag ``GET /recorder`` reports, polled every 0.25 s (target: under
+2 s).
 """
 
 from __future__ import annotations
@@ -54,15 +59,41 @@ int main(int argc, char **argv) {
 """.replace("#include <time.h>", "#include <time.h>\n#include <stdlib.h>")
 
 
+WORK_PY = r"""
+import sys, time
+
+def step(n):
+    s = 0
+    for i in range(n):
+        s += (i * i) ^ (s >> 3)
+    return s
+
+rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 40
+sys.stdin.read(1)  # start when told
+w, c = time.monotonic(), time.process_time()
+k = 0
+while rounds == 0 or k < rounds:
+    step(200000)
+    k += 1
+print(f"{time.monotonic() - w} {time.process_time() - c}", flush=True)
+"""
+PY312 = "/root/.pyenv/versions/3.12.1/bin/python3.12"
+BENCH_TOKEN = "recorder-bench-token-0123456789"  # a throwaway, local
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def proc_cpu_s(pid: int) -> float:
+def proc_cpu_s(pid: int, *, children: bool = False) -> float:
+    """utime + stime (and, with ``children``, those of its reaped children)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -72,8 +103,8 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_once(binary: Path, client: httpx.Client, *, recorded: bool) -> tuple[float, float]:
-    proc = subprocess.Popen([str(binary), "800"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def run_once(app: list[str], client: httpx.Client, *, recorded: bool) -> tuple[float, float]:
+    proc = subprocess.Popen(app, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         if recorded:
             r = client.post("/recorder", json={"pid": proc.pid})
@@ -116,13 +147,18 @@ def main() -> None:
         "TRACECAR_AGENT_DATA_DIR": str(tmp / "data"),
         "TRACECAR_AGENT_LTTNG_START_SESSIOND": "false",
         "TRACECAR_AGENT_INSTANCE_ID": f"bench{port}",
+        "TRACECAR_AGENT_TOKEN": BENCH_TOKEN,
     }
     agent = subprocess.Popen(
         [sys.executable, "-m", "agent"], cwd=REPO, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=60,
+            headers={"Authorization": f"Bearer {BENCH_TOKEN}"},
+        ) as client:
             deadline = time.monotonic() + 30
             while True:
                 try:
@@ -132,7 +168,17 @@ def main() -> None:
                     pass
                 assert time.monotonic() < deadline, "the agent did not start"
                 time.sleep(0.2)
-            measure(binary, client, agent.pid, args)
+            python = PY312 if Path(PY312).exists() else sys.executable
+            (tmp / "work.py").write_text(WORK_PY)
+            apps = {
+                "C": ([str(binary), "800"], [str(binary), "0"]),
+                f"Python ({Path(python).name}, py-spy)": (
+                    [python, str(tmp / "work.py"), "30"],
+                    [python, str(tmp / "work.py"), "0"],
+                ),
+            }
+            for name, (work, soak) in apps.items():
+                measure(name, work, soak, client, agent.pid, args)
     finally:
         agent.terminate()
         agent.wait(30)
@@ -143,57 +189,85 @@ def _r(xs: list[float]) -> list[float]:
     return [round(x, 3) for x in xs]
 
 
-def measure(binary: Path, client: httpx.Client, agent_pid: int, args: argparse.Namespace) -> None:
-    print(f"flight recorder at 19 Hz, {args.pairs} alternating pairs (medians)")
-    base_w, base_c, rec_w, rec_c = [], [], [], []
+def measure(
+    name: str,
+    work: list[str],
+    soak: list[str],
+    client: httpx.Client,
+    agent_pid: int,
+    args: argparse.Namespace,
+) -> None:
+    print(f"\n{name} app: flight recorder at 19 Hz, {args.pairs} alternating pairs (medians)")
+    base_w: list[float] = []
+    base_c: list[float] = []
+    rec_w: list[float] = []
+    rec_c: list[float] = []
     for i in range(args.pairs):
         for recorded in (i % 2 == 1, i % 2 == 0):  # alternate which arm goes first
-            w, c = run_once(binary, client, recorded=recorded)
+            w, c = run_once(work, client, recorded=recorded)
             (rec_w if recorded else base_w).append(w)
             (rec_c if recorded else base_c).append(c)
     bw, rw = statistics.median(base_w), statistics.median(rec_w)
     bc, rc = statistics.median(base_c), statistics.median(rec_c)
-    print(
-        f"  unrecorded: wall {bw:.3f} s  cpu {bc:.3f} s   cpu runs {[round(x, 3) for x in base_c]}"
-    )
-    print(
-        f"  recorded:   wall {rw:.3f} s  cpu {rc:.3f} s   cpu runs {[round(x, 3) for x in rec_c]}"
-    )
+    print(f"  unrecorded: wall {bw:.3f} s  cpu {bc:.3f} s   cpu runs {_r(base_c)}")
+    print(f"  recorded:   wall {rw:.3f} s  cpu {rc:.3f} s   cpu runs {_r(rec_c)}")
     verdict = "OK" if rc / bc <= 1.01 else "ABOVE TARGET"
     print(
         f"  ratio recorded/unrecorded: cpu {rc / bc:.4f}x  wall {rw / bw:.4f}x  "
         f"(target cpu <= 1.01x: {verdict})"
     )
-    # The soak: the agent's own cost while recording a busy app.
-    app = subprocess.Popen([str(binary), "0"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    # The soak: the agent's own cost while recording a busy app, and the ring's lag.
+    app = subprocess.Popen(soak, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    lags: list[float] = []
     try:
         assert app.stdin is not None
         app.stdin.write(b"g")
         app.stdin.flush()
-        rss0, cpu0 = rss_mb(agent_pid), proc_cpu_s(agent_pid)
+        rss0, cpu0 = rss_mb(agent_pid), proc_cpu_s(agent_pid, children=True)
         r = client.post("/recorder", json={"pid": app.pid})
         assert r.status_code == 201, r.text
         t0 = time.monotonic()
-        time.sleep(args.soak)
+        time.sleep(10)  # warmed up (bpftrace parses BTF and loads kernel symbols) first
+        while time.monotonic() - t0 < args.soak:
+            lag = client.get("/recorder").json().get("lag_s")
+            if lag is not None:
+                lags.append(float(lag))
+            time.sleep(0.25)
         status = client.get("/recorder").json()
         elapsed = time.monotonic() - t0
-        cpu = proc_cpu_s(agent_pid) - cpu0
         rss1 = rss_mb(agent_pid)
         client.delete("/recorder")
+        time.sleep(1)
+        cpu = proc_cpu_s(agent_pid, children=True) - cpu0
     finally:
         app.kill()
         app.wait()
     per_hour = 3600 / elapsed
-    print(f"\n  soak: {elapsed:.0f} s of recording a busy app ({status['samples']} samples kept)")
+    py = status.get("python") or {}
+    print(f"  soak: {elapsed:.0f} s of recording a busy app ({status['samples']} samples kept)")
+    if py:
+        for pid, p in py.items():
+            print(
+                f"  python pid {pid}: {p['profiler']} {p['state']}, {p['seconds']} seconds "
+                f"recorded, {p['failures']} failed runs"
+            )
     print(
-        f"  agent CPU: {cpu:.2f} s = {100 * cpu / elapsed:.2f}% of a core "
+        f"  agent CPU with its children: {cpu:.2f} s = {100 * cpu / elapsed:.2f}% of a core "
         f"({cpu * per_hour:.0f} s per hour)"
     )
     print(
         f"  ring: {status['bytes']:,} bytes for {status['buckets']} s "
         f"= {status['bytes'] * 3600 / max(status['buckets'], 1) / 1e6:.2f} MB per hour of window "
-        f"(bounded by max_bytes, default 16 MiB)"
+        f"(bounded by max_bytes, default 16 MiB); late samples {status['late_samples']}"
     )
+    if lags:
+        lags.sort()
+        verdict = "OK" if lags[-1] < 2.0 else "ABOVE TARGET"
+        print(
+            f"  lag behind real time: median {statistics.median(lags):.2f} s, "
+            f"p95 {lags[int(0.95 * (len(lags) - 1))]:.2f} s, max {lags[-1]:.2f} s "
+            f"({len(lags)} polls; target max < 2 s: {verdict})"
+        )
     print(f"  agent RSS: {rss0:.1f} MB before, {rss1:.1f} MB after (+{rss1 - rss0:.1f} MB)")
 
 

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from kubectl_tracecar import _cli, _commands, _diff, _dotnet
+from kubectl_tracecar import _cli, _commands, _diff, _dotnet, _recorder
 from kubectl_tracecar.errors import FAILED, PluginError
 
 _COMMANDS = {
@@ -23,6 +23,7 @@ _COMMANDS = {
     "attach": _commands.cmd_attach,
     "dump": _dotnet.cmd_dump,
     "counters": _dotnet.cmd_counters,
+    "recorder": _recorder.cmd_recorder,
 }
 # Commands on local files only: no kubeconfig is loaded, so they work without a cluster.
 _LOCAL: dict[str, Callable[[argparse.Namespace], int]] = {"diff": _diff.cmd_diff}

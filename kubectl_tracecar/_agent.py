@@ -70,10 +70,18 @@ class AgentClient:
         return self._req("POST", path, what, json=body, **kw).json()
 
     def delete(self, path: str, what: str) -> Any:
-        return self._req("DELETE", path, what).json()
+        resp = self._req("DELETE", path, what)
+        return resp.json() if resp.content else None  # 204: no body
 
     def download(self, path: str, what: str, **kw: Any) -> bytes:
         return self._req("GET", path, what, **kw).content
+
+    def download_with_headers(
+        self, path: str, what: str, **kw: Any
+    ) -> tuple[bytes, dict[str, str]]:
+        """The body and the response's headers (names in lower case)."""
+        resp = self._req("GET", path, what, **kw)
+        return resp.content, {k.lower(): v for k, v in resp.headers.items()}
 
     def stream_ndjson(self, path: str, what: str) -> Iterator[dict[str, Any]]:
         """Records of an NDJSON stream, as they arrive."""

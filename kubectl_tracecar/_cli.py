@@ -14,7 +14,7 @@ from kubectl_tracecar.errors import UsageError
 PROG = "kubectl tracecar"
 # The commands that act on pods: each takes TARGET (and all but attach take -l).
 POD_COMMANDS = frozenset(
-    {"status", "ps", "profile", "stack", "probe", "trace", "attach", "dump", "counters"}
+    {"status", "ps", "profile", "stack", "probe", "trace", "attach", "dump", "counters", "recorder"}
 )
 
 _EXAMPLES = {
@@ -53,6 +53,15 @@ _EXAMPLES = {
         "  kubectl tracecar dump web-7d9f-abcde --pid 7 --type full     # others: gdb gcore"
     ),
     "counters": "kubectl tracecar counters web-7d9f-abcde --pid 7       # Ctrl-C ends it",
+    "recorder": (
+        "kubectl tracecar recorder web-7d9f-abcde start              # the pod, 19 Hz, 10 min\n"
+        "  kubectl tracecar recorder web-7d9f-abcde start -c app --retain 30m\n"
+        "  kubectl tracecar recorder web-7d9f-abcde --last 5m -o flame.svg\n"
+        "  kubectl tracecar recorder web-7d9f-abcde --from 2026-12-06T10:02:00Z \\\n"
+        "      --to 2026-12-06T10:05:00Z -o spike.folded\n"
+        "  kubectl tracecar recorder web-7d9f-abcde status      # window, lag, Python processes\n"
+        "  kubectl tracecar recorder web-7d9f-abcde stop"
+    ),
     "attach": (
         "kubectl tracecar attach web-7d9f-abcde            # the agent joins the app, no restart\n"
         "  kubectl tracecar attach web-7d9f-abcde -c app --idle-timeout 1h"
@@ -250,6 +259,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=int, default=1, help="seconds per refresh (default 1)")
 
     p = _sub(
+        subs,
+        "recorder",
+        "the flight recorder: start, status, stop, or the flame graph of the recent past",
+    )
+    _target(p)
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["start", "status", "stop"],
+        help="start, status (the default) or stop; with --last/--from: the profile",
+    )
+    p.add_argument("-c", "--container", help="start: record this container only")
+    p.add_argument("--pid", type=int, help="start: record this process only")
+    p.add_argument("-F", "--frequency", type=int, help="start: samples per second (default 19)")
+    p.add_argument("--retain", help="start: how much time the ring keeps (default 10m)")
+    p.add_argument("--max-bytes", help="start: the ring's size bound (default 16Mi)")
+    p.add_argument("--last", help="the profile of the last D (5m, 90s) the recorder holds")
+    p.add_argument(
+        "--from", dest="from_", metavar="T", help="the profile from T (Unix seconds or ISO 8601)"
+    )
+    p.add_argument("--to", metavar="T", help="... to T (default: now)")
+    p.add_argument(
+        "-o",
+        "--output-file",
+        default="flame.svg",
+        metavar="FILE",
+        help="the profile: flame.svg, x.folded, x.speedscope.json or x.pb.gz (by extension)",
+    )
+    p.add_argument("--all-pods", action="store_true", help="with deploy/NAME: every pod")
+    p.add_argument("--by-pod", action="store_true", help="merged graph: a root frame per pod")
+    p.add_argument("--json", dest="output", action="store_const", const="json", help="JSON")
+
+    p = _sub(
         subs, "attach", "add the agent to a running pod as an ephemeral container (no restart)"
     )
     _target(p, selector=False)
@@ -284,6 +326,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     is read, not a kubeconfig error that hides it."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if (
+        args.command == "recorder"
+        and args.target in ("start", "status", "stop")
+        and args.action is None
+        and getattr(args, "selector", None)
+    ):
+        # `recorder -l app=web start`: the action came where TARGET goes.
+        args.target, args.action = None, args.target
     try:
         if args.command in POD_COMMANDS:
             parse_target(args.target, selector=getattr(args, "selector", None))

@@ -29,6 +29,10 @@ and tests drive them alone); the service's own pieces are private::
     diffgraph    two folded texts -> diff folded or differential SVG (the plugin's too)
     _differential  GET /profiles/diff: two profiles' checks and labels over diffgraph
     _flight      FlightRecorder: 19 Hz samples of the pod in a ring bounded by time and bytes
+                 (bpftrace for every process, py-spy's whole stacks for Python ones)
+    _ring        the recorder's ring: complete seconds, bounds, intervals, process groups
+    _flightpy    one second of one Python process, by py-spy
+    _jitnames    JIT frame names from perf maps, for the recorder
     _triggers    Triggers: CPU use above N% for S s -> a profile (cooldown, limit, retention)
 
 The flow of one profile::
@@ -55,7 +59,8 @@ from agent.profiling._artifacts import (
     SVG,
 )
 from agent.profiling._differential import DiffFormat, DiffOptions, Widths, differential
-from agent.profiling._flight import FlightRecorder, RecorderRequest
+from agent.profiling._flight import FlightRecorder, RecorderRequest, when
+from agent.profiling._ring import GroupSamples, ProcessGroup, Slice
 from agent.profiling._service import Service
 from agent.profiling._triggers import Trigger, TriggerRequest, Triggers
 
@@ -71,11 +76,15 @@ __all__ = [
     "DiffFormat",
     "DiffOptions",
     "FlightRecorder",
+    "GroupSamples",
+    "ProcessGroup",
     "RecorderRequest",
     "Service",
+    "Slice",
     "Trigger",
     "TriggerRequest",
     "Triggers",
     "Widths",
     "differential",
+    "when",
 ]

@@ -1,32 +1,45 @@
 """The flight recorder: low-rate on-CPU sampling kept in a bounded ring, any interval on demand.
 
 :class:`FlightRecorder` (constructed and stopped by :mod:`agent.app`, driven by
-the ``/recorder`` router) runs one bpftrace (:func:`agent.profiling.offcpu.sampler_program`:
-``profile:hz:N`` over every process of the agent's PID namespace, so processes
-started later are sampled from their first tick) that prints its counts every
-second. Each second becomes a bucket of folded stacks, symbolized as it arrives
-(so a process that exits later keeps its names), filtered to the target (a pid,
-pids, a container, or the pod without the agent), and appended to the ring.
+the ``/recorder`` router, read by continuous-profile sinks through
+:meth:`FlightRecorder.samples`) runs:
 
-The ring is bounded twice: buckets older than ``retain_s`` are dropped, and so
-are the oldest while the ring's size exceeds ``max_bytes``. The size is the
-folded text the buckets hold (each stack's bytes + 16 per entry), an upper
-bound of what they take, since stack strings are shared between buckets. The
-ring is in memory only: nothing is written to disk, and it ends with the
-recorder (DELETE) or the agent.
+* one bpftrace (:func:`agent.profiling.offcpu.sampler_program`: ``profile:hz:N``
+  over every process of the agent's PID namespace, so processes started later are
+  sampled from their first tick) that prints its counts just after each wall-clock
+  second. Each second is symbolized as it arrives (so a process that exits later
+  keeps its names; JIT frames through the process's perf map,
+  :mod:`agent.profiling._jitnames`) and filtered to the target (a pid, pids, a
+  container, or the pod without the agent);
+* a watcher that, every second, finds the Python processes in the target (started
+  before or after the recorder) and keeps a loop of one-second py-spy runs on each
+  (:mod:`agent.profiling._flightpy`): their whole Python stacks replace the
+  interpreter frames bpftrace sees. It also asks each recorded JVM for its perf map
+  (jattach, when installed), at first sight, then 2, 4, 8... s later (the JIT is
+  compiling) and every ``JVM_MAP_EVERY_S`` after, so JIT-compiled Java methods are
+  named as in on-demand profiles.
+
+Both feed one :class:`agent.profiling._ring.Ring` (what is complete, the bounds,
+the queries). The ring is in memory only: nothing is written to disk but py-spy's
+one-second files (a private directory, removed with the recorder), and it ends with
+the recorder (DELETE) or the agent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import math
 import os
+import shutil
 import signal
+import tempfile
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
@@ -34,11 +47,17 @@ from pydantic import ConfigDict, Field
 from agent import _proc, procfs, symbols
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import Job, write_atomic
+from agent.profiling import offcpu, pyspy
 from agent.profiling._artifacts import FOLDED, KIND
+from agent.profiling._flightpy import record_second
+from agent.profiling._jitnames import JitNames
+from agent.profiling._ring import GroupBy, GroupSamples, ProcessMeta, Ring, Slice
 from agent.profiling._service import Service
 from agent.profiling.collapse import format_folded
 from agent.profiling.offcpu import argv, fold, parse_output, sampler_program
 from agent.profiling.planner import Plan, Targets, in_range
+
+__all__ = ["FlightRecorder", "GroupSamples", "RecorderRequest", "Slice", "when"]
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +67,28 @@ DEFAULT_RETAIN_S = 600.0
 DEFAULT_MAX_BYTES = 16 << 20
 MIN_RETAIN_S = 2.0
 MIN_BYTES = 256
-_ENTRY_OVERHEAD = 16
+JVM_MAP_EVERY_S = 60.0
+PYSPY_GIVE_UP_AFTER = 5
+"""Consecutive failed py-spy runs after which a process is left to the sampler."""
+PYSPY_GIVE_UP_BEFORE_FIRST = 30
+"""The same, before py-spy has read a process once (its interpreter may be starting)."""
+_MAX_LEAD_S = 0.6
+_MAX_INFLIGHT = 3
+"""py-spy runs of one process at once (each lasts about a second; more: stuck)."""
+_MISSING = ProcessMeta(comm="", container=None, runtime=None)
 
 RecorderState = Literal["stopped", "starting", "recording", "failed"]
+
+
+def when(t: float) -> str:
+    """A Unix time as messages print it: in full (never ``1.79657e+09``) and ISO 8601
+    (left out for a time no calendar date has, such as 1e20)."""
+    full = f"{t:.3f}".rstrip("0").rstrip(".")
+    try:
+        iso = datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return full
+    return f"{full} ({iso.replace('+00:00', 'Z')})"
 
 
 class RecorderRequest(Targets):
@@ -64,28 +102,60 @@ class RecorderRequest(Targets):
     )
     retain_s: float = Field(default=DEFAULT_RETAIN_S, description="the ring's time bound")
     max_bytes: int = Field(default=DEFAULT_MAX_BYTES, description="the ring's size bound")
+    python: bool = Field(
+        default=True,
+        description="Python processes sampled by py-spy (whole Python stacks); "
+        "false: by bpftrace like the rest (interpreter frames)",
+    )
 
 
 @dataclass
-class _Bucket:
-    start: int  # the second it covers: [start, start + 1)
-    stacks: dict[str, int]
-    size: int
+class _Python:
+    """One Python process's py-spy loop."""
+
+    comm: str
+    task: asyncio.Task[None] | None = None
+    state: Literal["recording", "ended", "gave up"] = "recording"
+    seconds: int = 0
+    failures: int = 0
+    message: str = ""
+    lead_s: float = 0.2  # py-spy's start-up time: the next run starts that much early
 
 
 @dataclass
 class _Run:
     request: RecorderRequest
+    ring: Ring
     started_at: float = field(default_factory=time.time)
-    ring: deque[_Bucket] = field(default_factory=deque)
-    size: int = 0
-    samples: int = 0
-    evicted: int = 0
     state: RecorderState = "starting"
     message: str = ""
     task: asyncio.Task[None] | None = None
+    watcher: asyncio.Task[None] | None = None
     child: _proc.Child | None = None
-    containers: dict[int, str | None] = field(default_factory=dict)
+    meta: dict[int, ProcessMeta | None] = field(default_factory=dict)  # live pids, read once
+    exes: dict[int, str] = field(default_factory=dict)  # what each live pid runs
+    python: dict[int, _Python] = field(default_factory=dict)
+    jvm_asked: dict[int, tuple[int, float]] = field(default_factory=dict)  # asks, last
+    jit: JitNames = field(default_factory=JitNames)
+    scratch: Path | None = None
+    sampler_delay_s: float | None = None  # how late bpftrace's last second arrived
+    side_tasks: set[asyncio.Task[None]] = field(default_factory=set)  # jattach asks
+
+
+def _describe(pid: int) -> ProcessMeta | None:
+    """A process's comm, container and runtime (None: it is gone)."""
+    try:
+        info = procfs.process_info(pid)
+    except NotFound:
+        return None
+    return ProcessMeta(comm=info.comm, container=info.container, runtime=info.runtime)
+
+
+def _exe(pid: int) -> str:
+    try:
+        return os.readlink(procfs.PROC / str(pid) / "exe")
+    except OSError:
+        return ""
 
 
 class FlightRecorder:
@@ -93,7 +163,6 @@ class FlightRecorder:
         self.max_retain_s = max_retain_s
         self.max_bytes = max_bytes
         self._run: _Run | None = None
-        self._strings: dict[str, str] = {}  # one copy of each stack text for every bucket
 
     def limits(self) -> dict[str, object]:
         """What /capabilities says: both bounds of the ring, and the defaults."""
@@ -113,8 +182,12 @@ class FlightRecorder:
         return {
             "available": tool is not None,
             "reason": "bpftrace profile:hz over the pod's PID namespace"
+            + ("; py-spy for Python processes" if pyspy.find() else "")
             if tool
             else "bpftrace is not installed",
+            "python": "py-spy (whole Python stacks)"
+            if pyspy.find()
+            else "py-spy is not installed: Python processes show interpreter frames",
             **self.limits(),
             "state": state["state"],
             "window": state["window"],
@@ -135,81 +208,165 @@ class FlightRecorder:
             await asyncio.to_thread(procfs.pids_of_container, req.container)  # 404 naming them
         if _proc.which("bpftrace") is None:
             raise Unavailable("the flight recorder needs bpftrace, which is not installed here")
-        run = _Run(request=req)
+        if self._run is not None:
+            await self.stop()  # a failed run: its tasks and scratch go first
+        ring = Ring(retain_s=req.retain_s, max_bytes=req.max_bytes, frequency_hz=req.frequency_hz)
+        run = _Run(request=req, ring=ring)
+        run.scratch = Path(tempfile.mkdtemp(prefix="tracecar-recorder-"))
         self._run = run
-        self._strings.clear()
         run.task = asyncio.create_task(self._record(run), name="flight-recorder")
+        run.watcher = asyncio.create_task(self._watch(run), name="flight-recorder-watch")
         return self.status()
 
     def status(self) -> dict[str, Any]:
         run = self._run
         if run is None:
             return {"state": "stopped", "window": None}
-        window = None
-        if run.ring:
-            window = {"start": float(run.ring[0].start), "end": float(run.ring[-1].start + 1)}
+        ring = run.ring
+        w = ring.window()
+        lag = ring.lag_s(time.time())
         return {
             "state": run.state,
             "message": run.message,
             "request": run.request.model_dump(exclude_none=True),
             "started_at": run.started_at,
-            "window": window,
-            "bytes": run.size,
-            "buckets": len(run.ring),
-            "samples": run.samples,
-            "evicted_buckets": run.evicted,
+            "window": None if w is None else {"start": w[0], "end": w[1]},
+            "complete_until": ring.complete_until,
+            "lag_s": None if lag is None else round(lag, 3),
+            "sampler_delay_s": None
+            if run.sampler_delay_s is None
+            else round(run.sampler_delay_s, 3),
+            "bytes": ring.size,
+            "buckets": len(ring.buckets),
+            "samples": ring.samples,
+            "evicted_buckets": ring.evicted,
+            "trimmed_samples": ring.trimmed_samples,
+            "late_samples": ring.late_samples,
+            "python": {
+                str(pid): {
+                    "comm": p.comm,
+                    "profiler": "py-spy" if p.state == "recording" else "bpftrace",
+                    "state": p.state,
+                    "seconds": p.seconds,
+                    "failures": p.failures,
+                    **({"message": p.message} if p.message else {}),
+                }
+                for pid, p in sorted(run.python.items())
+            },
         }
 
     async def stop(self) -> None:
-        """DELETE /recorder, and agent shutdown: bpftrace stopped and reaped, the ring dropped."""
+        """DELETE /recorder, and agent shutdown: bpftrace and every py-spy stopped and
+        reaped, the ring and the scratch directory dropped."""
         run, self._run = self._run, None
-        self._strings.clear()
         if run is None:
             return
-        if run.task is not None and not run.task.done():
-            run.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await run.task
+        tasks = [
+            run.task,
+            run.watcher,
+            *(p.task for p in run.python.values()),
+            *run.side_tasks,
+        ]
+        for t in tasks:
+            if t is not None and not t.done():
+                t.cancel()
+        for t in tasks:
+            if t is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        if run.scratch is not None:
+            await asyncio.to_thread(shutil.rmtree, run.scratch, True)
 
-    def interval(self, start: float, end: float) -> tuple[dict[str, int], float, float]:
-        """Folded stacks of ``[start, end)`` (whole seconds covering it), with the bounds used."""
+    def _running(self) -> _Run:
         run = self._run
         if run is None:
             raise Conflict("the flight recorder is not running: start it with POST /recorder")
-        if not run.ring:
+        if run.ring.window() is None:
             raise Conflict("the flight recorder has recorded nothing yet: ask again in a second")
-        w0, w1 = float(run.ring[0].start), float(run.ring[-1].start + 1)
-        window = {"window": {"start": w0, "end": w1}}
+        return run
+
+    def _clip(self, run: _Run, start: float, end: float) -> tuple[int, int]:
+        w = run.ring.window()
+        assert w is not None
+        window = {"window": {"start": w[0], "end": w[1]}}
+        if not (math.isfinite(start) and math.isfinite(end)):
+            raise Invalid("from and to must be finite Unix times in seconds", field="from")
         if not start < end:
-            raise Invalid(f"from ({start:g}) must be before to ({end:g})", field="from", **window)
-        if start < w0 - 1 or end > w1 + 1:
             raise Invalid(
-                f"[{start:g}, {end:g}) is outside the retained window [{w0:g}, {w1:g}): "
-                "ask for an interval inside it (Unix times in seconds)",
+                f"from ({when(start)}) must be before to ({when(end)})", field="from", **window
+            )
+        clipped = run.ring.clip(start, end)
+        if clipped is None:
+            raise Invalid(
+                f"[{when(start)}, {when(end)}) is wholly outside the retained window "
+                f"[{when(w[0])}, {when(w[1])}): ask for an interval that overlaps it "
+                "(Unix times in seconds)",
                 field="from",
                 **window,
             )
-        lo, hi = math.floor(start), math.ceil(end)
-        out: dict[str, int] = {}
-        for b in run.ring:
-            if lo <= b.start < hi:
-                for stack, n in b.stacks.items():
-                    out[stack] = out.get(stack, 0) + n
-        return out, float(max(lo, w0)), float(min(hi, w1))
+        return clipped
+
+    def interval(self, start: float, end: float) -> Slice:
+        """Folded stacks of the retained part of ``[start, end)`` (whole seconds covering
+        it). 422 only when it is inverted or wholly outside the retained window."""
+        run = self._running()
+        lo, hi = self._clip(run, start, end)
+        w = run.ring.window()
+        assert w is not None
+        return Slice(
+            stacks=run.ring.folded(lo, hi),
+            start=float(lo),
+            end=float(hi),
+            asked_start=start,
+            asked_end=end,
+            window_start=w[0],
+            window_end=w[1],
+        )
+
+    # --- for continuous-profile sinks ------------------------------------------------
+    def complete_until(self) -> int | None:
+        """Every second before this Unix time is final: :meth:`samples` of an interval
+        ending at or before it answers the same now and later (while retained). None
+        when nothing is recorded yet (or the recorder is stopped). It trails real time
+        by ``GET /recorder``'s ``lag_s`` (about a second)."""
+        run = self._run
+        return None if run is None else run.ring.complete_until
+
+    def samples(self, *, start: int, end: int, by: GroupBy = "group") -> list[GroupSamples]:
+        """The samples of the closed-open interval ``[start, end)`` (Unix seconds), one
+        :class:`GroupSamples` per process group: a container's processes of one runtime
+        (``by="group"``), or one process (``by="pid"``). Each has the interval's real
+        start and duration (clipped to what is retained and complete), the recorder's
+        rate, and folded stacks already symbolized (Python frames from py-spy, JIT
+        names from perf maps), root first. Groups without samples are left out.
+
+        Empty when the recorder is stopped, nothing of ``[start, end)`` is retained,
+        or it is inverted; never raises. Ask only up to :meth:`complete_until` for an
+        answer that will not change.
+        """
+        run = self._run
+        if run is None or not start < end:
+            return []
+        clipped = run.ring.clip(start, end)
+        if clipped is None:
+            return []
+        return run.ring.groups(clipped[0], clipped[1], by=by)
 
     async def save_interval(self, svc: Service, start: float, end: float) -> Job:
         """Keep an interval as a profile (a CPU profile's outputs and id), so it can be
         fetched later and diffed against a capture or another interval."""
-        stacks, lo, hi = self.interval(start, end)
+        part = self.interval(start, end)
+        stacks, lo, hi = part.stacks, part.start, part.end
         hz = self.frequency_hz
         the_plan = Plan(
             argv=[],
             pids=[],
-            target=f"the flight recorder's [{lo:g}, {hi:g})",
+            target=f"the flight recorder's [{when(lo)}, {when(hi)})",
             duration_s=hi - lo,
             frequency_hz=hz,
             call_graph="fp",
-            call_graph_reason="bpftrace's profile probe walks user stacks by frame pointers",
+            call_graph_reason="bpftrace's profile probe walks user stacks by frame pointers; "
+            "Python processes: py-spy reads the interpreter's frames",
             timeout_s=0,
             unresolved=[],
         )
@@ -219,6 +376,9 @@ class FlightRecorder:
             "plan": the_plan.model_dump(),
             "recording_started_at": lo,
             "recording_finished_at": hi,
+            "requested_from": start,
+            "requested_to": end,
+            "clipped": part.clipped,
             "samples": sum(stacks.values()),
             "folded_samples": sum(stacks.values()),
         }
@@ -238,18 +398,32 @@ class FlightRecorder:
     def frequency_hz(self) -> int:
         return self._run.request.frequency_hz if self._run else DEFAULT_FREQUENCY_HZ
 
-    # --- the recording -------------------------------------------------------
+    # --- the sampler ---------------------------------------------------------------
     async def _record(self, run: _Run) -> None:
-        program = sampler_program(pid_ns=procfs.own_pid_ns(), frequency_hz=run.request.frequency_hz)
+        program = sampler_program(
+            pid_ns=procfs.own_pid_ns(),
+            frequency_hz=run.request.frequency_hz,
+            wall_offset_ns=time.time_ns() - time.monotonic_ns(),
+            pids=[run.request.pid] if run.request.pid is not None else run.request.pids or [],
+        )
         try:
-            run.child = await _proc.Child.start(argv(program))
+            # Addresses only: the agent names the frames itself (ELF symbols, perf maps).
+            # bpftrace's own naming re-reads a process's symbols for every stack it
+            # prints when it can see the process (a host run), which took minutes per
+            # second for a Node app.
+            env = {**os.environ, **offcpu.ENV, "BPFTRACE_NO_USER_SYMBOLS": "1"}
+            run.child = await _proc.Child.start(argv(program), env=env)
             assert run.child.proc.stdout is not None
             errors = asyncio.ensure_future(_proc.drain_tail(run.child.proc.stderr, keep=16384))
             run.state = "recording"
+            second = 0
             async for lines in _proc.line_batches(run.child.proc.stdout):
                 for line in lines:
-                    if line.startswith(b'{"type": "map"'):
-                        await self._add(run, line.decode("utf-8", "replace"))
+                    if line.startswith(b'{"type": "printf"'):
+                        with contextlib.suppress(ValueError):
+                            second = int(line.split(b'"data": "', 1)[1].split(b"\\n", 1)[0])
+                    elif line.startswith(b'{"type": "map"') and second > 0:
+                        await self._add(run, second, line.decode("utf-8", "replace"))
             rc = await run.child.wait(timeout=10)
             err = (await errors).decode("utf-8", "replace")
             run.state = "failed"
@@ -263,7 +437,10 @@ class FlightRecorder:
             if run.child is not None:
                 await run.child.stop(signal.SIGINT, grace=5)
 
-    def _wanted(self, run: _Run, pid: int, own: set[int]) -> bool:
+    def _wanted(
+        self, run: _Run, pid: int, own: set[int], meta: Callable[[int], ProcessMeta | None]
+    ) -> bool:
+        """In the target? ``meta`` is asked only when the answer needs it (a container)."""
         req = run.request
         if req.pid is not None:
             return pid == req.pid
@@ -273,43 +450,200 @@ class FlightRecorder:
             return False
         if req.container is None:
             return True
-        if pid not in run.containers:
-            try:
-                run.containers[pid] = procfs.process_info(pid).container
-            except NotFound:
-                run.containers[pid] = None
-        return run.containers[pid] == req.container
+        m = meta(pid)
+        return m is not None and m.container == req.container
 
-    def _bucket(self, run: _Run, text: str) -> _Bucket:
-        req = run.request
+    def _own(self, run: _Run) -> set[int]:
         # The agent's own processes only matter when the target is the pod or a container.
-        own = procfs.own_tree() | {os.getpid()} if req.pid is None and req.pids is None else set()
-        parsed = parse_output(text, map_name="@s")
-        # The pid -> container cache holds only live processes: bounded however many
-        # come and go, and a reused pid is looked up afresh.
-        seen = {s.pid for s in parsed}
-        for pid in [p for p in run.containers if p not in seen]:
-            if not procfs.pid_exists(pid):
-                del run.containers[pid]
-        stacks = [s for s in parsed if self._wanted(run, s.pid, own)]
-        folded = fold(stacks, names=symbols.function_names, divisor=1)
-        interned = {self._strings.setdefault(k, k): v for k, v in folded.items()}
-        size = sum(len(k.encode()) + _ENTRY_OVERHEAD for k in interned)
-        return _Bucket(start=int(time.time()) - 1, stacks=interned, size=size)
+        req = run.request
+        return procfs.own_tree() | {os.getpid()} if req.pid is None and req.pids is None else set()
 
-    async def _add(self, run: _Run, text: str) -> None:
-        bucket = await asyncio.to_thread(self._bucket, run, text)
+    def _meta_of(
+        self, run: _Run, pid: int, found: dict[int, ProcessMeta | None]
+    ) -> ProcessMeta | None:
+        # .get, once: the event loop may change the table meanwhile (this runs in a thread).
+        meta = run.meta.get(pid, _MISSING)
+        if meta is not _MISSING:
+            return meta
+        if pid not in found:
+            found[pid] = _describe(pid)
+        return found[pid]
+
+    def _bucket(
+        self, run: _Run, text: str
+    ) -> tuple[dict[int, dict[str, int]], dict[int, ProcessMeta | None]]:
+        """One second of bpftrace's map -> folded stacks per wanted pid, and what was
+        learnt of processes not seen before (applied on the event loop, which owns
+        the tables). Runs in a thread."""
+        own = self._own(run)
+        found: dict[int, ProcessMeta | None] = {}
+        parsed = parse_output(text, map_name="@s")
+        stacks = [
+            s
+            for s in parsed
+            if self._wanted(run, s.pid, own, lambda pid: self._meta_of(run, pid, found))
+        ]
+        for pid in {s.pid for s in stacks}:
+            self._meta_of(run, pid, found)  # each recorded process's group, read once
+
+        def names(pid: int, addresses: list[int]) -> list[str]:
+            return run.jit.resolve(pid, addresses, symbols.function_names(pid, addresses))
+
+        per_pid: dict[int, dict[str, int]] = {}
+        for pid in sorted({s.pid for s in stacks}):
+            folded = fold([s for s in stacks if s.pid == pid], names=names, divisor=1)
+            if folded:
+                per_pid[pid] = folded
+        return per_pid, found
+
+    async def _add(self, run: _Run, second: int, text: str) -> None:
+        run.sampler_delay_s = time.time() - (second + 1)
+        per_pid, found = await asyncio.to_thread(self._bucket, run, text)
         if self._run is not run:
             return
-        run.ring.append(bucket)
-        run.size += bucket.size
-        run.samples += sum(bucket.stacks.values())
-        horizon = time.time() - run.request.retain_s
-        while run.ring and (run.ring[0].start + 1 <= horizon or run.size > run.request.max_bytes):
-            old = run.ring.popleft()
-            run.size -= old.size
-            run.evicted += 1
-        if len(self._strings) > 4 * sum(len(b.stacks) for b in run.ring) + 1024:
-            # Drop texts no bucket uses any more (the table must not outgrow the ring).
-            live = {k for b in run.ring for k in b.stacks}
-            self._strings = {k: k for k in live}
+        self._learn(run, found)
+        run.ring.add_sampler(second, per_pid)
+        run.ring.commit(time.time())
+
+    def _learn(self, run: _Run, found: dict[int, ProcessMeta | None]) -> None:
+        for pid, meta in found.items():
+            run.meta[pid] = meta
+            if meta is not None:
+                run.ring.describe(pid, meta)
+
+    # --- the watcher: Python processes, JVMs' perf maps ------------------------------
+    async def _watch(self, run: _Run) -> None:
+        """Every second: new Python processes get a py-spy loop, JVMs are asked for
+        their perf maps, exited processes are forgotten, late seconds are committed."""
+        pyspy_path = pyspy.find() if run.request.python else None
+        jattach = _proc.which("jattach") is not None
+        try:
+            while self._run is run and run.state != "failed":
+                found, gone, own = await asyncio.to_thread(self._scan, run)
+                self._learn(run, found)
+                for pid in gone:
+                    run.meta.pop(pid, None)
+                    run.exes.pop(pid, None)
+                    run.jvm_asked.pop(pid, None)
+                live = set(run.meta)
+                run.jit.forget_except(live)
+                now = time.monotonic()
+                for pid, meta in list(run.meta.items()):
+                    if meta is None or not self._wanted(run, pid, own, run.meta.get):
+                        continue
+                    py = run.python.get(pid)
+                    if meta.runtime == "python" and pyspy_path and py is None:
+                        py = _Python(comm=meta.comm)
+                        run.python[pid] = py
+                        py.task = asyncio.create_task(
+                            self._python_loop(run, pid, py, pyspy_path), name=f"recorder-py-{pid}"
+                        )
+                    elif meta.runtime == "java" and jattach:
+                        asks, last = run.jvm_asked.get(pid, (0, -math.inf))
+                        # Soon after first sight the JIT has compiled little: ask again
+                        # after 2, 4, 8... s, then every JVM_MAP_EVERY_S.
+                        if now - last >= min(JVM_MAP_EVERY_S, 2.0 * 2**asks):
+                            run.jvm_asked[pid] = (asks + 1, now)
+                            # In the background: a slow JVM must not hold the watcher.
+                            t = asyncio.create_task(self._ask_jvm(pid), name=f"recorder-jvm-{pid}")
+                            run.side_tasks.add(t)
+                            t.add_done_callback(run.side_tasks.discard)
+                for pid in [p for p, py in run.python.items() if p not in live and py.task is None]:
+                    del run.python[pid]  # exited, its loop over: forgotten
+                run.ring.commit(time.time())
+                await asyncio.sleep(1.0 - time.time() % 1.0 + 0.1)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the watcher never dies silently, nor takes the recorder down
+            log.exception("flight recorder watcher failed")
+            run.message = f"new Python processes and JVMs are no longer looked for: {e}"
+
+    def _scan(self, run: _Run) -> tuple[dict[int, ProcessMeta | None], list[int], set[int]]:
+        """Processes of the target not seen before, or that exec'd another program (read
+        afresh), those gone, and the agent's own (py-spy's runs come and go every
+        second: never read). Runs in a thread (it walks /proc)."""
+        req = run.request
+        pids = {int(p) for p in os.listdir(procfs.PROC) if p.isdigit()}
+        own = self._own(run)
+        if req.pid is not None or req.pids is not None:
+            pids &= {req.pid} if req.pid is not None else set(req.pids or [])
+        else:
+            pids -= own
+        found: dict[int, ProcessMeta | None] = {}
+        known = set(run.meta)  # one copy: the event loop may change it meanwhile
+        for pid in pids:
+            exe = _exe(pid)
+            if pid not in known or run.exes.get(pid) != exe:
+                run.exes[pid] = exe
+                found[pid] = _describe(pid)
+        gone = [p for p in known if p not in pids]
+        return found, gone, own
+
+    async def _ask_jvm(self, pid: int) -> None:
+        with contextlib.suppress(_proc.ProcError):
+            await _proc.run(
+                ["jattach", str(pid), "jcmd", "Compiler.perfmap"], timeout=15, check=False
+            )
+
+    async def _python_loop(self, run: _Run, pid: int, py: _Python, pyspy_path: str) -> None:
+        """A py-spy run on ``pid`` for every second, each started ``lead_s`` before its
+        second begins (whether the previous one has ended or not, so no second is
+        skipped), until the process exits or py-spy keeps failing on it."""
+        inflight: set[asyncio.Task[None]] = set()
+        second = math.ceil(time.time() + py.lead_s)
+        try:
+            while self._run is run and py.state == "recording" and run.state != "failed":
+                await asyncio.sleep(max(0.0, second - py.lead_s - time.time()))
+                if len(inflight) < _MAX_INFLIGHT and run.ring.expect(second, pid):
+                    t = asyncio.create_task(self._python_second(run, pid, py, pyspy_path, second))
+                    inflight.add(t)
+                    t.add_done_callback(inflight.discard)
+                second += 1
+                if second - py.lead_s < time.time() - 0.5:  # the loop fell behind: catch up
+                    second = math.ceil(time.time() + py.lead_s)
+        finally:
+            for t in list(inflight):
+                t.cancel()
+            for t in list(inflight):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            py.task = None
+
+    async def _python_second(
+        self, run: _Run, pid: int, py: _Python, pyspy_path: str, second: int
+    ) -> None:
+        assert run.scratch is not None
+        got = None
+        try:
+            got = await record_second(
+                pyspy_path=pyspy_path,
+                pid=pid,
+                comm=py.comm,
+                frequency_hz=run.request.frequency_hz,
+                output=run.scratch / f"{pid}-{second}.txt",
+            )
+        except _proc.ProcError as e:
+            py.state, py.message = "gave up", str(e)
+        finally:
+            run.ring.add_python(second, pid, got.stacks if got is not None else None)
+            run.ring.commit(time.time())  # that second may be complete now: no waiting
+        if got is None:
+            return
+        if got.started_after_s:
+            py.lead_s = min(_MAX_LEAD_S, 0.7 * py.lead_s + 0.3 * got.started_after_s)
+        if got.stacks is not None:
+            py.seconds += 1
+            py.failures = 0
+        elif got.exited or not procfs.pid_exists(pid):
+            py.state = "ended"
+        else:
+            py.failures += 1
+            py.message = got.message
+            # A process just started fails until its interpreter is up ("Failed to find
+            # python version"): more patience before its first good second.
+            limit = PYSPY_GIVE_UP_AFTER if py.seconds else PYSPY_GIVE_UP_BEFORE_FIRST
+            if py.failures >= limit and py.state == "recording":
+                py.state = "gave up"
+                log.warning("recorder: py-spy keeps failing on pid %d: %s", pid, py.message)
+        if got.exited:
+            py.state = "ended"

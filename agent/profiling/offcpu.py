@@ -87,18 +87,32 @@ _NS_PID = (
 )
 
 
-def sampler_program(*, pid_ns: int, frequency_hz: int) -> str:
+def sampler_program(
+    *, pid_ns: int, frequency_hz: int, wall_offset_ns: int, pids: Iterable[int] = ()
+) -> str:
     """The flight recorder's program: on-CPU samples of every process of the agent's PID
-    namespace (so processes started later count), counted per stack and printed (then
-    cleared) every second."""
+    namespace (so processes started later count), counted per stack, and printed (then
+    cleared) just after each wall-clock second ends, labelled with that second.
+
+    bpftrace's ``nsecs`` is CLOCK_MONOTONIC; ``wall_offset_ns`` (CLOCK_REALTIME minus
+    it, measured by the agent) turns it into Unix time, so each printed map is exactly
+    the samples of one Unix second (to within the 50 ms check), whatever second
+    bpftrace started in: the printf line ``SECOND`` comes first, then the map.
+    ``pids``: only these processes (a pid target), filtered in the kernel, so
+    bpftrace formats no other process's stacks; none: every process.
+    """
+    only = "".join(f" || $u->nr == {p}" for p in sorted(set(pids)))
+    only = f" && (0{only})" if only else ""
     return f"""profile:hz:{frequency_hz} {{
   {_NS_PID}
-  if ($u->ns->ns.inum == {pid_ns}) {{
+  if ($u->ns->ns.inum == {pid_ns}{only}) {{
     @s[$u->nr, kstack(perf), ustack(perf), comm] = count();
   }}
 }}
-interval:s:1 {{ print(@s); clear(@s); }}
-END {{ print(@s); clear(@s); }}
+interval:ms:50 {{
+  $sec = (nsecs + {wall_offset_ns}) / 1000000000;
+  if ($sec != @sec) {{ printf("%d\\n", @sec); print(@s); clear(@s); @sec = $sec; }}
+}}
 """
 
 

@@ -53,7 +53,8 @@ async def start_recorder(
 
 @router.get("/recorder")
 async def recorder_status(rec: RecorderDep) -> dict[str, Any]:
-    """State, the retained window (Unix seconds), its size and both bounds."""
+    """State, the retained window (Unix seconds), how far behind real time its newest
+    complete second is (``lag_s``), its size, and how each Python process is sampled."""
     return rec.status()
 
 
@@ -68,10 +69,29 @@ async def stop_recorder(rec: RecorderDep) -> Response:
     return Response(status_code=204)
 
 
-def _render(stacks: dict[str, int], fmt: OutputFormat, start: float, end: float, hz: int) -> bytes:
+def _coverage(part: profiling.Slice) -> str:
+    """What the subtitle says when only part of the asked interval is retained."""
+    if not part.clipped:
+        return ""
+    asked = f"{_hms(part.asked_start)}-{_hms(part.asked_end)}"
+    return (
+        f"; asked {asked} UTC, retained part only "
+        f"(the ring holds {_hms(part.window_start)}-{_hms(part.window_end)})"
+    )
+
+
+def _hms(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(t))
+
+
+def _render(part: profiling.Slice, fmt: OutputFormat, hz: int) -> bytes:
+    stacks, start, end = part.stacks, part.start, part.end
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start))
     title = "Flight recorder: CPU profile"
-    subtitle = f"{when} UTC + {end - start:g} s at {hz} Hz, {sum(stacks.values())} samples"
+    subtitle = (
+        f"{when} UTC + {end - start:g} s at {hz} Hz, {sum(stacks.values())} samples"
+        + _coverage(part)
+    )
     if fmt == "folded":
         return format_folded(stacks).encode()
     if fmt == "svg":
@@ -87,6 +107,19 @@ def _render(stacks: dict[str, int], fmt: OutputFormat, start: float, end: float,
         duration_ns=round((end - start) * 1e9),
         time_ns=round(start * 1e9),
     )
+
+
+def coverage_headers(part: profiling.Slice) -> dict[str, str]:
+    """Which part of the asked interval the answer covers (Unix seconds)."""
+    return {
+        "X-Tracecar-From": f"{part.start:.3f}",
+        "X-Tracecar-To": f"{part.end:.3f}",
+        "X-Tracecar-Requested-From": f"{part.asked_start:.3f}",
+        "X-Tracecar-Requested-To": f"{part.asked_end:.3f}",
+        "X-Tracecar-Window-From": f"{part.window_start:.3f}",
+        "X-Tracecar-Window-To": f"{part.window_end:.3f}",
+        "X-Tracecar-Coverage": "partial" if part.clipped else "whole",
+    }
 
 
 @router.post(
@@ -121,8 +154,10 @@ async def recorder_profile(
     to: Annotated[float, Query(description="Unix time, seconds")],
     format: Annotated[OutputFormat, Query()] = "svg",
 ) -> Response:
-    """The profile of ``[from, to)`` (whole seconds covering it) from the retained window."""
-    stacks, start, end = rec.interval(from_, to)
-    body = _render(stacks, format, start, end, rec.frequency_hz)
-    headers = {"X-Tracecar-From": f"{start:.3f}", "X-Tracecar-To": f"{end:.3f}"}
-    return Response(body, media_type=_MEDIA[format], headers=headers)
+    """The profile of ``[from, to)`` (whole seconds covering it): the part of it the ring
+    retains, said in the ``X-Tracecar-*`` headers (``Coverage: partial`` when some of it
+    is not retained) and the SVG's subtitle. 422 only for an interval that is inverted
+    or wholly outside the retained window."""
+    part = rec.interval(from_, to)
+    body = _render(part, format, rec.frequency_hz)
+    return Response(body, media_type=_MEDIA[format], headers=coverage_headers(part))

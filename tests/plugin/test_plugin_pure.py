@@ -113,6 +113,7 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
         "diff",
         "dump",
         "counters",
+        "recorder",
     )
     assert set(commands) == set(_cli._EXAMPLES)
     for cmd in commands:

@@ -1,0 +1,320 @@
+"""The flight recorder's ring: whole seconds of samples, per process, bounded twice.
+
+Owned here (pure: no process is started, no file read): the seconds a recording
+delivers from its two sources, merged; which seconds are complete; the bounds; and
+the answers to "what happened in ``[from, to)``" (one folded profile, or one per
+process group for a continuous-profile sink).
+
+Sources. The sampler (bpftrace, every process of the pod) delivers each wall-clock
+second once, just after it ends. Python processes are also sampled by py-spy (whole
+Python stacks), one run per second per process: a run announces the second it covers
+(:meth:`Ring.expect`) when it starts and delivers it (:meth:`Ring.add_python`) when it
+ends. A second is *complete*, and moves from ``pending`` into the ring, once the
+sampler has delivered it and no py-spy run for it is outstanding (or
+``LATE_AFTER_S`` has passed since it ended: a stuck run does not hold the ring back).
+For a process py-spy delivered a second of, its Python stacks replace the sampler's
+(interpreter frames) for that second; when a run fails, the sampler's stay.
+Seconds are committed in order, so "every second before :attr:`Ring.complete_until`
+is final" holds: what a query or a sink read of them never changes.
+
+Bounds. Buckets older than ``retain_s`` (counted back from the newest complete
+second) are dropped, and so are the oldest while the ring's size exceeds
+``max_bytes``. The size is the folded text the buckets hold (each stack's bytes +
+``ENTRY_OVERHEAD`` per entry), an upper bound of what they take, since stack strings
+are shared between buckets. One second bigger than ``max_bytes`` on its own (a busy
+pod and a small bound) is *trimmed*, not dropped: its heaviest stacks that fit are
+kept and the rest are counted under one ``[trimmed: ...]`` frame, so the ring always
+holds the newest second, its sample total stays right, and the bound holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+ENTRY_OVERHEAD = 16
+LATE_AFTER_S = 4.0
+"""A py-spy run still outstanding this long after its second ended is given up on."""
+TRIMMED_PID = 0
+TRIMMED_FRAME = "[trimmed: stacks beyond the ring's size bound]"
+
+GroupBy = Literal["group", "pid"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessMeta:
+    """What a process was when it was first sampled: its group's key."""
+
+    comm: str
+    container: str | None
+    runtime: str | None
+
+
+@dataclass
+class Bucket:
+    start: int  # the wall-clock second it covers: [start, start + 1)
+    stacks: dict[int, dict[str, int]]  # pid -> folded stack (root first) -> samples
+    size: int
+
+
+@dataclass
+class _Pending:
+    sampler: dict[int, dict[str, int]] | None = None  # None: not delivered yet
+    python: dict[int, dict[str, int]] = field(default_factory=dict)
+    outstanding: set[int] = field(default_factory=set)  # pids of py-spy runs not back yet
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessGroup:
+    """A continuous-profile sink's unit: a container's processes of one runtime, or
+    (``by="pid"``) one process. ``container``/``runtime`` are None when the process
+    was gone before it could be read; ``pid`` is set only when grouped by pid."""
+
+    container: str | None
+    runtime: str | None
+    pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSamples:
+    """One process group's samples over one interval (see :meth:`Ring.groups`)."""
+
+    group: ProcessGroup
+    pids: tuple[int, ...]
+    comms: tuple[str, ...]
+    start: float
+    """Unix seconds: the first second the interval covers (clipped to what is retained)."""
+    duration_s: float
+    """Whole seconds from ``start``; ``start + duration_s`` <= ``complete_until``."""
+    frequency_hz: int
+    stacks: dict[str, int]
+    """Folded stacks, root first (the process's comm), symbolized: samples per stack."""
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """The part of an asked interval the ring holds (whole seconds)."""
+
+    stacks: dict[str, int]
+    start: float
+    end: float
+    asked_start: float
+    asked_end: float
+    window_start: float
+    window_end: float
+
+    @property
+    def clipped(self) -> bool:
+        """True when part of the asked interval is not retained (before or after)."""
+        return self.start > math.floor(self.asked_start) or self.end < math.ceil(self.asked_end)
+
+
+def stacks_size(stacks: dict[int, dict[str, int]]) -> int:
+    return sum(len(k.encode()) + ENTRY_OVERHEAD for per in stacks.values() for k in per)
+
+
+def trim(
+    stacks: dict[int, dict[str, int]], max_bytes: int
+) -> tuple[dict[int, dict[str, int]], int]:
+    """``stacks`` cut to fit ``max_bytes``: the heaviest stacks that fit, the rest
+    counted under one ``TRIMMED_FRAME`` stack. Returns them and how many samples the
+    trimmed frame holds (0: nothing was cut)."""
+    if stacks_size(stacks) <= max_bytes:
+        return stacks, 0
+    budget = max_bytes - (len(TRIMMED_FRAME.encode()) + ENTRY_OVERHEAD)
+    entries = sorted(
+        ((n, pid, k) for pid, per in stacks.items() for k, n in per.items()),
+        key=lambda e: (-e[0], e[1], e[2]),
+    )
+    kept: dict[int, dict[str, int]] = {}
+    cut = 0
+    for n, pid, k in entries:
+        cost = len(k.encode()) + ENTRY_OVERHEAD
+        if cost <= budget:
+            kept.setdefault(pid, {})[k] = n
+            budget -= cost
+        else:
+            cut += n
+    if cut:
+        kept[TRIMMED_PID] = {TRIMMED_FRAME: cut}
+    return kept, cut
+
+
+class Ring:
+    """The retained seconds of one recording (see the module docstring)."""
+
+    def __init__(self, *, retain_s: float, max_bytes: int, frequency_hz: int) -> None:
+        self.retain_s = retain_s
+        self.max_bytes = max_bytes
+        self.frequency_hz = frequency_hz
+        self.buckets: deque[Bucket] = deque()
+        self.pending: dict[int, _Pending] = {}
+        self.meta: dict[int, ProcessMeta] = {}
+        self.size = 0
+        self.samples = 0
+        self.evicted = 0
+        self.trimmed_samples = 0
+        self.late_samples = 0
+        self.python_seconds = 0  # (process, second) pairs recorded by py-spy
+        self.sampled_until: int | None = None  # the sampler delivered every second < this
+        self.complete_until: int | None = None  # every second < this is final
+        self._strings: dict[str, str] = {}  # one copy of each stack text for every bucket
+
+    # --- what the sources deliver ---------------------------------------------------
+    def add_sampler(self, second: int, stacks: dict[int, dict[str, int]]) -> None:
+        """The sampler's (bpftrace's) stacks of ``second``, per pid."""
+        if self.complete_until is not None and second < self.complete_until:
+            self.late_samples += sum(n for per in stacks.values() for n in per.values())
+            return
+        p = self.pending.setdefault(second, _Pending())
+        if p.sampler is None:
+            p.sampler = {}
+        for pid, per in stacks.items():
+            mine = p.sampler.setdefault(pid, {})
+            for k, n in per.items():
+                mine[k] = mine.get(k, 0) + n
+        self.sampled_until = max(self.sampled_until or 0, second + 1)
+
+    def expect(self, second: int, pid: int) -> bool:
+        """A py-spy run of ``pid`` covering ``second`` has started. False (and nothing
+        is waited for) when that second is already complete."""
+        if self.complete_until is not None and second < self.complete_until:
+            return False
+        self.pending.setdefault(second, _Pending()).outstanding.add(pid)
+        return True
+
+    def add_python(self, second: int, pid: int, stacks: dict[str, int] | None) -> None:
+        """What the py-spy run of ``pid`` for ``second`` gave: its stacks, or None when
+        it failed (the sampler's stacks of that process are kept then)."""
+        p = self.pending.get(second)
+        if p is None or pid not in p.outstanding:
+            if stacks:
+                self.late_samples += sum(stacks.values())
+            return
+        p.outstanding.discard(pid)
+        if stacks is not None:
+            p.python[pid] = stacks
+
+    def describe(self, pid: int, meta: ProcessMeta) -> None:
+        self.meta.setdefault(pid, meta)
+
+    # --- completing seconds -----------------------------------------------------------
+    def commit(self, now: float) -> int:
+        """Move every complete second into the ring, in order; the number moved."""
+        moved = 0
+        for second in sorted(self.pending):
+            p = self.pending[second]
+            late = now >= second + 1 + LATE_AFTER_S
+            if self.sampled_until is None or second >= self.sampled_until:
+                if not late:
+                    break
+            elif p.outstanding and not late:
+                break
+            del self.pending[second]
+            self._append(second, self._merge(p))
+            moved += 1
+        return moved
+
+    def _merge(self, p: _Pending) -> dict[int, dict[str, int]]:
+        merged = {pid: per for pid, per in (p.sampler or {}).items() if pid not in p.python}
+        for pid, per in p.python.items():
+            if per:
+                merged[pid] = per
+            self.python_seconds += 1
+        return {pid: per for pid, per in merged.items() if per}
+
+    def _append(self, second: int, stacks: dict[int, dict[str, int]]) -> None:
+        stacks, cut = trim(stacks, self.max_bytes)
+        self.trimmed_samples += cut
+        interned = {
+            pid: {self._strings.setdefault(k, k): n for k, n in per.items()}
+            for pid, per in stacks.items()
+        }
+        bucket = Bucket(start=second, stacks=interned, size=stacks_size(interned))
+        self.buckets.append(bucket)
+        self.size += bucket.size
+        self.samples += sum(n for per in interned.values() for n in per.values())
+        self.complete_until = max(self.complete_until or 0, second + 1)
+        horizon = self.complete_until - self.retain_s
+        while self.buckets and (
+            self.buckets[0].start + 1 <= horizon
+            or (self.size > self.max_bytes and len(self.buckets) > 1)
+        ):
+            old = self.buckets.popleft()
+            self.size -= old.size
+            self.evicted += 1
+        entries = sum(len(per) for b in self.buckets for per in b.stacks.values())
+        if len(self._strings) > 4 * entries + 1024:
+            # Drop texts no bucket uses any more, and processes no bucket holds: neither
+            # table may outgrow the ring.
+            live = {k for b in self.buckets for per in b.stacks.values() for k in per}
+            self._strings = {k: k for k in live}
+            pids = {pid for b in self.buckets for pid in b.stacks}
+            self.meta = {pid: m for pid, m in self.meta.items() if pid in pids}
+
+    # --- reading --------------------------------------------------------------------
+    def window(self) -> tuple[float, float] | None:
+        """``[start, end)`` of the retained seconds (Unix seconds), None before the first."""
+        if not self.buckets or self.complete_until is None:
+            return None
+        return float(self.buckets[0].start), float(self.complete_until)
+
+    def lag_s(self, now: float) -> float | None:
+        """How far behind real time the newest complete second is."""
+        return None if self.complete_until is None else max(0.0, now - self.complete_until)
+
+    def clip(self, start: float, end: float) -> tuple[int, int] | None:
+        """The whole seconds of ``[start, end)`` the ring holds; None if none."""
+        w = self.window()
+        if w is None:
+            return None
+        lo, hi = max(math.floor(start), int(w[0])), min(math.ceil(end), int(w[1]))
+        return (lo, hi) if lo < hi else None
+
+    def _buckets(self, lo: int, hi: int) -> Iterable[Bucket]:
+        return (b for b in self.buckets if lo <= b.start < hi)
+
+    def folded(self, lo: int, hi: int) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for b in self._buckets(lo, hi):
+            for per in b.stacks.values():
+                for k, n in per.items():
+                    out[k] = out.get(k, 0) + n
+        return out
+
+    def groups(self, lo: int, hi: int, *, by: GroupBy) -> list[GroupSamples]:
+        acc: dict[ProcessGroup, tuple[set[int], set[str], dict[str, int]]] = {}
+        for b in self._buckets(lo, hi):
+            for pid, per in b.stacks.items():
+                m = self.meta.get(pid)
+                if pid == TRIMMED_PID:
+                    m = ProcessMeta(comm="[trimmed]", container=None, runtime=None)
+                elif m is None:
+                    m = ProcessMeta(comm="", container=None, runtime=None)
+                key = ProcessGroup(
+                    container=m.container, runtime=m.runtime, pid=pid if by == "pid" else None
+                )
+                pids, comms, out = acc.setdefault(key, (set(), set(), {}))
+                pids.add(pid)
+                if m.comm:
+                    comms.add(m.comm)
+                for k, n in per.items():
+                    out[k] = out.get(k, 0) + n
+        return [
+            GroupSamples(
+                group=g,
+                pids=tuple(sorted(pids)),
+                comms=tuple(sorted(comms)),
+                start=float(lo),
+                duration_s=float(hi - lo),
+                frequency_hz=self.frequency_hz,
+                stacks=stacks,
+            )
+            for g, (pids, comms, stacks) in sorted(
+                acc.items(),
+                key=lambda kv: (kv[0].container or "", kv[0].runtime or "", kv[0].pid or 0),
+            )
+        ]
