@@ -222,7 +222,7 @@ def test_trigger_capture_carries_its_labels(
             "/triggers",
             json={
                 "pid": hotcold.pid,
-                "cpu_percent": 50,
+                "cpu_percent": 5,  # the busy loop, even on a machine shared with builds
                 "for_s": 1,
                 "max_captures": 1,
                 "profile": {"duration_s": 2, "type": "off-cpu"},
@@ -231,7 +231,12 @@ def test_trigger_capture_carries_its_labels(
         )
         assert r.status_code == 201, r.text
         tid = r.json()["id"]
-        _wait(lambda: c.get(f"/triggers/{tid}").json()["state"] == "done", 90, "the capture")
+        trig = _wait(
+            lambda: (t := c.get(f"/triggers/{tid}").json())["state"] in ("done", "failed") and t,
+            90,
+            "the capture",
+        )
+        assert trig["state"] == "done" and len(trig["captures"]) == 1, trig
         selector = f'{{service_name="{name}", source="trigger", trigger_id="{tid}"}}'
         totals = _wait(
             lambda: pyroscope.merged(selector, t0 - 60, time.time() + 60, OFFCPU_TYPE),
@@ -240,7 +245,7 @@ def test_trigger_capture_carries_its_labels(
         )
         assert sum(totals.values()) > 0
         reasons = pyroscope.label_values("trigger_reason", t0 - 60, time.time() + 60)
-        assert "cpu >= 50% for 1s" in reasons, reasons
+        assert "cpu >= 5% for 1s" in reasons, reasons
 
 
 def test_lttng_trace_and_perf_data_uploaded_to_s3(
