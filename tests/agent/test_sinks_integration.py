@@ -13,6 +13,7 @@ and wrong credentials or an unknown bucket said in /capabilities.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import signal
 import subprocess
 import tarfile
@@ -182,16 +183,16 @@ def test_continuous_profiles_arrive_every_interval(
             90,
             "five intervals pushed",
         )
-        last = push["last_interval"]
-        assert last["end"] - last["start"] == INTERVAL_S
         _wait(lambda: sink_status(c, "pyroscope")["queued_items"] == 0, 30, "the spool drained")
-    # Each of the last four intervals is in the store, with its own timestamp.
+    intervals = push["recent_intervals"]
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(intervals)), intervals
+    assert all(hi - lo <= INTERVAL_S for lo, hi in intervals), intervals
+    # Each interval is in the store, with its own timestamp; the hot function holds its share.
     selector = f'{{service_name="{name}", source="continuous", process="hotcold"}}'
-    for k in range(4):
-        start = last["start"] - k * INTERVAL_S
-        totals = pyroscope.merged(selector, start - 0.1, start + INTERVAL_S - 0.1)
-        assert sum(totals.values()) > 0, f"no profile for the interval starting at {start}"
-    merged = pyroscope.merged(selector, last["start"] - 3 * INTERVAL_S, last["end"])
+    for lo, hi in intervals[-4:]:
+        totals = pyroscope.merged(selector, lo - 0.1, hi - 0.1)
+        assert sum(totals.values()) > 0, f"no profile for the interval [{lo}, {hi})"
+    merged = pyroscope.merged(selector, intervals[-4][0], intervals[-1][1])
     assert share(merged, "hot_function") > 0.6, merged
 
 
@@ -390,14 +391,16 @@ def test_store_outage_leaves_no_gap(
         finally:
             pyroscope.start(timeout=180)
         _wait(lambda: sink_status(c, "pyroscope")["queued_items"] == 0, 120, "the spool drained")
-        after = c.get("/recorder").json()["push"]["last_interval"]
+        intervals = c.get("/recorder").json()["push"]["recent_intervals"]
         up = sink_status(c, "pyroscope")
         assert up["state"] == "ok" and up["dropped"] == 0, up
+    covered = [iv for iv in intervals if iv[0] >= before["start"]]
+    assert len(covered) >= 6, intervals
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(covered)), covered
     selector = f'{{service_name="{name}", source="continuous"}}'
-    start = before["start"]
-    missing = []
-    while start <= after["start"]:
-        if not sum(pyroscope.merged(selector, start - 0.1, start + INTERVAL_S - 0.1).values()):
-            missing.append(start)
-        start += INTERVAL_S
+    missing = [
+        (lo, hi)
+        for lo, hi in covered
+        if not sum(pyroscope.merged(selector, lo - 0.1, hi - 0.1).values())
+    ]
     assert not missing, f"intervals with no profile: {missing}"
