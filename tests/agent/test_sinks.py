@@ -320,3 +320,80 @@ def test_settings_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.pyroscope_token_file == Path("/s/token") and s.s3_path_style is True
     assert s.spool_max_bytes == 1 << 20 and s.continuous and s.continuous_interval_s == 30
     assert Settings.model_fields["continuous_interval_s"].default == 15.0
+
+
+# --- Pyroscope's answers and credentials (httpx's mock transport in place of the network) ---
+def _pyroscope_send(
+    tmp_path: Path, status: int, body: bytes = b"", **auth: Path | str | None
+) -> tuple[list[Any], Exception | None]:
+    import httpx
+
+    from agent.sinks._pyroscope import PyroscopeSender
+
+    seen: list[Any] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, content=body)
+
+    sender = PyroscopeSender(
+        "http://pyroscope.test:4040/",
+        tenant=auth.pop("tenant", None),  # type: ignore[arg-type]
+        user_file=auth.get("user_file"),  # type: ignore[arg-type]
+        password_file=auth.get("password_file"),  # type: ignore[arg-type]
+        token_file=auth.get("token_file"),  # type: ignore[arg-type]
+        timeout_s=5,
+        transport=httpx.MockTransport(answer),
+    )
+    data = tmp_path / "p.data"
+    data.write_bytes(b"pprof")
+    item = Item(id="1", created_at=0, size=5, meta={"labels": {"a": "b"}}, data=data)
+
+    async def run() -> Exception | None:
+        try:
+            await sender.send(item)
+        except Exception as e:
+            return e
+        finally:
+            await sender.close()
+        return None
+
+    return seen, asyncio.run(run())
+
+
+def test_pyroscope_credentials_from_files(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("s3cr3t\n")
+    seen, err = _pyroscope_send(tmp_path, 200, tenant="team-a", token_file=tmp_path / "token")
+    assert err is None
+    (req,) = seen
+    assert str(req.url) == "http://pyroscope.test:4040/push.v1.PusherService/Push"
+    assert req.headers["authorization"] == "Bearer s3cr3t"
+    assert req.headers["x-scope-orgid"] == "team-a"
+    assert req.headers["content-type"] == "application/proto"
+    (tmp_path / "user").write_text("123456")
+    (tmp_path / "pw").write_text("glc_token")
+    seen, err = _pyroscope_send(
+        tmp_path, 200, user_file=tmp_path / "user", password_file=tmp_path / "pw"
+    )
+    assert err is None and seen[0].headers["authorization"].startswith("Basic ")
+    _, err = _pyroscope_send(tmp_path, 200, token_file=tmp_path / "missing")
+    assert isinstance(err, SendError) and err.kind == "config" and "missing" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "words"),
+    [
+        (401, "config", "rejected the credentials"),
+        (403, "config", "refused access"),
+        (404, "config", "Pyroscope's base URL"),
+        (400, "rejected", "out of bounds"),
+        (429, "transient", "429"),
+        (503, "transient", "503"),
+    ],
+)
+def test_pyroscope_answers_become_error_kinds(
+    tmp_path: Path, status: int, kind: str, words: str
+) -> None:
+    body = b'{"code": "invalid_argument", "message": "profile out of bounds"}'
+    _, err = _pyroscope_send(tmp_path, status, body)
+    assert isinstance(err, SendError) and err.kind == kind and words in str(err), err
