@@ -19,7 +19,19 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from agent import _proc, dotnet, dumps, idle, lttng, openapi, probes, procfs, profiling, stacks
+from agent import (
+    _proc,
+    dotnet,
+    dumps,
+    idle,
+    lttng,
+    openapi,
+    probes,
+    procfs,
+    profiling,
+    sinks,
+    stacks,
+)
 from agent.auth import load_access, remove_generated, require_token
 from agent.errors import AgentError, Unauthorized
 from agent.jobs import JobStore
@@ -32,6 +44,7 @@ from agent.routers import (
     profiles,
     recorder,
     triggers,
+    uploads,
 )
 from agent.routers import dotnet as dotnet_routes
 from agent.routers import dumps as dump_routes
@@ -88,6 +101,22 @@ def _exit_request(app: FastAPI) -> Callable[[], Awaitable[None]] | None:
     return stop
 
 
+async def _start_continuous(app: FastAPI) -> None:
+    """TRACECAR_AGENT_CONTINUOUS=true: the flight recorder on the whole pod, pushed every
+    interval. A failure is logged and shown in /recorder, never an agent that won't start."""
+    try:
+        app.state.sinks.require("pyroscope")
+        await app.state.recorder.start(profiling.RecorderRequest())
+        app.state.sinks.start_continuous(app.state.recorder)
+        log.info(
+            "continuous profiling: the pod at %d Hz, pushed every %g s",
+            app.state.recorder.frequency_hz,
+            app.state.settings.continuous_interval_s,
+        )
+    except AgentError as e:
+        log.error("continuous profiling did not start: %s", e.detail)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     activity = idle.Activity()
@@ -125,6 +154,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for svc in services:
                 await svc.start()
                 started.append(svc)
+            await app.state.sinks.start()
+            if settings.continuous:
+                await _start_continuous(app)
             if settings.idle_exit_s is not None:
                 watcher = asyncio.create_task(
                     idle.watch(
@@ -141,8 +173,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             await app.state.triggers.stop()  # first: no new profile during the shutdown
+            await app.state.sinks.stop_continuous()  # the last seconds, before the ring goes
             await app.state.recorder.stop()
             await jobs.shutdown()
+            # Then what finished is published and the spools get the flush budget.
+            await app.state.sinks.stop()
             for svc in reversed(started):
                 try:
                     await svc.stop()
@@ -161,6 +196,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.activity = activity
     app.state.metrics = Metrics()
+    # Made here, started by the lifespan: /capabilities can describe them before it runs.
+    app.state.sinks = sinks.Sinks(settings, metrics=app.state.metrics)
     app.state.stacks = stacks.Stacks(timeout_s=settings.stack_timeout_s)
     openapi.install(app)  # the 405 answer the document promises
     app.state.access = access
@@ -211,6 +248,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(lttng_routes.router, dependencies=protected)
     app.include_router(dotnet_routes.router, dependencies=protected)
     app.include_router(dump_routes.router, dependencies=protected)
+    app.include_router(uploads.router, dependencies=protected)
     return app
 
 
