@@ -8,10 +8,11 @@ is taken only once its last second has arrived from bpftrace (:data:`LAG_S`
 after its end). On stop (DELETE /recorder, SIGTERM) the partial interval since
 the last push is pushed too, so a deleted pod's last seconds reach the store.
 
-:func:`recorder_groups` is the one place that knows the recorder's interface:
-today the recorder folds stacks as ``comm;frame;...`` for the whole target, so
-a group is a process name (the stacks' root frame), with its container and
-runtime looked up among the pod's live processes.
+:func:`recorder_groups` is the one place that knows the recorder's interface: its
+:meth:`~agent.profiling.FlightRecorder.samples` already groups an interval per process
+group (a container's processes of one runtime), symbolized (whole Python stacks from
+py-spy, JIT names from perf maps), and :meth:`~agent.profiling.FlightRecorder.complete_until`
+says up to which second the ring is final, so an interval is pushed only once complete.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from agent import procfs, profiling
-from agent.errors import AgentError
+from agent import profiling
 from agent.profiling.pprof import to_pprof
 from agent.sinks._labels import profile_labels
 from agent.sinks._sink import Sink
@@ -46,46 +46,28 @@ interval's end before taking it."""
 @dataclass(frozen=True, slots=True)
 class ProcessGroup:
     name: str
+    """The group's process names (comms), comma-separated: the ``process`` label."""
     container: str | None
     runtime: str | None
+    start: float
+    duration_s: float
     stacks: dict[str, int]
 
 
-def _process_facts() -> dict[str, tuple[str, str]]:
-    """comm -> (container, runtime) of the pod's live processes (the first one wins)."""
-    facts: dict[str, tuple[str, str]] = {}
-    for p in procfs.list_processes():
-        facts.setdefault(p.comm.replace(" ", "_"), (p.container, p.runtime))
-    return facts
-
-
-async def recorder_groups(
-    recorder: profiling.FlightRecorder, start: float, end: float
-) -> tuple[list[ProcessGroup], float, float]:
-    """The samples of ``[start, end)`` grouped per process group, with the bounds used.
-
-    The adapter over the recorder's current interface (``interval``: folded stacks whose
-    root frame is the process name). The ring is read on the event loop (the recorder
-    appends to it there: a worker thread iterating it would race the appends); the
-    grouping and the /proc reads run in a thread."""
-    stacks, lo, hi = recorder.interval(start, end)
-    return await asyncio.to_thread(_group, stacks), lo, hi
-
-
-def _group(stacks: dict[str, int]) -> list[ProcessGroup]:
-    by_name: dict[str, dict[str, int]] = {}
-    for stack, n in stacks.items():
-        name = stack.partition(";")[0]
-        by_name.setdefault(name, {})[stack] = n
-    facts = _process_facts() if by_name else {}
+def recorder_groups(recorder: profiling.FlightRecorder, start: int, end: int) -> list[ProcessGroup]:
+    """The samples of ``[start, end)`` (Unix seconds), one :class:`ProcessGroup` per
+    process group, each with its real start and duration. Called on the event loop: the
+    recorder appends to its ring there, and a worker thread iterating it would race."""
     return [
         ProcessGroup(
-            name=name,
-            container=facts.get(name, (None, None))[0],
-            runtime=facts.get(name, (None, None))[1],
-            stacks=group,
+            name=",".join(sorted(set(g.comms))) or "unknown",
+            container=g.group.container,
+            runtime=g.group.runtime,
+            start=g.start,
+            duration_s=g.duration_s,
+            stacks=g.stacks,
         )
-        for name, group in sorted(by_name.items())
+        for g in recorder.samples(start=start, end=end)
     ]
 
 
@@ -107,7 +89,7 @@ class Continuous:
         self.history: deque[tuple[float, float, int]] = deque(maxlen=HISTORY)
         self.last_error: str | None = None
         self.started_at = time.time()
-        self._next_start = float(math.floor(self.started_at))
+        self._next_start = math.floor(self.started_at)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -140,7 +122,7 @@ class Continuous:
                 await self._task
             self._task = None
         if final:
-            end = float(math.floor(time.time()))
+            end = math.floor(time.time())
             if end > self._next_start:
                 await self.push(self._next_start, end)
 
@@ -153,32 +135,30 @@ class Continuous:
             if self.recorder.status()["state"] not in ("recording", "starting"):
                 self.last_error = "the flight recorder stopped: continuous pushes ended"
                 return
-            await self.push(self._next_start, self._next_start + self.interval_s)
+            # the ring holds whole seconds: an interval is a whole number of them
+            await self.push(self._next_start, self._next_start + math.ceil(self.interval_s))
 
-    async def push(self, start: float, end: float) -> int:
+    async def push(self, start: int, end: int) -> int:
         """Spool one pprof per process group of ``[start, end)``; the number spooled.
 
-        Clamped to what the ring holds; the next interval starts where this one ended,
-        so an interval bpftrace was late for is covered by the next push, not skipped."""
+        Clamped to what the ring holds and has completed; the next interval starts where
+        this one ended, so an interval the sampler was late for is covered by the next
+        push, not skipped."""
         async with self._lock:
             window = self.recorder.status().get("window")
-            if not window:
+            complete = self.recorder.complete_until()
+            if not window or complete is None:
                 return 0  # nothing recorded yet (bpftrace is still attaching): wait
-            first, last = float(window["start"]), float(window["end"])
+            first = math.floor(float(window["start"]))
             if start < first:
                 # The ring begins later (the recorder's first second came after this
                 # interval was planned, or old seconds were evicted): begin there.
                 start, end = first, first + (end - start)
-            end = min(end, last)
+            end = min(end, complete)
             if end <= start:
-                return 0  # not recorded yet: bpftrace is behind; the next attempt takes it
-            try:
-                groups, lo, hi = await recorder_groups(self.recorder, start, end)
-            except AgentError as e:
-                self.last_error = f"[{start:g}, {end:g}): {e.detail}"
-                self._next_start = end
-                return 0
-            self._next_start = hi
+                return 0  # not complete yet: the sampler is behind; the next attempt takes it
+            groups = recorder_groups(self.recorder, start, end)
+            self._next_start = end
             hz = self.recorder.frequency_hz
             n = 0
             for g in groups:
@@ -186,8 +166,8 @@ class Continuous:
                     to_pprof,
                     g.stacks,
                     period_ns=round(1e9 / hz),
-                    duration_ns=round((hi - lo) * 1e9),
-                    time_ns=round(lo * 1e9),
+                    duration_ns=round(g.duration_s * 1e9),
+                    time_ns=round(g.start * 1e9),
                 )
                 labels = profile_labels(
                     self.base_labels,
@@ -197,8 +177,9 @@ class Continuous:
                     runtime=g.runtime,
                     extra={"process": g.name},
                 )
+                meta = {"labels": labels, "from": g.start, "to": g.start + g.duration_s}
                 try:
-                    await self.sink.put_bytes(payload, {"labels": labels, "from": lo, "to": hi})
+                    await self.sink.put_bytes(payload, meta)
                 except Exception as e:  # a full disk must not end continuous profiling
                     self.last_error = f"spooling failed: {e}"
                     log.warning("continuous push: spooling failed: %s", e)
@@ -206,5 +187,5 @@ class Continuous:
                 n += 1
             self.pushed_intervals += 1
             self.pushed_profiles += n
-            self.history.append((lo, hi, n))
+            self.history.append((float(start), float(end), n))
             return n

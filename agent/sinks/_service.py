@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from agent import profiling
 from agent.errors import Conflict, NotFound
@@ -25,10 +25,12 @@ from agent.metrics import Metrics
 from agent.settings import Settings
 from agent.sinks._continuous import Continuous
 from agent.sinks._labels import ProfileKind, Source, object_key, pod_labels, profile_labels
-from agent.sinks._pyroscope import PyroscopeSender
-from agent.sinks._s3 import S3Sender
 from agent.sinks._sink import Sink
 from agent.sinks._spool import DropReason, TooLarge
+
+if TYPE_CHECKING:
+    from agent.sinks._pyroscope import PyroscopeSender
+    from agent.sinks._s3 import S3Sender
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,9 @@ class Sinks:
         self.continuous: Continuous | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         if settings.pyroscope_url:
+            # httpx (the Pyroscope client) only when Pyroscope is configured, as boto3 below
+            from agent.sinks._pyroscope import PyroscopeSender
+
             self.pyroscope = self._sink(
                 PyroscopeSender(
                     settings.pyroscope_url,
@@ -67,6 +72,10 @@ class Sinks:
                 )
             )
         if settings.s3_bucket:
+            # boto3 only when S3 is configured: importing it costs ~13 MB of RSS, which
+            # an attached agent under a small memory limit cannot spare.
+            from agent.sinks._s3 import S3Sender
+
             self.s3_sender = S3Sender(
                 bucket=settings.s3_bucket,
                 endpoint=settings.s3_endpoint,

@@ -28,7 +28,6 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
@@ -120,6 +119,10 @@ class DebuginfodCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         part = self.directory / f"{build_id}.debug.{os.getpid()}.{threading.get_ident()}.part"
         limit = self.max_bytes
+        # httpx only when a debuginfod server is configured (~7 MB of RSS otherwise paid
+        # by every agent, attached ones in small pods included)
+        import httpx
+
         try:
             with (
                 httpx.Client(timeout=timeout, follow_redirects=True) as client,
