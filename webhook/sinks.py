@@ -131,8 +131,8 @@ def plan_sinks(
             "name": "TRACECAR_AGENT_NODE_NAME",
             "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}},
         },
-        _value("TRACECAR_AGENT_WORKLOAD", workload.name),
-        _value("TRACECAR_AGENT_WORKLOAD_KIND", workload.kind),
+        # kind/name, the agent's `workload` label (agent/settings.py): deployment/web.
+        _value("TRACECAR_AGENT_WORKLOAD", f"{workload.kind.lower()}/{workload.name}"),
         _value("TRACECAR_AGENT_SERVICE_NAME", service_name),
     ]
     warnings: list[str] = []

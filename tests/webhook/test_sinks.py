@@ -100,8 +100,7 @@ def test_labels_are_always_there_and_service_name_defaults_to_namespace_workload
     result = plan_injection(p, settings=PLAIN, namespace="shop")
     env = env_of(agent_of(result.pod))
     assert env["TRACECAR_AGENT_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-    assert env["TRACECAR_AGENT_WORKLOAD"] == "web"
-    assert env["TRACECAR_AGENT_WORKLOAD_KIND"] == "Deployment"
+    assert env["TRACECAR_AGENT_WORKLOAD"] == "deployment/web"
     assert env["TRACECAR_AGENT_SERVICE_NAME"] == "shop/web"
     assert result.status["service_name"] == "shop/web"
     # No store configured: nothing about sinks, the pod's grace period untouched.
