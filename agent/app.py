@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from agent import _proc, idle, lttng, openapi, probes, procfs, profiling, stacks
+from agent import _proc, idle, lttng, openapi, probes, procfs, profiling, sinks, stacks
 from agent.auth import load_access, remove_generated, require_token
 from agent.errors import AgentError, Unauthorized
 from agent.jobs import JobStore
@@ -32,6 +32,7 @@ from agent.routers import (
     profiles,
     recorder,
     triggers,
+    uploads,
 )
 from agent.routers import lttng as lttng_routes
 from agent.routers import metrics as metrics_routes
@@ -84,6 +85,22 @@ def _exit_request(app: FastAPI) -> Callable[[], Awaitable[None]] | None:
     return stop
 
 
+async def _start_continuous(app: FastAPI) -> None:
+    """TRACECAR_AGENT_CONTINUOUS=true: the flight recorder on the whole pod, pushed every
+    interval. A failure is logged and shown in /recorder, never an agent that won't start."""
+    try:
+        app.state.sinks.require("pyroscope")
+        await app.state.recorder.start(profiling.RecorderRequest())
+        app.state.sinks.start_continuous(app.state.recorder)
+        log.info(
+            "continuous profiling: the pod at %d Hz, pushed every %g s",
+            app.state.recorder.frequency_hz,
+            app.state.settings.continuous_interval_s,
+        )
+    except AgentError as e:
+        log.error("continuous profiling did not start: %s", e.detail)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     activity = idle.Activity()
@@ -110,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.probes = probes.Service(settings, jobs, metrics=metrics)
         app.state.lttng = lttng.Service(settings, jobs, metrics=metrics)
+        app.state.sinks = sinks.Sinks(settings, metrics=metrics)
         _proc.add_observer(metrics.observe_tool)
         services = [app.state.profiling, app.state.probes, app.state.lttng]
         started = []
@@ -119,6 +137,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for svc in services:
                 await svc.start()
                 started.append(svc)
+            await app.state.sinks.start()
+            if settings.continuous:
+                await _start_continuous(app)
             if settings.idle_exit_s is not None:
                 watcher = asyncio.create_task(
                     idle.watch(
@@ -135,8 +156,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             await app.state.triggers.stop()  # first: no new profile during the shutdown
+            await app.state.sinks.stop_continuous()  # the last seconds, before the ring goes
             await app.state.recorder.stop()
             await jobs.shutdown()
+            # Then what finished is published and the spools get the flush budget.
+            await app.state.sinks.stop()
             for svc in reversed(started):
                 try:
                     await svc.stop()
@@ -203,6 +227,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(recorder.router, dependencies=protected)
     app.include_router(probe_routes.router, dependencies=protected)
     app.include_router(lttng_routes.router, dependencies=protected)
+    app.include_router(uploads.router, dependencies=protected)
     return app
 
 

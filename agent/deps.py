@@ -7,8 +7,17 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from agent.settings import Settings, get_settings
+from agent.sinks import Sinks
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_sinks(request: Request) -> Sinks:
+    sinks: Sinks = request.app.state.sinks
+    return sinks
+
+
+SinksDep = Annotated[Sinks, Depends(get_sinks)]
 
 
 def state(request: Request, name: str) -> Any:

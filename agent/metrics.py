@@ -15,6 +15,11 @@ Names (``_total`` is added to counters by the client library)::
     tracecar_agent_storage_limit_bytes               the eviction threshold
     tracecar_agent_events_dropped_total{source}      events lost on the way
     tracecar_agent_tool_duration_seconds{tool}       child-process run times
+    tracecar_agent_sink_dropped_total{sink,reason}   spooled items lost (spool_full,
+                                                     too_old, rejected, too_large)
+    tracecar_agent_sink_sent_total{sink}             items a store took
+    tracecar_agent_sink_sent_bytes_total{sink}       their bytes
+    tracecar_agent_sink_queued_bytes{sink}           bytes waiting in the spool now
 """
 
 from __future__ import annotations
@@ -80,6 +85,33 @@ class Metrics:
             "from start to reaped",
             ["tool"],
             buckets=_TOOL_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.sink_dropped = Counter(
+            "tracecar_agent_sink_dropped",
+            "Items spooled for a store and lost, by sink and reason (spool_full: the oldest "
+            "went to make room; too_old: past TRACECAR_AGENT_SPOOL_MAX_AGE_S; rejected: the "
+            "store refused it; too_large: larger than the whole spool)",
+            ["sink", "reason"],
+            registry=self.registry,
+        )
+        self.sink_sent = Counter(
+            "tracecar_agent_sink_sent",
+            "Items a store took, by sink",
+            ["sink"],
+            registry=self.registry,
+        )
+        self.sink_sent_bytes = Counter(
+            "tracecar_agent_sink_sent_bytes",
+            "Bytes of the items a store took, by sink",
+            ["sink"],
+            registry=self.registry,
+        )
+        self.sink_queued_bytes = Gauge(
+            "tracecar_agent_sink_queued_bytes",
+            "Bytes waiting in a sink's spool now",
+            ["sink"],
             registry=self.registry,
         )
 

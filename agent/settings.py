@@ -107,6 +107,53 @@ class Settings(BaseSettings):
     sink, agent/lttng/ndjson_sink.c). Unset: the agent builds it at start-up when gcc and
     libbabeltrace2-dev are there, else converts babeltrace2's text in Python (slower)."""
 
+    # --- sinks: where profiles and artifacts go to outlive the pod (docs/stores.md) ----
+    service_name: str | None = None
+    """The ``service_name`` label on everything sent; default ``NAMESPACE/WORKLOAD``."""
+    workload: str | None = None
+    """The owner workload as ``kind/name`` (``deployment/web``), the ``workload`` label;
+    default: guessed from the pod's name (a Deployment's pod ``web-7d9f8b6c4-abcde``
+    -> ``web``)."""
+    node_name: str | None = None
+    """The ``node`` label (the webhook sets it from the downward API's spec.nodeName)."""
+    pyroscope_url: str | None = None
+    """Grafana Pyroscope's base URL (``http://pyroscope.monitoring:4040``): profiles go to
+    its push API. Unset: no profile sink."""
+    pyroscope_tenant: str | None = None
+    """Sent as ``X-Scope-OrgID`` (a multi-tenant Pyroscope, Grafana Cloud's user id)."""
+    pyroscope_user_file: Path | None = None
+    pyroscope_password_file: Path | None = None
+    """Basic auth: files holding the user and the password (a mounted Secret)."""
+    pyroscope_token_file: Path | None = None
+    """Bearer auth: a file holding the token (a mounted Secret)."""
+    s3_endpoint: str | None = None
+    """An S3-compatible store's URL (MinIO, Ceph, R2...); unset with a bucket: AWS S3."""
+    s3_bucket: str | None = None
+    """The artifacts' bucket. Unset: no object sink."""
+    s3_prefix: str = "tracecar"
+    """Keys are ``PREFIX/NAMESPACE/POD/KIND/ID/FILE``."""
+    s3_region: str | None = None
+    s3_path_style: bool = False
+    """Path-style addressing (``ENDPOINT/BUCKET/KEY``), which most S3-compatible stores need."""
+    s3_presign_expiry_s: int = Field(default=3600, ge=60, le=7 * 86400)
+    spool_dir: Path | None = None
+    """Where what is on its way to a store waits (default ``DATA_DIR/spool``)."""
+    spool_max_bytes: int = Field(default=256 << 20, ge=1 << 20)
+    """Each sink's spool holds at most this much; beyond it the oldest items are dropped
+    (counted in /metrics and /capabilities)."""
+    spool_max_age_s: float = Field(default=3600.0, gt=0)
+    """Items older than this are dropped unsent (Pyroscope itself refuses profiles older
+    than an hour by default)."""
+    sink_timeout_s: float = Field(default=30.0, gt=0)
+    """One request to a store: connect, send, answer."""
+    flush_budget_s: float = Field(default=20.0, ge=0)
+    """At shutdown (SIGTERM), how long the spool may take to drain; what is left stays
+    on disk for the next start. Keep the pod's terminationGracePeriodSeconds above it."""
+    continuous: bool = False
+    """Start continuous profiling of the whole pod at start-up into the profile sink
+    (the flight recorder at 19 Hz, one profile per process group per interval)."""
+    continuous_interval_s: float = Field(default=15.0, ge=1, le=3600)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

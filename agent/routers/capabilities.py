@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from agent import capabilities
-from agent.deps import SettingsDep
+from agent.deps import SettingsDep, SinksDep
 from agent.openapi import PROTECTED, errors
 from agent.routers.lttng import ATTACHED_LTTNG
 
@@ -17,7 +17,9 @@ _SERVICES = ("profiling", "recorder", "probes", "lttng", "stacks")
 
 
 @router.get("/capabilities")
-async def get_capabilities(request: Request, settings: SettingsDep) -> dict[str, object]:
+async def get_capabilities(
+    request: Request, settings: SettingsDep, sinks: SinksDep
+) -> dict[str, object]:
     """General facts (tools, permissions, tracefs, BPF, kernel tracing) and each service's."""
 
     async def of(name: str) -> dict[str, object]:
@@ -44,6 +46,7 @@ async def get_capabilities(request: Request, settings: SettingsDep) -> dict[str,
             else "a sidecar: sees every container of the pod (shareProcessNamespace)"
         ),
     }
+    out["sinks"] = sinks.status()
     if settings.mode == "attached":
         out["lttng"] = {"available": False, "reason": ATTACHED_LTTNG}
     return out

@@ -10,12 +10,14 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from agent import profiling
+from agent.deps import SinksDep
 from agent.errors import AgentError
 from agent.jobs import Job
 from agent.openapi import PROTECTED, TOOLS, content, errors, json_or
 from agent.profiling import ARTIFACTS, BPFTRACE_OUT, KIND, PERF_DATA, PPROF, SPEEDSCOPE, SVG
 from agent.profiling.collapse import CollapseOptions
 from agent.profiling.planner import OutputFormat, Plan, ProfileRequest
+from agent.sinks import Push
 
 router = APIRouter(tags=["profiles"], responses=errors(*PROTECTED, 422))
 
@@ -48,6 +50,10 @@ class JobFailed(AgentError):
     """``wait=true`` on a profile that failed: the tool's own message, with the job's id."""
 
     status_code = 502
+
+
+class ProfileBody(ProfileRequest, Push):
+    """The body of ``POST /profiles``: what to profile and how, and ``push``."""
 
 
 def get_service(request: Request) -> profiling.Service:
@@ -126,13 +132,17 @@ def _artifact(svc: profiling.Service, job: Job, name: str) -> FileResponse:
 )
 async def create_profile(
     svc: ServiceDep,
-    body: Annotated[ProfileRequest | None, Body()] = None,
+    sinks: SinksDep,
+    body: Annotated[ProfileBody | None, Body()] = None,
     dry_run: Annotated[bool, Query(description="only show the plan")] = False,
     wait: Annotated[bool, Query(description="answer with the result when done")] = False,
     format: Annotated[OutputFormat, Query(description="with wait=true")] = "svg",
 ) -> Response | dict[str, Any]:
-    """Start a CPU (or off-CPU) profile of a pid, pids, a container, or the whole pod."""
-    req = body or ProfileRequest()
+    """Start a CPU (or off-CPU) profile of a pid, pids, a container, or the whole pod.
+    ``"push": true``: once done, it goes to the profile store too (``source=on-demand``)."""
+    req = body or ProfileBody()
+    if req.push:
+        sinks.require_profile_sink()
     result = await svc.create(req, dry_run=dry_run)
     if isinstance(result, Plan):
         return JSONResponse(
@@ -140,6 +150,8 @@ async def create_profile(
             status_code=200,
         )
     job = result
+    if req.push:
+        sinks.publish_when_done(svc, job, source="on-demand", extra={})
     location = f"/profiles/{job.id}"
     if not wait:
         return JSONResponse(view(job), status_code=202, headers={"Location": location})

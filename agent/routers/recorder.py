@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from agent import profiling
+from agent.deps import SinksDep
 from agent.openapi import PROTECTED, content, errors
 from agent.profiling.collapse import format_folded
 from agent.profiling.flamegraph import render_svg
@@ -18,6 +19,7 @@ from agent.profiling.planner import OutputFormat
 from agent.profiling.pprof import to_pprof
 from agent.profiling.speedscope import to_speedscope
 from agent.routers.profiles import ServiceDep, view
+from agent.sinks import Push
 
 router = APIRouter(tags=["recorder"], responses=errors(*PROTECTED, 422))
 
@@ -37,6 +39,12 @@ def get_recorder(request: Request) -> profiling.FlightRecorder:
 RecorderDep = Annotated[profiling.FlightRecorder, Depends(get_recorder)]
 
 
+class RecorderBody(profiling.RecorderRequest, Push):
+    """The body of ``POST /recorder``: what to sample, the ring's bounds, and ``push``
+    (continuous profiling: every TRACECAR_AGENT_CONTINUOUS_INTERVAL_S, one profile per
+    process group to the profile store, ``source=continuous``)."""
+
+
 @router.post(
     "/recorder",
     status_code=201,
@@ -44,17 +52,25 @@ RecorderDep = Annotated[profiling.FlightRecorder, Depends(get_recorder)]
     responses={201: {"description": "Recording: the status"}, **errors(400, 404, 409, 503)},
 )
 async def start_recorder(
-    rec: RecorderDep, body: Annotated[profiling.RecorderRequest | None, Body()] = None
+    rec: RecorderDep, sinks: SinksDep, body: Annotated[RecorderBody | None, Body()] = None
 ) -> JSONResponse:
-    """Start sampling the pod (or a pid, pids, a container) into the bounded ring."""
-    status = await rec.start(body or profiling.RecorderRequest())
+    """Start sampling the pod (or a pid, pids, a container) into the bounded ring;
+    ``"push": true`` also sends it, interval by interval, to the profile store."""
+    req = body or RecorderBody()
+    if req.push:
+        sinks.require("pyroscope")
+    status = await rec.start(req)
+    if req.push:
+        sinks.start_continuous(rec)
+    status["push"] = sinks.continuous_status()
     return JSONResponse(status, status_code=201, headers={"Location": "/recorder"})
 
 
 @router.get("/recorder")
-async def recorder_status(rec: RecorderDep) -> dict[str, Any]:
-    """State, the retained window (Unix seconds), its size and both bounds."""
-    return rec.status()
+async def recorder_status(rec: RecorderDep, sinks: SinksDep) -> dict[str, Any]:
+    """State, the retained window (Unix seconds), its size and both bounds; ``push``: the
+    continuous pushes (null when the recorder is not pushing)."""
+    return {**rec.status(), "push": sinks.continuous_status()}
 
 
 @router.delete(
@@ -63,7 +79,8 @@ async def recorder_status(rec: RecorderDep) -> dict[str, Any]:
     response_class=Response,
     responses={204: {"description": "Stopped; the ring is dropped"}},
 )
-async def stop_recorder(rec: RecorderDep) -> Response:
+async def stop_recorder(rec: RecorderDep, sinks: SinksDep) -> Response:
+    await sinks.stop_continuous()  # the seconds since the last push go out first
     await rec.stop()
     return Response(status_code=204)
 

@@ -8,7 +8,10 @@ from fastapi import APIRouter, Body, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from agent import profiling
+from agent.deps import SinksDep
 from agent.openapi import PROTECTED, errors
+from agent.routers.profiles import ServiceDep
+from agent.sinks import Push
 
 router = APIRouter(tags=["triggers"], responses=errors(*PROTECTED, 422))
 
@@ -23,6 +26,10 @@ def get_triggers(request: Request) -> profiling.Triggers:
 TriggersDep = Annotated[profiling.Triggers, Depends(get_triggers)]
 
 
+class TriggerBody(profiling.TriggerRequest, Push):
+    """The body of ``POST /triggers``: when to profile what, and ``push``."""
+
+
 @router.post(
     "/triggers",
     status_code=201,
@@ -33,10 +40,19 @@ TriggersDep = Annotated[profiling.Triggers, Depends(get_triggers)]
     },
 )
 async def create_trigger(
-    triggers: TriggersDep, body: Annotated[profiling.TriggerRequest, Body()]
+    triggers: TriggersDep,
+    svc: ServiceDep,
+    sinks: SinksDep,
+    body: Annotated[TriggerBody, Body()],
 ) -> JSONResponse:
-    """When the target's CPU use stays at or above ``cpu_percent`` for ``for_s``, profile it."""
+    """When the target's CPU use stays at or above ``cpu_percent`` for ``for_s``, profile it.
+    ``"push": true``: each capture goes to the profile store too (``source=trigger``, with
+    ``trigger_id`` and ``trigger_reason``)."""
+    if body.push:
+        sinks.require_profile_sink()
     trigger = await triggers.create(body)
+    if body.push:
+        sinks.follow_trigger(triggers, svc, trigger)
     return JSONResponse(
         trigger.view(), status_code=201, headers={"Location": f"/triggers/{trigger.id}"}
     )

@@ -1,0 +1,190 @@
+"""Continuous profiling: the flight recorder's samples into the profile sink, per interval.
+
+Every ``interval_s`` (15 s by default) the closed interval just past is taken from
+the recorder's ring, split per process group, and each group becomes one pprof
+(with the interval's real start as its ``time_nanos`` and its length as its
+``duration_nanos``) spooled for Pyroscope with ``source=continuous``. An interval
+is taken only once its last second has arrived from bpftrace (:data:`LAG_S`
+after its end). On stop (DELETE /recorder, SIGTERM) the partial interval since
+the last push is pushed too, so a deleted pod's last seconds reach the store.
+
+:func:`recorder_groups` is the one place that knows the recorder's interface:
+today the recorder folds stacks as ``comm;frame;...`` for the whole target, so
+a group is a process name (the stacks' root frame), with its container and
+runtime looked up among the pod's live processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agent import procfs, profiling
+from agent.errors import AgentError
+from agent.profiling.pprof import to_pprof
+from agent.sinks._labels import profile_labels
+from agent.sinks._sink import Sink
+
+log = logging.getLogger(__name__)
+
+LAG_S = 2.0
+"""bpftrace prints a second's counts at the next second's tick: wait this long past an
+interval's end before taking it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessGroup:
+    name: str
+    container: str | None
+    runtime: str | None
+    stacks: dict[str, int]
+
+
+def _process_facts() -> dict[str, tuple[str, str]]:
+    """comm -> (container, runtime) of the pod's live processes (the first one wins)."""
+    facts: dict[str, tuple[str, str]] = {}
+    for p in procfs.list_processes():
+        facts.setdefault(p.comm.replace(" ", "_"), (p.container, p.runtime))
+    return facts
+
+
+def recorder_groups(
+    recorder: profiling.FlightRecorder, start: float, end: float
+) -> tuple[list[ProcessGroup], float, float]:
+    """The samples of ``[start, end)`` grouped per process group, with the bounds used.
+
+    The adapter over the recorder's current interface (``interval``: folded stacks whose
+    root frame is the process name). Blocking (reads /proc): call it in a thread."""
+    stacks, lo, hi = recorder.interval(start, end)
+    by_name: dict[str, dict[str, int]] = {}
+    for stack, n in stacks.items():
+        name = stack.partition(";")[0]
+        by_name.setdefault(name, {})[stack] = n
+    facts = _process_facts() if by_name else {}
+    groups = [
+        ProcessGroup(
+            name=name,
+            container=facts.get(name, (None, None))[0],
+            runtime=facts.get(name, (None, None))[1],
+            stacks=group,
+        )
+        for name, group in sorted(by_name.items())
+    ]
+    return groups, lo, hi
+
+
+class Continuous:
+    def __init__(
+        self,
+        recorder: profiling.FlightRecorder,
+        sink: Sink,
+        *,
+        base_labels: dict[str, str],
+        interval_s: float,
+    ) -> None:
+        self.recorder = recorder
+        self.sink = sink
+        self.base_labels = base_labels
+        self.interval_s = interval_s
+        self.pushed_intervals = 0
+        self.pushed_profiles = 0
+        self.last_interval: tuple[float, float] | None = None
+        self.last_error: str | None = None
+        self.started_at = time.time()
+        self._next_start = float(math.floor(self.started_at))
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="continuous-push")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "enabled": self.running,
+            "interval_s": self.interval_s,
+            "sink": self.sink.name,
+            "intervals_pushed": self.pushed_intervals,
+            "profiles_pushed": self.pushed_profiles,
+            "last_interval": (
+                {"start": self.last_interval[0], "end": self.last_interval[1]}
+                if self.last_interval
+                else None
+            ),
+            "last_error": self.last_error,
+        }
+
+    async def stop(self, *, final: bool = True) -> None:
+        """End the pushes; ``final``: push what was recorded since the last interval."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if final:
+            end = float(math.floor(time.time()))
+            if end > self._next_start:
+                await self.push(self._next_start, end)
+
+    async def _loop(self) -> None:
+        while True:
+            due = self._next_start + self.interval_s + LAG_S
+            await asyncio.sleep(max(due - time.time(), 0.0))
+            if self.recorder.status()["state"] not in ("recording", "starting"):
+                self.last_error = "the flight recorder stopped: continuous pushes ended"
+                return
+            await self.push(self._next_start, self._next_start + self.interval_s)
+
+    async def push(self, start: float, end: float) -> int:
+        """Spool one pprof per process group of ``[start, end)``; the number spooled."""
+        async with self._lock:
+            window = self.recorder.status().get("window")
+            self._next_start = end
+            if not window:
+                return 0
+            start = max(start, float(window["start"]))
+            end = min(end, float(window["end"]))
+            if end <= start:
+                return 0
+            try:
+                groups, lo, hi = await asyncio.to_thread(recorder_groups, self.recorder, start, end)
+            except AgentError as e:
+                self.last_error = f"[{start:g}, {end:g}): {e.detail}"
+                return 0
+            hz = self.recorder.frequency_hz
+            n = 0
+            for g in groups:
+                payload = await asyncio.to_thread(
+                    to_pprof,
+                    g.stacks,
+                    period_ns=round(1e9 / hz),
+                    duration_ns=round((hi - lo) * 1e9),
+                    time_ns=round(lo * 1e9),
+                )
+                labels = profile_labels(
+                    self.base_labels,
+                    kind="cpu",
+                    source="continuous",
+                    container=g.container,
+                    runtime=g.runtime,
+                    extra={"process": g.name},
+                )
+                try:
+                    await self.sink.put_bytes(payload, {"labels": labels, "from": lo, "to": hi})
+                except Exception as e:  # a full disk must not end continuous profiling
+                    self.last_error = f"spooling failed: {e}"
+                    log.warning("continuous push: spooling failed: %s", e)
+                    continue
+                n += 1
+            self.pushed_intervals += 1
+            self.pushed_profiles += n
+            self.last_interval = (lo, hi)
+            return n
