@@ -223,9 +223,10 @@ def test_a_trigger_capture_lands_with_its_labels(fleet: Fleet) -> None:
             return bool(agent.get(f"/triggers/{tid}").json().get("captures"))
 
         K.wait_until(captured, 90, "the trigger's capture")
+        selector = '{source="trigger"}'
+        # Deleted only once pushed: the agent follows a trigger's captures while it lives.
+        K.wait_until(lambda: fleet.total(selector) > 0, 90, "the trigger capture in Pyroscope")
         agent.delete(f"/triggers/{tid}")
-    selector = '{source="trigger"}'
-    K.wait_until(lambda: fleet.total(selector) > 0, 60, "the trigger capture in Pyroscope")
     now = time.time()
     assert S.label_values(fleet.pyroscope, "trigger_id", selector, fleet.started - 60, now) == [tid]
     assert S.label_values(fleet.pyroscope, "trigger_reason", selector, fleet.started - 60, now)
