@@ -278,6 +278,11 @@ def _profile_one(
                 f"{job.get('error') or job.get('message')}"
             )
         folded = client.download(job["links"]["folded"], "downloading folded stacks").decode()
+        if body.get("push") and "push" not in job:
+            # The agent sends it once done (its spool, then the store): say where that
+            # stands, from its own view of each store.
+            caps = client.get_json("/capabilities", "agent capabilities")
+            job = {**job, "push": _sinks.push_state(caps)}
         data = (
             folded.encode()
             if fmt == "folded"

@@ -93,6 +93,19 @@ def status_lines(row: dict[str, Any]) -> list[str]:
     return lines
 
 
+def push_state(caps: JsonObject) -> dict[str, str]:
+    """Each configured store's state right after a pushed profile finished (the agent
+    sends it from its spool): ``{"pyroscope": "ok, queued 2.0 KiB"}``."""
+    out: dict[str, str] = {}
+    for name, s in (sink_states(caps) or {}).items():
+        if s.get("configured"):
+            text = f"{s.get('state') or '?'}, queued {_bytes(s.get('queued_bytes'))}"
+            if s.get("last_error"):
+                text += f" (last error: {s['last_error']})"
+            out[name] = text
+    return out
+
+
 def push_line(push: object) -> str:
     """A pushed profile's outcome as the agent's job reports it (a dict per sink, a
     state, or a bare flag), in one line."""

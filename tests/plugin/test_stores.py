@@ -167,6 +167,32 @@ def test_profile_without_push_sends_no_push_field() -> None:
     assert _commands.profile_body(args, 2.0)["push"] is True
 
 
+class CapsPushAgent(PushAgent):
+    """An agent whose job view does not say how the push went: the plugin asks
+    /capabilities for the stores' state instead."""
+
+    def post_json(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+        job = super().post_json(path, body, what)
+        job.pop("push")
+        return job
+
+    def get_json(self, path: str, what: str) -> dict[str, Any]:
+        assert path == "/capabilities"
+        return CAPS
+
+
+def test_profile_push_reports_the_stores_state_from_capabilities(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _reach_with(monkeypatch, CapsPushAgent())
+    kube = FakeKube(pods=[_injected("web-a")])
+    args = _cli.parse(["profile", "web-a", "-d", "1s", "--push", "-o", str(tmp_path / "a.svg")])
+    assert _commands.cmd_profile(kube, args) == OK
+    text = capsys.readouterr().out
+    assert "pushed: pyroscope: ok, queued 2.0 KiB, s3: failing, queued 5.0 MiB" in text
+    assert "(last error: NoSuchBucket" in text
+
+
 def test_push_line_shapes() -> None:
     assert _sinks.push_line({"pyroscope": {"state": "spooled"}, "s3": "stored"}) == (
         "pyroscope: spooled, s3: stored"
