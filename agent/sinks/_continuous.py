@@ -21,6 +21,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,9 @@ from agent.sinks._sink import Sink
 
 log = logging.getLogger(__name__)
 
+HISTORY = 64
+"""Pushed intervals kept for ``GET /recorder`` (``push.recent_intervals``)."""
+MIN_WAIT_S = 1.0
 LAG_S = 2.0
 """bpftrace prints a second's counts at the next second's tick: wait this long past an
 interval's end before taking it."""
@@ -53,20 +57,26 @@ def _process_facts() -> dict[str, tuple[str, str]]:
     return facts
 
 
-def recorder_groups(
+async def recorder_groups(
     recorder: profiling.FlightRecorder, start: float, end: float
 ) -> tuple[list[ProcessGroup], float, float]:
     """The samples of ``[start, end)`` grouped per process group, with the bounds used.
 
     The adapter over the recorder's current interface (``interval``: folded stacks whose
-    root frame is the process name). Blocking (reads /proc): call it in a thread."""
+    root frame is the process name). The ring is read on the event loop (the recorder
+    appends to it there: a worker thread iterating it would race the appends); the
+    grouping and the /proc reads run in a thread."""
     stacks, lo, hi = recorder.interval(start, end)
+    return await asyncio.to_thread(_group, stacks), lo, hi
+
+
+def _group(stacks: dict[str, int]) -> list[ProcessGroup]:
     by_name: dict[str, dict[str, int]] = {}
     for stack, n in stacks.items():
         name = stack.partition(";")[0]
         by_name.setdefault(name, {})[stack] = n
     facts = _process_facts() if by_name else {}
-    groups = [
+    return [
         ProcessGroup(
             name=name,
             container=facts.get(name, (None, None))[0],
@@ -75,7 +85,6 @@ def recorder_groups(
         )
         for name, group in sorted(by_name.items())
     ]
-    return groups, lo, hi
 
 
 class Continuous:
@@ -93,7 +102,7 @@ class Continuous:
         self.interval_s = interval_s
         self.pushed_intervals = 0
         self.pushed_profiles = 0
-        self.last_interval: tuple[float, float] | None = None
+        self.history: deque[tuple[float, float]] = deque(maxlen=HISTORY)
         self.last_error: str | None = None
         self.started_at = time.time()
         self._next_start = float(math.floor(self.started_at))
@@ -115,10 +124,9 @@ class Continuous:
             "intervals_pushed": self.pushed_intervals,
             "profiles_pushed": self.pushed_profiles,
             "last_interval": (
-                {"start": self.last_interval[0], "end": self.last_interval[1]}
-                if self.last_interval
-                else None
+                {"start": self.history[-1][0], "end": self.history[-1][1]} if self.history else None
             ),
+            "recent_intervals": [[lo, hi] for lo, hi in self.history],
             "last_error": self.last_error,
         }
 
@@ -137,28 +145,35 @@ class Continuous:
     async def _loop(self) -> None:
         while True:
             due = self._next_start + self.interval_s + LAG_S
-            await asyncio.sleep(max(due - time.time(), 0.0))
+            # At least a second between attempts: when bpftrace is late (a busy node
+            # delays its output by seconds), the interval is not there yet; wait for it.
+            await asyncio.sleep(max(due - time.time(), MIN_WAIT_S))
             if self.recorder.status()["state"] not in ("recording", "starting"):
                 self.last_error = "the flight recorder stopped: continuous pushes ended"
                 return
             await self.push(self._next_start, self._next_start + self.interval_s)
 
     async def push(self, start: float, end: float) -> int:
-        """Spool one pprof per process group of ``[start, end)``; the number spooled."""
+        """Spool one pprof per process group of ``[start, end)``; the number spooled.
+
+        Clamped to what the ring holds; the next interval starts where this one ended,
+        so an interval bpftrace was late for is covered by the next push, not skipped."""
         async with self._lock:
             window = self.recorder.status().get("window")
-            self._next_start = end
             if not window:
+                self._next_start = end  # nothing recorded yet: nothing to cover
                 return 0
             start = max(start, float(window["start"]))
             end = min(end, float(window["end"]))
             if end <= start:
                 return 0
             try:
-                groups, lo, hi = await asyncio.to_thread(recorder_groups, self.recorder, start, end)
+                groups, lo, hi = await recorder_groups(self.recorder, start, end)
             except AgentError as e:
                 self.last_error = f"[{start:g}, {end:g}): {e.detail}"
+                self._next_start = end
                 return 0
+            self._next_start = hi
             hz = self.recorder.frequency_hz
             n = 0
             for g in groups:
@@ -186,5 +201,5 @@ class Continuous:
                 n += 1
             self.pushed_intervals += 1
             self.pushed_profiles += n
-            self.last_interval = (lo, hi)
+            self.history.append((lo, hi))
             return n

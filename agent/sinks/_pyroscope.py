@@ -70,13 +70,16 @@ class PyroscopeSender:
         password_file: Path | None,
         token_file: Path | None,
         timeout_s: float,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.tenant = tenant
         self.user_file = user_file
         self.password_file = password_file
         self.token_file = token_file
-        self._client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
+        self._client = httpx.AsyncClient(
+            timeout=timeout_s, follow_redirects=False, transport=transport
+        )
 
     def describe(self) -> dict[str, object]:
         auth = "bearer" if self.token_file else "basic" if self.user_file else "none"

@@ -104,6 +104,7 @@ class Sink:
         self._waiters: dict[str, asyncio.Future[bool]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flushing = False
+        self._sending = False  # between taking an item and its bookkeeping
         self._outcomes: OrderedDict[str, bool] = OrderedDict()  # the last items' fates
 
     # --- life -----------------------------------------------------------------------
@@ -120,14 +121,15 @@ class Sink:
         self._flushing = True
         self._wake.set()
         deadline = time.monotonic() + budget_s
-        while len(self.spool) and self.last_kind != "config":
-            # Woken by each delivery or failure; bounded by what is left of the budget.
+        while (len(self.spool) or self._sending) and self.last_kind != "config":
+            # Woken by each delivery or failure (and every 0.5 s, in case one came between
+            # the check and the clear); bounded by what is left of the budget.
             self._progress.clear()
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), left)
+                await asyncio.wait_for(self._progress.wait(), min(left, 0.5))
         if len(self.spool):
             log.warning(
                 "%s: %d item(s), %d bytes not sent at shutdown; kept in the spool (%s)",
@@ -239,11 +241,13 @@ class Sink:
                 if self.spool.oldest() is None:
                     await self._wake.wait()
                 continue
+            self._sending = True
             try:
                 await self.sender.send(item)
             except asyncio.CancelledError:
                 raise
             except SendError as e:
+                self._sending = False
                 self._fail(e)
                 if e.kind == "rejected":
                     await asyncio.to_thread(self.spool.drop, item, "rejected")
@@ -252,6 +256,7 @@ class Sink:
                 await self._pause(0.5 if self._flushing else wait)
                 continue
             except Exception as e:  # a sender bug must not end delivery
+                self._sending = False
                 log.exception("%s: sending %s failed", self.name, item.id)
                 what = f"unexpected error: {type(e).__name__}: {e}"
                 self._fail(SendError(what, kind="transient"))
@@ -266,4 +271,5 @@ class Sink:
             self.sent += 1
             self._on_sent(self.name, item.size)
             self._settle(item.id, True)
+            self._sending = False
             self._progress.set()
