@@ -151,6 +151,15 @@ def fleet(installed: K.Kube) -> Iterator[Fleet]:
     kube.run("apply", "-k", str(K.REPO / "deploy"))
 
 
+def agent_logs(fleet: Fleet, pod: dict[str, Any]) -> str:
+    """The agent's last log lines, for a failure's message."""
+    res = fleet.kube.run(
+        "logs", "-n", PROFILED, pod["metadata"]["name"], "-c", K.AGENT, "--tail=40",
+        check=False,
+    )  # fmt: skip
+    return res.stdout[-6000:] + res.stderr[-1000:]
+
+
 @contextmanager
 def agent_client(fleet: Fleet, pod: dict[str, Any]) -> Iterator[httpx.Client]:
     name = pod["metadata"]["name"]
@@ -250,7 +259,7 @@ def test_an_lttng_trace_lands_in_s3_and_opens_with_babeltrace2(
             time.sleep(3)
             assert agent.post(f"/lttng/sessions/{sid}/stop").status_code in (200, 202, 204)
             up = agent.post(f"/lttng/sessions/{sid}/trace/upload", params={"presign": "true"})
-            assert up.status_code == 200, up.text
+            assert up.status_code == 200, f"{up.text}\n{agent_logs(fleet, pod)}"
             answer = up.json()
         finally:
             agent.delete(f"/lttng/sessions/{sid}")
@@ -342,7 +351,7 @@ def test_a_full_spool_counts_its_drops(fleet: Fleet) -> None:
                     job = agent.get(f"/profiles/{job['id']}").json()
                 assert job["state"] == "succeeded", job
                 up = agent.post(f"/profiles/{job['id']}/perf.data/upload")
-                assert up.status_code == 200, up.text
+                assert up.status_code == 200, f"{up.text}\n{agent_logs(fleet, pod)}"
                 assert up.json()["state"] == "spooled", up.json()
                 s3 = agent.get("/capabilities").json()["sinks"]["s3"]
                 dropped = int(s3["dropped"])
