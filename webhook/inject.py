@@ -148,7 +148,11 @@ def _exec_probe(*, period_s: int, failure_threshold: int) -> JsonObject:
     return {
         "exec": {"command": list(HEALTHCHECK)},
         "periodSeconds": period_s,
-        "timeoutSeconds": 3,
+        # An exec probe pays a Python start-up: on a loaded node (seen on the cluster
+        # stage at load average ~24) that alone passed 3 s, and the kubelet killed
+        # healthy agents, losing their in-memory state. A wedged agent is still
+        # restarted within about 30 s plus three timeouts.
+        "timeoutSeconds": 10,
         "failureThreshold": failure_threshold,
     }
 
