@@ -127,7 +127,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.probes = probes.Service(settings, jobs, metrics=metrics)
         app.state.lttng = lttng.Service(settings, jobs, metrics=metrics)
-        app.state.sinks = sinks.Sinks(settings, metrics=metrics)
         _proc.add_observer(metrics.observe_tool)
         services = [app.state.profiling, app.state.probes, app.state.lttng]
         started = []
@@ -179,6 +178,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.activity = activity
     app.state.metrics = Metrics()
+    # Made here, started by the lifespan: /capabilities can describe them before it runs.
+    app.state.sinks = sinks.Sinks(settings, metrics=app.state.metrics)
     app.state.stacks = stacks.Stacks(timeout_s=settings.stack_timeout_s)
     openapi.install(app)  # the 405 answer the document promises
     app.state.access = access

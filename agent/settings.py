@@ -138,7 +138,7 @@ class Settings(BaseSettings):
     s3_presign_expiry_s: int = Field(default=3600, ge=60, le=7 * 86400)
     spool_dir: Path | None = None
     """Where what is on its way to a store waits (default ``DATA_DIR/spool``)."""
-    spool_max_bytes: int = Field(default=256 << 20, ge=4096)
+    spool_max_bytes: int = Field(default=256 << 20, ge=1024)
     """Each sink's spool holds at most this much; beyond it the oldest items are dropped
     (counted in /metrics and /capabilities)."""
     spool_max_age_s: float = Field(default=3600.0, gt=0)

@@ -90,10 +90,13 @@ def outage(
     while time.monotonic() - t0 < seconds:
         time.sleep(5)
         s = sinks(client)
+        rec = client.get("/recorder").json()
         peak = max(peak, s["queued_bytes"])
+        lag = time.time() - (rec["window"] or {"end": time.time()})["end"]
         print(
             f"    t+{time.monotonic() - t0:3.0f} s  state {s['state']:<8}  queued "
             f"{s['queued_items']:3d} items {s['queued_bytes']:>7,} bytes  dropped {s['dropped']}"
+            f"  (intervals pushed {rec['push']['intervals_pushed']}, recorder {lag:.0f} s behind)"
         )
     cpu = proc_cpu_s(agent_pid) - cpu0
     down = time.monotonic() - t0
