@@ -34,7 +34,9 @@ from agent.sinks._sink import Sink
 log = logging.getLogger(__name__)
 
 HISTORY = 64
-"""Pushed intervals kept for ``GET /recorder`` (``push.recent_intervals``)."""
+"""Pushed intervals kept for ``GET /recorder`` (``push.recent_intervals``: ``[start, end,
+profiles]``; 0 profiles when nothing of the target ran then, or when bpftrace's output
+came late in a burst and the recorder filed those seconds together)."""
 MIN_WAIT_S = 1.0
 LAG_S = 2.0
 """bpftrace prints a second's counts at the next second's tick: wait this long past an
@@ -102,7 +104,7 @@ class Continuous:
         self.interval_s = interval_s
         self.pushed_intervals = 0
         self.pushed_profiles = 0
-        self.history: deque[tuple[float, float]] = deque(maxlen=HISTORY)
+        self.history: deque[tuple[float, float, int]] = deque(maxlen=HISTORY)
         self.last_error: str | None = None
         self.started_at = time.time()
         self._next_start = float(math.floor(self.started_at))
@@ -126,7 +128,7 @@ class Continuous:
             "last_interval": (
                 {"start": self.history[-1][0], "end": self.history[-1][1]} if self.history else None
             ),
-            "recent_intervals": [[lo, hi] for lo, hi in self.history],
+            "recent_intervals": [list(iv) for iv in self.history],
             "last_error": self.last_error,
         }
 
@@ -161,12 +163,15 @@ class Continuous:
         async with self._lock:
             window = self.recorder.status().get("window")
             if not window:
-                self._next_start = end  # nothing recorded yet: nothing to cover
-                return 0
-            start = max(start, float(window["start"]))
-            end = min(end, float(window["end"]))
+                return 0  # nothing recorded yet (bpftrace is still attaching): wait
+            first, last = float(window["start"]), float(window["end"])
+            if start < first:
+                # The ring begins later (the recorder's first second came after this
+                # interval was planned, or old seconds were evicted): begin there.
+                start, end = first, first + (end - start)
+            end = min(end, last)
             if end <= start:
-                return 0
+                return 0  # not recorded yet: bpftrace is behind; the next attempt takes it
             try:
                 groups, lo, hi = await recorder_groups(self.recorder, start, end)
             except AgentError as e:
@@ -201,5 +206,5 @@ class Continuous:
                 n += 1
             self.pushed_intervals += 1
             self.pushed_profiles += n
-            self.history.append((lo, hi))
+            self.history.append((lo, hi, n))
             return n
