@@ -19,13 +19,15 @@ POD_COMMANDS = frozenset(
 
 _EXAMPLES = {
     "status": (
-        "kubectl tracecar status pod/web-7d9f-abcde\n  kubectl tracecar status -l app=web -o json"
+        "kubectl tracecar status pod/web-7d9f-abcde   # the agent, what works, each store's state\n"
+        "  kubectl tracecar status -l app=web -o json"
     ),
     "ps": "kubectl tracecar ps deploy/web\n  kubectl tracecar ps web-7d9f-abcde -c app -o json",
     "profile": (
         "kubectl tracecar profile web-7d9f-abcde -d 30s -o flame.svg\n"
         "  kubectl tracecar profile deploy/web --all-pods -o flame.svg   # merged + one per pod\n"
-        "  kubectl tracecar profile -l app=web -c app -o web.folded"
+        "  kubectl tracecar profile -l app=web -c app -o web.folded\n"
+        "  kubectl tracecar profile deploy/web --all-pods --push -o flame.svg  # and to Pyroscope"
     ),
     "stack": (
         "kubectl tracecar stack web-7d9f-abcde            # every thread of the main process\n"
@@ -116,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _sub(
-        subs, "status", "is a tracecar agent in the pod (injected, attached, none), what works"
+        subs,
+        "status",
+        "is a tracecar agent in the pod (injected, attached, none), what works, and the "
+        "state of each store it sends to (Pyroscope, S3)",
     )
     _target(p)
     _json_output(p)
@@ -160,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-pods", action="store_true", help="with deploy/NAME: every pod, merged")
     p.add_argument("--by-pod", action="store_true", help="merged graph: a root frame per pod")
     p.add_argument("--parallel", type=int, default=4, help="pods profiled at once (default 4)")
+    p.add_argument(
+        "--push",
+        action="store_true",
+        help="also send each pod's profile to the profile store its agent is configured "
+        "with (Pyroscope; labelled source=on-demand), where a query merges the pods",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--open", action="store_true", help="open the file when it is written")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from kubectl_tracecar import _attach, _output, _pods
+from kubectl_tracecar import _attach, _output, _pods, _sinks
 from kubectl_tracecar._agent import AgentClient
 from kubectl_tracecar._forward import port_forward
 from kubectl_tracecar._kube import JsonObject, Kube
@@ -114,6 +114,7 @@ def cmd_status(kube: Kube, args: argparse.Namespace) -> int:
             "container": agent.container,
             "state": agent.state,
             "image": agent.image,
+            **_sinks.injected_policy(pod),
         }
         if agent.running:
             with reach(kube, pod) as (client, _):
@@ -121,6 +122,7 @@ def cmd_status(kube: Kube, args: argparse.Namespace) -> int:
                 caps = client.get_json("/capabilities", "agent capabilities")
             row["version"] = health.get("version")
             row["capabilities"] = caps
+            row["sinks"] = _sinks.sink_states(caps)
         rows.append(row)
     if args.output == "json":
         _output.emit_json(rows if len(rows) > 1 else rows[0])
@@ -136,6 +138,8 @@ def cmd_status(kube: Kube, args: argparse.Namespace) -> int:
                 mark = "yes" if check["available"] else "no "
                 reason = check.get("reason") or ""
                 print(f"  {mark}  {name:<12} {reason}")
+        for line in _sinks.status_lines(row):
+            print(line)
     return OK
 
 
@@ -274,6 +278,11 @@ def _profile_one(
                 f"{job.get('error') or job.get('message')}"
             )
         folded = client.download(job["links"]["folded"], "downloading folded stacks").decode()
+        if body.get("push") and "push" not in job:
+            # The agent sends it once done (its spool, then the store): say where that
+            # stands, from its own view of each store.
+            caps = client.get_json("/capabilities", "agent capabilities")
+            job = {**job, "push": _sinks.push_state(caps)}
         data = (
             folded.encode()
             if fmt == "folded"
@@ -320,6 +329,8 @@ def profile_body(args: argparse.Namespace, duration_s: float) -> dict[str, Any]:
         body["profiler"] = args.profiler
     if getattr(args, "python_native", False):
         body["python_native"] = True
+    if getattr(args, "push", False):
+        body["push"] = True
     return body
 
 
@@ -377,12 +388,16 @@ def cmd_profile(kube: Kube, args: argparse.Namespace) -> int:
     else:
         for pod, s in sorted(report["pods"].items()):
             print(f"pod/{pod}: {s['samples']} samples -> {s['file']}")
+            if "push" in s:
+                print(f"  pushed: {_sinks.push_line(s['push'])}")
             for w in s["warnings"]:
                 print(f"  warning: {w}")
         for pod, msg in sorted(failures.items()):
             print(f"pod/{pod}: FAILED: {msg}")
         if len(pods) > 1 and results:
             print(f"merged flame graph of {len(results)} pods -> {out}")
+        if args.push and results:
+            print(_sinks.push_hint(pods))
     if args.open and out.exists():
         import webbrowser
 
@@ -395,7 +410,10 @@ def _summary(job: dict[str, Any], file: str) -> dict[str, Any]:
     meta = job.get("metadata") or {}
     warnings = [str(w) for w in meta.get("warnings") or []]
     warnings += [str(w) for w in (meta.get("plan") or {}).get("unresolved") or []]
-    return {"id": job["id"], "samples": meta.get("samples"), "file": file, "warnings": warnings}
+    summary = {"id": job["id"], "samples": meta.get("samples"), "file": file, "warnings": warnings}
+    if "push" in job:
+        summary["push"] = job["push"]
+    return summary
 
 
 # --- probe ---------------------------------------------------------------------------

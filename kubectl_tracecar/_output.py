@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 
-def emit_json(value: Any, out: TextIO = sys.stdout) -> None:
-    out.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+def emit_json(value: Any, out: TextIO | None = None) -> None:
+    # sys.stdout looked up per call, not bound at import (a replaced stdout is honoured).
+    (out or sys.stdout).write(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:

@@ -18,9 +18,17 @@ import orjson
 from webhook import __version__
 from webhook._types import JsonObject, PatchOp
 from webhook.decision import AGENT_CONTAINER
-from webhook.options import MAX_PORT, MIN_PORT, STATUS_ANNOTATION, Options, parse_options
+from webhook.options import (
+    MAX_PORT,
+    MIN_PORT,
+    STATUS_ANNOTATION,
+    NamespacePolicy,
+    Options,
+    parse_options,
+)
 from webhook.patch import PatchBuilder
 from webhook.settings import AgentAuth, Settings
+from webhook.sinks import SECRET_DIR, SinkPlan, flush_grace, plan_sinks
 from webhook.tokens import AUTH_ENV, TOKEN_ENV, TokenFactory, random_token
 
 AGENT_COMMAND: Final = ["tracecar-agent"]
@@ -81,6 +89,10 @@ class Status(TypedDict):
     volumes: list[str]
     auth: AgentAuth
     """``token``: the agent's TRACECAR_AGENT_TOKEN env holds its bearer token (never here)."""
+    sinks: list[str]
+    """The stores the agent pushes to ("pyroscope", "s3"); empty: none."""
+    continuous: bool
+    service_name: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,12 +110,16 @@ class VolumeNames:
     tmp: str | None
     host: tuple[tuple[str, str], ...]
     """(volume name, host path) pairs, empty unless host paths were asked for."""
+    sinks: str | None = None
+    """The stores' credentials Secret, mounted in the agent only."""
 
     def all(self) -> list[str]:
         names = [self.data, self.lttng]
         if self.tmp:
             names.append(self.tmp)
         names.extend(name for name, _ in self.host)
+        if self.sinks:
+            names.append(self.sinks)
         return names
 
 
@@ -146,13 +162,22 @@ def _exec_probe(*, period_s: int, failure_threshold: int) -> JsonObject:
     return {
         "exec": {"command": list(HEALTHCHECK)},
         "periodSeconds": period_s,
-        "timeoutSeconds": 3,
+        # An exec probe pays a Python start-up: on a loaded node (seen on the cluster
+        # stage at load average ~24) that alone passed 3 s, and the kubelet killed
+        # healthy agents, losing their in-memory state. A wedged agent is still
+        # restarted within about 30 s plus three timeouts.
+        "timeoutSeconds": 10,
         "failureThreshold": failure_threshold,
     }
 
 
 def render_agent(
-    *, options: Options, port: int, volumes: VolumeNames, token: str | None
+    *,
+    options: Options,
+    port: int,
+    volumes: VolumeNames,
+    token: str | None,
+    sink_env: list[JsonObject] | None = None,
 ) -> JsonObject:
     """The agent container. Its probes are exec probes: the agent listens on loopback
     only and the kubelet's httpGet/tcpSocket probes dial the pod IP. No readiness probe
@@ -167,6 +192,8 @@ def render_agent(
     mounts.extend(
         {"name": name, "mountPath": path, "readOnly": True} for name, path in volumes.host
     )
+    if volumes.sinks:
+        mounts.append({"name": volumes.sinks, "mountPath": SECRET_DIR, "readOnly": True})
     security: JsonObject = {
         # Root inside the container: perf, bpftrace and lttng-sessiond need it; explicit,
         # so a pod-level runAsNonRoot/runAsUser does not stop the agent from starting.
@@ -183,6 +210,7 @@ def render_agent(
         "command": list(AGENT_COMMAND),
         "env": [
             *agent_env(port=port),
+            *(sink_env or []),
             {"name": TOKEN_ENV, "value": token}
             if token is not None
             else {"name": AUTH_ENV, "value": "none"},
@@ -297,10 +325,14 @@ def plan_injection(
     settings: Settings,
     copy: bool = True,
     new_token: TokenFactory = random_token,
+    namespace: str = "",
+    policy: NamespacePolicy = "default",
 ) -> Injection:
     """Inject the agent into `pod` (a copy of it unless ``copy=False``: then the caller
     hands over a pod it owns, e.g. freshly parsed, and saves the copy). `new_token`
     makes the agent's per-pod token (called once, unless the pod opted out).
+    `namespace` (the request's) names the default service; `policy` is what the pod's
+    namespace asks for (see :data:`webhook.options.NamespacePolicy`).
 
     Assumes :func:`webhook.decision.inject_required` said yes (spec.containers exists).
     """
@@ -308,7 +340,7 @@ def plan_injection(
     metadata = doc.get("metadata")
     annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
     parsed = parse_options(
-        annotations if isinstance(annotations, dict) else None, settings=settings
+        annotations if isinstance(annotations, dict) else None, settings=settings, policy=policy
     )
     options = parsed.options
     warnings = list(parsed.warnings)
@@ -326,6 +358,23 @@ def plan_injection(
         if options.host_paths
         else (),
     )
+    sink_plan: SinkPlan = plan_sinks(
+        doc,
+        namespace=namespace,
+        options=options,
+        settings=settings,
+        volume_name=unique_name("tracecar-sinks", set(taken_volumes)),
+    )
+    warnings.extend(sink_plan.warnings)
+    if sink_plan.volume is not None:
+        taken_volumes.add(sink_plan.volume["name"])
+        volumes = VolumeNames(
+            data=volumes.data,
+            lttng=volumes.lttng,
+            tmp=volumes.tmp,
+            host=volumes.host,
+            sinks=sink_plan.volume["name"],
+        )
 
     ports = declared_ports(_dicts(containers) + _dicts(inits))
     port = choose_port(options.port, ports)
@@ -352,6 +401,11 @@ def plan_injection(
         "image": options.image,
         "volumes": volumes.all(),
         "auth": options.auth,
+        "sinks": list(sink_plan.sinks),
+        "continuous": options.continuous and options.push,
+        "service_name": next(
+            e["value"] for e in sink_plan.env if e["name"] == "TRACECAR_AGENT_SERVICE_NAME"
+        ),
     }
 
     b = PatchBuilder()
@@ -381,8 +435,18 @@ def plan_injection(
     elif spec.get("shareProcessNamespace") is not True:
         b.set(spec, "/spec", "shareProcessNamespace", True)
 
+    grace = flush_grace(spec, sinks=sink_plan.sinks, settings=settings)
+    if grace is not None:
+        warnings.append(
+            f"tracecar: terminationGracePeriodSeconds raised to {grace} so the agent can "
+            "send what it holds to the stores after SIGTERM (docs/stores.md)"
+        )
+        b.set(spec, "/spec", "terminationGracePeriodSeconds", grace)
+
     for volume in render_volumes(volumes):
         b.append(spec, "/spec", "volumes", volume)
+    if sink_plan.volume is not None:
+        b.append(spec, "/spec", "volumes", sink_plan.volume)
 
     for i, c in enumerate(containers):
         if isinstance(c, dict):
@@ -407,7 +471,9 @@ def plan_injection(
             "tracecar: tracecar.dev/auth none: the agent serves every container of this pod "
             "without a token (see docs/security.md)"
         )
-    agent = render_agent(options=options, port=port, volumes=volumes, token=token)
+    agent = render_agent(
+        options=options, port=port, volumes=volumes, token=token, sink_env=sink_plan.env
+    )
     if options.native_sidecar:
         b.prepend(spec, "/spec", "initContainers", agent)
     else:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Final
+from typing import Final, Literal
 
 from webhook.settings import IMAGE_PATTERN, QUANTITY_PATTERN, AgentAuth, PullPolicy, Settings
 
@@ -24,10 +24,23 @@ BOOLEAN_ANNOTATIONS: Final = (
     "share-tmp",
     "host-paths",
     "native-sidecar",
+    "continuous",
+    "push",
 )
-VALUE_ANNOTATIONS: Final = ("image", "port", "cpu", "memory", "auth")
+VALUE_ANNOTATIONS: Final = ("image", "port", "cpu", "memory", "auth", "service-name")
 AUTH_VALUES: Final[tuple[AgentAuth, ...]] = ("token", "none")
 KNOWN: Final = frozenset((*BOOLEAN_ANNOTATIONS, *VALUE_ANNOTATIONS, "status"))
+
+SERVICE_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$"
+"""A Pyroscope/Parca service_name: the characters their users put there (app/ns names)."""
+_SERVICE_NAME = re.compile(SERVICE_NAME_PATTERN)
+
+NamespacePolicy = Literal["default", "continuous", "no-push"]
+"""What the pod's namespace asks for, from the webhook entry that matched it: the
+MutatingWebhookConfiguration routes namespaces labelled ``tracecar.dev/continuous=true``
+to ``/mutate/continuous`` and ``tracecar.dev/push=false`` to ``/mutate/no-push``
+(the webhook has no API access, so the namespace's labels reach it this way)."""
+NAMESPACE_POLICIES: Final[tuple[NamespacePolicy, ...]] = ("default", "continuous", "no-push")
 
 MIN_PORT: Final = 1024
 MAX_PORT: Final = 65535
@@ -71,6 +84,12 @@ class Options:
     auth: AgentAuth = "token"
     """``token``: the agent gets a random per-pod bearer token; ``none``: it serves
     every container of the pod without one (docs/security.md says what that costs)."""
+    push: bool = True
+    """The agent is connected to the stores the webhook is configured with."""
+    continuous: bool = False
+    """The agent profiles the whole pod continuously from start-up into the stores."""
+    service_name: str | None = None
+    """``tracecar.dev/service-name``; None: namespace/workload (webhook.sinks)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,29 +119,37 @@ def _boolean(value: object) -> bool | None:
     return None
 
 
-_DEFAULTS: dict[int, tuple[Settings, ParsedOptions]] = {}
+_DEFAULTS: dict[tuple[int, NamespacePolicy], tuple[Settings, ParsedOptions]] = {}
 """The options of pods without ``tracecar.dev/`` annotations (nearly all), per settings
-object: settings are frozen, so the object is the key (held, so its id is not reused)."""
+object and namespace policy: settings are frozen, so the object is the key (held, so
+its id is not reused)."""
 
 
-def parse_options(annotations: Mapping[str, object] | None, *, settings: Settings) -> ParsedOptions:
-    """Options for a pod from its annotations (may be None) and the settings' defaults."""
+def parse_options(
+    annotations: Mapping[str, object] | None,
+    *,
+    settings: Settings,
+    policy: NamespacePolicy = "default",
+) -> ParsedOptions:
+    """Options for a pod from its annotations (may be None), its namespace's `policy`
+    and the settings' defaults (in that order of precedence)."""
     ann = {k[len(PREFIX) :]: v for k, v in (annotations or {}).items() if k.startswith(PREFIX)}
     if ann:
-        return _parse(ann, settings)
+        return _parse(ann, settings, policy)
     # Measured: building the defaults was a tenth of a review's own CPU; they only
     # change with the settings, so they are built once per distinct settings.
-    cached = _DEFAULTS.get(id(settings))
+    key = (id(settings), policy)
+    cached = _DEFAULTS.get(key)
     if cached is not None and cached[0] is settings:
         return cached[1]
     if len(_DEFAULTS) >= 16:  # bounded even when settings keep changing (tests)
         _DEFAULTS.clear()
-    parsed = _parse({}, settings)
-    _DEFAULTS[id(settings)] = (settings, parsed)
+    parsed = _parse({}, settings, policy)
+    _DEFAULTS[key] = (settings, parsed)
     return parsed
 
 
-def _parse(ann: dict[str, object], settings: Settings) -> ParsedOptions:
+def _parse(ann: dict[str, object], settings: Settings, policy: NamespacePolicy) -> ParsedOptions:
     """Options from the ``tracecar.dev/`` annotations (prefix removed) over the defaults."""
     warnings: list[str] = []
 
@@ -143,6 +170,19 @@ def _parse(ann: dict[str, object], settings: Settings) -> ParsedOptions:
     share_tmp = flag("share-tmp", settings.default_share_tmp)
     host_paths = flag("host-paths", settings.default_host_paths)
     native_sidecar = flag("native-sidecar", settings.default_native_sidecar)
+    push = flag("push", settings.default_push and policy != "no-push")
+    continuous = flag("continuous", settings.default_continuous or policy == "continuous")
+
+    service_name: str | None = None
+    if "service-name" in ann:
+        raw = ann["service-name"]
+        if isinstance(raw, str) and _SERVICE_NAME.match(raw.strip()):
+            service_name = raw.strip()
+        else:
+            warnings.append(
+                f"{PREFIX}service-name: {_short(raw)} is not a service name (letters, digits "
+                "and ._/:- , at most 128); using namespace/workload"
+            )
 
     image = settings.agent_image
     if "image" in ann:
@@ -219,6 +259,9 @@ def _parse(ann: dict[str, object], settings: Settings) -> ParsedOptions:
             memory_request=memory_request,
             memory_limit=memory_limit,
             auth=auth,
+            push=push,
+            continuous=continuous,
+            service_name=service_name,
         ),
         warnings=tuple(warnings),
     )

@@ -30,6 +30,7 @@ from webhook._types import (
 )
 from webhook.decision import LABEL_KEY, LABEL_VALUE, WARN_REASONS, Reason, inject_required
 from webhook.inject import plan_injection
+from webhook.options import NamespacePolicy
 from webhook.settings import Settings
 from webhook.tokens import TokenFactory, random_token
 
@@ -138,10 +139,12 @@ def answer(
     settings: Settings,
     owned: bool = False,
     new_token: TokenFactory = random_token,
+    policy: NamespacePolicy = "default",
 ) -> Answer:
     """The answer to a parsed request. ``owned=True``: the caller hands over the request
     (freshly parsed JSON), so the pod is mutated in place instead of copied. `new_token`
-    makes the injected agent's token (see :mod:`webhook.tokens`)."""
+    makes the injected agent's token (see :mod:`webhook.tokens`); `policy` is the
+    namespace's, from the path the webhook entry called."""
     uid = request["uid"]
     namespace = request.get("namespace") or ""
     kind = request["kind"]
@@ -187,7 +190,14 @@ def answer(
         return skipped(
             decision.reason, [decision.message] if decision.reason in WARN_REASONS else []
         )
-    injection = plan_injection(pod, settings=settings, copy=not owned, new_token=new_token)
+    injection = plan_injection(
+        pod,
+        settings=settings,
+        copy=not owned,
+        new_token=new_token,
+        namespace=namespace,
+        policy=policy,
+    )
     patch = orjson.dumps(injection.ops)
     response = _allowed(uid, injection.warnings)
     response["patchType"] = "JSONPatch"
@@ -201,6 +211,8 @@ def answer(
             "port": injection.status["port"],
             "mode": injection.status["mode"],
             "auth": injection.status["auth"],
+            "sinks": injection.status["sinks"],
+            "continuous": injection.status["continuous"],
         },
         uid=uid,
         namespace=namespace,

@@ -20,6 +20,16 @@ IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$"
 """An image reference: registry/path:tag or @sha256:digest, no spaces or shell characters."""
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 AgentAuth = Literal["token", "none"]
+StoreAuth = Literal["none", "basic", "bearer"]
+S3Credentials = Literal["secret", "pod"]
+URL_PATTERN = r"^https?://[A-Za-z0-9._~:/?#@!$&'()*+,;=%\[\]-]{1,2000}$"
+"""An http(s) URL without spaces or quotes (it lands in the agent's env, never a shell)."""
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+"""S3 bucket naming rules (lower case, digits, dots, hyphens; 3-63 characters)."""
+PREFIX_PATTERN = r"^[A-Za-z0-9!_.*'()/-]{0,512}$"
+"""S3's "safe characters" for object keys."""
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+"""A Kubernetes object name (DNS subdomain): the Secret holding the stores' credentials."""
 
 
 class Settings(BaseSettings):
@@ -71,6 +81,50 @@ class Settings(BaseSettings):
     default_auth: AgentAuth = "token"
     """``none`` turns the agent's authentication off for every pod without a
     ``tracecar.dev/auth`` annotation: see docs/security.md before doing so."""
+
+    # --- the stores the agents push to (cluster-wide; docs/stores.md) ----------
+    # Each injected agent gets the matching TRACECAR_AGENT_* settings unless the pod or
+    # its namespace opts out (tracecar.dev/push: "false"). Credentials never appear
+    # here or in the pod spec: they come from the Secret `sinks_secret`, which must
+    # exist in each profiled pod's namespace (a pod can only read its own namespace's).
+    pyroscope_url: str | None = Field(default=None, pattern=URL_PATTERN)
+    """Pyroscope's base URL, e.g. ``http://pyroscope.observability.svc:4040``."""
+    pyroscope_tenant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.!*'()-]{1,150}$")
+    """The X-Scope-OrgID of a multi-tenant Pyroscope (Grafana Cloud: the stack's user id)."""
+    pyroscope_auth: StoreAuth = "none"
+    """``basic``: keys ``pyroscope-username``/``pyroscope-password`` of the Secret,
+    ``bearer``: key ``pyroscope-token``; mounted as files, read by the agent."""
+    s3_endpoint: str | None = Field(default=None, pattern=URL_PATTERN)
+    """Unset: AWS S3 itself (from the region); set for S3-compatible stores."""
+    s3_bucket: str | None = Field(default=None, pattern=BUCKET_PATTERN)
+    """Unset: no object store (artifacts stay in the pod)."""
+    s3_prefix: str | None = Field(default=None, pattern=PREFIX_PATTERN)
+    s3_region: str | None = Field(default=None, pattern=r"^[a-z0-9-]{2,32}$")
+    s3_path_style: bool | None = None
+    """Path-style addressing (MinIO and most S3-compatible stores need it)."""
+    s3_credentials: S3Credentials = "secret"
+    """``secret``: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the Secret's keys
+    ``aws-access-key-id``/``aws-secret-access-key``; ``pod``: none injected, the SDK's
+    default chain finds the pod's own (web identity via its service account, EKS Pod
+    Identity, instance metadata)."""
+    sinks_secret: str = Field(default="tracecar-sinks", pattern=NAME_PATTERN)
+    """The Secret, in each profiled pod's namespace, holding the stores' credentials.
+    Optional: a pod whose namespace lacks it starts anyway, and its agent reports the
+    missing credentials per sink in /capabilities."""
+    spool_max_bytes: int | None = Field(default=None, ge=1 << 20)
+    """The agent's on-disk spool bound (unset: the agent's default)."""
+    default_push: bool = True
+    """Whether injected agents are connected to the stores configured above, unless a
+    ``tracecar.dev/push`` annotation or the namespace's label says otherwise."""
+    default_continuous: bool = False
+    """Continuous profiling for every injected pod (usually turned on per namespace or
+    per workload instead: ``tracecar.dev/continuous``)."""
+    continuous_interval_s: int | None = Field(default=None, ge=1, le=3600)
+    """The agents' continuous interval (unset: the agent's default, 15 s)."""
+    flush_grace_s: int = Field(default=30, ge=0, le=3600)
+    """The least terminationGracePeriodSeconds a pushing pod gets, so its agent can flush
+    its spool after SIGTERM; pods asking for less are raised to it (with a warning).
+    30 is Kubernetes' own default, so only pods that lowered it change."""
 
 
 @lru_cache(maxsize=1)

@@ -105,7 +105,9 @@ def test_every_builtin_object_passes_strict_validation(
     assert checked >= 6
 
 
-@pytest.mark.parametrize("directory", ["deploy", "deploy/overlays/cert-manager"])
+@pytest.mark.parametrize(
+    "directory", ["deploy", "deploy/overlays/cert-manager", "deploy/overlays/continuous"]
+)
 def test_every_kubectl_here_renders_the_same(directory: str) -> None:
     # Users run older kubectls (older kustomize) than the test extra's; the machine's
     # own kubectl, when there is one, must give the same result (kustomize v5.5 once
@@ -156,37 +158,76 @@ def test_base_has_the_expected_objects(base: list[Obj]) -> None:
 
 def test_mutating_webhook_configuration(base: list[Obj]) -> None:
     cfg = one(base, "MutatingWebhookConfiguration", HOOKS)
-    [hook] = cfg["webhooks"]
-    assert hook["clientConfig"]["service"] == {
-        "name": SVC,
-        "namespace": NS,
-        "path": "/mutate",
-        "port": 443,
-    }
-    assert hook["failurePolicy"] == "Ignore"
-    assert hook["sideEffects"] == "None"
-    assert hook["timeoutSeconds"] == 5
-    assert hook["reinvocationPolicy"] == "IfNeeded"
-    assert hook["admissionReviewVersions"] == ["v1"]
-    assert hook["rules"] == [
-        {
-            "operations": ["CREATE"],
-            "apiGroups": [""],
-            "apiVersions": ["v1"],
-            "resources": ["pods"],
-            "scope": "Namespaced",
-        }
+    hooks = cfg["webhooks"]
+    # One entry per namespace policy; the path carries it to the webhook.
+    assert [(h["name"], h["clientConfig"]["service"]["path"]) for h in hooks] == [
+        ("inject.tracecar.dev", "/mutate"),
+        ("continuous.inject.tracecar.dev", "/mutate/continuous"),
+        ("no-push.inject.tracecar.dev", "/mutate/no-push"),
     ]
-    assert hook["objectSelector"] == {"matchLabels": {"profiling": "enabled"}}
-    assert hook["namespaceSelector"] == {
-        "matchExpressions": [
+    for hook in hooks:
+        assert hook["clientConfig"]["service"] == {
+            "name": SVC,
+            "namespace": NS,
+            "path": hook["clientConfig"]["service"]["path"],
+            "port": 443,
+        }
+        assert hook["failurePolicy"] == "Ignore"
+        assert hook["sideEffects"] == "None"
+        assert hook["timeoutSeconds"] == 5
+        assert hook["reinvocationPolicy"] == "IfNeeded"
+        assert hook["admissionReviewVersions"] == ["v1"]
+        assert hook["rules"] == [
             {
-                "key": "kubernetes.io/metadata.name",
-                "operator": "NotIn",
-                "values": ["kube-system", NS],
+                "operations": ["CREATE"],
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "resources": ["pods"],
+                "scope": "Namespaced",
             }
         ]
-    }
+        assert hook["objectSelector"] == {"matchLabels": {"profiling": "enabled"}}
+        assert hook["namespaceSelector"]["matchExpressions"][0] == {
+            "key": "kubernetes.io/metadata.name",
+            "operator": "NotIn",
+            "values": ["kube-system", NS],
+        }
+
+
+def _selects(selector: Obj, labels: dict[str, str]) -> bool:
+    """A namespaceSelector's matchExpressions (In/NotIn only) against a namespace's labels."""
+    for e in selector["matchExpressions"]:
+        present = labels.get(e["key"]) in e["values"]
+        if present != (e["operator"] == "In"):
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("labels", "path"),
+    [
+        ({}, "/mutate"),
+        ({"tracecar.dev/continuous": "false"}, "/mutate"),
+        ({"tracecar.dev/push": "true"}, "/mutate"),
+        ({"tracecar.dev/continuous": "true"}, "/mutate/continuous"),
+        ({"tracecar.dev/continuous": "true", "tracecar.dev/push": "true"}, "/mutate/continuous"),
+        ({"tracecar.dev/push": "false"}, "/mutate/no-push"),
+        ({"tracecar.dev/continuous": "true", "tracecar.dev/push": "false"}, "/mutate/no-push"),
+        ({"kubernetes.io/metadata.name": "kube-system"}, None),
+        ({"kubernetes.io/metadata.name": NS, "tracecar.dev/continuous": "true"}, None),
+    ],
+)
+def test_exactly_one_entry_matches_each_namespace(
+    base: list[Obj], labels: dict[str, str], path: str | None
+) -> None:
+    hooks = one(base, "MutatingWebhookConfiguration", HOOKS)["webhooks"]
+    labels = {"kubernetes.io/metadata.name": "shop", **labels}
+    matched = [
+        h["clientConfig"]["service"]["path"]
+        for h in hooks
+        if _selects(h["namespaceSelector"], labels)
+    ]
+    assert matched == ([path] if path else [])
 
 
 def test_service_targets_the_webhook_port(base: list[Obj]) -> None:
@@ -380,3 +421,48 @@ def _hours(value: str) -> float:
 
 def _check_renew_before_a_third(spec: Obj) -> None:
     assert _hours(spec["renewBefore"]) == pytest.approx(_hours(spec["duration"]) / 3, rel=0.01)
+
+
+# ------------------------------------------------------------------ continuous overlay
+
+
+@pytest.fixture(scope="module")
+def continuous() -> list[Obj]:
+    return render("deploy/overlays/continuous")
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_continuous_overlay_validates(continuous: list[Obj], version: str) -> None:
+    for obj in continuous:
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_continuous_overlay_configures_the_stores_and_a_namespace(
+    base: list[Obj], continuous: list[Obj]
+) -> None:
+    from webhook.settings import Settings
+
+    ns = one(continuous, "Namespace", "profiled")
+    assert ns["metadata"]["labels"]["tracecar.dev/continuous"] == "true"
+    hooks = one(continuous, "MutatingWebhookConfiguration", HOOKS)["webhooks"]
+    labels = {"kubernetes.io/metadata.name": "profiled", **ns["metadata"]["labels"]}
+    assert [
+        h["clientConfig"]["service"]["path"]
+        for h in hooks
+        if _selects(h["namespaceSelector"], labels)
+    ] == ["/mutate/continuous"]
+    [c] = containers(one(continuous, "Deployment", SVC))
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    fields = {f"TRACECAR_WEBHOOK_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) <= fields, set(env) - fields
+    # The values parse as the webhook's settings (patterns, types).
+    settings = Settings.model_validate(
+        {k.removeprefix("TRACECAR_WEBHOOK_").lower(): v for k, v in env.items()}
+    )
+    assert settings.pyroscope_url and settings.s3_bucket and settings.s3_path_style is True
+    # No credential anywhere in the overlay.
+    text = render_text("deploy/overlays/continuous")
+    assert "AWS_SECRET" not in text and "password" not in text.lower()
+    # Everything else is the base's.
+    rest = {(o["kind"], o["metadata"]["name"]) for o in continuous} - {("Namespace", "profiled")}
+    assert rest == {(o["kind"], o["metadata"]["name"]) for o in base}

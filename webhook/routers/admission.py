@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from webhook.deps import context_of
 from webhook.logs import get_logger, log_review
+from webhook.options import NAMESPACE_POLICIES, NamespacePolicy
 from webhook.review import BadReview, answer, internal_error, parse_review
 
 router = APIRouter(tags=["admission"])
@@ -20,6 +21,27 @@ _JSON = "application/json"
 
 @router.post("/mutate", response_model=None)
 async def mutate(request: Request) -> Response:
+    return await _mutate(request, "default")
+
+
+@router.post("/mutate/{policy}", response_model=None)
+async def mutate_with_policy(request: Request, policy: str) -> Response:
+    """The namespace's policy comes in the path: one MutatingWebhookConfiguration entry
+    per namespace label (deploy/base/mutatingwebhook.yaml), as the webhook has no API
+    access to read namespaces."""
+    if policy not in NAMESPACE_POLICIES or policy == "default":
+        context_of(request).metrics.errors.labels("bad_request").inc()
+        return JSONResponse(
+            {
+                "detail": f"no namespace policy {policy[:40]!r}; the paths are /mutate, "
+                "/mutate/continuous and /mutate/no-push"
+            },
+            status_code=404,
+        )
+    return await _mutate(request, "continuous" if policy == "continuous" else "no-push")
+
+
+async def _mutate(request: Request, policy: NamespacePolicy) -> Response:
     start = time.perf_counter()
     context = context_of(request)  # not a dependency: see webhook.deps
     settings, metrics = context.settings, context.metrics
@@ -39,7 +61,9 @@ async def mutate(request: Request) -> Response:
         review = parse_review(body)
         uid = review["uid"]
         # The request was parsed from this body alone, so the pod can be mutated in place.
-        result = answer(review, settings=settings, owned=True, new_token=context.new_token)
+        result = answer(
+            review, settings=settings, owned=True, new_token=context.new_token, policy=policy
+        )
     except BadReview as e:
         metrics.errors.labels("bad_request").inc()
         log.info("bad review", extra={"fields": {"status": e.status_code, "detail": e.detail}})
