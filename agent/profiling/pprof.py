@@ -50,8 +50,13 @@ def _int(field: int, value: int) -> bytes:
     return _key(field, 0) + _varint(value) if value else b""
 
 
-def _bytes(field: int, payload: bytes) -> bytes:
+def length_delimited(field: int, payload: bytes) -> bytes:
+    """One protobuf length-delimited field (bytes, string or message): what the pprof
+    encoding here, and the Pyroscope push request (agent.sinks), are made of."""
     return _key(field, 2) + _varint(len(payload)) + payload
+
+
+_bytes = length_delimited
 
 
 def _packed(field: int, values: Iterable[int]) -> bytes:

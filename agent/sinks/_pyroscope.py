@@ -21,32 +21,21 @@ from pathlib import Path
 
 import httpx
 
+from agent.profiling.pprof import length_delimited
 from agent.sinks._sink import SendError
 from agent.sinks._spool import Item
 
 PUSH_PATH = "/push.v1.PusherService/Push"
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def push_request(profile: bytes, labels: dict[str, str], sample_id: str) -> bytes:
     """A ``push.v1.PushRequest`` with one series holding one raw pprof sample."""
     pairs = b"".join(
-        _field(1, _field(1, k.encode()) + _field(2, v.encode())) for k, v in sorted(labels.items())
+        length_delimited(1, length_delimited(1, k.encode()) + length_delimited(2, v.encode()))
+        for k, v in sorted(labels.items())
     )
-    sample = _field(1, profile) + _field(2, sample_id.encode())
-    return _field(1, pairs + _field(2, sample))
+    sample = length_delimited(1, profile) + length_delimited(2, sample_id.encode())
+    return length_delimited(1, pairs + length_delimited(2, sample))
 
 
 def _read_secret(path: Path | None, what: str) -> str | None:
