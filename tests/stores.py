@@ -231,7 +231,9 @@ class Pyroscope(_Process):
         self, selector: str, start: float, end: float, profile_type: str = CPU_TYPE
     ) -> dict[str, int]:
         """The merged profile of ``selector`` over ``[start, end]`` (Unix seconds) as
-        ``{function: self total}``, from SelectMergeStacktraces' flame graph."""
+        ``{function: self total}``, from SelectMergeStacktraces' flame graph; empty when
+        nothing matched (Pyroscope then answers a bare ``total`` of 0), so a wait for the
+        profile to arrive waits for samples, not for an answer."""
         doc = self._query(
             "SelectMergeStacktraces",
             {
@@ -250,7 +252,7 @@ class Pyroscope(_Process):
             for i in range(0, len(values), 4):
                 name = names[values[i + 3]]
                 totals[name] = totals.get(name, 0) + values[i + 2]
-        return totals
+        return totals if any(totals.values()) else {}
 
     def series(
         self, selector: str, start: float, end: float, step_s: float, group_by: list[str]

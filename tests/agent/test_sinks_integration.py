@@ -76,6 +76,36 @@ def hotcold(pod: podsim.SimPod, tmp_path_factory: pytest.TempPathFactory) -> pod
     return pod.run("hotcold", ["/srv/hotcold"], files={"hotcold": binary})
 
 
+# Burns ~40 ms, then sleeps ~10 ms, for ever: CPU for the trigger to see and, unlike a
+# pure busy loop (which an idle machine may never switch out), off-CPU time to capture.
+BURN_AND_SLEEP_C = r"""
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+volatile uint64_t sink;
+__attribute__((noinline)) void nap(void) { usleep(10000); }
+int main(void) {
+    for (;;) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        do {
+            for (int i = 0; i < 100000; i++) sink += i;
+            clock_gettime(CLOCK_MONOTONIC, &b);
+        } while ((b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec) < 40000000L);
+        nap();
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def burn_and_sleep(
+    pod: podsim.SimPod, tmp_path_factory: pytest.TempPathFactory
+) -> podsim.Container:
+    binary = compile_c(BURN_AND_SLEEP_C, tmp_path_factory.mktemp("burnsleep") / "burnsleep")
+    return pod.run("burnsleep", ["/srv/burnsleep"], files={"burnsleep": binary})
+
+
 @contextlib.contextmanager
 def agent_with(pod: podsim.SimPod, env: dict[str, str]) -> Iterator[podsim.AgentHandle]:
     """An agent of the pod with these settings, stopped (SIGTERM) at the end. Only one
@@ -219,7 +249,7 @@ def test_sigterm_pushes_the_last_seconds(
 
 
 def test_trigger_capture_carries_its_labels(
-    pod: podsim.SimPod, hotcold: podsim.Container, pyroscope: Pyroscope
+    pod: podsim.SimPod, burn_and_sleep: podsim.Container, pyroscope: Pyroscope
 ) -> None:
     name = service()
     with agent_with(pod, pyroscope_env(pyroscope, name)) as agent, agent.client() as c:
@@ -227,8 +257,8 @@ def test_trigger_capture_carries_its_labels(
         r = c.post(
             "/triggers",
             json={
-                "pid": hotcold.pid,
-                "cpu_percent": 5,  # the busy loop, even on a machine shared with builds
+                "pid": burn_and_sleep.pid,
+                "cpu_percent": 5,  # ~80% of a core, even on a machine shared with builds
                 "for_s": 1,
                 "max_captures": 1,
                 "profile": {"duration_s": 2, "type": "off-cpu"},
