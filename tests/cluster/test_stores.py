@@ -7,7 +7,8 @@ In order (one module, the stores and the Deployment shared): continuous profiles
 every pod within two intervals, the demo's hot function holding its share; a trigger
 capture with its labels; an LTTng trace in S3 that babeltrace2 opens; a deleted pod's
 last interval; a one-minute outage of Pyroscope leaving no gap; a full S3 spool
-counting its drops. The interval is 5 s here (15 s by default) to keep the stage short.
+counting its drops; an app container OOM-killed beside a running agent that keeps what
+it captured. The interval is 5 s here (15 s by default) to keep the stage short.
 """
 
 from __future__ import annotations
@@ -373,3 +374,82 @@ def test_a_full_spool_counts_its_drops(fleet: Fleet) -> None:
             assert counted and any(float(line.split()[-1]) > 0 for line in counted), counted
     finally:
         S.set_reachable(fleet.kube, "minio", reachable=True)
+
+
+def test_an_oom_killed_app_container_loses_nothing_the_agent_captured(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """The app container OOM-killed (and restarted by the kubelet) beside the agent: the
+    agent is another container with its own memory cgroup, so it keeps running, keeps
+    what it recorded, and its continuous profiles go on."""
+    deploy = K.demo_deployment("oomer", logger=False)
+    deploy["metadata"]["namespace"] = PROFILED
+    spec = deploy["spec"]["template"]["spec"]
+    # Allocates 200 MB under a 64 MiB limit after 8 s, for ever (each restart again).
+    spec["containers"].append(
+        {
+            "name": "hog",
+            "image": K.DEMO_IMAGE,
+            "command": ["python3", "-c", "import time; time.sleep(8); b = bytearray(200 << 20)"],
+            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"},
+                          "limits": {"cpu": "100m", "memory": "64Mi"}},
+        }
+    )  # fmt: skip
+    fleet.kube.apply(deploy)
+    pod: dict[str, Any] = {}
+
+    def running() -> bool:
+        nonlocal pod
+        items = fleet.kube.json("get", "pods", "-n", PROFILED, "-l", "app=oomer")["items"]
+        live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
+        pod = live[0] if live else {}
+        agent = _status(pod, K.AGENT)
+        return bool(agent and agent.get("state", {}).get("running"))
+
+    K.wait_until(running, 180, "the oomer pod's agent running")
+    name = pod["metadata"]["name"]
+    try:
+        with agent_client(fleet, pod) as agent:
+            r = agent.post(
+                "/profiles",
+                params={"wait": "true"},
+                json={"container": "burner", "duration_s": 2, "push": True},
+            )
+            assert r.status_code == 200, r.text
+            profile_id = r.json()["id"]
+
+        def oom_killed() -> bool:
+            nonlocal pod
+            pod = fleet.kube.pod(name, ns=PROFILED)
+            hog = _status(pod, "hog") or {}
+            last = hog.get("lastState", {}).get("terminated", {})
+            return bool(hog.get("restartCount", 0) >= 1 and last.get("reason") == "OOMKilled")
+
+        K.wait_until(oom_killed, 180, "the hog container OOM-killed and restarted")
+        killed_at = time.time()
+        agent_status = _status(pod, K.AGENT) or {}
+        assert agent_status.get("restartCount", 0) == 0, agent_status
+        with agent_client(fleet, pod) as agent:
+            job = agent.get(f"/profiles/{profile_id}").json()
+            assert job["state"] == "succeeded", job
+            folded = agent.get(f"/profiles/{profile_id}/folded").text
+            assert HOT in folded
+        # the on-demand profile reached the store, and the continuous ones go on after
+        on_demand = f'{{pod="{name}",source="on-demand",profile_id="{profile_id}"}}'
+        K.wait_until(lambda: fleet.total(on_demand) > 0, 90, "the on-demand profile in Pyroscope")
+        K.wait_until(
+            lambda: fleet.total(f'{{pod="{name}",source="continuous"}}', start=killed_at) > 0,
+            2 * INTERVAL_S + LAG_S + 25,
+            "a continuous profile of the pod after the OOM kill",
+        )
+    finally:
+        fleet.kube.run("delete", "deploy/oomer", "-n", PROFILED, "--wait=false", check=False)
+
+
+def _status(pod: dict[str, Any], container: str) -> dict[str, Any] | None:
+    """The pod's status of ``container`` (an init container for a native sidecar)."""
+    st = pod.get("status", {})
+    for s in [*st.get("initContainerStatuses", []), *st.get("containerStatuses", [])]:
+        if s["name"] == container:
+            return dict(s)
+    return None
