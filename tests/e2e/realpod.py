@@ -211,7 +211,9 @@ def for_podman(pod: dict[str, Any], *, namespace: str = "default") -> dict[str, 
 
     - Downward-API env from `metadata.namespace`: podman rejects that fieldPath
       ("not valid or not supported"); the kubelet would set the pod's namespace,
-      so that value is written in. `metadata.name` and `metadata.uid` podman does.
+      so that value is written in; `spec.nodeName` likewise (the scheduler would set
+      it: the machine's host name is written in). `metadata.name` and `metadata.uid`
+      podman does.
     - Annotation values longer than 63 characters: podman before 5.0 rejects them
       ("value length exceeds Kubernetes max 63", containers/podman#21663; Kubernetes
       allows 256 KB), and the webhook's `tracecar.dev/status` is a JSON document. Pods
@@ -230,6 +232,9 @@ def for_podman(pod: dict[str, Any], *, namespace: str = "default") -> dict[str, 
             if ref.get("fieldPath") == "metadata.namespace":
                 e.pop("valueFrom")
                 e["value"] = namespace
+            elif ref.get("fieldPath") == "spec.nodeName":
+                e.pop("valueFrom")
+                e["value"] = socket.gethostname()
     return out
 
 
