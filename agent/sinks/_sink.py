@@ -248,6 +248,10 @@ class Sink:
                 raise
             except SendError as e:
                 self._sending = False
+                if not self.spool.contains(item.id):
+                    # Evicted (the spool full: counted as a drop) or expired while it was
+                    # being sent, its file gone: what failed says nothing of the store.
+                    continue
                 self._fail(e)
                 if e.kind == "rejected":
                     await asyncio.to_thread(self.spool.drop, item, "rejected")
