@@ -313,10 +313,24 @@ def test_a_one_minute_pyroscope_outage_leaves_no_gap(fleet: Fleet) -> None:
     down_at = time.time()
     try:
         time.sleep(60)
+        state: dict[str, Any] = {}
         with agent_client(fleet, pod) as agent:
-            state = agent.get("/capabilities").json()["sinks"]["pyroscope"]
-        assert state["state"] in ("retrying", "failing"), state
-        assert state["last_error"] and state["queued_bytes"] > 0, state
+
+            def noticed() -> bool:
+                # The agent sees the outage at its next push. On a loaded node the sampler's
+                # output can lag by tens of seconds (GET /recorder's lag_s), and the push
+                # waits for complete seconds: poll rather than read once at 60 s.
+                nonlocal state
+                state = agent.get("/capabilities").json()["sinks"]["pyroscope"]
+                return state["state"] in ("retrying", "failing") and state["queued_bytes"] > 0
+
+            K.wait_until(
+                noticed,
+                120,
+                "the agent to notice the outage",
+                lambda: f"{state}\n{agent.get('/recorder').text}\n{agent_logs(fleet, pod)}",
+            )
+        assert state["last_error"], state
     finally:
         S.set_reachable(fleet.kube, "pyroscope", reachable=True)
     up_at = time.time()
@@ -404,7 +418,10 @@ def test_an_oom_killed_app_container_loses_nothing_the_agent_captured(
         live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
         pod = live[0] if live else {}
         agent = _status(pod, K.AGENT)
-        return bool(agent and agent.get("state", {}).get("running"))
+        # a native sidecar runs while the pod is still Pending (its app containers not yet
+        # started), and port-forward wants a Running pod
+        phase = pod.get("status", {}).get("phase") if pod else None
+        return bool(agent and agent.get("state", {}).get("running") and phase == "Running")
 
     K.wait_until(running, 180, "the oomer pod's agent running")
     name = pod["metadata"]["name"]
@@ -412,11 +429,11 @@ def test_an_oom_killed_app_container_loses_nothing_the_agent_captured(
         with agent_client(fleet, pod) as agent:
             r = agent.post(
                 "/profiles",
-                params={"wait": "true"},
+                params={"wait": "true", "format": "folded"},
                 json={"container": "burner", "duration_s": 2, "push": True},
             )
             assert r.status_code == 200, r.text
-            profile_id = r.json()["id"]
+            profile_id = r.headers["location"].rsplit("/", 1)[1]
 
         def oom_killed() -> bool:
             nonlocal pod
