@@ -52,7 +52,13 @@ def ok(res: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture(scope="module")
 def plain(installed: K.Kube) -> dict[str, Any]:
     """A running pod the webhook never saw (no label): what `attach` is for."""
-    installed.apply(K.demo_deployment("plain", labelled=False, logger=False))
+    deploy = K.demo_deployment("plain", labelled=False, logger=False)
+    # An ephemeral container has no resources of its own: the attached agent (~60 MB of
+    # RSS) counts against the pod's limit, which the app's 64Mi alone would not fit
+    # (docs/plugin.md says so to users).
+    burner = deploy["spec"]["template"]["spec"]["containers"][0]
+    burner["resources"]["limits"]["memory"] = "192Mi"
+    installed.apply(deploy)
     return K.ready_pods(installed, "plain")[0]
 
 
