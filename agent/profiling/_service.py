@@ -576,7 +576,7 @@ class Service:
     def _note_targets(self, job: Job, the_plan: Plan) -> None:
         """Which targets exited, and what each target was (notes start here)."""
         meta = job.result
-        exited = [p for p in the_plan.pids if not procfs.pid_exists(p)]
+        exited = [p for p in the_plan.pids if not procfs.running(p)]
         meta["exited_pids"] = exited
         notes: list[str] = []
         if exited:

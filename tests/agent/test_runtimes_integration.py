@@ -184,19 +184,23 @@ def test_profiler_choice_errors(pod: podsim.SimPod, client: httpx.Client, tmp_pa
 
 
 def test_python_exiting_mid_profile(pod: podsim.SimPod, client: httpx.Client) -> None:
-    script = PY_CHAIN.replace(
-        "while True:", "end = time.time() + 1.0\n    while time.time() < end:"
-    )
-    app = pod.run("pyshort", [PY312, "/srv/chain.py"], files={"chain.py": script.encode()})
-    time.sleep(0.3)
-    r = client.post("/profiles", json={"pid": app.pid, "duration_s": 4})
+    """The target exits while py-spy samples it: what was sampled is kept, the pid is
+    reported as exited. The app is stopped only once py-spy is attached and has had
+    time to sample (no race with a slow start on a busy machine)."""
+    app = pod.run("pyshort", [PY312, "/srv/chain.py"], files={"chain.py": PY_CHAIN.encode()})
+    r = client.post("/profiles", json={"pid": app.pid, "duration_s": 60})
     assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 60
+    while not pod_processes(pod, "py-spy") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pod_processes(pod, "py-spy"), "py-spy never started"
+    time.sleep(1.0)  # a floor for sampling at 100 Hz, not a timing assumption on load
+    app.stop()
     body = wait_done(client, r.json()["id"])
     assert body["state"] == "succeeded", body
     meta = body["metadata"]
-    assert meta["py_spy"][0]["exited"] and meta["py_spy"][0]["samples"] > 0
-    assert meta["exited_pids"] == [app.pid]
-    app.stop()
+    assert meta["py_spy"][0]["exited"] and meta["py_spy"][0]["samples"] > 0, meta
+    assert meta["exited_pids"] == [app.pid], meta
 
 
 def test_py_spy_turned_off_falls_back_to_perf(pod: podsim.SimPod) -> None:
