@@ -358,17 +358,23 @@ def test_a_real_profile_shows_in_the_metrics(
 def test_delete_stops_early_and_keeps_the_recording(
     client: httpx.Client, apps: dict[str, podsim.Container]
 ) -> None:
-    r = client.post("/profiles", json={"pid": apps["capp"].pid, "duration_s": 30})
+    r = client.post("/profiles", json={"pid": apps["capp"].pid, "duration_s": 60})
     job_id = r.json()["id"]
-    time.sleep(1.2)
-    running = client.get(f"/profiles/{job_id}").json()
-    assert running["state"] == "running" and 0 < running["progress"] < 0.5
+    # Running and recording (perf may take a while to start on a busy machine).
+    deadline = time.monotonic() + 30
+    while True:
+        running = client.get(f"/profiles/{job_id}").json()
+        if running["state"] == "running" and running["progress"] > 0:
+            break
+        assert time.monotonic() < deadline, running
+        time.sleep(0.2)
+    assert running["progress"] < 0.5, running
     d = client.delete(f"/profiles/{job_id}")
     assert d.status_code == 202, d.text
     done = wait_done(client, job_id)
     assert done["state"] == "succeeded", done
     assert done["metadata"]["stopped_early"] is True  # type: ignore[index]
-    assert done["elapsed_s"] < 10  # type: ignore[operator]
+    assert done["elapsed_s"] < 50  # type: ignore[operator]  # stopped, not the planned 60 s
     assert "hot_function" in client.get(f"/profiles/{job_id}/folded").text
     assert client.delete(f"/profiles/{job_id}").status_code == 204
     assert client.get(f"/profiles/{job_id}").status_code == 404
@@ -384,14 +390,15 @@ def test_pid_exiting_mid_recording(
 ) -> None:
     # It burns CPU for 2-3 s (whole seconds of time(2)), then exits.
     short = pod.run("short", ["/srv/short", "3"], files={"short": short_binary})
-    r = client.post("/profiles", json={"pid": short.pid, "duration_s": 10})
+    r = client.post("/profiles", json={"pid": short.pid, "duration_s": 60})
     assert r.status_code == 202, r.text
-    done = wait_done(client, r.json()["id"])
+    done = wait_done(client, r.json()["id"], timeout=120)
     assert done["state"] == "succeeded", (done, short.log())
     meta = done["metadata"]
     assert meta["exited_pids"] == [short.pid]  # type: ignore[index]
     assert any("exited" in n for n in meta["notes"])  # type: ignore[index]
-    assert done["elapsed_s"] < 8  # type: ignore[operator]
+    # perf ends with its last target, not at the planned 60 s (however slow the machine).
+    assert done["elapsed_s"] < 50  # type: ignore[operator]
     assert done["metadata"]["samples"] > 0  # type: ignore[index]
 
 
