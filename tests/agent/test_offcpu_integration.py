@@ -22,8 +22,9 @@ from tests.agent.test_profiles_integration import (
     pod_processes,
     wait_done,
 )
-from tests.agent.workloads import OFFCPU_C, PY312, build_go, compile_c
+from tests.agent.workloads import OFFCPU_C, build_go, compile_c
 from tests.conftest import need
+from tests.interpreters import PY312
 
 pytestmark = pytest.mark.integration
 

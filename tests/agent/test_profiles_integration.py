@@ -22,8 +22,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import podsim
-from tests.agent.workloads import HOTCOLD_C, PY312, PY_WORK, SHORT_C, compile_c
+from tests.agent.workloads import HOTCOLD_C, PY_WORK, SHORT_C, compile_c
 from tests.conftest import need
+from tests.interpreters import PY312
 
 pytestmark = pytest.mark.integration
 

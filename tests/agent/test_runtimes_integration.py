@@ -25,16 +25,13 @@ from tests.agent.workloads import (
     HOTCOLD_C,
     JAVA_CHAIN,
     NODE_CHAIN,
-    PY38,
-    PY311,
-    PY312,
-    PY313,
     PY_CHAIN,
     build_go,
     build_java,
     compile_c,
 )
 from tests.conftest import need
+from tests.interpreters import PY38, PY311, PY312, PY313
 
 pytestmark = pytest.mark.integration
 

@@ -22,10 +22,10 @@ import pytest
 
 from tests import podsim
 from tests.conftest import need
+from tests.interpreters import PY312
 from tests.stacks.workloads import (
     C_BLOCKED,
     JAVA_SLEEPER,
-    PY312,
     PY_BLOCKED,
     build_c,
     build_go,
