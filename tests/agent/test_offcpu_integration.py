@@ -16,7 +16,7 @@ import pytest
 
 from tests import podsim
 from tests.agent.offcpu_workloads import GO_BLOCKER, LIBC_C, LIBC_C_FLAGS, PY_BLOCKER
-from tests.agent.test_profiles_integration import (
+from tests.agent.support import (
     check_pprof,
     folded_total,
     pod_processes,
@@ -27,12 +27,6 @@ from tests.conftest import need
 from tests.interpreters import PY312
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
-    with agent.client() as c:
-        yield c
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.test_profiles_integration import folded_total, pod_processes, wait_done
+from tests.agent.support import folded_total, pod_processes, wait_done
 from tests.agent.workloads import (
     GO_CHAIN,
     HOTCOLD_C,
@@ -34,12 +34,6 @@ from tests.conftest import need
 from tests.interpreters import PY38, PY311, PY312, PY313
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
-    with agent.client() as c:
-        yield c
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,7 @@ import pytest
 from tests import podsim
 from tests.conftest import need
 from tests.interpreters import PY311_DEBIAN, PY312
-from tests.probes.test_probes_integration import (
+from tests.probes.support import (
     assert_no_leftovers,
     attach,
     detach,

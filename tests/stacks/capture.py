@@ -22,7 +22,7 @@ from agent.stacks._plan import plan
 from agent.stacks._service import find_tools
 from tests import podsim
 from tests.interpreters import PY312
-from tests.stacks.test_stacks_integration import tids, wait_ready
+from tests.stacks.support import tids, wait_ready
 from tests.stacks.workloads import PY_BLOCKED, build_c, build_go, build_java
 
 DATA = Path(__file__).parent / "data"

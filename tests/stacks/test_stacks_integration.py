@@ -23,6 +23,7 @@ import pytest
 from tests import podsim
 from tests.conftest import need
 from tests.interpreters import PY312
+from tests.stacks.support import tids, wait_ready
 from tests.stacks.workloads import (
     C_BLOCKED,
     JAVA_SLEEPER,
@@ -69,14 +70,6 @@ def thread_states(c: podsim.Container) -> set[str]:
             continue
         states.add(text[text.rindex(")") + 2])
     return states
-
-
-def wait_ready(c: podsim.Container, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while "ready" not in c.log():
-        assert c.alive(), c.log()
-        assert time.monotonic() < deadline, f"{c.name} never got ready: {c.log()}"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +126,6 @@ def by_name(body: dict[str, Any], name: str) -> dict[str, Any]:
     found = [t for t in body["threads"] if t["name"] == name]
     assert found, [t["name"] for t in body["threads"]]
     return found[0]
-
-
-def tids(c: podsim.Container) -> set[int]:
-    """The container's thread ids as the pod sees them."""
-    return {podsim.ns_pid(int(t.name)) for t in Path(f"/proc/{c.host_pid}/task").iterdir()}
 
 
 # --- Python -----------------------------------------------------------------------
