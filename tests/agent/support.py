@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -93,3 +94,19 @@ def check_pprof(data: bytes, name: str) -> None:
     assert len(msg.sample) > 0
     names = {msg.string_table[f.name] for f in msg.function}
     assert any(name in n for n in names), sorted(names)[:20]
+
+
+def wait_processes(
+    client: httpx.Client, container: str, *, runtimes: dict[str, int], timeout: float = 60
+) -> list[dict[str, Any]]:
+    """The container's processes once it runs at least ``runtimes[r]`` processes of each
+    runtime ``r``: an app that forks workers (or a shell that starts two programs) takes
+    its time on a busy machine, and a profile taken earlier would miss them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        procs = [p for p in client.get("/processes").json() if p["container"] == container]
+        have = {r: sum(1 for p in procs if p["runtime"] == r) for r in runtimes}
+        if all(have[r] >= n for r, n in runtimes.items()):
+            return procs
+        assert time.monotonic() < deadline, (container, runtimes, procs)
+        time.sleep(0.2)
