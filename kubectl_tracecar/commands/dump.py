@@ -1,0 +1,103 @@
+"""``kubectl tracecar dump``: a core dump of one process (.NET: the runtime's
+createdump; others: gdb's gcore), its progress shown while it is written, downloaded
+to a file, then removed from the agent unless ``--keep``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kubectl_tracecar._kube import Kube
+from kubectl_tracecar.commands import _reach
+from kubectl_tracecar.commands._base import PID_MAX, Command, Pods, Wire, add_target, pods_from, say
+from kubectl_tracecar.errors import OK, PluginError
+
+if TYPE_CHECKING:
+    from kubectl_tracecar._agent import AgentClient
+
+_EP = "POST /processes/{pid}/dump"
+TYPE = Wire("--type", _EP, "type", choices=("mini", "heap", "full"))
+PID = Wire("--pid", _EP, "pid", ge=1, le=PID_MAX)
+POLL_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class DumpOptions:
+    pods: Pods
+    pid: int
+    type: str | None = None
+    output: Path | None = None
+    keep: bool = False
+
+
+def flags(p: argparse.ArgumentParser) -> None:
+    add_target(p, selector=False)
+    PID.add(p, "--pid", required=True, help="the process (GET /processes, ps)")
+    TYPE.add(
+        p,
+        "--type",
+        help=".NET: mini, heap (default) or full (createdump); others: full (gdb gcore)",
+    )
+    p.add_argument("-o", "--output-file", metavar="FILE", help="where to write it (core.PID)")
+    p.add_argument("--keep", action="store_true", help="keep the dump on the agent too")
+
+
+def complete(ns: argparse.Namespace) -> DumpOptions:
+    return DumpOptions(
+        pods=pods_from(ns, selector=False),
+        pid=ns.pid,
+        type=ns.type,
+        output=Path(ns.output_file) if ns.output_file else None,
+        keep=ns.keep,
+    )
+
+
+def wait_dump(
+    client: AgentClient, job: dict[str, Any], *, poll_s: float | None = None
+) -> dict[str, Any]:
+    """Poll the dump job until it is written, showing its progress on stderr."""
+    while job["state"] not in ("succeeded", "failed", "cancelled"):
+        est = job.get("result", {}).get("estimate", {}).get("bytes", 0)
+        written = job.get("result", {}).get("written_bytes", 0)
+        say(
+            f"writing: {written / (1 << 20):.0f} MiB of at most {est / (1 << 20):.0f} MiB "
+            f"({100 * job.get('progress', 0):.0f}%)"
+        )
+        time.sleep(POLL_S if poll_s is None else poll_s)
+        job = client.get_json(f"/dumps/{job['id']}", "the dump's state")
+    return job
+
+
+def run(kube: Kube, o: DumpOptions) -> int:
+    pod = _reach.one_pod(kube, o.pods, "dump")
+    body = {"type": o.type} if o.type else {}
+    out = o.output or Path(f"core.{o.pid}")
+    with _reach.reach(kube, pod) as (client, _):
+        job = client.post_json(f"/processes/{o.pid}/dump", body, "writing the dump")
+        say(f"dumping pid {o.pid} with {job['writer']} ({job['type']})")
+        job = wait_dump(client, job)
+        if job["state"] != "succeeded":
+            raise PluginError(f"the dump of pid {o.pid} {job['state']}: {job.get('error')}")
+        data = client.download(f"/dumps/{job['id']}/core", "downloading the dump")
+        out.write_bytes(data)
+        if not o.keep:
+            client.delete(f"/dumps/{job['id']}", "removing the dump from the agent")
+    say(f"wrote {out} ({len(data) / (1 << 20):.1f} MiB)")
+    return OK
+
+
+COMMAND = Command(
+    name="dump",
+    help="write a core dump of one process and download it",
+    example=(
+        "kubectl tracecar dump web-7d9f-abcde --pid 7 -o core.dmp      # .NET: createdump\n"
+        "  kubectl tracecar dump web-7d9f-abcde --pid 7 --type full     # others: gdb gcore"
+    ),
+    flags=flags,
+    complete=complete,
+    run=run,
+    wires=(TYPE, PID),
+)
