@@ -55,6 +55,11 @@ def complete(ns: argparse.Namespace) -> DumpOptions:
     )
 
 
+def request_body(o: DumpOptions) -> dict[str, Any]:
+    """``POST /processes/{pid}/dump``'s body: the type, when one was asked for."""
+    return {"type": o.type} if o.type else {}
+
+
 def wait_dump(
     client: AgentClient, job: dict[str, Any], *, poll_s: float | None = None
 ) -> dict[str, Any]:
@@ -73,7 +78,7 @@ def wait_dump(
 
 def run(kube: Kube, o: DumpOptions) -> int:
     pod = _reach.one_pod(kube, o.pods, "dump")
-    body = {"type": o.type} if o.type else {}
+    body = request_body(o)
     out = o.output or Path(f"core.{o.pid}")
     with _reach.reach(kube, pod) as (client, _):
         job = client.post_json(f"/processes/{o.pid}/dump", body, "writing the dump")

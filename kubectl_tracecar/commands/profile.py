@@ -254,24 +254,25 @@ def run(kube: Kube, o: ProfileOptions) -> int:
     names = [_reach.name_of(p) for p in pods]
     say(f"profiling {len(pods)} pod(s) for {o.duration_s:g}s: {', '.join(names)}")
     results: dict[str, tuple[bytes, str, dict[str, Any]]] = {}
-    failures: dict[str, str] = {}
+    errors: dict[str, PluginError] = {}
     progress = Progress(names)
 
     def one(pod: JsonObject) -> None:
         try:
             results[_reach.name_of(pod)] = _profile_one(kube, pod, o, progress)
         except PluginError as e:
-            failures[_reach.name_of(pod)] = e.message + (f" ({e.hint})" if e.hint else "")
+            errors[_reach.name_of(pod)] = e
 
     from concurrent.futures import ThreadPoolExecutor  # (logging, queue...: not for --help)
 
     with ThreadPoolExecutor(max_workers=max(1, min(o.parallel, len(pods)))) as pool:
         list(pool.map(one, pods))
+    if len(pods) == 1 and errors:
+        raise errors[names[0]]  # as it is: its own exit code (5: no agent) and hint line
+    failures = {p: e.message + (f" ({e.hint})" if e.hint else "") for p, e in errors.items()}
     out = o.output
     report: dict[str, Any] = {"output": str(out), "pods": {}, "failed": failures}
     if len(pods) == 1:
-        if not results:
-            raise PluginError(next(iter(failures.values())))
         data, _, job = next(iter(results.values()))
         _output.write_whole(out, data)
         report["pods"][names[0]] = _summary(job, str(out))
