@@ -244,6 +244,10 @@ def _push_state(client: AgentClient) -> dict[str, str]:
     return _sinks.push_state(client.get_json("/capabilities", "agent capabilities"))
 
 
+Result = tuple[bytes, str, dict[str, Any]]
+"""One pod's profile: the artifact, its folded stacks, the agent's view of the job."""
+
+
 def run(kube: Kube, o: ProfileOptions) -> int:
     pods = _reach.resolve(kube, o.pods)
     if len(pods) > 1 and o.format not in ("svg", "folded"):
@@ -253,7 +257,7 @@ def run(kube: Kube, o: ProfileOptions) -> int:
         )
     names = [_reach.name_of(p) for p in pods]
     say(f"profiling {len(pods)} pod(s) for {o.duration_s:g}s: {', '.join(names)}")
-    results: dict[str, tuple[bytes, str, dict[str, Any]]] = {}
+    results: dict[str, Result] = {}
     errors: dict[str, PluginError] = {}
     progress = Progress(names)
 
@@ -270,51 +274,64 @@ def run(kube: Kube, o: ProfileOptions) -> int:
     if len(pods) == 1 and errors:
         raise errors[names[0]]  # as it is: its own exit code (5: no agent) and hint line
     failures = {p: e.message + (f" ({e.hint})" if e.hint else "") for p, e in errors.items()}
-    out = o.output
-    report: dict[str, Any] = {"output": str(out), "pods": {}, "failed": failures}
-    if len(pods) == 1:
-        data, _, job = next(iter(results.values()))
-        _output.write_whole(out, data)
-        report["pods"][names[0]] = _summary(job, str(out))
-    else:
-        for pod, (data, _, job) in sorted(results.items()):
-            path = per_pod_path(out, pod)
-            _output.write_whole(path, data)
-            report["pods"][pod] = _summary(job, str(path))
-        if results:
-            from tracecar_formats.collapse import format_folded
-            from tracecar_formats.flamegraph import render_svg
-
-            stacks = merge_folded({p: r[1] for p, r in results.items()}, by_pod=o.by_pod)
-            if o.format == "folded":
-                merged = format_folded(stacks).encode()
-            else:
-                title = f"CPU profile of {len(results)} pods ({o.duration_s:g}s)"
-                merged = render_svg(
-                    stacks, title=title, subtitle=", ".join(sorted(results))
-                ).encode()
-            _output.write_whole(out, merged)
+    report = {
+        "output": str(o.output),
+        "pods": _write(o, results, single=len(pods) == 1),
+        "failed": failures,
+    }
     if o.json:
         _output.emit_json(report)
     else:
-        for pod, s in sorted(report["pods"].items()):
-            print(f"pod/{pod}: {s['samples']} samples -> {s['file']}")
-            if "push" in s:
-                print(f"  pushed: {_sinks.push_line(s['push'])}")
-            for w in s["warnings"]:
-                print(f"  warning: {w}")
-        for pod, msg in sorted(failures.items()):
-            print(f"pod/{pod}: FAILED: {msg}")
-        if len(pods) > 1 and results:
-            print(f"merged flame graph of {len(results)} pods -> {out}")
-        if o.push and results:
-            print(_sinks.push_hint(pods))
-    if o.open and out.exists():
+        _print(o, report, pods, merged=len(pods) > 1 and bool(results))
+    if o.open and o.output.exists():
         import webbrowser
 
-        if not webbrowser.open(out.resolve().as_uri()):
-            say(f"cannot open {out}: no browser found (set BROWSER)")
+        if not webbrowser.open(o.output.resolve().as_uri()):
+            say(f"cannot open {o.output}: no browser found (set BROWSER)")
     return OK if not failures else FAILED
+
+
+def _write(o: ProfileOptions, results: dict[str, Result], *, single: bool) -> dict[str, Any]:
+    """Each pod's file (``-o`` itself for one pod), and the merged one of many pods;
+    each pod's summary."""
+    if single:
+        [(pod, (data, _, job))] = results.items()
+        _output.write_whole(o.output, data)
+        return {pod: _summary(job, str(o.output))}
+    summaries = {}
+    for pod, (data, _, job) in sorted(results.items()):
+        path = per_pod_path(o.output, pod)
+        _output.write_whole(path, data)
+        summaries[pod] = _summary(job, str(path))
+    if results:
+        from tracecar_formats.collapse import format_folded
+        from tracecar_formats.flamegraph import render_svg
+
+        stacks = merge_folded({p: r[1] for p, r in results.items()}, by_pod=o.by_pod)
+        if o.format == "folded":
+            merged = format_folded(stacks).encode()
+        else:
+            title = f"CPU profile of {len(results)} pods ({o.duration_s:g}s)"
+            merged = render_svg(stacks, title=title, subtitle=", ".join(sorted(results))).encode()
+        _output.write_whole(o.output, merged)
+    return summaries
+
+
+def _print(
+    o: ProfileOptions, report: dict[str, Any], pods: list[JsonObject], *, merged: bool
+) -> None:
+    for pod, s in sorted(report["pods"].items()):
+        print(f"pod/{pod}: {s['samples']} samples -> {s['file']}")
+        if "push" in s:
+            print(f"  pushed: {_sinks.push_line(s['push'])}")
+        for w in s["warnings"]:
+            print(f"  warning: {w}")
+    for pod, msg in sorted(report["failed"].items()):
+        print(f"pod/{pod}: FAILED: {msg}")
+    if merged:
+        print(f"merged flame graph of {len(report['pods'])} pods -> {o.output}")
+    if o.push and report["pods"]:
+        print(_sinks.push_hint(pods))
 
 
 def _summary(job: dict[str, Any], file: str) -> dict[str, Any]:

@@ -389,3 +389,22 @@ def test_argument_errors_come_before_the_kubeconfig(
     err = capsys.readouterr().err
     assert f"usage: kubectl tracecar {argv[0]}" in err and message in err
     assert "cannot load the kubeconfig" not in err
+
+
+def test_help_loads_no_client_and_no_service() -> None:
+    """`kubectl tracecar --help` (and every command's parser) imports neither the
+    kubernetes client nor httpx nor any service: they load when a command needs them
+    (the start-up time itself is bench/plugin_bench.py's)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kubectl_tracecar.__main__ as m; m._cli.build_parser(); "
+        "print(' '.join(sorted({n.split('.')[0] for n in sys.modules})))"
+    )
+    loaded = set(subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
+    ).stdout.split())  # fmt: skip
+    heavy = {"kubernetes", "httpx", "urllib3", "agent", "webhook", "certs", "servicelog"}
+    assert loaded & heavy == set()
+    assert "kubectl_tracecar" in loaded
