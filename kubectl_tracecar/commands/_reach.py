@@ -125,7 +125,7 @@ def reach(
     agent = _pods.find_agent(pod)
     if _wants_fresh_agent(agent) and auto is not None and auto.enabled:
         say(f"pod/{name_of(pod)} has no running agent: attaching one (--attach)")
-        pod = attach_agent(kube, pod, AttachRequest(container=auto.container))
+        pod, _ = attach_agent(kube, pod, AttachRequest(container=auto.container))
         agent = _pods.find_agent(pod)
     if agent.how == "none" or not agent.running:
         raise _no_agent(pod, agent, auto)
@@ -235,9 +235,9 @@ def agent_image(kube: Kube, image: str | None) -> str:
     return env.get("TRACECAR_WEBHOOK_AGENT_IMAGE", DEFAULT_IMAGE)
 
 
-def attach_agent(kube: Kube, pod: JsonObject, req: AttachRequest) -> JsonObject:
-    """Add an ephemeral agent to the running pod and wait until it answers; the pod as
-    it is then (its new agent running)."""
+def attach_agent(kube: Kube, pod: JsonObject, req: AttachRequest) -> tuple[JsonObject, str]:
+    """Add an ephemeral agent to the running pod and wait until it answers: the pod as
+    it is then (its new agent running) and the agent container's name."""
     name = name_of(pod)
     _pods.require_running(pod)
     container = _pods.target_container(pod, req.container)
@@ -277,4 +277,4 @@ def attach_agent(kube: Kube, pod: JsonObject, req: AttachRequest) -> JsonObject:
             hint=f"see: kubectl describe pod -n {kube.namespace} {name}",
         )
     wait_healthy(kube, pod, timeout_s=60.0)
-    return pod
+    return pod, str(spec["name"])

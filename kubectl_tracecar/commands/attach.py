@@ -71,8 +71,7 @@ def run(kube: Kube, o: AttachOptions) -> int:
         else:
             print(f"pod/{o.pod} already has a running {existing.how} agent ({existing.container})")
         return OK
-    pod = _reach.attach_agent(kube, pod, o.request)
-    name = _pods.find_agent(pod).container
+    _, name = _reach.attach_agent(kube, pod, o.request)
     if o.json:
         _output.emit_json({"pod": o.pod, "agent": "attached", "container": name, "added": True})
     else:

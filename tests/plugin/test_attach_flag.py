@@ -155,3 +155,19 @@ def test_main_prints_the_hint_and_exits_5(
     assert err[1].startswith(
         "hint: attach one with `kubectl tracecar attach shop`, or pass --attach"
     )
+
+
+def test_the_attach_command_shares_the_mechanics(
+    agent: ProfilingAgent, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    kube = AttachingKube(pods=[make_pod("shop")])
+    assert run(kube, ["attach", "shop", "--idle-timeout", "5m", "-o", "json"]) == OK
+    [added] = kube.added
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"pod": "shop", "agent": "attached", "container": added["name"], "added": True}
+    env = {e["name"]: e.get("value") for e in added["env"]}
+    assert env["TRACECAR_AGENT_IDLE_EXIT_S"] == "300"
+    assert run(kube, ["attach", "shop", "-o", "json"]) == OK  # running now: nothing added
+    assert json.loads(capsys.readouterr().out)["added"] is False and len(kube.added) == 1
