@@ -17,8 +17,8 @@ from kubectl_tracecar import _pods
 from kubectl_tracecar._kube import JsonObject, Kube
 from kubectl_tracecar.commands import _reach
 from kubectl_tracecar.errors import NO_AGENT, OK, NoAgent
-from tests.plugin.fakes import FakeKube, run
-from tests.plugin.fakes import pod as make_pod
+from tests.plugin.support import FakeKube, run
+from tests.plugin.support import pod as make_pod
 
 
 class AttachingKube(FakeKube):

@@ -18,8 +18,8 @@ from kubectl_tracecar._targets import Target
 from kubectl_tracecar.commands import _reach
 from kubectl_tracecar.commands._reach import pods_of
 from kubectl_tracecar.errors import FAILED, NotFound, Unsupported
-from tests.plugin.fakes import FakeKube, run
-from tests.plugin.fakes import pod as _pod
+from tests.plugin.support import FakeKube, run
+from tests.plugin.support import pod as _pod
 from tracecar_formats.collapse import format_folded, parse_folded
 
 WEB = {"web": {"matchLabels": {"app": "web"}}}

@@ -15,8 +15,8 @@ from kubectl_tracecar import _cli, _pods
 from kubectl_tracecar._kube import JsonObject, Kube
 from kubectl_tracecar.commands import _reach, counters, dump
 from kubectl_tracecar.errors import OK, PluginError
-from tests.plugin.fakes import FakeKube, options, run
-from tests.plugin.fakes import pod as _pod
+from tests.plugin.support import FakeKube, options, run
+from tests.plugin.support import pod as _pod
 
 COUNTERS = {
     "pid": 7,

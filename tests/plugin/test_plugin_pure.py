@@ -17,7 +17,7 @@ from kubectl_tracecar.commands import COMMANDS, probe, profile, stack, trace
 from kubectl_tracecar.commands._base import Pods, output_format
 from kubectl_tracecar.commands.profile import Progress
 from kubectl_tracecar.errors import USAGE, NotFound, Unsupported, UsageError
-from tests.plugin.fakes import options
+from tests.plugin.support import options
 from tracecar_contract import CAPABILITIES
 
 

@@ -15,9 +15,9 @@ from kubectl_tracecar import _pods
 from kubectl_tracecar._kube import JsonObject, Kube
 from kubectl_tracecar.commands import _reach, recorder
 from kubectl_tracecar.errors import Unsupported, UsageError
-from tests.plugin import fakes
-from tests.plugin.fakes import FakeKube
-from tests.plugin.fakes import pod as _pod
+from tests.plugin import support
+from tests.plugin.support import FakeKube
+from tests.plugin.support import pod as _pod
 
 NOW = 1_796_570_230.0
 STATUS = {
@@ -95,7 +95,7 @@ PODS = [_pod(n, agent=True) for n in ("web-a", "web-b", "web-off")]
 
 
 def run(argv: list[str]) -> int:
-    return fakes.run(FakeKube(pods=PODS), argv)
+    return support.run(FakeKube(pods=PODS), argv)
 
 
 def test_start_status_stop(

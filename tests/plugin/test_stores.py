@@ -15,8 +15,8 @@ from kubectl_tracecar import _pods, _sinks
 from kubectl_tracecar._kube import JsonObject, Kube
 from kubectl_tracecar.commands import _reach, profile
 from kubectl_tracecar.errors import OK
-from tests.plugin.fakes import FakeKube, options, run
-from tests.plugin.fakes import pod as _pod
+from tests.plugin.support import FakeKube, options, run
+from tests.plugin.support import pod as _pod
 
 CAPS = {
     "perf": {"available": True},

@@ -24,7 +24,7 @@ from agent.settings import Settings
 from kubectl_tracecar import _cli
 from kubectl_tracecar.commands import COMMANDS, dump, probe, profile, recorder, trace
 from kubectl_tracecar.commands._base import Wire
-from tests.plugin.fakes import options
+from tests.plugin.support import options
 
 # Flags with choices that are the plugin's own (not a request field).
 LOCAL_CHOICES = {
