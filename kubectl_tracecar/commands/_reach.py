@@ -1,7 +1,7 @@
 """From a target to a pod's agent: the pods a selection names, a client of a pod's
 running agent through a port-forward of our own (:func:`reach`), the pod's processes
-as the agent sees them, and adding an agent to a running pod (:func:`attach_agent`,
-for ``attach`` and for ``--attach``).
+as the agent sees them, a dump job waited for (:func:`wait_dump`), and adding an agent
+to a running pod (:func:`attach_agent`, for ``attach`` and for ``--attach``).
 
 httpx (the agent's client) and the port-forward are imported when a command first
 reaches an agent, so ``--help`` loads neither. Tests replace :func:`reach` (or
@@ -147,6 +147,28 @@ def wait_healthy(kube: Kube, pod: JsonObject, *, timeout_s: float) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
+
+
+# --- jobs ----------------------------------------------------------------------------
+
+POLL_S = 0.5
+
+
+def wait_dump(
+    client: AgentClient, job: dict[str, Any], *, poll_s: float | None = None
+) -> dict[str, Any]:
+    """Poll a dump job (``dump``; a heap dump is one too) until it is written, showing
+    its progress on stderr."""
+    while job["state"] not in ("succeeded", "failed", "cancelled"):
+        est = job.get("result", {}).get("estimate", {}).get("bytes", 0)
+        written = job.get("result", {}).get("written_bytes", 0)
+        say(
+            f"writing: {written / (1 << 20):.0f} MiB of at most {est / (1 << 20):.0f} MiB "
+            f"({100 * job.get('progress', 0):.0f}%)"
+        )
+        time.sleep(POLL_S if poll_s is None else poll_s)
+        job = client.get_json(f"/dumps/{job['id']}", "the dump's state")
+    return job
 
 
 # --- processes -----------------------------------------------------------------------

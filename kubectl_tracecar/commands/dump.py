@@ -5,23 +5,18 @@ to a file, then removed from the agent unless ``--keep``."""
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kubectl_tracecar._kube import Kube
 from kubectl_tracecar.commands import _reach
 from kubectl_tracecar.commands._base import PID_MAX, Command, Pods, Wire, add_target, pods_from, say
 from kubectl_tracecar.errors import OK, PluginError
 
-if TYPE_CHECKING:
-    from kubectl_tracecar._agent import AgentClient
-
 _EP = "POST /processes/{pid}/dump"
 TYPE = Wire("--type", _EP, "type", choices=("mini", "heap", "full"))
 PID = Wire("--pid", _EP, "pid", ge=1, le=PID_MAX)
-POLL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,22 +55,6 @@ def request_body(o: DumpOptions) -> dict[str, Any]:
     return {"type": o.type} if o.type else {}
 
 
-def wait_dump(
-    client: AgentClient, job: dict[str, Any], *, poll_s: float | None = None
-) -> dict[str, Any]:
-    """Poll the dump job until it is written, showing its progress on stderr."""
-    while job["state"] not in ("succeeded", "failed", "cancelled"):
-        est = job.get("result", {}).get("estimate", {}).get("bytes", 0)
-        written = job.get("result", {}).get("written_bytes", 0)
-        say(
-            f"writing: {written / (1 << 20):.0f} MiB of at most {est / (1 << 20):.0f} MiB "
-            f"({100 * job.get('progress', 0):.0f}%)"
-        )
-        time.sleep(POLL_S if poll_s is None else poll_s)
-        job = client.get_json(f"/dumps/{job['id']}", "the dump's state")
-    return job
-
-
 def run(kube: Kube, o: DumpOptions) -> int:
     pod = _reach.one_pod(kube, o.pods, "dump")
     body = request_body(o)
@@ -83,7 +62,7 @@ def run(kube: Kube, o: DumpOptions) -> int:
     with _reach.reach(kube, pod) as (client, _):
         job = client.post_json(f"/processes/{o.pid}/dump", body, "writing the dump")
         say(f"dumping pid {o.pid} with {job['writer']} ({job['type']})")
-        job = wait_dump(client, job)
+        job = _reach.wait_dump(client, job)
         if job["state"] != "succeeded":
             raise PluginError(f"the dump of pid {o.pid} {job['state']}: {job.get('error')}")
         data = client.download(f"/dumps/{job['id']}/core", "downloading the dump")

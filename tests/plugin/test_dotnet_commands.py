@@ -13,7 +13,7 @@ import pytest
 
 from kubectl_tracecar import _cli, _pods
 from kubectl_tracecar._kube import JsonObject, Kube
-from kubectl_tracecar.commands import _reach, counters, dump
+from kubectl_tracecar.commands import _reach, counters
 from kubectl_tracecar.errors import OK, PluginError
 from tests.plugin.support import FakeKube, options, run
 from tests.plugin.support import pod as _pod
@@ -81,7 +81,7 @@ def agent(monkeypatch: pytest.MonkeyPatch) -> FakeAgent:
         yield fake, _pods.find_agent(pod)
 
     monkeypatch.setattr(_reach, "reach", reach)
-    monkeypatch.setattr(dump, "POLL_S", 0)
+    monkeypatch.setattr(_reach, "POLL_S", 0)
     return fake
 
 
