@@ -17,7 +17,16 @@ The shape of the package:
 Errors are :class:`~kubectl_tracecar.errors.PluginError` with stable exit codes.
 """
 
-from kubectl_tracecar.__main__ import main
 from kubectl_tracecar.errors import PluginError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``kubectl tracecar ARGV...`` (the console script runs ``__main__.main``). Imported
+    on call, so that importing one module of the package (``_attach`` for the e2e stage)
+    loads no command, and ``python -m kubectl_tracecar`` runs ``__main__`` only once."""
+    from kubectl_tracecar.__main__ import main as run
+
+    return run(argv)
+
 
 __all__ = ["PluginError", "main"]
