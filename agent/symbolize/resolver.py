@@ -202,19 +202,24 @@ class _Process:
         o.inlined = why
         return ()
 
-    def vaddr(self, o: _Obj, pc: int) -> int | None:
+    def vaddr(self, o: _Obj, pc: int, *, absolute: bool = False) -> int | None:
         """The link-time address of a PC perf printed for this object.
 
         perf 6.1 prints a file-backed frame's address relative to its mapping (the file
-        offset: ``ip - start + pgoff``), which needs no memory map of the process and
-        survives its exit; an absolute address is taken as such (non-PIE) or mapped
-        through ``/proc/PID/maps`` (PIE)."""
+        offset: ``ip - start + pgoff``), PIE or not (seen: 0x7a757 for 0x47a757 in a
+        non-PIE Go binary), which needs no memory map of the process and survives its
+        exit. So an address inside the file is an offset, first: in a big non-PIE
+        binary (kube-apiserver's text spans file offsets 0 to 0x2e6a331, loaded at
+        0x400000) most offsets are also plausible absolute addresses, of other code.
+        ``absolute``: ``pc`` is a process address (bpftrace's stacks), taken as such
+        (non-PIE) or mapped through ``/proc/PID/maps`` (PIE); also the fallback for an
+        address past the file's end."""
         elf = o.elf
         assert elf is not None
+        if not absolute and elf.data is not None and pc < len(elf.data):
+            return elf.offset_to_vaddr(pc)
         if not elf.pie and any(v <= pc < v + n for _off, v, n in elf.segments):
             return pc
-        if elf.data is not None and pc < len(elf.data):
-            return elf.offset_to_vaddr(pc)
         path = o.mod.decode("utf-8", "surrogateescape")
         for m in self.maps():
             if m.path == path and m.start <= pc < m.end:
@@ -279,10 +284,19 @@ class Symbolizer:
 
     # --- the collapser's questions ----------------------------------------------------
     def frames(
-        self, pid: bytes, pc: bytes, sym: bytes, mod: bytes, *, caller: bool = False
+        self,
+        pid: bytes,
+        pc: bytes,
+        sym: bytes,
+        mod: bytes,
+        *,
+        caller: bool = False,
+        absolute: bool = False,
     ) -> list[bytes] | None:
         """The frames at ``pc`` outermost first, or None to keep perf's ``sym``.
-        ``caller``: ``pc`` is a return address, looked up at ``pc - 1`` (the call)."""
+        ``caller``: ``pc`` is a return address, looked up at ``pc - 1`` (the call).
+        ``pc`` is as perf prints it (an offset in ``mod``), or with ``absolute`` a
+        process address (bpftrace's stacks; see :meth:`_Process.vaddr`)."""
         p = self._process(pid)
         if p is None:
             return None
@@ -293,7 +307,7 @@ class Symbolizer:
         if go is None and o.debug is None and o.dwarf is None:
             return None
         try:
-            v = p.vaddr(o, int(pc, 16))
+            v = p.vaddr(o, int(pc, 16), absolute=absolute)
         except ValueError:
             return None
         if v is None:
