@@ -50,9 +50,6 @@ class ObjectSymbols:
     usdt: tuple[Symbol, ...]
     segments: tuple[tuple[int, int, int], ...]  # (p_offset, p_vaddr, p_filesz) of PT_LOAD
     addresses: tuple[int, ...] = ()  # the functions' start addresses, for bisect
-    pclntab_only: bool = False
-    """Stripped Go: the functions are named only in its ``.gopclntab``. Tools that look
-    names up in the ELF symbol tables (bpftrace, perf probe) cannot: probe by address."""
 
     def names(self) -> set[str]:
         return {s.name for s in self.functions}
@@ -125,7 +122,6 @@ def _load(path: str, _identity: tuple[int, int, int, int]) -> ObjectSymbols:
     functions: dict[tuple[str, int], Symbol] = {}
     usdt: list[Symbol] = []
     segments: list[tuple[int, int, int]] = []
-    pclntab_only = False
     with open(path, "rb") as f:
         elf = ELFFile(f)
         for seg in elf.iter_segments():
@@ -178,17 +174,10 @@ def _load(path: str, _identity: tuple[int, int, int, int]) -> ObjectSymbols:
                 tab = open_table(f, sections, pie=elf["e_type"] == "ET_DYN")
                 for name, entry, size in tab.functions():
                     functions.setdefault((name, entry), Symbol(name, entry, size, "function"))
-                pclntab_only = True
             except (PclntabError, struct.error, IndexError):
                 pass  # a corrupt pclntab: the dynamic symbols (if any) stay
     ordered = tuple(sorted(functions.values(), key=lambda s: (s.address, s.name)))
-    return ObjectSymbols(
-        ordered,
-        tuple(usdt),
-        tuple(segments),
-        tuple(s.address for s in ordered),
-        pclntab_only=pclntab_only,
-    )
+    return ObjectSymbols(ordered, tuple(usdt), tuple(segments), tuple(s.address for s in ordered))
 
 
 def object_symbols(host_path: Path, *, field: str = "binary") -> ObjectSymbols:

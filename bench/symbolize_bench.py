@@ -34,6 +34,7 @@ import functools
 import glob
 import os
 import random
+import resource
 import shutil
 import signal
 import statistics
@@ -89,6 +90,11 @@ def large_binary(given: str | None) -> Path:
     if found:
         return Path(found[-1])
     return build_small(CACHE / "leaf-full", strip=False)
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def timed(fn, runs: int = 3) -> float:  # type: ignore[no-untyped-def]
@@ -353,11 +359,21 @@ def postprocessing(seconds: float, rounds: int, large: Path, target: str) -> Non
 
         # Arms interleaved, medians: the machine is shared and its load drifts.
         times: dict[str, list[float]] = {"script": [], "plain": [], "named": []}
+        # CPU seconds per arm: (ours, perf's). A loaded machine stretches wall clocks
+        # several-fold; on an idle 2-core one perf and the collapser run side by side,
+        # so the wall time tends to the larger of the two.
+        cpu: dict[str, list[tuple[float, float]]] = {k: [] for k in times}
         for _ in range(rounds):
             for arm, fn in (("script", script), ("plain", plain), ("named", named)):
+                c0, k0 = time.process_time(), _children_cpu()
                 t = time.perf_counter()
                 fn()
                 times[arm].append(time.perf_counter() - t)
+                cpu[arm].append((time.process_time() - c0, _children_cpu() - k0))
+        tracemalloc.start()
+        plain()
+        peak_plain = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
         tracemalloc.start()
         stacks = named()
         peak = tracemalloc.get_traced_memory()[1]
@@ -384,8 +400,22 @@ def postprocessing(seconds: float, rounds: int, large: Path, target: str) -> Non
         f"  perf script alone {med['script'] * 1e3:.0f} ms; collapse without symbols "
         f"{med['plain'] * 1e3:.0f} ms ({med['plain'] / med['script']:.2f}x); with pclntab "
         f"names, inlined frames and leaf callers {med['named'] * 1e3:.0f} ms "
-        f"({med['named'] / med['script']:.2f}x perf script alone); symbolizer's Python "
-        f"memory peak {peak >> 20} MiB"
+        f"({med['named'] / med['script']:.2f}x perf script alone, "
+        f"{med['named'] / med['plain']:.2f}x the collapse without symbols); Python memory "
+        f"peak {peak >> 20} MiB with the symbolizer, {peak_plain >> 20} MiB without"
+    )
+    own = {k: statistics.median(c[0] for c in v) for k, v in cpu.items()}
+    perf_cpu = {k: statistics.median(c[1] for c in v) for k, v in cpu.items()}
+    floor = perf_cpu["script"] + own["script"]
+    print(
+        f"  CPU view (load average {os.getloadavg()[0]:.1f}): perf script alone "
+        f"{floor * 1e3:.0f} ms CPU; without symbols: perf {perf_cpu['plain'] * 1e3:.0f} ms, "
+        f"collapse {own['plain'] * 1e3:.0f} ms (critical path "
+        f"{max(perf_cpu['plain'], own['plain']) / floor:.2f}x); with the symbolizer: perf "
+        f"{perf_cpu['named'] * 1e3:.0f} ms, collapse and symbolizer "
+        f"{own['named'] * 1e3:.0f} ms (critical path "
+        f"{max(perf_cpu['named'], own['named']) / floor:.2f}x, total CPU "
+        f"{(perf_cpu['named'] + own['named']) / floor:.2f}x)"
     )
     ours = sum(n for st, n in stacks.items() if project in st)
     print(f"  samples naming {project}... functions: {ours} of {samples}")

@@ -42,10 +42,6 @@ class Spec:
     """Probes attached with no action, only so the program takes the path that fires ``usdt``."""
     python_function: str | None = None
     python_file: str | None = None
-    by_address: bool = False
-    """The function is named only in a stripped Go binary's ``.gopclntab``: ``function``
-    holds its address, which perf probe attaches to (bpftrace 0.17 refuses an address
-    no ELF symbol names)."""
 
     @property
     def is_usdt(self) -> bool:

@@ -278,7 +278,6 @@ class Service:
         function = req.function
         assert function is not None
         address: int | None
-        by_address = False
         if function.startswith("0x"):
             address = int(function, 16)
         else:
@@ -298,9 +297,6 @@ class Service:
                     binary=canonical,
                 )
             address = sym.address + (int(off, 16) if off else 0)
-            if syms.pclntab_only:
-                # Stripped Go: no tool finds the name in the ELF symbol tables.
-                function, by_address = f"0x{address:x}", True
         args: tuple[ArgType, ...] = tuple(req.args)
         if req.mode == "histogram" and req.of.startswith("arg"):
             # A histogram of an argument not typed in `args` reads it as a signed int.
@@ -321,7 +317,6 @@ class Service:
             stack=req.stack,
             duration_s=duration_s,
             max_events=max_events,
-            by_address=by_address,
         )
 
     def _auto_backend(self, b: Backends) -> tuple[BackendName | None, str]:
@@ -346,13 +341,6 @@ class Service:
                     "(symbol+offset); use backend perf-probe",
                     field="function",
                 )
-            if spec is not None and spec.by_address:
-                raise Invalid(
-                    f"function: {req.function} is named only in the stripped Go binary's "
-                    ".gopclntab; bpftrace 0.17 here cannot attach to an address no ELF "
-                    "symbol names; use backend perf-probe (or auto)",
-                    field="function",
-                )
             return "bpftrace", "requested" if req.backend else "configured"
         if wanted == "perf-probe":
             if not b.perf_ok:
@@ -362,23 +350,6 @@ class Service:
             return "perf-probe", "requested" if req.backend else "configured"
         if spec is not None and spec.in_function and b.perf_ok and not spec.stack:
             return "perf-probe", "bpftrace here cannot probe inside a function (symbol+offset)"
-        if spec is not None and spec.by_address:
-            if not b.perf_ok:
-                raise Unavailable(
-                    f"function: {req.function} is named only in the stripped Go binary's "
-                    f".gopclntab: only perf probe attaches by address, and it cannot run "
-                    f"here: {b.perf_reason}"
-                )
-            if spec.stack:
-                raise Invalid(
-                    "stack: user stacks need bpftrace, which cannot attach to a function "
-                    "named only in a stripped Go binary's .gopclntab",
-                    field="stack",
-                )
-            return "perf-probe", (
-                "stripped Go: the function is named only in its .gopclntab, so it is probed "
-                "by address, which perf probe does"
-            )
         chosen, reason = self._auto_backend(b)
         if chosen is None:
             raise Unavailable(f"{reason} (see GET /capabilities)")
