@@ -460,7 +460,9 @@ class Service:
     async def _run_offcpu(self, job: Job, the_plan: Plan) -> None:
         """bpftrace (frame-pointer targets) and perf (DWARF targets) side by side, merged."""
         meta = job.result
-        fp_task = asyncio.ensure_future(self._record_offcpu_fp(job, the_plan))
+        # The CPU profiles' symbolizer, the targets' objects opened while they live.
+        symbolizer = await asyncio.to_thread(symbolize.for_profile, self.settings, the_plan.pids)
+        fp_task = asyncio.ensure_future(self._record_offcpu_fp(job, the_plan, symbolizer))
         perf_task = asyncio.ensure_future(self._record_perf(job, the_plan))
         try:
             fp_rec, perf_rec = await asyncio.gather(fp_task, perf_task)
@@ -485,7 +487,10 @@ class Service:
             timeout = self.settings.perf_timeout_slack_s + the_plan.duration_s
             with perf_maps_in_tmp(job, maps):
                 perf_stacks, stats = await _offcpu.fold_perf(
-                    job.artifact(PERF_DATA), period=the_plan.dwarf_period, timeout=timeout
+                    job.artifact(PERF_DATA),
+                    period=the_plan.dwarf_period,
+                    timeout=timeout,
+                    symbolizer=symbolizer,
                 )
             for k, v in perf_stacks.items():
                 stacks[k] = stacks.get(k, 0) + v
@@ -501,6 +506,10 @@ class Service:
             meta["dwarf"] = {**asdict(stats), "period": the_plan.dwarf_period}
         self._note_targets(job, the_plan)
         notes = meta["notes"]
+        report = symbolizer.report()
+        meta["symbols"] = report
+        meta["leaf_callers_recovered"] = symbolizer.leaf_fixes
+        notes.extend(symbolize.note_lines(report))
         if not stacks:
             notes.append("no off-CPU time: the targets never left the CPU while recording")
         if weight > 1:
@@ -524,11 +533,16 @@ class Service:
         if stopped_early:
             job.message = "stopped early on request; what was recorded is kept"
 
-    async def _record_offcpu_fp(self, job: Job, the_plan: Plan) -> _offcpu.OffCpuRecording | None:
+    async def _record_offcpu_fp(
+        self, job: Job, the_plan: Plan, symbolizer: symbolize.Symbolizer
+    ) -> _offcpu.OffCpuRecording | None:
         if not the_plan.bpftrace_argv:
             return None
         return await _offcpu.record(
-            the_plan, output=job.artifact(BPFTRACE_OUT), stop=job.stop_requested
+            the_plan,
+            output=job.artifact(BPFTRACE_OUT),
+            stop=job.stop_requested,
+            symbolizer=symbolizer,
         )
 
     def _note_recording(
