@@ -255,9 +255,13 @@ too short for many paths; 200 is what bpftrace 0.17 fits on the BPF stack here).
 
 
 def env(spec: Spec | None) -> dict[str, str]:
-    """The variables bpftrace runs with (shown by a dry run)."""
+    """The variables bpftrace runs with (shown by a dry run). Stacks: addresses only,
+    the agent names them as the profiles do (bpftrace's own names would differ where it
+    can see the process: no pclntab, no debug files, no inlined frames)."""
     if spec is not None and spec.python_function is not None:
         return {**ENV, "BPFTRACE_STRLEN": str(PYTHON_STRLEN)}
+    if spec is not None and spec.stack:
+        return {**ENV, "BPFTRACE_NO_USER_SYMBOLS": "1"}
     return dict(ENV)
 
 

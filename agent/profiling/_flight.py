@@ -337,6 +337,7 @@ class FlightRecorder:
             asked_end=end,
             window_start=w[0],
             window_end=w[1],
+            pids=run.ring.pids(lo, hi),
         )
 
     # --- for continuous-profile sinks ------------------------------------------------

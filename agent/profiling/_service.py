@@ -49,6 +49,7 @@ from agent.profiling.planner import (
 from agent.profiling.recorder import Recording, record
 from agent.settings import Settings
 from agent.symbolize import resolver as symbolize
+from agent.symbolize.sources import go_sources
 from tracecar_formats import pyspy
 from tracecar_formats.collapse import CollapseOptions, format_folded
 
@@ -700,6 +701,8 @@ class Service:
                 )
             ),
         )
+        # Go functions' file and line from their pclntab (the targets still run here).
+        sources = go_sources(the_plan.pids, {f for k in stacks for f in k.split(";")})
         write_atomic(
             job.artifact(PPROF),
             to_pprof(
@@ -708,6 +711,7 @@ class Service:
                 duration_ns=round(seconds * 1e9),
                 time_ns=round(started * 1e9),
                 sample_types=sample_types,
+                sources=sources,
             ),
         )
 
