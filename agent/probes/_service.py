@@ -46,6 +46,7 @@ from agent.probes._probe import Backends, Probe
 from agent.probes._render import render
 from agent.probes._stream import EventStream
 from agent.settings import Settings
+from agent.symbolize import sources as _sources
 from agent.symbolize.resolver import Symbolizer, debuginfod_cache
 from agent.symbolize.ustacks import UserStacks
 
@@ -280,8 +281,12 @@ class Service:
         function = req.function
         assert function is not None
         address: int | None
+        pclntab_entry: int | None = None
         if function.startswith("0x"):
             address = int(function, 16)
+            # A stripped Go binary: bpftrace finds no symbol to check the address
+            # against; a function's entry in the pclntab is an instruction boundary.
+            pclntab_entry = _sources.pclntab_entry(Path(host_binary), address)
         else:
             name, _, off = function.partition("+")
             sym = syms.lookup(name)
@@ -318,6 +323,7 @@ class Service:
             retval_type=req.retval_type,
             stack=req.stack,
             duration_s=duration_s,
+            pclntab_entry=pclntab_entry,
             max_events=max_events,
         )
 
@@ -417,7 +423,7 @@ class Service:
         if backend == "bpftrace":
             text = req.program if spec is None else _bpftrace.program(spec)
             assert text is not None
-            plan = {"program": text, "argv": _bpftrace.argv(text, pid)}
+            plan = {"program": text, "argv": _bpftrace.argv(text, pid, spec=spec)}
             if spec is not None and spec.is_usdt:
                 plan["env"] = _bpftrace.env(spec)
                 if spec.usdt_enable:

@@ -10,6 +10,10 @@ own and get no line; native code would need DWARF line tables, which are not rea
 here (its frames keep a name only). Python frames carry their own file:line
 (py-spy's ``function (file:line)``), read by the pprof encoder itself.
 
+:func:`pclntab_entry` answers the probes' question about a stripped Go binary: is
+this address a function's entry (an instruction boundary bpftrace cannot check), and
+at which file offset (which bpftrace cannot compute without a symbol)?
+
 Processes must still run (their objects are found through ``/proc/PID``); a process
 that is gone gives nothing, never an error.
 """
@@ -18,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
+from pathlib import Path
 
 from agent import procfs, symbols
 from agent.errors import Invalid, NotFound
 from agent.symbolize._objects import ElfObject, load_object
 
-__all__ = ["go_sources"]
+__all__ = ["go_sources", "pclntab_entry"]
 
 MAX_PIDS = 64
 """Processes looked at for one profile at most (a pod's worth)."""
@@ -73,3 +78,19 @@ def go_sources(pids: Iterable[int], frames: Iterable[str]) -> dict[str, tuple[st
                 if chain and chain[-1].file:
                     out[name] = (chain[-1].file, chain[-1].line)
     return out
+
+
+def pclntab_entry(host_path: Path, address: int) -> int | None:
+    """The file offset of ``address`` when it is a function's entry in a Go binary known
+    only from its ``.gopclntab`` (no ``.symtab``: a tracer's own symbol check, which
+    also turns an address into the offset a uprobe needs, finds nothing there)."""
+    elf = load_object(host_path)
+    if elf is None or elf.go is None or elf.has_symtab:
+        return None
+    i = elf.go.func_index(address)
+    if i is None or elf.go.entry(i) != address:
+        return None
+    for off, vaddr, size in elf.segments:
+        if vaddr <= address < vaddr + size:
+            return address - vaddr + off
+    return None
