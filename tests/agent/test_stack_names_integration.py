@@ -14,6 +14,7 @@ Without the fix-up (a frame-pointer walk from the frameless leaf) it holds none.
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import subprocess
 import time
@@ -29,12 +30,12 @@ from tests.agent.test_profiles_integration import folded_total, pod_processes, w
 from tests.agent.test_symbols_integration import (
     AGENT_READY_S,
     LEAF_C,
-    go_builds,  # noqa: F401 - the module fixture: the leaf program built twice
+    LEAF_GO,
     profile,
     share,
     symbols_of,
 )
-from tests.agent.workloads import compile_c
+from tests.agent.workloads import build_go, compile_c
 from tests.conftest import need
 from tests.probes.test_probes_integration import attach, events_of
 from tests.profiling_pure.test_outputs import _wire
@@ -66,6 +67,26 @@ def nothing_left_behind(pod: podsim.SimPod) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
+def stripped_go(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The leaf program built with ``-ldflags=-s -w``: names from its .gopclntab only."""
+    need("go")
+    d = tmp_path_factory.mktemp("gostripped")
+    build_go(LEAF_GO, d / "full")  # writes the sources to d/gosrc
+    stripped = d / "stripped"
+    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
+    subprocess.run(
+        [shutil.which("go") or "go", "build", "-ldflags=-s -w", "-o", str(stripped), "."],
+        cwd=d / "gosrc",
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    out = subprocess.run(["readelf", "-S", str(stripped)], capture_output=True, text=True)
+    assert ".symtab" not in out.stdout and ".gopclntab" in out.stdout
+    return stripped
+
+
+@pytest.fixture(scope="module")
 def c_leaf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     need("gcc")
     return compile_c(LEAF_C, tmp_path_factory.mktemp("cleaf") / "leaf")
@@ -94,10 +115,12 @@ def _top(stacks: dict[str, int], n: int = 5) -> list[tuple[str, int]]:
 
 
 def test_offcpu_stripped_go_names_and_frameless_leaf_caller(
-    pod: podsim.SimPod, client: httpx.Client, go_builds: tuple[Path, Path]  # noqa: F811
+    pod: podsim.SimPod,
+    client: httpx.Client,
+    stripped_go: Path,
 ) -> None:
     need("bpftrace")
-    _full, stripped = go_builds
+    stripped = stripped_go
     app, hog = _pinned(pod, "gostripped", stripped)
     try:
         time.sleep(0.5)
@@ -143,10 +166,13 @@ def test_offcpu_c_frameless_leaf_caller_both_recorders(
 
 
 def test_recorder_stripped_go_and_c_frameless_leaf_callers(
-    pod: podsim.SimPod, client: httpx.Client, go_builds: tuple[Path, Path], c_leaf: Path  # noqa: F811
+    pod: podsim.SimPod,
+    client: httpx.Client,
+    stripped_go: Path,
+    c_leaf: Path,
 ) -> None:
     need("bpftrace")
-    _full, stripped = go_builds
+    stripped = stripped_go
     go = pod.run("recgo", ["/srv/stripped"], files={"stripped": stripped})
     c = pod.run("recc", ["/srv/leaf"], files={"leaf": c_leaf})
     try:
@@ -206,10 +232,12 @@ def _pprof_sources(blob: bytes) -> dict[str, tuple[str, int]]:
 
 
 def test_probe_stacks_of_stripped_go_are_named(
-    pod: podsim.SimPod, client: httpx.Client, go_builds: tuple[Path, Path]  # noqa: F811
+    pod: podsim.SimPod,
+    client: httpx.Client,
+    stripped_go: Path,
 ) -> None:
     need("bpftrace")
-    _full, stripped = go_builds
+    stripped = stripped_go
     app = pod.run("probego", ["/srv/stripped"], files={"stripped": stripped})
     try:
         time.sleep(0.5)
@@ -236,9 +264,12 @@ def test_probe_stacks_of_stripped_go_are_named(
 
 
 def test_cpu_profile_pprof_has_go_file_and_line(
-    pod: podsim.SimPod, client: httpx.Client, go_builds: tuple[Path, Path], tmp_path: Path  # noqa: F811
+    pod: podsim.SimPod,
+    client: httpx.Client,
+    stripped_go: Path,
+    tmp_path: Path,
 ) -> None:
-    _full, stripped = go_builds
+    stripped = stripped_go
     app = pod.run("pprofgo", ["/srv/stripped"], files={"stripped": stripped})
     try:
         time.sleep(0.5)
