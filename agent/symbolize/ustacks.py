@@ -19,7 +19,9 @@ profiles' collapser, so every output says the same thing:
 Addresses are handed to the symbolizer as perf prints them: absolute in a non-PIE
 executable, the file offset (``address - start + pgoff``) in a PIE or a library, so no
 memory map of the process is needed afterwards. Each process's maps are read once and
-read again when an address falls outside them (a library loaded since). Names are
+read again (at most once a second) when an address falls outside them (a library
+loaded since). Addresses outside every file mapping (a JIT's code) are named by the
+``unknown`` hook each time, not cached: a perf map names more as the JIT compiles. Names are
 cached per (process, address); the caches are bounded.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +40,7 @@ from agent.symbolize.resolver import Symbolizer
 
 __all__ = ["UserStacks"]
 
+MAPS_REREAD_S = 1.0
 _CACHE_MAX = 1 << 16
 """Names, leaf fix-ups and objects remembered at most (then forgotten at once)."""
 
@@ -53,9 +57,16 @@ class _Maps:
         self.pid = pid
         self.maps: list[symbols.Mapping] = []
         self.starts: list[int] = []
+        self.read_at = 0.0
         self.read()
 
+    def stale(self) -> bool:
+        # Once a second at most: a JIT's code is outside every file mapping, and each new
+        # address of it would otherwise read the maps again.
+        return time.monotonic() - self.read_at >= MAPS_REREAD_S
+
     def read(self) -> None:
+        self.read_at = time.monotonic()
         try:
             self.maps = sorted(symbols.maps(self.pid), key=lambda m: m.start)
         except (NotFound, Invalid):
@@ -101,7 +112,7 @@ class UserStacks:
         if maps is None:
             maps = self._maps[pid] = _Maps(pid)
         m = maps.find(address)
-        if m is None and maps.maps:
+        if m is None and maps.maps and maps.stale():
             maps.read()  # mapped since the maps were read (dlopen, a JIT's code file)
             m = maps.find(address)
         where = None
@@ -136,10 +147,10 @@ class UserStacks:
             return names
         where = self._locate(pid, address)
         if where is None:
-            names = [self.unknown(pid, address) if self.unknown is not None else "[unknown]"]
-        else:
-            got = self.symbolizer.frames(str(pid).encode(), where.pc, b"", where.mod, caller=caller)
-            names = [f.decode("utf-8", "surrogateescape") for f in got] if got else [where.fallback]
+            # Not cached: a JIT's perf map names more of its code as it compiles.
+            return [self.unknown(pid, address) if self.unknown is not None else "[unknown]"]
+        got = self.symbolizer.frames(str(pid).encode(), where.pc, b"", where.mod, caller=caller)
+        names = [f.decode("utf-8", "surrogateescape") for f in got] if got else [where.fallback]
         if len(self._names) > _CACHE_MAX:
             self._names.clear()
         self._names[key] = names
