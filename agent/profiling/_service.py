@@ -49,6 +49,7 @@ from agent.profiling.planner import (
 from agent.profiling.recorder import Recording, record
 from agent.settings import Settings
 from agent.symbolize import resolver as symbolize
+from agent.symbolize.sources import go_sources
 from tracecar_formats import pyspy
 from tracecar_formats.collapse import CollapseOptions, format_folded
 
@@ -460,7 +461,9 @@ class Service:
     async def _run_offcpu(self, job: Job, the_plan: Plan) -> None:
         """bpftrace (frame-pointer targets) and perf (DWARF targets) side by side, merged."""
         meta = job.result
-        fp_task = asyncio.ensure_future(self._record_offcpu_fp(job, the_plan))
+        # The CPU profiles' symbolizer, the targets' objects opened while they live.
+        symbolizer = await asyncio.to_thread(symbolize.for_profile, self.settings, the_plan.pids)
+        fp_task = asyncio.ensure_future(self._record_offcpu_fp(job, the_plan, symbolizer))
         perf_task = asyncio.ensure_future(self._record_perf(job, the_plan))
         try:
             fp_rec, perf_rec = await asyncio.gather(fp_task, perf_task)
@@ -485,7 +488,10 @@ class Service:
             timeout = self.settings.perf_timeout_slack_s + the_plan.duration_s
             with perf_maps_in_tmp(job, maps):
                 perf_stacks, stats = await _offcpu.fold_perf(
-                    job.artifact(PERF_DATA), period=the_plan.dwarf_period, timeout=timeout
+                    job.artifact(PERF_DATA),
+                    period=the_plan.dwarf_period,
+                    timeout=timeout,
+                    symbolizer=symbolizer,
                 )
             for k, v in perf_stacks.items():
                 stacks[k] = stacks.get(k, 0) + v
@@ -501,6 +507,10 @@ class Service:
             meta["dwarf"] = {**asdict(stats), "period": the_plan.dwarf_period}
         self._note_targets(job, the_plan)
         notes = meta["notes"]
+        report = symbolizer.report()
+        meta["symbols"] = report
+        meta["leaf_callers_recovered"] = symbolizer.leaf_fixes
+        notes.extend(symbolize.note_lines(report))
         if not stacks:
             notes.append("no off-CPU time: the targets never left the CPU while recording")
         if weight > 1:
@@ -524,11 +534,16 @@ class Service:
         if stopped_early:
             job.message = "stopped early on request; what was recorded is kept"
 
-    async def _record_offcpu_fp(self, job: Job, the_plan: Plan) -> _offcpu.OffCpuRecording | None:
+    async def _record_offcpu_fp(
+        self, job: Job, the_plan: Plan, symbolizer: symbolize.Symbolizer
+    ) -> _offcpu.OffCpuRecording | None:
         if not the_plan.bpftrace_argv:
             return None
         return await _offcpu.record(
-            the_plan, output=job.artifact(BPFTRACE_OUT), stop=job.stop_requested
+            the_plan,
+            output=job.artifact(BPFTRACE_OUT),
+            stop=job.stop_requested,
+            symbolizer=symbolizer,
         )
 
     def _note_recording(
@@ -686,6 +701,8 @@ class Service:
                 )
             ),
         )
+        # Go functions' file and line from their pclntab (the targets still run here).
+        sources = go_sources(the_plan.pids, {f for k in stacks for f in k.split(";")})
         write_atomic(
             job.artifact(PPROF),
             to_pprof(
@@ -694,6 +711,7 @@ class Service:
                 duration_ns=round(seconds * 1e9),
                 time_ns=round(started * 1e9),
                 sample_types=sample_types,
+                sources=sources,
             ),
         )
 

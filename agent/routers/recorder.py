@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from agent.openapi import PROTECTED, content, errors
 from agent.profiling.planner import OutputFormat
 from agent.routers.profiles import ServiceDep, view
 from agent.sinks import Push
+from agent.symbolize.sources import go_sources
 from tracecar_formats.collapse import format_folded
 from tracecar_formats.flamegraph import render_svg
 from tracecar_formats.pprof import to_pprof
@@ -118,11 +120,13 @@ def _render(part: profiling.Slice, fmt: OutputFormat, hz: int) -> bytes:
             stacks, name=f"{title} ({subtitle})", unit="nanoseconds", weight_per_sample=1e9 / hz
         )
         return json.dumps(doc).encode()
+    frames = {f for k in stacks for f in k.split(";")}
     return to_pprof(
         stacks,
         period_ns=round(1e9 / hz),
         duration_ns=round((end - start) * 1e9),
         time_ns=round(start * 1e9),
+        sources=go_sources(part.pids, frames),  # Go's file:line, from the pclntab
     )
 
 
@@ -176,5 +180,5 @@ async def recorder_profile(
     is not retained) and the SVG's subtitle. 422 only for an interval that is inverted
     or wholly outside the retained window."""
     part = rec.interval(from_, to)
-    body = _render(part, format, rec.frequency_hz)
+    body = await asyncio.to_thread(_render, part, format, rec.frequency_hz)
     return Response(body, media_type=_MEDIA[format], headers=coverage_headers(part))
