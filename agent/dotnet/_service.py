@@ -275,6 +275,10 @@ class Service:
             shown = now
             await asyncio.sleep(self.metrics_every_s)
 
+    def busy(self) -> bool:
+        """A running EventPipe trace keeps an idle agent alive."""
+        return bool(self.jobs.running(KIND))
+
     async def capabilities(self) -> dict[str, object]:
         """Each .NET process of the pod: version, diagnostics socket, perf map, and
         whether its LTTng tracepoint provider loaded (and why not)."""

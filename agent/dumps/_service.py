@@ -101,6 +101,25 @@ class Service:
     async def stop(self) -> None:
         return None
 
+    def busy(self) -> bool:
+        """A dump being written keeps an idle agent alive."""
+        return bool(self.jobs.running(KIND))
+
+    async def capabilities(self) -> dict[str, object]:
+        """Which writers work here: gdb's gcore (any process), and createdump, which
+        each .NET process's own runtime ships (checked per process when asked)."""
+        gdb = _proc.which("gdb")
+        return {
+            "available": True,
+            "reason": "createdump for .NET processes; gdb's gcore for the others"
+            + ("" if gdb else " (not installed here: .NET processes only)"),
+            "writers": {
+                "gcore": {"available": gdb is not None},
+                "createdump": {"available": True, "reason": "the target's own runtime's"},
+            },
+            "limits": {"max_running": self.max_running, "timeout_s": TIMEOUT_S},
+        }
+
     def plan(self, pid: int, req: DumpRequest) -> tuple[list[str], DumpType, Estimate, str]:
         """The writer's argv (the output path is appended), the type, the estimate, and
         which writer it is; 404/409/422 before anything runs."""

@@ -92,7 +92,6 @@ Context = Literal[
 # (an option), no spaces or quotes.
 EVENT_NAME = r"^[A-Za-z0-9_*$][A-Za-z0-9_.:*$\-]{0,255}$"
 SESSION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
-SESSION_ID = r"^[0-9a-f]{12}$"
 # Printable ASCII only: no control characters (newlines included), at most 1 KiB.
 FILTER = r"^[ -~]{1,1024}$"
 

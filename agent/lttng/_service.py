@@ -13,9 +13,9 @@ It owns:
   of our sessions and removes their files.
 
 Sessions are not :class:`agent.jobs.JobStore` jobs: their life (created,
-active, stopped, restarted) is not a job's one-way state machine. The store is
-still handed in (the capability contract) and its start-up sweep removes any
-``DATA_DIR/lttng`` leftovers (they have no ``job.json``).
+active, stopped, restarted) is not a job's one-way state machine; the store's
+start-up sweep leaves ``DATA_DIR/lttng`` alone (no directory there is named like a
+job), and :meth:`Service.start` sweeps it.
 """
 
 from __future__ import annotations
@@ -32,8 +32,16 @@ from typing import Any
 
 from agent import _proc, procfs
 from agent.capabilities import lttng_kernel
-from agent.errors import Conflict, Invalid, NotFound, TooMany, Unavailable
-from agent.jobs import JobStore, atomic_path, new_id
+from agent.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    ToolError,
+    ToolTimedOut,
+    TooMany,
+    Unavailable,
+)
+from agent.jobs import atomic_path, new_id
 from agent.lttng import _native, _read
 from agent.lttng._cli import Lttng, LttngFailed
 from agent.lttng._daemon import SessionDaemon
@@ -58,11 +66,8 @@ AGENT_DOMAINS = ("python", "jul", "log4j")
 
 
 class Service:
-    def __init__(
-        self, settings: Settings, jobs: JobStore, *, metrics: Metrics | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.jobs = jobs
         self.metrics = metrics or Metrics()
         self.metrics.lttng_sessions.running.set_function(
             lambda: sum(1 for s in self._sessions.values() if s.state == "active")
@@ -71,7 +76,7 @@ class Service:
             "lttng", lambda: sum(dir_size(s.dir)[0] for s in self._sessions.values())
         )
         self.base = settings.data_dir / "lttng"
-        instance = settings.instance_id or (settings.pod_uid or "")[:8] or "local"
+        instance = settings.instance()
         # Session names in the daemon: unique to this agent instance.
         self.prefix = f"tracecar-{''.join(c for c in instance if c.isalnum() or c in '-_')}-"
         self.cli = Lttng(home=self.base / "_home")
@@ -160,6 +165,10 @@ class Service:
                 self.metrics.lttng_sessions.failed.inc()
             s.state = "lost"
             s.message = why
+
+    def busy(self) -> bool:
+        """A recording session keeps an idle agent alive."""
+        return any(s.state == "active" for s in self._sessions.values())
 
     async def capabilities(self) -> dict[str, object]:
         """What works here for this capability, versions, and why not where it doesn't."""
@@ -348,9 +357,12 @@ class Service:
         if is_filter and ("filter" in msg.lower() or "parse error" in msg.lower()):
             expr = step["args"][step["args"].index("--filter") + 1]
             return Invalid(f"LTTng rejected the filter expression {expr!r}: {msg}", field="filter")
+        # A failed tool is a 502 everywhere (agent.errors): lttng hung, or refused.
         if e.returncode < 0:
-            return Unavailable(f"lttng did not answer while trying to {step['what']}: {msg}")
-        return Invalid(f"LTTng refused to {step['what']}: {msg}")
+            return ToolTimedOut(
+                f"lttng did not answer while trying to {step['what']}: {msg}", tool="lttng"
+            )
+        return ToolError(f"LTTng refused to {step['what']}: {msg}", tool="lttng")
 
     async def action(self, session_id: str, action: Action) -> dict[str, Any]:
         sess = self.get(session_id)
@@ -407,7 +419,9 @@ class Service:
         try:
             await fn(sess.lttng_name)
         except LttngFailed as e:
-            raise Conflict(f"LTTng refused to {what} session {sess.id}: {e.message}") from e
+            raise ToolError(
+                f"LTTng refused to {what} session {sess.id}: {e.message}", tool="lttng"
+            ) from e
 
     async def delete(self, session_id: str) -> dict[str, Any]:
         sess = self.get(session_id)

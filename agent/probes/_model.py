@@ -21,7 +21,6 @@ ProbeState = Literal["starting", "running", "finished", "failed"]
 
 MAX_ARGS = 6  # x86-64 passes the first six integer arguments in registers
 SYMBOL_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,255}"
-SYMBOL_RE = re.compile(rf"^{SYMBOL_PATTERN}$")
 # A symbol, a symbol plus an offset, or an address (for stripped code).
 FUNCTION_RE = re.compile(
     rf"^(?:{SYMBOL_PATTERN}(?:\+0x[0-9a-fA-F]{{1,8}})?|0x[0-9a-fA-F]{{1,16}})$"

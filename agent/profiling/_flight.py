@@ -193,8 +193,16 @@ class FlightRecorder:
             "window": state["window"],
         }
 
+    # --- the capability: nothing runs until POST /recorder (or continuous profiling) ---
+    async def start(self) -> None:
+        """The ring starts with :meth:`record`, not with the agent."""
+
+    def busy(self) -> bool:
+        """The recorder runs until stopped: counting it would keep an idle agent forever."""
+        return False
+
     # --- API -------------------------------------------------------------
-    async def start(self, req: RecorderRequest) -> dict[str, Any]:
+    async def record(self, req: RecorderRequest) -> dict[str, Any]:
         in_range(req.frequency_hz, low=1, high=MAX_FREQUENCY_HZ, field="frequency_hz", unit="Hz")
         in_range(req.retain_s, low=MIN_RETAIN_S, high=self.max_retain_s, field="retain_s", unit="s")
         in_range(req.max_bytes, low=MIN_BYTES, high=self.max_bytes, field="max_bytes", unit="bytes")

@@ -158,7 +158,6 @@ class Ring:
         self.evicted = 0
         self.trimmed_samples = 0
         self.late_samples = 0
-        self.python_seconds = 0  # (process, second) pairs recorded by py-spy
         self.sampled_until: int | None = None  # the sampler delivered every second < this
         self.complete_until: int | None = None  # every second < this is final
         self._strings: dict[str, str] = {}  # one copy of each stack text for every bucket
@@ -223,7 +222,6 @@ class Ring:
         for pid, per in p.python.items():
             if per:
                 merged[pid] = per
-            self.python_seconds += 1
         return {pid: per for pid, per in merged.items() if per}
 
     def _append(self, second: int, stacks: dict[int, dict[str, int]]) -> None:

@@ -104,6 +104,10 @@ class Service:
         cancels what outlives the grace period (the recorder then stops perf); the
         app's final ``_proc.terminate_all`` reaps anything left."""
 
+    def busy(self) -> bool:
+        """A recording profile keeps an idle agent alive."""
+        return bool(self.jobs.running(KIND))
+
     async def capabilities(self) -> dict[str, object]:
         perf = await capabilities.perf()
         permitted = capabilities.perf_permitted()

@@ -45,6 +45,7 @@ MAX_FOR_S = 3600.0
 MAX_COOLDOWN_S = 86400.0
 MAX_CAPTURES = 100
 TriggerState = Literal["armed", "recording", "cooling-down", "done", "failed"]
+_WATCHING = ("armed", "recording", "cooling-down")
 
 
 class TriggerRequest(Targets):
@@ -140,6 +141,23 @@ class Triggers:
         trigger = self.get(trigger_id)
         await self._cancel(trigger)
         self._triggers.pop(trigger_id, None)
+
+    async def start(self) -> None:
+        """Triggers are made by requests: none to start."""
+
+    def busy(self) -> bool:
+        """A watching trigger does not keep an idle agent alive: the profiles it starts do."""
+        return False
+
+    async def capabilities(self) -> dict[str, object]:
+        """A trigger's captures are CPU profiles: it works where they do."""
+        profiles = await self.profiling.capabilities()
+        return {
+            "available": profiles.get("available", False),
+            "reason": f"captures CPU profiles: {profiles.get('reason', '')}",
+            "max_triggers": self.max_triggers,
+            "watching": sum(1 for t in self._triggers.values() if t.state in _WATCHING),
+        }
 
     async def stop(self) -> None:
         """Agent shutdown: end every trigger's task (their profiles are the job store's)."""

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from agent import profiling
 from agent.deps import SinksDep
-from agent.errors import AgentError
+from agent.errors import ToolError
 from agent.jobs import Job
 from agent.openapi import PROTECTED, TOOLS, content, errors, json_or
 from agent.profiling import ARTIFACTS, BPFTRACE_OUT, KIND, PERF_DATA, PPROF, SPEEDSCOPE, SVG
@@ -46,10 +46,8 @@ def _artifact_route(name: str) -> dict[str, Any]:
     }
 
 
-class JobFailed(AgentError):
+class JobFailed(ToolError):
     """``wait=true`` on a profile that failed: the tool's own message, with the job's id."""
-
-    status_code = 502
 
 
 class ProfileBody(ProfileRequest, Push):

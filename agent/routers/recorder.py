@@ -59,7 +59,7 @@ async def start_recorder(
     req = body or RecorderBody()
     if req.push:
         sinks.require("pyroscope")
-    status = await rec.start(req)
+    status = await rec.record(req)
     if req.push:
         sinks.start_continuous(rec)
     status["push"] = sinks.continuous_status()

@@ -97,7 +97,7 @@ def test_profiles_running_failed_and_stored_bytes(tmp_path: Path) -> None:
 
 def test_probe_drops_are_counted_as_they_happen(tmp_path: Path) -> None:
     m = Metrics()
-    svc = probes.Service(Settings(data_dir=tmp_path), _store(tmp_path), metrics=m)
+    svc = probes.Service(Settings(data_dir=tmp_path), metrics=m)
     probe = Probe(
         id="0123abcd",
         request={},
@@ -126,9 +126,7 @@ def test_probe_drops_are_counted_as_they_happen(tmp_path: Path) -> None:
 
 def test_lttng_discarded_events_count_each_event_once(tmp_path: Path) -> None:
     m = Metrics()
-    svc = lttng.Service(
-        Settings(data_dir=tmp_path, lttng_start_sessiond=False), _store(tmp_path), metrics=m
-    )
+    svc = lttng.Service(Settings(data_dir=tmp_path, lttng_start_sessiond=False), metrics=m)
     sess, _steps = svc.plan(lttng.SessionRequest.model_validate({"events": [{"domain": "python"}]}))
     svc._count_discarded(sess, 10)
     svc._count_discarded(sess, 10)  # the daemon's total, read twice: no new drops
