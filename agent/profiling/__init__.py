@@ -61,6 +61,7 @@ from agent.profiling._flight import FlightRecorder, RecorderRequest, when
 from agent.profiling._ring import GroupSamples, ProcessGroup, Slice
 from agent.profiling._service import Service
 from agent.profiling._triggers import Trigger, TriggerRequest, Triggers
+from agent.profiling.outputs import interval_info, render_in_thread
 
 __all__ = [
     "ARTIFACTS",
@@ -84,5 +85,7 @@ __all__ = [
     "Triggers",
     "Widths",
     "differential",
+    "interval_info",
+    "render_in_thread",
     "when",
 ]

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from agent.errors import Conflict
 from agent.jobs import Job
 from agent.profiling._artifacts import FOLDED
-from agent.profiling._service import Service, profile_type, units
+from agent.profiling._service import Service, profile_type
+from agent.profiling.outputs import units
 from tracecar_formats.diffgraph import DiffFormat, EmptySide, Widths, compare
+from tracecar_formats.render import title
 
 __all__ = ["DiffFormat", "DiffOptions", "Widths", "differential"]
 
@@ -51,7 +53,10 @@ async def differential(svc: Service, base: Job, target: Job, options: DiffOption
             normalize=options.normalize,
             strip_hex=options.strip_hex,
             widths=options.widths,
-            title=f"Differential {kind} flame graph: {target.id} against {base.id}",
+            title=title(
+                f"Differential {'off-CPU' if kind == 'off-cpu' else 'CPU'} profile",
+                f"profile {target.id} against profile {base.id}",
+            ),
             base_label=f"base {base.id}",
             target_label=f"target {target.id}",
             unit=units(kind),

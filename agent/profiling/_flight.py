@@ -38,7 +38,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +51,15 @@ from agent.profiling import _pyspy, offcpu
 from agent.profiling._artifacts import FOLDED, KIND
 from agent.profiling._flightpy import record_second
 from agent.profiling._jitnames import JitNames
-from agent.profiling._ring import GroupBy, GroupSamples, ProcessMeta, Ring, Slice
+from agent.profiling._ring import (
+    Bucket,
+    GroupBy,
+    GroupSamples,
+    ProcessMeta,
+    Ring,
+    Slice,
+    merge,
+)
 from agent.profiling._service import Service
 from agent.profiling.offcpu import argv, fold, parse_output, sampler_program
 from agent.profiling.planner import Plan, Targets, in_range
@@ -314,15 +322,21 @@ class FlightRecorder:
             )
         return clipped
 
-    def interval(self, start: float, end: float) -> Slice:
+    async def merged(self, start: float, end: float) -> Slice:
         """Folded stacks of the retained part of ``[start, end)`` (whole seconds covering
-        it). 422 only when it is inverted or wholly outside the retained window."""
+        it), merged in a worker thread (a day is 86,400 buckets). 422 only when it is
+        inverted or wholly outside the retained window."""
+        part, buckets = self._part(start, end)
+        return replace(part, stacks=await asyncio.to_thread(merge, buckets))
+
+    def _part(self, start: float, end: float) -> tuple[Slice, list[Bucket]]:
+        """The interval's bounds (checked, on the loop) and its buckets (a snapshot)."""
         run = self._running()
         lo, hi = self._clip(run, start, end)
         w = run.ring.window()
         assert w is not None
-        return Slice(
-            stacks=run.ring.folded(lo, hi),
+        part = Slice(
+            stacks={},
             start=float(lo),
             end=float(hi),
             asked_start=start,
@@ -330,6 +344,7 @@ class FlightRecorder:
             window_start=w[0],
             window_end=w[1],
         )
+        return part, run.ring.buckets_in(lo, hi)
 
     # --- for continuous-profile sinks ------------------------------------------------
     def complete_until(self) -> int | None:
@@ -363,7 +378,7 @@ class FlightRecorder:
     async def save_interval(self, svc: Service, start: float, end: float) -> Job:
         """Keep an interval as a profile (a CPU profile's outputs and id), so it can be
         fetched later and diffed against a capture or another interval."""
-        part = self.interval(start, end)
+        part = await self.merged(start, end)
         stacks, lo, hi = part.stacks, part.start, part.end
         hz = self.frequency_hz
         the_plan = Plan(

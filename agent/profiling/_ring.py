@@ -112,6 +112,17 @@ class Slice:
         return self.start > math.floor(self.asked_start) or self.end < math.ceil(self.asked_end)
 
 
+def merge(buckets: Iterable[Bucket]) -> dict[str, int]:
+    """The folded stacks of ``buckets``, every process's merged (up to 86,400 buckets for
+    a day: CPU-bound, see :meth:`Ring.buckets_in`)."""
+    out: dict[str, int] = {}
+    for b in buckets:
+        for per in b.stacks.values():
+            for k, n in per.items():
+                out[k] = out.get(k, 0) + n
+    return out
+
+
 def stacks_size(stacks: dict[int, dict[str, int]]) -> int:
     return sum(len(k.encode()) + ENTRY_OVERHEAD for per in stacks.values() for k in per)
 
@@ -275,13 +286,14 @@ class Ring:
     def _buckets(self, lo: int, hi: int) -> Iterable[Bucket]:
         return (b for b in self.buckets if lo <= b.start < hi)
 
+    def buckets_in(self, lo: int, hi: int) -> list[Bucket]:
+        """The buckets of ``[lo, hi)``, in a list of the caller's own: :func:`merge` may
+        read it in a worker thread while the ring moves on (a bucket never changes once
+        appended; only the deque holding them does)."""
+        return list(self._buckets(lo, hi))
+
     def folded(self, lo: int, hi: int) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for b in self._buckets(lo, hi):
-            for per in b.stacks.values():
-                for k, n in per.items():
-                    out[k] = out.get(k, 0) + n
-        return out
+        return merge(self._buckets(lo, hi))
 
     def groups(self, lo: int, hi: int, *, by: GroupBy) -> list[GroupSamples]:
         acc: dict[ProcessGroup, tuple[set[int], set[str], dict[str, int]]] = {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import time
 import weakref
@@ -23,16 +22,13 @@ from agent import _proc, capabilities, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import Job, JobStore, atomic_path, write_atomic
 from agent.metrics import Metrics
-from agent.profiling import _offcpu, _pyspy, offcpu
+from agent.profiling import _offcpu, _pyspy, offcpu, outputs
 from agent.profiling._artifacts import (
     ARTIFACTS,
     BPFTRACE_OUT,
     FOLDED,
     KIND,
     PERF_DATA,
-    PPROF,
-    SPEEDSCOPE,
-    SVG,
 )
 from agent.profiling._perfmaps import PERF_MAP_MAX_BYTES, map_pids, perf_maps_in_tmp
 from agent.profiling._pyspy import PySpyResult
@@ -59,11 +55,6 @@ _UNRESOLVED = re.compile(r"\[[^\[\]]+\]")
 def profile_type(job: Job) -> str:
     """A profile's type (``cpu`` or ``off-cpu``); profiles made before types were CPU."""
     return str(job.params.get("type", "cpu"))
-
-
-def units(kind: str) -> str:
-    """What a profile's folded counts count."""
-    return "microseconds off CPU" if kind == "off-cpu" else "samples"
 
 
 class Service:
@@ -648,58 +639,22 @@ class Service:
         return stacks
 
     def _render_all(self, job: Job, the_plan: Plan, stacks: dict[str, int]) -> None:
-        from tracecar_formats.flamegraph import render_svg
-        from tracecar_formats.pprof import to_pprof
-        from tracecar_formats.speedscope import to_speedscope
-
+        """Every output but the folded file, titled by :func:`outputs.profile_info`.
+        Blocking: called in a worker thread."""
         meta = job.result
         started = float(meta.get("recording_started_at", job.created_at))
         finished = float(meta.get("recording_finished_at", time.time()))
-        seconds = max(finished - started, 0.0)
-        pod = self.settings.pod_name or "this pod"
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
-        if the_plan.type == "off-cpu":
-            title = f"Off-CPU profile of {the_plan.target}"
-            subtitle = (
-                f"{pod}: {seconds:.1f} s, {when}; widths: time off CPU (sleeping, blocked on "
-                f"locks or I/O, waiting for a CPU), {sum(stacks.values()) / 1e6:.3f} s in all"
-            )
-            period_ns = 1000  # a count is a microsecond
-            sample_types = (("off_cpu", "microseconds"), ("off_cpu_time", "nanoseconds"))
-        else:
-            title = f"CPU profile of {the_plan.target}"
-            subtitle = (
-                f"{pod}: {seconds:.1f} s at {the_plan.frequency_hz} Hz, "
-                f"{the_plan.call_graph} call graphs, {sum(stacks.values())} samples, {when}"
-            )
-            period_ns = round(1e9 / the_plan.frequency_hz)
-            sample_types = (("samples", "count"), ("cpu", "nanoseconds"))
-        count_name = units(the_plan.type)
-        write_atomic(
-            job.artifact(SVG),
-            render_svg(stacks, title=title, subtitle=subtitle, count_name=count_name),
+        info = outputs.profile_info(
+            kind=the_plan.type,
+            target=the_plan.target,
+            where=self.settings.pod_name or "this pod",
+            started_at=started,
+            duration_s=max(finished - started, 0.0),
+            frequency_hz=the_plan.frequency_hz,
+            call_graph=the_plan.call_graph,
+            stacks=stacks,
         )
-        write_atomic(
-            job.artifact(SPEEDSCOPE),
-            json.dumps(
-                to_speedscope(
-                    stacks,
-                    name=f"{title} ({subtitle})",
-                    unit="nanoseconds",
-                    weight_per_sample=period_ns,
-                )
-            ),
-        )
-        write_atomic(
-            job.artifact(PPROF),
-            to_pprof(
-                stacks,
-                period_ns=period_ns,
-                duration_ns=round(seconds * 1e9),
-                time_ns=round(started * 1e9),
-                sample_types=sample_types,
-            ),
-        )
+        outputs.write_outputs(job, stacks, info)
 
     def _unresolved(
         self, the_plan: Plan, stacks: dict[str, int], maps: list[int], exited: list[int]
