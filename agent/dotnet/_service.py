@@ -38,7 +38,7 @@ from agent.dotnet._model import (
     resolve,
 )
 from agent.errors import Conflict, Invalid, NotFound
-from agent.jobs import Job, JobStore, atomic_path, write_atomic
+from agent.jobs import DictJob, JobStore, atomic_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -320,12 +320,13 @@ class Service:
             merged[name] = _ipc.Provider(name, kw, level, flt)
         return list(merged.values())
 
-    async def start_trace(self, pid: int, req: TraceRequest) -> Job:
+    async def start_trace(self, pid: int, req: TraceRequest) -> DictJob:
         info = await asyncio.to_thread(require_dotnet, pid)
         providers = self.providers(req)
-        job = self.jobs.create(
+        job: DictJob = self.jobs.create(
             KIND,
             {"pid": pid, "request": req.model_dump(), "runtime_version": info.runtime_version},
+            result={},
             max_running=self.max_running,
         )
         # The session starts before the answer: a refusal (no socket, an unsupported
@@ -344,7 +345,7 @@ class Service:
             for p in providers
         ]
 
-        async def work(job: Job) -> None:
+        async def work(job: DictJob) -> None:
             await self._record(job, info, conn, session, req.duration_s)
 
         self.jobs.start(job, work)
@@ -352,7 +353,7 @@ class Service:
 
     async def _record(
         self,
-        job: Job,
+        job: DictJob,
         info: procfs.ProcessInfo,
         conn: _ipc.Connection,
         session: int,
@@ -415,13 +416,13 @@ class Service:
             job.result["events"] = summary.events
             job.result["complete"] = summary.complete
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str) -> DictJob:
         return self.jobs.get(KIND, job_id)
 
-    def list(self) -> list[Job]:
+    def list(self) -> list[DictJob]:
         return self.jobs.of_kind(KIND)
 
-    def summary(self, job: Job) -> TraceSummary:
+    def summary(self, job: DictJob) -> TraceSummary:
         path = job.artifact("summary.json")
         if not job.finished:
             raise Conflict(f"trace {job.id} is {job.state}: its summary comes when it ends")
@@ -429,7 +430,7 @@ class Service:
             raise NotFound(f"trace {job.id} has no summary ({job.error or 'not parsed'})")
         return TraceSummary.model_validate_json(path.read_bytes())
 
-    def trace_file(self, job: Job) -> Path:
+    def trace_file(self, job: DictJob) -> Path:
         path = job.artifact(TRACE_FILE)
         if not job.finished:
             raise Conflict(f"trace {job.id} is {job.state}: download it when it ends")
@@ -437,7 +438,7 @@ class Service:
             raise NotFound(f"trace {job.id} has no .nettrace ({job.error or 'nothing recorded'})")
         return path
 
-    async def delete(self, job: Job) -> None:
+    async def delete(self, job: DictJob) -> None:
         await self.jobs.delete(job)
 
     # --- counters -------------------------------------------------------------
@@ -521,7 +522,7 @@ def parse_process_info(body: bytes) -> ProcessInfoAnswer:
 
 
 async def _wait_or_progress(
-    reader: asyncio.Task[None], job: Job, *, duration_s: float, started: float
+    reader: asyncio.Task[None], job: DictJob, *, duration_s: float, started: float
 ) -> bool:
     """Wait out the duration (or a stop request) with progress; True when the stream
     ended first (the process exited)."""

@@ -48,6 +48,7 @@ from agent.lttng._daemon import SessionDaemon
 from agent.lttng._model import (
     Action,
     ChannelStats,
+    Deleted,
     Format,
     ProcessTracepoints,
     SessionRequest,
@@ -309,7 +310,9 @@ class Service:
         )
         return sess, plan_session(req, session=sess.lttng_name, output=sess.output)
 
-    async def create(self, req: SessionRequest, *, dry_run: bool = False) -> dict[str, Any]:
+    async def create(
+        self, req: SessionRequest, *, dry_run: bool = False
+    ) -> dict[str, Any] | SessionView:
         sess, steps = self.plan(req)
         if dry_run:
             return {
@@ -364,7 +367,7 @@ class Service:
             )
         return ToolError(f"LTTng refused to {step['what']}: {msg}", tool="lttng")
 
-    async def action(self, session_id: str, action: Action) -> dict[str, Any]:
+    async def action(self, session_id: str, action: Action) -> SessionView:
         sess = self.get(session_id)
         async with sess.lock:
             self._require_daemon()
@@ -423,11 +426,11 @@ class Service:
                 f"LTTng refused to {what} session {sess.id}: {e.message}", tool="lttng"
             ) from e
 
-    async def delete(self, session_id: str) -> dict[str, Any]:
+    async def delete(self, session_id: str) -> Deleted:
         sess = self.get(session_id)
         async with sess.lock:
             await self._destroy(sess)
-        return {"id": sess.id, "deleted": True}
+        return Deleted(id=sess.id, deleted=True)
 
     async def _destroy(self, sess: Session, *, why: str | None = None) -> None:
         if sess.state != "lost":
@@ -454,7 +457,7 @@ class Service:
     def list_sessions(self) -> list[Session]:
         return sorted(self._sessions.values(), key=lambda s: s.created_at)
 
-    async def view(self, sess: Session, *, detail: bool = True) -> dict[str, Any]:
+    async def view(self, sess: Session, *, detail: bool = True) -> SessionView:
         size, mtime = await asyncio.to_thread(dir_size, sess.dir)
         channels: list[ChannelStats] = []
         discarded: int | None = None
@@ -469,28 +472,27 @@ class Service:
         events: int | None = None
         if detail and (sess.state in ("stopped", "lost") or sess.request.mode == "snapshot"):
             events = await self._count(sess, size, mtime)
-        v: SessionView = {
-            "id": sess.id,
-            "name": sess.name,
-            "lttng_name": sess.lttng_name,
-            "mode": sess.request.mode,
-            "state": sess.state,
-            "created_at": sess.created_at,
-            "expires_at": sess.expires_at,
-            "started_at": sess.started_at,
-            "stopped_at": sess.stopped_at,
-            "max_size_bytes": sess.max_size_bytes,
-            "size_bytes": size,
-            "discarded_events": discarded,
-            "lost_packets": lost,
-            "events": events,
-            "channels": channels,
-            "snapshots": sess.snapshots,
-            "rotations": sess.rotations,
-            "message": sess.message,
-            "request": sess.request.model_dump(exclude_none=True),
-        }
-        return dict(v)
+        return SessionView(
+            id=sess.id,
+            name=sess.name,
+            lttng_name=sess.lttng_name,
+            mode=sess.request.mode,
+            state=sess.state,
+            created_at=sess.created_at,
+            expires_at=sess.expires_at,
+            started_at=sess.started_at,
+            stopped_at=sess.stopped_at,
+            max_size_bytes=sess.max_size_bytes,
+            size_bytes=size,
+            discarded_events=discarded,
+            lost_packets=lost,
+            events=events,
+            channels=channels,
+            snapshots=sess.snapshots,
+            rotations=sess.rotations,
+            message=sess.message,
+            request=sess.request.model_dump(exclude_none=True),
+        )
 
     async def _count(self, sess: Session, size: int, mtime: float) -> int | None:
         trace = self._trace_dir(sess)

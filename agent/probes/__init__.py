@@ -33,14 +33,16 @@ the probe runs on until its own end.
 """
 
 from agent.errors import Forbidden
-from agent.probes._model import ProbeRequest, SymbolList
+from agent.probes._model import ProbeList, ProbeRequest, ProbeView, SymbolList
 from agent.probes._service import BUFFER_EVENTS, STREAM_MAX_BYTES, Service
 
 __all__ = [
     "BUFFER_EVENTS",
     "STREAM_MAX_BYTES",
     "Forbidden",
+    "ProbeList",
     "ProbeRequest",
+    "ProbeView",
     "Service",
     "SymbolList",
 ]

@@ -57,10 +57,11 @@ from agent.profiling._artifacts import (
     SVG,
 )
 from agent.profiling._differential import DiffFormat, DiffOptions, Widths, differential
-from agent.profiling._flight import FlightRecorder, RecorderRequest, when
+from agent.profiling._flight import FlightRecorder, RecorderRequest, RecorderStatus, when
+from agent.profiling._result import ProfileResult, ProfileView, Unresolved
 from agent.profiling._ring import GroupSamples, ProcessGroup, Slice
-from agent.profiling._service import Service
-from agent.profiling._triggers import Trigger, TriggerRequest, Triggers
+from agent.profiling._service import ProfileJob, Service
+from agent.profiling._triggers import Trigger, TriggerRequest, Triggers, TriggerView
 from agent.profiling.outputs import interval_info, render_in_thread
 
 __all__ = [
@@ -77,12 +78,18 @@ __all__ = [
     "FlightRecorder",
     "GroupSamples",
     "ProcessGroup",
+    "ProfileJob",
+    "ProfileResult",
+    "ProfileView",
     "RecorderRequest",
+    "RecorderStatus",
     "Service",
     "Slice",
     "Trigger",
     "TriggerRequest",
+    "TriggerView",
     "Triggers",
+    "Unresolved",
     "Widths",
     "differential",
     "interval_info",

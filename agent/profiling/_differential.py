@@ -12,9 +12,8 @@ import asyncio
 from dataclasses import dataclass
 
 from agent.errors import Conflict
-from agent.jobs import Job
 from agent.profiling._artifacts import FOLDED
-from agent.profiling._service import Service, profile_type
+from agent.profiling._service import ProfileJob, Service, profile_type
 from agent.profiling.outputs import units
 from tracecar_formats.diffgraph import DiffFormat, EmptySide, Widths, compare
 from tracecar_formats.render import title
@@ -30,13 +29,15 @@ class DiffOptions:
     widths: Widths = "target"
 
 
-def _read(svc: Service, job: Job) -> bytes:
+def _read(svc: Service, job: ProfileJob) -> bytes:
     path = svc.require_finished(job, FOLDED)
     assert path is not None
     return path.read_bytes()
 
 
-async def differential(svc: Service, base: Job, target: Job, options: DiffOptions) -> bytes:
+async def differential(
+    svc: Service, base: ProfileJob, target: ProfileJob, options: DiffOptions
+) -> bytes:
     """The comparison of two profiles as ``options`` asks (folded text or SVG bytes)."""
     if profile_type(base) != profile_type(target):
         raise Conflict(

@@ -42,15 +42,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent import _proc, procfs, symbols
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
-from agent.jobs import Job, write_atomic
+from agent.jobs import write_atomic
 from agent.profiling import _pyspy, offcpu
 from agent.profiling._artifacts import FOLDED, KIND
 from agent.profiling._flightpy import record_second
 from agent.profiling._jitnames import JitNames
+from agent.profiling._result import ProfileResult
 from agent.profiling._ring import (
     Bucket,
     GroupBy,
@@ -60,7 +61,7 @@ from agent.profiling._ring import (
     Slice,
     merge,
 )
-from agent.profiling._service import Service
+from agent.profiling._service import ProfileJob, Service
 from agent.profiling.offcpu import argv, fold, parse_output, sampler_program
 from agent.profiling.planner import Plan, Targets, in_range
 from tracecar_formats.collapse import format_folded
@@ -164,6 +165,37 @@ def _exe(pid: int) -> str:
         return os.readlink(procfs.PROC / str(pid) / "exe")
     except OSError:
         return ""
+
+
+class Window(BaseModel):
+    start: float
+    end: float
+
+
+class RecorderStatus(BaseModel):
+    """``GET /recorder``: the state, the retained window (Unix seconds), its size, and
+    how each Python process is sampled (stopped: the state and no window, only)."""
+
+    state: str
+    window: Window | None
+    message: str | None = None
+    request: dict[str, Any] | None = None
+    started_at: float | None = None
+    complete_until: int | None = Field(default=None, description="every second before is final")
+    lag_s: float | None = Field(default=None, description="how far behind real time")
+    sampler_delay_s: float | None = None
+    bytes: int | None = None
+    buckets: int | None = None
+    samples: int | None = None
+    evicted_buckets: int | None = None
+    trimmed_samples: int | None = None
+    late_samples: int | None = None
+    python: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="pid -> how its Python stacks are sampled"
+    )
+    push: dict[str, Any] | None = Field(
+        default=None, description="the continuous pushes to the profile store (null: none)"
+    )
 
 
 class FlightRecorder:
@@ -375,7 +407,7 @@ class FlightRecorder:
             return []
         return run.ring.groups(clipped[0], clipped[1], by=by)
 
-    async def save_interval(self, svc: Service, start: float, end: float) -> Job:
+    async def save_interval(self, svc: Service, start: float, end: float) -> ProfileJob:
         """Keep an interval as a profile (a CPU profile's outputs and id), so it can be
         fetched later and diffed against a capture or another interval."""
         part = await self.merged(start, end)
@@ -393,25 +425,25 @@ class FlightRecorder:
             timeout_s=0,
             unresolved=[],
         )
-        job = svc.jobs.create(KIND, {"type": "cpu", "source": "recorder", "from": lo, "to": hi})
-        job.result = {
-            "phase": "done",
-            "plan": the_plan.model_dump(),
-            "recording_started_at": lo,
-            "recording_finished_at": hi,
-            "requested_from": start,
-            "requested_to": end,
-            "clipped": part.clipped,
-            "samples": sum(stacks.values()),
-            "folded_samples": sum(stacks.values()),
-        }
+        result = ProfileResult(
+            phase="done",
+            plan=the_plan,
+            recording_started_at=lo,
+            recording_finished_at=hi,
+            requested_from=start,
+            requested_to=end,
+            clipped=part.clipped,
+            samples=sum(stacks.values()),
+            folded_samples=sum(stacks.values()),
+        )
+        job = svc.jobs.create(
+            KIND, {"type": "cpu", "source": "recorder", "from": lo, "to": hi}, result=result
+        )
 
-        async def write(job: Job) -> None:
+        async def write(job: ProfileJob) -> None:
             await asyncio.to_thread(write_atomic, job.artifact(FOLDED), format_folded(stacks))
             await asyncio.to_thread(svc._render_all, job, the_plan, stacks)
-            job.result["artifacts"] = sorted(
-                p.name for p in job.dir.iterdir() if p.name != "job.json"
-            )
+            job.result.artifacts = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
 
         svc.jobs.start(job, write)
         await svc.wait(job)

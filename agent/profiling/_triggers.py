@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent import procfs
 from agent.errors import NotFound, TooMany
@@ -65,6 +65,21 @@ class TriggerRequest(Targets):
     retain_s: float | None = Field(
         default=None, description="delete captured profiles older than this (none: keep)"
     )
+
+
+class TriggerView(BaseModel):
+    """A trigger as the API shows it (``GET /triggers/{id}``)."""
+
+    id: str
+    state: TriggerState
+    message: str
+    created_at: float
+    request: dict[str, Any]
+    cpu_percent_now: float | None = Field(description="the last CPU use measured")
+    above_since: float | None
+    captures: list[dict[str, Any]] = Field(description="what fired: when, at what CPU, the profile")
+    skipped: list[dict[str, Any]] = Field(description="the last captures not taken, and why")
+    links: dict[str, str]
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from agent.jobs import Job, write_atomic
 from agent.profiling._artifacts import ARTIFACTS
@@ -102,7 +102,7 @@ async def render_in_thread(stacks: Mapping[str, int], fmt: Format, info: RenderI
     return await asyncio.to_thread(render, stacks, fmt, info)
 
 
-def write_outputs(job: Job, stacks: Mapping[str, int], info: RenderInfo) -> None:
+def write_outputs(job: Job[Any], stacks: Mapping[str, int], info: RenderInfo) -> None:
     """Every rendered output of a profile into its directory (atomic writes); the folded
     file is the caller's (it is written first, whatever the rendering does). Blocking:
     call it in a worker thread."""

@@ -42,7 +42,7 @@ class RecorderBody(profiling.RecorderRequest, Push):
 @router.post(
     "/recorder",
     status_code=201,
-    response_model=None,
+    response_model=profiling.RecorderStatus,
     responses={201: {"description": "Recording: the status"}, **errors(400, 404, 409, 503)},
 )
 async def start_recorder(
@@ -60,7 +60,7 @@ async def start_recorder(
     return JSONResponse(status, status_code=201, headers={"Location": "/recorder"})
 
 
-@router.get("/recorder")
+@router.get("/recorder", response_model=profiling.RecorderStatus)
 async def recorder_status(rec: RecorderDep, sinks: SinksDep) -> dict[str, Any]:
     """State, the retained window (Unix seconds), how far behind real time its newest
     complete second is (``lag_s``), its size, how each Python process is sampled, and
@@ -97,7 +97,10 @@ def coverage_headers(part: profiling.Slice) -> dict[str, str]:
     "/recorder/profiles",
     status_code=201,
     response_model=None,
-    responses={201: {"description": "The interval, kept as a profile"}, **errors(409)},
+    responses={
+        201: {"description": "The interval, kept as a profile", "model": profiling.ProfileView},
+        **errors(409),
+    },
 )
 async def save_recorder_interval(
     rec: RecorderDep,
@@ -108,7 +111,11 @@ async def save_recorder_interval(
     """Keep ``[from, to)`` as a profile: its outputs at ``/profiles/{id}/...``, and an id
     ``GET /profiles/diff`` compares with a capture or another interval."""
     job = await rec.save_interval(svc, from_, to)
-    return JSONResponse(view(job), status_code=201, headers={"Location": f"/profiles/{job.id}"})
+    return JSONResponse(
+        view(svc, job).model_dump(mode="json"),
+        status_code=201,
+        headers={"Location": f"/profiles/{job.id}"},
+    )
 
 
 @router.get(

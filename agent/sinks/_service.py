@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from agent import profiling
 from agent.errors import Conflict, NotFound
-from agent.jobs import Job
 from agent.metrics import Metrics
 from agent.settings import Settings
 from agent.sinks._continuous import Continuous
@@ -194,7 +193,12 @@ class Sinks:
 
     # --- profiles ------------------------------------------------------------------------
     def publish_when_done(
-        self, svc: profiling.Service, job: Job, *, source: Source, extra: dict[str, str]
+        self,
+        svc: profiling.Service,
+        job: profiling.ProfileJob,
+        *,
+        source: Source,
+        extra: dict[str, str],
     ) -> None:
         """Push ``job``'s profile once it has succeeded (a background task)."""
 
@@ -204,7 +208,9 @@ class Sinks:
 
         self._spawn(publish(), f"publish-{job.id}")
 
-    async def publish(self, job: Job, *, source: Source, extra: dict[str, str]) -> None:
+    async def publish(
+        self, job: profiling.ProfileJob, *, source: Source, extra: dict[str, str]
+    ) -> None:
         if job.state != "succeeded":
             log.info("profile %s %s: nothing to push", job.id, job.state)
             return
@@ -218,7 +224,7 @@ class Sinks:
             extra={"profile_id": job.id, **extra},
         )
         meta = job.result
-        window = {"from": meta.get("recording_started_at"), "to": meta.get("recording_finished_at")}
+        window = {"from": meta.recording_started_at, "to": meta.recording_finished_at}
         try:
             if self.pyroscope is not None:
                 await self.pyroscope.put_file(path, {"labels": labels, **window})

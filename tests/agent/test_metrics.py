@@ -73,7 +73,7 @@ def test_profiles_running_failed_and_stored_bytes(tmp_path: Path) -> None:
     m = Metrics()
     jobs = _store(tmp_path)
     svc = profiling.Service(Settings(data_dir=tmp_path), jobs, metrics=m)
-    job = jobs.create(profiling.KIND, {})
+    job = jobs.create(profiling.KIND, {}, result=profiling.ProfileResult())
     job.artifact("perf.data").write_bytes(b"x" * 1000)
     assert value(m, "tracecar_agent_profiles_running") == 1  # pending counts as running
     assert value(m, "tracecar_agent_stored_bytes", capability="profiles") >= 1000  # type: ignore[operator]

@@ -26,7 +26,7 @@ from tracecar_formats.collapse import CollapseOptions
 def test_folded_view_locks_do_not_outlive_their_use(tmp_path: Path) -> None:
     jobs = JobStore(tmp_path, max_storage_bytes=1 << 30)
     svc = profiling.Service(Settings(data_dir=tmp_path), jobs)
-    job = jobs.create(profiling.KIND, {})
+    job = jobs.create(profiling.KIND, {}, result=profiling.ProfileResult())
     job.state = "succeeded"
     options = CollapseOptions(pid=True)
     # Already computed: served from the job directory without running perf script.
