@@ -39,7 +39,7 @@ elapsed_s, ends_at, evicted_buckets, folded_samples, fraction, jvm_perf_maps,
 leaf_callers_recovered, lost_by_tracer, lost_samples, metadata, off_cpu_us,
 perf_maps_used, perf_warnings, requested_from, requested_to,
 samples_with_unresolved_frames
-# Off-CPU recording statistics (agent.profiling.offcpu.TimedStats): counted for the
+# Off-CPU recording statistics (agent.profiling.offcpu_fold.TimedStats): counted for the
 # notes and the tests, even where no note reads them.
 matched, open_at_end, no_user_stack, _.matched, _.open_at_end, _.no_user_stack
 

@@ -6,8 +6,10 @@ other containers' filesystems, listens on loopback only, and is reached through
 
 Layout (enforced by import-linter, see pyproject.toml)::
 
+    agent.__main__             the command: logging, the server, signals
     agent.app                  the FastAPI application, its lifespan, CAPABILITIES
-    agent.capability           the one shape of a capability: start, stop, capabilities, busy
+    agent.registry             the one shape of a capability (start, stop, capabilities,
+                               busy) and how the app builds them from CAPABILITIES
     agent.auth                 who may use it: the bearer token and where it comes from
     agent.deps                 FastAPI dependencies: the settings and the sinks
     agent.errors               the agent's errors, and the one table of tools' errors
@@ -32,7 +34,7 @@ Layout (enforced by import-linter, see pyproject.toml)::
 
 A new capability (memory profiles, say) is one package and one line. The package
 ``agent/memory/`` keeps its private parts and exports a service with the shape of
-:class:`agent.capability.Capability`::
+:class:`agent.registry.Capability`::
 
     class Service:
         async def start(self) -> None: ...      # after the job store loads

@@ -33,10 +33,10 @@ from agent import (
     stacks,
 )
 from agent.auth import load_access, remove_generated, require_token
-from agent.capability import Capability, Context, Registration, build_all
 from agent.errors import AgentError, Unauthorized, from_tool
 from agent.jobs import JobStore
 from agent.metrics import Metrics
+from agent.registry import Capability, Context, Registration, build_all
 from agent.routers import (
     capabilities,
     health,
@@ -80,7 +80,7 @@ CAPABILITIES: tuple[Registration, ...] = (
         lambda c: dumps.Service(c.jobs, max_storage_bytes=c.settings.max_storage_bytes),
     ),
 )
-"""Every capability, in start order (stopped in reverse; :mod:`agent.capability`).
+"""Every capability, in start order (stopped in reverse; :mod:`agent.registry`).
 A new one is a package with a service of that shape, its router, and one line here."""
 
 
@@ -123,12 +123,16 @@ async def _start_continuous(app: FastAPI) -> None:
         await app.state.recorder.record(profiling.RecorderRequest())
         app.state.sinks.start_continuous(app.state.recorder)
         log.info(
-            "continuous profiling: the pod at %d Hz, pushed every %g s",
-            app.state.recorder.frequency_hz,
-            app.state.settings.continuous_interval_s,
+            "continuous profiling of the pod",
+            extra={
+                "fields": {
+                    "frequency_hz": app.state.recorder.frequency_hz,
+                    "interval_s": app.state.settings.continuous_interval_s,
+                }
+            },
         )
     except AgentError as e:
-        log.error("continuous profiling did not start: %s", e.detail)
+        log.error("continuous profiling did not start", extra={"fields": {"error": e.detail}})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -187,7 +191,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 try:
                     await svc.stop()
                 except Exception:
-                    log.exception("stopping %s failed", type(svc).__module__)
+                    log.exception(
+                        "stopping failed", extra={"fields": {"capability": type(svc).__module__}}
+                    )
             await _proc.terminate_all()
             _proc.remove_observer(metrics.observe_tool)
             remove_generated(access)

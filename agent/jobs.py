@@ -165,7 +165,10 @@ class JobStore:
                         result=result if model is None else model.model_validate(result),
                     )
                 except (OSError, ValueError, KeyError, TypeError):  # ValidationError included
-                    log.warning("removing unreadable job directory %s", job_dir)
+                    log.warning(
+                        "removing unreadable job directory",
+                        extra={"fields": {"dir": str(job_dir)}},
+                    )
                     shutil.rmtree(job_dir, ignore_errors=True)
                     continue
                 if not job.finished:
@@ -237,7 +240,7 @@ class JobStore:
                 job.state = "cancelled"
                 job.error = job.error or "cancelled"
             except Exception as e:  # every failure becomes a state with a message
-                log.exception("%s job %s failed", job.kind, job.id)
+                log.exception("job failed", extra={"fields": {"kind": job.kind, "job": job.id}})
                 job.state = "failed"
                 job.error = str(e) or type(e).__name__
             else:
@@ -274,6 +277,7 @@ class JobStore:
             shutil.rmtree(j.dir, ignore_errors=True)
             evicted.append(j.id)
             log.info(
-                "evicted %s job %s (storage limit %d bytes)", j.kind, j.id, self.max_storage_bytes
+                "evicted a finished job (storage limit)",
+                extra={"fields": {"kind": j.kind, "job": j.id, "limit": self.max_storage_bytes}},
             )
         return evicted

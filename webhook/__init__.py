@@ -13,4 +13,10 @@ Layout (plan -> render -> answer, all pure but the server shell):
 - `tls`, `__main__`  uvicorn over TLS with certificate hot reload.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+# One version source for both services and the plugin: the package's own (pyproject.toml).
+try:
+    __version__ = version("tracecar")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"

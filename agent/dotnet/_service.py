@@ -263,7 +263,10 @@ class Service:
                 try:
                     got = await self.counters(info.pid, duration_s=1.5, interval_s=1)
                 except Exception as e:  # one app's failure must not stop the others
-                    log.info("counters of pid %d for /metrics: %s", info.pid, e)
+                    log.info(
+                        "no counters for /metrics",
+                        extra={"fields": {"pid": info.pid, "error": str(e)}},
+                    )
                     continue
                 for c in got.counters.values():
                     labels = (str(info.pid), info.container, c.name, c.units)

@@ -123,11 +123,11 @@ class Service:
                 build_dir=self.base / "_home" / "plugins",
             )
         except Exception as e:  # never fatal: the Python converter works everywhere
-            log.warning("native NDJSON sink unavailable: %s", e)
+            log.warning("native NDJSON sink unavailable", extra={"fields": {"error": str(e)}})
             where, how = None, f"python: locating the native sink failed ({e})"
         self.plugin_dir = where
         self.json_converter = f"native sink.tracecar.ndjson ({how})" if where else how
-        log.info("LTTng NDJSON: %s", self.json_converter)
+        log.info("LTTng NDJSON converter", extra={"fields": {"converter": self.json_converter}})
 
     async def stop(self) -> None:
         """Destroy our sessions, remove their files, stop the daemon we started."""
@@ -149,12 +149,14 @@ class Service:
         try:
             listed = await self.cli.list_sessions()
         except (LttngFailed, _proc.ProcError) as e:
-            log.warning("cannot list LTTng sessions: %s", e)
+            log.warning("cannot list LTTng sessions", extra={"fields": {"error": str(e)}})
             return
         known = {s.lttng_name for s in self._sessions.values()}
         for s in listed:
             if s["name"].startswith(self.prefix) and s["name"] not in known:
-                log.info("destroying leftover LTTng session %s", s["name"])
+                log.info(
+                    "destroying a leftover LTTng session", extra={"fields": {"session": s["name"]}}
+                )
                 with contextlib.suppress(LttngFailed, _proc.ProcError):
                     await self.cli.destroy(s["name"])
                 if s["path"].startswith(str(self.base) + os.sep):
@@ -441,7 +443,10 @@ class Service:
             try:
                 await self.cli.destroy(sess.lttng_name)
             except (LttngFailed, _proc.ProcError) as e:
-                log.warning("destroying %s: %s", sess.lttng_name, e)
+                log.warning(
+                    "destroying a session failed",
+                    extra={"fields": {"session": sess.lttng_name, "error": str(e)}},
+                )
         shutil.rmtree(sess.dir, ignore_errors=True)
         self._sessions.pop(sess.id, None)
         if why:
@@ -588,7 +593,10 @@ class Service:
         for sess in list(self._sessions.values()):
             if now >= sess.expires_at:
                 async with sess.lock:
-                    log.info("LTTng session %s expired: destroying it", sess.id)
+                    log.info(
+                        "LTTng session expired: destroying it",
+                        extra={"fields": {"session": sess.id}},
+                    )
                     await self._destroy(
                         sess,
                         why=f"expired at {time.strftime('%H:%M:%S', time.gmtime(sess.expires_at))}"

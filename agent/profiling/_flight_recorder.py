@@ -4,7 +4,7 @@
 the ``/recorder`` router, read by continuous-profile sinks through
 :meth:`FlightRecorder.samples`) runs:
 
-* one bpftrace (:func:`agent.profiling.offcpu.sampler_program`: ``profile:hz:N``
+* one bpftrace (:func:`agent.profiling.offcpu_fold.sampler_program`: ``profile:hz:N``
   over every process of the agent's PID namespace, so processes started later are
   sampled from their first tick) that prints its counts just after each wall-clock
   second. Each second is symbolized as it arrives (so a process that exits later
@@ -13,13 +13,13 @@ the ``/recorder`` router, read by continuous-profile sinks through
   container, or the pod without the agent);
 * a watcher that, every second, finds the Python processes in the target (started
   before or after the recorder) and keeps a loop of one-second py-spy runs on each
-  (:mod:`agent.profiling._flightpy`): their whole Python stacks replace the
+  (:mod:`agent.profiling._flight_recorder_python`): their whole Python stacks replace the
   interpreter frames bpftrace sees. It also asks each recorded JVM for its perf map
   (jattach, when installed), at first sight, then 2, 4, 8... s later (the JIT is
   compiling) and every ``JVM_MAP_EVERY_S`` after, so JIT-compiled Java methods are
   named as in on-demand profiles.
 
-Both feed one :class:`agent.profiling._ring.Ring` (what is complete, the bounds,
+Both feed one :class:`agent.profiling._flight_ring.Ring` (what is complete, the bounds,
 the queries). The ring is in memory only: nothing is written to disk but py-spy's
 one-second files (a private directory, removed with the recorder), and it ends with
 the recorder (DELETE) or the agent.
@@ -47,12 +47,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent import _proc, procfs, symbols
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import write_atomic
-from agent.profiling import _pyspy, offcpu
+from agent.profiling import _pyspy_record, offcpu_fold
 from agent.profiling._artifacts import FOLDED, KIND
-from agent.profiling._flightpy import record_second
-from agent.profiling._jitnames import JitNames
-from agent.profiling._result import ProfileResult
-from agent.profiling._ring import (
+from agent.profiling._flight_recorder_python import record_second
+from agent.profiling._flight_ring import (
     Bucket,
     GroupBy,
     GroupSamples,
@@ -61,8 +59,10 @@ from agent.profiling._ring import (
     Slice,
     merge,
 )
+from agent.profiling._jitnames import JitNames
+from agent.profiling._result import ProfileResult
 from agent.profiling._service import ProfileJob, Service
-from agent.profiling.offcpu import argv, fold, parse_output, sampler_program
+from agent.profiling.offcpu_fold import argv, fold, parse_output, sampler_program
 from agent.profiling.planner import Plan, Targets, in_range
 from tracecar_formats.collapse import format_folded
 
@@ -222,11 +222,11 @@ class FlightRecorder:
         return {
             "available": tool is not None,
             "reason": "bpftrace profile:hz over the pod's PID namespace"
-            + ("; py-spy for Python processes" if _pyspy.find() else "")
+            + ("; py-spy for Python processes" if _pyspy_record.find() else "")
             if tool
             else "bpftrace is not installed",
             "python": "py-spy (whole Python stacks)"
-            if _pyspy.find()
+            if _pyspy_record.find()
             else "py-spy is not installed: Python processes show interpreter frames",
             **self.limits(),
             "state": state["state"],
@@ -466,7 +466,7 @@ class FlightRecorder:
             # bpftrace's own naming re-reads a process's symbols for every stack it
             # prints when it can see the process (a host run), which took minutes per
             # second for a Node app.
-            env = {**os.environ, **offcpu.ENV, "BPFTRACE_NO_USER_SYMBOLS": "1"}
+            env = {**os.environ, **offcpu_fold.ENV, "BPFTRACE_NO_USER_SYMBOLS": "1"}
             run.child = await _proc.Child.start(argv(program), env=env)
             assert run.child.proc.stdout is not None
             errors = asyncio.ensure_future(_proc.drain_tail(run.child.proc.stderr, keep=16384))
@@ -570,7 +570,7 @@ class FlightRecorder:
     async def _watch(self, run: _Run) -> None:
         """Every second: new Python processes get a py-spy loop, JVMs are asked for
         their perf maps, exited processes are forgotten, late seconds are committed."""
-        pyspy_path = _pyspy.find() if run.request.python else None
+        pyspy_path = _pyspy_record.find() if run.request.python else None
         jattach = _proc.which("jattach") is not None
         try:
             while self._run is run and run.state != "failed":
@@ -699,6 +699,9 @@ class FlightRecorder:
             limit = PYSPY_GIVE_UP_AFTER if py.seconds else PYSPY_GIVE_UP_BEFORE_FIRST
             if py.failures >= limit and py.state == "recording":
                 py.state = "gave up"
-                log.warning("recorder: py-spy keeps failing on pid %d: %s", pid, py.message)
+                log.warning(
+                    "recorder: py-spy keeps failing",
+                    extra={"fields": {"pid": pid, "error": py.message}},
+                )
         if got.exited:
             py.state = "ended"

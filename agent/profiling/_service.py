@@ -21,7 +21,7 @@ from agent import _proc, capabilities, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import Job, JobStore, atomic_path, write_atomic
 from agent.metrics import Metrics
-from agent.profiling import _offcpu, _pyspy, offcpu, outputs
+from agent.profiling import _offcpu_run, _pyspy_record, offcpu_fold, outputs
 from agent.profiling._artifacts import (
     ARTIFACTS,
     BPFTRACE_OUT,
@@ -30,7 +30,7 @@ from agent.profiling._artifacts import (
     PERF_DATA,
 )
 from agent.profiling._perfmaps import PERF_MAP_MAX_BYTES, map_pids, perf_maps_in_tmp
-from agent.profiling._pyspy import PySpyResult
+from agent.profiling._pyspy_record import PySpyResult
 from agent.profiling._result import (
     DwarfStats,
     ProfileResult,
@@ -39,7 +39,8 @@ from agent.profiling._result import (
     Unresolved,
 )
 from agent.profiling._targets import target_facts, traceable
-from agent.profiling.offcpu import TimedStats
+from agent.profiling.offcpu_fold import TimedStats
+from agent.profiling.perf_record import Recording, record
 from agent.profiling.planner import (
     Limits,
     Plan,
@@ -48,7 +49,6 @@ from agent.profiling.planner import (
     TargetFacts,
     plan,
 )
-from agent.profiling.recorder import Recording, record
 from agent.settings import Settings
 from agent.symbolize import resolver as symbolize
 from tracecar_formats import pyspy
@@ -173,7 +173,7 @@ class Service:
     async def _offcpu_check(self) -> dict[str, object]:
         """Off-CPU profiles need either recorder: perf (DWARF) or bpftrace (frame pointers)."""
         bpf = await self._bpftrace_check()
-        why_not_dwarf = await _offcpu.dwarf_unavailable()
+        why_not_dwarf = await _offcpu_run.dwarf_unavailable()
         fp = (
             {"available": True, "reason": "bpftrace on tracepoint:sched:sched_switch"}
             if bpf.get("available")
@@ -206,7 +206,7 @@ class Service:
         if choice == "off":
             return None
         if choice == "auto":
-            return _pyspy.find()
+            return _pyspy_record.find()
         return choice if Path(choice).is_file() else None
 
     async def _pyspy_check(self) -> dict[str, object]:
@@ -308,10 +308,10 @@ class Service:
             return facts, None
         if req.call_graph == "auto" and all(f.runtime == "go" for f in facts):
             return facts, None  # all frame pointers: perf has nothing to record
-        why_not = await _offcpu.dwarf_unavailable()
+        why_not = await _offcpu_run.dwarf_unavailable()
         if why_not is not None:
             return facts, why_not
-        rates = await _offcpu.switch_rates([f.pid for f in facts])
+        rates = await _offcpu_run.switch_rates([f.pid for f in facts])
         return [replace(f, switches_per_s=rates.get(f.pid)) for f in facts], None
 
     async def plan(self, req: ProfileRequest, *, output: Path) -> Plan:
@@ -386,7 +386,9 @@ class Service:
         # its /tmp (and its map) with it, and JITs add entries while they run.
         await asyncio.to_thread(self._collect_perf_maps, job, the_plan)
         perf_task = asyncio.ensure_future(self._record_perf(job, the_plan))
-        spy_task = asyncio.ensure_future(_pyspy.record_all(the_plan, stop=job.stop_requested))
+        spy_task = asyncio.ensure_future(
+            _pyspy_record.record_all(the_plan, stop=job.stop_requested)
+        )
         try:
             rec = await perf_task
         except BaseException:
@@ -514,7 +516,7 @@ class Service:
             maps = await asyncio.to_thread(self._collect_perf_maps, job, the_plan)
             timeout = self.settings.perf_timeout_slack_s + the_plan.duration_s
             with perf_maps_in_tmp(job, maps):
-                perf_stacks, stats = await _offcpu.fold_perf(
+                perf_stacks, stats = await _offcpu_run.fold_perf(
                     job.artifact(PERF_DATA), period=the_plan.dwarf_period, timeout=timeout
                 )
             for k, v in perf_stacks.items():
@@ -556,10 +558,10 @@ class Service:
 
     async def _record_offcpu_fp(
         self, job: ProfileJob, the_plan: Plan
-    ) -> _offcpu.OffCpuRecording | None:
+    ) -> _offcpu_run.OffCpuRecording | None:
         if not the_plan.bpftrace_argv:
             return None
-        return await _offcpu.record(
+        return await _offcpu_run.record(
             the_plan, output=job.artifact(BPFTRACE_OUT), stop=job.stop_requested
         )
 
@@ -656,7 +658,7 @@ class Service:
     async def _folded(
         self, job: ProfileJob, options: CollapseOptions, *, perf_maps: list[int]
     ) -> dict[str, int]:
-        from agent.profiling.postprocess import perf_data_to_folded
+        from agent.profiling.perf_script import perf_data_to_folded
 
         # perf script's time grows with the recording (DWARF unwinding above all).
         the_plan = job.result.plan
@@ -823,7 +825,7 @@ def _dwarf_notes(rec: Recording, stats: TimedStats | None, period: int) -> list[
     if stats.cut_short:
         notes.append(
             f"{stats.cut_short} of {stats.stacks} stacks stop before the thread's first frame "
-            f"(_start, start_thread, clone): the {offcpu.DWARF_STACK_BYTES}-byte user stack "
+            f"(_start, start_thread, clone): the {offcpu_fold.DWARF_STACK_BYTES}-byte user stack "
             "copy did not reach it, or a frame has no unwind information (JIT code); their "
             "outer frames are missing"
         )

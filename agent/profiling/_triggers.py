@@ -222,7 +222,7 @@ class Triggers:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a trigger never dies silently
-            log.exception("trigger %s failed", trigger.id)
+            log.exception("trigger failed", extra={"fields": {"trigger": trigger.id}})
             trigger.state = "failed"
             trigger.message = str(e) or type(e).__name__
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from agent.jobs import Job, write_atomic
 from agent.profiling._artifacts import ARTIFACTS
-from agent.profiling._ring import Slice
+from agent.profiling._flight_ring import Slice
 from tracecar_formats.render import (
     CPU_SAMPLE_TYPES,
     OFF_CPU_SAMPLE_TYPES,

@@ -7,9 +7,9 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from agent import capabilities
-from agent.capability import Capability
 from agent.deps import SettingsDep, SinksDep
 from agent.openapi import PROTECTED, errors
+from agent.registry import Capability
 from agent.routers.lttng import ATTACHED_LTTNG
 
 router = APIRouter(tags=["capabilities"], responses=errors(*PROTECTED, 422))

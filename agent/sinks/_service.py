@@ -212,7 +212,7 @@ class Sinks:
         self, job: profiling.ProfileJob, *, source: Source, extra: dict[str, str]
     ) -> None:
         if job.state != "succeeded":
-            log.info("profile %s %s: nothing to push", job.id, job.state)
+            log.info("nothing to push", extra={"fields": {"profile": job.id, "state": job.state}})
             return
         path = job.artifact(profiling.PPROF)
         kind: ProfileKind = "off-cpu" if job.params.get("type") == "off-cpu" else "cpu"
@@ -239,7 +239,9 @@ class Sinks:
                     },
                 )
         except (OSError, TooLarge) as e:
-            log.warning("profile %s not pushed: %s", job.id, e)
+            log.warning(
+                "profile not pushed", extra={"fields": {"profile": job.id, "error": str(e)}}
+            )
 
     def follow_trigger(
         self, triggers: profiling.Triggers, svc: profiling.Service, trigger: profiling.Trigger

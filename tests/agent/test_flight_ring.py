@@ -11,9 +11,9 @@ import pytest
 
 from agent import procfs, symbols
 from agent.errors import Conflict, Invalid
-from agent.profiling import FlightRecorder, ProcessGroup, RecorderRequest, _flight, when
-from agent.profiling._flight import _Run
-from agent.profiling._ring import LATE_AFTER_S, TRIMMED_FRAME, ProcessMeta, Ring, Slice, trim
+from agent.profiling import FlightRecorder, ProcessGroup, RecorderRequest, _flight_recorder, when
+from agent.profiling._flight_recorder import _Run
+from agent.profiling._flight_ring import LATE_AFTER_S, TRIMMED_FRAME, ProcessMeta, Ring, Slice, trim
 
 
 def _line(stacks: dict[str, int]) -> str:
@@ -36,7 +36,7 @@ def seams(monkeypatch: pytest.MonkeyPatch) -> None:
     names = {0x4000: "main", 0x4010: "alpha", 0x4020: "beta", 0x4030: "_PyEval_EvalFrameDefault"}
     monkeypatch.setattr(symbols, "function_names", lambda pid, addrs: [names[a] for a in addrs])
     monkeypatch.setattr(procfs, "own_tree", lambda: {9})
-    monkeypatch.setattr(_flight, "_describe", META.get)
+    monkeypatch.setattr(_flight_recorder, "_describe", META.get)
 
 
 def recorder(req: RecorderRequest) -> tuple[FlightRecorder, _Run]:
@@ -55,7 +55,7 @@ def interval(rec: FlightRecorder, start: float, end: float) -> Slice:
 def feed(rec: FlightRecorder, run: _Run, seconds: list[tuple[int, dict[str, int]]],
          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     for t, stacks in seconds:
-        monkeypatch.setattr("agent.profiling._flight.time.time", lambda t=t: t + 1.05)
+        monkeypatch.setattr("agent.profiling._flight_recorder.time.time", lambda t=t: t + 1.05)
         asyncio.run(rec._add(run, t, _line(stacks)))
 
 

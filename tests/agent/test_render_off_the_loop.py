@@ -30,8 +30,8 @@ import httpx
 
 from agent.app import create_app
 from agent.profiling import FlightRecorder, RecorderRequest
-from agent.profiling._flight import _Run
-from agent.profiling._ring import Bucket, Ring
+from agent.profiling._flight_recorder import _Run
+from agent.profiling._flight_ring import Bucket, Ring
 from agent.settings import Settings
 
 DAY = 86_400
