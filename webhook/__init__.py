@@ -8,8 +8,10 @@ Layout (plan -> render -> answer, all pure but the server shell):
 - `options`   the ``tracecar.dev/*`` annotations -> options plus warnings;
 - `inject`    the sidecar and the pod mutation, emitted with its JSONPatch;
 - `patch`     the JSONPatch builder (mutate + record ops, RFC 6901 escaping);
+- `sinks`     what each agent is told about the stores and itself (pure rendering);
+- `tokens`    the agent's per-pod bearer token, behind a seam;
 - `review`    request validation and the AdmissionReview answer;
-- `app`, `routers`, `limits`, `metrics`, `logs`  the FastAPI shell;
+- `app`, `deps`, `routers`, `limits`, `metrics`, `logs`  the FastAPI shell;
 - `tls`, `__main__`  uvicorn over TLS with certificate hot reload.
 """
 

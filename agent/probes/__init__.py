@@ -15,6 +15,7 @@ Inside, one module per step::
     _perfprobe   the perf probe backend: plan, tracefs, Session, sweep
     _stream      the bounded, rate-limited event buffer readers follow
     _probe       one probe's record (Probe) and the backends found (Backends)
+    _usdt        USDT probes: the one a request names, in the object carrying it
     _render      the event stream as NDJSON or SSE
     _service     Service: the registry, backend choice, run task and watchdog
 
