@@ -32,6 +32,11 @@ shared with the plugin. The service's own pieces::
     _flightpy    one second of one Python process, by py-spy
     _jitnames    JIT frame names from perf maps, for the recorder
     _triggers    Triggers: CPU use above N% for S s -> a profile (cooldown, limit, retention)
+    alloc        alloc/leak: the bpftrace program on the C allocator, its output -> folded
+                 stacks by bytes and by allocations (pure)
+    memplan      alloc/leak: the plan (allocators, sampling, what each runtime shows; pure)
+    _alloc       alloc/leak: each target's allocator, the bpftrace run, symbols kept for
+                 targets that exit, the outputs in both weights
 
 The flow of one profile::
 
@@ -46,6 +51,7 @@ Artifacts of a profile job (``DATA_DIR/profile/<id>/``): ``perf.data``,
 (``perf-PID.map``), and ``job.json`` with the metadata.
 """
 
+from agent.profiling._alloc import COUNT_SUFFIX, Weight, require_weight, weighted
 from agent.profiling._artifacts import (
     ARTIFACTS,
     BPFTRACE_OUT,
@@ -65,6 +71,7 @@ from agent.profiling._triggers import Trigger, TriggerRequest, Triggers
 __all__ = [
     "ARTIFACTS",
     "BPFTRACE_OUT",
+    "COUNT_SUFFIX",
     "FOLDED",
     "KIND",
     "PERF_DATA",
@@ -82,7 +89,10 @@ __all__ = [
     "Trigger",
     "TriggerRequest",
     "Triggers",
+    "Weight",
     "Widths",
     "differential",
+    "require_weight",
+    "weighted",
     "when",
 ]
