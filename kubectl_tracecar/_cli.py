@@ -140,9 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-F", "--frequency", type=int, help="samples per second (default 99)")
     p.add_argument(
         "--type",
-        choices=["cpu", "off-cpu"],
+        choices=["cpu", "off-cpu", "alloc", "leak"],
         default="cpu",
-        help="cpu: time on CPU; off-cpu: time blocked or waiting, weighted by that time",
+        help="cpu: time on CPU; off-cpu: time blocked or waiting, weighted by that time; "
+        "alloc: where memory is allocated (C allocator), by bytes; leak: allocations not "
+        "freed by the end, by bytes",
     )
     p.add_argument(
         "--profiler",

@@ -378,9 +378,14 @@ def cmd_profile(kube: Kube, args: argparse.Namespace) -> int:
             if fmt == "folded":
                 merged = format_folded(stacks).encode()
             else:
-                title = f"CPU profile of {len(results)} pods ({duration:g}s)"
+                memory = getattr(args, "type", "cpu") in ("alloc", "leak")
+                what = {"alloc": "Allocation", "leak": "Leak"}.get(args.type, "CPU")
+                title = f"{what} profile of {len(results)} pods ({duration:g}s)"
                 merged = render_svg(
-                    stacks, title=title, subtitle=", ".join(sorted(results))
+                    stacks,
+                    title=title,
+                    subtitle=", ".join(sorted(results)),
+                    count_name="bytes" if memory else "samples",
                 ).encode()
             _output.write_whole(out, merged)
     if args.json:
@@ -410,7 +415,9 @@ def _summary(job: dict[str, Any], file: str) -> dict[str, Any]:
     meta = job.get("metadata") or {}
     warnings = [str(w) for w in meta.get("warnings") or []]
     warnings += [str(w) for w in (meta.get("plan") or {}).get("unresolved") or []]
-    summary = {"id": job["id"], "samples": meta.get("samples"), "file": file, "warnings": warnings}
+    # A memory profile's count is its sampled allocations.
+    samples = meta.get("samples", (meta.get("memory") or {}).get("sampled"))
+    summary = {"id": job["id"], "samples": samples, "file": file, "warnings": warnings}
     if "push" in job:
         summary["push"] = job["push"]
     return summary

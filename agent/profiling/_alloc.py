@@ -41,6 +41,8 @@ COUNT_SUFFIX = "-count"
 _NOISE = ("RLIMIT_MEMLOCK", "Attaching ", "WARNING: Addrspace mismatch")
 _LOST_STACK = "failed to look up stack id"
 _THIRD_PARTY = {"jemalloc": "jemalloc", "tcmalloc": "tcmalloc"}
+
+
 def weighted(name: str, weight: Weight) -> str:
     """The artifact holding ``name`` weighted by ``weight`` (bytes: the name itself)."""
     if weight == "bytes" or name == PPROF:  # the pprof file holds both sample types
