@@ -61,21 +61,40 @@ STATIC_C = r"""
 int main(void) { for (;;) pause(); }
 """
 
-# Python: a cache that only grows vs. a loop that allocates and drops.
+# Python: a cache that only grows vs. a loop that allocates and drops. After SIGUSR1,
+# PY_ROUNDS rounds: grow_cache keeps one 4096-byte bytearray (its buffer, over pymalloc's
+# 512-byte limit, comes from malloc), churn allocates eight and drops them; then "done".
+PY_ROUNDS = 5000
+PY_BLOCK = 4096
 PY_MEMORY = r"""
-import signal, sys, time
+import signal
 
 CACHE = []
+go = False
+
+
+def on_usr1(signum, frame):
+    global go
+    go = True
+
 
 def grow_cache():
     CACHE.append(bytearray(4096))
+
 
 def churn():
     junk = [bytearray(4096) for _ in range(8)]
     del junk
 
-while True:
+
+signal.signal(signal.SIGUSR1, on_usr1)
+print("ready", flush=True)
+while not go:
+    signal.pause()
+for _ in range(ROUNDS):
     grow_cache()
     churn()
-    time.sleep(0.001)
-"""
+print("done", flush=True)
+while True:
+    signal.pause()
+""".replace("ROUNDS", str(PY_ROUNDS))

@@ -22,10 +22,14 @@ from tests.agent.memory_workloads import (
     ALLOC_C_FLAGS,
     BALANCED_BYTES,
     LEAKY_BYTES,
+    PY_BLOCK,
+    PY_MEMORY,
+    PY_ROUNDS,
     ROUNDS,
     STATIC_C,
 )
 from tests.agent.test_profiles_integration import folded_total, pod_processes, wait_done
+from tests.agent.workloads import PY312
 from tests.conftest import need
 
 pytestmark = pytest.mark.integration
@@ -70,7 +74,10 @@ def alloc_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _start(pod: podsim.SimPod, binary: Path, name: str, *args: str) -> podsim.Container:
-    c = pod.run(name, ["/srv/allocator", *args], files={"allocator": binary})
+    return _ready(pod.run(name, ["/srv/allocator", *args], files={"allocator": binary}))
+
+
+def _ready(c: podsim.Container) -> podsim.Container:
     deadline = time.monotonic() + 30
     while "ready" not in c.log():
         assert time.monotonic() < deadline and c.alive(), c.log()
@@ -266,3 +273,25 @@ def test_capabilities_say_what_each_runtime_shows(client: httpx.Client) -> None:
     types = client.get("/capabilities").json()["profiling"]["types"]
     assert types["alloc"]["available"] and types["leak"]["available"], types
     assert "not with malloc" in types["alloc"]["runtimes"]["go"], types
+
+
+@pytest.mark.parametrize("kind", ["alloc", "leak"])
+def test_python_growing_cache_vs_allocate_and_drop(
+    pod: podsim.SimPod, client: httpx.Client, kind: str
+) -> None:
+    """The C-allocator view of a Python app (its 4 KiB buffers come from malloc): a leak
+    profile holds what the cache kept, an alloc profile nine times as much (the churn).
+    Python function names are not in this view (docs/memory.md: Python frames)."""
+    need("bpftrace")
+    c = _ready(pod.run(f"py{kind}", [PY312, "/srv/app.py"], files={"app.py": PY_MEMORY.encode()}))
+    try:
+        done = _profile(client, c, type=kind)
+    finally:
+        c.stop()
+    meta = done["metadata"]
+    assert isinstance(meta, dict)
+    assert "pymalloc" in meta["plan"]["memory"]["targets"][0]["sees"]
+    total = sum(folded_total(client.get(f"/profiles/{done['id']}/folded").text).values())
+    kept = PY_ROUNDS * PY_BLOCK
+    want = kept if kind == "leak" else 9 * kept
+    assert abs(total - want) <= 0.1 * want, (kind, total, want, meta["memory"])
