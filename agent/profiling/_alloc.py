@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,7 +169,7 @@ class SymbolSnapshot:
         return out
 
 
-async def _watch_attached(job: Job, path: Path, save: Any) -> None:
+async def _watch_attached(job: Job, path: Path, save: Callable[[Job], None]) -> None:
     """Progress: ``attached`` once bpftrace's BEGIN says every probe is in (allocations
     from then on are recorded)."""
     marker = f'"data": "{alloc.ATTACHED}"'.encode()
@@ -186,7 +187,9 @@ async def _watch_attached(job: Job, path: Path, save: Any) -> None:
             return
 
 
-async def run(job: Job, the_plan: Plan, *, save: Any, comms: dict[int, str]) -> None:
+async def run(
+    job: Job, the_plan: Plan, *, save: Callable[[Job], None], comms: dict[int, str]
+) -> None:
     """Record, fold and render one memory profile (``job.result`` is its metadata)."""
     meta = job.result
     mem = the_plan.memory
