@@ -106,8 +106,10 @@ def program_for(pid: int, arm: str, *, cap: int = alloc.DEFAULT_MAX_OUTSTANDING)
     return text
 
 
-def start_tracer(pid: int, text: str, out: Path, cap: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **alloc.env(max_outstanding=cap)}
+def start_tracer(
+    pid: int, text: str, out: Path, cap: int, kind: alloc.MemoryKind = "leak"
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **alloc.env(max_outstanding=cap, kind=kind)}
     err = out.with_suffix(".err")
     with out.open("wb") as f, err.open("wb") as e:
         tracer = subprocess.Popen(alloc.argv(text, pids=[pid]), stdout=f, stderr=e, env=env)
@@ -138,8 +140,9 @@ def run_once(binary: Path, arm: str, allocs: int, work: int, tmp: Path) -> tuple
     tracer = None
     try:
         if arm != "unprofiled":
+            kind: alloc.MemoryKind = "leak" if arm == "leak" else "alloc"
             tracer = start_tracer(app.pid, program_for(app.pid, arm), tmp / "out.json",
-                                  alloc.DEFAULT_MAX_OUTSTANDING)  # fmt: skip
+                                  alloc.DEFAULT_MAX_OUTSTANDING, kind)  # fmt: skip
         os.kill(app.pid, signal.SIGUSR1)
         wall, cpu = (float(x) for x in app.stdout.readline().split())
         app.wait(60)
@@ -189,11 +192,16 @@ def memory_per_allocation(binary: Path, tmp: Path) -> None:
                                   tmp / "mem.json", cap)  # fmt: skip
             sizes[cap] = (maps_memlock(tracer.pid), rss_kib(tracer.pid))
             stop_tracer(tracer)
+        tracer = start_tracer(app.pid, program_for(app.pid, "alloc"), tmp / "mem.json", 0,
+                              "alloc")  # fmt: skip
+        alloc_maps = maps_memlock(tracer.pid)
+        stop_tracer(tracer)
     finally:
         app.kill()
         app.wait()
     (lo_maps, lo_rss), (hi_maps, hi_rss) = sizes[4096], sizes[alloc.DEFAULT_MAX_OUTSTANDING]
     per = (hi_maps - lo_maps) / (alloc.DEFAULT_MAX_OUTSTANDING - 4096)
+    print(f"alloc memory: BPF maps {alloc_maps / 2**20:.1f} MiB ({alloc.ALLOC_MAP_KEYS} keys)")
     print(
         f"leak memory: BPF maps {lo_maps / 2**20:.1f} MiB at max_outstanding 4096, "
         f"{hi_maps / 2**20:.1f} MiB at {alloc.DEFAULT_MAX_OUTSTANDING} (the default cap): "
@@ -206,10 +214,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--allocs", type=int, default=200_000, help="allocations per run")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--memory-only", action="store_true", help="only the maps' memory")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         binary = build(tmp)
+        if args.memory_only:
+            memory_per_allocation(binary, tmp)
+            return
         worst = 0.0
         for app_name, work in APPS.items():
             # Fewer allocations when each carries work: every run takes seconds, not minutes.

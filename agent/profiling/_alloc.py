@@ -197,7 +197,8 @@ async def run(
     snapshot = SymbolSnapshot()
     await asyncio.to_thread(snapshot.take, the_plan.pids)
     output = job.artifact(BPFTRACE_OUT)
-    env = {**os.environ, **alloc.env(max_outstanding=mem.max_outstanding)}
+    kind: alloc.MemoryKind = "leak" if mem.kind == "leak" else "alloc"
+    env = {**os.environ, **alloc.env(max_outstanding=mem.max_outstanding, kind=kind)}
     with atomic_path(output) as part:
         with part.open("wb") as out:
             child = await _proc.Child.start(the_plan.bpftrace_argv, stdout=out.fileno(), env=env)

@@ -82,9 +82,11 @@ DEFAULT_PERIOD = 16
 """One allocation smaller than ``large_bytes`` in 16 is recorded (weighted 16)."""
 DEFAULT_LARGE_BYTES = 64 * 1024
 """Allocations of 64 KiB and more are all recorded: few, and each one matters."""
-DEFAULT_MAX_OUTSTANDING = 65_536
-"""leak: sampled allocations tracked at once (each holds ~100 bytes of BPF maps,
-preallocated: bench/memory_bench.py measures it)."""
+DEFAULT_MAX_OUTSTANDING = 16_384
+"""leak: sampled allocations tracked at once. bpftrace sizes every map of the program
+(and its stack map) by one setting, preallocated and charged to the agent's memory
+cgroup: about 2.5 KB per tracked allocation here (bench/memory_bench.py), so 16,384
+(x16 sampling: ~260k outstanding allocations represented) keeps it near 100 MiB."""
 STACK_DEPTH = 48
 """User frames kept per stack (bpftrace's default is 127; each stack map entry holds
 ``8 * depth`` bytes, preallocated)."""
@@ -143,9 +145,15 @@ _NS_PID = (
 )
 
 
-def env(*, max_outstanding: int) -> dict[str, str]:
-    """bpftrace's environment: the maps' size (the tracked allocations, with room for the
-    per-thread maps and the stacks)."""
+ALLOC_MAP_KEYS = 8192
+"""alloc: distinct (caller, stack) pairs kept; the maps need no room for addresses."""
+
+
+def env(*, max_outstanding: int, kind: MemoryKind = "leak") -> dict[str, str]:
+    """bpftrace's environment: the maps' size (leak: the tracked allocations, with room
+    for the per-thread maps; alloc: the distinct stacks)."""
+    if kind == "alloc":
+        return {"BPFTRACE_MAP_KEYS_MAX": str(ALLOC_MAP_KEYS)}
     return {"BPFTRACE_MAP_KEYS_MAX": str(max(4096, max_outstanding + max_outstanding // 4))}
 
 

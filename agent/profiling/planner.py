@@ -119,7 +119,7 @@ class ProfileOptions(BaseModel):
         ge=1,
         le=1_000_000,
         description="leak: sampled allocations tracked at once (the bounded map; past it new "
-        "ones are counted as dropped); default 65536",
+        "ones are counted as dropped); default 16384",
     )
     python_native: bool = Field(
         default=False,
