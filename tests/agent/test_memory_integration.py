@@ -120,6 +120,9 @@ def _profile(client: httpx.Client, c: podsim.Container, **body: object) -> dict[
     return done
 
 
+_DONE: dict[str, str] = {}  # the profiles the diff test compares
+
+
 def _under(stacks: dict[str, int], function: str) -> int:
     return sum(n for s, n in stacks.items() if function in s.split(";"))
 
@@ -160,6 +163,7 @@ def test_alloc_attributes_bytes_to_each_function(
     sc = client.get(f"/profiles/{job_id}/speedscope.json").json()
     assert sc["profiles"][0]["unit"] == "bytes"
     assert "bpftrace_output" in done["links"]
+    _DONE["alloc"] = str(job_id)
 
 
 def test_leak_puts_outstanding_bytes_under_the_leaking_function(
@@ -181,6 +185,7 @@ def test_leak_puts_outstanding_bytes_under_the_leaking_function(
     assert b"inuse_space" in pb
     meta = done["metadata"]
     assert isinstance(meta, dict) and meta["memory"]["dropped"] == 0
+    _DONE["leak"] = str(job_id)
 
 
 def test_leak_bounded_map_counts_drops(
@@ -295,3 +300,16 @@ def test_python_growing_cache_vs_allocate_and_drop(
     kept = PY_ROUNDS * PY_BLOCK
     want = kept if kind == "leak" else 9 * kept
     assert abs(total - want) <= 0.1 * want, (kind, total, want, meta["memory"])
+
+
+def test_diff_of_memory_profiles(client: httpx.Client) -> None:
+    """Two memory profiles of one type compare (by bytes); an alloc and a leak do not."""
+    if set(_DONE) != {"alloc", "leak"}:
+        pytest.skip("needs the alloc and leak profiles of the tests above")
+    a, leak = _DONE["alloc"], _DONE["leak"]
+    r = client.get(f"/profiles/diff?base={a}&target={a}&format=svg")
+    assert r.status_code == 200 and b"bytes" in r.content, r.text[:300]
+    folded = client.get(f"/profiles/diff?base={a}&target={a}&format=folded").text
+    assert "leaky_work;malloc" in folded
+    r = client.get(f"/profiles/diff?base={a}&target={leak}")
+    assert r.status_code == 409 and "same type" in r.json()["detail"], r.text
