@@ -30,7 +30,7 @@ from typing import Any, Literal
 from agent import _proc, procfs, symbols
 from agent.errors import Conflict, Invalid, NotFound
 from agent.jobs import Job, atomic_path, write_atomic
-from agent.profiling import alloc
+from agent.profiling import _jfr, alloc
 from agent.profiling._artifacts import BPFTRACE_OUT, FOLDED, PPROF, SPEEDSCOPE, SVG
 from agent.profiling.memplan import MemoryTargetFacts
 from agent.profiling.planner import Plan, TargetFacts
@@ -196,6 +196,77 @@ async def run(
     assert mem is not None
     snapshot = SymbolSnapshot()
     await asyncio.to_thread(snapshot.take, the_plan.pids)
+    jvms = [t.pid for t in mem.targets if t.runtime == "java" and t.pid in the_plan.pids]
+    no_jfr = _jfr.available() if jvms and mem.kind == "alloc" else None
+    jfr_runs: list[_jfr.JfrRun] = []
+    if jvms and mem.kind == "alloc" and no_jfr is None:
+        jfr_runs = [await _jfr.start(pid, job.id) for pid in jvms]
+    try:
+        text, stderr, stopped_early = await _record(job, the_plan, save)
+    finally:
+        # Each JVM's recording is dumped, read, stopped and its file removed, whatever
+        # happened to bpftrace: nothing is left in the target.
+        for r in jfr_runs:
+            await _jfr.finish(
+                r, comm=comms.get(r.pid, "java"), keep=job.artifact(f"jfr-{r.pid}.jfr")
+            )
+    meta["recording_finished_at"] = time.time()
+    meta["phase"] = "post-processing"
+    save(job)
+    await asyncio.to_thread(snapshot.take, the_plan.pids)  # libraries loaded meanwhile
+    parsed = await asyncio.to_thread(alloc.parse_output, text)
+    by_bytes, by_count = await asyncio.to_thread(
+        alloc.fold, parsed.sites, names=snapshot.names, comms=comms
+    )
+    java_notes: list[str] = []
+    for r in jfr_runs:
+        for k, v in r.stacks_bytes.items():
+            by_bytes[k] = by_bytes.get(k, 0) + v
+        for k, v in r.stacks_count.items():
+            by_count[k] = by_count.get(k, 0) + v
+        if r.message:
+            java_notes.append(f"pid {r.pid} (java): no Java allocation samples: {r.message}")
+        else:
+            java_notes.append(
+                f"pid {r.pid} (java): Java methods from the JVM's allocation sampling (JFR "
+                f"jdk.ObjectAllocationSample, weighted by the bytes each sample stands for; "
+                f"{sum(r.stacks_count.values())} samples) under [java]; the rest is its "
+                "native memory"
+            )
+    if no_jfr is not None:
+        java_notes.append(f"Java targets: no allocation sampling by Java method ({no_jfr})")
+    lost_stacks = stderr.count(_LOST_STACK)
+    warnings = [
+        ln.strip()
+        for ln in stderr.splitlines()
+        if ln.strip() and not any(n in ln for n in _NOISE) and _LOST_STACK not in ln
+    ]
+    exited = [p for p in the_plan.pids if not procfs.pid_exists(p)]
+    meta["stopped_early"] = stopped_early
+    meta["bpftrace_warnings"] = warnings[:20]
+    meta["exited_pids"] = exited
+    meta["weights"] = ["bytes", "count"]
+    meta["sampling"] = {
+        "period": mem.period,
+        "large_bytes": mem.large_bytes,
+        "said": mem.sampling,
+    }
+    meta["memory"] = _summary(mem.kind, parsed, by_bytes, by_count, lost_stacks)
+    notes = _notes(mem.kind, meta["memory"], exited, stopped_early, mem.max_outstanding)
+    meta["notes"] = notes + java_notes
+    meta["targets"] = [t.model_dump() for t in mem.targets]
+    await asyncio.to_thread(_render_all, job, the_plan, by_bytes, by_count)
+    meta["phase"] = "done"
+    meta["artifacts"] = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
+    if stopped_early:
+        job.message = "stopped early on request; what was recorded is kept"
+
+
+async def _record(job: Job, the_plan: Plan, save: Callable[[Job], None]) -> tuple[str, str, bool]:
+    """bpftrace until its timer, a stop or the timeout: its output, messages, and whether
+    it was stopped early."""
+    mem = the_plan.memory
+    assert mem is not None
     output = job.artifact(BPFTRACE_OUT)
     kind: alloc.MemoryKind = "leak" if mem.kind == "leak" else "alloc"
     env = {**os.environ, **alloc.env(max_outstanding=mem.max_outstanding, kind=kind)}
@@ -218,38 +289,7 @@ async def run(
                 returncode=rc,
                 stderr=stderr,
             )
-    meta["recording_finished_at"] = time.time()
-    meta["phase"] = "post-processing"
-    save(job)
-    await asyncio.to_thread(snapshot.take, the_plan.pids)  # libraries loaded meanwhile
-    parsed = await asyncio.to_thread(alloc.parse_output, text)
-    by_bytes, by_count = await asyncio.to_thread(
-        alloc.fold, parsed.sites, names=snapshot.names, comms=comms
-    )
-    lost_stacks = stderr.count(_LOST_STACK)
-    warnings = [
-        ln.strip()
-        for ln in stderr.splitlines()
-        if ln.strip() and not any(n in ln for n in _NOISE) and _LOST_STACK not in ln
-    ]
-    exited = [p for p in the_plan.pids if not procfs.pid_exists(p)]
-    meta["stopped_early"] = stopped_early
-    meta["bpftrace_warnings"] = warnings[:20]
-    meta["exited_pids"] = exited
-    meta["weights"] = ["bytes", "count"]
-    meta["sampling"] = {
-        "period": mem.period,
-        "large_bytes": mem.large_bytes,
-        "said": mem.sampling,
-    }
-    meta["memory"] = _summary(mem.kind, parsed, by_bytes, by_count, lost_stacks)
-    meta["notes"] = _notes(mem.kind, meta["memory"], exited, stopped_early, mem.max_outstanding)
-    meta["targets"] = [t.model_dump() for t in mem.targets]
-    await asyncio.to_thread(_render_all, job, the_plan, by_bytes, by_count)
-    meta["phase"] = "done"
-    meta["artifacts"] = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
-    if stopped_early:
-        job.message = "stopped early on request; what was recorded is kept"
+    return text, stderr, stopped_early
 
 
 def _summary(

@@ -34,8 +34,10 @@ RUNTIME_NOTES: dict[str, str] = {
     "python": "objects of 512 bytes or less come from pymalloc's 256 KiB arenas (one "
     "allocation per arena): the C-allocator view shows arenas and large objects under the "
     "interpreter's C frames, not Python functions (docs/memory.md: Python frames)",
-    "java": "the Java heap is reserved once at start: Java objects do not show; the JVM's "
-    "native memory does (JIT, GC structures, direct buffers, JNI), by native stack",
+    "java": "alloc: Java methods from the JVM's own allocation sampling (JFR's "
+    "jdk.ObjectAllocationSample through jattach, under [java]), beside the JVM's native "
+    "memory (JIT, GC structures, direct buffers, JNI) by native stack; leak: the native "
+    "memory only (the Java heap is reserved once at start: use the class histogram)",
     "dotnet": "the GC heap is reserved by the runtime: managed objects do not show; native "
     "memory does (the runtime's own, interop), by native stack",
 }

@@ -98,3 +98,22 @@ print("done", flush=True)
 while True:
     signal.pause()
 """.replace("ROUNDS", str(PY_ROUNDS))
+
+# Java: one method allocates 64 KiB arrays, another 64-byte ones, 1:1 in calls (1000:1 in
+# bytes): the first must be the top allocator by bytes. The class is named Chain so the
+# tests' build_java compiles it.
+JAVA_ALLOC = r"""
+import java.util.*;
+public class Chain {
+    static long sink;
+    static void bigAllocator() { byte[] b = new byte[64 * 1024]; sink += b.length; }
+    static void smallAllocator() { byte[] b = new byte[64]; sink += b.length; }
+    public static void main(String[] a) throws Exception {
+        System.out.println("ready");
+        while (true) {
+            for (int i = 0; i < 100; i++) { bigAllocator(); smallAllocator(); }
+            Thread.sleep(1);
+        }
+    }
+}
+"""

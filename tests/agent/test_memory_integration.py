@@ -21,6 +21,7 @@ from tests.agent.memory_workloads import (
     ALLOC_C,
     ALLOC_C_FLAGS,
     BALANCED_BYTES,
+    JAVA_ALLOC,
     LEAKY_BYTES,
     PY_BLOCK,
     PY_MEMORY,
@@ -29,7 +30,7 @@ from tests.agent.memory_workloads import (
     STATIC_C,
 )
 from tests.agent.test_profiles_integration import folded_total, pod_processes, wait_done
-from tests.agent.workloads import PY312
+from tests.agent.workloads import PY312, build_java
 from tests.conftest import need
 
 pytestmark = pytest.mark.integration
@@ -313,3 +314,29 @@ def test_diff_of_memory_profiles(client: httpx.Client) -> None:
     assert "leaky_work;malloc" in folded
     r = client.get(f"/profiles/diff?base={a}&target={leak}")
     assert r.status_code == 409 and "same type" in r.json()["detail"], r.text
+
+
+def test_java_top_allocator_by_method(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
+) -> None:
+    """JFR's allocation samples name Java methods: the one allocating most bytes tops."""
+    need("java", "javac", "jattach", "jfr", "bpftrace")
+    cls = build_java(JAVA_ALLOC, tmp_path)
+    c = _ready(pod.run("jalloc", ["java", "-cp", "/srv", "Chain"], files={"Chain.class": cls}))
+    try:
+        r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 8})
+        assert r.status_code == 202, r.text
+        done = wait_done(client, r.json()["id"], timeout=240)
+        # Nothing left in the JVM's /tmp (the recording's file is read, then removed).
+        assert not list(Path(f"/proc/{c.host_pid}/root/tmp").glob("tracecar-*.jfr"))
+    finally:
+        c.stop()
+    assert done["state"] == "succeeded", str(done["error"])[-2000:]
+    meta = done["metadata"]
+    assert isinstance(meta, dict)
+    stacks = folded_total(client.get(f"/profiles/{done['id']}/folded").text)
+    java = {s: n for s, n in stacks.items() if ";[java];" in s}
+    assert java, (meta["notes"], list(stacks)[:5])
+    big, small = _under(java, "Chain.bigAllocator"), _under(java, "Chain.smallAllocator")
+    assert big > 0.9 * sum(java.values()) and big > 10 * small, (big, small, meta["notes"])
+    assert any("jdk.ObjectAllocationSample" in n for n in meta["notes"]), meta["notes"]
