@@ -23,7 +23,7 @@ from agent import _proc, capabilities, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import Job, JobStore, atomic_path, write_atomic
 from agent.metrics import Metrics
-from agent.profiling import _alloc, _offcpu, _pyspy, memplan, offcpu
+from agent.profiling import _alloc, _jfr, _offcpu, _pyspy, memplan, offcpu
 from agent.profiling._artifacts import (
     ARTIFACTS,
     BPFTRACE_OUT,
@@ -180,6 +180,12 @@ class Service:
     async def _memory_check(self) -> dict[str, object]:
         """alloc and leak: bpftrace on the C allocator, and what each runtime shows."""
         bpf = await self._bpftrace_check()
+        no_jfr = _jfr.available()
+        java: dict[str, object] = (
+            {"available": True, "reason": "JFR allocation samples through jattach (JDK 16+)"}
+            if no_jfr is None
+            else {"available": False, "reason": no_jfr}
+        )
         out: dict[str, object] = {}
         for kind, what in (
             ("alloc", "where the C allocator is called, by bytes and by allocations"),
@@ -191,6 +197,7 @@ class Service:
                 if bpf.get("available")
                 else bpf.get("reason"),
                 "runtimes": dict(memplan.RUNTIME_NOTES),
+                **({"java_methods": java} if kind == "alloc" else {}),
             }
         return out
 

@@ -279,6 +279,7 @@ def test_capabilities_say_what_each_runtime_shows(client: httpx.Client) -> None:
     types = client.get("/capabilities").json()["profiling"]["types"]
     assert types["alloc"]["available"] and types["leak"]["available"], types
     assert "not with malloc" in types["alloc"]["runtimes"]["go"], types
+    assert "available" in types["alloc"]["java_methods"], types
 
 
 @pytest.mark.parametrize("kind", ["alloc", "leak"])
