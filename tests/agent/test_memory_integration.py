@@ -271,6 +271,12 @@ def test_dry_run_bad_input_and_cancel_leave_nothing(
         assert done["state"] == "succeeded" and done["metadata"]["stopped_early"], done
         cpu_like = client.get(f"/profiles/{job_id}/folded?weight=count")
         assert cpu_like.status_code == 200
+        # Discarded while recording: removed at once, bpftrace stopped (the fixture checks).
+        r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 300})
+        job_id = r.json()["id"]
+        _attached(client, job_id)
+        assert client.delete(f"/profiles/{job_id}?discard=true").status_code == 204
+        assert client.get(f"/profiles/{job_id}").status_code == 404
     finally:
         c.stop()
 
