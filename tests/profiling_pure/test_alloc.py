@@ -14,7 +14,6 @@ from agent.errors import Conflict, Invalid
 from agent.profiling import alloc, memplan
 from agent.profiling.planner import Limits, ProfileRequest, plan
 from tests.profiling_pure import npm_tools
-from tests.profiling_pure.test_outputs import _DECODE_JS
 from tracecar_formats.memprofile import to_memory_pprof
 
 LIBC = alloc.Probe("/proc/7/root/usr/lib/libc.so.6", ("malloc", "calloc", "free"))
@@ -168,6 +167,32 @@ def test_one_probe_per_file_whatever_the_target() -> None:
     assert "/proc/9/root" not in text and "@__t[9] = 1" in text
 
 
+# pprof-format's decoder (Datadog's, from npm), printing the sample types and stacks.
+_DECODE_JS = """
+const zlib = require("zlib");
+const fs = require("fs");
+const { Profile } = require(process.argv[2]);
+const p = Profile.decode(zlib.gunzipSync(fs.readFileSync(process.argv[3])));
+const s = (i) => p.stringTable.strings[Number(i)];
+const fn = new Map(p.function.map((f) => [Number(f.id), f]));
+const loc = new Map(p.location.map((l) => [Number(l.id), l]));
+const stacks = {};
+for (const smp of p.sample) {
+  const names = smp.locationId.map((id) => {
+    const l = loc.get(Number(id));
+    return s(fn.get(Number(l.line[0].functionId)).systemName);
+  });
+  stacks[names.reverse().join(";")] = smp.value.map(Number);
+}
+console.log(JSON.stringify({
+  sampleType: p.sampleType.map((v) => [s(v.type), s(v.unit)]),
+  periodType: [s(p.periodType.type), s(p.periodType.unit)],
+  defaultSampleType: s(p.defaultSampleType),
+  stacks,
+}));
+"""
+
+
 @pytest.fixture(scope="module")
 def tools() -> None:
     npm_tools.ensure()
@@ -191,6 +216,7 @@ def test_memory_pprof_decodes_with_both_sample_types(
     prefix = "inuse" if inuse else "alloc"
     assert got["sampleType"] == [[f"{prefix}_objects", "count"], [f"{prefix}_space", "bytes"]]
     assert got["periodType"] == ["space", "bytes"]
+    assert got["defaultSampleType"] == f"{prefix}_space"
     assert got["stacks"] == {k: [by_count[k], by_bytes[k]] for k in by_bytes}
 
 
