@@ -32,11 +32,13 @@ from agent.errors import Conflict, Invalid, NotFound
 from agent.jobs import Job, atomic_path, write_atomic
 from agent.profiling import _jfr, alloc
 from agent.profiling._artifacts import BPFTRACE_OUT, FOLDED, PPROF, SPEEDSCOPE, SVG
+from agent.profiling._result import ProfileResult, TargetSeen
 from agent.profiling.memplan import MemoryTargetFacts
+from agent.profiling.perf_record import run_to_end
 from agent.profiling.planner import Plan, TargetFacts
-from agent.profiling.recorder import run_to_end
 from tracecar_formats.collapse import format_folded
 
+ProfileJob = Job[ProfileResult]
 Weight = Literal["bytes", "count"]
 COUNT_SUFFIX = "-count"
 _NOISE = ("RLIMIT_MEMLOCK", "Attaching ", "WARNING: Addrspace mismatch")
@@ -169,7 +171,7 @@ class SymbolSnapshot:
         return out
 
 
-async def _watch_attached(job: Job, path: Path, save: Callable[[Job], None]) -> None:
+async def _watch_attached(job: ProfileJob, path: Path, save: Callable[[ProfileJob], None]) -> None:
     """Progress: ``attached`` once bpftrace's BEGIN says every probe is in (allocations
     from then on are recorded)."""
     marker = f'"data": "{alloc.ATTACHED}"'.encode()
@@ -181,14 +183,14 @@ async def _watch_attached(job: Job, path: Path, save: Callable[[Job], None]) -> 
         except OSError:
             continue
         if marker in head:
-            job.result["attached"] = True
-            job.result["attached_at"] = time.time()
+            job.result.attached = True
+            job.result.attached_at = time.time()
             save(job)
             return
 
 
 async def run(
-    job: Job, the_plan: Plan, *, save: Callable[[Job], None], comms: dict[int, str]
+    job: ProfileJob, the_plan: Plan, *, save: Callable[[ProfileJob], None], comms: dict[int, str]
 ) -> None:
     """Record, fold and render one memory profile (``job.result`` is its metadata)."""
     meta = job.result
@@ -210,8 +212,8 @@ async def run(
             await _jfr.finish(
                 r, comm=comms.get(r.pid, "java"), keep=job.artifact(f"jfr-{r.pid}.jfr")
             )
-    meta["recording_finished_at"] = time.time()
-    meta["phase"] = "post-processing"
+    meta.recording_finished_at = time.time()
+    meta.phase = "post-processing"
     save(job)
     await asyncio.to_thread(snapshot.take, the_plan.pids)  # libraries loaded meanwhile
     parsed = await asyncio.to_thread(alloc.parse_output, text)
@@ -242,27 +244,32 @@ async def run(
         if ln.strip() and not any(n in ln for n in _NOISE) and _LOST_STACK not in ln
     ]
     exited = [p for p in the_plan.pids if not procfs.pid_exists(p)]
-    meta["stopped_early"] = stopped_early
-    meta["bpftrace_warnings"] = warnings[:20]
-    meta["exited_pids"] = exited
-    meta["weights"] = ["bytes", "count"]
-    meta["sampling"] = {
+    meta.stopped_early = stopped_early
+    meta.bpftrace_warnings = warnings[:20]
+    meta.exited_pids = exited
+    meta.weights = ["bytes", "count"]
+    meta.sampling = {
         "period": mem.period,
         "large_bytes": mem.large_bytes,
         "said": mem.sampling,
     }
-    meta["memory"] = _summary(mem.kind, parsed, by_bytes, by_count, lost_stacks)
-    notes = _notes(mem.kind, meta["memory"], exited, stopped_early, mem.max_outstanding)
-    meta["notes"] = notes + java_notes
-    meta["targets"] = [t.model_dump() for t in mem.targets]
+    meta.memory = _summary(mem.kind, parsed, by_bytes, by_count, lost_stacks)
+    notes = _notes(mem.kind, meta.memory or {}, exited, stopped_early, mem.max_outstanding)
+    meta.notes = notes + java_notes
+    meta.targets = [
+        TargetSeen(pid=t.pid, comm=t.comm, runtime=t.runtime, exited=t.pid in exited)
+        for t in mem.targets
+    ]
     await asyncio.to_thread(_render_all, job, the_plan, by_bytes, by_count)
-    meta["phase"] = "done"
-    meta["artifacts"] = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
+    meta.phase = "done"
+    meta.artifacts = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
     if stopped_early:
         job.message = "stopped early on request; what was recorded is kept"
 
 
-async def _record(job: Job, the_plan: Plan, save: Callable[[Job], None]) -> tuple[str, str, bool]:
+async def _record(
+    job: ProfileJob, the_plan: Plan, save: Callable[[ProfileJob], None]
+) -> tuple[str, str, bool]:
     """bpftrace until its timer, a stop or the timeout: its output, messages, and whether
     it was stopped early."""
     mem = the_plan.memory
@@ -321,6 +328,7 @@ def _summary(
         "dropped": sum(s.dropped for s in parsed.stats.values()),
         "dropped_bytes": sum(s.dropped_bytes for s in parsed.stats.values()),
         "lost_stacks": lost_stacks,
+        "probes_attached": parsed.attached_probes,
         "by_pid": per_pid,
     }
 
@@ -359,7 +367,7 @@ def _notes(
 
 
 def _render_all(
-    job: Job, the_plan: Plan, by_bytes: dict[str, int], by_count: dict[str, int]
+    job: ProfileJob, the_plan: Plan, by_bytes: dict[str, int], by_count: dict[str, int]
 ) -> None:
     from tracecar_formats.flamegraph import render_svg
     from tracecar_formats.memprofile import to_memory_pprof
@@ -368,8 +376,8 @@ def _render_all(
     meta = job.result
     mem = the_plan.memory
     assert mem is not None
-    started = float(meta.get("recording_started_at", job.created_at))
-    finished = float(meta.get("recording_finished_at", time.time()))
+    started = meta.recording_started_at or job.created_at
+    finished = meta.recording_finished_at or time.time()
     seconds = max(finished - started, 0.0)
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
     what = "Leak" if mem.kind == "leak" else "Allocation"
@@ -410,7 +418,7 @@ def _render_all(
     )
 
 
-def require_weight(job: Job, weight: Weight) -> None:
+def require_weight(job: ProfileJob, weight: Weight) -> None:
     """409 for ``weight=count`` on a profile that has no second weight."""
     if weight == "count" and job.params.get("type", "cpu") not in ("alloc", "leak"):
         raise Conflict(

@@ -29,17 +29,12 @@ from tests.agent.memory_workloads import (
     ROUNDS,
     STATIC_C,
 )
-from tests.agent.test_profiles_integration import folded_total, pod_processes, wait_done
-from tests.agent.workloads import PY312, build_java
+from tests.agent.support import folded_total, pod_processes, wait_done
+from tests.agent.workloads import build_java
 from tests.conftest import need
+from tests.interpreters import PY312
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
-    with agent.client() as c:
-        yield c
 
 
 def _uprobes_of(path_part: str) -> list[str]:

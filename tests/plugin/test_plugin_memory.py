@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from kubectl_tracecar import _cli
-from kubectl_tracecar._commands import profile_body
+from kubectl_tracecar.commands import profile
+from tests.plugin.support import options
 
 
 def test_memory_types_pass_through() -> None:
     for kind in ("alloc", "leak"):
-        args = _cli.parse(["profile", "web", "--type", kind, "-d", "60s", "-o", "mem.svg"])
-        assert profile_body(args, 60.0) == {"duration_s": 60.0, "type": kind}
+        o = options(["profile", "web", "--type", kind, "-d", "60s", "-o", "mem.svg"])
+        assert profile.request_body(o) == {"duration_s": 60.0, "type": kind}
