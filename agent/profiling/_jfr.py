@@ -57,6 +57,10 @@ async def _jcmd(pid: int, command: str) -> tuple[bool, str]:
 async def start(pid: int, job_id: str) -> JfrRun:
     run = JfrRun(pid=pid, name=f"tracecar-{job_id}")
     ok, said = await _jcmd(pid, f"JFR.start name={run.name} settings=profile")
+    if not ok:
+        # A JVM still starting (or a loaded node) may not answer its first attach: once more.
+        await asyncio.sleep(1.0)
+        ok, said = await _jcmd(pid, f"JFR.start name={run.name} settings=profile")
     run.started = ok
     if not ok:
         run.message = f"JFR.start failed: {said}"
