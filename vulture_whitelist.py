@@ -28,6 +28,7 @@ event_types, by_event, display_name, runtime_cookie, command_line, arch
 pointer_size, processors, qpc_sync, qpc_frequency, sampling_rate_ns
 sequence, capture_thread, processor, _.sequence, _.capture_thread, _.processor
 limit_bytes, enabled, discarded_events, lost_packets, overwrite, library, host_tid
+attached_at, sees
 cpu_time_s, rss_bytes, start_time_s, call_graph_reason, profilers, url_expires_in_s
 taken_at, DROP_REASONS
 # The typed results and response models (ProfileResult, ProfileView, ProbeView,

@@ -41,6 +41,13 @@ package; the app and routers use what this module exports)::
   triggers
     _triggers        Triggers: CPU use above N% for S s -> a profile (cooldown, limit,
                      retention)
+  memory profiles (alloc, leak)
+    alloc            the bpftrace program on the C allocator, its output -> folded stacks
+                     by bytes and by allocations (pure)
+    memplan          the plan: allocators, sampling, what each runtime shows (pure)
+    _alloc           each target's allocator, the bpftrace run, symbols kept for targets
+                     that exit, the outputs in both weights
+    _jfr             Java methods: JFR allocation samples through jattach (alloc, JVMs)
 
 The flow of one profile::
 
@@ -56,6 +63,7 @@ Artifacts of a profile job (``DATA_DIR/profile/<id>/``): ``perf.data``,
 (``perf-PID.map``), and ``job.json`` with the metadata.
 """
 
+from agent.profiling._alloc import COUNT_SUFFIX, Weight, require_weight, weighted
 from agent.profiling._artifacts import (
     ARTIFACTS,
     BPFTRACE_OUT,
@@ -77,6 +85,7 @@ from agent.profiling.outputs import interval_info, render_in_thread
 __all__ = [
     "ARTIFACTS",
     "BPFTRACE_OUT",
+    "COUNT_SUFFIX",
     "FOLDED",
     "KIND",
     "PERF_DATA",
@@ -100,9 +109,12 @@ __all__ = [
     "TriggerView",
     "Triggers",
     "Unresolved",
+    "Weight",
     "Widths",
     "differential",
     "interval_info",
     "render_in_thread",
+    "require_weight",
+    "weighted",
     "when",
 ]

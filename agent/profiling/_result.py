@@ -101,6 +101,21 @@ class ProfileResult(BaseModel):
     )
     unwinding: list[UnwindChoice] = Field(default_factory=list)
     dwarf: DwarfStats | None = None
+    attached: bool = Field(
+        default=False, description="alloc/leak: every probe is in (recording from then)"
+    )
+    attached_at: float | None = None
+    weights: list[str] = Field(
+        default_factory=list, description="alloc/leak: the weights its outputs come in"
+    )
+    sampling: dict[str, Any] | None = Field(
+        default=None, description="alloc/leak: the sampling, in numbers and in words"
+    )
+    memory: dict[str, Any] | None = Field(
+        default=None,
+        description="alloc/leak: allocations counted exactly and estimated from the samples, "
+        "drops, lost stacks, per pid",
+    )
     requested_from: float | None = Field(
         default=None, description="a kept flight-recorder interval: the asked start"
     )

@@ -21,7 +21,7 @@ from agent import _proc, capabilities, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import Job, JobStore, atomic_path, write_atomic
 from agent.metrics import Metrics
-from agent.profiling import _offcpu_run, _pyspy_record, offcpu_fold, outputs
+from agent.profiling import _alloc, _jfr, _offcpu_run, _pyspy_record, memplan, offcpu_fold, outputs
 from agent.profiling._artifacts import (
     ARTIFACTS,
     BPFTRACE_OUT,
@@ -139,7 +139,11 @@ class Service:
         out: dict[str, object] = {
             "perf": perf,
             "permitted": permitted,
-            "types": {"cpu": "perf record", "off-cpu": await self._offcpu_check()},
+            "types": {
+                "cpu": "perf record",
+                "off-cpu": await self._offcpu_check(),
+                **await self._memory_check(),
+            },
             "profilers": {
                 "perf": perf,
                 "py-spy": await self._pyspy_check(),
@@ -200,6 +204,30 @@ class Service:
             out["reason"] = "perf with DWARF (frame pointers with bpftrace for Go targets)"
         return out
 
+    async def _memory_check(self) -> dict[str, object]:
+        """alloc and leak: bpftrace on the C allocator, and what each runtime shows."""
+        bpf = await self._bpftrace_check()
+        no_jfr = _jfr.available()
+        java: dict[str, object] = (
+            {"available": True, "reason": "JFR allocation samples through jattach (JDK 16+)"}
+            if no_jfr is None
+            else {"available": False, "reason": no_jfr}
+        )
+        out: dict[str, object] = {}
+        for kind, what in (
+            ("alloc", "where the C allocator is called, by bytes and by allocations"),
+            ("leak", "allocations not freed by the end of the window, by bytes"),
+        ):
+            out[kind] = {
+                "available": bool(bpf.get("available")),
+                "reason": f"bpftrace uprobes on malloc and free: {what}"
+                if bpf.get("available")
+                else bpf.get("reason"),
+                "runtimes": dict(memplan.RUNTIME_NOTES),
+                **({"java_methods": java} if kind == "alloc" else {}),
+            }
+        return out
+
     def _pyspy(self) -> str | None:
         """The py-spy to run (settings ``py_spy``: auto, a path, or off)."""
         choice = self.settings.py_spy
@@ -238,6 +266,13 @@ class Service:
         }
 
     async def require_tool(self, kind: str) -> None:
+        if kind in memplan.MEMORY_TYPES:
+            check = await self._bpftrace_check()
+            if not check.get("available"):
+                raise Unavailable(
+                    f"{kind} profiles need bpftrace: {check.get('reason')}; see GET /capabilities"
+                )
+            return
         if kind != "off-cpu":
             await self.require_perf()
             return
@@ -314,10 +349,21 @@ class Service:
         rates = await _offcpu_run.switch_rates([f.pid for f in facts])
         return [replace(f, switches_per_s=rates.get(f.pid)) for f in facts], None
 
+    async def _memory_facts(
+        self, req: ProfileRequest, facts: list[TargetFacts]
+    ) -> list[memplan.MemoryTargetFacts] | None:
+        """alloc/leak: each target's allocator (read from its files); None otherwise."""
+        if req.type not in memplan.MEMORY_TYPES:
+            return None
+        return await asyncio.to_thread(lambda: [_alloc.find_allocator(f) for f in facts])
+
     async def plan(self, req: ProfileRequest, *, output: Path) -> Plan:
         facts, target = await self._gather(req)
         facts, why_not = await self._offcpu_facts(req, facts)
-        return self._plan(req, facts, target, output=output, dwarf_unavailable=why_not)
+        mem = await self._memory_facts(req, facts)
+        return self._plan(
+            req, facts, target, output=output, dwarf_unavailable=why_not, memory_targets=mem
+        )
 
     def _plan(
         self,
@@ -327,6 +373,7 @@ class Service:
         *,
         output: Path,
         dwarf_unavailable: str | None = None,
+        memory_targets: list[memplan.MemoryTargetFacts] | None = None,
     ) -> Plan:
         return plan(
             req,
@@ -334,7 +381,8 @@ class Service:
             target=target,
             limits=self.limits,
             output=output,
-            pid_ns=procfs.own_pid_ns() if req.type == "off-cpu" else 0,
+            pid_ns=procfs.own_pid_ns() if req.type != "cpu" else 0,
+            memory_targets=memory_targets,
             pyspy=self._pyspy(),
             jattach=_proc.which("jattach") is not None,
             offcpu_dwarf_unavailable=dwarf_unavailable,
@@ -347,9 +395,17 @@ class Service:
         await self.require_tool(req.type)
         facts, target = await self._gather(req)
         facts, why_not = await self._offcpu_facts(req, facts)
+        mem = await self._memory_facts(req, facts)
         # Plan (validate) before creating the job, so a bad request leaves nothing behind;
         # then again with the job's own output path (planning is pure and cheap).
-        first = self._plan(req, facts, target, output=Path(PERF_DATA), dwarf_unavailable=why_not)
+        first = self._plan(
+            req,
+            facts,
+            target,
+            output=Path(PERF_DATA),
+            dwarf_unavailable=why_not,
+            memory_targets=mem,
+        )
         if first.bpftrace_argv:
             await self._require_bpftrace()
         job = self.jobs.create(
@@ -359,7 +415,9 @@ class Service:
             max_running=self.settings.max_concurrent_profiles,
         )
         output = job.artifact(PERF_DATA).with_name(PERF_DATA + ".part")  # atomic_path's name
-        the_plan = self._plan(req, facts, target, output=output, dwarf_unavailable=why_not)
+        the_plan = self._plan(
+            req, facts, target, output=output, dwarf_unavailable=why_not, memory_targets=mem
+        )
         job.result.plan = the_plan
         self.jobs.save(job)
         self.jobs.start(job, lambda j: self._run_counted(j, the_plan))
@@ -381,6 +439,10 @@ class Service:
         self.jobs.save(job)
         if the_plan.type == "off-cpu":
             await self._run_offcpu(job, the_plan)
+            return
+        if the_plan.memory is not None:
+            comms = {t.pid: t.comm for t in the_plan.memory.targets}
+            await _alloc.run(job, the_plan, save=self.jobs.save, comms=comms)
             return
         # Perf maps are copied before and after recording: a target that exits takes
         # its /tmp (and its map) with it, and JITs add entries while they run.
@@ -749,6 +811,11 @@ class Service:
         self.require_finished(job)
         if options == CollapseOptions():
             return job.artifact(FOLDED)
+        if profile_type(job) in memplan.MEMORY_TYPES:
+            raise Conflict(
+                f"profile {job.id} is {profile_type(job)}: its stacks are folded once, by bytes "
+                "(and by allocations: weight=count); the collapse options apply to cpu profiles"
+            )
         if profile_type(job) == "off-cpu":
             raise Conflict(
                 f"profile {job.id} is off-cpu: its stacks are folded once, without the "

@@ -33,6 +33,8 @@ ProfileType = Literal["cpu", "off-cpu"]
 
 def units(kind: str) -> str:
     """What a profile's folded counts count."""
+    if kind in ("alloc", "leak"):
+        return "bytes"
     return "microseconds off CPU" if kind == "off-cpu" else "samples"
 
 

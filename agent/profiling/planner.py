@@ -49,11 +49,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from agent import procfs
 from agent.errors import Conflict, Invalid, Unavailable
-from agent.profiling import offcpu_fold
+from agent.profiling import alloc, memplan, offcpu_fold
 
 CallGraph = Literal["auto", "fp", "dwarf"]
 Profiler = Literal["auto", "perf", "py-spy"]
-ProfileType = Literal["cpu", "off-cpu"]
+ProfileType = Literal["cpu", "off-cpu", "alloc", "leak"]
 Runtime = Literal["python", "java", "node", "dotnet", "go", "native"]
 OutputFormat = Literal["svg", "folded", "speedscope", "pprof"]
 
@@ -93,7 +93,9 @@ class ProfileOptions(BaseModel):
     type: ProfileType = Field(
         default="cpu",
         description="cpu: where time is spent on CPU (perf samples); off-cpu: where threads "
-        "wait off CPU (blocked, sleeping, preempted), weighted by that time (bpftrace)",
+        "wait off CPU (blocked, sleeping, preempted), weighted by that time (bpftrace); "
+        "alloc: where the C allocator is called, weighted by bytes (bpftrace uprobes); "
+        "leak: allocations still outstanding at the end, weighted by bytes",
     )
     duration_s: float | None = Field(
         default=None, description="default from settings (10 s); bounded by the maximum"
@@ -104,6 +106,20 @@ class ProfileOptions(BaseModel):
         default="auto",
         description="auto: py-spy for Python processes (whole Python stacks), perf for the "
         "rest; perf or py-spy force one (py-spy: every target must be Python)",
+    )
+    sample_period: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="alloc/leak: one allocation smaller than 64 KiB in this many is recorded "
+        "(weighted as many times; larger ones all are); default 16, 1 = every one",
+    )
+    max_outstanding: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="leak: sampled allocations tracked at once (the bounded map; past it new "
+        "ones are counted as dropped); default 16384",
     )
     python_native: bool = Field(
         default=False,
@@ -222,6 +238,9 @@ class Plan(BaseModel):
     )
     py_spy: list[PySpyRun] = Field(
         default_factory=list, description="the py-spy recordings (Python targets)"
+    )
+    memory: memplan.MemoryPlan | None = Field(
+        default=None, description="alloc/leak: the allocators probed, the sampling, the notes"
     )
 
 
@@ -494,6 +513,7 @@ def plan(
     pyspy: str | None = None,
     jattach: bool = False,
     offcpu_dwarf_unavailable: str | None = None,
+    memory_targets: list[memplan.MemoryTargetFacts] | None = None,
 ) -> Plan:
     """Build the ``perf record`` (or off-CPU bpftrace) command for ``request`` on ``targets``,
     and the py-spy commands of its Python targets.
@@ -502,8 +522,18 @@ def plan(
     selected by their pid there). ``pyspy``: the py-spy executable, None when it is
     missing. ``jattach``: whether JVM perf maps can be asked for. py-spy writes its
     raw stacks next to ``output`` (``py-spy-PID.txt``). ``offcpu_dwarf_unavailable``:
-    why perf cannot record an off-CPU profile here (None: it can).
+    why perf cannot record an off-CPU profile here (None: it can). ``memory_targets``:
+    alloc/leak, each target's allocator (found by the service).
     """
+    if request.type in memplan.MEMORY_TYPES:
+        return _plan_memory(
+            request, targets=memory_targets or [], target=target, limits=limits, pid_ns=pid_ns
+        )
+    if request.sample_period is not None or request.max_outstanding is not None:
+        raise Invalid(
+            "sample_period and max_outstanding apply to alloc and leak profiles",
+            field="sample_period" if request.sample_period is not None else "max_outstanding",
+        )
     if request.type == "off-cpu":
         if request.profiler == "py-spy" or request.python_native:
             raise Invalid(
@@ -778,4 +808,60 @@ def _plan_offcpu(
             for r in expected_unresolved([by_pid[p] for p in fp_pids], mode="fp")
             + expected_unresolved([by_pid[p] for p in dwarf_pids], mode="dwarf")
         ],
+    )
+
+
+def _plan_memory(
+    request: ProfileRequest,
+    *,
+    targets: list[memplan.MemoryTargetFacts],
+    target: str,
+    limits: Limits,
+    pid_ns: int,
+) -> Plan:
+    if request.frequency_hz is not None or request.profiler != "auto" or request.python_native:
+        raise Invalid(
+            "frequency_hz, profiler and python_native apply to cpu profiles: an alloc or leak "
+            "profile probes the C allocator with bpftrace",
+            field="frequency_hz" if request.frequency_hz is not None else "profiler",
+        )
+    if request.call_graph == "dwarf":
+        raise Invalid(
+            "alloc and leak profiles walk stacks by frame pointers in BPF (call_graph auto "
+            "or fp); dwarf is not available for them",
+            field="call_graph",
+        )
+    duration = _duration(request, limits)
+    if not targets:
+        raise Invalid("there is no process to profile", field="pid")
+    kind: Literal["alloc", "leak"] = "leak" if request.type == "leak" else "alloc"
+    if request.max_outstanding is not None and kind != "leak":
+        raise Invalid(
+            "max_outstanding applies to leak profiles (an alloc profile tracks no address)",
+            field="max_outstanding",
+        )
+    mem, text = memplan.plan_memory(
+        kind=kind,
+        targets=targets,
+        pid_ns=pid_ns,
+        duration_s=duration,
+        period=request.sample_period or alloc.DEFAULT_PERIOD,
+        max_outstanding=request.max_outstanding or alloc.DEFAULT_MAX_OUTSTANDING,
+    )
+    return Plan(
+        argv=[],
+        type=request.type,
+        program=text,
+        bpftrace_argv=alloc.argv(text, pids=[t.pid for t in targets if t.allocator is not None]),
+        pids=sorted(t.pid for t in targets if t.allocator is not None),
+        target=target,
+        duration_s=duration,
+        frequency_hz=0,
+        call_graph="fp",
+        call_graph_reason="allocator stacks walked by frame pointers in BPF at the "
+        "allocator's entry; the calling function, which that walk skips, is recovered from "
+        "the return address at the top of the stack",
+        timeout_s=duration + limits.timeout_slack_s,
+        unresolved=[],
+        memory=mem,
     )

@@ -75,7 +75,10 @@ def view(svc: profiling.Service, job: profiling.ProfileJob) -> profiling.Profile
             "pprof": f"{base}/profile.pb.gz",
         }
         argv = the_plan.argv if the_plan is not None else ["perf"]
-        if job.params.get("type", "cpu") == "off-cpu":
+        if job.params.get("type", "cpu") in ("alloc", "leak"):
+            links["bpftrace_output"] = f"{base}/{BPFTRACE_OUT}"
+            links["flamegraph_count"] = f"{base}/flamegraph.svg?weight=count"
+        elif job.params.get("type", "cpu") == "off-cpu":
             # Profiles made before the DWARF recorder ran bpftrace alone, from argv.
             bpftrace_argv = the_plan.bpftrace_argv if the_plan is not None else []
             tools = {a[0] for a in (argv, bpftrace_argv) if a}
@@ -107,10 +110,24 @@ def _json(v: profiling.ProfileView, status: int, **headers: str) -> JSONResponse
     return JSONResponse(v.model_dump(mode="json"), status_code=status, headers=headers or None)
 
 
-def _artifact(svc: profiling.Service, job: profiling.ProfileJob, name: str) -> FileResponse:
+WeightQuery = Annotated[
+    profiling.Weight,
+    Query(description="alloc/leak: bytes (the default) or count (allocations)"),
+]
+
+
+def _artifact(
+    svc: profiling.Service,
+    job: profiling.ProfileJob,
+    name: str,
+    weight: profiling.Weight = "bytes",
+) -> FileResponse:
+    profiling.require_weight(job, weight)
+    name = profiling.weighted(name, weight)
     path = svc.require_finished(job, name)
     assert path is not None
-    return FileResponse(path, media_type=_MEDIA[name], filename=f"{job.id}-{name}")
+    media = _MEDIA.get(name) or _MEDIA[name.replace(profiling.COUNT_SUFFIX, "")]
+    return FileResponse(path, media_type=media, filename=f"{job.id}-{name}")
 
 
 @router.post(
@@ -210,13 +227,13 @@ async def delete_profile(
 
 
 @router.get("/profiles/{job_id}/flamegraph.svg", **_artifact_route(SVG))
-async def flamegraph(svc: ServiceDep, job_id: JobId) -> FileResponse:
-    return _artifact(svc, svc.get(job_id), SVG)
+async def flamegraph(svc: ServiceDep, job_id: JobId, weight: WeightQuery = "bytes") -> FileResponse:
+    return _artifact(svc, svc.get(job_id), SVG, weight)
 
 
 @router.get("/profiles/{job_id}/speedscope.json", **_artifact_route(SPEEDSCOPE))
-async def speedscope(svc: ServiceDep, job_id: JobId) -> FileResponse:
-    return _artifact(svc, svc.get(job_id), SPEEDSCOPE)
+async def speedscope(svc: ServiceDep, job_id: JobId, weight: WeightQuery = "bytes") -> FileResponse:
+    return _artifact(svc, svc.get(job_id), SPEEDSCOPE, weight)
 
 
 @router.get("/profiles/{job_id}/profile.pb.gz", **_artifact_route(PPROF))
@@ -261,7 +278,13 @@ async def folded(
     jit: Flag = False,
     all: Flag = False,
     addrs: Flag = False,
+    weight: WeightQuery = "bytes",
 ) -> FileResponse:
     """Collapsed stacks (stackcollapse-perf.pl format); the flags are its options."""
     options = CollapseOptions(pid=pid, tid=tid, kernel=kernel, jit=jit, all=all, addrs=addrs)
-    return _folded_file(await svc.folded(svc.get(job_id), options))
+    job = svc.get(job_id)
+    profiling.require_weight(job, weight)
+    path = await svc.folded(job, options)
+    if weight == "count":
+        path = path.with_name(profiling.weighted(path.name, weight))
+    return _folded_file(path)

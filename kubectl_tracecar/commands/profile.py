@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from kubectl_tracecar._agent import AgentClient
 
 _EP = "POST /profiles"
-TYPE = Wire("--type", _EP, "type", choices=("cpu", "off-cpu"))
+TYPE = Wire("--type", _EP, "type", choices=("cpu", "off-cpu", "alloc", "leak"))
 PROFILER = Wire("--profiler", _EP, "profiler", choices=("auto", "perf", "py-spy"))
 PID = Wire("--pid", _EP, "pid", ge=1, le=PID_MAX)
 CONTAINER_FLAG = Wire("-c", _EP, "container", pattern=CONTAINER)
@@ -89,7 +89,9 @@ def flags(p: argparse.ArgumentParser) -> None:
         p,
         "--type",
         default="cpu",
-        help="cpu: time on CPU; off-cpu: time blocked or waiting, weighted by that time",
+        help="cpu: time on CPU; off-cpu: time blocked or waiting, weighted by that time; "
+        "alloc: where memory is allocated (C allocator; Java methods too), by bytes; leak: "
+        "allocations not freed by the end, by bytes",
     )
     PROFILER.add(
         p,
@@ -311,8 +313,15 @@ def _write(o: ProfileOptions, results: dict[str, Result], *, single: bool) -> di
         if o.format == "folded":
             merged = format_folded(stacks).encode()
         else:
-            title = f"CPU profile of {len(results)} pods ({o.duration_s:g}s)"
-            merged = render_svg(stacks, title=title, subtitle=", ".join(sorted(results))).encode()
+            memory = o.type in ("alloc", "leak")
+            what = {"alloc": "Allocation", "leak": "Leak"}.get(o.type, "CPU")
+            title = f"{what} profile of {len(results)} pods ({o.duration_s:g}s)"
+            merged = render_svg(
+                stacks,
+                title=title,
+                subtitle=", ".join(sorted(results)),
+                count_name="bytes" if memory else "samples",
+            ).encode()
         _output.write_whole(o.output, merged)
     return summaries
 
@@ -338,7 +347,9 @@ def _summary(job: dict[str, Any], file: str) -> dict[str, Any]:
     meta = job.get("metadata") or {}
     warnings = [str(w) for w in meta.get("warnings") or []]
     warnings += [str(w) for w in (meta.get("plan") or {}).get("unresolved") or []]
-    summary = {"id": job["id"], "samples": meta.get("samples"), "file": file, "warnings": warnings}
+    # A memory profile's count is its sampled allocations.
+    samples = meta.get("samples", (meta.get("memory") or {}).get("sampled"))
+    summary = {"id": job["id"], "samples": samples, "file": file, "warnings": warnings}
     if "push" in job:
         summary["push"] = job["push"]
     return summary

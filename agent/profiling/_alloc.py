@@ -1,0 +1,427 @@
+"""Execution of a memory profile (``alloc``, ``leak``): the allocator found, bpftrace run,
+its output folded by bytes and by allocations, every output written in both weights.
+
+Owned here:
+
+* :func:`find_allocator`: the object that defines a target's ``malloc`` (the executable
+  when statically linked with its symbols, else jemalloc or tcmalloc when mapped, else
+  the C library) and its allocation functions;
+* :class:`SymbolSnapshot`: the targets' mappings and symbol tables, read when the
+  recording starts (and again at its end, while they live), so a target that exits
+  during the profile keeps its function names;
+* :func:`run`: bpftrace through :mod:`agent._proc` (own process group, a timeout of
+  duration + slack, always reaped; SIGINT on stop, so END prints what was recorded),
+  progress (``attached``), the notes (sampling, drops, lost stacks, exits), and the
+  artifacts: ``folded.txt``/``flamegraph.svg``/``speedscope.json`` weighted by bytes,
+  their ``-count`` twins weighted by allocations, ``profile.pb.gz`` with both sample
+  types, and bpftrace's raw output ``bpftrace.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from agent import _proc, procfs, symbols
+from agent.errors import Conflict, Invalid, NotFound
+from agent.jobs import Job, atomic_path, write_atomic
+from agent.profiling import _jfr, alloc
+from agent.profiling._artifacts import BPFTRACE_OUT, FOLDED, PPROF, SPEEDSCOPE, SVG
+from agent.profiling._result import ProfileResult, TargetSeen
+from agent.profiling.memplan import MemoryTargetFacts
+from agent.profiling.perf_record import run_to_end
+from agent.profiling.planner import Plan, TargetFacts
+from tracecar_formats.collapse import format_folded
+
+ProfileJob = Job[ProfileResult]
+Weight = Literal["bytes", "count"]
+COUNT_SUFFIX = "-count"
+_NOISE = ("RLIMIT_MEMLOCK", "Attaching ", "WARNING: Addrspace mismatch")
+_LOST_STACK = "failed to look up stack id"
+_THIRD_PARTY = {"jemalloc": "jemalloc", "tcmalloc": "tcmalloc"}
+
+
+def weighted(name: str, weight: Weight) -> str:
+    """The artifact holding ``name`` weighted by ``weight`` (bytes: the name itself)."""
+    if weight == "bytes" or name == PPROF:  # the pprof file holds both sample types
+        return name
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}{COUNT_SUFFIX}{dot}{ext}"
+
+
+def _candidates(pid: int, exe: str | None) -> list[tuple[str, str]]:
+    """(flavor, path) to look for malloc in, in the order the dynamic linker would
+    find it: the executable, an allocator library it links, the C library."""
+    out: list[tuple[str, str]] = []
+    if exe:
+        out.append(("static", exe))
+    libs = [m.path for m in symbols.maps(pid) if m.executable]
+    for path in dict.fromkeys(libs):
+        base = os.path.basename(path)
+        for key, flavor in _THIRD_PARTY.items():
+            if key in base:
+                out.append((flavor, path))
+    for path in dict.fromkeys(libs):
+        base = os.path.basename(path)
+        if base.startswith("libc.so") or base.startswith("libc-") or base.startswith("ld-musl"):
+            out.append(("glibc" if "musl" not in base else "musl", path))
+    return out
+
+
+def find_allocator(fact: TargetFacts) -> MemoryTargetFacts:
+    """The allocator of one target, or why there is none to probe."""
+    pid = fact.pid
+    try:
+        cands = _candidates(pid, fact.exe)
+    except NotFound as e:
+        return MemoryTargetFacts(pid, fact.comm, fact.runtime, None, f"gone: {e}")
+    for flavor, path in cands:
+        try:
+            host = procfs.resolve_in_root(pid, path)
+            syms = symbols.object_symbols(host)
+            st = host.stat()
+        except (NotFound, Invalid, OSError):
+            continue
+        by_name = {s.name: s for s in syms.functions}
+        if "malloc" not in by_name or "free" not in by_name:
+            continue
+        functions: list[str] = []
+        seen_at: set[int] = set()
+        for name in (*alloc.ENTRY_FUNCTIONS, *alloc.FREE_FUNCTIONS):
+            sym = by_name.get(name)
+            # Two names at one address (glibc's aligned_alloc is memalign): one probe,
+            # or each call would count twice.
+            if sym is None or sym.address in seen_at:
+                continue
+            seen_at.add(sym.address)
+            functions.append(name)
+        return MemoryTargetFacts(
+            pid,
+            fact.comm,
+            fact.runtime,
+            alloc.Allocator(
+                pid=pid,
+                flavor=flavor,
+                path=path,
+                host_path=str(host),
+                functions=tuple(functions),
+                identity=(st.st_dev, st.st_ino),
+            ),
+        )
+    if fact.runtime == "go":
+        why = (
+            "a Go program without cgo: Go's runtime allocates without malloc (no C "
+            "allocator to probe); use the runtime's heap profile (net/http/pprof)"
+        )
+    elif fact.stripped:
+        why = (
+            f"no allocator symbols: {fact.exe or fact.comm} is statically linked and stripped "
+            "(no malloc in its symbol tables) and maps no C library"
+        )
+    else:
+        why = f"no allocator symbols: neither {fact.exe or fact.comm} nor a library it maps "
+        why += "defines malloc and free"
+    return MemoryTargetFacts(pid, fact.comm, fact.runtime, None, why)
+
+
+class SymbolSnapshot:
+    """The targets' mappings and their objects' symbols, kept for after they exit."""
+
+    def __init__(self) -> None:
+        self._maps: dict[int, list[symbols.Mapping]] = {}
+        self._objects: dict[tuple[int, str], symbols.ObjectSymbols | None] = {}
+
+    def take(self, pids: list[int]) -> None:
+        for pid in pids:
+            try:
+                mappings = symbols.maps(pid)
+            except NotFound:
+                continue  # gone: what was read before stays
+            self._maps[pid] = mappings
+            for m in mappings:
+                if m.executable and (pid, m.path) not in self._objects:
+                    try:
+                        syms = symbols.object_symbols(procfs.resolve_in_root(pid, m.path))
+                    except (NotFound, Invalid):
+                        syms = None
+                    self._objects[(pid, m.path)] = syms
+
+    def names(self, pid: int, addresses: list[int]) -> list[str]:
+        """As :func:`agent.symbols.function_names`, from the snapshot."""
+        mappings = self._maps.get(pid, [])
+        out = []
+        for a in addresses:
+            name = "[unknown]"
+            for m in mappings:
+                if m.start <= a < m.end:
+                    syms = self._objects.get((pid, m.path))
+                    base = os.path.basename(m.path)
+                    if syms is None:
+                        name = f"[{base}]"
+                    else:
+                        sym = syms.function_at(syms.offset_to_vaddr(a - m.start + m.offset))
+                        name = sym.name if sym is not None else f"[{base}]"
+                    break
+            out.append(name)
+        return out
+
+
+async def _watch_attached(job: ProfileJob, path: Path, save: Callable[[ProfileJob], None]) -> None:
+    """Progress: ``attached`` once bpftrace's BEGIN says every probe is in (allocations
+    from then on are recorded)."""
+    marker = f'"data": "{alloc.ATTACHED}"'.encode()
+    while True:
+        await asyncio.sleep(0.2)
+        try:
+            with path.open("rb") as f:
+                head = f.read(4096)
+        except OSError:
+            continue
+        if marker in head:
+            job.result.attached = True
+            job.result.attached_at = time.time()
+            save(job)
+            return
+
+
+async def run(
+    job: ProfileJob, the_plan: Plan, *, save: Callable[[ProfileJob], None], comms: dict[int, str]
+) -> None:
+    """Record, fold and render one memory profile (``job.result`` is its metadata)."""
+    meta = job.result
+    mem = the_plan.memory
+    assert mem is not None
+    snapshot = SymbolSnapshot()
+    await asyncio.to_thread(snapshot.take, the_plan.pids)
+    jvms = [t.pid for t in mem.targets if t.runtime == "java" and t.pid in the_plan.pids]
+    no_jfr = _jfr.available() if jvms and mem.kind == "alloc" else None
+    jfr_runs: list[_jfr.JfrRun] = []
+    if jvms and mem.kind == "alloc" and no_jfr is None:
+        jfr_runs = [await _jfr.start(pid, job.id) for pid in jvms]
+    try:
+        text, stderr, stopped_early = await _record(job, the_plan, save)
+    finally:
+        # Each JVM's recording is dumped, read, stopped and its file removed, whatever
+        # happened to bpftrace: nothing is left in the target.
+        for r in jfr_runs:
+            await _jfr.finish(
+                r, comm=comms.get(r.pid, "java"), keep=job.artifact(f"jfr-{r.pid}.jfr")
+            )
+    meta.recording_finished_at = time.time()
+    meta.phase = "post-processing"
+    save(job)
+    await asyncio.to_thread(snapshot.take, the_plan.pids)  # libraries loaded meanwhile
+    parsed = await asyncio.to_thread(alloc.parse_output, text)
+    by_bytes, by_count = await asyncio.to_thread(
+        alloc.fold, parsed.sites, names=snapshot.names, comms=comms
+    )
+    java_notes: list[str] = []
+    for r in jfr_runs:
+        for k, v in r.stacks_bytes.items():
+            by_bytes[k] = by_bytes.get(k, 0) + v
+        for k, v in r.stacks_count.items():
+            by_count[k] = by_count.get(k, 0) + v
+        if r.message:
+            java_notes.append(f"pid {r.pid} (java): no Java allocation samples: {r.message}")
+        else:
+            java_notes.append(
+                f"pid {r.pid} (java): Java methods from the JVM's allocation sampling (JFR "
+                f"jdk.ObjectAllocationSample, weighted by the bytes each sample stands for; "
+                f"{sum(r.stacks_count.values())} samples) under [java]; the rest is its "
+                "native memory"
+            )
+    if no_jfr is not None:
+        java_notes.append(f"Java targets: no allocation sampling by Java method ({no_jfr})")
+    lost_stacks = stderr.count(_LOST_STACK)
+    warnings = [
+        ln.strip()
+        for ln in stderr.splitlines()
+        if ln.strip() and not any(n in ln for n in _NOISE) and _LOST_STACK not in ln
+    ]
+    exited = [p for p in the_plan.pids if not procfs.pid_exists(p)]
+    meta.stopped_early = stopped_early
+    meta.bpftrace_warnings = warnings[:20]
+    meta.exited_pids = exited
+    meta.weights = ["bytes", "count"]
+    meta.sampling = {
+        "period": mem.period,
+        "large_bytes": mem.large_bytes,
+        "said": mem.sampling,
+    }
+    meta.memory = _summary(mem.kind, parsed, by_bytes, by_count, lost_stacks)
+    notes = _notes(mem.kind, meta.memory or {}, exited, stopped_early, mem.max_outstanding)
+    meta.notes = notes + java_notes
+    meta.targets = [
+        TargetSeen(pid=t.pid, comm=t.comm, runtime=t.runtime, exited=t.pid in exited)
+        for t in mem.targets
+    ]
+    await asyncio.to_thread(_render_all, job, the_plan, by_bytes, by_count)
+    meta.phase = "done"
+    meta.artifacts = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
+    if stopped_early:
+        job.message = "stopped early on request; what was recorded is kept"
+
+
+async def _record(
+    job: ProfileJob, the_plan: Plan, save: Callable[[ProfileJob], None]
+) -> tuple[str, str, bool]:
+    """bpftrace until its timer, a stop or the timeout: its output, messages, and whether
+    it was stopped early."""
+    mem = the_plan.memory
+    assert mem is not None
+    output = job.artifact(BPFTRACE_OUT)
+    kind: alloc.MemoryKind = "leak" if mem.kind == "leak" else "alloc"
+    env = {**os.environ, **alloc.env(max_outstanding=mem.max_outstanding, kind=kind)}
+    with atomic_path(output) as part:
+        with part.open("wb") as out:
+            child = await _proc.Child.start(the_plan.bpftrace_argv, stdout=out.fileno(), env=env)
+        watcher = asyncio.ensure_future(_watch_attached(job, part, save))
+        try:
+            rc, stderr, stopped_early = await run_to_end(
+                child, the_plan, stop=job.stop_requested, tool="bpftrace"
+            )
+        finally:
+            watcher.cancel()
+        text = await asyncio.to_thread(part.read_text, encoding="utf-8", errors="replace")
+        if rc != 0 and '"type": "map"' not in text:
+            said = "\n".join(ln for ln in stderr.splitlines() if "RLIMIT_MEMLOCK" not in ln)
+            raise _proc.ToolFailed(
+                f"bpftrace failed: {_proc.tool_message(said, rc)}",
+                argv=the_plan.bpftrace_argv,
+                returncode=rc,
+                stderr=stderr,
+            )
+    return text, stderr, stopped_early
+
+
+def _summary(
+    kind: str,
+    parsed: alloc.AllocOutput,
+    by_bytes: dict[str, int],
+    by_count: dict[str, int],
+    lost_stacks: int,
+) -> dict[str, Any]:
+    per_pid = {
+        str(pid): {
+            "allocations": s.calls,
+            "allocated_bytes": s.bytes,
+            "sampled": s.sampled,
+            "frees": s.frees,
+            "dropped": s.dropped,
+            "dropped_bytes": s.dropped_bytes,
+        }
+        for pid, s in sorted(parsed.stats.items())
+    }
+    label = "outstanding" if kind == "leak" else "allocated"
+    return {
+        "kind": kind,
+        f"{label}_bytes_estimated": sum(by_bytes.values()),
+        f"{label}_allocations_estimated": sum(by_count.values()),
+        "allocations_counted": sum(s.calls for s in parsed.stats.values()),
+        "bytes_counted": sum(s.bytes for s in parsed.stats.values()),
+        "sampled": sum(s.sampled for s in parsed.stats.values()),
+        "dropped": sum(s.dropped for s in parsed.stats.values()),
+        "dropped_bytes": sum(s.dropped_bytes for s in parsed.stats.values()),
+        "lost_stacks": lost_stacks,
+        "probes_attached": parsed.attached_probes,
+        "by_pid": per_pid,
+    }
+
+
+def _notes(
+    kind: str, summary: dict[str, Any], exited: list[int], stopped: bool, cap: int
+) -> list[str]:
+    notes: list[str] = []
+    if exited:
+        notes.append(
+            f"pid(s) {', '.join(map(str, exited))} exited during the recording; what was "
+            "recorded up to then is kept (named from the symbols read at the start)"
+        )
+    if summary["allocations_counted"] == 0:
+        notes.append("no allocations: the targets did not call the allocator while recording")
+    elif kind == "alloc":
+        notes.append(
+            f"{summary['allocations_counted']} allocations ({summary['bytes_counted']} bytes) "
+            f"were counted exactly; {summary['sampled']} were sampled with their stacks, "
+            f"weighted to an estimate of {summary['allocated_bytes_estimated']} bytes"
+        )
+    if summary["dropped"]:
+        notes.append(
+            f"leak: {summary['dropped']} sampled allocations (about {summary['dropped_bytes']} "
+            f"bytes) were not tracked: {cap} were outstanding at once (the bound); the leak "
+            "graph misses them"
+        )
+    if summary["lost_stacks"]:
+        notes.append(
+            f"{summary['lost_stacks']} stacks did not fit bpftrace's stack map (hash "
+            "collisions or a full map): their allocations are counted without a stack"
+        )
+    if kind == "leak" and stopped:
+        notes.append("stopped early: outstanding means not freed when it was stopped")
+    return notes
+
+
+def _render_all(
+    job: ProfileJob, the_plan: Plan, by_bytes: dict[str, int], by_count: dict[str, int]
+) -> None:
+    from tracecar_formats.flamegraph import render_svg
+    from tracecar_formats.memprofile import to_memory_pprof
+    from tracecar_formats.speedscope import to_speedscope
+
+    meta = job.result
+    mem = the_plan.memory
+    assert mem is not None
+    started = meta.recording_started_at or job.created_at
+    finished = meta.recording_finished_at or time.time()
+    seconds = max(finished - started, 0.0)
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
+    what = "Leak" if mem.kind == "leak" else "Allocation"
+    title = f"{what} profile of {the_plan.target}"
+    how = "outstanding at the end" if mem.kind == "leak" else "allocated"
+    views: tuple[tuple[Weight, dict[str, int]], ...] = (("bytes", by_bytes), ("count", by_count))
+    for weight, stacks in views:
+        unit = "bytes" if weight == "bytes" else "allocations"
+        subtitle = (
+            f"{seconds:.1f} s, {when}; widths: {unit} {how}, {sum(stacks.values())} in all; "
+            f"sampling: {mem.sampling}"
+        )
+        name = "bytes" if weight == "bytes" else "allocations"
+        write_atomic(job.artifact(weighted(FOLDED, weight)), format_folded(stacks))
+        write_atomic(
+            job.artifact(weighted(SVG, weight)),
+            render_svg(stacks, title=title, subtitle=subtitle, count_name=name),
+        )
+        write_atomic(
+            job.artifact(weighted(SPEEDSCOPE, weight)),
+            json.dumps(
+                to_speedscope(
+                    stacks,
+                    name=f"{title} ({subtitle})",
+                    unit="bytes" if weight == "bytes" else "none",
+                )
+            ),
+        )
+    write_atomic(
+        job.artifact(PPROF),
+        to_memory_pprof(
+            by_bytes,
+            by_count,
+            inuse=mem.kind == "leak",
+            duration_ns=round(seconds * 1e9),
+            time_ns=round(started * 1e9),
+        ),
+    )
+
+
+def require_weight(job: ProfileJob, weight: Weight) -> None:
+    """409 for ``weight=count`` on a profile that has no second weight."""
+    if weight == "count" and job.params.get("type", "cpu") not in ("alloc", "leak"):
+        raise Conflict(
+            f"profile {job.id} is {job.params.get('type', 'cpu')}: weight=count applies to "
+            "alloc and leak profiles (their outputs are weighted by bytes by default)"
+        )

@@ -1,0 +1,169 @@
+"""The pure plan of a memory profile (``type``: ``alloc`` or ``leak``): each target's
+allocator, what its runtime lets the C-allocator view see (and not), the sampling, and
+the bpftrace program of :mod:`agent.profiling.alloc`.
+
+Nothing here touches the system: :mod:`agent.profiling._alloc` finds each target's
+allocator (the object that defines ``malloc`` for it, read through /proc/PID/root) and
+the planner (:func:`agent.profiling.planner.plan`) hands it here; ``dry_run`` shows the
+:class:`MemoryPlan` unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+
+from agent.errors import Conflict
+from agent.profiling import alloc
+
+MEMORY_TYPES = ("alloc", "leak")
+MAX_TARGETS = 64
+"""Processes one memory profile may watch: each one's allocator calls trap into the
+kernel, so a whole big pod at once is rarely what is meant."""
+
+# What the C-allocator view sees of each runtime, said in /capabilities and the plan.
+RUNTIME_NOTES: dict[str, str] = {
+    "native": "every allocation through the C allocator, by native stack",
+    "go": "Go's runtime allocates its heap itself (arenas it maps), not with malloc: Go "
+    "objects do not show, only what cgo and C libraries allocate; for the Go heap, use the "
+    "runtime's own heap profile (net/http/pprof's /debug/pprof/heap)",
+    "node": "V8 keeps JavaScript objects on its own heap (pages it maps): they do not show; "
+    "native memory does (Buffers' and ArrayBuffers' backing stores, addons, libuv), under "
+    "node's C++ frames",
+    "python": "objects of 512 bytes or less come from pymalloc's 256 KiB arenas (one "
+    "allocation per arena): the C-allocator view shows arenas and large objects under the "
+    "interpreter's C frames, not Python functions (docs/memory.md: Python frames)",
+    "java": "alloc: Java methods from the JVM's own allocation sampling (JFR's "
+    "jdk.ObjectAllocationSample through jattach, under [java]), beside the JVM's native "
+    "memory (JIT, GC structures, direct buffers, JNI) by native stack; leak: the native "
+    "memory only (the Java heap is reserved once at start: use the class histogram)",
+    "dotnet": "the GC heap is reserved by the runtime: managed objects do not show; native "
+    "memory does (the runtime's own, interop), by native stack",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryTargetFacts:
+    """What the memory planner needs of one target (the service gathers it)."""
+
+    pid: int
+    comm: str
+    runtime: str
+    allocator: alloc.Allocator | None
+    why_none: str = ""
+    """Why no allocator was found (a static stripped binary, a pure Go one...)."""
+
+
+class MemoryTarget(BaseModel):
+    pid: int
+    comm: str
+    runtime: str
+    allocator: str | None = Field(description="glibc, jemalloc, tcmalloc, static, or none")
+    object: str | None = Field(default=None, description="the object probed, as it sees it")
+    functions: list[str] = Field(default_factory=list)
+    sees: str = Field(description="what the C-allocator view shows of this runtime")
+
+
+class MemoryPlan(BaseModel):
+    kind: str
+    period: int = Field(description="one allocation smaller than large_bytes in this many")
+    large_bytes: int = Field(description="allocations of at least this size: every one")
+    max_outstanding: int = Field(description="leak: sampled allocations tracked at once")
+    sampling: str
+    targets: list[MemoryTarget]
+    skipped: list[str] = Field(
+        default_factory=list, description="targets without an allocator to probe, and why"
+    )
+    notes: list[str] = Field(default_factory=list)
+
+
+def plan_memory(
+    *,
+    kind: alloc.MemoryKind,
+    targets: list[MemoryTargetFacts],
+    pid_ns: int,
+    duration_s: float,
+    period: int,
+    large_bytes: int = alloc.DEFAULT_LARGE_BYTES,
+    max_outstanding: int = alloc.DEFAULT_MAX_OUTSTANDING,
+) -> tuple[MemoryPlan, str]:
+    """The memory plan and its bpftrace program; 409 when no target has an allocator."""
+    if len(targets) > MAX_TARGETS:
+        raise Conflict(
+            f"a memory profile watches at most {MAX_TARGETS} processes ({len(targets)} "
+            "asked): name a pid, pids or a container"
+        )
+    usable = [t for t in targets if t.allocator is not None]
+    skipped = [f"pid {t.pid} ({t.comm}): {t.why_none}" for t in targets if t.allocator is None]
+    if not usable:
+        raise Conflict(
+            "no target has an allocator to probe: "
+            + "; ".join(skipped[:10])
+            + ". A memory profile probes malloc and free in the C library (glibc), jemalloc, "
+            "tcmalloc, or an executable that is statically linked with its symbols"
+        )
+    probes: dict[tuple[int, int] | str, alloc.Probe] = {}
+    for t in usable:
+        a = t.allocator
+        assert a is not None
+        # One set of probes per file: the same libc reached through two targets' roots is
+        # one inode, and two uprobes there would count each call twice.
+        key: tuple[int, int] | str = a.identity if a.identity != (0, 0) else a.host_path
+        probes.setdefault(key, alloc.Probe(a.host_path, a.functions))
+    text = alloc.program(
+        kind=kind,
+        pids=[t.pid for t in usable],
+        probes=list(probes.values()),
+        pid_ns=pid_ns,
+        duration_s=duration_s,
+        period=period,
+        large_bytes=large_bytes,
+        max_outstanding=max_outstanding,
+    )
+    sampling = (
+        f"every allocation of {large_bytes} bytes or more, and one smaller allocation in "
+        f"{period} at random, weighted {period} times"
+        if period > 1
+        else "every allocation"
+    )
+    notes = [
+        "every allocator call of the targets traps into the kernel (a uprobe, ~2 us here; "
+        "bench/memory_bench.py), sampled or not: an app allocating a million times a "
+        "second slows down several-fold while the profile runs",
+        "bpftrace attaches to the allocator's file for every process that maps it: other "
+        "processes of the node using the same file trap too (the program returns at once "
+        "for them)",
+    ]
+    if kind == "leak":
+        notes.append(
+            "leak: free is probed too; glibc's free begins with an instruction the kernel "
+            "cannot emulate, so each call is single-stepped (tens of microseconds in a VM; "
+            "bench/memory_bench.py)"
+        )
+        notes.append(
+            "leak: allocations made during the window and not freed by its end; what was "
+            "allocated before it started is not seen (its frees are ignored)"
+        )
+    out = MemoryPlan(
+        kind=kind,
+        period=period,
+        large_bytes=large_bytes,
+        max_outstanding=max_outstanding,
+        sampling=sampling,
+        targets=[
+            MemoryTarget(
+                pid=t.pid,
+                comm=t.comm,
+                runtime=t.runtime,
+                allocator=t.allocator.flavor if t.allocator else None,
+                object=t.allocator.path if t.allocator else None,
+                functions=list(t.allocator.functions) if t.allocator else [],
+                sees=RUNTIME_NOTES.get(t.runtime, RUNTIME_NOTES["native"]),
+            )
+            for t in sorted(targets, key=lambda t: t.pid)
+        ],
+        skipped=skipped,
+        notes=notes,
+    )
+    return out, text

@@ -1,0 +1,119 @@
+"""Memory workloads with known byte counts, for alloc and leak profiles.
+
+ALLOC_C waits for SIGUSR1 (so a test starts the work once the probes are in), then
+runs ROUNDS rounds of two named functions and prints ``done``:
+
+* ``balanced_work``: 64 blocks of 1000 bytes, all freed before it returns;
+* ``leaky_work``: 16 blocks of 500 bytes, kept for ever.
+
+Per round: 64,000 bytes allocated (and freed) by the first, 8,000 bytes allocated (and
+leaked) by the second. Built -O1 -g -fno-omit-frame-pointer; the stores through
+``volatile`` keep the compiler from removing the allocations. With the argument
+``exit`` it exits right after the rounds (a target leaving mid-profile).
+"""
+
+from __future__ import annotations
+
+ROUNDS = 2000
+BALANCED_BYTES = 64 * 1000
+LEAKY_BYTES = 16 * 500
+
+ALLOC_C = r"""
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t go;
+static void on_usr1(int s) { (void)s; go = 1; }
+static void *volatile kept[16 * 100000];
+static int nkept;
+
+__attribute__((noinline)) void balanced_work(void) {
+    void *p[64];
+    for (int i = 0; i < 64; i++) { p[i] = malloc(1000); *(volatile char *)p[i] = 1; }
+    for (int i = 0; i < 64; i++) free(p[i]);
+    __asm__ volatile("");
+}
+
+__attribute__((noinline)) void leaky_work(void) {
+    for (int i = 0; i < 16; i++) { kept[nkept] = malloc(500); *(volatile char *)kept[nkept++] = 1; }
+    __asm__ volatile("");
+}
+
+int main(int argc, char **argv) {
+    int rounds = ROUNDS;
+    signal(SIGUSR1, on_usr1);
+    printf("ready\n"); fflush(stdout);
+    while (!go) pause();
+    for (int r = 0; r < rounds; r++) { balanced_work(); leaky_work(); }
+    printf("done\n"); fflush(stdout);
+    if (argc > 1 && strcmp(argv[1], "exit") == 0) return 0;
+    for (;;) pause();
+}
+""".replace("ROUNDS;", f"{ROUNDS};")
+ALLOC_C_FLAGS = ("-O1", "-g", "-fno-omit-frame-pointer")
+
+# No allocator symbols: a static binary, stripped.
+STATIC_C = r"""
+#include <unistd.h>
+int main(void) { for (;;) pause(); }
+"""
+
+# Python: a cache that only grows vs. a loop that allocates and drops. After SIGUSR1,
+# PY_ROUNDS rounds: grow_cache keeps one 4096-byte bytearray (its buffer, over pymalloc's
+# 512-byte limit, comes from malloc), churn allocates eight and drops them; then "done".
+PY_ROUNDS = 5000
+PY_BLOCK = 4096
+PY_MEMORY = r"""
+import signal
+
+CACHE = []
+go = False
+
+
+def on_usr1(signum, frame):
+    global go
+    go = True
+
+
+def grow_cache():
+    CACHE.append(bytearray(4096))
+
+
+def churn():
+    junk = [bytearray(4096) for _ in range(8)]
+    del junk
+
+
+signal.signal(signal.SIGUSR1, on_usr1)
+print("ready", flush=True)
+while not go:
+    signal.pause()
+for _ in range(ROUNDS):
+    grow_cache()
+    churn()
+print("done", flush=True)
+while True:
+    signal.pause()
+""".replace("ROUNDS", str(PY_ROUNDS))
+
+# Java: one method allocates 64 KiB arrays, another 64-byte ones, 1:1 in calls (1000:1 in
+# bytes): the first must be the top allocator by bytes. The class is named Chain so the
+# tests' build_java compiles it.
+JAVA_ALLOC = r"""
+import java.util.*;
+public class Chain {
+    static long sink;
+    static void bigAllocator() { byte[] b = new byte[64 * 1024]; sink += b.length; }
+    static void smallAllocator() { byte[] b = new byte[64]; sink += b.length; }
+    public static void main(String[] a) throws Exception {
+        System.out.println("ready");
+        while (true) {
+            for (int i = 0; i < 100; i++) { bigAllocator(); smallAllocator(); }
+            Thread.sleep(1);
+        }
+    }
+}
+"""
