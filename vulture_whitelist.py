@@ -32,12 +32,48 @@ cpu_time_s, rss_bytes, start_time_s, call_graph_reason, profilers, url_expires_i
 taken_at, DROP_REASONS
 # The typed results and response models (ProfileResult, ProfileView, ProbeView,
 # SessionView, TriggerView, RecorderStatus): fields set for the answer and job.json.
-_.artifacts, _.bpftrace_warnings, _.dropped_samples, _.folded_samples, _.jvm_perf_maps,
-_.leaf_callers_recovered, _.lost_samples, _.off_cpu_us, _.perf_warnings, artifacts,
-bpftrace_warnings, cpu_percent_now, deleted, dropped_by_rate_limit, dropped_samples,
-elapsed_s, ends_at, evicted_buckets, folded_samples, fraction, jvm_perf_maps,
-leaf_callers_recovered, lost_by_tracer, lost_samples, metadata, off_cpu_us,
-perf_maps_used, perf_warnings, requested_from, requested_to,
+(
+    _.artifacts,
+    _.bpftrace_warnings,
+    _.dropped_samples,
+    _.folded_samples,
+    _.jvm_perf_maps,
+)
+(
+    _.leaf_callers_recovered,
+    _.lost_samples,
+    _.off_cpu_us,
+    _.perf_warnings,
+    artifacts,
+)
+(
+    bpftrace_warnings,
+    cpu_percent_now,
+    deleted,
+    dropped_by_rate_limit,
+    dropped_samples,
+)
+(
+    elapsed_s,
+    ends_at,
+    evicted_buckets,
+    folded_samples,
+    fraction,
+    jvm_perf_maps,
+)
+(
+    leaf_callers_recovered,
+    lost_by_tracer,
+    lost_samples,
+    metadata,
+    off_cpu_us,
+)
+(
+    perf_maps_used,
+    perf_warnings,
+    requested_from,
+    requested_to,
+)
 samples_with_unresolved_frames
 # Off-CPU recording statistics (agent.profiling.offcpu_fold.TimedStats): counted for the
 # notes and the tests, even where no note reads them.

@@ -76,8 +76,16 @@ class RenderInfo:
         return f"{head}; {self.details}" if self.details else head
 
 
-def render(stacks: Mapping[str, int], fmt: Format, info: RenderInfo) -> bytes:
-    """``stacks`` (folded, root first) as ``fmt``, titled and weighted by ``info``."""
+def render(
+    stacks: Mapping[str, int],
+    fmt: Format,
+    info: RenderInfo,
+    *,
+    sources: Mapping[str, tuple[str, int]] | None = None,
+) -> bytes:
+    """``stacks`` (folded, root first) as ``fmt``, titled and weighted by ``info``;
+    ``sources`` (frame -> file and first line, where a symbolizer knows them) go into
+    pprof's Function records."""
     if fmt == "folded":
         return format_folded(stacks).encode()
     if fmt == "svg":
@@ -99,4 +107,5 @@ def render(stacks: Mapping[str, int], fmt: Format, info: RenderInfo) -> bytes:
         duration_ns=round(info.duration_s * 1e9),
         time_ns=round(info.started_at * 1e9),
         sample_types=info.sample_types,
+        sources=sources,
     )

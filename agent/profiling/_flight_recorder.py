@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent import _proc, procfs, symbols
+from agent import _proc, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import write_atomic
 from agent.profiling import _pyspy_record, offcpu_fold
@@ -64,6 +64,9 @@ from agent.profiling._result import ProfileResult
 from agent.profiling._service import ProfileJob, Service
 from agent.profiling.offcpu_fold import argv, fold, parse_output, sampler_program
 from agent.profiling.planner import Plan, Targets, in_range
+from agent.settings import get_settings
+from agent.symbolize.resolver import Symbolizer, debuginfod_cache
+from agent.symbolize.ustacks import UserStacks
 from tracecar_formats.collapse import format_folded
 
 __all__ = ["FlightRecorder", "GroupSamples", "RecorderRequest", "Slice", "when"]
@@ -77,6 +80,8 @@ DEFAULT_MAX_BYTES = 16 << 20
 MIN_RETAIN_S = 2.0
 MIN_BYTES = 256
 JVM_MAP_EVERY_S = 60.0
+NAMES_RENEW_S = 60.0
+"""The sampler's symbolizer is renewed this often (libraries loaded or unloaded since)."""
 PYSPY_GIVE_UP_AFTER = 5
 """Consecutive failed py-spy runs after which a process is left to the sampler."""
 PYSPY_GIVE_UP_BEFORE_FIRST = 30
@@ -148,7 +153,13 @@ class _Run:
     jit: JitNames = field(default_factory=JitNames)
     scratch: Path | None = None
     sampler_delay_s: float | None = None  # how late bpftrace's last second arrived
+    sampler_delay_max_s: float = 0.0
+    python_delay_max_s: float = 0.0  # how late a py-spy run's second arrived, at most
     side_tasks: set[asyncio.Task[None]] = field(default_factory=set)  # jattach asks
+    names: UserStacks | None = None  # the sampler's symbolizer (used in one thread at a time)
+    names_since: float = 0.0
+    names_stale: bool = False  # a process exited or exec'd: its pid's names may lie
+    leaf_fixes: int = 0  # frameless leaves' callers put back, by former symbolizers
 
 
 def _describe(pid: int) -> ProcessMeta | None:
@@ -284,12 +295,17 @@ class FlightRecorder:
             "sampler_delay_s": None
             if run.sampler_delay_s is None
             else round(run.sampler_delay_s, 3),
+            # Where the lag comes from: the latest seconds' arrival after they ended.
+            "sampler_delay_max_s": round(run.sampler_delay_max_s, 3),
+            "python_delay_max_s": round(run.python_delay_max_s, 3),
             "bytes": ring.size,
             "buckets": len(ring.buckets),
             "samples": ring.samples,
             "evicted_buckets": ring.evicted,
             "trimmed_samples": ring.trimmed_samples,
             "late_samples": ring.late_samples,
+            "leaf_callers_recovered": run.leaf_fixes
+            + (run.names.leaf_fixes if run.names is not None else 0),
             "python": {
                 str(pid): {
                     "comm": p.comm,
@@ -375,6 +391,7 @@ class FlightRecorder:
             asked_end=end,
             window_start=w[0],
             window_end=w[1],
+            pids=run.ring.pids(lo, hi),
         )
         return part, run.ring.buckets_in(lo, hi)
 
@@ -472,13 +489,22 @@ class FlightRecorder:
             errors = asyncio.ensure_future(_proc.drain_tail(run.child.proc.stderr, keep=16384))
             run.state = "recording"
             second = 0
+            text = ""
             async for lines in _proc.line_batches(run.child.proc.stdout):
                 for line in lines:
                     if line.startswith(b'{"type": "printf"'):
+                        # "SECOND", the map (none when empty), "end SECOND": the second
+                        # is added at its end line, samples or not, so the ring moves on.
+                        data = line.split(b'"data": "', 1)[-1].split(b"\\n", 1)[0]
                         with contextlib.suppress(ValueError):
-                            second = int(line.split(b'"data": "', 1)[1].split(b"\\n", 1)[0])
+                            if data.startswith(b"end "):
+                                if second > 0 and int(data[4:]) == second:
+                                    await self._add(run, second, text)
+                                second, text = 0, ""
+                            else:
+                                second, text = int(data), ""
                     elif line.startswith(b'{"type": "map"') and second > 0:
-                        await self._add(run, second, line.decode("utf-8", "replace"))
+                        text = line.decode("utf-8", "replace")
             rc = await run.child.wait(timeout=10)
             err = (await errors).decode("utf-8", "replace")
             run.state = "failed"
@@ -541,18 +567,37 @@ class FlightRecorder:
         for pid in {s.pid for s in stacks}:
             self._meta_of(run, pid, found)  # each recorded process's group, read once
 
-        def names(pid: int, addresses: list[int]) -> list[str]:
-            return run.jit.resolve(pid, addresses, symbols.function_names(pid, addresses))
-
+        names = self._names(run)
         per_pid: dict[int, dict[str, int]] = {}
         for pid in sorted({s.pid for s in stacks}):
-            folded = fold([s for s in stacks if s.pid == pid], names=names, divisor=1)
+            folded = fold([s for s in stacks if s.pid == pid], stack_names=names.frames, divisor=1)
             if folded:
                 per_pid[pid] = folded
         return per_pid, found
 
+    def _names(self, run: _Run) -> UserStacks:
+        """The sampler's symbolizer (the CPU profiles' names: pclntab, debug files and
+        debuginfod, inlined frames, frameless leaves' callers; JIT frames from perf
+        maps). A fresh one after a process exited or exec'd (the old one's objects are
+        keyed by pid) and every ``NAMES_RENEW_S`` (libraries come and go). Runs in the
+        sampler's thread, one second at a time."""
+        now = time.monotonic()
+        names = run.names
+        if names is None or run.names_stale or now - run.names_since > NAMES_RENEW_S:
+            if names is not None:
+                run.leaf_fixes += names.leaf_fixes
+            run.names_stale = False
+            jit = run.jit
+            names = run.names = UserStacks(
+                Symbolizer(debuginfod=debuginfod_cache(get_settings())),
+                unknown=lambda pid, a: jit.resolve(pid, [a], ["[unknown]"])[0],
+            )
+            run.names_since = now
+        return names
+
     async def _add(self, run: _Run, second: int, text: str) -> None:
         run.sampler_delay_s = time.time() - (second + 1)
+        run.sampler_delay_max_s = max(run.sampler_delay_max_s, run.sampler_delay_s)
         per_pid, found = await asyncio.to_thread(self._bucket, run, text)
         if self._run is not run:
             return
@@ -575,6 +620,8 @@ class FlightRecorder:
         try:
             while self._run is run and run.state != "failed":
                 found, gone, own = await asyncio.to_thread(self._scan, run)
+                if gone or any(p in run.meta for p in found):
+                    run.names_stale = True  # a pid's objects may be another program's now
                 self._learn(run, found)
                 for pid in gone:
                     run.meta.pop(pid, None)
@@ -676,10 +723,12 @@ class FlightRecorder:
                 comm=py.comm,
                 frequency_hz=run.request.frequency_hz,
                 output=run.scratch / f"{pid}-{second}.txt",
+                until=second + 1.0,
             )
         except _proc.ProcError as e:
             py.state, py.message = "gave up", str(e)
         finally:
+            run.python_delay_max_s = max(run.python_delay_max_s, time.time() - (second + 1))
             run.ring.add_python(second, pid, got.stacks if got is not None else None)
             run.ring.commit(time.time())  # that second may be complete now: no waiting
         if got is None:

@@ -105,6 +105,8 @@ class Slice:
     asked_end: float
     window_start: float
     window_end: float
+    pids: tuple[int, ...] = ()
+    """The processes sampled in it (for what only they can tell: Go's file:line)."""
 
     @property
     def clipped(self) -> bool:
@@ -294,6 +296,10 @@ class Ring:
 
     def folded(self, lo: int, hi: int) -> dict[str, int]:
         return merge(self._buckets(lo, hi))
+
+    def pids(self, lo: int, hi: int) -> tuple[int, ...]:
+        """The processes with samples in ``[lo, hi)``."""
+        return tuple(sorted({p for b in self._buckets(lo, hi) for p in b.stacks} - {TRIMMED_PID}))
 
     def groups(self, lo: int, hi: int, *, by: GroupBy) -> list[GroupSamples]:
         acc: dict[ProcessGroup, tuple[set[int], set[str], dict[str, int]]] = {}

@@ -492,7 +492,9 @@ class Service:
     async def _run_offcpu(self, job: ProfileJob, the_plan: Plan) -> None:
         """bpftrace (frame-pointer targets) and perf (DWARF targets) side by side, merged."""
         meta = job.result
-        fp_task = asyncio.ensure_future(self._record_offcpu_fp(job, the_plan))
+        # The CPU profiles' symbolizer, the targets' objects opened while they live.
+        symbolizer = await asyncio.to_thread(symbolize.for_profile, self.settings, the_plan.pids)
+        fp_task = asyncio.ensure_future(self._record_offcpu_fp(job, the_plan, symbolizer))
         perf_task = asyncio.ensure_future(self._record_perf(job, the_plan))
         try:
             fp_rec, perf_rec = await asyncio.gather(fp_task, perf_task)
@@ -517,7 +519,10 @@ class Service:
             timeout = self.settings.perf_timeout_slack_s + the_plan.duration_s
             with perf_maps_in_tmp(job, maps):
                 perf_stacks, stats = await _offcpu_run.fold_perf(
-                    job.artifact(PERF_DATA), period=the_plan.dwarf_period, timeout=timeout
+                    job.artifact(PERF_DATA),
+                    period=the_plan.dwarf_period,
+                    timeout=timeout,
+                    symbolizer=symbolizer,
                 )
             for k, v in perf_stacks.items():
                 stacks[k] = stacks.get(k, 0) + v
@@ -533,6 +538,10 @@ class Service:
             meta.dwarf = DwarfStats(**asdict(stats), period=the_plan.dwarf_period)
         self._note_targets(job, the_plan)
         notes = meta.notes
+        report = symbolizer.report()
+        meta.symbols = report
+        meta.leaf_callers_recovered = symbolizer.leaf_fixes
+        notes.extend(symbolize.note_lines(report))
         if not stacks:
             notes.append("no off-CPU time: the targets never left the CPU while recording")
         if weight > 1:
@@ -557,12 +566,15 @@ class Service:
             job.message = "stopped early on request; what was recorded is kept"
 
     async def _record_offcpu_fp(
-        self, job: ProfileJob, the_plan: Plan
+        self, job: ProfileJob, the_plan: Plan, symbolizer: symbolize.Symbolizer
     ) -> _offcpu_run.OffCpuRecording | None:
         if not the_plan.bpftrace_argv:
             return None
         return await _offcpu_run.record(
-            the_plan, output=job.artifact(BPFTRACE_OUT), stop=job.stop_requested
+            the_plan,
+            output=job.artifact(BPFTRACE_OUT),
+            stop=job.stop_requested,
+            symbolizer=symbolizer,
         )
 
     def _note_recording(
@@ -610,7 +622,7 @@ class Service:
     def _note_targets(self, job: ProfileJob, the_plan: Plan) -> None:
         """Which targets exited, and what each target was (notes start here)."""
         meta = job.result
-        exited = [p for p in the_plan.pids if not procfs.pid_exists(p)]
+        exited = [p for p in the_plan.pids if not procfs.running(p)]
         meta.exited_pids = exited
         notes: list[str] = []
         if exited:
@@ -694,7 +706,7 @@ class Service:
             call_graph=the_plan.call_graph,
             stacks=stacks,
         )
-        outputs.write_outputs(job, stacks, info)
+        outputs.write_outputs(job, stacks, info, pids=the_plan.pids)
 
     def _unresolved(
         self, the_plan: Plan, stacks: dict[str, int], maps: list[int], exited: list[int]

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from agent.jobs import Job, write_atomic
 from agent.profiling._artifacts import ARTIFACTS
 from agent.profiling._flight_ring import Slice
+from agent.symbolize.sources import go_sources
 from tracecar_formats.render import (
     CPU_SAMPLE_TYPES,
     OFF_CPU_SAMPLE_TYPES,
@@ -97,15 +98,34 @@ def interval_info(part: Slice, *, frequency_hz: int, where: str) -> RenderInfo:
     )
 
 
-async def render_in_thread(stacks: Mapping[str, int], fmt: Format, info: RenderInfo) -> bytes:
-    """:func:`~tracecar_formats.render.render` in a worker thread."""
-    return await asyncio.to_thread(render, stacks, fmt, info)
+async def render_in_thread(
+    stacks: Mapping[str, int],
+    fmt: Format,
+    info: RenderInfo,
+    *,
+    pids: Iterable[int] = (),
+) -> bytes:
+    """:func:`~tracecar_formats.render.render` in a worker thread; pprof gets the Go
+    functions' file and line from the pclntabs of ``pids`` (read in that thread too)."""
+
+    def work() -> bytes:
+        sources = _sources(pids, stacks) if fmt == "pprof" else None
+        return render(stacks, fmt, info, sources=sources)
+
+    return await asyncio.to_thread(work)
 
 
-def write_outputs(job: Job[Any], stacks: Mapping[str, int], info: RenderInfo) -> None:
+def _sources(pids: Iterable[int], stacks: Mapping[str, int]) -> dict[str, tuple[str, int]]:
+    return go_sources(list(pids), {f for k in stacks for f in k.split(";")})
+
+
+def write_outputs(
+    job: Job[Any], stacks: Mapping[str, int], info: RenderInfo, *, pids: Iterable[int] = ()
+) -> None:
     """Every rendered output of a profile into its directory (atomic writes); the folded
     file is the caller's (it is written first, whatever the rendering does). Blocking:
     call it in a worker thread."""
+    sources = _sources(pids, stacks)  # Go's file:line, while the targets still run
     for fmt, name in ARTIFACTS.items():
         if fmt != "folded":
-            write_atomic(job.artifact(name), render(stacks, fmt, info))
+            write_atomic(job.artifact(name), render(stacks, fmt, info, sources=sources))

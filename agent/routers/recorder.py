@@ -143,5 +143,5 @@ async def recorder_profile(
     info = profiling.interval_info(
         part, frequency_hz=rec.frequency_hz, where=settings.pod_name or "this pod"
     )
-    body = await profiling.render_in_thread(part.stacks, format, info)
+    body = await profiling.render_in_thread(part.stacks, format, info, pids=part.pids)
     return Response(body, media_type=_MEDIA[format], headers=coverage_headers(part))

@@ -35,6 +35,14 @@ META = {
 def seams(monkeypatch: pytest.MonkeyPatch) -> None:
     names = {0x4000: "main", 0x4010: "alpha", 0x4020: "beta", 0x4030: "_PyEval_EvalFrameDefault"}
     monkeypatch.setattr(symbols, "function_names", lambda pid, addrs: [names[a] for a in addrs])
+
+    class Names:  # the recorder's symbolizer (agent.symbolize.ustacks.UserStacks)
+        leaf_fixes = 0
+
+        def frames(self, pid: int, addrs: tuple[int, ...]) -> list[str]:
+            return [names[a] for a in reversed(addrs)]
+
+    monkeypatch.setattr(_flight_recorder.FlightRecorder, "_names", lambda self, run: Names())
     monkeypatch.setattr(procfs, "own_tree", lambda: {9})
     monkeypatch.setattr(_flight_recorder, "_describe", META.get)
 
