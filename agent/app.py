@@ -31,9 +31,10 @@ from agent import (
     profiling,
     sinks,
     stacks,
+    variant,
 )
 from agent.auth import load_access, remove_generated, require_token
-from agent.errors import AgentError, Unauthorized
+from agent.errors import AgentError, Conflict, Unauthorized, Unavailable
 from agent.jobs import JobStore
 from agent.metrics import Metrics
 from agent.routers import (
@@ -208,14 +209,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
         # RFC 6750: a 401 names the scheme it wants.
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        tool = exc.extra.get("tool")
+        if isinstance(exc, Unavailable) or (isinstance(exc, Conflict) and tool is not None):
+            # The core image lacks the tool: a 409 saying how to get the full image.
+            full = variant.explain(
+                settings.image_variant,
+                detail=exc.detail,
+                tool=tool if isinstance(tool, str) else None,
+                by_text=isinstance(exc, Unavailable),
+            )
+            if full is not None:
+                return JSONResponse({**exc.body(), **full}, status_code=409)
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(_proc.ProcError)
     async def _tool_error(_: Request, exc: _proc.ProcError) -> JSONResponse:
         # A tool that is missing, hung or failed where no module translated it: its own
         # words, with a status saying whose fault it is, rather than a bare 500.
+        tool = os.path.basename(exc.argv[0]) if exc.argv else None
+        if isinstance(exc, _proc.ToolNotFound):
+            full = variant.explain(settings.image_variant, detail=str(exc), tool=tool)
+            if full is not None:
+                return JSONResponse(full, status_code=409)
         return JSONResponse(
-            {"detail": str(exc), "tool": os.path.basename(exc.argv[0]) if exc.argv else None},
+            {"detail": str(exc), "tool": tool},
             status_code=_TOOL_STATUS.get(type(exc), 502),
         )
 

@@ -87,6 +87,7 @@ class Service:
         self._sessions: dict[str, Session] = {}
         self._gone: dict[str, str] = {}  # id -> why it no longer exists (expired)
         self._watchdog: asyncio.Task[None] | None = None
+        self._has_sessions = asyncio.Event()
         self._version: str | None = None
         self._native: asyncio.Task[None] | None = None
         self.plugin_dir: Path | None = None
@@ -317,6 +318,7 @@ class Service:
             )
         sess.dir.mkdir(parents=True)
         self._sessions[sess.id] = sess
+        self._has_sessions.set()
         self.metrics.lttng_sessions.started.inc()
         created = False
         try:
@@ -558,6 +560,11 @@ class Service:
     async def _watch(self) -> None:
         ticks = 0
         while True:
+            if not self._sessions:
+                # Nothing to bound: sleep until a session exists (an idle agent wakes
+                # for nothing). The daemon's own supervisor still restarts it if it dies.
+                self._has_sessions.clear()
+                await self._has_sessions.wait()
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             ticks += 1
             try:
