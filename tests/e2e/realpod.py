@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = ROOT / "deploy/podman/containers.conf"
 TAG = os.environ.get("TRACECAR_IMAGE_TAG", "dev")
 AGENT_IMAGE = f"localhost/tracecar-agent:{TAG}"
+AGENT_CORE_IMAGE = f"localhost/tracecar-agent-core:{TAG}"
+CERTS_IMAGE = f"localhost/tracecar-certs:{TAG}"
 WEBHOOK_IMAGE = f"localhost/tracecar-webhook:{TAG}"
 DEMO_IMAGE = f"localhost/tracecar-demo:{TAG}"
 AGENT_CONTAINER = "tracecar-agent"
@@ -65,7 +67,8 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> str:
 
 
 def build_images() -> None:
-    """Build the base image (if missing) and the agent, webhook and demo images.
+    """Build the base image (if missing) and the agent (both variants), webhook, certs
+    and demo images.
 
     Layers are cached, so this takes seconds when nothing changed; set
     TRACECAR_E2E_SKIP_BUILD=1 to use the images as they are.
@@ -73,7 +76,7 @@ def build_images() -> None:
     if os.environ.get("TRACECAR_E2E_SKIP_BUILD"):
         return
     done = subprocess.run(
-        [str(ROOT / "scripts/images"), "agent", "webhook", "demo"],
+        [str(ROOT / "scripts/images"), "agent", "agent-core", "webhook", "certs", "demo"],
         capture_output=True,
         text=True,
         env={**podman_env(), "TRACECAR_IMAGE_TAG": TAG},
