@@ -20,7 +20,8 @@ from typing import Final, Literal
 Variant = Literal["full", "core"]
 
 FULL_ONLY: Final[dict[str, str]] = {
-    "bpftrace": "uprobes and USDT probes (POST /probes), off-CPU profiles by frame "
+    "bpftrace": "probes through bpftrace (POST /probes: histograms, user stacks, USDT "
+    "probes; plain uprobes still work through perf probe), off-CPU profiles by frame "
     "pointers and the flight recorder (POST /recorder, triggers' and continuous "
     "profiles' source)",
     "lttng": "LTTng sessions (/lttng/sessions)",
@@ -32,7 +33,8 @@ FULL_ONLY: Final[dict[str, str]] = {
 }
 """Tool -> the capabilities that need it, for the tools the core image does not carry.
 The core image has perf, py-spy, jattach and the agent: CPU profiles of every runtime
-(perf, py-spy), Python and Java stack snapshots, .NET traces and counters, sinks."""
+(perf, py-spy), plain uprobes (perf probe), Python and Java stack snapshots, .NET
+traces and counters, sinks."""
 
 HOW_TO_GET_FULL: Final = (
     "use the full agent image: annotate the pod template "
@@ -86,8 +88,8 @@ def describe(variant: Variant) -> dict[str, object]:
         return {"variant": "full", "reason": "every capability's tools are in this image"}
     return {
         "variant": "core",
-        "reason": "perf, py-spy and jattach only: CPU profiles of every runtime, Python "
-        "and Java stacks; " + HOW_TO_GET_FULL + " for the rest",
+        "reason": "perf, py-spy and jattach only: CPU profiles of every runtime, plain "
+        "uprobes (perf probe), Python and Java stacks; " + HOW_TO_GET_FULL + " for the rest",
         "needs_full_image": dict(FULL_ONLY),
         "how_to_get_full": HOW_TO_GET_FULL,
     }

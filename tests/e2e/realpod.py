@@ -139,6 +139,7 @@ def webhook_container(cert_dir: Path) -> Iterator[Webhook]:
         "-e", "TRACECAR_WEBHOOK_HOST=0.0.0.0",
         "-e", "TRACECAR_WEBHOOK_PORT=8443",
         "-e", f"TRACECAR_WEBHOOK_AGENT_IMAGE={AGENT_IMAGE}",
+        "-e", f"TRACECAR_WEBHOOK_AGENT_CORE_IMAGE={AGENT_CORE_IMAGE}",
         WEBHOOK_IMAGE,
     )  # fmt: skip
     try:
@@ -317,6 +318,14 @@ def port_forward(pod: RealPod, remote_port: int) -> Iterator[str]:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def healthy(url: str) -> bool:
+    """The agent at `url` answers /healthz."""
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def agent_port(pod: dict[str, Any]) -> int:
