@@ -102,10 +102,11 @@ class Service:
                     shutil.rmtree(p, ignore_errors=True)
         self.base.mkdir(parents=True, exist_ok=True)
         await self.daemon.start()
-        if self.daemon.available:
+        # Before the agent serves, only what must be: the daemon (apps register with it
+        # as they start). A daemon we just started holds no leftover session: the sweep
+        # is for one that outlived a crashed agent. The version is asked when shown.
+        if self.daemon.available and self.daemon.external:
             await self._sweep_daemon()
-            with contextlib.suppress(LttngFailed, _proc.ProcError):
-                self._version = await self.cli.version()
         self._watchdog = asyncio.create_task(self._watch(), name="lttng-watchdog")
         # In the background: building the sink takes a second of gcc, and start-up
         # must stay fast; until it is there, NDJSON is converted in Python.
@@ -165,6 +166,9 @@ class Service:
     async def capabilities(self) -> dict[str, object]:
         """What works here for this capability, versions, and why not where it doesn't."""
         ok = self.daemon.available
+        if ok and self._version is None:
+            with contextlib.suppress(LttngFailed, _proc.ProcError):
+                self._version = await self.cli.version()
         daemon_reason = self.daemon.reason or ""
         agent_note = {
             "python": "the app must `import lttngust` (python3-lttngust) after the daemon is up",
