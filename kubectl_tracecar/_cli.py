@@ -314,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image", help="the agent image (default: the one the webhook injects)")
     p.add_argument(
+        "--variant",
+        choices=["full", "core"],
+        help="the agent image's variant: full (every tool, the default) or core (perf, "
+        "py-spy, jattach; smaller); full beside an injected core agent adds the tools it lacks",
+    )
+    p.add_argument(
         "--idle-timeout",
         default=f"{DEFAULT_IDLE_S:g}s",
         help="the agent exits after this long without requests (default 30m)",

@@ -38,7 +38,7 @@ from kubectl_tracecar.errors import (
     Unsupported,
     UsageError,
 )
-from tracecar_contract import DEFAULT_IMAGE
+from tracecar_contract import DEFAULT_CORE_IMAGE, DEFAULT_IMAGE, is_core_image
 
 WEBHOOK_NAMESPACE = "tracecar-system"
 WEBHOOK_DEPLOYMENT = "tracecar-webhook"
@@ -659,14 +659,21 @@ def _suffix() -> str:
 
 
 def agent_image(kube: Kube, args: argparse.Namespace) -> str:
-    """``--image``, else the image the installed webhook injects, else its default."""
+    """``--image``, else the image of ``--variant`` (full by default) the installed
+    webhook injects, else the contract's default for that variant."""
     if args.image:
         return str(args.image)
+    core = getattr(args, "variant", None) == "core"
+    key, default = (
+        ("TRACECAR_WEBHOOK_AGENT_CORE_IMAGE", DEFAULT_CORE_IMAGE)
+        if core
+        else ("TRACECAR_WEBHOOK_AGENT_IMAGE", DEFAULT_IMAGE)
+    )
     try:
         env = kube.deployment_env(WEBHOOK_NAMESPACE, WEBHOOK_DEPLOYMENT, "webhook")
     except PluginError:
-        return DEFAULT_IMAGE
-    return env.get("TRACECAR_WEBHOOK_AGENT_IMAGE", DEFAULT_IMAGE)
+        return default
+    return env.get(key, default)
 
 
 def cmd_attach(kube: Kube, args: argparse.Namespace) -> int:
@@ -677,7 +684,10 @@ def cmd_attach(kube: Kube, args: argparse.Namespace) -> int:
     _pods.require_running(pod)
     container = _pods.target_container(pod, args.container)
     existing = _pods.find_agent(pod)
-    if existing.how != "none" and existing.running:
+    # A running core agent lacks bpftrace, LTTng and gdb: `--variant full` adds a full
+    # one beside it (its own port), which the other commands then use.
+    beside_core = getattr(args, "variant", None) == "full" and is_core_image(existing.image)
+    if existing.how != "none" and existing.running and not beside_core:
         result = {
             "pod": target.name,
             "agent": existing.how,

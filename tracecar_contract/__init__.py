@@ -15,6 +15,21 @@ from typing import Any, Final
 AGENT_NAME: Final = "tracecar-agent"
 """The injected container's name; attached ones get a random suffix."""
 DEFAULT_IMAGE: Final = "localhost/tracecar-agent:0.1.0"
+DEFAULT_CORE_IMAGE: Final = "localhost/tracecar-agent-core:0.1.0"
+"""The ``core`` variant (Dockerfile.agent's target): perf, py-spy, jattach; no bpftrace,
+LTTng or gdb. Chosen per pod by ``tracecar.dev/image-variant: core`` or by the plugin's
+``attach --variant core``."""
+IMAGE_VARIANTS: Final = ("full", "core")
+
+
+def is_core_image(image: str | None) -> bool:
+    """An agent image of the core variant, by its repository's name (``...-core``)."""
+    if not image:
+        return False
+    name = image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+    return name.endswith("-core")
+
+
 AGENT_COMMAND: Final = ("tracecar-agent",)
 HEALTHCHECK: Final = ("tracecar-agent", "healthcheck")
 # No SYS_RESOURCE: since Linux 5.11 BPF maps are charged to the memory cgroup, not

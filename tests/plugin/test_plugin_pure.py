@@ -13,6 +13,7 @@ from kubectl_tracecar import _attach, _cli, _merge, _output, _pods
 from kubectl_tracecar.__main__ import main
 from kubectl_tracecar._commands import (
     Progress,
+    agent_image,
     output_format,
     probe_body,
     profile_body,
@@ -21,8 +22,8 @@ from kubectl_tracecar._commands import (
 )
 from kubectl_tracecar._kube import selector_string
 from kubectl_tracecar._targets import Target, parse_duration, parse_target
-from kubectl_tracecar.errors import USAGE, NotFound, Unsupported, UsageError
-from tracecar_contract import CAPABILITIES
+from kubectl_tracecar.errors import USAGE, NotFound, PluginError, Unsupported, UsageError
+from tracecar_contract import CAPABILITIES, DEFAULT_CORE_IMAGE, DEFAULT_IMAGE, is_core_image
 
 
 @pytest.mark.parametrize(
@@ -252,6 +253,35 @@ def test_the_newest_running_attached_agent_wins() -> None:
     assert _pods.find_agent(_pod()).how == "none"
 
 
+def test_a_full_agent_attached_beside_an_injected_core_agent_wins() -> None:
+    core = {"name": "tracecar-agent", "image": "reg/tracecar-agent-core:1"}
+    full = {"name": "tracecar-agent-ccccc", "image": "reg/tracecar-agent:1"}
+    status = {
+        "phase": "Running",
+        "initContainerStatuses": [{"name": "tracecar-agent", "state": {"running": {}}}],
+        "ephemeralContainerStatuses": [{"name": "tracecar-agent-ccccc", "state": {"running": {}}}],
+    }
+    pod = _pod(initContainers=[core], ephemeralContainers=[full], status=status)
+    assert _pods.find_agent(pod).container == "tracecar-agent-ccccc"
+    # once the attached full agent ended (idle), the injected core agent again
+    status["ephemeralContainerStatuses"][0]["state"] = {"terminated": {"reason": "Completed"}}
+    assert _pods.find_agent(pod).container == "tracecar-agent"
+    # an injected full agent always wins
+    pod = _pod(
+        initContainers=[dict(core, image="reg/tracecar-agent:1")],
+        ephemeralContainers=[full],
+        status=status,
+    )
+    assert _pods.find_agent(pod).container == "tracecar-agent"
+
+
+def test_is_core_image() -> None:
+    assert is_core_image("localhost/tracecar-agent-core:0.1.0")
+    assert is_core_image("reg.example:5000/x/tracecar-agent-core@sha256:ab")
+    assert not is_core_image("reg.example:5000/tracecar-agent:core")
+    assert not is_core_image(None)
+
+
 def test_target_container() -> None:
     assert _pods.target_container(_pod(), None) == "app"
     annotated = _pod(annotations={"kubectl.kubernetes.io/default-container": "side"})
@@ -371,3 +401,40 @@ def test_argument_errors_come_before_the_kubeconfig(
     err = capsys.readouterr().err
     assert f"usage: kubectl tracecar {argv[0]}" in err and message in err
     assert "cannot load the kubeconfig" not in err
+
+
+class _WebhookEnv:
+    def __init__(self, env: dict[str, str] | None) -> None:
+        self.env = env
+
+    def deployment_env(self, namespace: str, name: str, container: str) -> dict[str, str]:
+        if self.env is None:
+            raise PluginError("no webhook installed")
+        return self.env
+
+
+@pytest.mark.parametrize(
+    ("variant", "env", "image"),
+    [
+        (None, None, DEFAULT_IMAGE),
+        ("core", None, DEFAULT_CORE_IMAGE),
+        ("full", {"TRACECAR_WEBHOOK_AGENT_IMAGE": "reg/a:2"}, "reg/a:2"),
+        (
+            "core",
+            {
+                "TRACECAR_WEBHOOK_AGENT_IMAGE": "reg/a:2",
+                "TRACECAR_WEBHOOK_AGENT_CORE_IMAGE": "reg/c:2",
+            },
+            "reg/c:2",
+        ),
+    ],
+)
+def test_attach_variant_picks_the_webhooks_image(
+    variant: str | None, env: dict[str, str] | None, image: str
+) -> None:
+    args = _cli.build_parser().parse_args(
+        ["attach", "web-1", *(["--variant", variant] if variant else [])]
+    )
+    assert agent_image(_WebhookEnv(env), args) == image  # type: ignore[arg-type]
+    args.image = "reg/mine:1"
+    assert agent_image(_WebhookEnv(env), args) == "reg/mine:1"  # type: ignore[arg-type]
