@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 
 DEFAULT_PORT = 7780
 
 
-def healthcheck(*, timeout: float = 3.0) -> int:
+def healthcheck(*, timeout: float = 3.0, wait_s: float = 0.0) -> int:
     """0 if the agent on this host's loopback answers /healthz with 200, else 1.
 
     Light on purpose: the kubelet runs it every second while the pod starts (the native
@@ -27,15 +28,23 @@ def healthcheck(*, timeout: float = 3.0) -> int:
         print(f"unhealthy: TRACECAR_AGENT_PORT={raw!r} is not a port (1-65535)", file=sys.stderr)
         return 1
     url = f"http://127.0.0.1:{int(raw)}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            ok = resp.status == 200
-    except (urllib.error.URLError, OSError) as e:
-        print(f"unhealthy: {url}: {e}", file=sys.stderr)
-        return 1
-    if not ok:
-        print(f"unhealthy: {url} answered {resp.status}", file=sys.stderr)
-    return 0 if ok else 1
+    # --wait: the native sidecar's startup probe. It keeps asking until the agent
+    # answers (or the time is up), so the app starts as soon as the agent serves, not at
+    # the next probe period; one exec, not one Python start a second competing with the
+    # agent's own start-up for the pod's CPU.
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                if resp.status == 200:
+                    return 0
+                why = f"answered {resp.status}"
+        except (urllib.error.URLError, OSError) as e:
+            why = str(e)
+        if time.monotonic() >= deadline:
+            print(f"unhealthy: {url}: {why}", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
 
 
 def serve() -> None:
@@ -85,9 +94,16 @@ def main(argv: list[str] | None = None) -> None:
         choices=["serve", "healthcheck"],
         help="serve (default) or healthcheck (exit 0 if /healthz answers 200)",
     )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="healthcheck: keep asking for this long until the agent answers",
+    )
     args = parser.parse_args(argv)
     if args.command == "healthcheck":
-        sys.exit(healthcheck())
+        sys.exit(healthcheck(wait_s=max(0.0, min(args.wait, 60.0))))
     serve()
 
 

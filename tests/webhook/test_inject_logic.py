@@ -181,8 +181,11 @@ def test_default_injection_matches_the_contract() -> None:
     agent = out["spec"]["initContainers"][0]
     assert agent["name"] == "tracecar-agent" and agent["command"] == ["tracecar-agent"]
     assert agent["restartPolicy"] == "Always"
-    for probe in ("startupProbe", "livenessProbe"):
-        assert agent[probe]["exec"]["command"] == ["tracecar-agent", "healthcheck"]
+    assert agent["livenessProbe"]["exec"]["command"] == ["tracecar-agent", "healthcheck"]
+    # one exec that waits for the agent to serve (within the probe's timeout)
+    startup = agent["startupProbe"]
+    assert startup["exec"]["command"] == ["tracecar-agent", "healthcheck", "--wait", "9"]
+    assert startup["timeoutSeconds"] > 9
     assert "readinessProbe" not in agent
     env = env_of(agent)
     assert env["TRACECAR_AGENT_HOST"] == "127.0.0.1"
