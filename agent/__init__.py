@@ -19,9 +19,23 @@ Layout (enforced by import-linter, see pyproject.toml)::
     agent._proc                the one seam to child processes
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from functools import cache
 
-try:
-    __version__ = version("tracecar")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+
+@cache
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tracecar")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.0.0+unknown"
+
+
+def __getattr__(name: str) -> str:
+    # Looked up when first used (/healthz), not at import: `tracecar-agent healthcheck`,
+    # the exec probe, imports this package and must stay light (importlib.metadata
+    # scans every installed distribution).
+    if name == "__version__":
+        return _version()
+    raise AttributeError(f"module 'agent' has no attribute {name!r}")

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
-import urllib.error
-import urllib.request
 
 DEFAULT_PORT = 7780
 
@@ -34,17 +33,27 @@ def healthcheck(*, timeout: float = 3.0, wait_s: float = 0.0) -> int:
     # agent's own start-up for the pod's CPU.
     deadline = time.monotonic() + wait_s
     while True:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                if resp.status == 200:
-                    return 0
-                why = f"answered {resp.status}"
-        except (urllib.error.URLError, OSError) as e:
-            why = str(e)
+        why = _get_healthz(int(raw), timeout=timeout)
+        if why is None:
+            return 0
         if time.monotonic() >= deadline:
             print(f"unhealthy: {url}: {why}", file=sys.stderr)
             return 1
         time.sleep(0.05)
+
+
+def _get_healthz(port: int, *, timeout: float) -> str | None:
+    """None if GET /healthz answers 200, else why not. A plain socket: urllib and
+    http.client import ssl and email, a third of the probe's CPU."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            status = conn.makefile("rb").readline(256).split()
+    except OSError as e:
+        return str(e)
+    if len(status) >= 2 and status[1] == b"200":
+        return None
+    return f"answered {b' '.join(status[1:]).decode(errors='replace') or 'nothing'}"
 
 
 def serve() -> None:

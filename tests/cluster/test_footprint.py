@@ -46,8 +46,8 @@ def test_defaults_survive_every_capability_at_its_heaviest(installed: K.Kube) ->
         resources = _agent(pod)["resources"]
         # the webhook's defaults (docs/webhook.md): nothing in this pod overrides them
         assert resources == {
-            "requests": {"cpu": "50m", "memory": "96Mi"},
-            "limits": {"cpu": "1", "memory": "512Mi"},
+            "requests": {"cpu": "50m", "memory": "128Mi"},
+            "limits": {"cpu": "1", "memory": "1Gi"},
         }, resources
         cg = F.Cgroup.of(pod)
         results = {}
@@ -68,7 +68,7 @@ def test_defaults_survive_every_capability_at_its_heaviest(installed: K.Kube) ->
         print(json.dumps(results, indent=2))
         restarts, reason = F.agent_restarts(installed.pod(name))
         assert (restarts, reason) == (0, None), (restarts, reason, results)
-        limit = 512 * 2**20
+        limit = 2**30
         for what, r in results.items():
             assert r["peak_MiB"] * 2**20 < limit, (what, r)
     finally:
@@ -78,10 +78,10 @@ def test_defaults_survive_every_capability_at_its_heaviest(installed: K.Kube) ->
 def test_annotations_override_the_defaults(installed: K.Kube) -> None:
     name = f"footprint-ann-{secrets.token_hex(3)}"
     pod = F.app_pod(name, labelled=True)
-    pod["metadata"]["annotations"] = {"tracecar.dev/memory": "1Gi", "tracecar.dev/cpu": "2"}
+    pod["metadata"]["annotations"] = {"tracecar.dev/memory": "512Mi", "tracecar.dev/cpu": "2"}
     installed.apply(pod)
     try:
         resources = _agent(_running(installed, name))["resources"]
-        assert resources["limits"] == {"cpu": "2", "memory": "1Gi"}, resources
+        assert resources["limits"] == {"cpu": "2", "memory": "512Mi"}, resources
     finally:
         installed.run("delete", "pod", name, "-n", K.NS, "--wait=false", check=False)
