@@ -73,6 +73,9 @@ def setup(images: bool) -> K.Kube:
         "wait", "-n", "tracecar-system", "--for=condition=complete", "job/tracecar-certs",
         "--timeout=300s", timeout=320,
     )  # fmt: skip
+    # A reused cluster runs the webhook from the image loaded last time under the same
+    # tag: restart it on the one just loaded.
+    kube.run("rollout", "restart", "-n", "tracecar-system", "deploy/tracecar-webhook")
     kube.run(
         "rollout", "status", "-n", "tracecar-system", "deploy/tracecar-webhook",
         "--timeout=300s", timeout=320,
