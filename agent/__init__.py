@@ -52,9 +52,23 @@ The app starts it, stops it, lists it in ``GET /capabilities`` and asks it wheth
 agent is busy; a tool's failure in it is a 502 like everywhere (:mod:`agent.errors`).
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from functools import cache
 
-try:
-    __version__ = version("tracecar")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+
+@cache
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tracecar")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.0.0+unknown"
+
+
+def __getattr__(name: str) -> str:
+    # Looked up when first used (/healthz), not at import: `tracecar-agent healthcheck`,
+    # the exec probe, imports this package and must stay light (importlib.metadata
+    # scans every installed distribution).
+    if name == "__version__":
+        return _version()
+    raise AttributeError(f"module 'agent' has no attribute {name!r}")

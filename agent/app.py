@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -31,9 +32,10 @@ from agent import (
     profiling,
     sinks,
     stacks,
+    variant,
 )
 from agent.auth import load_access, remove_generated, require_token
-from agent.errors import AgentError, Unauthorized, from_tool
+from agent.errors import AgentError, Conflict, Unauthorized, Unavailable, from_tool
 from agent.jobs import JobStore
 from agent.metrics import Metrics
 from agent.registry import Capability, Context, Registration, build_all
@@ -221,12 +223,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
         # RFC 6750: a 401 names the scheme it wants.
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        tool = exc.extra.get("tool")
+        if isinstance(exc, Unavailable) or (isinstance(exc, Conflict) and tool is not None):
+            # The core image lacks the tool: a 409 saying how to get the full image.
+            full = variant.explain(
+                settings.image_variant,
+                detail=exc.detail,
+                tool=tool if isinstance(tool, str) else None,
+                by_text=isinstance(exc, Unavailable),
+            )
+            if full is not None:
+                return JSONResponse({**exc.body(), **full}, status_code=409)
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(_proc.ProcError)
     async def _tool_error(_: Request, exc: _proc.ProcError) -> JSONResponse:
         # A tool that is missing, hung or failed where no module translated it: its own
-        # words, with the status the one table gives it (agent.errors.TOOL_STATUS).
+        # words, with the status the one table gives it (agent.errors.TOOL_STATUS); a tool
+        # the core image lacks is a 409 saying how to get the full image.
+        if isinstance(exc, _proc.ToolNotFound):
+            tool = os.path.basename(exc.argv[0]) if exc.argv else None
+            full = variant.explain(settings.image_variant, detail=str(exc), tool=tool)
+            if full is not None:
+                return JSONResponse(full, status_code=409)
         error = from_tool(exc)
         return JSONResponse(error.body(), status_code=error.status_code)
 

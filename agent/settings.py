@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     """``attached``: an ephemeral container added by ``kubectl tracecar attach``. It
     shares the target container's PID namespace only, and has none of the webhook's
     volumes: no shared /var/run/lttng, so LTTng sessions are refused (409, saying why)."""
+    image_variant: Literal["full", "core"] = "full"
+    """The image this agent runs from (each Dockerfile.agent target sets it): ``core``
+    lacks bpftrace, LTTng, babeltrace2 and gdb, and says so (:mod:`agent.variant`)."""
     idle_exit_s: float | None = Field(default=None, gt=0)
     """Exit after this long with no request and nothing running (attached agents: an
     ephemeral container cannot be removed, so it ends itself)."""

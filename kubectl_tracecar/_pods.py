@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubectl_tracecar.errors import NotFound, Unsupported
-from tracecar_contract import AGENT_NAME, DEFAULT_PORT, PORT_ENV, TOKEN_ENV
+from tracecar_contract import AGENT_NAME, DEFAULT_PORT, PORT_ENV, TOKEN_ENV, is_core_image
 
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 
@@ -72,21 +72,27 @@ def _agent_from(container: JsonObject, how: How, statuses: list[JsonObject]) -> 
 
 
 def find_agent(pod: JsonObject) -> Agent:
-    """The pod's agent: an injected one first, else the newest running attached one,
-    else the newest attached one (stopped: its idle timeout ended it), else none."""
+    """The pod's agent: an injected one first (unless it is a core agent and a full one
+    runs attached beside it: `attach --variant full`), else the newest running attached
+    one, else the newest attached one (stopped: its idle timeout ended it), else none."""
     spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    attached = [
+        _agent_from(c, "attached", status.get("ephemeralContainerStatuses") or [])
+        for c in spec.get("ephemeralContainers") or []
+        if str(c.get("name", "")).startswith(AGENT_NAME)
+    ]
     for key, skey in (
         ("initContainers", "initContainerStatuses"),
         ("containers", "containerStatuses"),
     ):
         for c in spec.get(key) or []:
             if c.get("name") == AGENT_NAME:
-                return _agent_from(c, "injected", status.get(skey) or [])
-    attached = [
-        _agent_from(c, "attached", status.get("ephemeralContainerStatuses") or [])
-        for c in spec.get("ephemeralContainers") or []
-        if str(c.get("name", "")).startswith(AGENT_NAME)
-    ]
+                injected = _agent_from(c, "injected", status.get(skey) or [])
+                if is_core_image(injected.image):
+                    full = [a for a in attached if a.running and not is_core_image(a.image)]
+                    if full:
+                        return full[-1]
+                return injected
     for a in reversed(attached):
         if a.running:
             return a

@@ -15,8 +15,26 @@ from typing import Any, Final
 AGENT_NAME: Final = "tracecar-agent"
 """The injected container's name; attached ones get a random suffix."""
 DEFAULT_IMAGE: Final = "localhost/tracecar-agent:0.1.0"
+DEFAULT_CORE_IMAGE: Final = "localhost/tracecar-agent-core:0.1.0"
+"""The ``core`` variant (Dockerfile.agent's target): perf, py-spy, jattach; no bpftrace,
+LTTng or gdb. Chosen per pod by ``tracecar.dev/image-variant: core`` or by the plugin's
+``attach --variant core``."""
+IMAGE_VARIANTS: Final = ("full", "core")
+
+
+def is_core_image(image: str | None) -> bool:
+    """An agent image of the core variant, by its repository's name (``...-core``)."""
+    if not image:
+        return False
+    name = image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+    return name.endswith("-core")
+
+
 AGENT_COMMAND: Final = ("tracecar-agent",)
 HEALTHCHECK: Final = ("tracecar-agent", "healthcheck")
+STARTUP_CHECK: Final = ("tracecar-agent", "healthcheck", "--wait", "9")
+"""The native sidecar's startup probe: one exec that answers as soon as the agent serves
+(within its 10 s timeout), so the app starts then, not at the next probe period."""
 # No SYS_RESOURCE: since Linux 5.11 BPF maps are charged to the memory cgroup, not
 # RLIMIT_MEMLOCK, and perf's ring buffers past perf_event_mlock_kb need IPC_LOCK or
 # PERFMON, not SYS_RESOURCE. Asking for it also breaks on nodes whose runtime lacks it

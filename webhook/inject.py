@@ -20,6 +20,7 @@ from tracecar_contract import (
     CAPABILITIES,
     DATA_DIR,
     HEALTHCHECK,
+    STARTUP_CHECK,
     TOKEN_ENV,
     agent_env,
     choose_port,
@@ -136,9 +137,11 @@ def unique_name(wanted: str, taken: set[str]) -> str:
     return name
 
 
-def _exec_probe(*, period_s: int, failure_threshold: int) -> JsonObject:
+def _exec_probe(
+    *, period_s: int, failure_threshold: int, command: tuple[str, ...] = HEALTHCHECK
+) -> JsonObject:
     return {
-        "exec": {"command": list(HEALTHCHECK)},
+        "exec": {"command": list(command)},
         "periodSeconds": period_s,
         # An exec probe pays a Python start-up: on a loaded node (seen on the cluster
         # stage at load average ~24) that alone passed 3 s, and the kubelet killed
@@ -206,7 +209,7 @@ def render_agent(
         # An init container that keeps running: up (with LTTng's session daemon) before
         # the app starts, which LTTng-UST agents need to register.
         agent["restartPolicy"] = "Always"
-        agent["startupProbe"] = _exec_probe(period_s=1, failure_threshold=60)
+        agent["startupProbe"] = _exec_probe(period_s=1, failure_threshold=60, command=STARTUP_CHECK)
     return agent
 
 

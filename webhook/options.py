@@ -28,7 +28,15 @@ BOOLEAN_ANNOTATIONS: Final = (
     "continuous",
     "push",
 )
-VALUE_ANNOTATIONS: Final = ("image", "port", "cpu", "memory", "auth", "service-name")
+VALUE_ANNOTATIONS: Final = (
+    "image",
+    "image-variant",
+    "port",
+    "cpu",
+    "memory",
+    "auth",
+    "service-name",
+)
 AUTH_VALUES: Final[tuple[AgentAuth, ...]] = ("token", "none")
 KNOWN: Final = frozenset((*BOOLEAN_ANNOTATIONS, *VALUE_ANNOTATIONS, "status"))
 
@@ -183,7 +191,21 @@ def _parse(ann: dict[str, object], settings: Settings, policy: NamespacePolicy) 
                 "and ._/:- , at most 128); using namespace/workload"
             )
 
-    image = settings.agent_image
+    # The variant picks the image (full: every tool; core: perf, py-spy, jattach); an
+    # explicit tracecar.dev/image wins over both.
+    variant = settings.default_image_variant
+    if "image-variant" in ann:
+        raw = ann["image-variant"]
+        text = raw.strip().lower() if isinstance(raw, str) else ""
+        if text == "full":
+            variant = "full"
+        elif text == "core":
+            variant = "core"
+        else:
+            warnings.append(
+                f"{PREFIX}image-variant: {_short(raw)} is not full or core; using {variant}"
+            )
+    image = settings.agent_core_image if variant == "core" else settings.agent_image
     if "image" in ann:
         raw = ann["image"]
         if isinstance(raw, str) and _IMAGE.match(raw.strip()):

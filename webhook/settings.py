@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tracecar_contract import DEFAULT_IMAGE, DEFAULT_PORT
+from tracecar_contract import DEFAULT_CORE_IMAGE, DEFAULT_IMAGE, DEFAULT_PORT
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 """Kubernetes resource quantities in their common forms ("250m", "1", "0.5", "128Mi")."""
@@ -62,6 +62,9 @@ class Settings(BaseSettings):
 
     # --- the injected agent --------------------------------------------------
     agent_image: str = Field(default=DEFAULT_IMAGE, pattern=IMAGE_PATTERN)
+    agent_core_image: str = Field(default=DEFAULT_CORE_IMAGE, pattern=IMAGE_PATTERN)
+    """The core variant's image (``tracecar.dev/image-variant: core``, docs/install.md)."""
+    default_image_variant: Literal["full", "core"] = "full"
     agent_image_pull_policy: PullPolicy = "IfNotPresent"
     agent_port: int = Field(default=DEFAULT_PORT, ge=1024, le=65535)
     agent_cpu_request: str = Field(default="50m", pattern=QUANTITY_PATTERN)

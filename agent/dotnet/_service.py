@@ -249,7 +249,13 @@ class Service:
         )
 
     async def start(self) -> None:
-        if self._gauge is not None:
+        """Nothing until someone scrapes /metrics (:meth:`export_counters`): an agent
+        no one scrapes does not look for .NET processes every few seconds."""
+
+    def export_counters(self) -> None:
+        """Keep the opted-in processes' counters on /metrics from now on (called by each
+        scrape; the first one starts the poller)."""
+        if self._gauge is not None and self._poller is None:
             self._poller = asyncio.create_task(self._export(), name="dotnet-counters-metrics")
 
     async def _export(self) -> None:

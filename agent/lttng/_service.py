@@ -93,6 +93,7 @@ class Service:
         self._sessions: dict[str, Session] = {}
         self._gone: dict[str, str] = {}  # id -> why it no longer exists (expired)
         self._watchdog: asyncio.Task[None] | None = None
+        self._has_sessions = asyncio.Event()
         self._version: str | None = None
         self._native: asyncio.Task[None] | None = None
         self.plugin_dir: Path | None = None
@@ -107,10 +108,11 @@ class Service:
                     shutil.rmtree(p, ignore_errors=True)
         self.base.mkdir(parents=True, exist_ok=True)
         await self.daemon.start()
-        if self.daemon.available:
+        # Before the agent serves, only what must be: the daemon (apps register with it
+        # as they start). A daemon we just started holds no leftover session: the sweep
+        # is for one that outlived a crashed agent. The version is asked when shown.
+        if self.daemon.available and self.daemon.external:
             await self._sweep_daemon()
-            with contextlib.suppress(LttngFailed, _proc.ProcError):
-                self._version = await self.cli.version()
         self._watchdog = asyncio.create_task(self._watch(), name="lttng-watchdog")
         # In the background: building the sink takes a second of gcc, and start-up
         # must stay fast; until it is there, NDJSON is converted in Python.
@@ -176,6 +178,9 @@ class Service:
     async def capabilities(self) -> dict[str, object]:
         """What works here for this capability, versions, and why not where it doesn't."""
         ok = self.daemon.available
+        if ok and self._version is None:
+            with contextlib.suppress(LttngFailed, _proc.ProcError):
+                self._version = await self.cli.version()
         daemon_reason = self.daemon.reason or ""
         agent_note = {
             "python": "the app must `import lttngust` (python3-lttngust) after the daemon is up",
@@ -331,6 +336,7 @@ class Service:
             )
         sess.dir.mkdir(parents=True)
         self._sessions[sess.id] = sess
+        self._has_sessions.set()
         self.metrics.lttng_sessions.started.inc()
         created = False
         try:
@@ -579,6 +585,11 @@ class Service:
     async def _watch(self) -> None:
         ticks = 0
         while True:
+            if not self._sessions:
+                # Nothing to bound: sleep until a session exists (an idle agent wakes
+                # for nothing). The daemon's own supervisor still restarts it if it dies.
+                self._has_sessions.clear()
+                await self._has_sessions.wait()
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             ticks += 1
             try:

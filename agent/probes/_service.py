@@ -64,6 +64,10 @@ STREAM_MAX_BYTES = 256 << 20
 """Per-stream byte bound; a client may ask for less with ``?max_bytes=``."""
 KEEP_FINISHED = 8
 BPFTRACE_RECHECK_S = 30.0
+DETECT_AFTER_S = 30.0
+"""Backend detection (bpftrace loads a BPF program: a second of CPU for LLVM) runs this
+long after start-up, off the pod's start path where the app competes for CPU, or at
+once when a probe or ``/capabilities`` needs it first."""
 STOP_GRACE_S = 5.0
 
 
@@ -81,6 +85,7 @@ class Service:
         self.tracefs_reason = "not checked yet"
         self._probes: dict[str, Probe] = {}
         self._detect: asyncio.Task[None] | None = None
+        self._wanted = asyncio.Event()
         self._bpftrace_checked = 0.0
         self.metrics.probes.running.set_function(
             lambda: sum(1 for p in self._probes.values() if p.running)
@@ -90,8 +95,16 @@ class Service:
 
     async def start(self) -> None:
         """Sweep a crashed run's perf-probe events; find out which backends work (in the
-        background, so start-up stays fast; the first probe waits for it)."""
-        self._detect = asyncio.create_task(self._detect_backends())
+        background, :data:`DETECT_AFTER_S` after start-up or when first needed, so the
+        agent serves at once; the first probe waits for it)."""
+        self._wanted = asyncio.Event()
+        self._detect = asyncio.create_task(self._detect_later())
+
+    async def _detect_later(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wanted.wait(), DETECT_AFTER_S)
+        self._wanted.set()  # from here on, stop() waits for it rather than cancelling
+        await self._detect_backends()
 
     async def _detect_backends(self) -> None:
         b = self.backends
@@ -116,6 +129,7 @@ class Service:
 
     async def _ready(self) -> Backends:
         if self._detect is not None:
+            self._wanted.set()
             await asyncio.shield(self._detect)
         b = self.backends
         if b.bpftrace_version is not None and not b.bpftrace_ok:
@@ -130,6 +144,11 @@ class Service:
 
     async def stop(self, *, grace: float = STOP_GRACE_S * 3) -> None:
         """Detach every probe (tracers reaped, events deleted) and sweep our group."""
+        if self._detect is not None and not self._wanted.is_set():
+            self._detect.cancel()  # never needed: no bpftrace started just to stop
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._detect
+            self._detect = None
         if self._detect is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._detect), 30)

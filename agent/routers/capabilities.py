@@ -6,7 +6,7 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
-from agent import capabilities
+from agent import capabilities, variant
 from agent.deps import SettingsDep, SinksDep
 from agent.openapi import PROTECTED, errors
 from agent.registry import Capability
@@ -44,6 +44,13 @@ async def get_capabilities(
         ),
     }
     out["sinks"] = sinks.status()
+    out["image"] = variant.describe(settings.image_variant)
+    tools = out.get("tools")
+    if isinstance(tools, dict):
+        for name, check in tools.items():
+            why = variant.tool_reason(settings.image_variant, name)
+            if why is not None and isinstance(check, dict) and not check.get("available"):
+                check["reason"] = why
     if settings.mode == "attached":
         out["lttng"] = {"available": False, "reason": ATTACHED_LTTNG}
     return out

@@ -25,4 +25,7 @@ router = APIRouter(tags=["metrics"], responses=errors(*PROTECTED, 422))
 async def metrics(request: Request, _auth: TokenDep) -> Response:
     registry = request.app.state.metrics
     assert isinstance(registry, Metrics)
+    dotnet = getattr(request.app.state, "dotnet", None)
+    if dotnet is not None:
+        dotnet.export_counters()  # .NET counters from the first scrape on (not before)
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)

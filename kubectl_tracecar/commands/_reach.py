@@ -22,7 +22,7 @@ from kubectl_tracecar._kube import JsonObject, Kube
 from kubectl_tracecar._targets import Target
 from kubectl_tracecar.commands._base import Pods, say
 from kubectl_tracecar.errors import NoAgent, NotFound, PluginError, Unsupported, UsageError
-from tracecar_contract import DEFAULT_IMAGE
+from tracecar_contract import DEFAULT_CORE_IMAGE, DEFAULT_IMAGE
 
 if TYPE_CHECKING:
     from kubectl_tracecar._agent import AgentClient
@@ -236,6 +236,8 @@ class AttachRequest:
     privileged: bool = False
     idle_s: float = _attach.DEFAULT_IDLE_S
     timeout_s: float = 120.0
+    variant: str | None = None
+    """``full`` or ``core`` (``--variant``); None: full, the webhook's default."""
 
 
 def _suffix() -> str:
@@ -246,15 +248,21 @@ def _suffix() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(5))
 
 
-def agent_image(kube: Kube, image: str | None) -> str:
-    """``--image``, else the image the installed webhook injects, else its default."""
+def agent_image(kube: Kube, image: str | None, variant: str | None = None) -> str:
+    """``--image``, else the image of ``variant`` (full by default) the installed
+    webhook injects, else the contract's default for that variant."""
     if image:
         return image
+    key, default = (
+        ("TRACECAR_WEBHOOK_AGENT_CORE_IMAGE", DEFAULT_CORE_IMAGE)
+        if variant == "core"
+        else ("TRACECAR_WEBHOOK_AGENT_IMAGE", DEFAULT_IMAGE)
+    )
     try:
         env = kube.deployment_env(WEBHOOK_NAMESPACE, WEBHOOK_DEPLOYMENT, "webhook")
     except PluginError:
-        return DEFAULT_IMAGE
-    return env.get("TRACECAR_WEBHOOK_AGENT_IMAGE", DEFAULT_IMAGE)
+        return default
+    return env.get(key, default)
 
 
 def attach_agent(kube: Kube, pod: JsonObject, req: AttachRequest) -> tuple[JsonObject, str]:
@@ -269,7 +277,7 @@ def attach_agent(kube: Kube, pod: JsonObject, req: AttachRequest) -> tuple[JsonO
     spec = _attach.render(
         pod,
         options=_attach.AttachOptions(
-            image=agent_image(kube, req.image),
+            image=agent_image(kube, req.image, req.variant),
             target=container,
             token=secrets.token_urlsafe(32),
             suffix=_suffix(),

@@ -14,6 +14,7 @@ from kubectl_tracecar._targets import Target, parse_duration, parse_target
 from kubectl_tracecar.commands import _reach
 from kubectl_tracecar.commands._base import Command, add_json_output, add_target
 from kubectl_tracecar.errors import OK, UsageError
+from tracecar_contract import is_core_image
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,12 @@ def flags(p: argparse.ArgumentParser) -> None:
         "--privileged", action="store_true", help="a privileged agent (default: capabilities only)"
     )
     p.add_argument("--image", help="the agent image (default: the one the webhook injects)")
+    p.add_argument(
+        "--variant",
+        choices=["full", "core"],
+        help="the agent image's variant: full (every tool, the default) or core (perf, "
+        "py-spy, jattach; smaller); full beside an injected core agent adds the tools it lacks",
+    )
     p.add_argument(
         "--idle-timeout",
         default=f"{DEFAULT_IDLE_S:g}s",
@@ -54,6 +61,7 @@ def complete(ns: argparse.Namespace) -> AttachOptions:
             privileged=ns.privileged,
             idle_s=idle,
             timeout_s=ns.timeout,
+            variant=ns.variant,
         ),
         json=ns.output == "json",
     )
@@ -64,7 +72,10 @@ def run(kube: Kube, o: AttachOptions) -> int:
     _pods.require_running(pod)
     container = _pods.target_container(pod, o.request.container)
     existing = _pods.find_agent(pod)
-    if existing.how != "none" and existing.running:
+    # A running core agent lacks bpftrace, LTTng and gdb: `--variant full` adds a full
+    # one beside it (its own port), which the other commands then use.
+    beside_core = o.request.variant == "full" and is_core_image(existing.image)
+    if existing.how != "none" and existing.running and not beside_core:
         result = {"pod": o.pod, "agent": existing.how, "container": existing.container}
         if o.json:
             _output.emit_json({**result, "added": False})

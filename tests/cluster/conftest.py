@@ -33,7 +33,7 @@ def cluster() -> Iterator[K.Kube]:
     _run([str(CLUSTER), "up"], timeout=3600)
     env = dict(os.environ, TRACECAR_IMAGE_TAG=K.TAG)
     res = subprocess.run(
-        [str(K.REPO / "scripts" / "images"), "agent", "webhook", "demo"],
+        [str(K.REPO / "scripts" / "images"), "agent", "agent-core", "webhook", "certs", "demo"],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -41,7 +41,18 @@ def cluster() -> Iterator[K.Kube]:
         env=env,
     )
     assert res.returncode == 0, res.stderr[-4000:]
-    _run([str(CLUSTER), "load", K.AGENT_IMAGE, K.WEBHOOK_IMAGE, K.DEMO_IMAGE], timeout=900)
+    _run(
+        [
+            str(CLUSTER),
+            "load",
+            K.AGENT_IMAGE,
+            K.AGENT_CORE_IMAGE,
+            K.WEBHOOK_IMAGE,
+            K.CERTS_IMAGE,
+            K.DEMO_IMAGE,
+        ],
+        timeout=900,
+    )
     yield K.Kube(lay.kubeconfig, lay.bin / "kubectl")
     if not os.environ.get("TRACECAR_KEEP_CLUSTER"):
         _run([str(CLUSTER), "down"], timeout=600)

@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = ROOT / "deploy/podman/containers.conf"
 TAG = os.environ.get("TRACECAR_IMAGE_TAG", "dev")
 AGENT_IMAGE = f"localhost/tracecar-agent:{TAG}"
+AGENT_CORE_IMAGE = f"localhost/tracecar-agent-core:{TAG}"
+CERTS_IMAGE = f"localhost/tracecar-certs:{TAG}"
 WEBHOOK_IMAGE = f"localhost/tracecar-webhook:{TAG}"
 DEMO_IMAGE = f"localhost/tracecar-demo:{TAG}"
 AGENT_CONTAINER = "tracecar-agent"
@@ -65,7 +67,8 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> str:
 
 
 def build_images() -> None:
-    """Build the base image (if missing) and the agent, webhook and demo images.
+    """Build the base image (if missing) and the agent (both variants), webhook, certs
+    and demo images.
 
     Layers are cached, so this takes seconds when nothing changed; set
     TRACECAR_E2E_SKIP_BUILD=1 to use the images as they are.
@@ -73,7 +76,7 @@ def build_images() -> None:
     if os.environ.get("TRACECAR_E2E_SKIP_BUILD"):
         return
     done = subprocess.run(
-        [str(ROOT / "scripts/images"), "agent", "webhook", "demo"],
+        [str(ROOT / "scripts/images"), "agent", "agent-core", "webhook", "certs", "demo"],
         capture_output=True,
         text=True,
         env={**podman_env(), "TRACECAR_IMAGE_TAG": TAG},
@@ -136,6 +139,7 @@ def webhook_container(cert_dir: Path) -> Iterator[Webhook]:
         "-e", "TRACECAR_WEBHOOK_HOST=0.0.0.0",
         "-e", "TRACECAR_WEBHOOK_PORT=8443",
         "-e", f"TRACECAR_WEBHOOK_AGENT_IMAGE={AGENT_IMAGE}",
+        "-e", f"TRACECAR_WEBHOOK_AGENT_CORE_IMAGE={AGENT_CORE_IMAGE}",
         WEBHOOK_IMAGE,
     )  # fmt: skip
     try:
@@ -314,6 +318,14 @@ def port_forward(pod: RealPod, remote_port: int) -> Iterator[str]:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def healthy(url: str) -> bool:
+    """The agent at `url` answers /healthz."""
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def agent_port(pod: dict[str, Any]) -> int:

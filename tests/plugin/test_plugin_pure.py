@@ -15,10 +15,11 @@ from kubectl_tracecar._kube import selector_string
 from kubectl_tracecar._targets import Target, parse_duration, parse_target
 from kubectl_tracecar.commands import COMMANDS, probe, profile, stack, trace
 from kubectl_tracecar.commands._base import Pods, output_format
+from kubectl_tracecar.commands._reach import agent_image
 from kubectl_tracecar.commands.profile import Progress
-from kubectl_tracecar.errors import USAGE, NotFound, Unsupported, UsageError
+from kubectl_tracecar.errors import USAGE, NotFound, PluginError, Unsupported, UsageError
 from tests.plugin.support import options
-from tracecar_contract import CAPABILITIES
+from tracecar_contract import CAPABILITIES, DEFAULT_CORE_IMAGE, DEFAULT_IMAGE, is_core_image
 
 
 @pytest.mark.parametrize(
@@ -270,6 +271,35 @@ def test_the_newest_running_attached_agent_wins() -> None:
     assert _pods.find_agent(_pod()).how == "none"
 
 
+def test_a_full_agent_attached_beside_an_injected_core_agent_wins() -> None:
+    core = {"name": "tracecar-agent", "image": "reg/tracecar-agent-core:1"}
+    full = {"name": "tracecar-agent-ccccc", "image": "reg/tracecar-agent:1"}
+    status = {
+        "phase": "Running",
+        "initContainerStatuses": [{"name": "tracecar-agent", "state": {"running": {}}}],
+        "ephemeralContainerStatuses": [{"name": "tracecar-agent-ccccc", "state": {"running": {}}}],
+    }
+    pod = _pod(initContainers=[core], ephemeralContainers=[full], status=status)
+    assert _pods.find_agent(pod).container == "tracecar-agent-ccccc"
+    # once the attached full agent ended (idle), the injected core agent again
+    status["ephemeralContainerStatuses"][0]["state"] = {"terminated": {"reason": "Completed"}}
+    assert _pods.find_agent(pod).container == "tracecar-agent"
+    # an injected full agent always wins
+    pod = _pod(
+        initContainers=[dict(core, image="reg/tracecar-agent:1")],
+        ephemeralContainers=[full],
+        status=status,
+    )
+    assert _pods.find_agent(pod).container == "tracecar-agent"
+
+
+def test_is_core_image() -> None:
+    assert is_core_image("localhost/tracecar-agent-core:0.1.0")
+    assert is_core_image("reg.example:5000/x/tracecar-agent-core@sha256:ab")
+    assert not is_core_image("reg.example:5000/tracecar-agent:core")
+    assert not is_core_image(None)
+
+
 def test_target_container() -> None:
     assert _pods.target_container(_pod(), None) == "app"
     annotated = _pod(annotations={"kubectl.kubernetes.io/default-container": "side"})
@@ -408,3 +438,38 @@ def test_help_loads_no_client_and_no_service() -> None:
     heavy = {"kubernetes", "httpx", "urllib3", "agent", "webhook", "certs", "servicelog"}
     assert loaded & heavy == set()
     assert "kubectl_tracecar" in loaded
+
+
+class _WebhookEnv:
+    def __init__(self, env: dict[str, str] | None) -> None:
+        self.env = env
+
+    def deployment_env(self, namespace: str, name: str, container: str) -> dict[str, str]:
+        if self.env is None:
+            raise PluginError("no webhook installed")
+        return self.env
+
+
+@pytest.mark.parametrize(
+    ("variant", "env", "image"),
+    [
+        (None, None, DEFAULT_IMAGE),
+        ("core", None, DEFAULT_CORE_IMAGE),
+        ("full", {"TRACECAR_WEBHOOK_AGENT_IMAGE": "reg/a:2"}, "reg/a:2"),
+        (
+            "core",
+            {
+                "TRACECAR_WEBHOOK_AGENT_IMAGE": "reg/a:2",
+                "TRACECAR_WEBHOOK_AGENT_CORE_IMAGE": "reg/c:2",
+            },
+            "reg/c:2",
+        ),
+    ],
+)
+def test_attach_variant_picks_the_webhooks_image(
+    variant: str | None, env: dict[str, str] | None, image: str
+) -> None:
+    o = options(["attach", "web-1", *(["--variant", variant] if variant else [])])
+    assert o.request.variant == variant
+    assert agent_image(_WebhookEnv(env), None, o.request.variant) == image  # type: ignore[arg-type]
+    assert agent_image(_WebhookEnv(env), "reg/mine:1", variant) == "reg/mine:1"  # type: ignore[arg-type]

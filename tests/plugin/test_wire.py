@@ -32,6 +32,7 @@ LOCAL_CHOICES = {
     ("ps", "--output"),
     ("stack", "--output"),
     ("attach", "--output"),
+    ("attach", "--variant"),  # the image to attach: the plugin's and the webhook's, not the agent's
     ("recorder", "action"),
 }
 

@@ -125,6 +125,22 @@ def test_options_defaults_and_overrides() -> None:
     assert (o.options.memory_request, o.options.memory_limit) == (S.agent_memory_request, "2Gi")
 
 
+def test_image_variant_picks_the_image() -> None:
+    core = parse_options({"tracecar.dev/image-variant": " Core "}, settings=S)
+    assert core.warnings == () and core.options.image == S.agent_core_image
+    full = parse_options({"tracecar.dev/image-variant": "full"}, settings=S)
+    assert full.options.image == S.agent_image
+    # an explicit image wins over the variant
+    both = parse_options(
+        {"tracecar.dev/image-variant": "core", "tracecar.dev/image": "reg.example/a:1"},
+        settings=S,
+    )
+    assert both.warnings == () and both.options.image == "reg.example/a:1"
+    # the webhook's default variant
+    settings = S.model_copy(update={"default_image_variant": "core"})
+    assert parse_options(None, settings=settings).options.image == S.agent_core_image
+
+
 @pytest.mark.parametrize(
     ("key", "value", "expect"),
     [
@@ -138,6 +154,7 @@ def test_options_defaults_and_overrides() -> None:
         ("privilege", "true", "unknown annotation"),
         ("auth", "off", 'is not "token" or "none"; using token'),
         ("auth", "", 'is not "token" or "none"'),
+        ("image-variant", "slim", "is not full or core; using full"),
     ],
 )
 def test_bad_annotation_values_warn_and_default(key: str, value: str, expect: str) -> None:
@@ -164,8 +181,11 @@ def test_default_injection_matches_the_contract() -> None:
     agent = out["spec"]["initContainers"][0]
     assert agent["name"] == "tracecar-agent" and agent["command"] == ["tracecar-agent"]
     assert agent["restartPolicy"] == "Always"
-    for probe in ("startupProbe", "livenessProbe"):
-        assert agent[probe]["exec"]["command"] == ["tracecar-agent", "healthcheck"]
+    assert agent["livenessProbe"]["exec"]["command"] == ["tracecar-agent", "healthcheck"]
+    # one exec that waits for the agent to serve (within the probe's timeout)
+    startup = agent["startupProbe"]
+    assert startup["exec"]["command"] == ["tracecar-agent", "healthcheck", "--wait", "9"]
+    assert startup["timeoutSeconds"] > 9
     assert "readinessProbe" not in agent
     env = env_of(agent)
     assert env["TRACECAR_AGENT_HOST"] == "127.0.0.1"

@@ -1,0 +1,74 @@
+"""``tracecar-agent healthcheck [--wait S]``: the exec probes' light client (no settings
+model, no pydantic), against a real loopback HTTP server."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from agent import __main__ as cli
+
+
+class _Healthz(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[int]:
+    srv = http.server.HTTPServer(("127.0.0.1", 0), _Healthz)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_healthy_agent(server: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACECAR_AGENT_PORT", str(server))
+    assert cli.healthcheck() == 0
+    assert cli.healthcheck(wait_s=5) == 0
+
+
+def test_no_agent_after_the_wait(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TRACECAR_AGENT_PORT", str(_free_port()))
+    assert cli.healthcheck(wait_s=0.2) == 1
+    assert "unhealthy" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "web", ""])
+def test_a_bad_port_is_unhealthy_and_says_why(
+    port: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TRACECAR_AGENT_PORT", port)
+    assert cli.healthcheck() == 1
+    assert "is not a port" in capsys.readouterr().err
+
+
+def test_the_healthcheck_stays_light() -> None:
+    """No pydantic, ssl or importlib.metadata: the exec probe's CPU is the idle agent's."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, agent.__main__; "
+        "print(sorted(m for m in ('pydantic', 'ssl', 'importlib.metadata') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
