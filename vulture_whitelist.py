@@ -94,3 +94,6 @@ _.missing_caller, _._base
 # to use or remove: the DWARF reader's kept stream and counters (read by its tests),
 # UserStacks.forget, symbols.function_names (the recorder's tests fake it).
 _._stream, _.units_decoded, _.dies_read, _.forget, function_names
+
+# A module's __getattr__ (PEP 562): Python calls it for agent.__version__, lazily.
+__getattr__
