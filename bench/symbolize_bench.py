@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent import _proc, symbols  # noqa: E402
-from agent.profiling.postprocess import perf_data_to_folded, perf_script_argv  # noqa: E402
+from agent.profiling.perf_script import perf_data_to_folded, perf_script_argv  # noqa: E402
 from agent.symbolize import _objects  # noqa: E402
 from agent.symbolize.dwarf import DwarfInline, load_dwarf  # noqa: E402
 from agent.symbolize.resolver import Symbolizer  # noqa: E402
