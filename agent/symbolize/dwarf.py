@@ -94,7 +94,6 @@ class DwarfInline:
 
     def __init__(self, stream: IO[bytes]) -> None:
         """``stream``: the object (or debug file) opened in binary mode; kept open."""
-        self._stream = stream
         elf = ELFFile(stream)
         if not elf.has_dwarf_info() or elf.get_section_by_name(".debug_info") is None:
             raise ValueError("no .debug_info")
@@ -114,8 +113,6 @@ class DwarfInline:
         self._units: dict[int, _Unit | None] = {}  # cu offset -> unit (None: unusable)
         self._cache: dict[int, tuple[str, ...]] = {}
         self._lock = threading.Lock()
-        self.units_decoded = 0
-        self.dies_read = 0
 
     # --- which unit --------------------------------------------------------------
     def _cu_offset(self, pc: int) -> int | None:
@@ -223,7 +220,6 @@ class DwarfInline:
         for die in cu.iter_DIEs():
             n += 1
             if n % _CHECK_EVERY == 0 and time.monotonic() > deadline:
-                self.dies_read += n
                 raise OverBudget(f"compile unit at {cu_offset:#x}: stopped after {n} entries")
             if die.tag not in _SCOPES:
                 continue
@@ -249,8 +245,6 @@ class DwarfInline:
                 scope = _Scope(ranges, None)
                 functions.append(scope)
             scopes[die.offset] = scope
-        self.dies_read += n
-        self.units_decoded += 1
         spans = sorted(((lo, hi, f) for f in functions for lo, hi in f.ranges), key=lambda s: s[0])
         unit = _Unit([s[0] for s in spans], spans)
         self._units[cu_offset] = unit
