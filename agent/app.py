@@ -25,6 +25,7 @@ from agent import (
     dumps,
     idle,
     lttng,
+    memory,
     openapi,
     probes,
     procfs,
@@ -49,6 +50,7 @@ from agent.routers import (
 from agent.routers import dotnet as dotnet_routes
 from agent.routers import dumps as dump_routes
 from agent.routers import lttng as lttng_routes
+from agent.routers import memory as memory_routes
 from agent.routers import metrics as metrics_routes
 from agent.routers import probes as probe_routes
 from agent.routers import stacks as stack_routes
@@ -199,6 +201,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Made here, started by the lifespan: /capabilities can describe them before it runs.
     app.state.sinks = sinks.Sinks(settings, metrics=app.state.metrics)
     app.state.stacks = stacks.Stacks(timeout_s=settings.stack_timeout_s)
+    app.state.memory = memory.Service()
     openapi.install(app)  # the 405 answer the document promises
     app.state.access = access
     app.dependency_overrides[get_settings] = lambda: settings
@@ -240,6 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(capabilities.router, dependencies=protected)
     app.include_router(processes.router, dependencies=protected)
     app.include_router(stack_routes.router, dependencies=protected)
+    app.include_router(memory_routes.router, dependencies=protected)
     app.include_router(profile_diff.router, dependencies=protected)  # before /profiles/{id}
     app.include_router(profiles.router, dependencies=protected)
     app.include_router(triggers.router, dependencies=protected)

@@ -76,6 +76,16 @@ def resolve_in_root(pid: int, path: str) -> Path:
     return Path(str(root) + current)
 
 
+def rss_bytes(pid: int) -> int | None:
+    """Resident bytes of ``pid`` from /proc/PID/statm (one small read: what the flight
+    recorder and the RSS triggers sample every second); None when it is gone."""
+    try:
+        with open(PROC / str(pid) / "statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def exe_path(pid: int) -> str:
     """The process's executable as it sees it (e.g. ``/app/bin/server``)."""
     try:
