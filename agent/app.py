@@ -146,7 +146,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.probes = probes.Service(settings, jobs, metrics=metrics)
         app.state.lttng = lttng.Service(settings, jobs, metrics=metrics)
         app.state.dotnet = dotnet.Service(jobs, registry=metrics.registry)
-        app.state.dumps = dumps.Service(jobs, max_storage_bytes=settings.max_storage_bytes)
+        app.state.dumps = dumps.Service(
+            jobs, max_storage_bytes=settings.max_storage_bytes, memory_service=app.state.memory
+        )
         _proc.add_observer(metrics.observe_tool)
         services = [app.state.profiling, app.state.probes, app.state.lttng, app.state.dotnet]
         started = []
