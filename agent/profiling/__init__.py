@@ -60,7 +60,7 @@ from agent.profiling._artifacts import (
 )
 from agent.profiling._differential import DiffFormat, DiffOptions, Widths, differential
 from agent.profiling._flight import FlightRecorder, RecorderRequest, when
-from agent.profiling._ring import GroupSamples, ProcessGroup, Slice
+from agent.profiling._ring import GroupSamples, ProcessGroup, RssTrend, Slice
 from agent.profiling._service import Service
 from agent.profiling._triggers import Trigger, TriggerRequest, Triggers
 
@@ -79,6 +79,7 @@ __all__ = [
     "GroupSamples",
     "ProcessGroup",
     "RecorderRequest",
+    "RssTrend",
     "Service",
     "Slice",
     "Trigger",

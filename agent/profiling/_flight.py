@@ -20,9 +20,13 @@ the ``/recorder`` router, read by continuous-profile sinks through
   named as in on-demand profiles.
 
 Both feed one :class:`agent.profiling._ring.Ring` (what is complete, the bounds,
-the queries). The ring is in memory only: nothing is written to disk but py-spy's
-one-second files (a private directory, removed with the recorder), and it ends with
-the recorder (DELETE) or the agent.
+the queries). With each second of stacks goes each recorded process's RSS (read
+from /proc/PID/statm as the second is handled): an interval's answer says how
+memory moved over the same seconds.
+
+The ring is in memory only: nothing is written to disk but py-spy's one-second
+files (a private directory, removed with the recorder), and it ends with the
+recorder (DELETE) or the agent.
 """
 
 from __future__ import annotations
@@ -51,13 +55,21 @@ from agent.profiling import offcpu, pyspy
 from agent.profiling._artifacts import FOLDED, KIND
 from agent.profiling._flightpy import record_second
 from agent.profiling._jitnames import JitNames
-from agent.profiling._ring import GroupBy, GroupSamples, ProcessMeta, Ring, Slice
+from agent.profiling._ring import (
+    GroupBy,
+    GroupSamples,
+    ProcessMeta,
+    Ring,
+    RssTrend,
+    Slice,
+    rss_trends,
+)
 from agent.profiling._service import Service
 from agent.profiling.collapse import format_folded
 from agent.profiling.offcpu import argv, fold, parse_output, sampler_program
 from agent.profiling.planner import Plan, Targets, in_range
 
-__all__ = ["FlightRecorder", "GroupSamples", "RecorderRequest", "Slice", "when"]
+__all__ = ["FlightRecorder", "GroupSamples", "RecorderRequest", "RssTrend", "Slice", "when"]
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +254,7 @@ class FlightRecorder:
             "evicted_buckets": ring.evicted,
             "trimmed_samples": ring.trimmed_samples,
             "late_samples": ring.late_samples,
+            "rss": [t.as_dict() for t in self._trends(run, *w)] if w else [],
             "python": {
                 str(pid): {
                     "comm": p.comm,
@@ -276,6 +289,10 @@ class FlightRecorder:
                     await t
         if run.scratch is not None:
             await asyncio.to_thread(shutil.rmtree, run.scratch, True)
+
+    @staticmethod
+    def _trends(run: _Run, start: float, end: float) -> list[RssTrend]:
+        return rss_trends(run.ring.rss(int(start), int(end)), run.ring.meta)
 
     def _running(self) -> _Run:
         run = self._run
@@ -321,7 +338,25 @@ class FlightRecorder:
             asked_end=end,
             window_start=w[0],
             window_end=w[1],
+            rss=tuple(self._trends(run, lo, hi)),
         )
+
+    def memory(self, start: float, end: float) -> dict[str, Any]:
+        """``GET /recorder/memory``: each recorded process's RSS over the retained part
+        of ``[start, end)``: its trend, and the series (one point a second)."""
+        run = self._running()
+        lo, hi = self._clip(run, start, end)
+        series = run.ring.rss(lo, hi)
+        return {
+            "from": float(lo),
+            "to": float(hi),
+            "requested_from": start,
+            "requested_to": end,
+            "processes": [
+                {**t.as_dict(), "series": [[at, n] for at, n in series[t.pid]]}
+                for t in self._trends(run, lo, hi)
+            ],
+        }
 
     # --- for continuous-profile sinks ------------------------------------------------
     def complete_until(self) -> int | None:
@@ -381,6 +416,7 @@ class FlightRecorder:
             "clipped": part.clipped,
             "samples": sum(stacks.values()),
             "folded_samples": sum(stacks.values()),
+            "rss": [t.as_dict() for t in part.rss],
         }
 
         async def write(job: Job) -> None:
@@ -417,12 +453,19 @@ class FlightRecorder:
             errors = asyncio.ensure_future(_proc.drain_tail(run.child.proc.stderr, keep=16384))
             run.state = "recording"
             second = 0
+            mapped = False  # the map of ``second`` came (none: it had no sample)
             async for lines in _proc.line_batches(run.child.proc.stdout):
                 for line in lines:
                     if line.startswith(b'{"type": "printf"'):
+                        data = line.split(b'"data": "', 1)[1].split(b"\\n", 1)[0]
+                        if data == b"-":  # the second's end: an idle one is delivered too
+                            if second > 0 and not mapped:
+                                await self._add(run, second, "")
+                            continue
                         with contextlib.suppress(ValueError):
-                            second = int(line.split(b'"data": "', 1)[1].split(b"\\n", 1)[0])
+                            second, mapped = int(data), False
                     elif line.startswith(b'{"type": "map"') and second > 0:
+                        mapped = True
                         await self._add(run, second, line.decode("utf-8", "replace"))
             rc = await run.child.wait(timeout=10)
             err = (await errors).decode("utf-8", "replace")
@@ -471,10 +514,11 @@ class FlightRecorder:
 
     def _bucket(
         self, run: _Run, text: str
-    ) -> tuple[dict[int, dict[str, int]], dict[int, ProcessMeta | None]]:
-        """One second of bpftrace's map -> folded stacks per wanted pid, and what was
+    ) -> tuple[dict[int, dict[str, int]], dict[int, ProcessMeta | None], dict[int, int]]:
+        """One second of bpftrace's map -> folded stacks per wanted pid, what was
         learnt of processes not seen before (applied on the event loop, which owns
-        the tables). Runs in a thread."""
+        the tables), and the RSS of every recorded process (on CPU in that second or
+        not: a leaking process may be mostly asleep). Runs in a thread."""
         own = self._own(run)
         found: dict[int, ProcessMeta | None] = {}
         parsed = parse_output(text, map_name="@s")
@@ -494,15 +538,22 @@ class FlightRecorder:
             folded = fold([s for s in stacks if s.pid == pid], names=names, divisor=1)
             if folded:
                 per_pid[pid] = folded
-        return per_pid, found
+        rss: dict[int, int] = {}
+        known = [p for p, m in list(run.meta.items()) if m is not None]
+        for pid in {*per_pid, *known}:
+            if pid in per_pid or self._wanted(run, pid, own, run.meta.get):
+                n = procfs.rss_bytes(pid)
+                if n is not None:
+                    rss[pid] = n
+        return per_pid, found, rss
 
     async def _add(self, run: _Run, second: int, text: str) -> None:
         run.sampler_delay_s = time.time() - (second + 1)
-        per_pid, found = await asyncio.to_thread(self._bucket, run, text)
+        per_pid, found, rss = await asyncio.to_thread(self._bucket, run, text)
         if self._run is not run:
             return
         self._learn(run, found)
-        run.ring.add_sampler(second, per_pid)
+        run.ring.add_sampler(second, per_pid, rss)
         run.ring.commit(time.time())
 
     def _learn(self, run: _Run, found: dict[int, ProcessMeta | None]) -> None:

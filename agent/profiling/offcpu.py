@@ -97,7 +97,10 @@ def sampler_program(
     bpftrace's ``nsecs`` is CLOCK_MONOTONIC; ``wall_offset_ns`` (CLOCK_REALTIME minus
     it, measured by the agent) turns it into Unix time, so each printed map is exactly
     the samples of one Unix second (to within the 50 ms check), whatever second
-    bpftrace started in: the printf line ``SECOND`` comes first, then the map.
+    bpftrace started in: the printf line ``SECOND`` comes first, then the map, then
+    the printf line ``-``: a second with no sample prints no map (bpftrace prints
+    nothing for an empty one), and the ``-`` still delivers it (an idle target's
+    seconds complete, with the processes' RSS).
     ``pids``: only these processes (a pid target), filtered in the kernel, so
     bpftrace formats no other process's stacks; none: every process.
     """
@@ -111,7 +114,7 @@ def sampler_program(
 }}
 interval:ms:50 {{
   $sec = (nsecs + {wall_offset_ns}) / 1000000000;
-  if ($sec != @sec) {{ printf("%d\\n", @sec); print(@s); clear(@s); @sec = $sec; }}
+  if ($sec != @sec) {{ printf("%d\\n", @sec); print(@s); clear(@s); printf("-\\n"); @sec = $sec; }}
 }}
 """
 

@@ -101,12 +101,27 @@ def _hms(t: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(t))
 
 
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f}"
+
+
+def _rss_line(part: profiling.Slice) -> str:
+    """The subtitle's memory: the recorded processes' RSS, first and last second."""
+    if not part.rss:
+        return ""
+    first = sum(t.first_bytes for t in part.rss)
+    last = sum(t.last_bytes for t in part.rss)
+    rate = sum(t.mib_per_min for t in part.rss)
+    return f"; RSS {_mib(first)} -> {_mib(last)} MiB ({rate:+.1f} MiB/min)"
+
+
 def _render(part: profiling.Slice, fmt: OutputFormat, hz: int) -> bytes:
     stacks, start, end = part.stacks, part.start, part.end
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start))
     title = "Flight recorder: CPU profile"
     subtitle = (
         f"{when} UTC + {end - start:g} s at {hz} Hz, {sum(stacks.values())} samples"
+        + _rss_line(part)
         + _coverage(part)
     )
     if fmt == "folded":
@@ -117,6 +132,8 @@ def _render(part: profiling.Slice, fmt: OutputFormat, hz: int) -> bytes:
         doc = to_speedscope(
             stacks, name=f"{title} ({subtitle})", unit="nanoseconds", weight_per_sample=1e9 / hz
         )
+        # Speedscope reads the keys it knows: the memory rides along for scripts.
+        doc["tracecar"] = {"rss": [t.as_dict() for t in part.rss]}
         return json.dumps(doc).encode()
     return to_pprof(
         stacks,
@@ -136,6 +153,20 @@ def coverage_headers(part: profiling.Slice) -> dict[str, str]:
         "X-Tracecar-Window-From": f"{part.window_start:.3f}",
         "X-Tracecar-Window-To": f"{part.window_end:.3f}",
         "X-Tracecar-Coverage": "partial" if part.clipped else "whole",
+        **rss_headers(part),
+    }
+
+
+def rss_headers(part: profiling.Slice) -> dict[str, str]:
+    """The recorded processes' RSS over the same seconds (sums, bytes): the first and
+    last second's, and the growth per minute (``GET /recorder/memory``: per process)."""
+    if not part.rss:
+        return {}
+    return {
+        "X-Tracecar-Rss-First": str(sum(t.first_bytes for t in part.rss)),
+        "X-Tracecar-Rss-Last": str(sum(t.last_bytes for t in part.rss)),
+        "X-Tracecar-Rss-Max": str(max(t.max_bytes for t in part.rss)),
+        "X-Tracecar-Rss-Growth-Mib-Per-Min": f"{sum(t.mib_per_min for t in part.rss):.3f}",
     }
 
 
@@ -155,6 +186,18 @@ async def save_recorder_interval(
     ``GET /profiles/diff`` compares with a capture or another interval."""
     job = await rec.save_interval(svc, from_, to)
     return JSONResponse(view(job), status_code=201, headers={"Location": f"/profiles/{job.id}"})
+
+
+@router.get("/recorder/memory", responses=errors(409))
+async def recorder_memory(
+    rec: RecorderDep,
+    from_: Annotated[float, Query(alias="from", description="Unix time, seconds")],
+    to: Annotated[float, Query(description="Unix time, seconds")],
+) -> dict[str, Any]:
+    """Each recorded process's resident memory over ``[from, to)`` (the retained part):
+    first, last, min, max, growth per minute, and one point a second, biggest growth
+    first. The same seconds as ``/recorder/profile``'s stacks."""
+    return rec.memory(from_, to)
 
 
 @router.get(
