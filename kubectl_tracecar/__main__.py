@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from kubectl_tracecar import _cli, _commands, _diff, _dotnet, _recorder
+from kubectl_tracecar import _cli, _commands, _diff, _dotnet, _memory, _recorder
 from kubectl_tracecar.errors import FAILED, PluginError
 
 _COMMANDS = {
@@ -24,6 +24,8 @@ _COMMANDS = {
     "dump": _dotnet.cmd_dump,
     "counters": _dotnet.cmd_counters,
     "recorder": _recorder.cmd_recorder,
+    "memory": _memory.cmd_memory,
+    "heapdump": _memory.cmd_heapdump,
 }
 # Commands on local files only: no kubeconfig is loaded, so they work without a cluster.
 _LOCAL: dict[str, Callable[[argparse.Namespace], int]] = {"diff": _diff.cmd_diff}

@@ -14,7 +14,20 @@ from kubectl_tracecar.errors import UsageError
 PROG = "kubectl tracecar"
 # The commands that act on pods: each takes TARGET (and all but attach take -l).
 POD_COMMANDS = frozenset(
-    {"status", "ps", "profile", "stack", "probe", "trace", "attach", "dump", "counters", "recorder"}
+    {
+        "status",
+        "ps",
+        "profile",
+        "stack",
+        "probe",
+        "trace",
+        "attach",
+        "dump",
+        "counters",
+        "recorder",
+        "memory",
+        "heapdump",
+    }
 )
 
 _EXAMPLES = {
@@ -55,6 +68,15 @@ _EXAMPLES = {
         "  kubectl tracecar dump web-7d9f-abcde --pid 7 --type full     # others: gdb gcore"
     ),
     "counters": "kubectl tracecar counters web-7d9f-abcde --pid 7       # Ctrl-C ends it",
+    "memory": (
+        "kubectl tracecar memory web-7d9f-abcde              # every process: RSS, PSS, anon...\n"
+        "  kubectl tracecar memory web-7d9f-abcde --pid 7    # one: mappings, JVM heap, pymalloc\n"
+        "  kubectl tracecar memory -l app=web -o json"
+    ),
+    "heapdump": (
+        "kubectl tracecar heapdump web-7d9f-abcde --pid 7 -o heap.hprof   # Java: the JVM's\n"
+        "  kubectl tracecar heapdump web-7d9f-abcde --pid 9 -o core.9       # others: gcore"
+    ),
     "recorder": (
         "kubectl tracecar recorder web-7d9f-abcde start              # the pod, 19 Hz, 10 min\n"
         "  kubectl tracecar recorder web-7d9f-abcde start -c app --retain 30m\n"
@@ -262,6 +284,32 @@ def build_parser() -> argparse.ArgumentParser:
         help=".NET: mini, heap (default) or full (createdump); others: full (gdb gcore)",
     )
     p.add_argument("-o", "--output-file", metavar="FILE", help="where to write it (core.PID)")
+    p.add_argument("--keep", action="store_true", help="keep the dump on the agent too")
+
+    p = _sub(subs, "memory", "where the memory is: every process's RSS, PSS, anon, file, swap")
+    _target(p)
+    p.add_argument("--pid", type=int, help="one process in detail (mappings, runtime's figures)")
+    p.add_argument("-c", "--container", help="only this container's processes")
+    p.add_argument(
+        "--runtime",
+        action="store_true",
+        help="ask every process's runtime too (JVM: jcmd; CPython: gdb); --pid always does",
+    )
+    p.add_argument("--top", type=int, default=10, help="largest mappings listed (default 10)")
+    _json_output(p)
+
+    p = _sub(subs, "heapdump", "a heap dump of one process, downloaded: Java .hprof, else core")
+    _target(p, selector=False)
+    p.add_argument("--pid", type=int, required=True, help="the process (GET /processes, ps)")
+    p.add_argument(
+        "--type", choices=["heap", "full"], help="Java: heap (.hprof, default) or full (core)"
+    )
+    p.add_argument(
+        "--all-objects",
+        action="store_true",
+        help="Java: unreachable objects too (no full GC first)",
+    )
+    p.add_argument("-o", "--output-file", metavar="FILE", help="where (heap.PID.hprof or core.PID)")
     p.add_argument("--keep", action="store_true", help="keep the dump on the agent too")
 
     p = _sub(subs, "counters", "a .NET process's System.Runtime counters, live (Ctrl-C ends)")

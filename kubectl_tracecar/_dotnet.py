@@ -56,7 +56,10 @@ def cmd_dump(kube: Any, args: argparse.Namespace) -> int:
         job = wait_dump(client, job)
         if job["state"] != "succeeded":
             raise PluginError(f"the dump of pid {args.pid} {job['state']}: {job.get('error')}")
-        data = client.download(f"/dumps/{job['id']}/core", "downloading the dump")
+        # A JVM's default dump is its .hprof: the job's own link says which file it is.
+        links = job.get("links") or {}
+        link = links.get("core") or links.get("hprof") or f"/dumps/{job['id']}/core"
+        data = client.download(link, "downloading the dump")
         out.write_bytes(data)
         if not args.keep:
             client.delete(f"/dumps/{job['id']}", "removing the dump from the agent")

@@ -114,6 +114,8 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
         "dump",
         "counters",
         "recorder",
+        "memory",
+        "heapdump",
     )
     assert set(commands) == set(_cli._EXAMPLES)
     for cmd in commands:
