@@ -92,8 +92,9 @@ class FakeAgent:
 
     def post_json(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
         self.calls.append(("POST", path, body))
+        est = {"estimate": {"bytes": 8 * MI}}
         return {"id": "d1", "state": "running", "writer": "jattach dumpheap (live objects)",
-                "type": "heap", "progress": 0.0, "result": {"estimate": {"bytes": 8 * MI}}}  # fmt: skip
+                "type": "heap", "progress": 0.0, "result": est}  # fmt: skip
 
     def download(self, path: str, what: str) -> bytes:
         self.calls.append(("GET", path, None))
