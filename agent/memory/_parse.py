@@ -7,6 +7,7 @@ the JSON line the agent's gdb script prints from CPython's allocator.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -73,9 +74,20 @@ class _Raw:
     fields: dict[str, int] = field(default_factory=dict)
 
 
+_WANTED = frozenset({"Rss", "Pss", "Anonymous", "Swap"})
+
+
 def _raw_mappings(text: str) -> Iterator[_Raw]:
+    # About 25 lines per mapping: field lines are split, not matched (a regex per line
+    # was most of the cost on a process with hundreds of mappings).
     current: _Raw | None = None
     for line in text.splitlines():
+        key, colon, rest = line.partition(":")
+        if colon and " " not in key:
+            if current is not None and key in _WANTED:
+                with contextlib.suppress(ValueError, IndexError):
+                    current.fields[key] = int(rest.split(None, 1)[0]) * 1024
+            continue
         m = _HEADER.match(line)
         if m:
             if current is not None:
@@ -87,12 +99,6 @@ def _raw_mappings(text: str) -> Iterator[_Raw]:
                 int(m.group(6)),
                 m.group(7).strip(),
             )
-            continue
-        if current is None:
-            continue
-        f = _FIELD.match(line)
-        if f:
-            current.fields[f.group(1)] = int(f.group(2)) * 1024
     if current is not None:
         yield current
 
@@ -111,25 +117,47 @@ def kind_of(path: str, inode: int) -> MappingKind:
     return "file"
 
 
+def _model(r: _Raw) -> MemoryMapping:
+    return MemoryMapping(
+        start=f"{r.start:x}",
+        end=f"{r.end:x}",
+        perms=r.perms,
+        kind=kind_of(r.path, r.inode),
+        path=r.path,
+        size_bytes=r.end - r.start,
+        rss_bytes=r.fields.get("Rss", 0),
+        pss_bytes=r.fields.get("Pss", 0),
+        anonymous_bytes=r.fields.get("Anonymous", 0),
+        swap_bytes=r.fields.get("Swap", 0),
+    )
+
+
 def mappings(text: str) -> list[MemoryMapping]:
     """/proc/PID/smaps -> one entry per mapping, in address order."""
-    out: list[MemoryMapping] = []
-    for r in _raw_mappings(text):
-        out.append(
-            MemoryMapping(
-                start=f"{r.start:x}",
-                end=f"{r.end:x}",
-                perms=r.perms,
-                kind=kind_of(r.path, r.inode),
-                path=r.path,
-                size_bytes=r.end - r.start,
-                rss_bytes=r.fields.get("Rss", 0),
-                pss_bytes=r.fields.get("Pss", 0),
-                anonymous_bytes=r.fields.get("Anonymous", 0),
-                swap_bytes=r.fields.get("Swap", 0),
-            )
-        )
-    return out
+    return [_model(r) for r in _raw_mappings(text)]
+
+
+def summary(text: str, top: int) -> tuple[int, list[KindTotal], list[MemoryMapping]]:
+    """/proc/PID/smaps -> how many mappings, totals by kind, the ``top`` largest: what a
+    snapshot answers, with models made for the largest only (hundreds of mappings)."""
+    raws = list(_raw_mappings(text))
+    acc: dict[MappingKind, list[int]] = {}
+    for r in raws:
+        t = acc.setdefault(kind_of(r.path, r.inode), [0, 0, 0, 0, 0])
+        t[0] += 1
+        t[1] += r.end - r.start
+        t[2] += r.fields.get("Rss", 0)
+        t[3] += r.fields.get("Pss", 0)
+        t[4] += r.fields.get("Swap", 0)
+    kinds = sorted(
+        (
+            KindTotal(kind=k, mappings=n, size_bytes=z, rss_bytes=rs, pss_bytes=ps, swap_bytes=sw)
+            for k, (n, z, rs, ps, sw) in acc.items()
+        ),
+        key=lambda t: (-t.rss_bytes, t.kind),
+    )
+    big = sorted(raws, key=lambda r: (-r.fields.get("Rss", 0), r.start - r.end, r.start))[:top]
+    return len(raws), kinds, [_model(r) for r in big]
 
 
 def by_kind(maps: list[MemoryMapping]) -> list[KindTotal]:

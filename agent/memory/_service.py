@@ -75,7 +75,7 @@ class Service:
         _in_range("top", top)
         _in_range("histogram_top", histogram_top)
         info, rollup, smaps = await asyncio.to_thread(_read_kernel, pid)
-        maps = _parse.mappings(smaps)
+        count, kinds, biggest = await asyncio.to_thread(_parse.summary, smaps, top)
         notes: list[str] = []
         if info.state == "Z":
             notes.append("a zombie: it has no memory left, only its exit status")
@@ -87,9 +87,9 @@ class Service:
             runtime=info.runtime,
             taken_at=time.time(),
             totals=_parse.rollup(rollup),
-            mappings=len(maps),
-            by_kind=_parse.by_kind(maps),
-            largest_mappings=_parse.largest(maps, top),
+            mappings=count,
+            by_kind=kinds,
+            largest_mappings=biggest,
             runtime_memory=runtime_memory,
             notes=notes,
         )

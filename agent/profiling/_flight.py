@@ -119,6 +119,11 @@ class RecorderRequest(Targets):
         description="Python processes sampled by py-spy (whole Python stacks); "
         "false: by bpftrace like the rest (interpreter frames)",
     )
+    rss: bool = Field(
+        default=True,
+        description="each recorded process's RSS kept with each second (GET "
+        "/recorder/memory); false: stacks only",
+    )
 
 
 @dataclass
@@ -539,12 +544,13 @@ class FlightRecorder:
             if folded:
                 per_pid[pid] = folded
         rss: dict[int, int] = {}
-        known = [p for p, m in list(run.meta.items()) if m is not None]
-        for pid in {*per_pid, *known}:
-            if pid in per_pid or self._wanted(run, pid, own, run.meta.get):
-                n = procfs.rss_bytes(pid)
-                if n is not None:
-                    rss[pid] = n
+        if run.request.rss:
+            known = [p for p, m in list(run.meta.items()) if m is not None]
+            for pid in {*per_pid, *known}:
+                if pid in per_pid or self._wanted(run, pid, own, run.meta.get):
+                    n = procfs.rss_bytes(pid)
+                    if n is not None:
+                        rss[pid] = n
         return per_pid, found, rss
 
     async def _add(self, run: _Run, second: int, text: str) -> None:

@@ -131,6 +131,9 @@ def test_mappings_kinds_and_the_largest() -> None:
     kinds = {k.kind: k for k in _parse.by_kind(maps)}
     assert kinds["anon"].rss_bytes == 64 * MI and kinds["file"].mappings == 1
     assert _parse.by_kind(maps)[0].kind == "anon"  # biggest first
+    # What a snapshot answers: the same, models for the largest only.
+    count, kinds_, top_ = _parse.summary(SMAPS, 2)
+    assert count == 6 and kinds_ == _parse.by_kind(maps) and top_ == top
 
 
 def test_heap_info_of_g1_and_serial() -> None:
