@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--runtime",
         action="store_true",
-        help="ask every process's runtime too (JVM: jcmd; CPython: gdb); --pid always does",
+        help="ask every process's runtime too (JVM: jcmd; CPython: a live read); --pid always does",
     )
     p.add_argument("--top", type=int, default=10, help="largest mappings listed (default 10)")
     _json_output(p)

@@ -1,78 +1,67 @@
-"""The gdb-Python program that reads CPython's small-object allocator (pymalloc) out of
-a live process, read-only (pure: the program's text and the argv that runs it).
+"""The gdb-Python program that finds where CPython keeps its small-object allocator's
+(pymalloc's) state in a libpython or python binary (pure: the program's text and the
+argv that runs it).
 
-Why gdb and this: the figures ``sys._debugmallocstats()`` prints live in the
-interpreter's memory, and gdb with libpython's debug info (CPython builds with
-``-g`` unless the distribution strips it) knows where. Running code *in* the target
-(``PyRun_SimpleString`` through gdb, as pyrasite does) would need the GIL and can
-deadlock a process stopped inside malloc; py-spy reads frames, not the allocator;
-memray needs to be loaded into the process. Reading memory does none of that: the
-target is stopped only while gdb reads (about 0.3 s), and nothing of it changes.
+Why this way: the figures ``sys._debugmallocstats()`` prints live in the
+interpreter's memory, and libpython's debug info (CPython builds with ``-g`` unless a
+distribution strips it) says where. gdb reads that debug info from the *file*, not
+the process: the addresses of the allocator's globals and the offsets of their
+fields, once per binary (``_pymalloc`` caches them and reads the live values from
+/proc/PID/mem, without stopping the process). The alternatives were worse: running
+code in the target (``PyRun_SimpleString`` through gdb, as pyrasite does) needs the
+GIL and can deadlock a process stopped inside malloc; gdb attached to read the
+values stops the process for the whole time gdb takes to load the debug info
+(0.3 .. 5 s here); py-spy reads frames, not the allocator; memray must be loaded
+into the process.
 
-The program finds the arena table (3.12+: ``_PyRuntime._main_interpreter.obmalloc
-.mgmt``, a pointer in 3.13; before: the globals of obmalloc.c), reads it in one
-piece, then every carved pool's header (its block count and size class), up to
-``MAX_ARENAS`` arenas, and prints one JSON line after ``TRACECAR-PYMALLOC``.
+The program prints one JSON line after ``TRACECAR-PYLAYOUT``: for 3.12+, where the
+main interpreter's ``obmalloc.mgmt`` is (an address; or, in 3.13 where ``obmalloc``
+is a pointer, where that pointer is and the offset of ``mgmt`` in what it points
+to) and each counter's offset and size in ``struct _obmalloc_mgmt``; for 3.8 ..
+3.11, the address and size of each global of obmalloc.c. Addresses are the file's
+(link-time): the reader adds the load bias.
 """
 
 from __future__ import annotations
 
-MAX_ARENAS = 1024
-"""Arenas walked at most (1 GiB with 3.10+'s 1 MiB arenas): bounds the time attached."""
+FIELDS = (
+    "arenas",
+    "maxarenas",
+    "narenas_currently_allocated",
+    "ntimes_arena_allocated",
+    "narenas_highwater",
+)
 
 PROGRAM = r"""
-import json, struct
-def _tracecar_pymalloc(limit, minor):
-    out = {"version": "3.%d" % minor}
+import json
+def _tracecar_layout(minor, names):
+    ev = lambda e: int(gdb.parse_and_eval(e))
+    out = {"minor": minor}
     try:
         if minor >= 12:
-            st = gdb.parse_and_eval("_PyRuntime._main_interpreter.obmalloc")
-            if st.type.strip_typedefs().code == gdb.TYPE_CODE_PTR:
-                st = st.dereference()
-            mgmt = st["mgmt"]
-            get = lambda name: mgmt[name]
+            obm = gdb.parse_and_eval("_PyRuntime._main_interpreter.obmalloc")
+            if obm.type.strip_typedefs().code == gdb.TYPE_CODE_PTR:
+                out["obmalloc_ptr"] = ev("(long)&_PyRuntime._main_interpreter.obmalloc")
+                out["mgmt_offset"] = ev("(long)&((struct _obmalloc_state *)0)->mgmt")
+            else:
+                out["mgmt"] = ev("(long)&_PyRuntime._main_interpreter.obmalloc.mgmt")
+            out["fields"] = {
+                n: [ev("(long)&((struct _obmalloc_mgmt *)0)->" + n),
+                    ev("sizeof(((struct _obmalloc_mgmt *)0)->" + n + ")")]
+                for n in names
+            }
         else:
-            get = lambda name: gdb.parse_and_eval(name)
-        arenas = int(get("arenas"))
-        maxarenas = int(get("maxarenas"))
-        out["arenas"] = int(get("narenas_currently_allocated"))
-        out["highwater"] = int(get("narenas_highwater"))
-        out["allocated_total"] = int(get("ntimes_arena_allocated"))
+            out["globals"] = {n: [ev("(long)&" + n), ev("sizeof(" + n + ")")] for n in names}
+        out["arena_object_size"] = ev("sizeof(struct arena_object)")
     except gdb.error as e:
-        out["error"] = "the allocator's state is not readable (no debug info for " \
-            "libpython?): %s" % e
-        print("TRACECAR-PYMALLOC " + json.dumps(out))
-        return
-    arena_bytes, pool_bytes = (1 << 20, 1 << 14) if minor >= 10 else (1 << 18, 1 << 12)
-    out["arena_bytes"], out["pool_bytes"] = arena_bytes, pool_bytes
-    inf = gdb.selected_inferior()
-    size = int(gdb.parse_and_eval("sizeof(struct arena_object)"))
-    table = bytes(inf.read_memory(arenas, size * maxarenas)) if maxarenas else b""
-    blocks, pools, walked = {}, 0, 0
-    for i in range(maxarenas):
-        address, pool_address = struct.unpack_from("QQ", table, i * size)
-        if address == 0:
-            continue
-        if walked >= limit:
-            break
-        walked += 1
-        pool = (address + pool_bytes - 1) & ~(pool_bytes - 1)
-        while pool < pool_address:
-            head = bytes(inf.read_memory(pool, 40))
-            count = struct.unpack_from("I", head, 0)[0]
-            szidx = struct.unpack_from("I", head, 36)[0]
-            pools += 1
-            if count:
-                block = (szidx + 1) << 4
-                blocks[block] = blocks.get(block, 0) + count
-            pool += pool_bytes
-    out.update(pools=pools, walked=walked, blocks_by_size=blocks)
-    print("TRACECAR-PYMALLOC " + json.dumps(out))
+        out = {"error": "the allocator's state is not in this file's debug info "
+               "(a stripped libpython?): %s" % e}
+    print("TRACECAR-PYLAYOUT " + json.dumps(out))
 """
 
 
-def argv(gdb: str, pid: int, *, minor: int, limit: int = MAX_ARENAS) -> list[str]:
-    """gdb attached to ``pid`` (libraries from its own root), running the program."""
+def argv(gdb: str, binary: str, *, minor: int) -> list[str]:
+    """gdb on ``binary`` (a file: no process is attached), printing the layout."""
     return [
         gdb,
         "-nx",
@@ -81,16 +70,9 @@ def argv(gdb: str, pid: int, *, minor: int, limit: int = MAX_ARENAS) -> list[str
         "set auto-load off",
         "-iex",
         "set debuginfod enabled off",
-        "-iex",
-        f"set sysroot /proc/{pid}/root",
-        "-ex",
-        "set pagination off",
-        "-p",
-        str(pid),
+        binary,
         "-ex",
         "python exec(" + repr(PROGRAM) + ")",
         "-ex",
-        f"python _tracecar_pymalloc({int(limit)}, {int(minor)})",
-        "-ex",
-        "detach",
+        f"python _tracecar_layout({int(minor)}, {list(FIELDS)!r})",
     ]

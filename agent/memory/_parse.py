@@ -2,7 +2,8 @@
 
 Owned here: /proc/PID/smaps_rollup and /proc/PID/smaps (totals, mappings, by kind),
 the JVM's ``GC.heap_info`` and ``GC.class_histogram`` answers (through jattach), and
-the JSON line the agent's gdb script prints from CPython's allocator.
+the layout line the agent's gdb program prints from libpython's debug info, and
+what the live read of CPython's allocator found.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.memory._model import (
     ClassHistogram,
@@ -258,19 +260,26 @@ def class_histogram(out: str, *, pid: int, live: bool, top: int) -> ClassHistogr
 
 # --- CPython's allocator --------------------------------------------------------------
 
-PYMALLOC_MARK = "TRACECAR-PYMALLOC "
+LAYOUT_MARK = "TRACECAR-PYLAYOUT "
 
 
-def pymalloc(out: str, *, top: int) -> PythonAllocator:
-    """The line the gdb script (``_pymalloc.py``) prints, after its mark."""
+def layout(out: str) -> dict[str, Any]:
+    """The line ``_gdbscript``'s program prints: where the allocator's state is."""
     for line in out.splitlines():
-        if line.startswith(PYMALLOC_MARK):
-            doc = json.loads(line[len(PYMALLOC_MARK) :])
+        if line.startswith(LAYOUT_MARK):
+            doc: dict[str, Any] = json.loads(line[len(LAYOUT_MARK) :])
             break
     else:
-        raise ParseError("the gdb script printed no result")
+        raise ParseError("gdb printed no layout")
     if "error" in doc:
         raise ParseError(str(doc["error"]))
+    if "arena_object_size" not in doc or not ("globals" in doc or "fields" in doc):
+        raise ParseError(f"an incomplete layout: {sorted(doc)}")
+    return doc
+
+
+def pymalloc(doc: dict[str, Any], *, top: int) -> PythonAllocator:
+    """What ``_pymalloc.read`` found, as the snapshot answers it."""
     classes = [
         SizeClass(block_bytes=int(size), blocks=int(n), bytes=int(size) * int(n))
         for size, n in doc["blocks_by_size"].items()

@@ -2,7 +2,8 @@
 
 Owned here: ``GET /processes/{pid}/memory`` (smaps_rollup and smaps, read in a
 thread; then, for a JVM, ``jcmd GC.heap_info`` and ``GC.class_histogram`` through
-jattach, and for CPython, its allocator read by gdb: see ``_gdbscript``), the class
+jattach, and for CPython, its allocator read live from /proc/PID/mem: see
+``_pymalloc`` and ``_gdbscript``), the class
 histogram on its own, and the figures a Java heap dump's size check uses. A runtime
 that cannot answer (no tool, attach disabled, another tracer attached, no debug
 info) makes ``runtime_memory.available`` false with the reason; the kernel's
@@ -14,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from agent import _proc, procfs
 from agent.errors import Conflict, Invalid, Unavailable
-from agent.memory import _gdbscript, _parse
+from agent.memory import _gdbscript, _parse, _pymalloc
 from agent.memory._model import (
     ClassHistogram,
     JavaHeap,
@@ -29,16 +31,10 @@ from agent.procfs import ProcessInfo
 MAX_TOP = 500
 JATTACH_TIMEOUT_S = 60.0
 """A class histogram walks the whole heap (and a live one collects it first)."""
-GDB_TIMEOUT_S = 60.0
+GDB_TIMEOUT_S = 120.0
+"""gdb loading a libpython's debug info (once per binary)."""
+MAX_LAYOUTS = 64
 _NO_ATTACH = "-XX:+DisableAttachMechanism"
-
-
-def _tracer(pid: int) -> int:
-    try:
-        status = procfs.parse_status((procfs.PROC / str(pid) / "status").read_text())
-        return int(status.get("TracerPid", "0"))
-    except (OSError, ValueError):
-        return 0
 
 
 def attach_disabled(pid: int, cmdline: list[str]) -> bool:
@@ -68,6 +64,8 @@ def _read_kernel(pid: int) -> tuple[ProcessInfo, str, str]:
 class Service:
     def __init__(self, *, timeout_s: float = JATTACH_TIMEOUT_S) -> None:
         self.timeout_s = timeout_s
+        # (device, inode, mtime, minor) of a libpython -> where its allocator's state is
+        self._layouts: dict[tuple[int, int, int, int], dict[str, Any]] = {}
 
     async def snapshot(
         self, pid: int, *, top: int, runtime: bool, histogram_top: int
@@ -187,38 +185,57 @@ class Service:
 
     # --- CPython -------------------------------------------------------------------
     async def _python(self, info: ProcessInfo, top: int) -> RuntimeMemory:
-        def no(reason: str) -> RuntimeMemory:
-            return RuntimeMemory(runtime="python", available=False, tool="gdb", reason=reason)
+        def no(reason: str, tool: str | None = "/proc/PID/mem") -> RuntimeMemory:
+            return RuntimeMemory(runtime="python", available=False, tool=tool, reason=reason)
 
-        gdb = _proc.which("gdb")
-        if gdb is None:
-            return no("gdb is not installed here: CPython's allocator is read with it")
         version = info.runtime_version or ""
         parts = version.split(".")
-        if len(parts) < 2 or parts[0] != "3" or not parts[1].isdigit():
-            return no(f"the Python version of pid {info.pid} is unknown ({version or 'none'})")
-        tracer = await asyncio.to_thread(_tracer, info.pid)
-        if tracer:
-            return no(
-                f"pid {info.pid} is being traced by pid {tracer} (a profile's py-spy, a "
-                "debugger): one tracer at a time; ask again when it is done"
-            )
+        if len(parts) < 2 or parts[0] != "3" or not parts[1].isdigit() or int(parts[1]) < 8:
+            return no(f"pid {info.pid}: Python {version or '(version unknown)'}; 3.8+ is read")
+        minor = int(parts[1])
         try:
-            done = await _proc.run(
-                _gdbscript.argv(gdb, info.pid, minor=int(parts[1])),
-                timeout=GDB_TIMEOUT_S,
-                check=False,
+            maps = await asyncio.to_thread(
+                (procfs.PROC / str(info.pid) / "maps").read_text, errors="replace"
             )
-        except _proc.ProcError as e:
-            return no(str(e))
+            interp = _pymalloc.interpreter(maps, info.exe)
+            if interp is None:
+                return no(f"pid {info.pid}: neither libpython nor its executable is mapped")
+            host = procfs.resolve_in_root(info.pid, interp.path)
+            st = await asyncio.to_thread(host.stat)
+            head = await asyncio.to_thread(_pymalloc.elf_head, host)
+            bias = interp.mapped_at - _pymalloc.first_load_vaddr(head)
+        except (OSError, _pymalloc.ReadError) as e:
+            return no(f"pid {info.pid}: {e}")
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, minor)
+        layout = self._layouts.get(key)
+        if layout is None:
+            gdb = _proc.which("gdb")
+            if gdb is None:
+                return no("gdb is not installed here: it reads libpython's debug info", None)
+            try:
+                done = await _proc.run(
+                    _gdbscript.argv(gdb, str(host), minor=minor), timeout=GDB_TIMEOUT_S, check=False
+                )
+                layout = _parse.layout(done.text)
+            except _proc.ProcError as e:
+                return no(str(e), "gdb")
+            except (_parse.ParseError, ValueError) as e:
+                layout = {"error": f"{interp.path}: {e}"}
+            if len(self._layouts) >= MAX_LAYOUTS:
+                self._layouts.pop(next(iter(self._layouts)))
+            self._layouts[key] = layout  # errors too: a stripped file stays stripped
+        if "error" in layout:
+            return no(str(layout["error"]), "gdb")
         try:
-            alloc = _parse.pymalloc(done.text, top=top)
-        except (_parse.ParseError, ValueError, KeyError) as e:
-            return no(f"{e} ({_proc.tool_message(done.err, done.returncode, limit=300)})")
+            doc = await asyncio.to_thread(_pymalloc.read, info.pid, layout, bias=bias)
+            alloc = _parse.pymalloc(doc, top=top)
+        except (_pymalloc.ReadError, KeyError, ValueError) as e:
+            return no(f"pid {info.pid}: {e}")
         return RuntimeMemory(
             runtime="python",
             available=True,
-            tool="gdb (pymalloc's arenas and pools, read; nothing runs in the process)",
+            tool="/proc/PID/mem (pymalloc's arenas and pools read live, not stopped; "
+            "where they are: libpython's debug info, read by gdb once per binary)",
             python_allocator=alloc,
         )
 

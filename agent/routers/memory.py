@@ -33,9 +33,9 @@ async def process_memory(
         bool,
         Query(
             description="ask the runtime too: a JVM through jattach (GC.heap_info, "
-            "GC.class_histogram -all: a heap walk, no GC), CPython by gdb reading its "
-            "allocator (the process is stopped while gdb reads, about 0.3 s); "
-            "false: /proc only"
+            "GC.class_histogram -all: a heap walk, no GC), CPython's allocator read "
+            "live from /proc/PID/mem (never stopped; gdb reads libpython's debug info "
+            "once per binary); false: /proc only"
         ),
     ] = True,
     histogram_top: Annotated[

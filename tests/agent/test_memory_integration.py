@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -164,9 +165,16 @@ def test_snapshot_of_a_python_cache_reads_pymalloc(
     if not Path(PY312).exists():
         pytest.fail(f"{PY312} is missing: scripts/setup installs it")
     app = pod.run("pycache", [PY312, "-u", "/srv/cache.py"], files={"cache.py": PY_CACHE})
+    stripped = pod.run(
+        "pystripped", ["/usr/bin/python3", "-u", "/srv/cache.py"], files={"cache.py": PY_CACHE}
+    )
     try:
         wait_until(lambda: "ready" in app.log(), 30, "the cache", app)
-        r = client.get(f"/processes/{app.pid}/memory", params={"histogram_top": 3})
+        wait_until(lambda: "ready" in stripped.log(), 30, "the cache", stripped)
+        # Read live from /proc/PID/mem: no ptrace attach, so a process another tracer
+        # holds (a debugger, py-spy) is read all the same, and never stopped.
+        with held_by_a_tracer(app.host_pid):
+            r = client.get(f"/processes/{app.pid}/memory", params={"histogram_top": 3})
         assert r.status_code == 200, r.text
         rt = r.json()["runtime_memory"]
         assert rt["available"] is True, rt
@@ -178,11 +186,43 @@ def test_snapshot_of_a_python_cache_reads_pymalloc(
         assert alloc["bytes_in_use"] >= 300_000 * 64 and alloc["arenas"] >= 18
         assert alloc["held_bytes"] == alloc["arenas"] * alloc["arena_bytes"]
         assert len(alloc["size_classes"]) <= 3
-        # Read, not run: the process goes on, untraced.
-        status = Path(f"/proc/{app.host_pid}/status").read_text()
-        assert "TracerPid:\t0" in status and app.alive()
+        assert app.alive()
+        # Asked again, the layout is known: the same figures (the cache holds still).
+        again = client.get(f"/processes/{app.pid}/memory").json()["runtime_memory"]
+        assert again["python_allocator"]["arenas"] == alloc["arenas"]
+
+        # Debian's python3 is stripped: said, not guessed.
+        rt = client.get(f"/processes/{stripped.pid}/memory").json()["runtime_memory"]
+        assert rt["available"] is False and "debug info" in rt["reason"], rt
     finally:
         app.stop()
+        stripped.stop()
+
+
+# A tracer that holds a process without stopping it (PTRACE_SEIZE), until it exits.
+_SEIZE = (
+    "import ctypes, sys, time\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "assert libc.ptrace(0x4206, int(sys.argv[1]), 0, 0) == 0, ctypes.get_errno()\n"
+    "print('seized', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+@contextlib.contextmanager
+def held_by_a_tracer(host_pid: int) -> Iterator[None]:
+    """While this lasts, ``host_pid`` has a tracer (one at most: any ptrace-based
+    reader of it would fail) and keeps running."""
+    tracer = subprocess.Popen(
+        [sys.executable, "-c", _SEIZE, str(host_pid)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert tracer.stdout is not None and tracer.stdout.readline().strip() == "seized"
+        assert f"TracerPid:\t{tracer.pid}" in Path(f"/proc/{host_pid}/status").read_text()
+        yield
+    finally:
+        tracer.kill()
+        tracer.wait(10)
 
 
 def test_snapshot_of_a_jvm_and_its_class_histogram(

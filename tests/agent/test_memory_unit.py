@@ -5,13 +5,15 @@ RSS trigger conditions (the real tools are in test_memory_integration.py)."""
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from agent.dumps._service import hprof_estimate
 from agent.errors import Invalid
-from agent.memory import _gdbscript, _parse
+from agent.memory import _gdbscript, _parse, _pymalloc
 from agent.memory._model import ClassHistogram, HistogramEntry
 from agent.profiling import Trigger, TriggerRequest, Triggers
 from agent.profiling._ring import RSS_ENTRY_BYTES, ProcessMeta, Ring, rss_trends
@@ -162,31 +164,67 @@ def test_class_histogram() -> None:
         _parse.class_histogram("Connected to remote JVM\n", pid=7, live=False, top=5)
 
 
-def test_pymalloc_line() -> None:
-    line = (
-        'TRACECAR-PYMALLOC {"version": "3.12", "arenas": 20, "highwater": 21, '
-        '"allocated_total": 25, "arena_bytes": 1048576, "pool_bytes": 16384, "pools": 1248, '
-        '"walked": 20, "blocks_by_size": {"64": 1000, "32": 3000, "512": 0}}'
-    )
-    a = _parse.pymalloc("noise\n" + line + "\n[Inferior 1 detached]", top=5)
+def test_pymalloc_figures() -> None:
+    doc = {
+        "version": "3.12", "arenas": 20, "highwater": 21, "allocated_total": 25,
+        "arena_bytes": 1048576, "pool_bytes": 16384, "pools": 1248, "walked": 20,
+        "blocks_by_size": {"64": 1000, "32": 3000, "512": 0},
+    }  # fmt: skip
+    a = _parse.pymalloc(doc, top=5)
     assert (a.arenas, a.arenas_highwater, a.arenas_allocated_total) == (20, 21, 25)
     assert a.held_bytes == 20 * MI and a.blocks_in_use == 4000
     assert a.bytes_in_use == 64 * 1000 + 32 * 3000
     assert [c.block_bytes for c in a.size_classes] == [32, 64]  # heaviest first, empty out
-    err = 'TRACECAR-PYMALLOC {"version": "3.12", "error": "no debug info"}'
-    with pytest.raises(_parse.ParseError, match="no debug info"):
-        _parse.pymalloc(err, top=5)
-    with pytest.raises(_parse.ParseError, match="printed no result"):
-        _parse.pymalloc("gdb: ptrace: Operation not permitted", top=5)
 
 
-def test_gdb_argv_runs_the_reader_read_only() -> None:
-    argv = _gdbscript.argv("/usr/bin/gdb", 42, minor=12, limit=7)
+def test_layout_line() -> None:
+    line = (
+        'TRACECAR-PYLAYOUT {"minor": 12, "mgmt": 6647584, "fields": {"arenas": [0, 8]}, '
+        '"arena_object_size": 48}'
+    )
+    assert _parse.layout("noise\n" + line)["mgmt"] == 6647584
+    err = 'TRACECAR-PYLAYOUT {"error": "not in this file\'s debug info"}'
+    with pytest.raises(_parse.ParseError, match="debug info"):
+        _parse.layout(err)
+    with pytest.raises(_parse.ParseError, match="no layout"):
+        _parse.layout("No symbol table is loaded.")
+    with pytest.raises(_parse.ParseError, match="incomplete"):
+        _parse.layout('TRACECAR-PYLAYOUT {"minor": 12}')
+
+
+def test_gdb_reads_the_file_not_the_process() -> None:
+    argv = _gdbscript.argv("/usr/bin/gdb", "/proc/42/root/usr/lib/libpython3.12.so", minor=12)
     assert argv[:3] == ["/usr/bin/gdb", "-nx", "-batch"]
-    assert "set sysroot /proc/42/root" in argv and argv[argv.index("-p") + 1] == "42"
-    assert argv[-3] == "python _tracecar_pymalloc(7, 12)" and argv[-1] == "detach"
-    # gdb reads memory only: no call into the process.
+    assert "-p" not in argv and "/proc/42/root/usr/lib/libpython3.12.so" in argv
+    assert argv[-1].startswith("python _tracecar_layout(12, ")
+    # Debug info only: nothing is called, nothing runs in any process.
     assert "call " not in _gdbscript.PROGRAM and "PyRun_" not in _gdbscript.PROGRAM
+
+
+MAPS = """\
+5581a0000000-5581a0001000 r--p 00000000 fe:00 11 /usr/local/bin/python3.12
+5581a0001000-5581a0002000 r-xp 00001000 fe:00 11 /usr/local/bin/python3.12
+7f10a0000000-7f10a0100000 r--p 00000000 fe:00 12 /usr/local/lib/libpython3.12.so.1.0
+7f10a0100000-7f10a0400000 r-xp 00100000 fe:00 12 /usr/local/lib/libpython3.12.so.1.0
+7f10b0000000-7f10b0021000 rw-p 00000000 00:00 0
+"""
+
+
+def test_the_interpreter_is_libpython_else_the_executable() -> None:
+    lib = _pymalloc.interpreter(MAPS, "/usr/local/bin/python3.12")
+    assert lib == _pymalloc.Interpreter("/usr/local/lib/libpython3.12.so.1.0", 0x7F10A0000000)
+    static = "\n".join(ln for ln in MAPS.splitlines() if "libpython" not in ln)
+    exe = _pymalloc.interpreter(static, "/usr/local/bin/python3.12")
+    assert exe == _pymalloc.Interpreter("/usr/local/bin/python3.12", 0x5581A0000000)
+    assert _pymalloc.interpreter(static, "/usr/bin/other") is None
+
+
+def test_load_bias_from_the_elf_header() -> None:
+    # A real file: the running interpreter (PIE, or a fixed address when it is not).
+    head = _pymalloc.elf_head(Path(sys.executable).resolve())
+    assert _pymalloc.first_load_vaddr(head) in (0, 0x400000)
+    with pytest.raises(_pymalloc.ReadError, match="not a 64-bit"):
+        _pymalloc.first_load_vaddr(b"#!/bin/sh\n")
 
 
 def test_hprof_estimate_bounds_the_heap() -> None:
