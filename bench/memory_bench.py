@@ -10,8 +10,10 @@ One command: ``.venv/bin/python bench/memory_bench.py [--requests N]``.
 A real agent (``python -m agent`` on this machine, its own data directory). The
 baseline, measured in the same run, alternating request by request: ``GET
 /processes/{pid}`` on the same process (the agent's existing one-process read:
-status, stat, maps, cgroup, environ). Medians are compared. Target: the kernel's part
-within 5x the one-process read, and under 50 ms, on 200 mappings.
+status, stat, maps, cgroup, environ, its ELF facts), which the snapshot also does
+(for the comm, container and runtime it answers). Medians are compared. Target: the
+snapshot within 1.5x the one-process read on 200 mappings (what it adds: reading and
+parsing smaps, printed apart).
 """
 
 from __future__ import annotations
@@ -156,8 +158,8 @@ def kernel_part(client: httpx.Client, pid: int, n: int) -> None:
         f"    of which reading smaps_rollup + smaps ({len(smaps):,} bytes) {1e3 * read:.2f} ms, "
         f"parsing {1e3 * parse:.2f} ms"
     )
-    verdict = "OK" if mm <= 5 * bm and mm < 0.05 else "ABOVE TARGET"
-    print(f"  ratio memory/baseline: {mm / bm:.2f}x (target <= 5x and < 50 ms: {verdict})")
+    verdict = "OK" if mm <= 1.5 * bm else "ABOVE TARGET"
+    print(f"  ratio memory/baseline: {mm / bm:.2f}x (target <= 1.5x: {verdict})")
 
 
 def jvm_part(client: httpx.Client, tmp: Path, procs: list[subprocess.Popen[bytes]], n: int) -> None:

@@ -157,6 +157,7 @@ class _Run:
     scratch: Path | None = None
     sampler_delay_s: float | None = None  # how late bpftrace's last second arrived
     side_tasks: set[asyncio.Task[None]] = field(default_factory=set)  # jattach asks
+    rss: procfs.RssReader = field(default_factory=procfs.RssReader)  # statm kept open
 
 
 def _describe(pid: int) -> ProcessMeta | None:
@@ -292,6 +293,7 @@ class FlightRecorder:
             if t is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+        run.rss.close()
         if run.scratch is not None:
             await asyncio.to_thread(shutil.rmtree, run.scratch, True)
 
@@ -548,9 +550,10 @@ class FlightRecorder:
             known = [p for p, m in list(run.meta.items()) if m is not None]
             for pid in {*per_pid, *known}:
                 if pid in per_pid or self._wanted(run, pid, own, run.meta.get):
-                    n = procfs.rss_bytes(pid)
+                    n = run.rss.read(pid)
                     if n is not None:
                         rss[pid] = n
+            run.rss.keep_only(set(rss))
         return per_pid, found, rss
 
     async def _add(self, run: _Run, second: int, text: str) -> None:

@@ -31,7 +31,6 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -270,11 +269,23 @@ class Triggers:
             trigger.message = str(e) or type(e).__name__
 
     async def _loop(self, trigger: Trigger) -> None:
+        reader = procfs.RssReader()  # the target's statm files, kept open while it runs
+        try:
+            await self._sample(trigger, trigger.request.condition(), reader, deque())
+        finally:
+            reader.close()
+
+    async def _sample(
+        self,
+        trigger: Trigger,
+        condition: Condition,
+        reader: procfs.RssReader,
+        window: deque[tuple[float, int]],
+    ) -> None:
+        """Sample until ``max_captures``; ``window``: (monotonic, RSS) over the last for_s."""
         req = trigger.request
-        condition = req.condition()
         before: dict[int, int] | None = None
         t_before = 0.0
-        window: deque[tuple[float, int]] = deque()  # (monotonic, RSS): the last for_s
         while len(trigger.captures) < req.max_captures:
             await self._expire(trigger)
             pids = await asyncio.to_thread(self._pids, req)
@@ -294,7 +305,7 @@ class Triggers:
                         continue
                 before, t_before = ticks, now
             else:
-                rss = await asyncio.to_thread(_rss, pids)
+                rss = await asyncio.to_thread(_rss, reader, pids)
                 trigger.rss_bytes = rss
                 if condition == "rss":
                     if self._held(trigger, rss >= (req.rss_mib or 0.0) * _MIB, SAMPLE_S):
@@ -390,7 +401,9 @@ class Triggers:
                     c["expired"] = True
 
 
-def _rss(pids: Iterable[int]) -> int:
+def _rss(reader: procfs.RssReader, pids: set[int]) -> int:
     """The resident bytes of ``pids``, summed (pages shared between them count once per
     process, as each one's RSS does: a memory limit's view is the cgroup's)."""
-    return sum(procfs.rss_bytes(p) or 0 for p in pids)
+    total = sum(reader.read(p) or 0 for p in pids)
+    reader.keep_only(pids)
+    return total

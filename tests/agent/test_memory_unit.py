@@ -5,12 +5,15 @@ RSS trigger conditions (the real tools are in test_memory_integration.py)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
+from agent import procfs
 from agent.dumps._service import hprof_estimate
 from agent.errors import Invalid
 from agent.memory import _gdbscript, _parse, _pymalloc
@@ -280,6 +283,23 @@ def test_an_idle_second_completes_with_its_rss() -> None:
     ring.add_sampler(100, {}, {7: 5 * MI})
     assert ring.commit(200.0) == 1
     assert ring.window() == (100.0, 101.0) and ring.folded(100, 101) == {}
+
+
+def test_rss_reader_keeps_files_open_and_forgets_the_gone() -> None:
+    reader = procfs.RssReader()
+    me = os.getpid()
+    first = reader.read(me)
+    assert first is not None and first > 0
+    assert reader.read(me) and len(reader) == 1
+    assert reader.read(4_194_304) is None and len(reader) == 1  # no such process
+    child = subprocess.Popen(["sleep", "30"])
+    assert reader.read(child.pid) and len(reader) == 2
+    child.kill()
+    child.wait()
+    assert reader.read(child.pid) is None and len(reader) == 1  # gone: its file closed
+    reader.keep_only(set())
+    assert len(reader) == 0
+    reader.close()
 
 
 # --- RSS triggers --------------------------------------------------------------------
