@@ -547,8 +547,12 @@ class FlightRecorder:
                 per_pid[pid] = folded
         rss: dict[int, int] = {}
         if run.request.rss:
+            # The named pids from the first second; a container's or the pod's once the
+            # watcher has seen them (it reads each new process once).
+            req = run.request
+            named = [req.pid] if req.pid is not None else list(req.pids or [])
             known = [p for p, m in list(run.meta.items()) if m is not None]
-            for pid in {*per_pid, *known}:
+            for pid in {*per_pid, *named, *known}:
                 if pid in per_pid or self._wanted(run, pid, own, run.meta.get):
                     n = run.rss.read(pid)
                     if n is not None:
