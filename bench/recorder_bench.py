@@ -337,18 +337,18 @@ def measure_rss(
         )
         off: list[float] = []
         on: list[float] = []
-        entries = 0
+        entries: list[int] = []
         for i in range(args.pairs):
             for rss in (i % 2 == 1, i % 2 == 0):  # alternate which arm goes first
                 cpu, n = _soak_cpu(client, agent_pid, pids, rss=rss, seconds=args.soak)
                 (on if rss else off).append(cpu)
                 if rss:
-                    entries = n
+                    entries.append(n)
         mo, mn = statistics.median(off), statistics.median(on)
         for label, med, runs in (("off:", mo, off), ("on: ", mn, on)):
             pct = _r([100 * x for x in runs])
             print(f"  recorder, rss {label} agent {100 * med:.2f}% of a core   runs {pct}")
-        print(f"  processes with an RSS trend: {entries}")
+        print(f"  processes with an RSS series, each rss-on run: {entries}")
         # The read's own cost against the recorder's: the A/B ratio is within the noise
         # of a loaded machine; the direct figure is what RSS sampling adds for sure.
         added = per_read * len(pids)
