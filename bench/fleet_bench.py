@@ -2,7 +2,7 @@
 
 Each simulated agent is an asyncio task in this process running the agent's own push
 path: every interval it encodes one interval of a realistic profile with
-``agent.profiling.pprof.to_pprof`` (19 Hz x interval samples over a few hundred
+``tracecar_formats.pprof.to_pprof`` (19 Hz x interval samples over a few hundred
 distinct stacks, real ``time_nanos``/``duration_nanos``), spools it in its own
 :class:`agent.sinks._sink.Sink` (the on-disk spool, the delivery task, the backoff)
 whose sender is :class:`agent.sinks._pyroscope.PyroscopeSender`, labelled as a pod
@@ -40,10 +40,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.profiling.pprof import to_pprof  # noqa: E402
 from agent.sinks._labels import profile_labels  # noqa: E402
 from agent.sinks._pyroscope import PyroscopeSender  # noqa: E402
 from agent.sinks._sink import Sink  # noqa: E402
+from tracecar_formats.pprof import to_pprof  # noqa: E402
 
 CPU_TYPE = "process_cpu:cpu:nanoseconds:cpu:nanoseconds"
 HZ = 19

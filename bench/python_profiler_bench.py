@@ -32,10 +32,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.profiling import pyspy
+from agent import _proc
 from agent.profiling.planner import pyspy_argv
+from tests.interpreters import PY312
+from tracecar_formats import pyspy
 
-PY312 = "/root/.pyenv/versions/3.12.1/bin/python3.12"
 APP = r"""
 import sys, time
 
@@ -70,7 +71,7 @@ def run_arm(arm: str, *, work: int, script: Path, out_dir: Path) -> tuple[float,
     assert app.stdout.readline().strip() == "ready"
     spy = None
     if arm != "none":
-        exe = pyspy.find()
+        exe = _proc.python_tool("py-spy")
         assert exe, "py-spy is missing: run scripts/setup"
         argv = pyspy_argv(
             pyspy=exe,

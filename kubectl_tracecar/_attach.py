@@ -1,7 +1,7 @@
 """The ephemeral agent container, rendered purely from the pod and the options.
 
-It carries the same capabilities, command and security settings as the container the
-webhook injects (imported from the webhook's own render, so the two cannot drift), and
+It carries the same capabilities, command and env as the container the webhook injects
+(both read them from :mod:`tracecar_contract`, so the two cannot drift), and
 what an ephemeral container cannot have is left out: no resources, ports, probes or
 new volumes (Kubernetes refuses them). ``targetContainerName`` puts it in the app
 container's PID namespace; the pod's network namespace is shared anyway, so the agent
@@ -13,12 +13,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from kubectl_tracecar._pods import AGENT_NAME, DEFAULT_PORT, PORT_ENV, TOKEN_ENV, JsonObject
+from kubectl_tracecar._pods import JsonObject
 from kubectl_tracecar._pods import used_names as _used_names
-from webhook.inject import AGENT_COMMAND, CAPABILITIES, agent_env, choose_port, declared_ports
+from tracecar_contract import (
+    AGENT_COMMAND,
+    AGENT_NAME,
+    CAPABILITIES,
+    DEFAULT_PORT,
+    IDLE_ENV,
+    MODE_ENV,
+    PORT_ENV,
+    TOKEN_ENV,
+    agent_env,
+    choose_port,
+    declared_ports,
+)
 
-MODE_ENV = "TRACECAR_AGENT_MODE"
-IDLE_ENV = "TRACECAR_AGENT_IDLE_EXIT_S"
 DEFAULT_IDLE_S = 1800.0
 
 

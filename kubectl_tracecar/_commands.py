@@ -38,8 +38,8 @@ from kubectl_tracecar.errors import (
     Unsupported,
     UsageError,
 )
+from tracecar_contract import DEFAULT_IMAGE
 
-DEFAULT_IMAGE = "localhost/tracecar-agent:0.1.0"  # the webhook's default (webhook/settings.py)
 WEBHOOK_NAMESPACE = "tracecar-system"
 WEBHOOK_DEPLOYMENT = "tracecar-webhook"
 
@@ -371,8 +371,8 @@ def cmd_profile(kube: Kube, args: argparse.Namespace) -> int:
             _output.write_whole(path, data)
             report["pods"][pod] = _summary(job, str(path))
         if results:
-            from agent.profiling.collapse import format_folded
-            from agent.profiling.flamegraph import render_svg
+            from tracecar_formats.collapse import format_folded
+            from tracecar_formats.flamegraph import render_svg
 
             stacks = merge_folded({p: r[1] for p, r in results.items()}, by_pod=args.by_pod)
             if fmt == "folded":

@@ -3,7 +3,7 @@
 Owns what is the plugin's own here: reading and checking the user's files (each
 failure named, with its exit code), choosing the output by ``OUT``'s extension, and
 the graph's title. The comparison itself is the agent's pure
-:func:`agent.profiling.diffgraph.compare`, so for the same two folded files this
+:func:`tracecar_formats.diffgraph.compare`, so for the same two folded files this
 command and the agent's ``GET /profiles/diff`` give the same lines and the same colours. No
 cluster is needed: the files are what ``kubectl tracecar profile -o x.folded``
 wrote, so two pods (two agents) compare as well as before and after.
@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agent.profiling.diff import first_bad_line
-from agent.profiling.diffgraph import DiffFormat, EmptySide, compare
 from kubectl_tracecar import _output
 from kubectl_tracecar.errors import OK, NotFound, PluginError, UsageError
+from tracecar_formats.diff import first_bad_line
+from tracecar_formats.diffgraph import DiffFormat, EmptySide, compare
 
 _FORMATS: dict[str, DiffFormat] = {".svg": "svg", ".folded": "folded"}
 

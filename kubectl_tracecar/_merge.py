@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from agent.profiling.collapse import parse_folded
+from tracecar_formats.collapse import parse_folded
 
 
 def merge_folded(per_pod: Mapping[str, str], *, by_pod: bool = False) -> dict[str, int]:

@@ -12,11 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubectl_tracecar.errors import NotFound, Unsupported
+from tracecar_contract import AGENT_NAME, DEFAULT_PORT, PORT_ENV, TOKEN_ENV
 
-AGENT_NAME = "tracecar-agent"  # the webhook's container name; attached ones get a suffix
-DEFAULT_PORT = 7780
-TOKEN_ENV = "TRACECAR_AGENT_TOKEN"  # noqa: S105 (the name of the variable, not a secret)
-PORT_ENV = "TRACECAR_AGENT_PORT"
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 
 JsonObject = dict[str, Any]

@@ -253,8 +253,8 @@ def _query(kube: Kube, args: argparse.Namespace, pods: list[JsonObject]) -> int:
             say(_coverage(name, headers))
             print(f"pod/{name}: -> {path}")
         if results:
-            from agent.profiling.collapse import format_folded
-            from agent.profiling.flamegraph import render_svg
+            from tracecar_formats.collapse import format_folded
+            from tracecar_formats.flamegraph import render_svg
 
             stacks = merge_folded({p: r[1] for p, r in results.items()}, by_pod=args.by_pod)
             if fmt == "folded":

@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from tracecar_contract import AGENT_NAME
 from webhook._types import JsonObject
 from webhook.options import STATUS_ANNOTATION
 from webhook.settings import Settings
 
 LABEL_KEY: Final = "profiling"
 LABEL_VALUE: Final = "enabled"
-AGENT_CONTAINER: Final = "tracecar-agent"
+AGENT_CONTAINER: Final = AGENT_NAME
 MIRROR_ANNOTATION: Final = "kubernetes.io/config.mirror"
 
 Reason = Literal[

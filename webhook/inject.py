@@ -9,18 +9,26 @@ original ones), the agent is added last.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal, TypedDict
 
 import orjson
 
+from tracecar_contract import (
+    AGENT_COMMAND,
+    AUTH_ENV,
+    CAPABILITIES,
+    DATA_DIR,
+    HEALTHCHECK,
+    TOKEN_ENV,
+    agent_env,
+    choose_port,
+    declared_ports,
+)
 from webhook import __version__
 from webhook._types import JsonObject, PatchOp
 from webhook.decision import AGENT_CONTAINER
 from webhook.options import (
-    MAX_PORT,
-    MIN_PORT,
     STATUS_ANNOTATION,
     NamespacePolicy,
     Options,
@@ -29,21 +37,12 @@ from webhook.options import (
 from webhook.patch import PatchBuilder
 from webhook.settings import AgentAuth, Settings
 from webhook.sinks import SECRET_DIR, SinkPlan, flush_grace, plan_sinks
-from webhook.tokens import AUTH_ENV, TOKEN_ENV, TokenFactory, random_token
+from webhook.tokens import TokenFactory, random_token
 
-AGENT_COMMAND: Final = ["tracecar-agent"]
-HEALTHCHECK: Final = ["tracecar-agent", "healthcheck"]
-DATA_DIR: Final = "/var/lib/tracecar"
 LTTNG_DIR: Final = "/var/run/lttng"
 TMP_DIR: Final = "/tmp"
 CONTAINER_ENV: Final = "TRACECAR_CONTAINER"
 DEFAULT_CONTAINER_ANNOTATION: Final = "kubectl.kubernetes.io/default-container"
-# No SYS_RESOURCE: since Linux 5.11 BPF maps are charged to the memory cgroup, not
-# RLIMIT_MEMLOCK, and perf's ring buffers past perf_event_mlock_kb need IPC_LOCK or
-# PERFMON, not SYS_RESOURCE. Asking for it also breaks on nodes whose runtime lacks it
-# in its bounding set: runc then fails the container with "unable to apply caps"
-# (found on the real-cluster stage, where the VM has no CAP_SYS_RESOURCE).
-CAPABILITIES: Final = ("SYS_ADMIN", "SYS_PTRACE", "PERFMON", "BPF", "IPC_LOCK")
 HOST_PATHS: Final = (
     ("tracecar-modules", "/lib/modules"),
     ("tracecar-usr-src", "/usr/src"),
@@ -137,27 +136,6 @@ def unique_name(wanted: str, taken: set[str]) -> str:
     return name
 
 
-def declared_ports(containers: Iterable[JsonObject]) -> dict[int, str]:
-    """Ports the pod's containers declare (container and host ports) -> container name."""
-    out: dict[int, str] = {}
-    for c in containers:
-        for p in _dicts(c.get("ports")):
-            for key in ("containerPort", "hostPort"):
-                if isinstance(p.get(key), int):
-                    out.setdefault(p[key], str(c.get("name", "?")))
-    return out
-
-
-def choose_port(wanted: int, taken: dict[int, str]) -> int:
-    """`wanted` if no container declares it, else the next free port (wrapping around)."""
-    port = wanted
-    for _ in range(MAX_PORT - MIN_PORT + 1):
-        if port not in taken:
-            return port
-        port = port + 1 if port < MAX_PORT else MIN_PORT
-    return wanted  # every port declared: impossible in practice (a pod has a few)
-
-
 def _exec_probe(*, period_s: int, failure_threshold: int) -> JsonObject:
     return {
         "exec": {"command": list(HEALTHCHECK)},
@@ -230,23 +208,6 @@ def render_agent(
         agent["restartPolicy"] = "Always"
         agent["startupProbe"] = _exec_probe(period_s=1, failure_threshold=60)
     return agent
-
-
-def agent_env(*, port: int) -> list[JsonObject]:
-    """The agent's own env, the same wherever it runs (injected here, or attached by
-    ``kubectl tracecar``): loopback, its port, the pod it is in, its data directory."""
-    return [
-        {"name": "TRACECAR_AGENT_HOST", "value": "127.0.0.1"},
-        {"name": "TRACECAR_AGENT_PORT", "value": str(port)},
-        {"name": "TRACECAR_AGENT_POD_NAME", "valueFrom": _field("metadata.name")},
-        {"name": "TRACECAR_AGENT_POD_NAMESPACE", "valueFrom": _field("metadata.namespace")},
-        {"name": "TRACECAR_AGENT_POD_UID", "valueFrom": _field("metadata.uid")},
-        {"name": "TRACECAR_AGENT_DATA_DIR", "value": DATA_DIR},
-    ]
-
-
-def _field(path: str) -> JsonObject:
-    return {"fieldRef": {"fieldPath": path}}
 
 
 def render_volumes(volumes: VolumeNames) -> list[JsonObject]:

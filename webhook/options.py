@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final, Literal
 
+from tracecar_contract import MAX_PORT, MIN_PORT
 from webhook.settings import IMAGE_PATTERN, QUANTITY_PATTERN, AgentAuth, PullPolicy, Settings
 
 PREFIX: Final = "tracecar.dev/"
@@ -42,8 +43,6 @@ to ``/mutate/continuous`` and ``tracecar.dev/push=false`` to ``/mutate/no-push``
 (the webhook has no API access, so the namespace's labels reach it this way)."""
 NAMESPACE_POLICIES: Final[tuple[NamespacePolicy, ...]] = ("default", "continuous", "no-push")
 
-MIN_PORT: Final = 1024
-MAX_PORT: Final = 65535
 
 _QUANTITY = re.compile(QUANTITY_PATTERN)
 _IMAGE = re.compile(IMAGE_PATTERN)

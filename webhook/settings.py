@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tracecar_contract import DEFAULT_IMAGE, DEFAULT_PORT
+
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 """Kubernetes resource quantities in their common forms ("250m", "1", "0.5", "128Mi")."""
 IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$"
@@ -59,9 +61,9 @@ class Settings(BaseSettings):
     """Expose ``POST /floor`` returning a fixed AdmissionReview (benchmark baseline only)."""
 
     # --- the injected agent --------------------------------------------------
-    agent_image: str = Field(default="localhost/tracecar-agent:0.1.0", pattern=IMAGE_PATTERN)
+    agent_image: str = Field(default=DEFAULT_IMAGE, pattern=IMAGE_PATTERN)
     agent_image_pull_policy: PullPolicy = "IfNotPresent"
-    agent_port: int = Field(default=7780, ge=1024, le=65535)
+    agent_port: int = Field(default=DEFAULT_PORT, ge=1024, le=65535)
     agent_cpu_request: str = Field(default="50m", pattern=QUANTITY_PATTERN)
     agent_cpu_limit: str = Field(default="1", pattern=QUANTITY_PATTERN)
     # Measured: the idle agent (API + lttng-sessiond) holds ~66 MB; a smaller request

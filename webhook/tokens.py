@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Final
-
-TOKEN_ENV: Final = "TRACECAR_AGENT_TOKEN"  # noqa: S105  # the env var name, not a token
-AUTH_ENV: Final = "TRACECAR_AGENT_AUTH"
 
 TokenFactory = Callable[[], str]
 """Returns a new token: printable ASCII, 16 to 1024 characters (what the agent accepts)."""

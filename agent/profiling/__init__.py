@@ -8,8 +8,9 @@ for off-CPU targets walked by frame pointers, bpftrace's JSON output ``bpftrace.
 Public surface: :class:`Service` (constructed by :mod:`agent.app` with the
 settings and the shared :class:`agent.jobs.JobStore`; started and stopped by
 the app's lifespan) and the artifacts' file names (``KIND``, ``ARTIFACTS``,
-``PERF_DATA``, ``SVG``, ...). The output modules are public (the benchmarks
-and tests drive them alone); the service's own pieces are private::
+``PERF_DATA``, ``SVG``, ...). The output formats (collapse, flame graph, speedscope,
+pprof, diff, py-spy's fold) live in the pure top-level package :mod:`tracecar_formats`,
+shared with the plugin. The service's own pieces::
 
     planner      the request, the limits, plan() (pure; what dry_run shows)
     recorder     perf record: run, stop early, parse its stderr
@@ -18,16 +19,13 @@ and tests drive them alone); the service's own pieces are private::
     _offcpu      off-CPU: the bpftrace run, perf script's time weighting, whether perf
                  can record tracepoints here, the targets' switch rates
     postprocess  perf script streamed into the collapser
-    collapse     stackcollapse-perf: perf script output -> folded stacks
-    flamegraph, speedscope, pprof    folded stacks -> each output format
     _targets     the facts about target processes the planner needs
     _perfmaps    JIT perf maps kept with a profile and handed to perf script
     _artifacts   the file names of a profile's artifacts
     _service     Service: targets, jobs, outputs, folded views, stop/delete
-    diff         difffolded.pl: two folded files -> ``stack base target`` rows, and
-                 the differential graph's widths and deltas
-    diffgraph    two folded texts -> diff folded or differential SVG (the plugin's too)
-    _differential  GET /profiles/diff: two profiles' checks and labels over diffgraph
+    _pyspy       py-spy record runs, one per Python target
+    _differential  GET /profiles/diff: two profiles' checks and labels over
+                 tracecar_formats.diffgraph
     _flight      FlightRecorder: 19 Hz samples of the pod in a ring bounded by time and bytes
                  (bpftrace for every process, py-spy's whole stacks for Python ones)
     _ring        the recorder's ring: complete seconds, bounds, intervals, process groups

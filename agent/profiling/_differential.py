@@ -3,7 +3,7 @@
 Owns the checks a comparison needs (both profiles finished, of the same type:
 a CPU profile's samples and an off-CPU profile's blocked microseconds do not
 compare), the labels and the 409 for an empty side; the comparison itself is
-:func:`agent.profiling.diffgraph.compare`, shared with ``kubectl tracecar diff``.
+:func:`tracecar_formats.diffgraph.compare`, shared with ``kubectl tracecar diff``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from agent.errors import Conflict
 from agent.jobs import Job
 from agent.profiling._artifacts import FOLDED
 from agent.profiling._service import Service, profile_type, units
-from agent.profiling.diffgraph import DiffFormat, EmptySide, Widths, compare
+from tracecar_formats.diffgraph import DiffFormat, EmptySide, Widths, compare
 
 __all__ = ["DiffFormat", "DiffOptions", "Widths", "differential"]
 

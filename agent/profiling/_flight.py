@@ -51,7 +51,7 @@ from pydantic import ConfigDict, Field
 from agent import _proc, procfs, symbols
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import Job, write_atomic
-from agent.profiling import offcpu, pyspy
+from agent.profiling import _pyspy, offcpu
 from agent.profiling._artifacts import FOLDED, KIND
 from agent.profiling._flightpy import record_second
 from agent.profiling._jitnames import JitNames
@@ -65,9 +65,9 @@ from agent.profiling._ring import (
     rss_trends,
 )
 from agent.profiling._service import Service
-from agent.profiling.collapse import format_folded
 from agent.profiling.offcpu import argv, fold, parse_output, sampler_program
 from agent.profiling.planner import Plan, Targets, in_range
+from tracecar_formats.collapse import format_folded
 
 __all__ = ["FlightRecorder", "GroupSamples", "RecorderRequest", "RssTrend", "Slice", "when"]
 
@@ -200,11 +200,11 @@ class FlightRecorder:
         return {
             "available": tool is not None,
             "reason": "bpftrace profile:hz over the pod's PID namespace"
-            + ("; py-spy for Python processes" if pyspy.find() else "")
+            + ("; py-spy for Python processes" if _pyspy.find() else "")
             if tool
             else "bpftrace is not installed",
             "python": "py-spy (whole Python stacks)"
-            if pyspy.find()
+            if _pyspy.find()
             else "py-spy is not installed: Python processes show interpreter frames",
             **self.limits(),
             "state": state["state"],
@@ -579,7 +579,7 @@ class FlightRecorder:
     async def _watch(self, run: _Run) -> None:
         """Every second: new Python processes get a py-spy loop, JVMs are asked for
         their perf maps, exited processes are forgotten, late seconds are committed."""
-        pyspy_path = pyspy.find() if run.request.python else None
+        pyspy_path = _pyspy.find() if run.request.python else None
         jattach = _proc.which("jattach") is not None
         try:
             while self._run is run and run.state != "failed":

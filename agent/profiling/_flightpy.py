@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import _proc
-from agent.profiling import pyspy
+from tracecar_formats import pyspy
 
 RUN_TIMEOUT_S = 10.0
 """A one-second run that has not ended by then is killed (a stuck ptrace read)."""

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import _proc
-from agent.profiling import pyspy
 from agent.profiling.planner import Plan, PySpyRun
 from agent.profiling.recorder import run_to_end
+from tracecar_formats import pyspy
 
 _ENV_QUIET = {"RUST_BACKTRACE": "0", "RUST_LIB_BACKTRACE": "0"}
 
@@ -33,6 +33,11 @@ class PySpyResult:
     exited: bool
     message: str
     """py-spy's own words when it failed (its stderr's tail), else its warnings joined."""
+
+
+def find() -> str | None:
+    """The py-spy executable (its wheel installs it beside the agent's Python)."""
+    return _proc.python_tool("py-spy")
 
 
 def _discard(path: Path) -> None:

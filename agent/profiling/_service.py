@@ -23,7 +23,7 @@ from agent import _proc, capabilities, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import Job, JobStore, atomic_path, write_atomic
 from agent.metrics import Metrics
-from agent.profiling import _offcpu, _pyspy, offcpu, pyspy
+from agent.profiling import _offcpu, _pyspy, offcpu
 from agent.profiling._artifacts import (
     ARTIFACTS,
     BPFTRACE_OUT,
@@ -37,7 +37,6 @@ from agent.profiling._artifacts import (
 from agent.profiling._perfmaps import PERF_MAP_MAX_BYTES, map_pids, perf_maps_in_tmp
 from agent.profiling._pyspy import PySpyResult
 from agent.profiling._targets import target_facts, traceable
-from agent.profiling.collapse import CollapseOptions, format_folded
 from agent.profiling.offcpu import TimedStats
 from agent.profiling.planner import (
     Limits,
@@ -50,6 +49,8 @@ from agent.profiling.planner import (
 from agent.profiling.recorder import Recording, record
 from agent.settings import Settings
 from agent.symbolize import resolver as symbolize
+from tracecar_formats import pyspy
+from tracecar_formats.collapse import CollapseOptions, format_folded
 
 # An unresolved frame as the collapser writes it: "[libc.so.6]", "[unknown]".
 _UNRESOLVED = re.compile(r"\[[^\[\]]+\]")
@@ -176,7 +177,7 @@ class Service:
         if choice == "off":
             return None
         if choice == "auto":
-            return pyspy.find()
+            return _pyspy.find()
         return choice if Path(choice).is_file() else None
 
     async def _pyspy_check(self) -> dict[str, object]:
@@ -575,7 +576,7 @@ class Service:
     def _note_targets(self, job: Job, the_plan: Plan) -> None:
         """Which targets exited, and what each target was (notes start here)."""
         meta = job.result
-        exited = [p for p in the_plan.pids if not procfs.pid_exists(p)]
+        exited = [p for p in the_plan.pids if not procfs.running(p)]
         meta["exited_pids"] = exited
         notes: list[str] = []
         if exited:
@@ -643,9 +644,9 @@ class Service:
         return stacks
 
     def _render_all(self, job: Job, the_plan: Plan, stacks: dict[str, int]) -> None:
-        from agent.profiling.flamegraph import render_svg
-        from agent.profiling.pprof import to_pprof
-        from agent.profiling.speedscope import to_speedscope
+        from tracecar_formats.flamegraph import render_svg
+        from tracecar_formats.pprof import to_pprof
+        from tracecar_formats.speedscope import to_speedscope
 
         meta = job.result
         started = float(meta.get("recording_started_at", job.created_at))

@@ -2,7 +2,7 @@
 
 This module owns the one ``perf script`` invocation the agent uses (its argv is
 :func:`perf_script_argv`) and the streaming glue: perf resolves symbols on one
-core while :class:`~agent.profiling.collapse.Collapser` folds on the other, so
+core while :class:`~tracecar_formats.collapse.Collapser` folds on the other, so
 post-processing costs little more than ``perf script`` itself (see
 bench/postprocess_bench.py). The child runs through :mod:`agent._proc`: argv
 list, timeout, always reaped, perf's own stderr in the error.
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent._proc import Child, ToolFailed, ToolTimeout, drain_tail, tool_message
-from agent.profiling.collapse import CollapseOptions, Collapser, StackSymbolizer
+from tracecar_formats.collapse import CollapseOptions, Collapser, StackSymbolizer
 
 __all__ = ["PERF_SCRIPT_FIELDS", "perf_data_to_folded", "perf_script_argv"]
 
@@ -79,7 +79,7 @@ async def perf_data_to_folded(
     """Run ``perf script`` on ``perf_data`` and collapse its output as it streams.
 
     ``symbolizer``: names what perf cannot (stripped Go, separate debug files) and puts
-    back frameless leaves' callers (:class:`~agent.profiling.collapse.StackSymbolizer`).
+    back frameless leaves' callers (:class:`~tracecar_formats.collapse.StackSymbolizer`).
 
     Raises :class:`agent._proc.ToolTimeout` (perf killed and reaped) after
     ``timeout`` seconds, :class:`agent._proc.ToolFailed` with perf's own message

@@ -15,9 +15,9 @@ from agent.errors import AgentError
 from agent.jobs import Job
 from agent.openapi import PROTECTED, TOOLS, content, errors, json_or
 from agent.profiling import ARTIFACTS, BPFTRACE_OUT, KIND, PERF_DATA, PPROF, SPEEDSCOPE, SVG
-from agent.profiling.collapse import CollapseOptions
 from agent.profiling.planner import OutputFormat, Plan, ProfileRequest
 from agent.sinks import Push
+from tracecar_formats.collapse import CollapseOptions
 
 router = APIRouter(tags=["profiles"], responses=errors(*PROTECTED, 422))
 

@@ -13,13 +13,13 @@ from fastapi.responses import JSONResponse
 from agent import profiling
 from agent.deps import SinksDep
 from agent.openapi import PROTECTED, content, errors
-from agent.profiling.collapse import format_folded
-from agent.profiling.flamegraph import render_svg
 from agent.profiling.planner import OutputFormat
-from agent.profiling.pprof import to_pprof
-from agent.profiling.speedscope import to_speedscope
 from agent.routers.profiles import ServiceDep, view
 from agent.sinks import Push
+from tracecar_formats.collapse import format_folded
+from tracecar_formats.flamegraph import render_svg
+from tracecar_formats.pprof import to_pprof
+from tracecar_formats.speedscope import to_speedscope
 
 router = APIRouter(tags=["recorder"], responses=errors(*PROTECTED, 422))
 

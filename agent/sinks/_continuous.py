@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import profiling
-from agent.profiling.pprof import to_pprof
 from agent.sinks._labels import profile_labels
 from agent.sinks._sink import Sink
+from tracecar_formats.pprof import to_pprof
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from agent.profiling.pprof import length_delimited
 from agent.sinks._sink import SendError
 from agent.sinks._spool import Item
+from tracecar_formats.pprof import length_delimited
 
 PUSH_PATH = "/push.v1.PusherService/Push"
 

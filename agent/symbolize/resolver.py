@@ -1,7 +1,7 @@
 """Names for the frames perf could not name, and the caller a frameless leaf hides.
 
 Owns :class:`Symbolizer`, the object post-processing hands to the collapser (it
-satisfies :class:`agent.profiling.collapse.StackSymbolizer`) for one profile:
+satisfies :class:`tracecar_formats.collapse.StackSymbolizer`) for one profile:
 
 * **Go** objects are named from their ``.gopclntab`` whether stripped or not, so a
   stripped build and an unstripped one fold to the same stacks, inlined calls

@@ -66,7 +66,7 @@ def test_proc_tells_its_observers_each_child_run_time() -> None:
     asyncio.run(_proc.run(["true"], timeout=10))  # removed: not heard
     assert len(seen) == 1
     argv, seconds = seen[0]
-    assert argv == ["sleep", "0.1"] and 0.09 <= seconds < 5
+    assert argv == ["sleep", "0.1"] and 0.09 <= seconds < 10
 
 
 def test_profiles_running_failed_and_stored_bytes(tmp_path: Path) -> None:

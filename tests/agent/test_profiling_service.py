@@ -16,11 +16,11 @@ from agent.errors import Unavailable
 from agent.jobs import JobStore
 from agent.profiling import _offcpu
 from agent.profiling._service import _dwarf_notes
-from agent.profiling.collapse import CollapseOptions
 from agent.profiling.offcpu import TimedStats
 from agent.profiling.planner import Plan, ProfileRequest
 from agent.profiling.recorder import Recording
 from agent.settings import Settings
+from tracecar_formats.collapse import CollapseOptions
 
 
 def test_folded_view_locks_do_not_outlive_their_use(tmp_path: Path) -> None:

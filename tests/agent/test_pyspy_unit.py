@@ -1,5 +1,5 @@
 # ruff: noqa: E501  (py-spy's lines are kept verbatim)
-"""py-spy's output read (agent.profiling.pyspy) and the profiler choice (the planner).
+"""py-spy's output read (tracecar_formats.pyspy) and the profiler choice (the planner).
 
 The py-spy lines below were printed by py-spy 0.4.3 on this machine
 (``record --format raw --threads --full-filenames``, CPython 3.12 and 3.11, and
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import Conflict, Invalid, Unavailable
-from agent.profiling import pyspy
 from agent.profiling.planner import Limits, ProfileRequest, TargetFacts, plan
+from tracecar_formats import pyspy
 
 RAW_312 = """\
 thread (6149);<module> (/tmp/busy.py:11);main (/tmp/busy.py:10);hot (/tmp/busy.py:4) 33

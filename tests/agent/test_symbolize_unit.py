@@ -14,11 +14,11 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from agent import symbols
-from agent.profiling.collapse import collapse_text
 from agent.symbolize import _objects
 from agent.symbolize._ehframe import RSP
 from agent.symbolize.debuginfo import DebuginfodCache, find_debug_file, parse_urls
 from agent.symbolize.gopclntab import GoTable, PclntabError
+from tracecar_formats.collapse import collapse_text
 
 GOFMT = Path("/usr/local/go/bin/gofmt")
 

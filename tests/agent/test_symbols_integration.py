@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.test_profiles_integration import folded_total, pod_processes
+from tests.agent.support import folded_total, pod_processes
 from tests.agent.workloads import build_go, compile_c
 from tests.conftest import need
 
@@ -104,12 +104,6 @@ AGENT_READY_S = 180.0
 @pytest.fixture(scope="module")
 def agent(pod: podsim.SimPod) -> podsim.AgentHandle:
     return podsim.start_agent(pod, ready_timeout=AGENT_READY_S)
-
-
-@pytest.fixture
-def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
-    with agent.client() as c:
-        yield c
 
 
 @pytest.fixture(autouse=True)

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from agent.profiling.collapse import format_folded, parse_folded
 from kubectl_tracecar import _cli, _commands, _pods
 from kubectl_tracecar._commands import pods_of
 from kubectl_tracecar._kube import Connection, JsonObject, Kube, selector_string
 from kubectl_tracecar._targets import Target
 from kubectl_tracecar.errors import FAILED, NotFound, Unsupported
+from tracecar_formats.collapse import format_folded, parse_folded
 
 
 class FakeKube(Kube):

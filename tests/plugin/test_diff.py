@@ -1,5 +1,5 @@
 """``kubectl tracecar diff``: real folded files in, the agent's own diff out (the same
-lines as agent.profiling.diff, the same red/blue graph), and each bad input named
+lines as tracecar_formats.diff, the same red/blue graph), and each bad input named
 with its exit code. Run through ``main`` with a kubeconfig that does not exist: the
 command must not need one."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.profiling.diff import diff_folded, format_diff
 from kubectl_tracecar.__main__ import main
 from kubectl_tracecar.errors import FAILED, NOT_FOUND, OK, USAGE
+from tracecar_formats.diff import diff_folded, format_diff
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 # Twice the samples in the target: normalising scales the base by 2 first.

@@ -22,7 +22,7 @@ from kubectl_tracecar._commands import (
 from kubectl_tracecar._kube import selector_string
 from kubectl_tracecar._targets import Target, parse_duration, parse_target
 from kubectl_tracecar.errors import USAGE, NotFound, Unsupported, UsageError
-from webhook.inject import CAPABILITIES
+from tracecar_contract import CAPABILITIES
 
 
 @pytest.mark.parametrize(

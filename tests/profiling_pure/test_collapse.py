@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.profiling.collapse import (
+from tracecar_formats.collapse import (
     CollapseOptions,
     Collapser,
     collapse_text,
@@ -152,7 +152,7 @@ def test_real_python312_perf_trampoline_frames() -> None:
 def test_sample_cache_gives_up_on_unique_samples_without_changing_results(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agent.profiling import collapse
+    from tracecar_formats import collapse
 
     text = (DATA / name).read_bytes()
     expected = collapse_text(text, CollapseOptions(all=True))

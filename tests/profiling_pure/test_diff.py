@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.profiling.diff import EmptyBase, diff_folded, format_diff
-from agent.profiling.flamegraph import diff_colour, render_svg
 from tests.conftest import need
+from tracecar_formats.diff import EmptyBase, diff_folded, format_diff
+from tracecar_formats.flamegraph import diff_colour, render_svg
 
 DATA = Path(__file__).resolve().parent / "data"
 SCRIPT = DATA / "difffolded.pl"

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from agent.profiling.collapse import CollapseOptions, collapse_text
-from agent.profiling.flamegraph import render_svg
 from tests.profiling_pure import npm_tools
+from tracecar_formats.collapse import CollapseOptions, collapse_text
+from tracecar_formats.flamegraph import render_svg
 
 DATA = Path(__file__).resolve().parent / "data"
 WIDTHS = (400, 1600)

@@ -14,11 +14,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from agent.profiling.collapse import CollapseOptions, collapse_text
-from agent.profiling.flamegraph import frame_kind, render_svg
-from agent.profiling.pprof import to_pprof
-from agent.profiling.speedscope import to_speedscope
 from tests.profiling_pure import npm_tools
+from tracecar_formats.collapse import CollapseOptions, collapse_text
+from tracecar_formats.flamegraph import frame_kind, render_svg
+from tracecar_formats.pprof import to_pprof
+from tracecar_formats.speedscope import to_speedscope
 
 DATA = Path(__file__).resolve().parent / "data"
 SVG_NS = "{http://www.w3.org/2000/svg}"

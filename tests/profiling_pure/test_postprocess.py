@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from agent import _proc
-from agent.profiling.collapse import CollapseOptions, collapse_text
 from agent.profiling.postprocess import PERF_SCRIPT_FIELDS, perf_data_to_folded, perf_script_argv
 from tests.conftest import need
+from tracecar_formats.collapse import CollapseOptions, collapse_text
 
 pytestmark = pytest.mark.integration
 DATA = Path(__file__).resolve().parent / "data"

@@ -9,7 +9,7 @@ widths proportional to counts, and frames narrower than ``minwidth`` pixels
 dropped with their subtrees, so a profile of millions of samples still renders
 to a small file. Colours tell the frame kind apart (see :func:`frame_kind`).
 
-Differential graphs (``deltas=``, see :mod:`agent.profiling.diff`) are coloured
+Differential graphs (``deltas=``, see :mod:`tracecar_formats.diff`) are coloured
 as flamegraph.pl colours difffolded.pl's output instead: each frame by the
 change of the stacks that end in it (its self delta), red for growth and blue
 for shrinkage, saturated in proportion to the largest change of one stack,

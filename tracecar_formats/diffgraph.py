@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from agent.profiling.diff import EmptyBase, diff_folded, flame_deltas, format_diff
-from agent.profiling.flamegraph import render_svg
+from tracecar_formats.diff import EmptyBase, diff_folded, flame_deltas, format_diff
+from tracecar_formats.flamegraph import render_svg
 
 __all__ = ["DiffFormat", "EmptySide", "Widths", "compare"]
 

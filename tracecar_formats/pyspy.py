@@ -10,15 +10,13 @@ into one flame graph. Native frames of ``--native`` that py-spy could not name
 (``0x7f.. (libc.so.6)``) become ``[libc.so.6]``, the collapser's spelling of an
 unresolved frame.
 
-Pure: no process is started here (see :mod:`agent.profiling._pyspy`).
+Pure: no process is started here (the agent's ``agent.profiling._pyspy`` runs py-spy).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from agent import _proc
 
 _SUMMARY = re.compile(r"Samples: (\d+) Errors: (\d+)")
 # "thread (TID)", and on some Pythons (3.11 here) "thread (TID): NAME".
@@ -42,11 +40,6 @@ class Summary:
     instant): reported as dropped, never hidden."""
     exited: bool
     warnings: list[str]
-
-
-def find() -> str | None:
-    """The py-spy executable (its wheel installs it beside the agent's Python)."""
-    return _proc.python_tool("py-spy")
 
 
 def parse_stderr(stderr: str) -> Summary:

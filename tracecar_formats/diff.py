@@ -116,7 +116,7 @@ def flame_deltas(rows: Iterable[DiffRow]) -> tuple[dict[str, int], dict[str, flo
     """The differential flame graph's input, as ``flamegraph.pl`` reads difffolded.pl's
     lines: each stack's width (its second count) and its delta (second - first).
 
-    Stacks are keyed as text for :func:`~agent.profiling.flamegraph.render_svg`; two
+    Stacks are keyed as text for :func:`~tracecar_formats.flamegraph.render_svg`; two
     that only differ in invalid UTF-8 decode alike and are summed. Rows drawn with the
     base's widths are the swapped ``(target, base)`` rows, rendered with ``negate``
     so that red still means "grew in the target".
