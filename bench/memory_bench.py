@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from agent.memory import _parse  # noqa: E402
 from tests.agent.memory_workloads import MAPS_C, PY_CACHE, build_hog  # noqa: E402
-from tests.agent.workloads import PY312  # noqa: E402
+from tests.interpreters import PY312  # noqa: E402
 
 TOKEN = "memory-bench-token-0123456789"  # a throwaway, local
 _SAFEPOINT = re.compile(r'Safepoint "(\w+)".*At safepoint: (\d+) ns')

@@ -29,8 +29,9 @@ from tests.agent.memory_workloads import (
     PY_CACHE,
     build_hog,
 )
-from tests.agent.workloads import PY312, compile_c
+from tests.agent.workloads import compile_c
 from tests.conftest import need
+from tests.interpreters import PY312
 
 pytestmark = pytest.mark.integration
 
