@@ -1,5 +1,5 @@
 """Workloads that hold known amounts of memory, for the memory snapshot, heap dump,
-recorder RSS and RSS trigger tests (and bench/memory_bench.py).
+recorder RSS and RSS trigger tests (and bench/memory_snapshot_bench.py).
 
 * ``HOLD_C``: mallocs and touches ``argv[1]`` MiB in ``hold_memory`` at start, then,
   while growth is on (SIGUSR1 toggles it), another ``argv[2]`` MiB every 250 ms. A

@@ -5,7 +5,7 @@ safepoint the histogram's heap walk takes, from the JVM's own safepoint log) and
 CPython process (pymalloc read live from /proc/PID/mem: the first request also runs
 gdb on libpython once for the layout).
 
-One command: ``.venv/bin/python bench/memory_bench.py [--requests N]``.
+One command: ``.venv/bin/python bench/memory_snapshot_bench.py [--requests N]``.
 
 A real agent (``python -m agent`` on this machine, its own data directory). The
 baseline, measured in the same run, alternating request by request: ``GET
