@@ -67,6 +67,23 @@ class Service:
         # (device, inode, mtime, minor) of a libpython -> where its allocator's state is
         self._layouts: dict[tuple[int, int, int, int], dict[str, Any]] = {}
 
+    async def capabilities(self) -> dict[str, object]:
+        """What ``GET /capabilities`` says of snapshots and each runtime's figures."""
+        jattach, gdb = _proc.which("jattach"), _proc.which("gdb")
+        return {
+            "available": True,
+            "reason": "/proc/PID/smaps_rollup and smaps: RSS, PSS, swap, anonymous vs "
+            "file-backed, the largest mappings",
+            "java": "jattach: GC.heap_info, GC.class_histogram; heap dumps (.hprof)"
+            if jattach
+            else "jattach is not installed: no JVM heap figures nor .hprof dumps",
+            "python": "pymalloc read live from /proc/PID/mem (libpython's debug info read "
+            "by gdb once per binary; stripped builds cannot say)"
+            if gdb
+            else "gdb is not installed: libpython's debug info cannot be read",
+            "native": "gdb gcore core dumps" if gdb else "gdb is not installed: no core dumps",
+        }
+
     async def snapshot(
         self, pid: int, *, top: int, runtime: bool, histogram_top: int
     ) -> MemorySnapshot:

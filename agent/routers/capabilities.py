@@ -13,7 +13,7 @@ from agent.routers.lttng import ATTACHED_LTTNG
 
 router = APIRouter(tags=["capabilities"], responses=errors(*PROTECTED, 422))
 
-_SERVICES = ("profiling", "recorder", "probes", "lttng", "stacks", "dotnet")
+_SERVICES = ("profiling", "recorder", "probes", "lttng", "stacks", "dotnet", "memory")
 
 
 @router.get("/capabilities")
