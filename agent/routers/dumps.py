@@ -71,7 +71,7 @@ def view(job: Job) -> DumpView:
 
 _DUMP_RESPONSES = {
     200: {"model": DumpView, "description": "wait=true: the dump, written (or failed)"},
-    **errors(404, 409, 429, *TOOLS),
+    **errors(400, 404, 409, 429, *TOOLS),
 }
 
 
