@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from agent import _proc, memory, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
@@ -57,7 +57,7 @@ class DumpRequest(BaseModel):
         "default: the JVM's .hprof heap dump) or full (a core dump, gdb gcore); other "
         "processes: full only (gdb gcore)",
     )
-    live: bool = Field(
+    live: StrictBool = Field(
         default=True,
         description="Java heap dumps: live objects only (the JVM runs a full GC first: "
         "smaller, what a leak hunt wants); false: every object, unreachable ones included",

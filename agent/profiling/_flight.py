@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StrictBool
 
 from agent import _proc, procfs, symbols
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
@@ -119,7 +119,7 @@ class RecorderRequest(Targets):
         description="Python processes sampled by py-spy (whole Python stacks); "
         "false: by bpftrace like the rest (interpreter frames)",
     )
-    rss: bool = Field(
+    rss: StrictBool = Field(
         default=True,
         description="each recorded process's RSS kept with each second (GET "
         "/recorder/memory); false: stacks only",
