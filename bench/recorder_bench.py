@@ -77,6 +77,7 @@ while rounds == 0 or k < rounds:
     k += 1
 print(f"{time.monotonic() - w} {time.process_time() - c}", flush=True)
 """
+sys.path.insert(0, str(REPO))  # run as a script: the repository's tests package
 from tests.interpreters import PY312  # noqa: E402
 
 BENCH_TOKEN = "recorder-bench-token-0123456789"  # a throwaway, local
