@@ -147,9 +147,7 @@ def kernel_part(client: httpx.Client, pid: int, n: int) -> None:
     t0 = time.perf_counter()
     for _ in range(n):
         _parse.rollup(rollup)
-        maps = _parse.mappings(smaps)
-        _parse.by_kind(maps)
-        _parse.largest(maps, 10)
+        _parse.summary(smaps, 10)  # what the snapshot does
     parse = (time.perf_counter() - t0) / n
     bm, mm = statistics.median(base), statistics.median(mem)
     print(f"  baseline GET /processes/{{pid}}:  {ms(base)}")
@@ -203,7 +201,7 @@ def python_part(
     assert app.stdout is not None
     assert app.stdout.readline().strip() == b"ready"
     print(
-        f"\nthe same with runtime=true for CPython 3.12 holding 300,000 tuples (gdb), {n} requests"
+        f"\nthe same with runtime=true for CPython 3.12 holding 300,000 tuples (live read), {n} requests"
     )
     base = [timed(client, f"/processes/{app.pid}/memory", runtime="false") for _ in range(n)]
     first = timed(client, f"/processes/{app.pid}/memory", runtime="true")
