@@ -201,7 +201,8 @@ def python_part(
     assert app.stdout is not None
     assert app.stdout.readline().strip() == b"ready"
     print(
-        f"\nthe same with runtime=true for CPython 3.12 holding 300,000 tuples (live read), {n} requests"
+        f"\nthe same with runtime=true for CPython 3.12 holding 300,000 tuples (live read), "
+        f"{n} requests"
     )
     base = [timed(client, f"/processes/{app.pid}/memory", runtime="false") for _ in range(n)]
     first = timed(client, f"/processes/{app.pid}/memory", runtime="true")
