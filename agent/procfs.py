@@ -456,14 +456,6 @@ def _mnt_ns(pid: int) -> int:
     return os.stat(PROC / str(pid) / "ns" / "mnt").st_ino
 
 
-def mnt_ns_of(pid: int) -> int:
-    """The mount namespace inode of ``pid`` (404 if it is gone)."""
-    try:
-        return _mnt_ns(require_pid(pid))
-    except OSError as e:
-        raise NotFound(f"no process with pid {pid} in this pod ({e.strerror})") from e
-
-
 def _uptime_s() -> float:
     return float(_read_text(PROC / "uptime").split()[0])
 

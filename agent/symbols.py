@@ -16,10 +16,11 @@ import bisect
 import difflib
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -117,6 +118,31 @@ def _parse_stapsdt(desc: bytes, is64: bool) -> tuple[int, str, str, int, str] | 
     )
 
 
+_ELF64_SYM = struct.Struct("<IBBHQQ")  # st_name, st_info, st_other, st_shndx, st_value, st_size
+_STT_FUNC, _STT_GNU_IFUNC = 2, 10
+
+
+def _functions64(
+    f: BinaryIO, elf: ELFFile, section: SymbolTableSection
+) -> Iterator[tuple[str, int, int]]:
+    """(name, address, size) of the defined functions of a 64-bit little-endian symbol
+    table, read with one ``struct`` pass: pyelftools' per-symbol parse took seconds for
+    a large table (a libc debug file's), on the flight recorder's path."""
+    strtab = elf.get_section(section["sh_link"])
+    f.seek(strtab["sh_offset"])
+    names = f.read(strtab["sh_size"])
+    f.seek(section["sh_offset"])
+    data = f.read(section["sh_size"])
+    data = data[: len(data) - len(data) % _ELF64_SYM.size]
+    for st_name, st_info, _other, shndx, value, size in _ELF64_SYM.iter_unpack(data):
+        if (st_info & 0xF) not in (_STT_FUNC, _STT_GNU_IFUNC) or not shndx or not value:
+            continue
+        end = names.find(b"\0", st_name)
+        name = names[st_name : end if end >= 0 else len(names)]
+        if name:
+            yield name.decode("utf-8", "replace"), value, size
+
+
 @lru_cache(maxsize=64)
 def _load(path: str, _identity: tuple[int, int, int, int]) -> ObjectSymbols:
     functions: dict[tuple[str, int], Symbol] = {}
@@ -127,8 +153,14 @@ def _load(path: str, _identity: tuple[int, int, int, int]) -> ObjectSymbols:
         for seg in elf.iter_segments():
             if seg["p_type"] == "PT_LOAD":
                 segments.append((seg["p_offset"], seg["p_vaddr"], seg["p_filesz"]))
+        fast = elf.elfclass == 64 and elf.little_endian
         for section in elf.iter_sections():
             if isinstance(section, SymbolTableSection):
+                if fast:
+                    for name, value, size in _functions64(f, elf, section):
+                        name = name.split("@", 1)[0]
+                        functions[(name, value)] = Symbol(name, value, size, "function")
+                    continue
                 for sym in section.iter_symbols():
                     if (
                         sym["st_info"]["type"] in ("STT_FUNC", "STT_GNU_IFUNC")

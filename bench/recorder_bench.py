@@ -136,6 +136,14 @@ def main() -> None:
     ap.add_argument("--soak", type=float, default=60.0)
     ap.add_argument("--rss", action="store_true", help="only the cost of RSS sampling")
     ap.add_argument("--sleepers", type=int, default=50, help="--rss: idle processes recorded")
+    ap.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="busy loops run beside the app throughout (a loaded machine: the lag target "
+        "holds under load)",
+    )
+    ap.add_argument("--only", choices=("c", "python"), help="one app only")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="recorder-", dir="/var/tmp"))
     (tmp / "work.c").write_text(WORK_C)
@@ -157,6 +165,7 @@ def main() -> None:
         [sys.executable, "-m", "agent"], cwd=REPO, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     try:
         with httpx.Client(
             base_url=f"http://127.0.0.1:{port}",
@@ -184,11 +193,18 @@ def main() -> None:
                     [python, str(tmp / "work.py"), "0"],
                 ),
             }
+            if args.busy:
+                print(f"{args.busy} busy loops beside the app throughout")
             for name, (work, soak) in apps.items():
+                if args.only and not name.lower().startswith(args.only):
+                    continue
                 measure(name, work, soak, client, agent.pid, args)
     finally:
         agent.terminate()
         agent.wait(30)
+        for b in busy:
+            b.kill()
+            b.wait()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
 
 
@@ -205,6 +221,12 @@ def measure(
     args: argparse.Namespace,
 ) -> None:
     print(f"\n{name} app: flight recorder at 19 Hz, {args.pairs} alternating pairs (medians)")
+    if args.pairs:
+        measure_pairs(work, client, args)
+    soak_run(soak, client, agent_pid, args)
+
+
+def measure_pairs(work: list[str], client: httpx.Client, args: argparse.Namespace) -> None:
     base_w: list[float] = []
     base_c: list[float] = []
     rec_w: list[float] = []
@@ -223,7 +245,12 @@ def measure(
         f"  ratio recorded/unrecorded: cpu {rc / bc:.4f}x  wall {rw / bw:.4f}x  "
         f"(target cpu <= 1.01x: {verdict})"
     )
-    # The soak: the agent's own cost while recording a busy app, and the ring's lag.
+
+
+def soak_run(
+    soak: list[str], client: httpx.Client, agent_pid: int, args: argparse.Namespace
+) -> None:
+    """The agent's own cost while recording a busy app, and the ring's lag."""
     app = subprocess.Popen(soak, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     lags: list[float] = []
     try:
@@ -275,6 +302,10 @@ def measure(
             f"p95 {lags[int(0.95 * (len(lags) - 1))]:.2f} s, max {lags[-1]:.2f} s "
             f"({len(lags)} polls; target max < 2 s: {verdict})"
         )
+    print(
+        f"  seconds arrived after they ended, at most: bpftrace "
+        f"{status.get('sampler_delay_max_s')} s, py-spy {status.get('python_delay_max_s')} s"
+    )
     print(f"  agent RSS: {rss0:.1f} MB before, {rss1:.1f} MB after (+{rss1 - rss0:.1f} MB)")
 
 

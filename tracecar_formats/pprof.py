@@ -9,13 +9,19 @@ decode the output with an independent parser.
 Layout: one Function and one Location per distinct frame name (folded stacks
 carry names, not addresses), samples with the leaf first, values
 ``[samples/count, cpu/nanoseconds]`` (count x period), ``period_type`` cpu/nanoseconds.
-Python perf-trampoline frames (``py::function:file``) get their file as the
-Function's filename.
+
+Source records, where known: a Function's ``filename`` and ``start_line``, and its
+Location's Line ``line``. Since folded stacks count per function (not per address),
+a Location's line is its function's first line (as py-spy's ``--function`` names
+frames). They come from the frame itself for py-spy's ``function (file:line)`` and
+Python's perf-trampoline ``py::function:file`` (no line), and from ``sources`` (frame
+name -> (file, line)) for the rest: the agent fills it from Go's pclntab.
 """
 
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Iterable, Mapping
 
 __all__ = ["to_pprof"]
@@ -26,8 +32,10 @@ _P_TIME, _P_DURATION, _P_PERIOD_TYPE, _P_PERIOD = 9, 10, 11, 12
 _VT_TYPE, _VT_UNIT = 1, 2
 _S_LOCATION_ID, _S_VALUE = 1, 2
 _L_ID, _L_LINE = 1, 4
-_LINE_FUNCTION_ID = 1
-_F_ID, _F_NAME, _F_SYSTEM_NAME, _F_FILENAME = 1, 2, 3, 4
+_LINE_FUNCTION_ID, _LINE_LINE = 1, 2
+_F_ID, _F_NAME, _F_SYSTEM_NAME, _F_FILENAME, _F_START_LINE = 1, 2, 3, 4, 5
+# py-spy's frames: "function (file:line)".
+_PYSPY_FRAME = re.compile(r"^(.+) \((.+):(\d+)\)$")
 
 
 def _varint(value: int) -> bytes:
@@ -63,12 +71,17 @@ def _packed(field: int, values: Iterable[int]) -> bytes:
     return _bytes(field, b"".join(_varint(v) for v in values))
 
 
-def _split_py(name: str) -> tuple[str, str]:
+def _split_py(name: str) -> tuple[str, str, int]:
+    """A frame's function, file and line when the frame says them ("" and 0 if not)."""
     if name.startswith("py::"):
         func, sep, file = name[4:].removesuffix("_[j]").partition(":")
         if sep and func and file:
-            return func, file
-    return name, ""
+            return func, file, 0
+    elif name.endswith(")"):
+        m = _PYSPY_FRAME.match(name)
+        if m is not None:
+            return m.group(1), m.group(2), int(m.group(3))
+    return name, "", 0
 
 
 def to_pprof(
@@ -81,12 +94,15 @@ def to_pprof(
         ("samples", "count"),
         ("cpu", "nanoseconds"),
     ),
+    sources: Mapping[str, tuple[str, int]] | None = None,
 ) -> bytes:
     """Encode folded stacks (counts of samples, each ``period_ns`` of CPU) as gzipped pprof.
 
     ``sample_types``: the (type, unit) of the count and of count x period (an off-CPU
-    profile's counts are microseconds off CPU).
+    profile's counts are microseconds off CPU). ``sources``: frame name -> (file, first
+    line) where a symbolizer knows them (see the module docstring).
     """
+    sources = sources or {}
     strings: dict[str, int] = {"": 0}
 
     def s(text: str) -> int:
@@ -113,14 +129,20 @@ def to_pprof(
             fid = frame_ids.get(frame)
             if fid is None:
                 fid = frame_ids[frame] = len(frame_ids) + 1
-                func, file = _split_py(frame)
+                func, file, line = _split_py(frame)
+                if not file and frame in sources:
+                    file, line = sources[frame]
                 functions.append(
                     _int(_F_ID, fid)
                     + _int(_F_NAME, s(func))
                     + _int(_F_SYSTEM_NAME, s(frame))
                     + _int(_F_FILENAME, s(file))
+                    + _int(_F_START_LINE, line)
                 )
-                locations.append(_int(_L_ID, fid) + _bytes(_L_LINE, _int(_LINE_FUNCTION_ID, fid)))
+                locations.append(
+                    _int(_L_ID, fid)
+                    + _bytes(_L_LINE, _int(_LINE_FUNCTION_ID, fid) + _int(_LINE_LINE, line))
+                )
             ids.append(fid)
         ids.reverse()  # pprof: the leaf is location_id[0]
         samples.append(_packed(_S_LOCATION_ID, ids) + _packed(_S_VALUE, (count, count * period_ns)))

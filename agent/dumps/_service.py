@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from agent import _proc, memory, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
-from agent.jobs import Job, JobStore
+from agent.jobs import DictJob, JobStore
 
 KIND = "dump"
 CORE = "core"
@@ -123,6 +123,27 @@ class Service:
 
     async def stop(self) -> None:
         return None
+
+    def busy(self) -> bool:
+        """A dump being written keeps an idle agent alive."""
+        return bool(self.jobs.running(KIND))
+
+    async def capabilities(self) -> dict[str, object]:
+        """Which writers work here: gdb's gcore (any process), and createdump, which
+        each .NET process's own runtime ships (checked per process when asked)."""
+        gdb, jattach = _proc.which("gdb"), _proc.which("jattach")
+        return {
+            "available": True,
+            "reason": "createdump for .NET processes; a JVM's .hprof heap dump through "
+            "jattach; gdb's gcore for the others"
+            + ("" if gdb else " (gdb is not installed here: no core dumps of the others)"),
+            "writers": {
+                "gcore": {"available": gdb is not None},
+                "createdump": {"available": True, "reason": "the target's own runtime's"},
+                "jattach": {"available": jattach is not None},
+            },
+            "limits": {"max_running": self.max_running, "timeout_s": TIMEOUT_S},
+        }
 
     def plan(
         self, pid: int, req: DumpRequest, *, java_bytes: int | None = None
@@ -250,7 +271,7 @@ class Service:
                 estimate=est.model_dump(),
             )
 
-    async def create(self, pid: int, req: DumpRequest) -> Job:
+    async def create(self, pid: int, req: DumpRequest) -> DictJob:
         info = await asyncio.to_thread(procfs.process_info, pid)
         java_bytes = None
         if info.runtime == "java" and req.type in (None, "heap") and self.memory is not None:
@@ -262,14 +283,15 @@ class Service:
             self.plan, pid, req, java_bytes=java_bytes
         )
         fmt: DumpFormat = "hprof" if argv[2:3] == ["dumpheap"] else "core"
-        job = self.jobs.create(
+        job: DictJob = self.jobs.create(
             KIND,
             {"pid": pid, "type": dump_type, "writer": writer, "format": fmt},
+            result={},
             max_running=self.max_running,
         )
         job.result["estimate"] = est.model_dump()
 
-        async def work(job: Job) -> None:
+        async def work(job: DictJob) -> None:
             if fmt == "hprof":
                 await self._write_hprof(job, pid, argv, est)
             else:
@@ -279,7 +301,7 @@ class Service:
         return job
 
     async def _write(
-        self, job: Job, pid: int, argv: list[str], dump_type: DumpType, est: Estimate
+        self, job: DictJob, pid: int, argv: list[str], dump_type: DumpType, est: Estimate
     ) -> None:
         final = job.artifact(CORE)
         part = final.with_name(CORE + ".part")
@@ -339,7 +361,7 @@ class Service:
         job.result["bytes"] = final.stat().st_size
         job.result["seconds"] = round(time.monotonic() - started, 2)
 
-    async def _write_hprof(self, job: Job, pid: int, argv: list[str], est: Estimate) -> None:
+    async def _write_hprof(self, job: DictJob, pid: int, argv: list[str], est: Estimate) -> None:
         """The JVM writes into its own /tmp; its file is watched (progress, the ceiling),
         then moved into the job's directory. The JVM finishes a dump it has started even
         if jattach is killed: on failure its file is unlinked (the space comes back when
@@ -406,16 +428,16 @@ class Service:
         job.result["bytes"] = final.stat().st_size
         job.result["seconds"] = round(time.monotonic() - started, 2)
 
-    async def delete(self, job: Job) -> None:
+    async def delete(self, job: DictJob) -> None:
         await self.jobs.delete(job)
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str) -> DictJob:
         return self.jobs.get(KIND, job_id)
 
-    def list(self) -> list[Job]:
+    def list(self) -> list[DictJob]:
         return self.jobs.of_kind(KIND)
 
-    def core_file(self, job: Job, *, fmt: DumpFormat = "core") -> Path:
+    def core_file(self, job: DictJob, *, fmt: DumpFormat = "core") -> Path:
         """The dump's file; 404 naming the right link when it is the other format."""
         have = format_of(job)
         if have != fmt:
@@ -430,7 +452,7 @@ class Service:
         return path
 
 
-def format_of(job: Job) -> DumpFormat:
+def format_of(job: DictJob) -> DumpFormat:
     return "hprof" if job.params.get("format") == "hprof" else "core"
 
 

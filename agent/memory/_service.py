@@ -67,6 +67,16 @@ class Service:
         # (device, inode, mtime, minor) of a libpython -> where its allocator's state is
         self._layouts: dict[tuple[int, int, int, int], dict[str, Any]] = {}
 
+    async def start(self) -> None:
+        """Nothing to sweep: a snapshot leaves nothing behind (its tools are reaped)."""
+
+    async def stop(self) -> None:
+        """Nothing runs between requests."""
+
+    def busy(self) -> bool:
+        """A snapshot is one request: nothing that keeps an idle agent alive."""
+        return False
+
     async def capabilities(self) -> dict[str, object]:
         """What ``GET /capabilities`` says of snapshots and each runtime's figures."""
         jattach, gdb = _proc.which("jattach"), _proc.which("gdb")

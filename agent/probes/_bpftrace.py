@@ -86,6 +86,8 @@ def probe_point(spec: Spec, kind: str) -> str:
     # bpftrace 0.17 here cannot place a probe inside a function (symbol+offset): the
     # service routes those to perf probe, so only symbols and entry addresses get here.
     target = spec.function
+    if spec.pclntab_entry is not None:
+        target = f"{spec.pclntab_entry:#x}"  # a stripped Go function: its file offset
     return f"{kind}:{spec.host_binary}:{target}"
 
 
@@ -240,9 +242,12 @@ def program(spec: Spec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def argv(program_text: str, pid: int) -> list[str]:
-    """``-p PID``: the kernel filters the uprobe to that process (pid as the pod sees it)."""
-    return ["bpftrace", "-f", "json", "-p", str(pid), "-e", program_text]
+def argv(program_text: str, pid: int, *, spec: Spec | None = None) -> list[str]:
+    """``-p PID``: the kernel filters the uprobe to that process (pid as the pod sees it).
+    ``--unsafe`` only for a generated program on a stripped Go function's pclntab entry
+    (:attr:`Spec.pclntab_entry`); never for a raw program."""
+    unsafe = ["--unsafe"] if spec is not None and spec.pclntab_entry is not None else []
+    return ["bpftrace", "-f", "json", *unsafe, "-p", str(pid), "-e", program_text]
 
 
 ENV = {
@@ -255,9 +260,13 @@ too short for many paths; 200 is what bpftrace 0.17 fits on the BPF stack here).
 
 
 def env(spec: Spec | None) -> dict[str, str]:
-    """The variables bpftrace runs with (shown by a dry run)."""
+    """The variables bpftrace runs with (shown by a dry run). Stacks: addresses only,
+    the agent names them as the profiles do (bpftrace's own names would differ where it
+    can see the process: no pclntab, no debug files, no inlined frames)."""
     if spec is not None and spec.python_function is not None:
         return {**ENV, "BPFTRACE_STRLEN": str(PYTHON_STRLEN)}
+    if spec is not None and spec.stack:
+        return {**ENV, "BPFTRACE_NO_USER_SYMBOLS": "1"}
     return dict(ENV)
 
 
@@ -379,7 +388,7 @@ class Session:
     """One running bpftrace: started, read line by line, stopped (SIGINT flushes END)."""
 
     def __init__(self, program_text: str, pid: int, spec: Spec | None) -> None:
-        self.argv = argv(program_text, pid)
+        self.argv = argv(program_text, pid, spec=spec)
         self.env = env(spec)
         self.parser = Parser(spec)
         self.child: _proc.Child | None = None

@@ -42,6 +42,12 @@ class Spec:
     """Probes attached with no action, only so the program takes the path that fires ``usdt``."""
     python_function: str | None = None
     python_file: str | None = None
+    pclntab_entry: int | None = None
+    """The file offset of ``address`` when it is a function's entry known only from a
+    stripped Go binary's ``.gopclntab``: bpftrace, which checks an address against
+    ``.symtab``/``.dynsym`` and turns it into a file offset through them, can do
+    neither, so it is given the offset and runs with ``--unsafe`` (the agent checked
+    the boundary; the program it generates calls no unsafe builtin)."""
 
     @property
     def is_usdt(self) -> bool:

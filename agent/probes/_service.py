@@ -21,8 +21,16 @@ from typing import Any
 
 from agent import _proc, procfs
 from agent import symbols as _symbols
-from agent.errors import AgentError, Conflict, Forbidden, Invalid, NotFound, TooMany, Unavailable
-from agent.jobs import JobStore
+from agent.errors import (
+    AgentError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    ToolError,
+    TooMany,
+    Unavailable,
+)
 from agent.metrics import Metrics
 from agent.probes import _bpftrace, _perfprobe, _usdt
 from agent.probes._model import (
@@ -46,6 +54,9 @@ from agent.probes._probe import Backends, Probe
 from agent.probes._render import render
 from agent.probes._stream import EventStream
 from agent.settings import Settings
+from agent.symbolize import sources as _sources
+from agent.symbolize.resolver import Symbolizer, debuginfod_cache
+from agent.symbolize.ustacks import UserStacks
 
 BUFFER_EVENTS = 8192
 """Events a probe retains for late readers (older ones are still counted)."""
@@ -56,31 +67,16 @@ BPFTRACE_RECHECK_S = 30.0
 STOP_GRACE_S = 5.0
 
 
-def instance_id(settings: Settings) -> str:
-    """This agent's name on the node: the configured id, the pod UID, else its PID namespace."""
-    if settings.instance_id:
-        return settings.instance_id
-    if settings.pod_uid:
-        return settings.pod_uid
-    try:
-        return "ns" + os.readlink("/proc/self/ns/pid").strip("pid:[]")
-    except OSError:
-        return f"pid{os.getpid()}"
-
-
 def _match_process(info: procfs.ProcessInfo, name: str) -> bool:
     argv0 = os.path.basename(info.cmdline[0]) if info.cmdline else ""
     return name in (info.comm, argv0)
 
 
 class Service:
-    def __init__(
-        self, settings: Settings, jobs: JobStore, *, metrics: Metrics | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.jobs = jobs
         self.metrics = metrics or Metrics()
-        self.group = _perfprobe.group_name(instance_id(settings))
+        self.group = _perfprobe.group_name(settings.instance())
         self.backends = Backends()
         self.tracefs_reason = "not checked yet"
         self._probes: dict[str, Probe] = {}
@@ -151,6 +147,10 @@ class Service:
                 await asyncio.wait(pending, timeout=grace)
         if self.backends.perf_ok:
             await _perfprobe.sweep(self.group)
+
+    def busy(self) -> bool:
+        """An attached probe keeps an idle agent alive."""
+        return any(p.running for p in self._probes.values())
 
     async def capabilities(self) -> dict[str, object]:
         b = await self._ready()
@@ -278,8 +278,12 @@ class Service:
         function = req.function
         assert function is not None
         address: int | None
+        pclntab_entry: int | None = None
         if function.startswith("0x"):
             address = int(function, 16)
+            # A stripped Go binary: bpftrace finds no symbol to check the address
+            # against; a function's entry in the pclntab is an instruction boundary.
+            pclntab_entry = _sources.pclntab_entry(Path(host_binary), address)
         else:
             name, _, off = function.partition("+")
             sym = syms.lookup(name)
@@ -316,6 +320,7 @@ class Service:
             retval_type=req.retval_type,
             stack=req.stack,
             duration_s=duration_s,
+            pclntab_entry=pclntab_entry,
             max_events=max_events,
         )
 
@@ -415,7 +420,7 @@ class Service:
         if backend == "bpftrace":
             text = req.program if spec is None else _bpftrace.program(spec)
             assert text is not None
-            plan = {"program": text, "argv": _bpftrace.argv(text, pid)}
+            plan = {"program": text, "argv": _bpftrace.argv(text, pid, spec=spec)}
             if spec is not None and spec.is_usdt:
                 plan["env"] = _bpftrace.env(spec)
                 if spec.usdt_enable:
@@ -471,7 +476,13 @@ class Service:
         except TimeoutError:
             self._request_stop(probe, "attach timed out")
         if probe.state == "failed":
-            raise Invalid(f"attaching the probe failed: {probe.error}", probe=probe.to_dict())
+            # The tracer failed (a 502 everywhere, agent.errors), not the request: every
+            # request field was checked before anything ran.
+            raise ToolError(
+                f"attaching the probe failed: {probe.error}",
+                tool=probe.backend,
+                probe=probe.to_dict(),
+            )
         return probe.to_dict()
 
     def _control_dir(self, probe_id: str) -> str:
@@ -572,13 +583,23 @@ class Service:
         stream = probe.stream
         spec = probe.spec
         seen = 0
+        # The profiles' names (pclntab, debug files, inlined frames, frameless leaves'
+        # callers), one symbolizer per probe; named in a worker thread (a debug file's
+        # first read, or a debuginfod fetch, must not hold the event loop).
+        names = (
+            UserStacks(Symbolizer(debuginfod=debuginfod_cache(self.settings)))
+            if spec is not None and spec.stack
+            else None
+        )
         async for item in items:
             if isinstance(item, Hit):
                 seen += 1
                 if seen > probe.max_events:
                     continue
-                if spec is not None and spec.stack and item.event.get("stack"):
-                    item.event["stack"] = self._symbolize(spec.pid, item.event["stack"])
+                if spec is not None and names is not None and item.event.get("stack"):
+                    item.event["stack"] = await asyncio.to_thread(
+                        self._symbolize, names, spec.pid, item.event["stack"]
+                    )
                 if not stream.publish(item.event):
                     self.metrics.drop("probe_rate_limit")
                 probe.hits = max(probe.counted, seen)
@@ -599,14 +620,16 @@ class Service:
                 continue
 
     @staticmethod
-    def _symbolize(pid: int, frames: list[str]) -> list[str]:
+    def _symbolize(names: UserStacks, pid: int, frames: list[str]) -> list[str]:
+        """bpftrace's raw addresses (innermost first) -> function names, innermost first,
+        as the profiles name them."""
         addrs: list[int] = []
         for f in frames:
             try:
-                addrs.append(int(f, 16))
-            except ValueError:
+                addrs.append(int(f.split()[0], 16))
+            except (ValueError, IndexError):
                 return frames  # bpftrace resolved them already
-        return _symbols.symbolize(pid, addrs)
+        return names.frames(pid, addrs)[::-1]
 
     def get(self, probe_id: str) -> Probe:
         probe = self._probes.get(probe_id)

@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent import procfs
 from agent.errors import Invalid, NotFound, TooMany
@@ -57,6 +57,7 @@ MIN_GROWTH_FOR_S = 1.0
 TriggerState = Literal["armed", "recording", "cooling-down", "done", "failed"]
 Condition = Literal["cpu", "rss", "rss_growth"]
 _MIB = 1 << 20
+_WATCHING = ("armed", "recording", "cooling-down")
 
 
 class TriggerRequest(Targets):
@@ -105,6 +106,29 @@ class TriggerRequest(Targets):
         if c == "rss_growth":
             return f"rss growth >= {self.rss_growth_mib_per_min:g}MiB/min over {self.for_s:g}s"
         return f"cpu >= {self.cpu_percent:g}% for {self.for_s:g}s"
+
+
+class TriggerView(BaseModel):
+    """A trigger as the API shows it (``GET /triggers/{id}``)."""
+
+    id: str
+    state: TriggerState
+    message: str
+    created_at: float
+    request: dict[str, Any]
+    condition: Condition = Field(description="what it watches: CPU, RSS, or RSS growth")
+    reason: str = Field(description="the condition in words (a pushed capture's label)")
+    cpu_percent_now: float | None = Field(description="the last CPU use measured")
+    rss_mib_now: float | None = Field(
+        default=None, description="rss, rss_growth: the last RSS read (MiB)"
+    )
+    rss_growth_mib_per_min_now: float | None = Field(
+        default=None, description="rss_growth: the growth over the last for_s (MiB/min)"
+    )
+    above_since: float | None
+    captures: list[dict[str, Any]] = Field(description="what fired: when, at what CPU, the profile")
+    skipped: list[dict[str, Any]] = Field(description="the last captures not taken, and why")
+    links: dict[str, str]
 
 
 @dataclass
@@ -216,6 +240,23 @@ class Triggers:
         await self._cancel(trigger)
         self._triggers.pop(trigger_id, None)
 
+    async def start(self) -> None:
+        """Triggers are made by requests: none to start."""
+
+    def busy(self) -> bool:
+        """A watching trigger does not keep an idle agent alive: the profiles it starts do."""
+        return False
+
+    async def capabilities(self) -> dict[str, object]:
+        """A trigger's captures are CPU profiles: it works where they do."""
+        profiles = await self.profiling.capabilities()
+        return {
+            "available": profiles.get("available", False),
+            "reason": f"captures CPU profiles: {profiles.get('reason', '')}",
+            "max_triggers": self.max_triggers,
+            "watching": sum(1 for t in self._triggers.values() if t.state in _WATCHING),
+        }
+
     async def stop(self) -> None:
         """Agent shutdown: end every trigger's task (their profiles are the job store's)."""
         for t in list(self._triggers.values()):
@@ -264,7 +305,7 @@ class Triggers:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a trigger never dies silently
-            log.exception("trigger %s failed", trigger.id)
+            log.exception("trigger failed", extra={"fields": {"trigger": trigger.id}})
             trigger.state = "failed"
             trigger.message = str(e) or type(e).__name__
 

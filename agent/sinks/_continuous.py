@@ -29,6 +29,7 @@ from typing import Any
 from agent import profiling
 from agent.sinks._labels import profile_labels
 from agent.sinks._sink import Sink
+from agent.symbolize.sources import go_sources
 from tracecar_formats.pprof import to_pprof
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,20 @@ class ProcessGroup:
     start: float
     duration_s: float
     stacks: dict[str, int]
+    pids: tuple[int, ...] = ()
+
+
+def _pprof(g: ProcessGroup, hz: int) -> bytes:
+    """One group's pprof, Go functions with their file and line (from the pclntab of
+    the group's processes, while they run)."""
+    frames = {f for k in g.stacks for f in k.split(";")}
+    return to_pprof(
+        g.stacks,
+        period_ns=round(1e9 / hz),
+        duration_ns=round(g.duration_s * 1e9),
+        time_ns=round(g.start * 1e9),
+        sources=go_sources(g.pids, frames),
+    )
 
 
 def recorder_groups(recorder: profiling.FlightRecorder, start: int, end: int) -> list[ProcessGroup]:
@@ -66,6 +81,7 @@ def recorder_groups(recorder: profiling.FlightRecorder, start: int, end: int) ->
             start=g.start,
             duration_s=g.duration_s,
             stacks=g.stacks,
+            pids=g.pids,
         )
         for g in recorder.samples(start=start, end=end)
     ]
@@ -162,13 +178,7 @@ class Continuous:
             hz = self.recorder.frequency_hz
             n = 0
             for g in groups:
-                payload = await asyncio.to_thread(
-                    to_pprof,
-                    g.stacks,
-                    period_ns=round(1e9 / hz),
-                    duration_ns=round(g.duration_s * 1e9),
-                    time_ns=round(g.start * 1e9),
-                )
+                payload = await asyncio.to_thread(_pprof, g, hz)
                 labels = profile_labels(
                     self.base_labels,
                     kind="cpu",
@@ -182,7 +192,9 @@ class Continuous:
                     await self.sink.put_bytes(payload, meta)
                 except Exception as e:  # a full disk must not end continuous profiling
                     self.last_error = f"spooling failed: {e}"
-                    log.warning("continuous push: spooling failed: %s", e)
+                    log.warning(
+                        "continuous push: spooling failed", extra={"fields": {"error": str(e)}}
+                    )
                     continue
                 n += 1
             self.pushed_intervals += 1

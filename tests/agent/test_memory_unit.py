@@ -19,7 +19,7 @@ from agent.errors import Invalid
 from agent.memory import _gdbscript, _parse, _pymalloc
 from agent.memory._model import ClassHistogram, HistogramEntry
 from agent.profiling import Trigger, TriggerRequest, Triggers
-from agent.profiling._ring import RSS_ENTRY_BYTES, ProcessMeta, Ring, rss_trends
+from agent.profiling._flight_ring import RSS_ENTRY_BYTES, ProcessMeta, Ring, rss_trends
 
 KB = 1024
 MI = 1 << 20

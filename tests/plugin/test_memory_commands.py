@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from kubectl_tracecar import _cli, _commands, _dotnet, _memory, _pods
+from kubectl_tracecar import _cli, _pods
 from kubectl_tracecar._kube import JsonObject, Kube
+from kubectl_tracecar.commands import _reach
 from kubectl_tracecar.errors import OK, PluginError
-from tests.plugin.test_commands import FakeKube, _pod
+from tests.plugin.support import FakeKube, options, run
+from tests.plugin.support import pod as _pod
 
 MI = 1 << 20
 
@@ -109,11 +111,11 @@ def agent(monkeypatch: pytest.MonkeyPatch) -> FakeAgent:
     fake = FakeAgent()
 
     @contextmanager
-    def reach(kube: Kube, pod: JsonObject) -> Iterator[tuple[FakeAgent, _pods.Agent]]:
+    def reach(kube: Kube, pod: JsonObject, **kw: object) -> Iterator[tuple[FakeAgent, _pods.Agent]]:
         yield fake, _pods.find_agent(pod)
 
-    monkeypatch.setattr(_commands, "reach", reach)
-    monkeypatch.setattr(_dotnet, "POLL_S", 0)
+    monkeypatch.setattr(_reach, "reach", reach)
+    monkeypatch.setattr(_reach, "POLL_S", 0)
     return fake
 
 
@@ -123,8 +125,7 @@ KUBE_PODS = [_pod("web-a", agent=True)]
 def test_memory_table_of_every_process(
     agent: FakeAgent, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = _cli.parse(["memory", "web-a"])
-    assert _memory.cmd_memory(FakeKube(pods=KUBE_PODS), args) == OK
+    assert run(FakeKube(pods=KUBE_PODS), ["memory", "web-a"]) == OK
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split()[:5] == ["CONTAINER", "PID", "RUNTIME", "RSS", "PSS"]
@@ -136,8 +137,7 @@ def test_memory_table_of_every_process(
 
 
 def test_memory_one_process_in_detail(agent: FakeAgent, capsys: pytest.CaptureFixture[str]) -> None:
-    args = _cli.parse(["memory", "web-a", "--pid", "7"])
-    assert _memory.cmd_memory(FakeKube(pods=KUBE_PODS), args) == OK
+    assert run(FakeKube(pods=KUBE_PODS), ["memory", "web-a", "--pid", "7"]) == OK
     out = capsys.readouterr().out
     assert "heap 130.0Mi of 384.0Mi" in out
     assert "largest mappings" in out and "240.0Mi" in out
@@ -146,8 +146,7 @@ def test_memory_one_process_in_detail(agent: FakeAgent, capsys: pytest.CaptureFi
 
 
 def test_memory_json(agent: FakeAgent, capsys: pytest.CaptureFixture[str]) -> None:
-    args = _cli.parse(["memory", "web-a", "-c", "app", "-o", "json"])
-    assert _memory.cmd_memory(FakeKube(pods=KUBE_PODS), args) == OK
+    assert run(FakeKube(pods=KUBE_PODS), ["memory", "web-a", "-c", "app", "-o", "json"]) == OK
     doc = json.loads(capsys.readouterr().out)
     assert doc["pod"] == "web-a"
     assert [p["pid"] for p in doc["processes"]] == [7, 9]
@@ -155,8 +154,7 @@ def test_memory_json(agent: FakeAgent, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_heapdump_downloads_the_hprof(agent: FakeAgent, tmp_path: Path) -> None:
     out = tmp_path / "heap.hprof"
-    args = _cli.parse(["heapdump", "web-a", "--pid", "7", "-o", str(out)])
-    assert _memory.cmd_heapdump(FakeKube(pods=KUBE_PODS), args) == OK
+    assert run(FakeKube(pods=KUBE_PODS), ["heapdump", "web-a", "--pid", "7", "-o", str(out)]) == OK
     assert out.read_bytes().startswith(b"JAVA PROFILE 1.0.2")
     assert agent.calls[0] == ("POST", "/processes/7/heapdump", {"live": True})
     assert ("GET", "/dumps/d1/heap.hprof", None) in agent.calls
@@ -168,8 +166,8 @@ def test_heapdump_of_a_native_process_is_a_core(
 ) -> None:
     agent.hprof = False
     monkeypatch.chdir(tmp_path)
-    args = _cli.parse(["heapdump", "web-a", "--pid", "9", "--keep", "--all-objects"])
-    assert _memory.cmd_heapdump(FakeKube(pods=KUBE_PODS), args) == OK
+    argv = ["heapdump", "web-a", "--pid", "9", "--keep", "--all-objects"]
+    assert run(FakeKube(pods=KUBE_PODS), argv) == OK
     assert (tmp_path / "core.9").read_bytes() == b"\x7fELF"
     assert agent.calls[0][2] == {"live": False}
     assert not any(c[0] == "DELETE" for c in agent.calls)
@@ -177,5 +175,5 @@ def test_heapdump_of_a_native_process_is_a_core(
 
 def test_heapdump_needs_a_pid() -> None:
     with pytest.raises(SystemExit):
-        _cli.parse(["heapdump", "web-a"])
-    assert _cli.parse(["heapdump", "--pid", "7", "web-a"]).pid == 7
+        _cli.complete(["heapdump", "web-a"])
+    assert options(["heapdump", "--pid", "7", "web-a"]).pid == 7

@@ -7,10 +7,16 @@ stacks (function and file, as on-demand profiles show them) arrive about a secon
 after they were sampled, which keeps the ring's lag under two seconds.
 
 Each run is ``py-spy record --nonblocking`` (reads the interpreter's memory without
-pausing it: the app pays nothing but cache traffic) at the recorder's rate. py-spy's
-``--duration 1`` stops after ``rate - 1`` samples, so it is asked for one more per
-second than the recorder's rate: a second then holds ``rate`` samples per busy
-thread, as the sampler's do. ``--function`` names each frame by its function's first
+pausing it: the app pays nothing but cache traffic) at the recorder's rate, stopped
+with SIGINT (py-spy then writes what it sampled) the moment its wall-clock second
+ends (``until``), so a second's Python stacks are in hand a few tens of milliseconds
+after it ends whenever py-spy started: on a loaded machine py-spy's own
+``--duration 1`` ran a second from whenever its sampling began, which was up to a
+second late, and the ring waited for it (the lag went past 2 s). ``--duration`` stays
+as py-spy's own bound should the signal be lost. Without ``until``, ``--duration 1``
+stops after ``rate - 1`` samples, so it is asked for one more per second than the
+recorder's rate: a second then holds ``rate`` samples per busy thread, as the
+sampler's do. ``--function`` names each frame by its function's first
 line rather than the line running, so a function is one frame and the ring holds one
 stack per call path (not one per line). The child goes through :mod:`agent._proc`:
 a timeout, always reaped, the half-written file removed.
@@ -22,6 +28,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,16 +52,24 @@ class Second:
     exited: bool
 
 
-def argv(*, pyspy_path: str, pid: int, frequency_hz: int, output: Path) -> list[str]:
+SIGNALLED_DURATION_S = 3
+"""py-spy's own bound on a run we stop with SIGINT at its second's end."""
+
+
+def argv(
+    *, pyspy_path: str, pid: int, frequency_hz: int, output: Path, signalled: bool = False
+) -> list[str]:
+    """``signalled``: the run is stopped by SIGINT at its second's end (see the module
+    docstring), so py-spy samples at exactly the recorder's rate."""
     return [
         pyspy_path,
         "record",
         "--pid",
         str(pid),
         "--duration",
-        "1",
+        str(SIGNALLED_DURATION_S) if signalled else "1",
         "--rate",
-        str(frequency_hz + 1),
+        str(frequency_hz if signalled else frequency_hz + 1),
         "--nonblocking",
         "--function",
         "--full-filenames",
@@ -70,20 +85,43 @@ def _discard(path: Path) -> None:
         path.unlink()
 
 
+async def _stop_at(child: _proc.Child, until: float, attached: asyncio.Event) -> None:
+    """SIGINT at wall-clock ``until``, once py-spy is attached (before that, SIGINT
+    would end it before its Ctrl-C handler is set: nothing written)."""
+    await asyncio.sleep(max(0.0, until - time.time()))
+    await attached.wait()
+    child.send_signal(signal.SIGINT)
+
+
 async def record_second(
-    *, pyspy_path: str, pid: int, comm: str, frequency_hz: int, output: Path
+    *,
+    pyspy_path: str,
+    pid: int,
+    comm: str,
+    frequency_hz: int,
+    output: Path,
+    until: float | None = None,
 ) -> Second:
-    """One second of ``pid``'s Python stacks (see the module docstring)."""
+    """One second of ``pid``'s Python stacks (see the module docstring); ``until``: the
+    Unix time its second ends, when py-spy is stopped."""
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     child = await _proc.Child.start(
-        argv(pyspy_path=pyspy_path, pid=pid, frequency_hz=frequency_hz, output=output),
+        argv(
+            pyspy_path=pyspy_path,
+            pid=pid,
+            frequency_hz=frequency_hz,
+            output=output,
+            signalled=until is not None,
+        ),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, **_ENV_QUIET},
     )
     started_after = 0.0
     said: list[bytes] = []
+    attached = asyncio.Event()
+    stopper = asyncio.ensure_future(_stop_at(child, until, attached)) if until is not None else None
     try:
         assert child.proc.stdout is not None
         async with asyncio.timeout(RUN_TIMEOUT_S):
@@ -91,6 +129,7 @@ async def record_second(
                 # py-spy prints "Sampling process ..." once it is attached: sampling starts.
                 if not started_after and b"Sampling process" in line:
                     started_after = loop.time() - t0
+                    attached.set()
                 if sum(map(len, said)) < 16384:
                     said.append(line)
             rc = await child.wait()
@@ -110,6 +149,10 @@ async def record_second(
         _discard(output)
         return Second(None, f"py-spy did not end within {RUN_TIMEOUT_S:g} s", started_after, False)
     finally:
+        if stopper is not None:
+            stopper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopper
         await child.stop(signal.SIGKILL, grace=0)
         _discard(output)  # cancelled or failed: no file left behind
 

@@ -4,7 +4,7 @@
 the ``/recorder`` router, read by continuous-profile sinks through
 :meth:`FlightRecorder.samples`) runs:
 
-* one bpftrace (:func:`agent.profiling.offcpu.sampler_program`: ``profile:hz:N``
+* one bpftrace (:func:`agent.profiling.offcpu_fold.sampler_program`: ``profile:hz:N``
   over every process of the agent's PID namespace, so processes started later are
   sampled from their first tick) that prints its counts just after each wall-clock
   second. Each second is symbolized as it arrives (so a process that exits later
@@ -13,13 +13,13 @@ the ``/recorder`` router, read by continuous-profile sinks through
   container, or the pod without the agent);
 * a watcher that, every second, finds the Python processes in the target (started
   before or after the recorder) and keeps a loop of one-second py-spy runs on each
-  (:mod:`agent.profiling._flightpy`): their whole Python stacks replace the
+  (:mod:`agent.profiling._flight_recorder_python`): their whole Python stacks replace the
   interpreter frames bpftrace sees. It also asks each recorded JVM for its perf map
   (jattach, when installed), at first sight, then 2, 4, 8... s later (the JIT is
   compiling) and every ``JVM_MAP_EVERY_S`` after, so JIT-compiled Java methods are
   named as in on-demand profiles.
 
-Both feed one :class:`agent.profiling._ring.Ring` (what is complete, the bounds,
+Both feed one :class:`agent.profiling._flight_ring.Ring` (what is complete, the bounds,
 the queries). With each second of stacks goes each recorded process's RSS (read
 from /proc/PID/statm as the second is handled): an interval's answer says how
 memory moved over the same seconds.
@@ -42,31 +42,37 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from agent import _proc, procfs, symbols
+from agent import _proc, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
-from agent.jobs import Job, write_atomic
-from agent.profiling import _pyspy, offcpu
+from agent.jobs import write_atomic
+from agent.profiling import _pyspy_record, offcpu_fold
 from agent.profiling._artifacts import FOLDED, KIND
-from agent.profiling._flightpy import record_second
-from agent.profiling._jitnames import JitNames
-from agent.profiling._ring import (
+from agent.profiling._flight_recorder_python import record_second
+from agent.profiling._flight_ring import (
+    Bucket,
     GroupBy,
     GroupSamples,
     ProcessMeta,
     Ring,
     RssTrend,
     Slice,
+    merge,
     rss_trends,
 )
-from agent.profiling._service import Service
-from agent.profiling.offcpu import argv, fold, parse_output, sampler_program
+from agent.profiling._jitnames import JitNames
+from agent.profiling._result import ProfileResult
+from agent.profiling._service import ProfileJob, Service
+from agent.profiling.offcpu_fold import argv, fold, parse_output, sampler_program
 from agent.profiling.planner import Plan, Targets, in_range
+from agent.settings import get_settings
+from agent.symbolize.resolver import Symbolizer, debuginfod_cache
+from agent.symbolize.ustacks import UserStacks
 from tracecar_formats.collapse import format_folded
 
 __all__ = ["FlightRecorder", "GroupSamples", "RecorderRequest", "RssTrend", "Slice", "when"]
@@ -80,6 +86,8 @@ DEFAULT_MAX_BYTES = 16 << 20
 MIN_RETAIN_S = 2.0
 MIN_BYTES = 256
 JVM_MAP_EVERY_S = 60.0
+NAMES_RENEW_S = 60.0
+"""The sampler's symbolizer is renewed this often (libraries loaded or unloaded since)."""
 PYSPY_GIVE_UP_AFTER = 5
 """Consecutive failed py-spy runs after which a process is left to the sampler."""
 PYSPY_GIVE_UP_BEFORE_FIRST = 30
@@ -156,8 +164,14 @@ class _Run:
     jit: JitNames = field(default_factory=JitNames)
     scratch: Path | None = None
     sampler_delay_s: float | None = None  # how late bpftrace's last second arrived
+    sampler_delay_max_s: float = 0.0
+    python_delay_max_s: float = 0.0  # how late a py-spy run's second arrived, at most
     side_tasks: set[asyncio.Task[None]] = field(default_factory=set)  # jattach asks
     rss: procfs.RssReader = field(default_factory=procfs.RssReader)  # statm kept open
+    names: UserStacks | None = None  # the sampler's symbolizer (used in one thread at a time)
+    names_since: float = 0.0
+    names_stale: bool = False  # a process exited or exec'd: its pid's names may lie
+    leaf_fixes: int = 0  # frameless leaves' callers put back, by former symbolizers
 
 
 def _describe(pid: int) -> ProcessMeta | None:
@@ -174,6 +188,42 @@ def _exe(pid: int) -> str:
         return os.readlink(procfs.PROC / str(pid) / "exe")
     except OSError:
         return ""
+
+
+class Window(BaseModel):
+    start: float
+    end: float
+
+
+class RecorderStatus(BaseModel):
+    """``GET /recorder``: the state, the retained window (Unix seconds), its size, and
+    how each Python process is sampled (stopped: the state and no window, only)."""
+
+    state: str
+    window: Window | None
+    message: str | None = None
+    request: dict[str, Any] | None = None
+    started_at: float | None = None
+    complete_until: int | None = Field(default=None, description="every second before is final")
+    lag_s: float | None = Field(default=None, description="how far behind real time")
+    sampler_delay_s: float | None = None
+    bytes: int | None = None
+    buckets: int | None = None
+    samples: int | None = None
+    evicted_buckets: int | None = None
+    trimmed_samples: int | None = None
+    late_samples: int | None = None
+    python: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="pid -> how its Python stacks are sampled"
+    )
+    rss: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="each recorded process's RSS over the window: first, last, min, max, "
+        "growth per minute (GET /recorder/memory: one point a second)",
+    )
+    push: dict[str, Any] | None = Field(
+        default=None, description="the continuous pushes to the profile store (null: none)"
+    )
 
 
 class FlightRecorder:
@@ -200,19 +250,27 @@ class FlightRecorder:
         return {
             "available": tool is not None,
             "reason": "bpftrace profile:hz over the pod's PID namespace"
-            + ("; py-spy for Python processes" if _pyspy.find() else "")
+            + ("; py-spy for Python processes" if _pyspy_record.find() else "")
             if tool
             else "bpftrace is not installed",
             "python": "py-spy (whole Python stacks)"
-            if _pyspy.find()
+            if _pyspy_record.find()
             else "py-spy is not installed: Python processes show interpreter frames",
             **self.limits(),
             "state": state["state"],
             "window": state["window"],
         }
 
+    # --- the capability: nothing runs until POST /recorder (or continuous profiling) ---
+    async def start(self) -> None:
+        """The ring starts with :meth:`record`, not with the agent."""
+
+    def busy(self) -> bool:
+        """The recorder runs until stopped: counting it would keep an idle agent forever."""
+        return False
+
     # --- API -------------------------------------------------------------
-    async def start(self, req: RecorderRequest) -> dict[str, Any]:
+    async def record(self, req: RecorderRequest) -> dict[str, Any]:
         in_range(req.frequency_hz, low=1, high=MAX_FREQUENCY_HZ, field="frequency_hz", unit="Hz")
         in_range(req.retain_s, low=MIN_RETAIN_S, high=self.max_retain_s, field="retain_s", unit="s")
         in_range(req.max_bytes, low=MIN_BYTES, high=self.max_bytes, field="max_bytes", unit="bytes")
@@ -254,6 +312,9 @@ class FlightRecorder:
             "sampler_delay_s": None
             if run.sampler_delay_s is None
             else round(run.sampler_delay_s, 3),
+            # Where the lag comes from: the latest seconds' arrival after they ended.
+            "sampler_delay_max_s": round(run.sampler_delay_max_s, 3),
+            "python_delay_max_s": round(run.python_delay_max_s, 3),
             "bytes": ring.size,
             "buckets": len(ring.buckets),
             "samples": ring.samples,
@@ -261,6 +322,8 @@ class FlightRecorder:
             "trimmed_samples": ring.trimmed_samples,
             "late_samples": ring.late_samples,
             "rss": [t.as_dict() for t in self._trends(run, *w)] if w else [],
+            "leaf_callers_recovered": run.leaf_fixes
+            + (run.names.leaf_fixes if run.names is not None else 0),
             "python": {
                 str(pid): {
                     "comm": p.comm,
@@ -330,15 +393,21 @@ class FlightRecorder:
             )
         return clipped
 
-    def interval(self, start: float, end: float) -> Slice:
+    async def merged(self, start: float, end: float) -> Slice:
         """Folded stacks of the retained part of ``[start, end)`` (whole seconds covering
-        it). 422 only when it is inverted or wholly outside the retained window."""
+        it), merged in a worker thread (a day is 86,400 buckets). 422 only when it is
+        inverted or wholly outside the retained window."""
+        part, buckets = self._part(start, end)
+        return replace(part, stacks=await asyncio.to_thread(merge, buckets))
+
+    def _part(self, start: float, end: float) -> tuple[Slice, list[Bucket]]:
+        """The interval's bounds (checked, on the loop) and its buckets (a snapshot)."""
         run = self._running()
         lo, hi = self._clip(run, start, end)
         w = run.ring.window()
         assert w is not None
-        return Slice(
-            stacks=run.ring.folded(lo, hi),
+        part = Slice(
+            stacks={},
             start=float(lo),
             end=float(hi),
             asked_start=start,
@@ -346,7 +415,9 @@ class FlightRecorder:
             window_start=w[0],
             window_end=w[1],
             rss=tuple(self._trends(run, lo, hi)),
+            pids=run.ring.pids(lo, hi),
         )
+        return part, run.ring.buckets_in(lo, hi)
 
     def memory(self, start: float, end: float) -> dict[str, Any]:
         """``GET /recorder/memory``: each recorded process's RSS over the retained part
@@ -394,10 +465,10 @@ class FlightRecorder:
             return []
         return run.ring.groups(clipped[0], clipped[1], by=by)
 
-    async def save_interval(self, svc: Service, start: float, end: float) -> Job:
+    async def save_interval(self, svc: Service, start: float, end: float) -> ProfileJob:
         """Keep an interval as a profile (a CPU profile's outputs and id), so it can be
         fetched later and diffed against a capture or another interval."""
-        part = self.interval(start, end)
+        part = await self.merged(start, end)
         stacks, lo, hi = part.stacks, part.start, part.end
         hz = self.frequency_hz
         the_plan = Plan(
@@ -412,26 +483,26 @@ class FlightRecorder:
             timeout_s=0,
             unresolved=[],
         )
-        job = svc.jobs.create(KIND, {"type": "cpu", "source": "recorder", "from": lo, "to": hi})
-        job.result = {
-            "phase": "done",
-            "plan": the_plan.model_dump(),
-            "recording_started_at": lo,
-            "recording_finished_at": hi,
-            "requested_from": start,
-            "requested_to": end,
-            "clipped": part.clipped,
-            "samples": sum(stacks.values()),
-            "folded_samples": sum(stacks.values()),
-            "rss": [t.as_dict() for t in part.rss],
-        }
+        result = ProfileResult(
+            phase="done",
+            plan=the_plan,
+            recording_started_at=lo,
+            recording_finished_at=hi,
+            requested_from=start,
+            requested_to=end,
+            clipped=part.clipped,
+            samples=sum(stacks.values()),
+            folded_samples=sum(stacks.values()),
+            rss=[t.as_dict() for t in part.rss],
+        )
+        job = svc.jobs.create(
+            KIND, {"type": "cpu", "source": "recorder", "from": lo, "to": hi}, result=result
+        )
 
-        async def write(job: Job) -> None:
+        async def write(job: ProfileJob) -> None:
             await asyncio.to_thread(write_atomic, job.artifact(FOLDED), format_folded(stacks))
             await asyncio.to_thread(svc._render_all, job, the_plan, stacks)
-            job.result["artifacts"] = sorted(
-                p.name for p in job.dir.iterdir() if p.name != "job.json"
-            )
+            job.result.artifacts = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
 
         svc.jobs.start(job, write)
         await svc.wait(job)
@@ -454,26 +525,28 @@ class FlightRecorder:
             # bpftrace's own naming re-reads a process's symbols for every stack it
             # prints when it can see the process (a host run), which took minutes per
             # second for a Node app.
-            env = {**os.environ, **offcpu.ENV, "BPFTRACE_NO_USER_SYMBOLS": "1"}
+            env = {**os.environ, **offcpu_fold.ENV, "BPFTRACE_NO_USER_SYMBOLS": "1"}
             run.child = await _proc.Child.start(argv(program), env=env)
             assert run.child.proc.stdout is not None
             errors = asyncio.ensure_future(_proc.drain_tail(run.child.proc.stderr, keep=16384))
             run.state = "recording"
             second = 0
-            mapped = False  # the map of ``second`` came (none: it had no sample)
+            text = ""
             async for lines in _proc.line_batches(run.child.proc.stdout):
                 for line in lines:
                     if line.startswith(b'{"type": "printf"'):
-                        data = line.split(b'"data": "', 1)[1].split(b"\\n", 1)[0]
-                        if data == b"-":  # the second's end: an idle one is delivered too
-                            if second > 0 and not mapped:
-                                await self._add(run, second, "")
-                            continue
+                        # "SECOND", the map (none when empty), "end SECOND": the second
+                        # is added at its end line, samples or not, so the ring moves on.
+                        data = line.split(b'"data": "', 1)[-1].split(b"\\n", 1)[0]
                         with contextlib.suppress(ValueError):
-                            second, mapped = int(data), False
+                            if data.startswith(b"end "):
+                                if second > 0 and int(data[4:]) == second:
+                                    await self._add(run, second, text)
+                                second, text = 0, ""
+                            else:
+                                second, text = int(data), ""
                     elif line.startswith(b'{"type": "map"') and second > 0:
-                        mapped = True
-                        await self._add(run, second, line.decode("utf-8", "replace"))
+                        text = line.decode("utf-8", "replace")
             rc = await run.child.wait(timeout=10)
             err = (await errors).decode("utf-8", "replace")
             run.state = "failed"
@@ -537,12 +610,10 @@ class FlightRecorder:
         for pid in {s.pid for s in stacks}:
             self._meta_of(run, pid, found)  # each recorded process's group, read once
 
-        def names(pid: int, addresses: list[int]) -> list[str]:
-            return run.jit.resolve(pid, addresses, symbols.function_names(pid, addresses))
-
+        names = self._names(run)
         per_pid: dict[int, dict[str, int]] = {}
         for pid in sorted({s.pid for s in stacks}):
-            folded = fold([s for s in stacks if s.pid == pid], names=names, divisor=1)
+            folded = fold([s for s in stacks if s.pid == pid], stack_names=names.frames, divisor=1)
             if folded:
                 per_pid[pid] = folded
         rss: dict[int, int] = {}
@@ -560,8 +631,29 @@ class FlightRecorder:
             run.rss.keep_only(set(rss))
         return per_pid, found, rss
 
+    def _names(self, run: _Run) -> UserStacks:
+        """The sampler's symbolizer (the CPU profiles' names: pclntab, debug files and
+        debuginfod, inlined frames, frameless leaves' callers; JIT frames from perf
+        maps). A fresh one after a process exited or exec'd (the old one's objects are
+        keyed by pid) and every ``NAMES_RENEW_S`` (libraries come and go). Runs in the
+        sampler's thread, one second at a time."""
+        now = time.monotonic()
+        names = run.names
+        if names is None or run.names_stale or now - run.names_since > NAMES_RENEW_S:
+            if names is not None:
+                run.leaf_fixes += names.leaf_fixes
+            run.names_stale = False
+            jit = run.jit
+            names = run.names = UserStacks(
+                Symbolizer(debuginfod=debuginfod_cache(get_settings())),
+                unknown=lambda pid, a: jit.resolve(pid, [a], ["[unknown]"])[0],
+            )
+            run.names_since = now
+        return names
+
     async def _add(self, run: _Run, second: int, text: str) -> None:
         run.sampler_delay_s = time.time() - (second + 1)
+        run.sampler_delay_max_s = max(run.sampler_delay_max_s, run.sampler_delay_s)
         per_pid, found, rss = await asyncio.to_thread(self._bucket, run, text)
         if self._run is not run:
             return
@@ -579,11 +671,13 @@ class FlightRecorder:
     async def _watch(self, run: _Run) -> None:
         """Every second: new Python processes get a py-spy loop, JVMs are asked for
         their perf maps, exited processes are forgotten, late seconds are committed."""
-        pyspy_path = _pyspy.find() if run.request.python else None
+        pyspy_path = _pyspy_record.find() if run.request.python else None
         jattach = _proc.which("jattach") is not None
         try:
             while self._run is run and run.state != "failed":
                 found, gone, own = await asyncio.to_thread(self._scan, run)
+                if gone or any(p in run.meta for p in found):
+                    run.names_stale = True  # a pid's objects may be another program's now
                 self._learn(run, found)
                 for pid in gone:
                     run.meta.pop(pid, None)
@@ -685,10 +779,12 @@ class FlightRecorder:
                 comm=py.comm,
                 frequency_hz=run.request.frequency_hz,
                 output=run.scratch / f"{pid}-{second}.txt",
+                until=second + 1.0,
             )
         except _proc.ProcError as e:
             py.state, py.message = "gave up", str(e)
         finally:
+            run.python_delay_max_s = max(run.python_delay_max_s, time.time() - (second + 1))
             run.ring.add_python(second, pid, got.stacks if got is not None else None)
             run.ring.commit(time.time())  # that second may be complete now: no waiting
         if got is None:
@@ -708,6 +804,9 @@ class FlightRecorder:
             limit = PYSPY_GIVE_UP_AFTER if py.seconds else PYSPY_GIVE_UP_BEFORE_FIRST
             if py.failures >= limit and py.state == "recording":
                 py.state = "gave up"
-                log.warning("recorder: py-spy keeps failing on pid %d: %s", pid, py.message)
+                log.warning(
+                    "recorder: py-spy keeps failing",
+                    extra={"fields": {"pid": pid, "error": py.message}},
+                )
         if got.exited:
             py.state = "ended"

@@ -49,6 +49,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from tracecar_formats.collapse import StackSymbolizer
+
 __all__ = [
     "DEFAULT_MAX_DWARF_STACKS_PER_S",
     "DEFAULT_MAX_STACKS_PER_S",
@@ -59,6 +61,7 @@ __all__ = [
     "PERF_SCRIPT_FIELDS",
     "OffCpuStack",
     "PerfTimedFolder",
+    "StackNamer",
     "TimedStats",
     "argv",
     "dwarf_period",
@@ -98,9 +101,9 @@ def sampler_program(
     it, measured by the agent) turns it into Unix time, so each printed map is exactly
     the samples of one Unix second (to within the 50 ms check), whatever second
     bpftrace started in: the printf line ``SECOND`` comes first, then the map, then
-    the printf line ``-``: a second with no sample prints no map (bpftrace prints
-    nothing for an empty one), and the ``-`` still delivers it (an idle target's
-    seconds complete, with the processes' RSS).
+    ``end SECOND``. bpftrace prints nothing for an empty map, so the end line is what
+    says a second in which the target never ran is over (without it the ring waited
+    for the next second that had samples: on a loaded node, seconds).
     ``pids``: only these processes (a pid target), filtered in the kernel, so
     bpftrace formats no other process's stacks; none: every process.
     """
@@ -114,7 +117,9 @@ def sampler_program(
 }}
 interval:ms:50 {{
   $sec = (nsecs + {wall_offset_ns}) / 1000000000;
-  if ($sec != @sec) {{ printf("%d\\n", @sec); print(@s); clear(@s); printf("-\\n"); @sec = $sec; }}
+  if ($sec != @sec) {{
+    printf("%d\\n", @sec); print(@s); clear(@s); printf("end %d\\n", @sec); @sec = $sec;
+  }}
 }}
 """
 
@@ -221,30 +226,51 @@ def parse_output(text: str, *, map_name: str = "@off") -> list[OffCpuStack]:
 
 
 Symbolizer = Callable[[int, list[int]], list[str]]
+"""One name per address of a process (the addresses of its stacks, each once)."""
+StackNamer = Callable[[int, tuple[int, ...]], list[str]]
+"""A process's user stack (innermost first) -> its frames, root first: may expand an
+address into inlined frames and put back a frameless leaf's caller
+(:class:`agent.symbolize.ustacks.UserStacks`)."""
 
 
 def fold(
-    stacks: Iterable[OffCpuStack], *, names: Symbolizer, divisor: int = 1000
+    stacks: Iterable[OffCpuStack],
+    *,
+    names: Symbolizer | None = None,
+    stack_names: StackNamer | None = None,
+    divisor: int = 1000,
 ) -> dict[str, int]:
     """Folded stacks weighted by microseconds off CPU: ``comm;user...;kernel... us``.
 
     Root first, as stackcollapse-perf writes CPU stacks (the comm's spaces as
     ``_``), so both kinds of profile render, diff and export alike. ``divisor``:
     1000 turns nanoseconds into microseconds; 1 keeps counts (the flight recorder's
-    samples, keyed the same way).
+    samples, keyed the same way). User frames are named by ``stack_names`` (each
+    distinct stack once) when given, else by ``names`` (each distinct address once).
     """
     stacks = list(stacks)
-    by_pid: dict[int, list[int]] = {}
-    for s in stacks:
-        by_pid.setdefault(s.pid, []).extend(s.user)
     resolved: dict[tuple[int, int], str] = {}
-    for pid, addrs in by_pid.items():
-        unique = sorted(set(addrs))
-        resolved.update(zip(((pid, a) for a in unique), names(pid, unique), strict=True))
+    whole: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    if stack_names is not None:
+        for s in stacks:
+            if (s.pid, s.user) not in whole:
+                whole[(s.pid, s.user)] = stack_names(s.pid, s.user)
+    elif names is not None:
+        by_pid: dict[int, list[int]] = {}
+        for s in stacks:
+            by_pid.setdefault(s.pid, []).extend(s.user)
+        for pid, addrs in by_pid.items():
+            unique = sorted(set(addrs))
+            resolved.update(zip(((pid, a) for a in unique), names(pid, unique), strict=True))
+    else:
+        raise TypeError("fold() needs names or stack_names")
     ns_by_stack: dict[str, int] = {}
     for s in stacks:
         frames = [s.comm.replace(" ", "_") or "[unknown]"]
-        frames += [resolved[(s.pid, a)] for a in reversed(s.user)]
+        if stack_names is not None:
+            frames += whole[(s.pid, s.user)]
+        else:
+            frames += [resolved[(s.pid, a)] for a in reversed(s.user)]
         frames += list(reversed(s.kernel))
         key = ";".join(f.replace(";", ":") for f in frames)
         ns_by_stack[key] = ns_by_stack.get(key, 0) + s.ns
@@ -373,9 +399,23 @@ _ROOTS = frozenset(
 )
 
 
-def _frame_name(line: bytes) -> tuple[str, bool] | None:
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    name: str
+    kernel: bool
+    pc: bytes
+    dso: bytes
+
+
+def _tidy(sym: bytes) -> str:
+    if _GO_METHOD.search(sym) is None:
+        sym = _ARGS.sub(b"", sym, count=1) or sym
+    return sym.replace(b";", b":").decode("utf-8", "replace")
+
+
+def _frame_name(line: bytes) -> _Frame | None:
     """A frame's name as the CPU profiles' collapser writes it (``[dso]`` if unknown),
-    and whether it is the kernel's."""
+    whether it is the kernel's, and its address and object as perf printed them."""
     m = _FRAME.match(line)
     if m is None:
         return None
@@ -384,10 +424,14 @@ def _frame_name(line: bytes) -> tuple[str, bool] | None:
     sym = _FRAME_OFFSET.sub(b"", sym, count=1)
     if sym == b"[unknown]" or not sym:
         base = dso.rpartition(b"/")[2]
-        sym = b"[" + (base if base and base != b"[unknown]" else b"unknown") + b"]"
-    elif _GO_METHOD.search(sym) is None:
-        sym = _ARGS.sub(b"", sym, count=1) or sym
-    return sym.replace(b";", b":").decode("utf-8", "replace"), kernel
+        name = (
+            "["
+            + (base if base and base != b"[unknown]" else b"unknown").decode("utf-8", "replace")
+            + "]"
+        )
+    else:
+        name = _tidy(sym)
+    return _Frame(name, kernel, m.group(1), dso)
 
 
 @dataclass(slots=True)
@@ -410,7 +454,7 @@ class TimedStats:
     no_user_stack: int = 0
 
 
-_MISS: tuple[str, bool] = ("", False)  # sentinel (compared by identity)
+_MISS = _Frame("", False, b"", b"")  # sentinel (compared by identity)
 _FRAME_CACHE_MAX = 1 << 18
 
 
@@ -424,17 +468,23 @@ class _Pending:
 class PerfTimedFolder:
     """``perf script`` text (:func:`perf_script_argv`), fed line by line, into folded
     stacks weighted by microseconds off CPU: ``comm;user...;kernel...``, root first,
-    as the bpftrace recorder writes them."""
+    as the bpftrace recorder writes them.
 
-    def __init__(self, *, period: int = 1) -> None:
+    ``symbolizer``: the CPU profiles' (:class:`~tracecar_formats.collapse.StackSymbolizer`),
+    which names user frames perf could not (stripped Go from its pclntab, with inlined
+    calls; separate debug files), so both kinds of profile say the same names."""
+
+    def __init__(self, *, period: int = 1, symbolizer: StackSymbolizer | None = None) -> None:
         self.period = max(1, period)
         self.stats = TimedStats()
+        self.symbolizer = symbolizer
         self._ns: dict[str, int] = {}
         self._pending: dict[int, _Pending] = {}
         self._last_ns = 0
-        self._frames: dict[bytes, tuple[str, bool] | None] = {}
-        # The sample being read: (tid, time, comm, frames innermost first).
-        self._cur: tuple[int, int, str, list[tuple[str, bool]]] | None = None
+        self._frames: dict[bytes, _Frame | None] = {}
+        self._named: dict[tuple[bytes, bytes, bytes, bool], list[str]] = {}
+        # The sample being read: (tid, time, comm, frames innermost first, pid).
+        self._cur: tuple[int, int, str, list[_Frame], bytes] | None = None
 
     def feed(self, line: bytes) -> None:
         if line[:1] in (b"\t", b" "):
@@ -473,19 +523,39 @@ class PerfTimedFolder:
             return
         if b"sched_switch" in rest:
             comm = m.group(1).strip().decode("utf-8", "replace")
-            self._cur = (tid, t, comm, [])
+            self._cur = (tid, t, comm, [], m.group(2))
+
+    def _names(self, pid: bytes, frame: _Frame, *, caller: bool) -> list[str]:
+        """A user frame's names, outermost first: the symbolizer's, else perf's."""
+        key = (pid, frame.pc, frame.dso, caller)
+        names = self._named.get(key)
+        if names is None:
+            assert self.symbolizer is not None
+            got = self.symbolizer.frames(pid, frame.pc, b"", frame.dso, caller=caller)
+            names = [_tidy(f) for f in got] if got else [frame.name]
+            if len(self._named) > _FRAME_CACHE_MAX:
+                self._named.clear()
+            self._named[key] = names
+        return names
 
     def _close_sample(self) -> None:
         if self._cur is None:
             return
-        tid, t, comm, frames = self._cur
+        tid, t, comm, frames, pid = self._cur
         self._cur = None
         self.stats.stacks += 1
-        user = [name for name, kernel in frames if not kernel]
+        user = [f.name for f in frames if not f.kernel]
         cut = bool(user) and user[-1] not in _ROOTS
         if not user:
             self.stats.no_user_stack += 1
-        names = [name for name, _ in reversed(frames)]
+        if self.symbolizer is None:
+            names = [f.name for f in reversed(frames)]
+        else:
+            names = []
+            leaf = next((i for i, f in enumerate(frames) if not f.kernel), -1)
+            for i in range(len(frames) - 1, -1, -1):
+                f = frames[i]
+                names += [f.name] if f.kernel else self._names(pid, f, caller=i != leaf)
         key = ";".join([comm.replace(" ", "_") or "[unknown]", *names])
         if tid in self._pending:
             self.stats.unmatched += 1

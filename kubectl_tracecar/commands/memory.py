@@ -1,24 +1,69 @@
-"""``kubectl tracecar memory`` and ``kubectl tracecar heapdump``: where a pod's memory
-is (a snapshot table of its processes, or one process in detail: totals, largest
-mappings, the JVM's heap and classes, CPython's allocator), and a heap dump of one
-process downloaded to a file (a JVM's .hprof, else a core dump).
-
-This module owns those two commands; it reaches the agent through
-:func:`kubectl_tracecar._commands.reach` (the port-forward + client seam) and the
-dump job's polling through :func:`kubectl_tracecar._dotnet.wait_dump`.
-"""
+"""``kubectl tracecar memory``: where a pod's memory is: a snapshot table of its
+processes (RSS, PSS, anonymous, file-backed, swap), or one process in detail (totals,
+largest mappings, the JVM's heap and classes, CPython's allocator), from the agent's
+``GET /processes/{pid}/memory``."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from kubectl_tracecar import _commands, _dotnet, _output
-from kubectl_tracecar._agent import AgentClient
-from kubectl_tracecar.errors import OK, PluginError, UsageError
+from kubectl_tracecar import _output
+from kubectl_tracecar._kube import JsonObject, Kube
+from kubectl_tracecar.commands import _reach
+from kubectl_tracecar.commands._base import (
+    PID_MAX,
+    Command,
+    Pods,
+    Wire,
+    add_json_output,
+    add_target,
+    pods_from,
+)
+from kubectl_tracecar.errors import OK, PluginError
 
+if TYPE_CHECKING:  # httpx is imported when a command runs, never for --help
+    from kubectl_tracecar._agent import AgentClient
+
+_EP = "GET /processes/{pid}/memory"
+PID = Wire("--pid", _EP, "pid", ge=1, le=PID_MAX)
+TOP = Wire("--top", _EP, "top", ge=1, le=500)
 _MI = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryOptions:
+    pods: Pods
+    pid: int | None = None
+    container: str | None = None
+    runtime: bool = False
+    top: int = 10
+    json: bool = False
+
+
+def flags(p: argparse.ArgumentParser) -> None:
+    add_target(p)
+    PID.add(p, "--pid", help="one process in detail (mappings, runtime's figures)")
+    p.add_argument("-c", "--container", help="only this container's processes")
+    p.add_argument(
+        "--runtime",
+        action="store_true",
+        help="ask every process's runtime too (JVM: jcmd; CPython: a live read); --pid always does",
+    )
+    TOP.add(p, "--top", default=10, help="largest mappings listed (default 10)")
+    add_json_output(p)
+
+
+def complete(ns: argparse.Namespace) -> MemoryOptions:
+    return MemoryOptions(
+        pods=pods_from(ns),
+        pid=ns.pid,
+        container=ns.container,
+        runtime=ns.runtime,
+        top=ns.top,
+        json=ns.output == "json",
+    )
 
 
 def _mi(n: int | None) -> str:
@@ -111,16 +156,22 @@ def detail(snap: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _snapshots(client: AgentClient, pod: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+def request_params(o: MemoryOptions) -> dict[str, str]:
+    """``GET /processes/{pid}/memory``'s query: the runtime is asked for one process
+    (``--pid``) or with ``--runtime``."""
+    runtime = o.pid is not None or o.runtime
+    return {"runtime": "true" if runtime else "false", "top": str(o.top)}
+
+
+def _snapshots(client: AgentClient, pod: JsonObject, o: MemoryOptions) -> list[dict[str, Any]]:
     names: dict[int, str] = {}
-    if args.pid is not None:
-        pids = [args.pid]
+    if o.pid is not None:
+        pids = [o.pid]
     else:
-        procs = _commands.processes(client, pod)
+        procs = _reach.processes(client, pod)
         names = {p["pid"]: p["container"] for p in procs}  # the pod's names for containers
-        pids = [p["pid"] for p in procs if not args.container or p["container"] == args.container]
-    runtime = args.pid is not None or args.runtime
-    params = {"runtime": "true" if runtime else "false", "top": str(args.top)}
+        pids = [p["pid"] for p in procs if not o.container or p["container"] == o.container]
+    params = request_params(o)
     snaps = []
     for pid in pids:
         try:
@@ -128,54 +179,41 @@ def _snapshots(client: AgentClient, pod: Any, args: argparse.Namespace) -> list[
             snap["container"] = names.get(pid, snap["container"])
             snaps.append(snap)
         except PluginError:
-            if args.pid is not None:
+            if o.pid is not None:
                 raise
             # A process of the listing that exited since: the others are still the answer.
     return snaps
 
 
-def cmd_memory(kube: Any, args: argparse.Namespace) -> int:
+def run(kube: Kube, o: MemoryOptions) -> int:
     result: list[dict[str, Any]] = []
-    for pod in _commands.resolve(kube, args):
-        with _commands.reach(kube, pod) as (client, _):
-            snaps = _snapshots(client, pod, args)
-        result.append({"pod": pod["metadata"]["name"], "processes": snaps})
-    if args.output == "json":
+    for pod in _reach.resolve(kube, o.pods):
+        with _reach.reach(kube, pod) as (client, _):
+            snaps = _snapshots(client, pod, o)
+        result.append({"pod": _reach.name_of(pod), "processes": snaps})
+    if o.json:
         _output.emit_json(result if len(result) > 1 else result[0])
         return OK
     for entry in result:
         if len(result) > 1:
             print(f"pod/{entry['pod']}")
-        if args.pid is not None and entry["processes"]:
+        if o.pid is not None and entry["processes"]:
             print(detail(entry["processes"][0]), end="")
         else:
             print(snapshot_rows(entry["processes"]), end="")
     return OK
 
 
-def cmd_heapdump(kube: Any, args: argparse.Namespace) -> int:
-    pods = _commands.resolve(kube, args)
-    if len(pods) != 1:
-        raise UsageError(
-            "heapdump one pod at a time: name a pod (or deploy/NAME for one of its pods)"
-        )
-    body: dict[str, Any] = {"live": not args.all_objects}
-    if args.type:
-        body["type"] = args.type
-    with _commands.reach(kube, pods[0]) as (client, _):
-        job = client.post_json(f"/processes/{args.pid}/heapdump", body, "writing the heap dump")
-        _commands.say(f"dumping pid {args.pid} with {job['writer']}")
-        job = _dotnet.wait_dump(client, job)
-        if job["state"] != "succeeded":
-            raise PluginError(f"the heap dump of pid {args.pid} {job['state']}: {job.get('error')}")
-        hprof = job.get("format") == "hprof"
-        link = job.get("links", {}).get("hprof" if hprof else "core")
-        link = link or f"/dumps/{job['id']}/{'heap.hprof' if hprof else 'core'}"
-        out = Path(args.output_file or (f"heap.{args.pid}.hprof" if hprof else f"core.{args.pid}"))
-        data = client.download(link, "downloading the heap dump")
-        _output.write_whole(out, data)
-        if not args.keep:
-            client.delete(f"/dumps/{job['id']}", "removing the dump from the agent")
-    kind = "Java heap dump" if hprof else "core dump"
-    _commands.say(f"wrote {out} ({len(data) / _MI:.1f} MiB, a {kind})")
-    return OK
+COMMAND = Command(
+    name="memory",
+    help="where the memory is: every process's RSS, PSS, anon, file, swap",
+    example=(
+        "kubectl tracecar memory web-7d9f-abcde              # every process: RSS, PSS, anon...\n"
+        "  kubectl tracecar memory web-7d9f-abcde --pid 7    # one: mappings, JVM heap, pymalloc\n"
+        "  kubectl tracecar memory -l app=web -o json"
+    ),
+    flags=flags,
+    complete=complete,
+    run=run,
+    wires=(PID, TOP),
+)

@@ -8,8 +8,8 @@ Owned here:
   the profile's raw artifact and folded with the targets' symbols (read while they
   still run: an exited process's frames show as ``[unknown]``);
 * the perf side's post-processing: ``perf script`` streamed through
-  :class:`agent.profiling.offcpu.PerfTimedFolder` (the recording itself is
-  :func:`agent.profiling.recorder.record`, as for CPU profiles: same stop, timeout
+  :class:`agent.profiling.offcpu_fold.PerfTimedFolder` (the recording itself is
+  :func:`agent.profiling.perf_record.record`, as for CPU profiles: same stop, timeout
   and reaping);
 * whether perf can record off-CPU stacks here (:func:`dwarf_unavailable`) and how
   often the targets leave the CPU (:func:`switch_rates`, for the cost bound).
@@ -24,9 +24,9 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import _proc, capabilities, procfs, symbols
+from agent import _proc, capabilities, procfs
 from agent.jobs import atomic_path
-from agent.profiling.offcpu import (
+from agent.profiling.offcpu_fold import (
     ENV,
     PerfTimedFolder,
     TimedStats,
@@ -35,8 +35,10 @@ from agent.profiling.offcpu import (
     perf_script_argv,
     sampling_weight,
 )
+from agent.profiling.perf_record import run_to_end
 from agent.profiling.planner import Plan
-from agent.profiling.recorder import run_to_end
+from agent.symbolize.resolver import Symbolizer
+from agent.symbolize.ustacks import UserStacks
 
 # bpftrace's RLIMIT_MEMLOCK warning is harmless (the kernel accounts BPF memory by cgroup).
 _NOISE = ("RLIMIT_MEMLOCK", "Attaching ")
@@ -54,9 +56,12 @@ class OffCpuRecording:
     """1: every switch off the CPU was recorded; w: at busiest, one in w (weighted w)."""
 
 
-async def record(plan: Plan, *, output: Path, stop: asyncio.Event) -> OffCpuRecording:
+async def record(
+    plan: Plan, *, output: Path, stop: asyncio.Event, symbolizer: Symbolizer | None = None
+) -> OffCpuRecording:
     """Run ``plan.bpftrace_argv`` until its own timer, ``stop``, or the timeout; keep its
-    output in ``output``."""
+    output in ``output``. User stacks are named through ``symbolizer`` (the CPU profiles'
+    names: pclntab, debug files, inlined frames, frameless leaves' callers)."""
     argv = plan.bpftrace_argv
     with atomic_path(output) as part:
         with part.open("wb") as out:
@@ -70,7 +75,8 @@ async def record(plan: Plan, *, output: Path, stop: asyncio.Event) -> OffCpuReco
                 returncode=rc,
                 stderr=stderr,
             )
-    stacks = await asyncio.to_thread(lambda: fold(parse_output(text), names=symbols.function_names))
+    user = UserStacks(symbolizer)
+    stacks = await asyncio.to_thread(lambda: fold(parse_output(text), stack_names=user.frames))
     warnings = [
         ln.strip() for ln in stderr.splitlines() if ln.strip() and not any(n in ln for n in _NOISE)
     ]
@@ -88,15 +94,16 @@ def _feed(folder: PerfTimedFolder, lines: list[bytes]) -> None:
 
 
 async def fold_perf(
-    perf_data: Path, *, period: int, timeout: float
+    perf_data: Path, *, period: int, timeout: float, symbolizer: Symbolizer | None = None
 ) -> tuple[dict[str, int], TimedStats]:
     """``perf script`` of an off-CPU perf.data, streamed into time-weighted folded stacks.
 
-    Run while the targets live: perf resolves their symbols through their /proc.
+    Run while the targets live: perf resolves their symbols through their /proc; the
+    ``symbolizer`` names what perf cannot (as for CPU profiles).
     perf is killed and reaped on timeout, error or cancellation.
     """
     argv = perf_script_argv(str(perf_data))
-    folder = PerfTimedFolder(period=period)
+    folder = PerfTimedFolder(period=period, symbolizer=symbolizer)
     child = await _proc.Child.start(argv)
     assert child.proc.stdout is not None
     errors = asyncio.ensure_future(_proc.drain_tail(child.proc.stderr, keep=_STDERR_KEEP))
