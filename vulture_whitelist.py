@@ -16,6 +16,7 @@ create_probe, get_probe, probe_events, delete_probe
 create_session, get_session, delete_session, unknown_action
 list_traces, get_trace, trace_summary, delete_trace
 create_dump, list_dumps, get_dump, delete_dump, upload_perf_data, upload_trace
+create_heapdump, hprof_file, process_memory, recorder_memory
 _agent_error, _tool_error, _invalid, _unexpected
 
 # Pydantic: configuration and validators are read by the model machinery.
@@ -76,6 +77,45 @@ taken_at, DROP_REASONS
     requested_to,
 )
 samples_with_unresolved_frames
+# Memory snapshots (agent.memory._model) and the RSS triggers' view: answer fields.
+(
+    swap_pss_bytes,
+    anonymous_bytes,
+    file_bytes,
+    pss_anon_bytes,
+    pss_file_bytes,
+    pss_shmem_bytes,
+    private_bytes,
+    shared_bytes,
+    locked_bytes,
+)
+(
+    committed_bytes,
+    used_bytes,
+    metaspace_used_bytes,
+    metaspace_committed_bytes,
+    instances,
+    class_name,
+    python_version,
+    arenas,
+)
+(
+    arenas_highwater,
+    arenas_allocated_total,
+    blocks_in_use,
+    bytes_in_use,
+    held_bytes,
+    size_classes,
+    walked_arenas,
+)
+(
+    python_allocator,
+    totals,
+    by_kind,
+    largest_mappings,
+    rss_mib_now,
+    rss_growth_mib_per_min_now,
+)
 # Off-CPU recording statistics (agent.profiling.offcpu_fold.TimedStats): counted for the
 # notes and the tests, even where no note reads them.
 matched, open_at_end, no_user_stack, _.matched, _.open_at_end, _.no_user_stack
@@ -85,7 +125,7 @@ matched, open_at_end, no_user_stack, _.matched, _.open_at_end, _.no_user_stack
 OK, E_UNKNOWN_MAGIC, GENERATE_CORE_DUMP, PROCESS_ENVIRONMENT, dump_payload
 
 # Test seams: called by the tests only.
-live_children, clear_cache
+live_children, clear_cache, latest_rss, largest
 
 # agent.symbolize: the frameless-leaf fix-up's hook and the pclntab reader's base.
 _.missing_caller, _._base

@@ -20,7 +20,8 @@ Layout (enforced by import-linter, see pyproject.toml)::
     agent.lttng                LTTng sessions and their traces
     agent.stacks               stack snapshots of one process (py-spy, jattach, gdb)
     agent.dotnet               .NET diagnostics: EventPipe traces, counters
-    agent.dumps                core dumps of one process (createdump, gcore)
+    agent.dumps                dumps of one process (createdump, a JVM's .hprof, gcore)
+    agent.memory               memory snapshots: smaps, a JVM's heap, CPython's allocator
     agent.sinks                where profiles and artifacts go to outlive the pod
     agent.symbolize            names for what perf cannot name (stripped Go, debug files)
     agent.symbols              a process's objects and their ELF symbols
@@ -32,7 +33,7 @@ Layout (enforced by import-linter, see pyproject.toml)::
     agent.settings             TRACECAR_AGENT_* settings, and the instance id
     agent._proc                the one seam to child processes
 
-A new capability (memory profiles, say) is one package and one line. The package
+A new capability is one package and one line, as memory snapshots are. The package
 ``agent/memory/`` keeps its private parts and exports a service with the shape of
 :class:`agent.registry.Capability`::
 
@@ -46,7 +47,7 @@ its router ``agent/routers/memory.py`` reads ``request.app.state.memory``, and
 :data:`agent.app.CAPABILITIES` gets the line that builds it (with
 ``app.include_router`` for the router)::
 
-    Registration("memory", lambda c: memory.Service(c.settings, c.jobs, metrics=c.metrics)),
+    Registration("memory", lambda c: memory.Service()),
 
 The app starts it, stops it, lists it in ``GET /capabilities`` and asks it whether the
 agent is busy; a tool's failure in it is a 502 like everywhere (:mod:`agent.errors`).

@@ -26,6 +26,7 @@ from agent import (
     dumps,
     idle,
     lttng,
+    memory,
     openapi,
     probes,
     procfs,
@@ -52,6 +53,7 @@ from agent.routers import (
 from agent.routers import dotnet as dotnet_routes
 from agent.routers import dumps as dump_routes
 from agent.routers import lttng as lttng_routes
+from agent.routers import memory as memory_routes
 from agent.routers import metrics as metrics_routes
 from agent.routers import probes as probe_routes
 from agent.routers import stacks as stack_routes
@@ -77,9 +79,14 @@ CAPABILITIES: tuple[Registration, ...] = (
     Registration("lttng", lambda c: lttng.Service(c.settings, metrics=c.metrics)),
     Registration("stacks", lambda c: stacks.Stacks(timeout_s=c.settings.stack_timeout_s)),
     Registration("dotnet", lambda c: dotnet.Service(c.jobs, registry=c.metrics.registry)),
+    Registration("memory", lambda c: memory.Service()),
     Registration(
         "dumps",
-        lambda c: dumps.Service(c.jobs, max_storage_bytes=c.settings.max_storage_bytes),
+        lambda c: dumps.Service(
+            c.jobs,
+            max_storage_bytes=c.settings.max_storage_bytes,
+            memory_service=c.get("memory", memory.Service),
+        ),
     ),
 )
 """Every capability, in start order (stopped in reverse; :mod:`agent.registry`).
@@ -270,6 +277,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(capabilities.router, dependencies=protected)
     app.include_router(processes.router, dependencies=protected)
     app.include_router(stack_routes.router, dependencies=protected)
+    app.include_router(memory_routes.router, dependencies=protected)
     app.include_router(profile_diff.router, dependencies=protected)  # before /profiles/{id}
     app.include_router(profiles.router, dependencies=protected)
     app.include_router(triggers.router, dependencies=protected)

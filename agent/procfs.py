@@ -14,6 +14,7 @@ import os
 import re
 import stat
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,55 @@ def resolve_in_root(pid: int, path: str) -> Path:
             continue
         current = candidate
     return Path(str(root) + current)
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident bytes of ``pid`` from /proc/PID/statm; None when it is gone. (Sampling
+    the same processes again and again: :class:`RssReader`.)"""
+    try:
+        with open(PROC / str(pid) / "statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class RssReader:
+    """The RSS of the same processes, second after second (the flight recorder, the
+    RSS triggers): each /proc/PID/statm is kept open and read again from its start, a
+    pread about 15x cheaper than open, read and close. A kept file belongs to its
+    process: once it exits the read fails (a new process with the same pid is opened
+    afresh). Thread-safe: the recorder reads in a worker thread, stops on the loop."""
+
+    def __init__(self) -> None:
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def read(self, pid: int) -> int | None:
+        with self._lock:
+            fd = self._fds.get(pid)
+            if fd is None:
+                try:
+                    fd = os.open(PROC / str(pid) / "statm", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    return None
+                self._fds[pid] = fd
+            try:
+                return int(os.pread(fd, 256, 0).split()[1]) * _PAGE
+            except (OSError, IndexError, ValueError):
+                os.close(self._fds.pop(pid))
+                return None
+
+    def keep_only(self, pids: set[int]) -> None:
+        """Close the files of processes no longer sampled."""
+        with self._lock:
+            for pid in [p for p in self._fds if p not in pids]:
+                os.close(self._fds.pop(pid))
+
+    def close(self) -> None:
+        self.keep_only(set())
+
+    def __len__(self) -> int:
+        return len(self._fds)
 
 
 def exe_path(pid: int) -> str:

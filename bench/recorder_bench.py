@@ -77,6 +77,7 @@ while rounds == 0 or k < rounds:
     k += 1
 print(f"{time.monotonic() - w} {time.process_time() - c}", flush=True)
 """
+sys.path.insert(0, str(REPO))  # run as a script: the repository's tests package
 from tests.interpreters import PY312  # noqa: E402
 
 BENCH_TOKEN = "recorder-bench-token-0123456789"  # a throwaway, local
@@ -133,6 +134,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--soak", type=float, default=60.0)
+    ap.add_argument("--rss", action="store_true", help="only the cost of RSS sampling")
+    ap.add_argument("--sleepers", type=int, default=50, help="--rss: idle processes recorded")
     ap.add_argument(
         "--busy",
         type=int,
@@ -178,6 +181,9 @@ def main() -> None:
                     pass
                 assert time.monotonic() < deadline, "the agent did not start"
                 time.sleep(0.2)
+            if args.rss:
+                measure_rss([str(binary), "0"], client, agent.pid, args)
+                return
             python = PY312 if Path(PY312).exists() else sys.executable
             (tmp / "work.py").write_text(WORK_PY)
             apps = {
@@ -301,6 +307,102 @@ def soak_run(
         f"{status.get('sampler_delay_max_s')} s, py-spy {status.get('python_delay_max_s')} s"
     )
     print(f"  agent RSS: {rss0:.1f} MB before, {rss1:.1f} MB after (+{rss1 - rss0:.1f} MB)")
+
+
+def _soak_cpu(
+    client: httpx.Client, agent_pid: int, pids: list[int], *, rss: bool, seconds: float
+) -> tuple[float, int]:
+    """The agent process's own CPU (the RSS reads are its; bpftrace's is the same either
+    way) over ``seconds`` of recording ``pids``,
+    once the ring holds its first seconds (bpftrace compiles a program filtering 51
+    pids for several seconds on a loaded machine: not the recording's cost), and the
+    processes with an RSS series."""
+    r = client.post("/recorder", json={"pids": pids, "rss": rss})
+    assert r.status_code == 201, r.text
+    try:
+        deadline = time.monotonic() + 120
+        while client.get("/recorder").json().get("buckets", 0) < 3:
+            assert time.monotonic() < deadline, "the recorder delivered nothing in 120 s"
+            time.sleep(0.5)
+        cpu0, t0 = proc_cpu_s(agent_pid), time.monotonic()
+        time.sleep(seconds)
+        cpu = proc_cpu_s(agent_pid) - cpu0
+        elapsed = time.monotonic() - t0
+        status = client.get("/recorder").json()
+    finally:
+        client.delete("/recorder")
+        time.sleep(1)
+    return cpu / elapsed, len(status.get("rss") or [])
+
+
+def measure_rss(
+    busy: list[str], client: httpx.Client, agent_pid: int, args: argparse.Namespace
+) -> None:
+    sys.path.insert(0, str(REPO))
+    from agent import procfs
+
+    sleepers = [subprocess.Popen(["sleep", "3600"]) for _ in range(args.sleepers)]
+    app = subprocess.Popen(busy, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        assert app.stdin is not None
+        app.stdin.write(b"g")
+        app.stdin.flush()
+        pids = [app.pid, *(p.pid for p in sleepers)]
+        # The read itself, as the recorder does it each second for each process: a
+        # pread on each process's statm kept open (procfs.RssReader); open/read/close
+        # (procfs.rss_bytes) printed beside it.
+        rounds = 200
+        reader = procfs.RssReader()
+        for pid in pids:
+            reader.read(pid)
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            for pid in pids:
+                reader.read(pid)
+        per_read = (time.perf_counter() - t0) / (rounds * len(pids))
+        reader.close()
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            for pid in pids:
+                procfs.rss_bytes(pid)
+        per_open = (time.perf_counter() - t0) / (rounds * len(pids))
+        print(
+            f"\nRSS sampling: {len(pids)} processes recorded (1 busy C app, {args.sleepers} idle)"
+        )
+        print(
+            f"  one statm read (kept open): {per_read * 1e6:.1f} us (open/read/close: "
+            f"{per_open * 1e6:.1f} us); per second for {len(pids)} processes: "
+            f"{per_read * len(pids) * 1e3:.2f} ms = {100 * per_read * len(pids):.3f}% of a core"
+        )
+        off: list[float] = []
+        on: list[float] = []
+        entries: list[int] = []
+        for i in range(args.pairs):
+            for rss in (i % 2 == 1, i % 2 == 0):  # alternate which arm goes first
+                cpu, n = _soak_cpu(client, agent_pid, pids, rss=rss, seconds=args.soak)
+                (on if rss else off).append(cpu)
+                if rss:
+                    entries.append(n)
+        mo, mn = statistics.median(off), statistics.median(on)
+        for label, med, runs in (("off:", mo, off), ("on: ", mn, on)):
+            pct = _r([100 * x for x in runs])
+            print(f"  recorder, rss {label} agent {100 * med:.2f}% of a core   runs {pct}")
+        print(f"  processes with an RSS series, each rss-on run: {entries}")
+        # The read's own cost against the recorder's: the A/B ratio is within the noise
+        # of a loaded machine; the direct figure is what RSS sampling adds for sure.
+        added = per_read * len(pids)
+        verdict = "OK" if added <= 0.01 * mo else "ABOVE TARGET"
+        print(
+            f"  ratio on/off: {mn / mo:.3f}x (A/B, {args.pairs} pairs of {args.soak:g} s); "
+            f"the reads alone add {100 * added / mo:.2f}% to the recorder's CPU "
+            f"(target <= 1%: {verdict})"
+        )
+    finally:
+        app.kill()
+        app.wait()
+        for p in sleepers:
+            p.kill()
+            p.wait()
 
 
 if __name__ == "__main__":

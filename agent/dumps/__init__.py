@@ -1,6 +1,27 @@
-"""Core dumps of one process (createdump for .NET, gdb's gcore for the rest): the
-public surface the app and routers use (see ``_service``)."""
+"""Dumps of one process (createdump for .NET, the JVM's .hprof heap dump through
+jattach, gdb's gcore for the rest): the public surface the app and routers use (see
+``_service``)."""
 
-from agent.dumps._service import CORE, KIND, DumpRequest, DumpType, Estimate, Service
+from agent.dumps._service import (
+    CORE,
+    HPROF,
+    KIND,
+    DumpFormat,
+    DumpRequest,
+    DumpType,
+    Estimate,
+    Service,
+    format_of,
+)
 
-__all__ = ["CORE", "KIND", "DumpRequest", "DumpType", "Estimate", "Service"]
+__all__ = [
+    "CORE",
+    "HPROF",
+    "KIND",
+    "DumpFormat",
+    "DumpRequest",
+    "DumpType",
+    "Estimate",
+    "Service",
+    "format_of",
+]

@@ -1,11 +1,16 @@
-"""Core dumps of one process, as downloadable artifacts.
+"""Dumps of one process (core dumps and Java heap dumps), as downloadable artifacts.
 
 This module owns ``dump`` jobs: choosing the writer (.NET: the runtime's own
 ``createdump``, found in the target's shared framework through /proc/PID/root;
-any other process: gdb's ``gcore``), checking the size it will take against the
-free space and the storage limit before writing anything (409), progress while
-it writes (the file's size against that estimate), and leaving nothing behind
-(the half-written file, a writer that hangs, a target left stopped).
+a JVM: its own heap dump, an ``.hprof`` written by ``jattach PID dumpheap``; any
+other process, or a JVM asked for ``full``: gdb's ``gcore``), checking the size
+it will take against the free space and the storage limit before writing anything
+(409), progress while it writes (the file's size against that estimate), and
+leaving nothing behind (the half-written file, a writer that hangs, a target left
+stopped).
+
+A JVM writes its heap dump itself, in its own mount namespace: into its own /tmp
+(checked for room too), from where the agent moves it into the job's directory.
 """
 
 from __future__ import annotations
@@ -21,14 +26,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from agent import _proc, procfs
-from agent.errors import Conflict, Invalid, NotFound
+from agent import _proc, memory, procfs
+from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import DictJob, JobStore
 
 KIND = "dump"
 CORE = "core"
+HPROF = "heap.hprof"
+DumpFormat = Literal["core", "hprof"]
+_HPROF_DONE = re.compile(r"Heap dump file created \[(\d+) bytes")
 DumpType = Literal["mini", "heap", "full"]
 RESERVE_BYTES = 64 << 20
 """Left free on the agent's volume whatever the dump: the agent's other files need room."""
@@ -45,9 +53,22 @@ class DumpRequest(BaseModel):
     type: DumpType | None = Field(
         default=None,
         description=".NET: mini (threads, stacks, modules), heap (plus the GC heap: what "
-        "dotnet-dump analyze needs; the default), full (all memory); other processes: "
-        "full only (gdb gcore)",
+        "dotnet-dump analyze needs; the default), full (all memory); Java: heap (the "
+        "default: the JVM's .hprof heap dump) or full (a core dump, gdb gcore); other "
+        "processes: full only (gdb gcore)",
     )
+    live: StrictBool = Field(
+        default=True,
+        description="Java heap dumps: live objects only (the JVM runs a full GC first: "
+        "smaller, what a leak hunt wants); false: every object, unreachable ones included",
+    )
+
+
+def hprof_estimate(histogram: memory.ClassHistogram) -> int:
+    """An upper bound of an .hprof's size from the heap's class histogram: the objects'
+    bytes (references take 8 bytes in the file, 4 with compressed oops in the heap:
+    +25%), a record header per object, and the class and string tables."""
+    return histogram.total_bytes * 5 // 4 + histogram.total_instances * 24 + (8 << 20)
 
 
 class Estimate(BaseModel):
@@ -89,7 +110,9 @@ class Service:
         max_storage_bytes: int,
         disk_free: Callable[[Path], int] | None = None,
         max_running: int = 1,
+        memory_service: memory.Service | None = None,
     ) -> None:
+        self.memory = memory_service
         self.jobs = jobs
         self.max_storage_bytes = max_storage_bytes
         self.disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
@@ -108,21 +131,26 @@ class Service:
     async def capabilities(self) -> dict[str, object]:
         """Which writers work here: gdb's gcore (any process), and createdump, which
         each .NET process's own runtime ships (checked per process when asked)."""
-        gdb = _proc.which("gdb")
+        gdb, jattach = _proc.which("gdb"), _proc.which("jattach")
         return {
             "available": True,
-            "reason": "createdump for .NET processes; gdb's gcore for the others"
-            + ("" if gdb else " (not installed here: .NET processes only)"),
+            "reason": "createdump for .NET processes; a JVM's .hprof heap dump through "
+            "jattach; gdb's gcore for the others"
+            + ("" if gdb else " (gdb is not installed here: no core dumps of the others)"),
             "writers": {
                 "gcore": {"available": gdb is not None},
                 "createdump": {"available": True, "reason": "the target's own runtime's"},
+                "jattach": {"available": jattach is not None},
             },
             "limits": {"max_running": self.max_running, "timeout_s": TIMEOUT_S},
         }
 
-    def plan(self, pid: int, req: DumpRequest) -> tuple[list[str], DumpType, Estimate, str]:
+    def plan(
+        self, pid: int, req: DumpRequest, *, java_bytes: int | None = None
+    ) -> tuple[list[str], DumpType, Estimate, str]:
         """The writer's argv (the output path is appended), the type, the estimate, and
-        which writer it is; 404/409/422 before anything runs."""
+        which writer it is; 404/409/422 before anything runs. ``java_bytes``: a JVM's
+        heap dump's estimate (:meth:`create` asks the JVM for it)."""
         info = procfs.process_info(pid)
         if pid == os.getpid() or info.state == "Z":
             raise Conflict(
@@ -148,14 +176,22 @@ class Service:
                 )
             argv = [str(tool), _CREATEDUMP_FLAG[dump_type], str(pid), "-f"]
             writer = f"createdump of .NET {info.runtime_version or ''}".rstrip()
+        elif info.runtime == "java" and req.type in (None, "heap"):
+            return self._plan_hprof(pid, info, req, maps, java_bytes)
         else:
             if req.type not in (None, "full"):
+                allowed = ["heap", "full"] if info.runtime == "java" else ["full"]
                 raise Invalid(
                     f"type {req.type} is for .NET processes (createdump); pid {pid} "
-                    f"({info.comm}) is {info.runtime}: gdb's gcore writes full core dumps "
-                    "only, use type full (or leave it out)",
+                    f"({info.comm}) is {info.runtime}: "
+                    + (
+                        "heap (the JVM's .hprof) or full (gdb gcore)"
+                        if info.runtime == "java"
+                        else "gdb's gcore writes full core dumps only, use type full "
+                        "(or leave it out)"
+                    ),
                     field="type",
-                    allowed=["full"],
+                    allowed=allowed,
                 )
             dump_type = "full"
             argv = ["gdb", "-nx", "-batch", "-p", str(pid), "-ex", "set pagination off"]
@@ -165,6 +201,60 @@ class Service:
             free_bytes=self.disk_free(self.jobs.data_dir),
             limit_bytes=self.max_storage_bytes,
         )
+        self._check_room(pid, info, dump_type, est)
+        return argv, dump_type, est, writer
+
+    def _plan_hprof(
+        self,
+        pid: int,
+        info: procfs.ProcessInfo,
+        req: DumpRequest,
+        maps: str,
+        java_bytes: int | None,
+    ) -> tuple[list[str], DumpType, Estimate, str]:
+        tool = _proc.which("jattach")
+        if tool is None:
+            raise Unavailable(
+                "jattach is not installed here, and a JVM's heap dump needs it (Debian: "
+                "apt-get install jattach; the agent image has it); type full writes a core "
+                "dump with gdb instead",
+                tool="jattach",
+            )
+        if memory.attach_disabled(pid, info.cmdline):
+            raise Conflict(
+                f"pid {pid} ({info.comm}) was started with -XX:+DisableAttachMechanism: "
+                "the JVM refuses a heap dump request; type full writes a core dump instead"
+            )
+        tmp = memory.java_tmp(pid)
+        if not tmp.is_dir():
+            raise Conflict(
+                f"pid {pid} ({info.comm}) has no /tmp in its container: the JVM writes its "
+                "heap dump there before the agent moves it; type full writes a core dump"
+            )
+        if java_bytes is None:  # plan() alone (no JVM asked): the heap's mappings bound it
+            java_bytes = estimate(maps, info.threads, "heap")
+        est = Estimate(
+            bytes=java_bytes,
+            free_bytes=self.disk_free(self.jobs.data_dir),
+            limit_bytes=self.max_storage_bytes,
+        )
+        self._check_room(pid, info, "heap", est)
+        app_free = self.disk_free(tmp)
+        if est.bytes + RESERVE_BYTES > app_free:
+            raise Conflict(
+                f"a heap dump of pid {pid} ({info.comm}) may take {_mb(est.bytes)}; the "
+                f"JVM writes it into its own /tmp first, which has {_mb(app_free)} free "
+                f"(and keeps {_mb(RESERVE_BYTES)}): nothing was written",
+                estimate={**est.model_dump(), "app_tmp_free_bytes": app_free},
+            )
+        argv = [tool, str(pid), "dumpheap"]
+        live = "-live" if req.live else "-all"
+        writer = f"jattach dumpheap ({live[1:]} objects)"
+        return [*argv, live], "heap", est, writer
+
+    def _check_room(
+        self, pid: int, info: procfs.ProcessInfo, dump_type: DumpType, est: Estimate
+    ) -> None:
         if est.bytes + RESERVE_BYTES > est.free_bytes:
             raise Conflict(
                 f"a {dump_type} dump of pid {pid} ({info.comm}) may take {_mb(est.bytes)}; "
@@ -180,20 +270,32 @@ class Service:
                 "(TRACECAR_AGENT_MAX_STORAGE_BYTES): nothing was written",
                 estimate=est.model_dump(),
             )
-        return argv, dump_type, est, writer
 
     async def create(self, pid: int, req: DumpRequest) -> DictJob:
-        argv, dump_type, est, writer = await asyncio.to_thread(self.plan, pid, req)
+        info = await asyncio.to_thread(procfs.process_info, pid)
+        java_bytes = None
+        if info.runtime == "java" and req.type in (None, "heap") and self.memory is not None:
+            # The heap's class histogram (no GC) sizes the dump before anything is written.
+            with contextlib.suppress(Conflict, Unavailable, _proc.ProcError):
+                hist = await self.memory.class_histogram(pid, top=1, live=False)
+                java_bytes = hprof_estimate(hist)
+        argv, dump_type, est, writer = await asyncio.to_thread(
+            self.plan, pid, req, java_bytes=java_bytes
+        )
+        fmt: DumpFormat = "hprof" if argv[2:3] == ["dumpheap"] else "core"
         job: DictJob = self.jobs.create(
             KIND,
-            {"pid": pid, "type": dump_type, "writer": writer},
+            {"pid": pid, "type": dump_type, "writer": writer, "format": fmt},
             result={},
             max_running=self.max_running,
         )
         job.result["estimate"] = est.model_dump()
 
         async def work(job: DictJob) -> None:
-            await self._write(job, pid, argv, dump_type, est)
+            if fmt == "hprof":
+                await self._write_hprof(job, pid, argv, est)
+            else:
+                await self._write(job, pid, argv, dump_type, est)
 
         self.jobs.start(job, work)
         return job
@@ -259,22 +361,108 @@ class Service:
         job.result["bytes"] = final.stat().st_size
         job.result["seconds"] = round(time.monotonic() - started, 2)
 
+    async def _write_hprof(self, job: DictJob, pid: int, argv: list[str], est: Estimate) -> None:
+        """The JVM writes into its own /tmp; its file is watched (progress, the ceiling),
+        then moved into the job's directory. The JVM finishes a dump it has started even
+        if jattach is killed: on failure its file is unlinked (the space comes back when
+        the JVM closes it)."""
+        name = f"tracecar-heap-{job.id}.hprof"
+        in_app = memory.java_tmp(pid) / name
+        final = job.artifact(HPROF)
+        part = final.with_name(HPROF + ".part")
+        argv = [*argv[:3], f"/tmp/{name}", *argv[3:]]
+        job.result["argv"] = argv
+        ceiling = min(
+            est.free_bytes - RESERVE_BYTES,
+            self.max_storage_bytes,
+            self.disk_free(in_app.parent) - RESERVE_BYTES,
+        )
+        started = time.monotonic()
+        child = await _proc.Child.start(argv)
+        out_task = asyncio.create_task(_proc.drain_tail(child.proc.stdout))
+        err_task = asyncio.create_task(_proc.drain_tail(child.proc.stderr))
+        ok = False
+        try:
+            while child.returncode is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(child.wait()), 0.5)
+                size = _size(in_app)
+                job.progress = min(0.9, 0.9 * size / est.bytes) if est.bytes else 0.0
+                job.result["written_bytes"] = size
+                if size > ceiling:
+                    raise Conflict(
+                        f"the heap dump passed {_mb(ceiling)} (free space and the storage "
+                        "limit allow no more): stopped and removed"
+                    )
+                if time.monotonic() - started > TIMEOUT_S:
+                    raise _proc.ToolTimeout(
+                        f"jattach dumpheap did not finish within {TIMEOUT_S:g} s", argv=argv
+                    )
+            rc = child.returncode
+            out = (await out_task).decode(errors="replace")
+            err = (await err_task).decode(errors="replace")
+            said = memory_answer(out + err)
+            job.result["output"] = said[-4000:]
+            # jattach exits 0 whatever the JVM answered: its words say whether it wrote.
+            if rc != 0 or _HPROF_DONE.search(out) is None or not in_app.exists():
+                raise _proc.ToolFailed(
+                    f"the JVM wrote no heap dump: {_proc.tool_message(said, rc)}",
+                    argv=argv,
+                    returncode=rc,
+                    stderr=err,
+                )
+            # Moved (a copy across filesystems) to a .part first: a crash leaves no half file
+            # under the final name.
+            await asyncio.to_thread(shutil.move, in_app, part)
+            os.replace(part, final)
+            ok = True
+        finally:
+            if child.returncode is None:
+                await child.stop(signal.SIGKILL, grace=0)
+            for t in (out_task, err_task):
+                t.cancel()
+            for leftover in (in_app, *(() if ok else (part,))):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+        job.progress = 1.0
+        job.result["bytes"] = final.stat().st_size
+        job.result["seconds"] = round(time.monotonic() - started, 2)
+
+    async def delete(self, job: DictJob) -> None:
+        await self.jobs.delete(job)
+
     def get(self, job_id: str) -> DictJob:
         return self.jobs.get(KIND, job_id)
 
     def list(self) -> list[DictJob]:
         return self.jobs.of_kind(KIND)
 
-    def core_file(self, job: DictJob) -> Path:
+    def core_file(self, job: DictJob, *, fmt: DumpFormat = "core") -> Path:
+        """The dump's file; 404 naming the right link when it is the other format."""
+        have = format_of(job)
+        if have != fmt:
+            link = f"/dumps/{job.id}/" + ("heap.hprof" if have == "hprof" else "core")
+            what = "a Java heap dump (.hprof)" if have == "hprof" else "a core dump"
+            raise NotFound(f"dump {job.id} is {what}: download it from {link}")
         if not job.finished:
             raise Conflict(f"dump {job.id} is {job.state}: download it when it is written")
-        path = job.artifact(CORE)
+        path = job.artifact(HPROF if fmt == "hprof" else CORE)
         if not path.exists():
-            raise NotFound(f"dump {job.id} has no core file ({job.error or 'not written'})")
+            raise NotFound(f"dump {job.id} has no {fmt} file ({job.error or 'not written'})")
         return path
 
-    async def delete(self, job: DictJob) -> None:
-        await self.jobs.delete(job)
+
+def format_of(job: DictJob) -> DumpFormat:
+    return "hprof" if job.params.get("format") == "hprof" else "core"
+
+
+def memory_answer(out: str) -> str:
+    """jattach's output without its connection lines."""
+    return "\n".join(
+        ln
+        for ln in out.splitlines()
+        if ln.strip() and not ln.startswith(("Connected to remote JVM", "JVM response code"))
+    )
 
 
 def _size(path: Path) -> int:

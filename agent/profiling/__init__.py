@@ -75,7 +75,7 @@ from agent.profiling._artifacts import (
     SVG,
 )
 from agent.profiling._flight_recorder import FlightRecorder, RecorderRequest, RecorderStatus, when
-from agent.profiling._flight_ring import GroupSamples, ProcessGroup, Slice
+from agent.profiling._flight_ring import GroupSamples, ProcessGroup, RssTrend, Slice
 from agent.profiling._profile_diff import DiffFormat, DiffOptions, Widths, differential
 from agent.profiling._result import ProfileResult, ProfileView, Unresolved
 from agent.profiling._service import ProfileJob, Service
@@ -102,6 +102,7 @@ __all__ = [
     "ProfileView",
     "RecorderRequest",
     "RecorderStatus",
+    "RssTrend",
     "Service",
     "Slice",
     "Trigger",

@@ -20,9 +20,13 @@ the ``/recorder`` router, read by continuous-profile sinks through
   named as in on-demand profiles.
 
 Both feed one :class:`agent.profiling._flight_ring.Ring` (what is complete, the bounds,
-the queries). The ring is in memory only: nothing is written to disk but py-spy's
-one-second files (a private directory, removed with the recorder), and it ends with
-the recorder (DELETE) or the agent.
+the queries). With each second of stacks goes each recorded process's RSS (read
+from /proc/PID/statm as the second is handled): an interval's answer says how
+memory moved over the same seconds.
+
+The ring is in memory only: nothing is written to disk but py-spy's one-second
+files (a private directory, removed with the recorder), and it ends with the
+recorder (DELETE) or the agent.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from agent import _proc, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
@@ -56,8 +60,10 @@ from agent.profiling._flight_ring import (
     GroupSamples,
     ProcessMeta,
     Ring,
+    RssTrend,
     Slice,
     merge,
+    rss_trends,
 )
 from agent.profiling._jitnames import JitNames
 from agent.profiling._result import ProfileResult
@@ -69,7 +75,7 @@ from agent.symbolize.resolver import Symbolizer, debuginfod_cache
 from agent.symbolize.ustacks import UserStacks
 from tracecar_formats.collapse import format_folded
 
-__all__ = ["FlightRecorder", "GroupSamples", "RecorderRequest", "Slice", "when"]
+__all__ = ["FlightRecorder", "GroupSamples", "RecorderRequest", "RssTrend", "Slice", "when"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +127,11 @@ class RecorderRequest(Targets):
         description="Python processes sampled by py-spy (whole Python stacks); "
         "false: by bpftrace like the rest (interpreter frames)",
     )
+    rss: StrictBool = Field(
+        default=True,
+        description="each recorded process's RSS kept with each second (GET "
+        "/recorder/memory); false: stacks only",
+    )
 
 
 @dataclass
@@ -156,6 +167,7 @@ class _Run:
     sampler_delay_max_s: float = 0.0
     python_delay_max_s: float = 0.0  # how late a py-spy run's second arrived, at most
     side_tasks: set[asyncio.Task[None]] = field(default_factory=set)  # jattach asks
+    rss: procfs.RssReader = field(default_factory=procfs.RssReader)  # statm kept open
     names: UserStacks | None = None  # the sampler's symbolizer (used in one thread at a time)
     names_since: float = 0.0
     names_stale: bool = False  # a process exited or exec'd: its pid's names may lie
@@ -203,6 +215,11 @@ class RecorderStatus(BaseModel):
     late_samples: int | None = None
     python: dict[str, dict[str, Any]] | None = Field(
         default=None, description="pid -> how its Python stacks are sampled"
+    )
+    rss: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="each recorded process's RSS over the window: first, last, min, max, "
+        "growth per minute (GET /recorder/memory: one point a second)",
     )
     push: dict[str, Any] | None = Field(
         default=None, description="the continuous pushes to the profile store (null: none)"
@@ -304,6 +321,7 @@ class FlightRecorder:
             "evicted_buckets": ring.evicted,
             "trimmed_samples": ring.trimmed_samples,
             "late_samples": ring.late_samples,
+            "rss": [t.as_dict() for t in self._trends(run, *w)] if w else [],
             "leaf_callers_recovered": run.leaf_fixes
             + (run.names.leaf_fixes if run.names is not None else 0),
             "python": {
@@ -338,8 +356,13 @@ class FlightRecorder:
             if t is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+        run.rss.close()
         if run.scratch is not None:
             await asyncio.to_thread(shutil.rmtree, run.scratch, True)
+
+    @staticmethod
+    def _trends(run: _Run, start: float, end: float) -> list[RssTrend]:
+        return rss_trends(run.ring.rss(int(start), int(end)), run.ring.meta)
 
     def _running(self) -> _Run:
         run = self._run
@@ -391,9 +414,27 @@ class FlightRecorder:
             asked_end=end,
             window_start=w[0],
             window_end=w[1],
+            rss=tuple(self._trends(run, lo, hi)),
             pids=run.ring.pids(lo, hi),
         )
         return part, run.ring.buckets_in(lo, hi)
+
+    def memory(self, start: float, end: float) -> dict[str, Any]:
+        """``GET /recorder/memory``: each recorded process's RSS over the retained part
+        of ``[start, end)``: its trend, and the series (one point a second)."""
+        run = self._running()
+        lo, hi = self._clip(run, start, end)
+        series = run.ring.rss(lo, hi)
+        return {
+            "from": float(lo),
+            "to": float(hi),
+            "requested_from": start,
+            "requested_to": end,
+            "processes": [
+                {**t.as_dict(), "series": [[at, n] for at, n in series[t.pid]]}
+                for t in self._trends(run, lo, hi)
+            ],
+        }
 
     # --- for continuous-profile sinks ------------------------------------------------
     def complete_until(self) -> int | None:
@@ -452,6 +493,7 @@ class FlightRecorder:
             clipped=part.clipped,
             samples=sum(stacks.values()),
             folded_samples=sum(stacks.values()),
+            rss=[t.as_dict() for t in part.rss],
         )
         job = svc.jobs.create(
             KIND, {"type": "cpu", "source": "recorder", "from": lo, "to": hi}, result=result
@@ -552,10 +594,11 @@ class FlightRecorder:
 
     def _bucket(
         self, run: _Run, text: str
-    ) -> tuple[dict[int, dict[str, int]], dict[int, ProcessMeta | None]]:
-        """One second of bpftrace's map -> folded stacks per wanted pid, and what was
+    ) -> tuple[dict[int, dict[str, int]], dict[int, ProcessMeta | None], dict[int, int]]:
+        """One second of bpftrace's map -> folded stacks per wanted pid, what was
         learnt of processes not seen before (applied on the event loop, which owns
-        the tables). Runs in a thread."""
+        the tables), and the RSS of every recorded process (on CPU in that second or
+        not: a leaking process may be mostly asleep). Runs in a thread."""
         own = self._own(run)
         found: dict[int, ProcessMeta | None] = {}
         parsed = parse_output(text, map_name="@s")
@@ -573,7 +616,20 @@ class FlightRecorder:
             folded = fold([s for s in stacks if s.pid == pid], stack_names=names.frames, divisor=1)
             if folded:
                 per_pid[pid] = folded
-        return per_pid, found
+        rss: dict[int, int] = {}
+        if run.request.rss:
+            # The named pids from the first second; a container's or the pod's once the
+            # watcher has seen them (it reads each new process once).
+            req = run.request
+            named = [req.pid] if req.pid is not None else list(req.pids or [])
+            known = [p for p, m in list(run.meta.items()) if m is not None]
+            for pid in {*per_pid, *named, *known}:
+                if pid in per_pid or self._wanted(run, pid, own, run.meta.get):
+                    n = run.rss.read(pid)
+                    if n is not None:
+                        rss[pid] = n
+            run.rss.keep_only(set(rss))
+        return per_pid, found, rss
 
     def _names(self, run: _Run) -> UserStacks:
         """The sampler's symbolizer (the CPU profiles' names: pclntab, debug files and
@@ -598,11 +654,11 @@ class FlightRecorder:
     async def _add(self, run: _Run, second: int, text: str) -> None:
         run.sampler_delay_s = time.time() - (second + 1)
         run.sampler_delay_max_s = max(run.sampler_delay_max_s, run.sampler_delay_s)
-        per_pid, found = await asyncio.to_thread(self._bucket, run, text)
+        per_pid, found, rss = await asyncio.to_thread(self._bucket, run, text)
         if self._run is not run:
             return
         self._learn(run, found)
-        run.ring.add_sampler(second, per_pid)
+        run.ring.add_sampler(second, per_pid, rss)
         run.ring.commit(time.time())
 
     def _learn(self, run: _Run, found: dict[int, ProcessMeta | None]) -> None:

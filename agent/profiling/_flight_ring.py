@@ -17,6 +17,13 @@ For a process py-spy delivered a second of, its Python stacks replace the sample
 Seconds are committed in order, so "every second before :attr:`Ring.complete_until`
 is final" holds: what a query or a sink read of them never changes.
 
+Memory. Each second the sampler delivers also carries the resident size (RSS) of
+every recorded process, read from /proc/PID/statm when the second is handled (one
+small read per process; ``RSS_ENTRY_BYTES`` each in the size bound), so a query of
+``[from, to)`` also answers how each process's memory moved (:meth:`Ring.rss`,
+:func:`rss_trends`): "memory grew between 10:02 and 10:05" lines up with the stacks
+of the same seconds.
+
 Bounds. Buckets older than ``retain_s`` (counted back from the newest complete
 second) are dropped, and so are the oldest while the ring's size exceeds
 ``max_bytes``. The size is the folded text the buckets hold (each stack's bytes +
@@ -36,6 +43,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 ENTRY_OVERHEAD = 16
+RSS_ENTRY_BYTES = 16
+"""What one process's RSS in one bucket counts against ``max_bytes``."""
 LATE_AFTER_S = 4.0
 """A py-spy run still outstanding this long after its second ended is given up on."""
 TRIMMED_PID = 0
@@ -58,11 +67,13 @@ class Bucket:
     start: int  # the wall-clock second it covers: [start, start + 1)
     stacks: dict[int, dict[str, int]]  # pid -> folded stack (root first) -> samples
     size: int
+    rss: dict[int, int] = field(default_factory=dict)  # pid -> resident bytes
 
 
 @dataclass
 class _Pending:
     sampler: dict[int, dict[str, int]] | None = None  # None: not delivered yet
+    rss: dict[int, int] = field(default_factory=dict)
     python: dict[int, dict[str, int]] = field(default_factory=dict)
     outstanding: set[int] = field(default_factory=set)  # pids of py-spy runs not back yet
 
@@ -95,6 +106,70 @@ class GroupSamples:
 
 
 @dataclass(frozen=True, slots=True)
+class RssTrend:
+    """One process's resident memory over an interval (from the seconds that have it)."""
+
+    pid: int
+    comm: str
+    first_at: int
+    last_at: int
+    first_bytes: int
+    last_bytes: int
+    min_bytes: int
+    max_bytes: int
+
+    @property
+    def growth_bytes(self) -> int:
+        return self.last_bytes - self.first_bytes
+
+    @property
+    def mib_per_min(self) -> float:
+        """The growth from the first to the last second, per minute (0 for one second)."""
+        span = self.last_at - self.first_at
+        return 0.0 if span <= 0 else self.growth_bytes / (1 << 20) / span * 60.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "comm": self.comm,
+            "first_at": self.first_at,
+            "last_at": self.last_at,
+            "first_bytes": self.first_bytes,
+            "last_bytes": self.last_bytes,
+            "min_bytes": self.min_bytes,
+            "max_bytes": self.max_bytes,
+            "growth_bytes": self.growth_bytes,
+            "growth_mib_per_min": round(self.mib_per_min, 3),
+        }
+
+
+def rss_trends(
+    series: dict[int, list[tuple[int, int]]], meta: dict[int, ProcessMeta]
+) -> list[RssTrend]:
+    """Per process: first, last, min and max RSS of its ``(second, bytes)`` series,
+    biggest growth first."""
+    out = []
+    for pid, points in series.items():
+        if not points:
+            continue
+        values = [b for _, b in points]
+        m = meta.get(pid)
+        out.append(
+            RssTrend(
+                pid=pid,
+                comm=m.comm if m else "",
+                first_at=points[0][0],
+                last_at=points[-1][0],
+                first_bytes=values[0],
+                last_bytes=values[-1],
+                min_bytes=min(values),
+                max_bytes=max(values),
+            )
+        )
+    return sorted(out, key=lambda t: (-t.growth_bytes, t.pid))
+
+
+@dataclass(frozen=True, slots=True)
 class Slice:
     """The part of an asked interval the ring holds (whole seconds)."""
 
@@ -105,6 +180,8 @@ class Slice:
     asked_end: float
     window_start: float
     window_end: float
+    rss: tuple[RssTrend, ...] = ()
+    """Each recorded process's resident memory over the same seconds."""
     pids: tuple[int, ...] = ()
     """The processes sampled in it (for what only they can tell: Go's file:line)."""
 
@@ -176,12 +253,20 @@ class Ring:
         self._strings: dict[str, str] = {}  # one copy of each stack text for every bucket
 
     # --- what the sources deliver ---------------------------------------------------
-    def add_sampler(self, second: int, stacks: dict[int, dict[str, int]]) -> None:
-        """The sampler's (bpftrace's) stacks of ``second``, per pid."""
+    def add_sampler(
+        self,
+        second: int,
+        stacks: dict[int, dict[str, int]],
+        rss: dict[int, int] | None = None,
+    ) -> None:
+        """The sampler's (bpftrace's) stacks of ``second``, per pid, and the recorded
+        processes' RSS read when it was handled."""
         if self.complete_until is not None and second < self.complete_until:
             self.late_samples += sum(n for per in stacks.values() for n in per.values())
             return
         p = self.pending.setdefault(second, _Pending())
+        if rss:
+            p.rss.update(rss)
         if p.sampler is None:
             p.sampler = {}
         for pid, per in stacks.items():
@@ -226,7 +311,7 @@ class Ring:
             elif p.outstanding and not late:
                 break
             del self.pending[second]
-            self._append(second, self._merge(p))
+            self._append(second, self._merge(p), p.rss)
             moved += 1
         return moved
 
@@ -237,14 +322,24 @@ class Ring:
                 merged[pid] = per
         return {pid: per for pid, per in merged.items() if per}
 
-    def _append(self, second: int, stacks: dict[int, dict[str, int]]) -> None:
-        stacks, cut = trim(stacks, self.max_bytes)
+    def _append(
+        self, second: int, stacks: dict[int, dict[str, int]], rss: dict[int, int] | None = None
+    ) -> None:
+        rss = rss or {}
+        if len(rss) * RSS_ENTRY_BYTES > self.max_bytes // 4:
+            # A tiny bound and many processes: the biggest keep their RSS, stacks come first.
+            keep = max(0, self.max_bytes // 4 // RSS_ENTRY_BYTES)
+            rss = dict(sorted(rss.items(), key=lambda kv: (-kv[1], kv[0]))[:keep])
+        rss_size = len(rss) * RSS_ENTRY_BYTES
+        stacks, cut = trim(stacks, max(0, self.max_bytes - rss_size))
         self.trimmed_samples += cut
         interned = {
             pid: {self._strings.setdefault(k, k): n for k, n in per.items()}
             for pid, per in stacks.items()
         }
-        bucket = Bucket(start=second, stacks=interned, size=stacks_size(interned))
+        bucket = Bucket(
+            start=second, stacks=interned, size=stacks_size(interned) + rss_size, rss=dict(rss)
+        )
         self.buckets.append(bucket)
         self.size += bucket.size
         self.samples += sum(n for per in interned.values() for n in per.values())
@@ -263,7 +358,7 @@ class Ring:
             # table may outgrow the ring.
             live = {k for b in self.buckets for per in b.stacks.values() for k in per}
             self._strings = {k: k for k in live}
-            pids = {pid for b in self.buckets for pid in b.stacks}
+            pids = {pid for b in self.buckets for pid in (*b.stacks, *b.rss)}
             self.meta = {pid: m for pid, m in self.meta.items() if pid in pids}
 
     # --- reading --------------------------------------------------------------------
@@ -300,6 +395,18 @@ class Ring:
     def pids(self, lo: int, hi: int) -> tuple[int, ...]:
         """The processes with samples in ``[lo, hi)``."""
         return tuple(sorted({p for b in self._buckets(lo, hi) for p in b.stacks} - {TRIMMED_PID}))
+
+    def rss(self, lo: int, hi: int) -> dict[int, list[tuple[int, int]]]:
+        """Each process's ``(second, resident bytes)`` over ``[lo, hi)``, in order."""
+        out: dict[int, list[tuple[int, int]]] = {}
+        for b in self._buckets(lo, hi):
+            for pid, n in b.rss.items():
+                out.setdefault(pid, []).append((b.start, n))
+        return out
+
+    def latest_rss(self) -> dict[int, int]:
+        """The newest bucket's RSS per process."""
+        return dict(self.buckets[-1].rss) if self.buckets else {}
 
     def groups(self, lo: int, hi: int, *, by: GroupBy) -> list[GroupSamples]:
         acc: dict[ProcessGroup, tuple[set[int], set[str], dict[str, int]]] = {}

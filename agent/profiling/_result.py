@@ -123,6 +123,10 @@ class ProfileResult(BaseModel):
     clipped: bool | None = Field(
         default=None, description="a kept interval: only part of the asked one was retained"
     )
+    rss: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="a kept interval: each recorded process's RSS trend over its seconds",
+    )
 
 
 class ProfileView(BaseModel):

@@ -1,10 +1,15 @@
-"""Triggers: "when the CPU use of X stays above N% for S seconds, record a profile".
+"""Triggers: "when the CPU use of X stays above N% for S seconds, record a profile",
+and the same for memory: "when the RSS of X stays above N MiB" or "grows faster
+than N MiB/min".
 
 :class:`Triggers` (constructed and stopped by :mod:`agent.app`, driven by the
 ``/triggers`` router) owns the triggers of this agent run: each is a task that
-samples the CPU use of its target every :data:`SAMPLE_S` seconds from
-``/proc/PID/stat`` (100 = one core, as ``GET /processes``), and when it has been
-at or above ``cpu_percent`` for ``for_s`` seconds starts an ordinary profile
+samples its target every :data:`SAMPLE_S` seconds (CPU use from
+``/proc/PID/stat``, 100 = one core, as ``GET /processes``; resident memory from
+``/proc/PID/statm``, summed over the target's processes), and when its one
+condition has held for ``for_s`` seconds (``cpu_percent``, ``rss_mib``), or the
+RSS grew at ``rss_growth_mib_per_min`` or faster over the last ``for_s``
+seconds, starts an ordinary profile
 through :class:`agent.profiling.Service` (so it is listed, fetched, diffed and
 evicted like any other), then waits out the profile and ``cooldown_s`` before
 watching again, until ``max_captures``. Captured profiles older than
@@ -25,13 +30,14 @@ import logging
 import os
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent import procfs
-from agent.errors import NotFound, TooMany
+from agent.errors import Invalid, NotFound, TooMany
 from agent.jobs import Job
 from agent.profiling._artifacts import KIND
 from agent.profiling._service import Service
@@ -44,17 +50,35 @@ SAMPLE_S = 0.5
 MAX_FOR_S = 3600.0
 MAX_COOLDOWN_S = 86400.0
 MAX_CAPTURES = 100
+MAX_RSS_MIB = float(1 << 30)
+"""An RSS bound above any machine (1 PiB in MiB): the range check's upper end."""
+MIN_GROWTH_FOR_S = 1.0
+"""A growth rate needs a window: at least this (two samples or more)."""
 TriggerState = Literal["armed", "recording", "cooling-down", "done", "failed"]
+Condition = Literal["cpu", "rss", "rss_growth"]
+_MIB = 1 << 20
 _WATCHING = ("armed", "recording", "cooling-down")
 
 
 class TriggerRequest(Targets):
-    """The body of ``POST /triggers``. At most one of pid, pids, container; none = the pod."""
+    """The body of ``POST /triggers``. At most one of pid, pids, container; none = the pod.
+    Exactly one condition: ``cpu_percent``, ``rss_mib`` or ``rss_growth_mib_per_min``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    cpu_percent: float = Field(
-        description="fire at or above this CPU use (100 = one core; up to 100 x the CPUs)"
+    cpu_percent: float | None = Field(
+        default=None,
+        description="fire at or above this CPU use (100 = one core; up to 100 x the CPUs)",
+    )
+    rss_mib: float | None = Field(
+        default=None,
+        description="fire when the target's resident memory (RSS, summed over its "
+        "processes) stays at or above this many MiB for for_s",
+    )
+    rss_growth_mib_per_min: float | None = Field(
+        default=None,
+        description="fire when the target's RSS grew at least this fast (MiB per minute) "
+        f"over the last for_s seconds (for_s >= {MIN_GROWTH_FOR_S:g})",
     )
     for_s: float = Field(default=5.0, description=f"for this long ({SAMPLE_S} .. {MAX_FOR_S} s)")
     profile: ProfileOptions = Field(default_factory=ProfileOptions)
@@ -66,6 +90,23 @@ class TriggerRequest(Targets):
         default=None, description="delete captured profiles older than this (none: keep)"
     )
 
+    def condition(self) -> Condition:
+        """Which condition is set (the request is checked to have exactly one)."""
+        if self.rss_mib is not None:
+            return "rss"
+        if self.rss_growth_mib_per_min is not None:
+            return "rss_growth"
+        return "cpu"
+
+    def reason(self) -> str:
+        """The condition in words (a pushed capture's ``trigger_reason`` label)."""
+        c = self.condition()
+        if c == "rss":
+            return f"rss >= {self.rss_mib:g}MiB for {self.for_s:g}s"
+        if c == "rss_growth":
+            return f"rss growth >= {self.rss_growth_mib_per_min:g}MiB/min over {self.for_s:g}s"
+        return f"cpu >= {self.cpu_percent:g}% for {self.for_s:g}s"
+
 
 class TriggerView(BaseModel):
     """A trigger as the API shows it (``GET /triggers/{id}``)."""
@@ -75,7 +116,15 @@ class TriggerView(BaseModel):
     message: str
     created_at: float
     request: dict[str, Any]
+    condition: Condition = Field(description="what it watches: CPU, RSS, or RSS growth")
+    reason: str = Field(description="the condition in words (a pushed capture's label)")
     cpu_percent_now: float | None = Field(description="the last CPU use measured")
+    rss_mib_now: float | None = Field(
+        default=None, description="rss, rss_growth: the last RSS read (MiB)"
+    )
+    rss_growth_mib_per_min_now: float | None = Field(
+        default=None, description="rss_growth: the growth over the last for_s (MiB/min)"
+    )
     above_since: float | None
     captures: list[dict[str, Any]] = Field(description="what fired: when, at what CPU, the profile")
     skipped: list[dict[str, Any]] = Field(description="the last captures not taken, and why")
@@ -91,6 +140,10 @@ class Trigger:
     message: str = ""
     cpu_percent: float | None = None
     """The last CPU use measured."""
+    rss_bytes: int | None = None
+    """The last RSS measured (memory conditions)."""
+    rss_growth_mib_per_min: float | None = None
+    """The growth over the last for_s (rss_growth; null until the window is full)."""
     above_since: float | None = None
     captures: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
@@ -103,7 +156,11 @@ class Trigger:
             "message": self.message,
             "created_at": self.created_at,
             "request": self.request.model_dump(exclude_none=True),
+            "condition": self.request.condition(),
+            "reason": self.request.reason(),
             "cpu_percent_now": self.cpu_percent,
+            "rss_mib_now": None if self.rss_bytes is None else round(self.rss_bytes / _MIB, 1),
+            "rss_growth_mib_per_min_now": self.rss_growth_mib_per_min,
             "above_since": self.above_since,
             "captures": [
                 {**c, "links": {"profile": f"/profiles/{c['profile_id']}"}} for c in self.captures
@@ -132,7 +189,33 @@ class Triggers:
         return t
 
     async def create(self, req: TriggerRequest) -> Trigger:
-        in_range(req.cpu_percent, low=1, high=100.0 * self.ncpu, field="cpu_percent", unit="%")
+        conditions = {
+            "cpu_percent": req.cpu_percent,
+            "rss_mib": req.rss_mib,
+            "rss_growth_mib_per_min": req.rss_growth_mib_per_min,
+        }
+        given = [k for k, v in conditions.items() if v is not None]
+        if len(given) != 1:
+            raise Invalid(
+                "a trigger has exactly one condition: cpu_percent (CPU use, %), rss_mib "
+                "(resident memory, MiB) or rss_growth_mib_per_min (its growth); "
+                + (f"got {' and '.join(given)}" if given else "none was given"),
+                field=given[1] if len(given) > 1 else "cpu_percent",
+                allowed=list(conditions),
+            )
+        if req.cpu_percent is not None:
+            in_range(req.cpu_percent, low=1, high=100.0 * self.ncpu, field="cpu_percent", unit="%")
+        if req.rss_mib is not None:
+            in_range(req.rss_mib, low=1, high=MAX_RSS_MIB, field="rss_mib", unit="MiB")
+        if req.rss_growth_mib_per_min is not None:
+            in_range(
+                req.rss_growth_mib_per_min,
+                low=0.01,
+                high=MAX_RSS_MIB,
+                field="rss_growth_mib_per_min",
+                unit="MiB/min",
+            )
+            in_range(req.for_s, low=MIN_GROWTH_FOR_S, high=MAX_FOR_S, field="for_s", unit="s")
         in_range(req.for_s, low=SAMPLE_S, high=MAX_FOR_S, field="for_s", unit="s")
         in_range(req.cooldown_s, low=0, high=MAX_COOLDOWN_S, field="cooldown_s", unit="s")
         in_range(req.max_captures, low=1, high=MAX_CAPTURES, field="max_captures", unit="")
@@ -227,6 +310,20 @@ class Triggers:
             trigger.message = str(e) or type(e).__name__
 
     async def _loop(self, trigger: Trigger) -> None:
+        reader = procfs.RssReader()  # the target's statm files, kept open while it runs
+        try:
+            await self._sample(trigger, trigger.request.condition(), reader, deque())
+        finally:
+            reader.close()
+
+    async def _sample(
+        self,
+        trigger: Trigger,
+        condition: Condition,
+        reader: procfs.RssReader,
+        window: deque[tuple[float, int]],
+    ) -> None:
+        """Sample until ``max_captures``; ``window``: (monotonic, RSS) over the last for_s."""
         req = trigger.request
         before: dict[int, int] | None = None
         t_before = 0.0
@@ -236,48 +333,83 @@ class Triggers:
             if not pids and req.pid is not None:
                 trigger.state, trigger.message = "done", f"pid {req.pid} exited"
                 return
-            ticks = await asyncio.to_thread(procfs.cpu_ticks)
             now = time.monotonic()
-            if before is not None:
-                used = sum(ticks.get(p, 0) - before.get(p, ticks.get(p, 0)) for p in pids)
-                pct = 100.0 * used / self.clk_tck / max(now - t_before, 1e-3)
-                trigger.cpu_percent = round(pct, 1)
-                if pct >= req.cpu_percent:
-                    trigger.above_since = trigger.above_since or time.time() - (now - t_before)
-                    if time.time() - trigger.above_since >= req.for_s - 1e-6:
+            if condition == "cpu":
+                ticks = await asyncio.to_thread(procfs.cpu_ticks)
+                if before is not None:
+                    used = sum(ticks.get(p, 0) - before.get(p, ticks.get(p, 0)) for p in pids)
+                    pct = 100.0 * used / self.clk_tck / max(now - t_before, 1e-3)
+                    trigger.cpu_percent = round(pct, 1)
+                    if self._held(trigger, pct >= (req.cpu_percent or 0.0), now - t_before):
                         await self._fire(trigger)
                         before = None
                         continue
+                before, t_before = ticks, now
+            else:
+                rss = await asyncio.to_thread(_rss, reader, pids)
+                trigger.rss_bytes = rss
+                if condition == "rss":
+                    if self._held(trigger, rss >= (req.rss_mib or 0.0) * _MIB, SAMPLE_S):
+                        await self._fire(trigger)
+                        continue
                 else:
-                    trigger.above_since = None
-            before, t_before = ticks, now
+                    window.append((now, rss))
+                    while len(window) > 2 and now - window[1][0] >= req.for_s - 1e-6:
+                        window.popleft()  # keep one sample at or beyond the window's start
+                    span = now - window[0][0]
+                    if span >= req.for_s - 1e-6:
+                        rate = (rss - window[0][1]) / _MIB / span * 60.0
+                        trigger.rss_growth_mib_per_min = round(rate, 2)
+                        if rate >= (req.rss_growth_mib_per_min or 0.0):
+                            trigger.above_since = time.time() - span
+                            await self._fire(trigger)
+                            window.clear()  # after the capture and cooldown: a new window
+                            continue
             await asyncio.sleep(SAMPLE_S)
         trigger.state = "done"
         trigger.message = f"{req.max_captures} capture(s) made: the limit"
 
+    @staticmethod
+    def _held(trigger: Trigger, above: bool, step_s: float) -> bool:
+        """Whether the condition has now held for ``for_s`` (``above_since`` tracks it)."""
+        if not above:
+            trigger.above_since = None
+            return False
+        trigger.above_since = trigger.above_since or time.time() - step_s
+        return time.time() - trigger.above_since >= trigger.request.for_s - 1e-6
+
     async def _fire(self, trigger: Trigger) -> None:
         req = trigger.request
         fired_at = time.time()
-        measured = trigger.cpu_percent
+        measured = self._measured(trigger)
         trigger.above_since = None
         try:
             job = await self.profiling.create(self._profile_request(req))
         except Exception as e:  # a refused profile (limit, target gone) is noted, not fatal
-            trigger.skipped.append({"at": fired_at, "cpu_percent": measured, "reason": str(e)})
+            trigger.skipped.append({"at": fired_at, **measured, "reason": str(e)})
             trigger.state = "cooling-down"
             await asyncio.sleep(req.cooldown_s)
             trigger.state = "armed"
             return
         assert isinstance(job, Job)
-        trigger.captures.append(
-            {"profile_id": job.id, "fired_at": fired_at, "cpu_percent": measured}
-        )
+        trigger.captures.append({"profile_id": job.id, "fired_at": fired_at, **measured})
         trigger.state = "recording"
         await self.profiling.wait(job)
         if len(trigger.captures) < req.max_captures:
             trigger.state = "cooling-down"
             await asyncio.sleep(req.cooldown_s)
             trigger.state = "armed"
+
+    @staticmethod
+    def _measured(trigger: Trigger) -> dict[str, Any]:
+        """What the condition measured when it fired (a capture's record)."""
+        c = trigger.request.condition()
+        if c == "cpu":
+            return {"cpu_percent": trigger.cpu_percent}
+        rss = None if trigger.rss_bytes is None else round(trigger.rss_bytes / _MIB, 1)
+        if c == "rss":
+            return {"rss_mib": rss}
+        return {"rss_mib": rss, "rss_growth_mib_per_min": trigger.rss_growth_mib_per_min}
 
     async def _retain(self, trigger: Trigger) -> None:
         """After the last capture, go on deleting captures as they pass ``retain_s``:
@@ -308,3 +440,11 @@ class Triggers:
                 if job.finished:
                     await self.profiling.jobs.delete(job)
                     c["expired"] = True
+
+
+def _rss(reader: procfs.RssReader, pids: set[int]) -> int:
+    """The resident bytes of ``pids``, summed (pages shared between them count once per
+    process, as each one's RSS does: a memory limit's view is the cgroup's)."""
+    total = sum(reader.read(p) or 0 for p in pids)
+    reader.keep_only(pids)
+    return total

@@ -95,9 +95,20 @@ def interval_info(part: Slice, *, frequency_hz: int, where: str) -> RenderInfo:
         where=where,
         started_at=part.start,
         duration_s=part.end - part.start,
-        details=f"{frequency_hz} Hz, {sum(part.stacks.values())} samples{coverage}",
+        details=f"{frequency_hz} Hz, {sum(part.stacks.values())} samples"
+        f"{_rss_line(part)}{coverage}",
         period_ns=round(1e9 / frequency_hz),
     )
+
+
+def _rss_line(part: Slice) -> str:
+    """The recorded processes' RSS over the same seconds: first and last, and the rate."""
+    if not part.rss:
+        return ""
+    first = sum(t.first_bytes for t in part.rss) / (1 << 20)
+    last = sum(t.last_bytes for t in part.rss) / (1 << 20)
+    rate = sum(t.mib_per_min for t in part.rss)
+    return f"; RSS {first:.1f} -> {last:.1f} MiB ({rate:+.1f} MiB/min)"
 
 
 async def render_in_thread(

@@ -1,5 +1,5 @@
-"""``POST /processes/{pid}/dump`` and ``/dumps/...``: core dumps as artifacts (thin
-over agent.dumps)."""
+"""``POST /processes/{pid}/dump`` (and its name for heap dumps, ``/heapdump``) and
+``/dumps/...``: core dumps and Java heap dumps as artifacts (thin over agent.dumps)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from agent.dumps import DumpRequest, Service
+from agent.dumps import DumpRequest, Service, format_of
 from agent.jobs import DictJob
 from agent.openapi import PROTECTED, TOOLS, errors
 
@@ -34,7 +34,8 @@ class DumpView(BaseModel):
     id: str
     pid: int
     type: str
-    writer: str = Field(description="createdump (.NET) or gdb gcore")
+    writer: str = Field(description="createdump (.NET), jattach dumpheap (Java) or gdb gcore")
+    format: str = Field(description="core (a core dump) or hprof (a Java heap dump)")
     state: str
     progress: float = Field(description="bytes written against the estimate")
     error: str | None
@@ -47,13 +48,17 @@ class DumpView(BaseModel):
 def view(job: DictJob) -> DumpView:
     base = f"/dumps/{job.id}"
     links = {"self": base}
+    fmt = format_of(job)
     if job.state == "succeeded":
-        links["core"] = f"{base}/core"
+        links["hprof" if fmt == "hprof" else "core"] = (
+            f"{base}/heap.hprof" if fmt == "hprof" else f"{base}/core"
+        )
     return DumpView(
         id=job.id,
         pid=int(job.params["pid"]),
         type=str(job.params["type"]),
         writer=str(job.params["writer"]),
+        format=fmt,
         state=job.state,
         progress=round(job.progress, 3),
         error=job.error,
@@ -64,13 +69,35 @@ def view(job: DictJob) -> DumpView:
     )
 
 
+_DUMP_RESPONSES = {
+    200: {"model": DumpView, "description": "wait=true: the dump, written (or failed)"},
+    **errors(400, 404, 409, 429, *TOOLS),
+}
+
+
+@router.post(
+    "/processes/{pid}/heapdump",
+    status_code=202,
+    responses=_DUMP_RESPONSES,
+)
+async def create_heapdump(
+    svc: ServiceDep,
+    pid: Pid,
+    response: Response,
+    req: DumpRequest | None = None,
+    wait: Annotated[bool, Query(description="answer when the dump is written")] = False,
+) -> DumpView:
+    """The same endpoint as ``/processes/{pid}/dump`` (one job, one artifact model),
+    by the name a heap dump goes by: a JVM's .hprof (``jattach dumpheap``), .NET's
+    createdump with its GC heap, gcore for the rest; 409 before writing when it
+    would not fit."""
+    return await create_dump(svc, pid, response, req, wait)
+
+
 @router.post(
     "/processes/{pid}/dump",
     status_code=202,
-    responses={
-        200: {"model": DumpView, "description": "wait=true: the dump, written (or failed)"},
-        **errors(404, 409, 429, *TOOLS),
-    },
+    responses=_DUMP_RESPONSES,
 )
 async def create_dump(
     svc: ServiceDep,
@@ -79,7 +106,8 @@ async def create_dump(
     req: DumpRequest | None = None,
     wait: Annotated[bool, Query(description="answer when the dump is written")] = False,
 ) -> DumpView:
-    """Write a core dump of one process (409 before writing when it would not fit)."""
+    """Write a dump of one process: .NET createdump, a JVM's .hprof heap dump (type
+    heap, the default for Java) or gcore (409 before writing when it would not fit)."""
     job = await svc.create(pid, req or DumpRequest())
     response.headers["location"] = f"/dumps/{job.id}"
     if wait and job.task is not None:
@@ -112,6 +140,24 @@ async def core_file(svc: ServiceDep, job_id: JobId) -> FileResponse:
         svc.core_file(job),
         media_type="application/octet-stream",
         filename=f"core.{job.params['pid']}",
+    )
+
+
+@router.get(
+    "/dumps/{job_id}/heap.hprof",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
+        **errors(404, 409),
+    },
+)
+async def hprof_file(svc: ServiceDep, job_id: JobId) -> FileResponse:
+    """A Java heap dump: Eclipse MAT, VisualVM, IntelliJ open it."""
+    job = svc.get(job_id)
+    return FileResponse(
+        svc.core_file(job, fmt="hprof"),
+        media_type="application/octet-stream",
+        filename=f"heap.{job.params['pid']}.hprof",
     )
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
@@ -90,6 +92,20 @@ def coverage_headers(part: profiling.Slice) -> dict[str, str]:
         "X-Tracecar-Window-From": f"{part.window_start:.3f}",
         "X-Tracecar-Window-To": f"{part.window_end:.3f}",
         "X-Tracecar-Coverage": "partial" if part.clipped else "whole",
+        **rss_headers(part),
+    }
+
+
+def rss_headers(part: profiling.Slice) -> dict[str, str]:
+    """The recorded processes' RSS over the same seconds (sums, bytes): the first and
+    last second's, and the growth per minute (``GET /recorder/memory``: per process)."""
+    if not part.rss:
+        return {}
+    return {
+        "X-Tracecar-Rss-First": str(sum(t.first_bytes for t in part.rss)),
+        "X-Tracecar-Rss-Last": str(sum(t.last_bytes for t in part.rss)),
+        "X-Tracecar-Rss-Max": str(max(t.max_bytes for t in part.rss)),
+        "X-Tracecar-Rss-Growth-Mib-Per-Min": f"{sum(t.mib_per_min for t in part.rss):.3f}",
     }
 
 
@@ -118,6 +134,18 @@ async def save_recorder_interval(
     )
 
 
+@router.get("/recorder/memory", responses=errors(409))
+async def recorder_memory(
+    rec: RecorderDep,
+    from_: Annotated[float, Query(alias="from", description="Unix time, seconds")],
+    to: Annotated[float, Query(description="Unix time, seconds")],
+) -> dict[str, Any]:
+    """Each recorded process's resident memory over ``[from, to)`` (the retained part):
+    first, last, min, max, growth per minute, and one point a second, biggest growth
+    first. The same seconds as ``/recorder/profile``'s stacks."""
+    return rec.memory(from_, to)
+
+
 @router.get(
     "/recorder/profile",
     response_class=Response,
@@ -144,4 +172,13 @@ async def recorder_profile(
         part, frequency_hz=rec.frequency_hz, where=settings.pod_name or "this pod"
     )
     body = await profiling.render_in_thread(part.stacks, format, info, pids=part.pids)
+    if format == "speedscope" and part.rss:
+        body = await asyncio.to_thread(_with_rss, body, part)
     return Response(body, media_type=_MEDIA[format], headers=coverage_headers(part))
+
+
+def _with_rss(body: bytes, part: profiling.Slice) -> bytes:
+    """Speedscope reads the keys it knows: the memory rides along for scripts."""
+    doc = json.loads(body)
+    doc["tracecar"] = {"rss": [t.as_dict() for t in part.rss]}
+    return json.dumps(doc).encode()

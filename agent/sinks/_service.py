@@ -248,9 +248,7 @@ class Sinks:
     ) -> None:
         """Push each capture of ``trigger`` once its profile is done, with the trigger's
         id and reason as labels, until the trigger ends or is deleted."""
-        req = trigger.request
-        reason = f"cpu >= {req.cpu_percent:g}% for {req.for_s:g}s"
-        extra = {"trigger_id": trigger.id, "trigger_reason": reason}
+        extra = {"trigger_id": trigger.id, "trigger_reason": trigger.request.reason()}
 
         async def follow() -> None:
             published: set[str] = set()

@@ -23,6 +23,8 @@ from kubectl_tracecar.commands import (
     counters,
     diff,
     dump,
+    heapdump,
+    memory,
     probe,
     profile,
     ps,
@@ -43,6 +45,8 @@ COMMANDS: tuple[Command[Any], ...] = (
     diff.COMMAND,
     dump.COMMAND,
     counters.COMMAND,
+    memory.COMMAND,
+    heapdump.COMMAND,
     recorder.COMMAND,
     attach.COMMAND,
 )

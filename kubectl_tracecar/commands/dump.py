@@ -65,7 +65,10 @@ def run(kube: Kube, o: DumpOptions) -> int:
         job = _reach.wait_dump(client, job)
         if job["state"] != "succeeded":
             raise PluginError(f"the dump of pid {o.pid} {job['state']}: {job.get('error')}")
-        data = client.download(f"/dumps/{job['id']}/core", "downloading the dump")
+        # A JVM's default dump is its .hprof: the job's own link says which file it is.
+        links = job.get("links") or {}
+        link = links.get("core") or links.get("hprof") or f"/dumps/{job['id']}/core"
+        data = client.download(link, "downloading the dump")
         out.write_bytes(data)
         if not o.keep:
             client.delete(f"/dumps/{job['id']}", "removing the dump from the agent")

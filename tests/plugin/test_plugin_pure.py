@@ -111,6 +111,8 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
         "dump",
         "counters",
         "recorder",
+        "memory",
+        "heapdump",
     )
     assert {c.name for c in COMMANDS} == set(commands)
     for cmd in commands:

@@ -30,6 +30,7 @@ from tests.plugin.support import options
 LOCAL_CHOICES = {
     ("status", "--output"),
     ("ps", "--output"),
+    ("memory", "--output"),
     ("stack", "--output"),
     ("attach", "--output"),
     ("attach", "--variant"),  # the image to attach: the plugin's and the webhook's, not the agent's

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.memory_workloads import (
+from tests.agent.memory_profile_workloads import (
     ALLOC_C,
     ALLOC_C_FLAGS,
     BALANCED_BYTES,
