@@ -531,7 +531,10 @@ class PerfTimedFolder:
         names = self._named.get(key)
         if names is None:
             assert self.symbolizer is not None
-            got = self.symbolizer.frames(pid, frame.pc, b"", frame.dso, caller=caller)
+            try:
+                got = self.symbolizer.frames(pid, frame.pc, b"", frame.dso, caller=caller)
+            except Exception:  # a process gone meanwhile (its /proc too): perf's name stands
+                got = None
             names = [_tidy(f) for f in got] if got else [frame.name]
             if len(self._named) > _FRAME_CACHE_MAX:
                 self._named.clear()
