@@ -77,7 +77,7 @@ PYSPY_GIVE_UP_AFTER = 5
 """Consecutive failed py-spy runs after which a process is left to the sampler."""
 PYSPY_GIVE_UP_BEFORE_FIRST = 30
 """The same, before py-spy has read a process once (its interpreter may be starting)."""
-_MAX_LEAD_S = 0.6
+_MAX_LEAD_S = 0.9
 _MAX_INFLIGHT = 3
 """py-spy runs of one process at once (each lasts about a second; more: stuck)."""
 _MISSING = ProcessMeta(comm="", container=None, runtime=None)
@@ -125,6 +125,7 @@ class _Python:
     failures: int = 0
     message: str = ""
     lead_s: float = 0.2  # py-spy's start-up time: the next run starts that much early
+    late: int = 0  # runs not attached by their second's end (killed; the sampler's stand)
 
 
 @dataclass
@@ -265,6 +266,7 @@ class FlightRecorder:
                     "state": p.state,
                     "seconds": p.seconds,
                     "failures": p.failures,
+                    "late": p.late,
                     **({"message": p.message} if p.message else {}),
                 }
                 for pid, p in sorted(run.python.items())
@@ -680,6 +682,11 @@ class FlightRecorder:
             return
         if got.started_after_s:
             py.lead_s = min(_MAX_LEAD_S, 0.7 * py.lead_s + 0.3 * got.started_after_s)
+        if got.late:
+            py.late += 1  # a loaded node: the sampler's stacks stand for that second
+            if not procfs.pid_exists(pid):
+                py.state = "ended"
+            return
         if got.stacks is not None:
             py.seconds += 1
             py.failures = 0
