@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -20,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from agent import (
+    __version__,
     _proc,
     dotnet,
     dumps,
@@ -33,9 +33,10 @@ from agent import (
     stacks,
 )
 from agent.auth import load_access, remove_generated, require_token
-from agent.errors import AgentError, Unauthorized
+from agent.errors import AgentError, Unauthorized, from_tool
 from agent.jobs import JobStore
 from agent.metrics import Metrics
+from agent.registry import Capability, Context, Registration, build_all
 from agent.routers import (
     capabilities,
     health,
@@ -56,11 +57,31 @@ from agent.settings import Settings, get_settings
 
 log = logging.getLogger("agent")
 
-_TOOL_STATUS: dict[type[_proc.ProcError], int] = {
-    _proc.ToolNotFound: 503,  # not installed here: like any unavailable capability
-    _proc.ToolTimeout: 504,
-    _proc.ToolFailed: 502,
-}
+CAPABILITIES: tuple[Registration, ...] = (
+    Registration("profiling", lambda c: profiling.Service(c.settings, c.jobs, metrics=c.metrics)),
+    Registration(
+        "recorder",
+        lambda c: profiling.FlightRecorder(
+            max_retain_s=c.settings.recorder_max_retain_s, max_bytes=c.settings.recorder_max_bytes
+        ),
+    ),
+    Registration(
+        "triggers",
+        lambda c: profiling.Triggers(
+            c.get("profiling", profiling.Service), max_triggers=c.settings.max_triggers
+        ),
+    ),
+    Registration("probes", lambda c: probes.Service(c.settings, metrics=c.metrics)),
+    Registration("lttng", lambda c: lttng.Service(c.settings, metrics=c.metrics)),
+    Registration("stacks", lambda c: stacks.Stacks(timeout_s=c.settings.stack_timeout_s)),
+    Registration("dotnet", lambda c: dotnet.Service(c.jobs, registry=c.metrics.registry)),
+    Registration(
+        "dumps",
+        lambda c: dumps.Service(c.jobs, max_storage_bytes=c.settings.max_storage_bytes),
+    ),
+)
+"""Every capability, in start order (stopped in reverse; :mod:`agent.registry`).
+A new one is a package with a service of that shape, its router, and one line here."""
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -78,14 +99,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def _busy(app: FastAPI) -> bool:
     """Work that keeps an idle agent alive: a recording, an attached probe, a session."""
-    state = app.state
-    return bool(
-        state.jobs.running(profiling.KIND)
-        or state.jobs.running(dotnet.KIND)
-        or state.jobs.running(dumps.KIND)
-        or any(p["state"] in ("starting", "running") for p in state.probes.list_probes())
-        or any(s.state == "active" for s in state.lttng.list_sessions())
-    )
+    return any(svc.busy() for svc in app.state.capabilities.values())
 
 
 def _exit_request(app: FastAPI) -> Callable[[], Awaitable[None]] | None:
@@ -106,15 +120,19 @@ async def _start_continuous(app: FastAPI) -> None:
     interval. A failure is logged and shown in /recorder, never an agent that won't start."""
     try:
         app.state.sinks.require("pyroscope")
-        await app.state.recorder.start(profiling.RecorderRequest())
+        await app.state.recorder.record(profiling.RecorderRequest())
         app.state.sinks.start_continuous(app.state.recorder)
         log.info(
-            "continuous profiling: the pod at %d Hz, pushed every %g s",
-            app.state.recorder.frequency_hz,
-            app.state.settings.continuous_interval_s,
+            "continuous profiling of the pod",
+            extra={
+                "fields": {
+                    "frequency_hz": app.state.recorder.frequency_hz,
+                    "interval_s": app.state.settings.continuous_interval_s,
+                }
+            },
         )
     except AgentError as e:
-        log.error("continuous profiling did not start: %s", e.detail)
+        log.error("continuous profiling did not start", extra={"fields": {"error": e.detail}})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -128,30 +146,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generated_token_file=settings.generated_token_file,
     )
 
+    metrics = Metrics()
+    jobs = JobStore(settings.data_dir, max_storage_bytes=settings.max_storage_bytes)
+    # Built here, started by the lifespan: /capabilities can describe them before it runs.
+    built = build_all(CAPABILITIES, Context(settings=settings, jobs=jobs, metrics=metrics))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        jobs = JobStore(settings.data_dir, max_storage_bytes=settings.max_storage_bytes)
         jobs.load()
-        app.state.jobs = jobs
-        metrics = app.state.metrics
-        app.state.profiling = profiling.Service(settings, jobs, metrics=metrics)
-        app.state.recorder = profiling.FlightRecorder(
-            max_retain_s=settings.recorder_max_retain_s, max_bytes=settings.recorder_max_bytes
-        )
-        app.state.triggers = profiling.Triggers(
-            app.state.profiling, max_triggers=settings.max_triggers
-        )
-        app.state.probes = probes.Service(settings, jobs, metrics=metrics)
-        app.state.lttng = lttng.Service(settings, jobs, metrics=metrics)
-        app.state.dotnet = dotnet.Service(jobs, registry=metrics.registry)
-        app.state.dumps = dumps.Service(jobs, max_storage_bytes=settings.max_storage_bytes)
         _proc.add_observer(metrics.observe_tool)
-        services = [app.state.profiling, app.state.probes, app.state.lttng, app.state.dotnet]
-        started = []
+        started: list[Capability] = []
         watcher: asyncio.Task[None] | None = None
         procfs.set_container_names(settings.container_names)
         try:
-            for svc in services:
+            for svc in built.values():
                 await svc.start()
                 started.append(svc)
             await app.state.sinks.start()
@@ -178,27 +186,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await jobs.shutdown()
             # Then what finished is published and the spools get the flush budget.
             await app.state.sinks.stop()
+            # Every capability, newest first (those above again: stopping twice is a no-op).
             for svc in reversed(started):
                 try:
                     await svc.stop()
                 except Exception:
-                    log.exception("stopping %s failed", type(svc).__module__)
+                    log.exception(
+                        "stopping failed", extra={"fields": {"capability": type(svc).__module__}}
+                    )
             await _proc.terminate_all()
             _proc.remove_observer(metrics.observe_tool)
             remove_generated(access)
 
     app = FastAPI(
         title="tracecar agent",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         description="Profile and trace the processes of this pod: perf, uprobes, LTTng.",
     )
     app.state.settings = settings
     app.state.activity = activity
-    app.state.metrics = Metrics()
-    # Made here, started by the lifespan: /capabilities can describe them before it runs.
-    app.state.sinks = sinks.Sinks(settings, metrics=app.state.metrics)
-    app.state.stacks = stacks.Stacks(timeout_s=settings.stack_timeout_s)
+    app.state.metrics = metrics
+    app.state.jobs = jobs
+    app.state.sinks = sinks.Sinks(settings, metrics=metrics)
+    app.state.capabilities = built
+    for name, svc in built.items():
+        setattr(app.state, name, svc)  # what each router's dependency reads
     openapi.install(app)  # the 405 answer the document promises
     app.state.access = access
     app.dependency_overrides[get_settings] = lambda: settings
@@ -213,11 +226,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(_proc.ProcError)
     async def _tool_error(_: Request, exc: _proc.ProcError) -> JSONResponse:
         # A tool that is missing, hung or failed where no module translated it: its own
-        # words, with a status saying whose fault it is, rather than a bare 500.
-        return JSONResponse(
-            {"detail": str(exc), "tool": os.path.basename(exc.argv[0]) if exc.argv else None},
-            status_code=_TOOL_STATUS.get(type(exc), 502),
-        )
+        # words, with the status the one table gives it (agent.errors.TOOL_STATUS).
+        error = from_tool(exc)
+        return JSONResponse(error.body(), status_code=error.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -143,8 +143,8 @@ def load_access(
     generated = new_token()
     write_token_file(generated_token_file, generated)
     log.info(
-        "no token configured: generated one, in %s (mode 0600; the value is never logged)",
-        generated_token_file,
+        "no token configured: generated one (mode 0600; the value is never logged)",
+        extra={"fields": {"path": str(generated_token_file)}},
     )
     return Access(source="generated", token=generated.encode("ascii"), path=generated_token_file)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
@@ -18,7 +18,3 @@ def get_sinks(request: Request) -> Sinks:
 
 
 SinksDep = Annotated[Sinks, Depends(get_sinks)]
-
-
-def state(request: Request, name: str) -> Any:
-    return getattr(request.app.state, name)

@@ -66,7 +66,10 @@ async def watch(
             activity.last = time.monotonic()  # running work keeps it alive, then counts
             continue
         if activity.idle_for() >= idle_exit_s:
-            log.info("no request for %.0fs and nothing running: the agent exits", idle_exit_s)
+            log.info(
+                "no request and nothing running: the agent exits",
+                extra={"fields": {"idle_exit_s": idle_exit_s}},
+            )
             if stop is not None:
                 await stop()
             else:

@@ -5,6 +5,9 @@ directory ``DATA_DIR/<kind>/<id>/`` holding its artifacts and ``job.json``. This
 module owns:
 
 * the state machine ``pending -> running -> succeeded | failed | cancelled``;
+* the job's typed result (``Job[R]``: a capability registers its pydantic model with
+  :meth:`JobStore.register`, so ``job.json`` is read back as that model, not as a
+  dict of strings; kinds that register none keep a plain dict);
 * running the job's coroutine as a task, turning any exception into a ``failed``
   state with a message (never a silent death);
 * atomic artifact writes (``*.part`` then rename: a reader never sees half a file);
@@ -28,7 +31,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel
 
 from agent.errors import NotFound, TooMany
 
@@ -39,14 +44,17 @@ FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 _PART = ".part"
 _RUNTIME = frozenset({"task", "stop_requested"})  # in memory only, never in job.json
 _JOB_ID = re.compile(r"[0-9a-f]{12}")  # what new_id() makes
+R = TypeVar("R")
 
 
 @dataclass
-class Job:
+class Job(Generic[R]):
     id: str
     kind: str
     dir: Path
     params: dict[str, Any]
+    result: R
+    """What the job found out: its kind's model (a dict for kinds that register none)."""
     state: State = "pending"
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -54,7 +62,6 @@ class Job:
     progress: float = 0.0
     message: str = ""
     error: str | None = None
-    result: dict[str, Any] = field(default_factory=dict)
     task: asyncio.Task[None] | None = field(default=None, repr=False, compare=False)
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
@@ -78,7 +85,13 @@ class Job:
         # task and event cannot be copied (that broke saving a started job).
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUNTIME}
         d["dir"] = str(self.dir)
+        if isinstance(self.result, BaseModel):
+            d["result"] = self.result.model_dump(mode="json")
         return d
+
+
+DictJob = Job[dict[str, Any]]
+"""A job of a kind whose result has no model yet (.NET traces, dumps): a plain dict."""
 
 
 def new_id() -> str:
@@ -115,7 +128,12 @@ class JobStore:
     def __init__(self, data_dir: Path, *, max_storage_bytes: int) -> None:
         self.data_dir = data_dir
         self.max_storage_bytes = max_storage_bytes
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[str, Job[Any]] = {}
+        self._results: dict[str, type[BaseModel]] = {}
+
+    def register(self, kind: str, result: type[BaseModel]) -> None:
+        """``kind``'s jobs carry a ``result`` of this model (read back from job.json as it)."""
+        self._results[kind] = result
 
     # --- lifecycle -------------------------------------------------------
     def load(self) -> None:
@@ -130,7 +148,9 @@ class JobStore:
                 meta = job_dir / "job.json"
                 try:
                     raw = json.loads(meta.read_text(encoding="utf-8"))
-                    job = Job(
+                    model = self._results.get(raw["kind"])
+                    result = raw.get("result", {})
+                    job: Job[Any] = Job(
                         id=raw["id"],
                         kind=raw["kind"],
                         dir=job_dir,
@@ -142,10 +162,13 @@ class JobStore:
                         progress=raw.get("progress", 0.0),
                         message=raw.get("message", ""),
                         error=raw.get("error"),
-                        result=raw.get("result", {}),
+                        result=result if model is None else model.model_validate(result),
                     )
-                except (OSError, ValueError, KeyError, TypeError):
-                    log.warning("removing unreadable job directory %s", job_dir)
+                except (OSError, ValueError, KeyError, TypeError):  # ValidationError included
+                    log.warning(
+                        "removing unreadable job directory",
+                        extra={"fields": {"dir": str(job_dir)}},
+                    )
                     shutil.rmtree(job_dir, ignore_errors=True)
                     continue
                 if not job.finished:
@@ -169,22 +192,24 @@ class JobStore:
                 await asyncio.wait(pending, timeout=grace)
 
     # --- queries ---------------------------------------------------------
-    def get(self, kind: str, job_id: str) -> Job:
+    def get(self, kind: str, job_id: str) -> Job[Any]:
         job = self._jobs.get(job_id)
         if job is None or job.kind != kind:
             raise NotFound(f"no {kind} job with id {job_id!r}")
         return job
 
-    def of_kind(self, kind: str) -> list[Job]:
+    def of_kind(self, kind: str) -> list[Job[Any]]:
         return sorted(
             (j for j in self._jobs.values() if j.kind == kind), key=lambda j: j.created_at
         )
 
-    def running(self, kind: str) -> list[Job]:
+    def running(self, kind: str) -> list[Job[Any]]:
         return [j for j in self._jobs.values() if j.kind == kind and not j.finished]
 
     # --- mutations -------------------------------------------------------
-    def create(self, kind: str, params: dict[str, Any], *, max_running: int | None = None) -> Job:
+    def create(
+        self, kind: str, params: dict[str, Any], *, result: R, max_running: int | None = None
+    ) -> Job[R]:
         if max_running is not None and len(self.running(kind)) >= max_running:
             raise TooMany(
                 f"{max_running} {kind} job(s) already running (the configured limit); "
@@ -193,16 +218,16 @@ class JobStore:
         job_id = new_id()
         job_dir = self.data_dir / kind / job_id
         job_dir.mkdir(parents=True, exist_ok=False)
-        job = Job(id=job_id, kind=kind, dir=job_dir, params=params)
+        job = Job(id=job_id, kind=kind, dir=job_dir, params=params, result=result)
         self._jobs[job_id] = job
         self.save(job)
         return job
 
-    def save(self, job: Job) -> None:
+    def save(self, job: Job[Any]) -> None:
         with contextlib.suppress(FileNotFoundError):
             write_atomic(job.dir / "job.json", json.dumps(job.to_dict(), indent=1))
 
-    def start(self, job: Job, work: Callable[[Job], Awaitable[None]]) -> None:
+    def start(self, job: Job[R], work: Callable[[Job[R]], Awaitable[None]]) -> None:
         """Run ``work(job)`` as a task; its outcome becomes the job's final state."""
 
         async def runner() -> None:
@@ -215,7 +240,7 @@ class JobStore:
                 job.state = "cancelled"
                 job.error = job.error or "cancelled"
             except Exception as e:  # every failure becomes a state with a message
-                log.exception("%s job %s failed", job.kind, job.id)
+                log.exception("job failed", extra={"fields": {"kind": job.kind, "job": job.id}})
                 job.state = "failed"
                 job.error = str(e) or type(e).__name__
             else:
@@ -229,7 +254,7 @@ class JobStore:
 
         job.task = asyncio.create_task(runner(), name=f"{job.kind}-{job.id}")
 
-    async def delete(self, job: Job) -> None:
+    async def delete(self, job: Job[Any]) -> None:
         if job.task is not None and not job.task.done():
             job.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -252,6 +277,7 @@ class JobStore:
             shutil.rmtree(j.dir, ignore_errors=True)
             evicted.append(j.id)
             log.info(
-                "evicted %s job %s (storage limit %d bytes)", j.kind, j.id, self.max_storage_bytes
+                "evicted a finished job (storage limit)",
+                extra={"fields": {"kind": j.kind, "job": j.id, "limit": self.max_storage_bytes}},
             )
         return evicted

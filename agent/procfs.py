@@ -30,6 +30,18 @@ def pid_exists(pid: int) -> bool:
     return pid > 0 and (PROC / str(pid)).is_dir()
 
 
+def running(pid: int) -> bool:
+    """``pid`` exists and has not exited: a zombie (exited, not yet reaped by its parent)
+    still has a /proc entry, and a profile must count it as exited, not as running."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    # "PID (comm) STATE ...": comm may hold spaces and parentheses; the state follows
+    # the last ")".
+    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] not in ("Z", "X", "x")
+
+
 def require_pid(pid: int) -> int:
     """Raise 404 unless ``pid`` is a live process in our PID namespace."""
     if not pid_exists(pid):
@@ -392,14 +404,6 @@ def _read_text(path: Path) -> str:
 
 def _mnt_ns(pid: int) -> int:
     return os.stat(PROC / str(pid) / "ns" / "mnt").st_ino
-
-
-def mnt_ns_of(pid: int) -> int:
-    """The mount namespace inode of ``pid`` (404 if it is gone)."""
-    try:
-        return _mnt_ns(require_pid(pid))
-    except OSError as e:
-        raise NotFound(f"no process with pid {pid} in this pod ({e.strerror})") from e
 
 
 def _uptime_s() -> float:

@@ -7,6 +7,7 @@ or by passing a :class:`Settings` to :func:`agent.app.create_app`).
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -106,7 +107,7 @@ class Settings(BaseSettings):
     allow_raw_bpftrace: bool = False
     """Accept raw bpftrace programs. Off by default: a program is root on the node."""
     instance_id: str | None = None
-    """Unique name of this agent instance (perf-probe group names); derived from the pod UID."""
+    """Unique name of this agent instance on the node; unset: :meth:`Settings.instance`."""
 
     # --- LTTng -----------------------------------------------------------
     lttng_run_dir: Path = Path("/var/run/lttng")
@@ -166,6 +167,28 @@ class Settings(BaseSettings):
     """Start continuous profiling of the whole pod at start-up into the profile sink
     (the flight recorder at 19 Hz, one profile per process group per interval)."""
     continuous_interval_s: float = Field(default=15.0, ge=1, le=3600)
+
+    def instance(self) -> str:
+        """This agent's one name for what it leaves outside itself: the perf-probe event
+        group in the node's tracefs, and the prefix of its sessions in the LTTng daemon.
+
+        ``instance_id`` if set, else the whole pod UID, else the PID namespace's inode.
+        The whole UID (not its first 8 characters, as the LTTng sessions once had): it
+        is unique by construction, not by luck, across every pod a node ever runs (the
+        names outlive a crashed agent, and its successor's sweep removes by prefix), and
+        it is the string ``kubectl get pod -o jsonpath='{.metadata.uid}'`` prints, so a
+        leftover on a node leads back to its pod. A name that must be short hashes it
+        (``agent.probes._perfprobe.group_name``). Without a UID (outside Kubernetes) the
+        PID namespace: the pod's processes share one, so a restarted agent keeps it.
+        """
+        if self.instance_id:
+            return self.instance_id
+        if self.pod_uid:
+            return self.pod_uid
+        try:
+            return "ns" + os.readlink("/proc/self/ns/pid").strip("pid:[]")
+        except OSError:
+            return f"pid{os.getpid()}"
 
 
 @lru_cache(maxsize=1)

@@ -48,7 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent import procfs
-from agent.profiling import offcpu
+from agent.profiling import offcpu_fold
 from agent.profiling.planner import Limits, ProfileRequest, TargetFacts, plan
 
 PINGPONG_C = r"""
@@ -128,7 +128,7 @@ class Run:
 def tool_argv(arm: str, pid: int, out: Path, rate: float) -> list[str]:
     if arm == "perf events alone":
         # The DWARF recorder's floor: the same events on the app's threads, no stack ever.
-        return offcpu.perf_argv(pids=[pid], output=str(out), duration_s=120, stack_bytes=8,
+        return offcpu_fold.perf_argv(pids=[pid], output=str(out), duration_s=120, stack_bytes=8,
                                 period=10**9)  # fmt: skip
     facts = TargetFacts(pid, comm="pingpong", container="b", runtime="native",
                         switches_per_s=rate if arm == "dwarf, bounded" else 0.0)  # fmt: skip
@@ -146,9 +146,9 @@ def tool_argv(arm: str, pid: int, out: Path, rate: float) -> list[str]:
 
 
 def fold_perf(data: Path) -> int:
-    script = subprocess.run(offcpu.perf_script_argv(str(data)), capture_output=True,
+    script = subprocess.run(offcpu_fold.perf_script_argv(str(data)), capture_output=True,
                             check=True, timeout=600)  # fmt: skip
-    folder = offcpu.PerfTimedFolder()
+    folder = offcpu_fold.PerfTimedFolder()
     for line in script.stdout.splitlines():
         folder.feed(line)
     return len(folder.finish())
@@ -165,7 +165,8 @@ def run_once(binary: Path, round_trips: int, work: int, arm: str, tmp: Path, rat
         if arm != "unprofiled":
             tracer = subprocess.Popen(
                 tool_argv(arm, proc.pid, data, rate), stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True, env={**os.environ, **offcpu.ENV},
+                stderr=subprocess.PIPE, start_new_session=True,
+                env={**os.environ, **offcpu_fold.ENV},
             )  # fmt: skip
         time.sleep(3)  # attached (bpftrace parses BTF first) before the work starts
         assert proc.stdin is not None and proc.stdout is not None
@@ -183,7 +184,7 @@ def run_once(binary: Path, round_trips: int, work: int, arm: str, tmp: Path, rat
             os.killpg(tracer.pid, signal.SIGINT)
             out, err = tracer.communicate(timeout=600)
             if arm == "fp":
-                run.stacks = len(offcpu.parse_output(out.decode("utf-8", "replace")))
+                run.stacks = len(offcpu_fold.parse_output(out.decode("utf-8", "replace")))
             else:
                 run.lost = sum(int(x) for x in _LOST.findall(err.decode("utf-8", "replace")))
                 run.data_mb = data.stat().st_size / 1e6
@@ -212,7 +213,7 @@ def scenario(name: str, binary: Path, work: int, trips: int, pairs: int, tmp: Pa
     base = runs["unprofiled"]
     bw = statistics.median(r.wall for r in base)
     bc = statistics.median(r.cpu for r in base)
-    period = offcpu.dwarf_period(rate, max_stacks_per_s=LIMITS.offcpu_max_dwarf_stacks_per_s)
+    period = offcpu_fold.dwarf_period(rate, max_stacks_per_s=LIMITS.offcpu_max_dwarf_stacks_per_s)
     print(f"\n{name}: {trips} round trips through pipes")
     print(f"  the app's switches: {rate:,.0f}/s ({4 * trips} per run); machine: "
           f"{statistics.median(r.switches / r.wall for r in base):,.0f}/s")  # fmt: skip

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.profiling.postprocess import perf_data_to_folded, perf_script_argv  # noqa: E402
+from agent.profiling.perf_script import perf_data_to_folded, perf_script_argv  # noqa: E402
 from tracecar_formats.collapse import CollapseOptions, Collapser  # noqa: E402
 from tracecar_formats.flamegraph import render_svg  # noqa: E402
 

@@ -27,8 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.profiling.planner import Limits, ProfileRequest, TargetFacts, plan
-
-PY312 = "/root/.pyenv/versions/3.12.1/bin/python3.12"
+from tests.interpreters import PY312
 
 WORK_C = r"""
 #include <stdint.h>

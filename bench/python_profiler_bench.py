@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent import _proc
 from agent.profiling.planner import pyspy_argv
+from tests.interpreters import PY312
 from tracecar_formats import pyspy
 
-PY312 = "/root/.pyenv/versions/3.12.1/bin/python3.12"
 APP = r"""
 import sys, time
 

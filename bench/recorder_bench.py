@@ -77,7 +77,8 @@ while rounds == 0 or k < rounds:
     k += 1
 print(f"{time.monotonic() - w} {time.process_time() - c}", flush=True)
 """
-PY312 = "/root/.pyenv/versions/3.12.1/bin/python3.12"
+from tests.interpreters import PY312  # noqa: E402
+
 BENCH_TOKEN = "recorder-bench-token-0123456789"  # a throwaway, local
 
 

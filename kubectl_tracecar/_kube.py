@@ -5,18 +5,18 @@ it: the rest of the plugin reads pods the way a user reads them, and no generate
 model class leaks out. The client library's exceptions are translated here into the
 plugin's own, with the verb and resource a 403 was about, so a user knows which RBAC
 rule is missing.
+
+The client library is imported, and the kubeconfig read, on the first call that needs
+the cluster, not at import or construction: ``kubectl tracecar --help`` and ``diff``
+(local files only) never load either (the kubernetes package alone takes ~0.2 s).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
-
-import kubernetes
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
-from urllib3.exceptions import HTTPError as Urllib3Error
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from kubectl_tracecar._pods import literal_env
 from kubectl_tracecar.errors import Forbidden, NotFound, PluginError, Unsupported
@@ -30,6 +30,28 @@ class Connection:
     context: str | None
     namespace: str
     as_user: str | None = None
+
+
+if TYPE_CHECKING:
+    from kubernetes.client.exceptions import ApiException
+
+
+@dataclass(frozen=True, slots=True)
+class KubeFlags:
+    """kubectl's global flags as given (``-n``, ``--context``, ``--kubeconfig``, ``--as``)."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    as_user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Client:
+    conn: Connection
+    api: Any
+    core: Any
+    apps: Any
 
 
 def _reason(e: ApiException) -> str:
@@ -51,37 +73,59 @@ class Kube:
         namespace: str | None,
         as_user: str | None = None,
     ):
+        self.flags = KubeFlags(
+            kubeconfig=kubeconfig, context=context, namespace=namespace, as_user=as_user
+        )
+
+    @cached_property
+    def _client(self) -> _Client:
+        import kubernetes
+        from kubernetes.config.config_exception import ConfigException
+
+        f = self.flags
         try:
             load = kubernetes.config.list_kube_config_contexts
-            contexts, active = load(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+            contexts, active = load(config_file=f.kubeconfig)  # type: ignore[no-untyped-call]
             chosen = active
-            if context is not None:
-                chosen = next((c for c in contexts if c["name"] == context), None)
+            if f.context is not None:
+                chosen = next((c for c in contexts if c["name"] == f.context), None)
                 if chosen is None:
                     names = ", ".join(c["name"] for c in contexts)
-                    raise PluginError(f"context {context!r} is not in the kubeconfig ({names})")
-            self._api = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, context=context
+                    raise PluginError(f"context {f.context!r} is not in the kubeconfig ({names})")
+            api = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=f.kubeconfig, context=f.context
             )
         except (ConfigException, FileNotFoundError) as e:
             raise PluginError(
                 f"cannot load the kubeconfig: {e}",
                 hint="set --kubeconfig, KUBECONFIG or ~/.kube/config as for kubectl",
             ) from e
-        ns = namespace or (chosen or {}).get("context", {}).get("namespace") or "default"
-        if as_user:
-            self._api.set_default_header("Impersonate-User", as_user)
-        self.conn = Connection(
-            kubeconfig=kubeconfig, context=context, namespace=ns, as_user=as_user
+        ns = f.namespace or (chosen or {}).get("context", {}).get("namespace") or "default"
+        if f.as_user:
+            api.set_default_header("Impersonate-User", f.as_user)
+        conn = Connection(
+            kubeconfig=f.kubeconfig, context=f.context, namespace=ns, as_user=f.as_user
         )
-        self._core = kubernetes.client.CoreV1Api(self._api)
-        self._apps = kubernetes.client.AppsV1Api(self._api)
+        return _Client(
+            conn=conn,
+            api=api,
+            core=kubernetes.client.CoreV1Api(api),
+            apps=kubernetes.client.AppsV1Api(api),
+        )
+
+    @cached_property
+    def conn(self) -> Connection:
+        """Where the commands go (the namespace resolved from the kubeconfig's context)."""
+        return self._client.conn
 
     @property
     def namespace(self) -> str:
         return self.conn.namespace
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> JsonObject:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
         try:
             resp = fn(*args, _preload_content=False, _request_timeout=30, **kwargs)
         except ApiException as e:
@@ -103,13 +147,16 @@ class Kube:
 
     def pod(self, name: str) -> JsonObject:
         return self._call(
-            f"pod {self.namespace}/{name}", self._core.read_namespaced_pod, name, self.namespace
+            f"pod {self.namespace}/{name}",
+            self._client.core.read_namespaced_pod,
+            name,
+            self.namespace,
         )
 
     def pods(self, selector: str) -> list[JsonObject]:
         res = self._call(
             f"pods matching {selector!r} in {self.namespace}",
-            self._core.list_namespaced_pod,
+            self._client.core.list_namespaced_pod,
             self.namespace,
             label_selector=selector,
         )
@@ -119,7 +166,7 @@ class Kube:
     def deployment_selector(self, name: str) -> str:
         dep = self._call(
             f"deployment {self.namespace}/{name}",
-            self._apps.read_namespaced_deployment,
+            self._client.apps.read_namespaced_deployment,
             name,
             self.namespace,
         )
@@ -129,7 +176,7 @@ class Kube:
         """Literal env of one container of a Deployment (the webhook's settings)."""
         dep = self._call(
             f"deployment {namespace}/{name}",
-            self._apps.read_namespaced_deployment,
+            self._client.apps.read_namespaced_deployment,
             name,
             namespace,
         )
@@ -145,7 +192,7 @@ class Kube:
         try:
             return self._call(
                 what,
-                self._core.patch_namespaced_pod_ephemeralcontainers,
+                self._client.core.patch_namespaced_pod_ephemeralcontainers,
                 pod,
                 self.namespace,
                 body,
@@ -170,12 +217,15 @@ class Kube:
             ) from e
 
     def server_version(self) -> tuple[int, int]:
-        info = self._call(
-            "the API server's version", kubernetes.client.VersionApi(self._api).get_code
-        )
+        info = self._call("the API server's version", self._version_api().get_code)
         major = int("".join(ch for ch in str(info.get("major", "0")) if ch.isdigit()) or 0)
         minor = int("".join(ch for ch in str(info.get("minor", "0")) if ch.isdigit()) or 0)
         return major, minor
+
+    def _version_api(self) -> Any:
+        import kubernetes
+
+        return kubernetes.client.VersionApi(self._client.api)
 
     def require_ephemeral_containers(self) -> None:
         major, minor = self.server_version()

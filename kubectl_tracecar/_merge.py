@@ -1,17 +1,18 @@
 """Many pods' profiles into one: folded stacks summed (optionally under a root frame
-per pod), and the per-pod file names written beside the merged one. Pure."""
+per pod), and the per-pod file names written beside the merged one. Pure.
+The folded parser is imported when stacks are merged: ``--help`` does not load it."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
 
-from tracecar_formats.collapse import parse_folded
-
 
 def merge_folded(per_pod: Mapping[str, str], *, by_pod: bool = False) -> dict[str, int]:
     """Sum the stacks of every pod; with ``by_pod`` each pod's stacks sit under a frame
     ``pod:NAME`` so replicas can be told apart in the merged graph."""
+    from tracecar_formats.collapse import parse_folded
+
     out: dict[str, int] = {}
     for pod, text in per_pod.items():
         for stack, count in parse_folded(text).items():

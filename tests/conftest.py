@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests import podsim
@@ -26,3 +27,11 @@ def pod() -> Iterator[podsim.SimPod]:
 @pytest.fixture(scope="module")
 def agent(pod: podsim.SimPod) -> podsim.AgentHandle:
     return podsim.start_agent(pod)
+
+
+@pytest.fixture
+def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
+    """A client of the module's agent (modules that also check what is left behind after
+    each test override this fixture)."""
+    with agent.client() as c:
+        yield c

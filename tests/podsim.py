@@ -23,6 +23,7 @@ the host (for the test's own checks).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import shlex
@@ -91,6 +92,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the test process dies (PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+
+
 @dataclass
 class Container:
     name: str
@@ -149,7 +156,7 @@ class SimPod:
             [
                 "unshare",
                 "--pid",
-                "--fork",
+                "--kill-child",  # implies --fork; unshare's death kills the pod's pid 1
                 "--mount-proc",
                 "--propagation",
                 "private",
@@ -159,6 +166,10 @@ class SimPod:
             ],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # A test run killed mid-way (SIGTERM, a CI timeout) must not leave pods behind:
+            # the kernel kills unshare with it, unshare kills pid 1, and with pid 1 the
+            # whole PID namespace (agent, tracers, apps) goes.
+            preexec_fn=_die_with_parent,
         )
         # unshare --fork: the pod's pid 1 is unshare's child.
         self.infra_pid = _wait_for(lambda: self._child_of(self.infra.pid), 10, "pod infra")  # type: ignore[union-attr]

@@ -201,25 +201,32 @@ class _FrameCache(dict[bytes, bytes]):
         """The fragments of a sample's frame lines (outermost first), with the caller a
         frameless leaf hides put back (symbolizer only)."""
         where = self.where
-        frags = list(map(self.__getitem__, lines))  # fills ``where`` too
+        # From the leaf end: the kernel's frames, then the first user frame (the sampled
+        # PC). Every line above it is a return address, looked up in ``outer`` only (a
+        # deep Go stack would otherwise be transformed and hashed twice per sample).
         i = len(lines) - 1
-        while i >= 0 and where.get(lines[i], 0) is None:  # the kernel's frames
-            i -= 1
-        if i >= 1:
-            # Frames above the first user frame are return addresses: named by the
-            # call before them (an inlined call ends there, not where it returns to).
-            frags[:i] = map(self.outer.__getitem__, lines[:i])
-            leaf, ret = where.get(lines[i]), where.get(lines[i - 1])
-            if leaf is not None and ret is not None:
-                pair = (lines[i], lines[i - 1])
-                extra = self.callers.get(pair)
-                if extra is None:
-                    assert self.symbolizer is not None
-                    name = self.symbolizer.missing_caller(self.pid, leaf, ret)
-                    extra = b"" if name is None else b";" + self.tidy(name, ret[1], annotate=True)
-                    self.callers[pair] = extra
-                if extra:
-                    frags.insert(i, extra)
+        while i >= 0:
+            self[lines[i]]  # fills ``where`` (and caches the fragment)
+            if where.get(lines[i], 0) is not None:
+                break
+            i -= 1  # one of the kernel's frames
+        if i < 1:
+            return b"".join(map(self.__getitem__, lines))
+        # Frames above the first user frame are return addresses: named by the call
+        # before them (an inlined call ends there, not where it returns to).
+        frags = list(map(self.outer.__getitem__, lines[:i]))
+        frags.extend(map(self.__getitem__, lines[i:]))
+        leaf, ret = where.get(lines[i]), where.get(lines[i - 1])
+        if leaf is not None and ret is not None:
+            pair = (lines[i], lines[i - 1])
+            extra = self.callers.get(pair)
+            if extra is None:
+                assert self.symbolizer is not None
+                name = self.symbolizer.missing_caller(self.pid, leaf, ret)
+                extra = b"" if name is None else b";" + self.tidy(name, ret[1], annotate=True)
+                self.callers[pair] = extra
+            if extra:
+                frags.insert(i, extra)
         return b"".join(frags)
 
 

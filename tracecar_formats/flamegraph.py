@@ -7,7 +7,8 @@ matched percentage). It is pure: stacks in, one SVG string out, nothing fetched.
 Like flamegraph.pl: the root at the bottom, siblings in alphabetical order,
 widths proportional to counts, and frames narrower than ``minwidth`` pixels
 dropped with their subtrees, so a profile of millions of samples still renders
-to a small file. Colours tell the frame kind apart (see :func:`frame_kind`).
+to a small file. Colours tell the frame kind apart (:func:`frame_kind`), each kind
+in a range of hues no other kind shares (:data:`PALETTE`), as the legend shows.
 
 Differential graphs (``deltas=``, see :mod:`tracecar_formats.diff`) are coloured
 as flamegraph.pl colours difffolded.pl's output instead: each frame by the
@@ -21,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["FrameKind", "diff_colour", "frame_kind", "render_svg"]
+__all__ = ["PALETTE", "FrameKind", "Swatch", "diff_colour", "frame_kind", "render_svg"]
 
 FrameKind = Literal["kernel", "jit", "interpreted", "inlined", "native", "unknown", "root"]
 
@@ -52,23 +54,45 @@ _KERNEL_ENTRY = re.compile(
     r"page_fault|exc_page_fault|cpu_startup_entry|secondary_startup_64|start_kernel)"
 )
 
-# (hue range, saturation, lightness range) per kind: flamegraph.pl's conventions
-# (warm native, orange kernel, green JIT) plus a blue-green for interpreted code.
-_PALETTE: dict[FrameKind, tuple[tuple[int, int], int, tuple[int, int]]] = {
-    "native": ((0, 55), 85, (55, 68)),
-    "kernel": ((25, 40), 90, (55, 68)),
-    "jit": ((95, 130), 55, (45, 60)),
-    "interpreted": ((160, 185), 50, (45, 60)),
-    "inlined": ((185, 200), 70, (55, 70)),
-    "unknown": ((0, 0), 0, (70, 80)),
-    "root": ((0, 0), 0, (80, 80)),
+
+@dataclass(frozen=True, slots=True)
+class Swatch:
+    """The colours of one frame kind: ``hsl(hue, saturation%, lightness%)`` with the hue
+    and lightness picked (stably, per name) inside these ranges."""
+
+    hue: tuple[int, int]
+    saturation: int
+    lightness: tuple[int, int]
+
+    def holds(self, h: float, s: float, lum: float) -> bool:
+        """Whether a colour is one of this kind's (to the rounding the SVG uses)."""
+        return (
+            self.hue[0] - 0.5 <= h <= self.hue[1] + 0.5
+            and s == self.saturation
+            and self.lightness[0] - 0.5 <= lum <= self.lightness[1] + 0.5
+        )
+
+
+# One hue range per kind that no other kind shares, after FlameGraph's java palette
+# (flamegraph.pl --colors=java: red user code, orange kernel, green JIT, aqua inlined)
+# plus blue for Python. Its red is hue 0 and its orange hues 28-36: the old native range
+# (0-55) swallowed the kernel's (25-40), so a C program's `main` came out legend orange.
+# Unresolved frames and the root are greys (saturation 0), told apart by lightness.
+PALETTE: dict[FrameKind, Swatch] = {
+    "native": Swatch((0, 12), 80, (55, 68)),
+    "kernel": Swatch((28, 40), 90, (50, 62)),
+    "jit": Swatch((100, 135), 55, (42, 58)),
+    "inlined": Swatch((172, 190), 60, (45, 60)),
+    "interpreted": Swatch((205, 230), 60, (55, 70)),
+    "unknown": Swatch((0, 0), 0, (62, 75)),
+    "root": Swatch((0, 0), 0, (82, 82)),
 }
 
 _LEGEND: tuple[tuple[FrameKind, str], ...] = (
     ("native", "native"),
     ("kernel", "kernel"),
     ("jit", "JIT"),
-    ("interpreted", "interpreted"),
+    ("interpreted", "Python"),
     ("inlined", "inlined"),
     ("unknown", "unresolved"),
 )
@@ -106,11 +130,19 @@ def frame_kind(name: str, *, parent_kernel: bool = False) -> FrameKind:
 
 
 def _colour(kind: FrameKind, name: str) -> str:
-    (h0, h1), sat, (l0, l1) = _PALETTE[kind]
+    sw = PALETTE[kind]
+    (h0, h1), (l0, l1) = sw.hue, sw.lightness
     # Stable per name (not random): the same function keeps its colour across graphs.
     digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=4).digest()
     a, b = digest[0] / 255, digest[1] / 255
-    return f"hsl({h0 + (h1 - h0) * a:.0f},{sat}%,{l0 + (l1 - l0) * b:.0f}%)"
+    return f"hsl({h0 + (h1 - h0) * a:.0f},{sw.saturation}%,{l0 + (l1 - l0) * b:.0f}%)"
+
+
+def _legend_colour(kind: FrameKind) -> str:
+    """A legend swatch: the middle of its kind's ranges (not a hashed label's colour)."""
+    sw = PALETTE[kind]
+    hue, lum = sum(sw.hue) / 2, sum(sw.lightness) / 2
+    return f"hsl({hue:.0f},{sw.saturation}%,{lum:.0f}%)"
 
 
 class _Node:
@@ -237,7 +269,7 @@ def render_svg(
         f'<text id="details" x="{_PAD_SIDE}" y="{height - 12}"> </text>\n',
     ]
     for (kind, label), (lx, ly) in zip(legend, legend_places, strict=True):
-        fill = _colour(kind, label) if deltas is None else _DIFF_FILL[label]
+        fill = _legend_colour(kind) if deltas is None else _DIFF_FILL[label]
         out.append(
             f'<g class="legend" transform="translate({lx:.0f},{ly:.0f})">'
             f'<rect x="0" y="-9" width="10" height="10" fill="{fill}"/>'

@@ -10,7 +10,7 @@ into one flame graph. Native frames of ``--native`` that py-spy could not name
 (``0x7f.. (libc.so.6)``) become ``[libc.so.6]``, the collapser's spelling of an
 unresolved frame.
 
-Pure: no process is started here (the agent's ``agent.profiling._pyspy`` runs py-spy).
+Pure: no process is started here (the agent's ``agent.profiling._pyspy_record`` runs py-spy).
 """
 
 from __future__ import annotations

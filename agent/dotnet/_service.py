@@ -38,7 +38,7 @@ from agent.dotnet._model import (
     resolve,
 )
 from agent.errors import Conflict, Invalid, NotFound
-from agent.jobs import Job, JobStore, atomic_path, write_atomic
+from agent.jobs import DictJob, JobStore, atomic_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,10 @@ class Service:
                 try:
                     got = await self.counters(info.pid, duration_s=1.5, interval_s=1)
                 except Exception as e:  # one app's failure must not stop the others
-                    log.info("counters of pid %d for /metrics: %s", info.pid, e)
+                    log.info(
+                        "no counters for /metrics",
+                        extra={"fields": {"pid": info.pid, "error": str(e)}},
+                    )
                     continue
                 for c in got.counters.values():
                     labels = (str(info.pid), info.container, c.name, c.units)
@@ -274,6 +277,10 @@ class Service:
                     self._gauge.remove(*gone)
             shown = now
             await asyncio.sleep(self.metrics_every_s)
+
+    def busy(self) -> bool:
+        """A running EventPipe trace keeps an idle agent alive."""
+        return bool(self.jobs.running(KIND))
 
     async def capabilities(self) -> dict[str, object]:
         """Each .NET process of the pod: version, diagnostics socket, perf map, and
@@ -316,12 +323,13 @@ class Service:
             merged[name] = _ipc.Provider(name, kw, level, flt)
         return list(merged.values())
 
-    async def start_trace(self, pid: int, req: TraceRequest) -> Job:
+    async def start_trace(self, pid: int, req: TraceRequest) -> DictJob:
         info = await asyncio.to_thread(require_dotnet, pid)
         providers = self.providers(req)
-        job = self.jobs.create(
+        job: DictJob = self.jobs.create(
             KIND,
             {"pid": pid, "request": req.model_dump(), "runtime_version": info.runtime_version},
+            result={},
             max_running=self.max_running,
         )
         # The session starts before the answer: a refusal (no socket, an unsupported
@@ -340,7 +348,7 @@ class Service:
             for p in providers
         ]
 
-        async def work(job: Job) -> None:
+        async def work(job: DictJob) -> None:
             await self._record(job, info, conn, session, req.duration_s)
 
         self.jobs.start(job, work)
@@ -348,7 +356,7 @@ class Service:
 
     async def _record(
         self,
-        job: Job,
+        job: DictJob,
         info: procfs.ProcessInfo,
         conn: _ipc.Connection,
         session: int,
@@ -411,13 +419,13 @@ class Service:
             job.result["events"] = summary.events
             job.result["complete"] = summary.complete
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str) -> DictJob:
         return self.jobs.get(KIND, job_id)
 
-    def list(self) -> list[Job]:
+    def list(self) -> list[DictJob]:
         return self.jobs.of_kind(KIND)
 
-    def summary(self, job: Job) -> TraceSummary:
+    def summary(self, job: DictJob) -> TraceSummary:
         path = job.artifact("summary.json")
         if not job.finished:
             raise Conflict(f"trace {job.id} is {job.state}: its summary comes when it ends")
@@ -425,7 +433,7 @@ class Service:
             raise NotFound(f"trace {job.id} has no summary ({job.error or 'not parsed'})")
         return TraceSummary.model_validate_json(path.read_bytes())
 
-    def trace_file(self, job: Job) -> Path:
+    def trace_file(self, job: DictJob) -> Path:
         path = job.artifact(TRACE_FILE)
         if not job.finished:
             raise Conflict(f"trace {job.id} is {job.state}: download it when it ends")
@@ -433,7 +441,7 @@ class Service:
             raise NotFound(f"trace {job.id} has no .nettrace ({job.error or 'nothing recorded'})")
         return path
 
-    async def delete(self, job: Job) -> None:
+    async def delete(self, job: DictJob) -> None:
         await self.jobs.delete(job)
 
     # --- counters -------------------------------------------------------------
@@ -517,7 +525,7 @@ def parse_process_info(body: bytes) -> ProcessInfoAnswer:
 
 
 async def _wait_or_progress(
-    reader: asyncio.Task[None], job: Job, *, duration_s: float, started: float
+    reader: asyncio.Task[None], job: DictJob, *, duration_s: float, started: float
 ) -> bool:
     """Wait out the duration (or a stop request) with progress; True when the stream
     ended first (the process exited)."""

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent import _proc, procfs
 from agent.errors import Conflict, Invalid, NotFound
-from agent.jobs import Job, JobStore
+from agent.jobs import DictJob, JobStore
 
 KIND = "dump"
 CORE = "core"
@@ -101,6 +101,25 @@ class Service:
     async def stop(self) -> None:
         return None
 
+    def busy(self) -> bool:
+        """A dump being written keeps an idle agent alive."""
+        return bool(self.jobs.running(KIND))
+
+    async def capabilities(self) -> dict[str, object]:
+        """Which writers work here: gdb's gcore (any process), and createdump, which
+        each .NET process's own runtime ships (checked per process when asked)."""
+        gdb = _proc.which("gdb")
+        return {
+            "available": True,
+            "reason": "createdump for .NET processes; gdb's gcore for the others"
+            + ("" if gdb else " (not installed here: .NET processes only)"),
+            "writers": {
+                "gcore": {"available": gdb is not None},
+                "createdump": {"available": True, "reason": "the target's own runtime's"},
+            },
+            "limits": {"max_running": self.max_running, "timeout_s": TIMEOUT_S},
+        }
+
     def plan(self, pid: int, req: DumpRequest) -> tuple[list[str], DumpType, Estimate, str]:
         """The writer's argv (the output path is appended), the type, the estimate, and
         which writer it is; 404/409/422 before anything runs."""
@@ -163,23 +182,24 @@ class Service:
             )
         return argv, dump_type, est, writer
 
-    async def create(self, pid: int, req: DumpRequest) -> Job:
+    async def create(self, pid: int, req: DumpRequest) -> DictJob:
         argv, dump_type, est, writer = await asyncio.to_thread(self.plan, pid, req)
-        job = self.jobs.create(
+        job: DictJob = self.jobs.create(
             KIND,
             {"pid": pid, "type": dump_type, "writer": writer},
+            result={},
             max_running=self.max_running,
         )
         job.result["estimate"] = est.model_dump()
 
-        async def work(job: Job) -> None:
+        async def work(job: DictJob) -> None:
             await self._write(job, pid, argv, dump_type, est)
 
         self.jobs.start(job, work)
         return job
 
     async def _write(
-        self, job: Job, pid: int, argv: list[str], dump_type: DumpType, est: Estimate
+        self, job: DictJob, pid: int, argv: list[str], dump_type: DumpType, est: Estimate
     ) -> None:
         final = job.artifact(CORE)
         part = final.with_name(CORE + ".part")
@@ -239,13 +259,13 @@ class Service:
         job.result["bytes"] = final.stat().st_size
         job.result["seconds"] = round(time.monotonic() - started, 2)
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str) -> DictJob:
         return self.jobs.get(KIND, job_id)
 
-    def list(self) -> list[Job]:
+    def list(self) -> list[DictJob]:
         return self.jobs.of_kind(KIND)
 
-    def core_file(self, job: Job) -> Path:
+    def core_file(self, job: DictJob) -> Path:
         if not job.finished:
             raise Conflict(f"dump {job.id} is {job.state}: download it when it is written")
         path = job.artifact(CORE)
@@ -253,7 +273,7 @@ class Service:
             raise NotFound(f"dump {job.id} has no core file ({job.error or 'not written'})")
         return path
 
-    async def delete(self, job: Job) -> None:
+    async def delete(self, job: DictJob) -> None:
         await self.jobs.delete(job)
 
 

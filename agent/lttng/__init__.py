@@ -21,7 +21,24 @@ the agent; :mod:`._service` says how. Sessions are not job-store jobs: their lif
 (created, active, stopped, restarted) is not a job's one-way state machine.
 """
 
-from agent.lttng._model import Action, EventSpec, Format, SessionRequest
+from agent.lttng._model import (
+    Action,
+    Deleted,
+    EventSpec,
+    Format,
+    SessionList,
+    SessionRequest,
+    SessionView,
+)
 from agent.lttng._service import Service
 
-__all__ = ["Action", "EventSpec", "Format", "Service", "SessionRequest"]
+__all__ = [
+    "Action",
+    "Deleted",
+    "EventSpec",
+    "Format",
+    "Service",
+    "SessionList",
+    "SessionRequest",
+    "SessionView",
+]

@@ -137,7 +137,10 @@ class SessionDaemon:
         if await self.answers():
             self.external = True
             self.reason = None
-            log.info("using the lttng-sessiond already running in %s", ROOT_RUN_DIR)
+            log.info(
+                "using the lttng-sessiond already running",
+                extra={"fields": {"run_dir": str(ROOT_RUN_DIR)}},
+            )
             return
         if not self.start_own:
             self.reason = (
@@ -167,13 +170,13 @@ class SessionDaemon:
                 self.started_at = time.time()
                 self.last_check_ok = None
                 self.failed_checks = 0
-                log.info("lttng-sessiond running (pid %d)", self.child.pid)
+                log.info("lttng-sessiond running", extra={"fields": {"pid": self.child.pid}})
                 return
             await asyncio.sleep(0.05)
         tail = self._log_tail()
         await self._kill_group()
         self.reason = f"lttng-sessiond did not come up within {READY_TIMEOUT_S:g} s: {tail}"
-        log.error("%s", self.reason)
+        log.error("lttng-sessiond unavailable", extra={"fields": {"reason": self.reason}})
 
     def _log_tail(self) -> str:
         try:
@@ -190,7 +193,7 @@ class SessionDaemon:
         await child.stop(signal.SIGTERM, grace=5.0)
         # Child.stop SIGKILLs the group; anything that escaped it is named here.
         for pid in consumerd_pids(pgid):
-            log.warning("killing stray lttng-consumerd %d", pid)
+            log.warning("killing a stray lttng-consumerd", extra={"fields": {"pid": pid}})
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -205,7 +208,10 @@ class SessionDaemon:
                 return
             rc = child.returncode if child is not None else None
             self.reason = f"lttng-sessiond exited (status {rc}); restarting"
-            log.error("lttng-sessiond exited with status %s: %s", rc, self._log_tail())
+            log.error(
+                "lttng-sessiond exited",
+                extra={"fields": {"status": rc, "log_tail": self._log_tail()}},
+            )
             await self._kill_group()
             with contextlib.suppress(Exception):
                 await self.on_lost(

@@ -10,9 +10,10 @@ enable-event --filter`` compiles them) and its rejection becomes a 422.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypedDict
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing_extensions import TypedDict  # pydantic's schemas need it before Python 3.12
 
 Domain = Literal["userspace", "python", "jul", "log4j", "kernel"]
 Mode = Literal["normal", "snapshot", "live"]
@@ -92,7 +93,6 @@ Context = Literal[
 # (an option), no spaces or quotes.
 EVENT_NAME = r"^[A-Za-z0-9_*$][A-Za-z0-9_.:*$\-]{0,255}$"
 SESSION_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
-SESSION_ID = r"^[0-9a-f]{12}$"
 # Printable ASCII only: no control characters (newlines included), at most 1 KiB.
 FILTER = r"^[ -~]{1,1024}$"
 
@@ -202,7 +202,9 @@ class ChannelStats(TypedDict):
     num_subbuf: int
 
 
-class SessionView(TypedDict):
+class SessionView(BaseModel):
+    """An LTTng session as the API shows it (``GET /lttng/sessions/{id}``)."""
+
     id: str
     name: str
     lttng_name: str
@@ -222,6 +224,15 @@ class SessionView(TypedDict):
     rotations: int
     message: str
     request: dict[str, object]
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionView]
+
+
+class Deleted(BaseModel):
+    id: str
+    deleted: bool
 
 
 class Tracepoint(TypedDict):

@@ -13,9 +13,9 @@ It owns:
   of our sessions and removes their files.
 
 Sessions are not :class:`agent.jobs.JobStore` jobs: their life (created,
-active, stopped, restarted) is not a job's one-way state machine. The store is
-still handed in (the capability contract) and its start-up sweep removes any
-``DATA_DIR/lttng`` leftovers (they have no ``job.json``).
+active, stopped, restarted) is not a job's one-way state machine; the store's
+start-up sweep leaves ``DATA_DIR/lttng`` alone (no directory there is named like a
+job), and :meth:`Service.start` sweeps it.
 """
 
 from __future__ import annotations
@@ -32,14 +32,23 @@ from typing import Any
 
 from agent import _proc, procfs
 from agent.capabilities import lttng_kernel
-from agent.errors import Conflict, Invalid, NotFound, TooMany, Unavailable
-from agent.jobs import JobStore, atomic_path, new_id
+from agent.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    ToolError,
+    ToolTimedOut,
+    TooMany,
+    Unavailable,
+)
+from agent.jobs import atomic_path, new_id
 from agent.lttng import _native, _read
 from agent.lttng._cli import Lttng, LttngFailed
 from agent.lttng._daemon import SessionDaemon
 from agent.lttng._model import (
     Action,
     ChannelStats,
+    Deleted,
     Format,
     ProcessTracepoints,
     SessionRequest,
@@ -58,11 +67,8 @@ AGENT_DOMAINS = ("python", "jul", "log4j")
 
 
 class Service:
-    def __init__(
-        self, settings: Settings, jobs: JobStore, *, metrics: Metrics | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.jobs = jobs
         self.metrics = metrics or Metrics()
         self.metrics.lttng_sessions.running.set_function(
             lambda: sum(1 for s in self._sessions.values() if s.state == "active")
@@ -71,7 +77,7 @@ class Service:
             "lttng", lambda: sum(dir_size(s.dir)[0] for s in self._sessions.values())
         )
         self.base = settings.data_dir / "lttng"
-        instance = settings.instance_id or (settings.pod_uid or "")[:8] or "local"
+        instance = settings.instance()
         # Session names in the daemon: unique to this agent instance.
         self.prefix = f"tracecar-{''.join(c for c in instance if c.isalnum() or c in '-_')}-"
         self.cli = Lttng(home=self.base / "_home")
@@ -117,11 +123,11 @@ class Service:
                 build_dir=self.base / "_home" / "plugins",
             )
         except Exception as e:  # never fatal: the Python converter works everywhere
-            log.warning("native NDJSON sink unavailable: %s", e)
+            log.warning("native NDJSON sink unavailable", extra={"fields": {"error": str(e)}})
             where, how = None, f"python: locating the native sink failed ({e})"
         self.plugin_dir = where
         self.json_converter = f"native sink.tracecar.ndjson ({how})" if where else how
-        log.info("LTTng NDJSON: %s", self.json_converter)
+        log.info("LTTng NDJSON converter", extra={"fields": {"converter": self.json_converter}})
 
     async def stop(self) -> None:
         """Destroy our sessions, remove their files, stop the daemon we started."""
@@ -143,12 +149,14 @@ class Service:
         try:
             listed = await self.cli.list_sessions()
         except (LttngFailed, _proc.ProcError) as e:
-            log.warning("cannot list LTTng sessions: %s", e)
+            log.warning("cannot list LTTng sessions", extra={"fields": {"error": str(e)}})
             return
         known = {s.lttng_name for s in self._sessions.values()}
         for s in listed:
             if s["name"].startswith(self.prefix) and s["name"] not in known:
-                log.info("destroying leftover LTTng session %s", s["name"])
+                log.info(
+                    "destroying a leftover LTTng session", extra={"fields": {"session": s["name"]}}
+                )
                 with contextlib.suppress(LttngFailed, _proc.ProcError):
                     await self.cli.destroy(s["name"])
                 if s["path"].startswith(str(self.base) + os.sep):
@@ -160,6 +168,10 @@ class Service:
                 self.metrics.lttng_sessions.failed.inc()
             s.state = "lost"
             s.message = why
+
+    def busy(self) -> bool:
+        """A recording session keeps an idle agent alive."""
+        return any(s.state == "active" for s in self._sessions.values())
 
     async def capabilities(self) -> dict[str, object]:
         """What works here for this capability, versions, and why not where it doesn't."""
@@ -300,7 +312,9 @@ class Service:
         )
         return sess, plan_session(req, session=sess.lttng_name, output=sess.output)
 
-    async def create(self, req: SessionRequest, *, dry_run: bool = False) -> dict[str, Any]:
+    async def create(
+        self, req: SessionRequest, *, dry_run: bool = False
+    ) -> dict[str, Any] | SessionView:
         sess, steps = self.plan(req)
         if dry_run:
             return {
@@ -348,11 +362,14 @@ class Service:
         if is_filter and ("filter" in msg.lower() or "parse error" in msg.lower()):
             expr = step["args"][step["args"].index("--filter") + 1]
             return Invalid(f"LTTng rejected the filter expression {expr!r}: {msg}", field="filter")
+        # A failed tool is a 502 everywhere (agent.errors): lttng hung, or refused.
         if e.returncode < 0:
-            return Unavailable(f"lttng did not answer while trying to {step['what']}: {msg}")
-        return Invalid(f"LTTng refused to {step['what']}: {msg}")
+            return ToolTimedOut(
+                f"lttng did not answer while trying to {step['what']}: {msg}", tool="lttng"
+            )
+        return ToolError(f"LTTng refused to {step['what']}: {msg}", tool="lttng")
 
-    async def action(self, session_id: str, action: Action) -> dict[str, Any]:
+    async def action(self, session_id: str, action: Action) -> SessionView:
         sess = self.get(session_id)
         async with sess.lock:
             self._require_daemon()
@@ -407,13 +424,15 @@ class Service:
         try:
             await fn(sess.lttng_name)
         except LttngFailed as e:
-            raise Conflict(f"LTTng refused to {what} session {sess.id}: {e.message}") from e
+            raise ToolError(
+                f"LTTng refused to {what} session {sess.id}: {e.message}", tool="lttng"
+            ) from e
 
-    async def delete(self, session_id: str) -> dict[str, Any]:
+    async def delete(self, session_id: str) -> Deleted:
         sess = self.get(session_id)
         async with sess.lock:
             await self._destroy(sess)
-        return {"id": sess.id, "deleted": True}
+        return Deleted(id=sess.id, deleted=True)
 
     async def _destroy(self, sess: Session, *, why: str | None = None) -> None:
         if sess.state != "lost":
@@ -424,7 +443,10 @@ class Service:
             try:
                 await self.cli.destroy(sess.lttng_name)
             except (LttngFailed, _proc.ProcError) as e:
-                log.warning("destroying %s: %s", sess.lttng_name, e)
+                log.warning(
+                    "destroying a session failed",
+                    extra={"fields": {"session": sess.lttng_name, "error": str(e)}},
+                )
         shutil.rmtree(sess.dir, ignore_errors=True)
         self._sessions.pop(sess.id, None)
         if why:
@@ -440,7 +462,7 @@ class Service:
     def list_sessions(self) -> list[Session]:
         return sorted(self._sessions.values(), key=lambda s: s.created_at)
 
-    async def view(self, sess: Session, *, detail: bool = True) -> dict[str, Any]:
+    async def view(self, sess: Session, *, detail: bool = True) -> SessionView:
         size, mtime = await asyncio.to_thread(dir_size, sess.dir)
         channels: list[ChannelStats] = []
         discarded: int | None = None
@@ -455,28 +477,27 @@ class Service:
         events: int | None = None
         if detail and (sess.state in ("stopped", "lost") or sess.request.mode == "snapshot"):
             events = await self._count(sess, size, mtime)
-        v: SessionView = {
-            "id": sess.id,
-            "name": sess.name,
-            "lttng_name": sess.lttng_name,
-            "mode": sess.request.mode,
-            "state": sess.state,
-            "created_at": sess.created_at,
-            "expires_at": sess.expires_at,
-            "started_at": sess.started_at,
-            "stopped_at": sess.stopped_at,
-            "max_size_bytes": sess.max_size_bytes,
-            "size_bytes": size,
-            "discarded_events": discarded,
-            "lost_packets": lost,
-            "events": events,
-            "channels": channels,
-            "snapshots": sess.snapshots,
-            "rotations": sess.rotations,
-            "message": sess.message,
-            "request": sess.request.model_dump(exclude_none=True),
-        }
-        return dict(v)
+        return SessionView(
+            id=sess.id,
+            name=sess.name,
+            lttng_name=sess.lttng_name,
+            mode=sess.request.mode,
+            state=sess.state,
+            created_at=sess.created_at,
+            expires_at=sess.expires_at,
+            started_at=sess.started_at,
+            stopped_at=sess.stopped_at,
+            max_size_bytes=sess.max_size_bytes,
+            size_bytes=size,
+            discarded_events=discarded,
+            lost_packets=lost,
+            events=events,
+            channels=channels,
+            snapshots=sess.snapshots,
+            rotations=sess.rotations,
+            message=sess.message,
+            request=sess.request.model_dump(exclude_none=True),
+        )
 
     async def _count(self, sess: Session, size: int, mtime: float) -> int | None:
         trace = self._trace_dir(sess)
@@ -572,7 +593,10 @@ class Service:
         for sess in list(self._sessions.values()):
             if now >= sess.expires_at:
                 async with sess.lock:
-                    log.info("LTTng session %s expired: destroying it", sess.id)
+                    log.info(
+                        "LTTng session expired: destroying it",
+                        extra={"fields": {"session": sess.id}},
+                    )
                     await self._destroy(
                         sess,
                         why=f"expired at {time.strftime('%H:%M:%S', time.gmtime(sess.expires_at))}"

@@ -15,6 +15,7 @@ Inside, one module per step::
     _perfprobe   the perf probe backend: plan, tracefs, Session, sweep
     _stream      the bounded, rate-limited event buffer readers follow
     _probe       one probe's record (Probe) and the backends found (Backends)
+    _usdt        USDT probes: the one a request names, in the object carrying it
     _render      the event stream as NDJSON or SSE
     _service     Service: the registry, backend choice, run task and watchdog
 
@@ -33,14 +34,16 @@ the probe runs on until its own end.
 """
 
 from agent.errors import Forbidden
-from agent.probes._model import ProbeRequest, SymbolList
+from agent.probes._model import ProbeList, ProbeRequest, ProbeView, SymbolList
 from agent.probes._service import BUFFER_EVENTS, STREAM_MAX_BYTES, Service
 
 __all__ = [
     "BUFFER_EVENTS",
     "STREAM_MAX_BYTES",
     "Forbidden",
+    "ProbeList",
     "ProbeRequest",
+    "ProbeView",
     "Service",
     "SymbolList",
 ]

@@ -8,7 +8,7 @@ else looks at it; a failure is a 422 naming the field and the allowed form.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import TypedDict
@@ -21,7 +21,6 @@ ProbeState = Literal["starting", "running", "finished", "failed"]
 
 MAX_ARGS = 6  # x86-64 passes the first six integer arguments in registers
 SYMBOL_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,255}"
-SYMBOL_RE = re.compile(rf"^{SYMBOL_PATTERN}$")
 # A symbol, a symbol plus an offset, or an address (for stripped code).
 FUNCTION_RE = re.compile(
     rf"^(?:{SYMBOL_PATTERN}(?:\+0x[0-9a-fA-F]{{1,8}})?|0x[0-9a-fA-F]{{1,16}})$"
@@ -208,3 +207,49 @@ class SymbolList(TypedDict):
     truncated: bool
     objects: list[str]
     symbols: list[SymbolEntry]
+
+
+class ProbeTarget(BaseModel):
+    """What a probe is attached to (USDT and Python-function probes add their own)."""
+
+    pid: int
+    binary: str
+    function: str | None
+    address: str | None = Field(description="the ELF address, hex")
+    usdt: str | None = None
+    usdt_return: str | None = None
+    python_function: str | None = None
+    python_file: str | None = None
+
+
+class ProbeView(BaseModel):
+    """A probe as the API shows it (``GET /probes/{id}``)."""
+
+    id: str
+    state: ProbeState
+    reason: str | None = Field(description="why it ended: duration, max_events, deleted...")
+    error: str | None
+    backend: BackendName
+    backend_reason: str
+    target: ProbeTarget | None = Field(description="none for a raw bpftrace program")
+    request: dict[str, Any]
+    duration_s: float
+    max_events: int
+    created_at: float
+    started_at: float | None
+    ends_at: float | None
+    finished_at: float | None
+    hits: int
+    events: int = Field(description="events published to readers")
+    drops: int
+    dropped_by_rate_limit: int
+    lost_by_tracer: int
+    readers: int
+    summary: dict[str, Any] = Field(description="hits, per pid, and a histogram if asked")
+    plan: dict[str, Any] = Field(description="what runs: the program or the commands")
+    links: dict[str, str]
+    deleted: bool = Field(default=False, description="DELETE of a finished probe: forgotten")
+
+
+class ProbeList(BaseModel):
+    probes: list[ProbeView]

@@ -21,8 +21,16 @@ from typing import Any
 
 from agent import _proc, procfs
 from agent import symbols as _symbols
-from agent.errors import AgentError, Conflict, Forbidden, Invalid, NotFound, TooMany, Unavailable
-from agent.jobs import JobStore
+from agent.errors import (
+    AgentError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    ToolError,
+    TooMany,
+    Unavailable,
+)
 from agent.metrics import Metrics
 from agent.probes import _bpftrace, _perfprobe, _usdt
 from agent.probes._model import (
@@ -59,31 +67,16 @@ BPFTRACE_RECHECK_S = 30.0
 STOP_GRACE_S = 5.0
 
 
-def instance_id(settings: Settings) -> str:
-    """This agent's name on the node: the configured id, the pod UID, else its PID namespace."""
-    if settings.instance_id:
-        return settings.instance_id
-    if settings.pod_uid:
-        return settings.pod_uid
-    try:
-        return "ns" + os.readlink("/proc/self/ns/pid").strip("pid:[]")
-    except OSError:
-        return f"pid{os.getpid()}"
-
-
 def _match_process(info: procfs.ProcessInfo, name: str) -> bool:
     argv0 = os.path.basename(info.cmdline[0]) if info.cmdline else ""
     return name in (info.comm, argv0)
 
 
 class Service:
-    def __init__(
-        self, settings: Settings, jobs: JobStore, *, metrics: Metrics | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.jobs = jobs
         self.metrics = metrics or Metrics()
-        self.group = _perfprobe.group_name(instance_id(settings))
+        self.group = _perfprobe.group_name(settings.instance())
         self.backends = Backends()
         self.tracefs_reason = "not checked yet"
         self._probes: dict[str, Probe] = {}
@@ -154,6 +147,10 @@ class Service:
                 await asyncio.wait(pending, timeout=grace)
         if self.backends.perf_ok:
             await _perfprobe.sweep(self.group)
+
+    def busy(self) -> bool:
+        """An attached probe keeps an idle agent alive."""
+        return any(p.running for p in self._probes.values())
 
     async def capabilities(self) -> dict[str, object]:
         b = await self._ready()
@@ -479,7 +476,13 @@ class Service:
         except TimeoutError:
             self._request_stop(probe, "attach timed out")
         if probe.state == "failed":
-            raise Invalid(f"attaching the probe failed: {probe.error}", probe=probe.to_dict())
+            # The tracer failed (a 502 everywhere, agent.errors), not the request: every
+            # request field was checked before anything ran.
+            raise ToolError(
+                f"attaching the probe failed: {probe.error}",
+                tool=probe.backend,
+                probe=probe.to_dict(),
+            )
         return probe.to_dict()
 
     def _control_dir(self, probe_id: str) -> str:

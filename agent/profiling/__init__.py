@@ -10,35 +10,45 @@ settings and the shared :class:`agent.jobs.JobStore`; started and stopped by
 the app's lifespan) and the artifacts' file names (``KIND``, ``ARTIFACTS``,
 ``PERF_DATA``, ``SVG``, ...). The output formats (collapse, flame graph, speedscope,
 pprof, diff, py-spy's fold) live in the pure top-level package :mod:`tracecar_formats`,
-shared with the plugin. The service's own pieces::
+shared with the plugin. The service's own pieces (a name with ``_`` is private to the
+package; the app and routers use what this module exports)::
 
-    planner      the request, the limits, plan() (pure; what dry_run shows)
-    recorder     perf record: run, stop early, parse its stderr
-    offcpu       off-CPU: the bpftrace program and the perf command, their outputs ->
-                 folded stacks weighted by time off CPU (pure)
-    _offcpu      off-CPU: the bpftrace run, perf script's time weighting, whether perf
-                 can record tracepoints here, the targets' switch rates
-    postprocess  perf script streamed into the collapser
-    _targets     the facts about target processes the planner needs
-    _perfmaps    JIT perf maps kept with a profile and handed to perf script
-    _artifacts   the file names of a profile's artifacts
-    _service     Service: targets, jobs, outputs, folded views, stop/delete
-    _pyspy       py-spy record runs, one per Python target
-    _differential  GET /profiles/diff: two profiles' checks and labels over
-                 tracecar_formats.diffgraph
-    _flight      FlightRecorder: 19 Hz samples of the pod in a ring bounded by time and bytes
-                 (bpftrace for every process, py-spy's whole stacks for Python ones)
-    _ring        the recorder's ring: complete seconds, bounds, intervals, process groups
-    _flightpy    one second of one Python process, by py-spy
-    _jitnames    JIT frame names from perf maps, for the recorder
-    _triggers    Triggers: CPU use above N% for S s -> a profile (cooldown, limit, retention)
+  a profile
+    planner          the request, the limits, plan() (pure; what dry_run shows)
+    _targets         the facts about target processes the planner needs
+    _service         Service: targets, jobs, outputs, folded views, progress, stop/delete
+    _result          ProfileResult (a profile job's typed result), ProfileView (its answer)
+    _artifacts       the file names of a profile's artifacts
+    perf_record      perf record: run, stop early, parse its stderr
+    perf_script      perf script streamed into the collapser (perf.data -> folded)
+    _pyspy_record    py-spy record runs, one per Python target
+    _perfmaps        JIT perf maps kept with a profile and handed to perf script
+    outputs          the RenderInfo of each kind of profile; rendering in worker threads
+  off-CPU profiles
+    offcpu_fold      the bpftrace programs and the perf command, their outputs -> folded
+                     stacks weighted by time off CPU (pure; the recorder's sampler too)
+    _offcpu_run      the bpftrace run, perf script's time weighting, whether perf can
+                     record tracepoints here, the targets' switch rates
+  comparing
+    _profile_diff    GET /profiles/diff: two profiles' checks and labels over
+                     tracecar_formats.diffgraph
+  the flight recorder
+    _flight_recorder FlightRecorder: 19 Hz samples of the pod in a ring bounded by time and
+                     bytes (bpftrace for every process, py-spy's whole stacks for Python ones)
+    _flight_ring     its ring: complete seconds, bounds, intervals, process groups, merging
+    _flight_recorder_python  one second of one Python process, by py-spy
+    _jitnames        JIT frame names from perf maps, for the recorder
+  triggers
+    _triggers        Triggers: CPU use above N% for S s -> a profile (cooldown, limit,
+                     retention)
 
 The flow of one profile::
 
     targets (agent.procfs) -> planner.plan (pure; what dry_run shows)
-      -> recorder.record (perf record, stoppable, keeps what it recorded)
-      -> postprocess.perf_data_to_folded (perf script streamed into the collapser)
-      -> flamegraph.svg, folded, speedscope.json, profile.pb.gz (atomic writes)
+      -> perf_record.record (perf record, stoppable, keeps what it recorded)
+      -> perf_script.perf_data_to_folded (perf script streamed into the collapser)
+      -> outputs: flamegraph.svg, folded, speedscope.json, profile.pb.gz (atomic writes,
+         rendered in a worker thread)
 
 Artifacts of a profile job (``DATA_DIR/profile/<id>/``): ``perf.data``,
 ``folded.txt`` (default collapse options), ``flamegraph.svg``,
@@ -56,11 +66,13 @@ from agent.profiling._artifacts import (
     SPEEDSCOPE,
     SVG,
 )
-from agent.profiling._differential import DiffFormat, DiffOptions, Widths, differential
-from agent.profiling._flight import FlightRecorder, RecorderRequest, when
-from agent.profiling._ring import GroupSamples, ProcessGroup, Slice
-from agent.profiling._service import Service
-from agent.profiling._triggers import Trigger, TriggerRequest, Triggers
+from agent.profiling._flight_recorder import FlightRecorder, RecorderRequest, RecorderStatus, when
+from agent.profiling._flight_ring import GroupSamples, ProcessGroup, Slice
+from agent.profiling._profile_diff import DiffFormat, DiffOptions, Widths, differential
+from agent.profiling._result import ProfileResult, ProfileView, Unresolved
+from agent.profiling._service import ProfileJob, Service
+from agent.profiling._triggers import Trigger, TriggerRequest, Triggers, TriggerView
+from agent.profiling.outputs import interval_info, render_in_thread
 
 __all__ = [
     "ARTIFACTS",
@@ -76,13 +88,21 @@ __all__ = [
     "FlightRecorder",
     "GroupSamples",
     "ProcessGroup",
+    "ProfileJob",
+    "ProfileResult",
+    "ProfileView",
     "RecorderRequest",
+    "RecorderStatus",
     "Service",
     "Slice",
     "Trigger",
     "TriggerRequest",
+    "TriggerView",
     "Triggers",
+    "Unresolved",
     "Widths",
     "differential",
+    "interval_info",
+    "render_in_thread",
     "when",
 ]

@@ -7,7 +7,7 @@ they arrive, so it reads the maps itself: an address that no file mapping holds
 of its process, as perf does. Node (``--perf-basic-prof``) appends to its map as it
 compiles; a JVM writes its whole map when asked (``jattach PID jcmd
 Compiler.perfmap``, which the recorder does for the JVMs it records, see
-:mod:`agent.profiling._flight`). A map is re-read when it has changed and one of
+:mod:`agent.profiling._flight_recorder`). A map is re-read when it has changed and one of
 its process's addresses was not found, at most every ``RELOAD_EVERY_S``, and at most
 ``MAX_MAP_BYTES`` of it (the app decides its size). The app owns its /tmp: the map
 is opened through :func:`agent.procfs.open_perf_map` (no symlink followed, regular

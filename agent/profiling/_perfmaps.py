@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from agent.jobs import Job
 
@@ -19,7 +20,7 @@ PERF_MAP_MAX_BYTES = 256 << 20
 """A JIT's perf map beyond this is cut at a line end: the app decides its size."""
 
 
-def map_pids(job: Job) -> list[int]:
+def map_pids(job: Job[Any]) -> list[int]:
     """The pids whose perf maps the job directory holds a copy of."""
     pids = []
     for p in job.dir.glob("perf-*.map"):
@@ -33,7 +34,7 @@ _placed: dict[Path, int] = {}
 
 
 @contextlib.contextmanager
-def perf_maps_in_tmp(job: Job, pids: list[int]) -> Iterator[None]:
+def perf_maps_in_tmp(job: Job[Any], pids: list[int]) -> Iterator[None]:
     """Put the job's copies of perf maps at /tmp/perf-PID.map for perf script.
 
     perf script resolves JIT frames from /tmp/perf-PID.map in the target's own

@@ -11,33 +11,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import time
 import weakref
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 from agent import _proc, capabilities, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import Job, JobStore, atomic_path, write_atomic
 from agent.metrics import Metrics
-from agent.profiling import _offcpu, _pyspy, offcpu
+from agent.profiling import _offcpu_run, _pyspy_record, offcpu_fold, outputs
 from agent.profiling._artifacts import (
     ARTIFACTS,
     BPFTRACE_OUT,
     FOLDED,
     KIND,
     PERF_DATA,
-    PPROF,
-    SPEEDSCOPE,
-    SVG,
 )
 from agent.profiling._perfmaps import PERF_MAP_MAX_BYTES, map_pids, perf_maps_in_tmp
-from agent.profiling._pyspy import PySpyResult
+from agent.profiling._pyspy_record import PySpyResult
+from agent.profiling._result import (
+    DwarfStats,
+    ProfileResult,
+    PySpyOutcome,
+    TargetSeen,
+    Unresolved,
+)
 from agent.profiling._targets import target_facts, traceable
-from agent.profiling.offcpu import TimedStats
+from agent.profiling.offcpu_fold import TimedStats
+from agent.profiling.perf_record import Recording, record
 from agent.profiling.planner import (
     Limits,
     Plan,
@@ -46,25 +49,20 @@ from agent.profiling.planner import (
     TargetFacts,
     plan,
 )
-from agent.profiling.recorder import Recording, record
 from agent.settings import Settings
 from agent.symbolize import resolver as symbolize
-from agent.symbolize.sources import go_sources
 from tracecar_formats import pyspy
 from tracecar_formats.collapse import CollapseOptions, format_folded
+
+ProfileJob = Job[ProfileResult]
 
 # An unresolved frame as the collapser writes it: "[libc.so.6]", "[unknown]".
 _UNRESOLVED = re.compile(r"\[[^\[\]]+\]")
 
 
-def profile_type(job: Job) -> str:
+def profile_type(job: ProfileJob) -> str:
     """A profile's type (``cpu`` or ``off-cpu``); profiles made before types were CPU."""
     return str(job.params.get("type", "cpu"))
-
-
-def units(kind: str) -> str:
-    """What a profile's folded counts count."""
-    return "microseconds off CPU" if kind == "off-cpu" else "samples"
 
 
 class Service:
@@ -74,6 +72,7 @@ class Service:
         self.settings = settings
         self.jobs = jobs
         self.metrics = metrics or Metrics()
+        jobs.register(KIND, ProfileResult)  # job.json's result is read back as the model
         self.metrics.profiles.running.set_function(lambda: len(self.jobs.running(KIND)))
         self.metrics.measure_storage(
             "profiles", lambda: sum(j.size_bytes() for j in self.jobs.of_kind(KIND))
@@ -104,6 +103,35 @@ class Service:
         recording to stop, so perf gets SIGINT and writes what it recorded, and
         cancels what outlives the grace period (the recorder then stops perf); the
         app's final ``_proc.terminate_all`` reaps anything left."""
+
+    def busy(self) -> bool:
+        """A recording profile keeps an idle agent alive."""
+        return bool(self.jobs.running(KIND))
+
+    # --- profiles ----------------------------------------------------------------
+    def get(self, job_id: str) -> ProfileJob:
+        job: ProfileJob = self.jobs.get(KIND, job_id)
+        return job
+
+    def profiles(self) -> list[ProfileJob]:
+        return self.jobs.of_kind(KIND)
+
+    @staticmethod
+    def progress(job: ProfileJob, *, now: float | None = None) -> tuple[float, float | None]:
+        """How far a profile is (0..1) and the seconds it has recorded (None before).
+
+        While it records: the elapsed share of its duration, up to 0.95 (the rest is
+        post-processing); once finished, the job's own (1 when it succeeded).
+        """
+        meta = job.result
+        duration = meta.plan.duration_s if meta.plan is not None else 0.0
+        started, finished = meta.recording_started_at, meta.recording_finished_at
+        if started is None:
+            return job.progress, None
+        elapsed = round((finished or now or time.time()) - started, 2)
+        if job.finished or duration <= 0:
+            return job.progress, elapsed
+        return round(min(elapsed / duration, 1.0) * 0.95, 3), elapsed
 
     async def capabilities(self) -> dict[str, object]:
         perf = await capabilities.perf()
@@ -145,7 +173,7 @@ class Service:
     async def _offcpu_check(self) -> dict[str, object]:
         """Off-CPU profiles need either recorder: perf (DWARF) or bpftrace (frame pointers)."""
         bpf = await self._bpftrace_check()
-        why_not_dwarf = await _offcpu.dwarf_unavailable()
+        why_not_dwarf = await _offcpu_run.dwarf_unavailable()
         fp = (
             {"available": True, "reason": "bpftrace on tracepoint:sched:sched_switch"}
             if bpf.get("available")
@@ -178,7 +206,7 @@ class Service:
         if choice == "off":
             return None
         if choice == "auto":
-            return _pyspy.find()
+            return _pyspy_record.find()
         return choice if Path(choice).is_file() else None
 
     async def _pyspy_check(self) -> dict[str, object]:
@@ -280,10 +308,10 @@ class Service:
             return facts, None
         if req.call_graph == "auto" and all(f.runtime == "go" for f in facts):
             return facts, None  # all frame pointers: perf has nothing to record
-        why_not = await _offcpu.dwarf_unavailable()
+        why_not = await _offcpu_run.dwarf_unavailable()
         if why_not is not None:
             return facts, why_not
-        rates = await _offcpu.switch_rates([f.pid for f in facts])
+        rates = await _offcpu_run.switch_rates([f.pid for f in facts])
         return [replace(f, switches_per_s=rates.get(f.pid)) for f in facts], None
 
     async def plan(self, req: ProfileRequest, *, output: Path) -> Plan:
@@ -313,7 +341,7 @@ class Service:
         )
 
     # --- jobs --------------------------------------------------------------------
-    async def create(self, req: ProfileRequest, *, dry_run: bool = False) -> Plan | Job:
+    async def create(self, req: ProfileRequest, *, dry_run: bool = False) -> Plan | ProfileJob:
         if dry_run:
             return await self.plan(req, output=self.jobs.data_dir / KIND / "ID" / PERF_DATA)
         await self.require_tool(req.type)
@@ -327,17 +355,18 @@ class Service:
         job = self.jobs.create(
             KIND,
             req.model_dump(exclude_none=True),
+            result=ProfileResult(),
             max_running=self.settings.max_concurrent_profiles,
         )
         output = job.artifact(PERF_DATA).with_name(PERF_DATA + ".part")  # atomic_path's name
         the_plan = self._plan(req, facts, target, output=output, dwarf_unavailable=why_not)
-        job.result = {"phase": "pending", "plan": the_plan.model_dump()}
+        job.result.plan = the_plan
         self.jobs.save(job)
         self.jobs.start(job, lambda j: self._run_counted(j, the_plan))
         self.metrics.profiles.started.inc()
         return job
 
-    async def _run_counted(self, job: Job, the_plan: Plan) -> None:
+    async def _run_counted(self, job: ProfileJob, the_plan: Plan) -> None:
         # What the job store turns into a failed state is what is counted as failed.
         try:
             await self._run(job, the_plan)
@@ -345,10 +374,10 @@ class Service:
             self.metrics.profiles.failed.inc()
             raise
 
-    async def _run(self, job: Job, the_plan: Plan) -> None:
+    async def _run(self, job: ProfileJob, the_plan: Plan) -> None:
         meta = job.result
-        meta["phase"] = "recording"
-        meta["recording_started_at"] = time.time()
+        meta.phase = "recording"
+        meta.recording_started_at = time.time()
         self.jobs.save(job)
         if the_plan.type == "off-cpu":
             await self._run_offcpu(job, the_plan)
@@ -357,7 +386,9 @@ class Service:
         # its /tmp (and its map) with it, and JITs add entries while they run.
         await asyncio.to_thread(self._collect_perf_maps, job, the_plan)
         perf_task = asyncio.ensure_future(self._record_perf(job, the_plan))
-        spy_task = asyncio.ensure_future(_pyspy.record_all(the_plan, stop=job.stop_requested))
+        spy_task = asyncio.ensure_future(
+            _pyspy_record.record_all(the_plan, stop=job.stop_requested)
+        )
         try:
             rec = await perf_task
         except BaseException:
@@ -366,7 +397,7 @@ class Service:
                 await spy_task
             raise
         spies = await spy_task
-        meta["recording_finished_at"] = time.time()
+        meta.recording_finished_at = time.time()
         self._note_recording(job, the_plan, rec, spies)
         if rec is None and not any(s.ok for s in spies):
             # py-spy recorded everything, and every run of it failed: nothing to show.
@@ -377,7 +408,7 @@ class Service:
                 returncode=1,
                 stderr="",
             )
-        meta["phase"] = "post-processing"
+        meta.phase = "post-processing"
         self.jobs.save(job)
         await self._ask_jvms_for_perf_maps(job, the_plan)
         maps = await asyncio.to_thread(self._collect_perf_maps, job, the_plan)
@@ -390,24 +421,24 @@ class Service:
         )
         write_atomic(job.artifact(FOLDED), format_folded(stacks))
         await asyncio.to_thread(self._render_all, job, the_plan, stacks)
-        meta["folded_samples"] = sum(stacks.values())
-        meta["unresolved"] = self._unresolved(the_plan, stacks, maps, meta.get("exited_pids", []))
-        meta["phase"] = "done"
-        meta["artifacts"] = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
+        meta.folded_samples = sum(stacks.values())
+        meta.unresolved = self._unresolved(the_plan, stacks, maps, meta.exited_pids)
+        meta.phase = "done"
+        meta.artifacts = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
         if job.stop_requested.is_set():
             job.message = "stopped early on request; what was recorded is kept"
 
-    async def _record_perf(self, job: Job, the_plan: Plan) -> Recording | None:
+    async def _record_perf(self, job: ProfileJob, the_plan: Plan) -> Recording | None:
         if not the_plan.argv:
             return None
         with atomic_path(job.artifact(PERF_DATA)) as part:
             assert str(part) in the_plan.argv  # the planned output is atomic_path's temp
             return await record(the_plan, output=part, stop=job.stop_requested)
 
-    async def _ask_jvms_for_perf_maps(self, job: Job, the_plan: Plan) -> None:
+    async def _ask_jvms_for_perf_maps(self, job: ProfileJob, the_plan: Plan) -> None:
         """Have each profiled JVM write its perf map now, while it lives (jattach enters
         its namespaces and asks for ``Compiler.perfmap``: /tmp/perf-PID.map in its /tmp)."""
-        jvms = [t["pid"] for t in job.result.get("targets", []) if t.get("runtime") == "java"]
+        jvms = [t.pid for t in job.result.targets if t.runtime == "java"]
         if not jvms or _proc.which("jattach") is None:
             return
         done: dict[str, str] = {}
@@ -420,17 +451,17 @@ class Service:
                 done[str(pid)] = "written" if res.returncode == 0 else f"failed: {said}"
             except _proc.ProcError as e:
                 done[str(pid)] = f"failed: {e}"
-        job.result["jvm_perf_maps"] = done
-        for pid, what in done.items():
+        job.result.jvm_perf_maps = done
+        for jvm, what in done.items():
             if what != "written":
-                job.result["notes"].append(
-                    f"the JVM {pid} did not write its perf map ({what[:300]}): its JIT-compiled "
+                job.result.notes.append(
+                    f"the JVM {jvm} did not write its perf map ({what[:300]}): its JIT-compiled "
                     "methods show as [perf-PID.map] or [unknown]"
                 )
 
     async def _cpu_folded(
         self,
-        job: Job,
+        job: ProfileJob,
         options: CollapseOptions,
         *,
         perf_maps: list[int],
@@ -458,7 +489,7 @@ class Service:
                 stacks[k] = stacks.get(k, 0) + v
         return stacks
 
-    async def _run_offcpu(self, job: Job, the_plan: Plan) -> None:
+    async def _run_offcpu(self, job: ProfileJob, the_plan: Plan) -> None:
         """bpftrace (frame-pointer targets) and perf (DWARF targets) side by side, merged."""
         meta = job.result
         # The CPU profiles' symbolizer; the targets' objects opened while they live, as
@@ -481,8 +512,8 @@ class Service:
                 with contextlib.suppress(BaseException):
                     await t
             raise
-        meta["recording_finished_at"] = time.time()
-        meta["phase"] = "post-processing"
+        meta.recording_finished_at = time.time()
+        meta.phase = "post-processing"
         self.jobs.save(job)
         stacks: dict[str, int] = dict(fp_rec.stacks) if fp_rec is not None else {}
         stats: TimedStats | None = None
@@ -492,7 +523,7 @@ class Service:
             maps = await asyncio.to_thread(self._collect_perf_maps, job, the_plan)
             timeout = self.settings.perf_timeout_slack_s + the_plan.duration_s
             with perf_maps_in_tmp(job, maps):
-                perf_stacks, stats = await _offcpu.fold_perf(
+                perf_stacks, stats = await _offcpu_run.fold_perf(
                     job.artifact(PERF_DATA),
                     period=the_plan.dwarf_period,
                     timeout=timeout,
@@ -502,19 +533,19 @@ class Service:
                 stacks[k] = stacks.get(k, 0) + v
         stopped_early = any(r is not None and r.stopped_early for r in (fp_rec, perf_rec))
         weight = fp_rec.sampling_weight if fp_rec is not None else 1
-        meta["off_cpu_us"] = sum(stacks.values())
-        meta["stopped_early"] = stopped_early
-        meta["bpftrace_warnings"] = fp_rec.warnings if fp_rec is not None else []
-        meta["perf_warnings"] = perf_rec.warnings if perf_rec is not None else []
-        meta["sampling_weight"] = max(weight, the_plan.dwarf_period if perf_rec else 1)
-        meta["unwinding"] = [c.model_dump() for c in the_plan.unwinding]
+        meta.off_cpu_us = sum(stacks.values())
+        meta.stopped_early = stopped_early
+        meta.bpftrace_warnings = fp_rec.warnings if fp_rec is not None else []
+        meta.perf_warnings = perf_rec.warnings if perf_rec is not None else []
+        meta.sampling_weight = max(weight, the_plan.dwarf_period if perf_rec else 1)
+        meta.unwinding = list(the_plan.unwinding)
         if stats is not None:
-            meta["dwarf"] = {**asdict(stats), "period": the_plan.dwarf_period}
+            meta.dwarf = DwarfStats(**asdict(stats), period=the_plan.dwarf_period)
         self._note_targets(job, the_plan)
-        notes = meta["notes"]
+        notes = meta.notes
         report = symbolizer.report()
-        meta["symbols"] = report
-        meta["leaf_callers_recovered"] = symbolizer.leaf_fixes
+        meta.symbols = report
+        meta.leaf_callers_recovered = symbolizer.leaf_fixes
         notes.extend(symbolize.note_lines(report))
         if not stacks:
             notes.append("no off-CPU time: the targets never left the CPU while recording")
@@ -532,19 +563,19 @@ class Service:
         self.jobs.save(job)
         write_atomic(job.artifact(FOLDED), format_folded(stacks))
         await asyncio.to_thread(self._render_all, job, the_plan, stacks)
-        meta["folded_samples"] = len(stacks)
-        meta["unresolved"] = self._unresolved(the_plan, stacks, maps, meta.get("exited_pids", []))
-        meta["phase"] = "done"
-        meta["artifacts"] = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
+        meta.folded_samples = len(stacks)
+        meta.unresolved = self._unresolved(the_plan, stacks, maps, meta.exited_pids)
+        meta.phase = "done"
+        meta.artifacts = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
         if stopped_early:
             job.message = "stopped early on request; what was recorded is kept"
 
     async def _record_offcpu_fp(
-        self, job: Job, the_plan: Plan, symbolizer: symbolize.Symbolizer
-    ) -> _offcpu.OffCpuRecording | None:
+        self, job: ProfileJob, the_plan: Plan, symbolizer: symbolize.Symbolizer
+    ) -> _offcpu_run.OffCpuRecording | None:
         if not the_plan.bpftrace_argv:
             return None
-        return await _offcpu.record(
+        return await _offcpu_run.record(
             the_plan,
             output=job.artifact(BPFTRACE_OUT),
             stop=job.stop_requested,
@@ -552,31 +583,31 @@ class Service:
         )
 
     def _note_recording(
-        self, job: Job, the_plan: Plan, rec: Recording | None, spies: list[PySpyResult]
+        self, job: ProfileJob, the_plan: Plan, rec: Recording | None, spies: list[PySpyResult]
     ) -> None:
         meta = job.result
         perf_samples = rec.samples or 0 if rec is not None else 0
         spy_samples = sum(s.samples for s in spies)
-        meta["samples"] = perf_samples + spy_samples
-        meta["lost_samples"] = rec.lost if rec is not None else 0
-        meta["dropped_samples"] = sum(s.errors for s in spies)
+        meta.samples = perf_samples + spy_samples
+        meta.lost_samples = rec.lost if rec is not None else 0
+        meta.dropped_samples = sum(s.errors for s in spies)
         if rec is not None:
             self.metrics.drop("perf_lost", rec.lost)
-        meta["stopped_early"] = job.stop_requested.is_set()
-        meta["perf_warnings"] = rec.warnings if rec is not None else []
-        meta["py_spy"] = [
-            {
-                "pid": s.pid,
-                "ok": s.ok,
-                "samples": s.samples,
-                "errors": s.errors,
-                "exited": s.exited,
-                **({"message": s.message} if s.message else {}),
-            }
+        meta.stopped_early = job.stop_requested.is_set()
+        meta.perf_warnings = rec.warnings if rec is not None else []
+        meta.py_spy = [
+            PySpyOutcome(
+                pid=s.pid,
+                ok=s.ok,
+                samples=s.samples,
+                errors=s.errors,
+                exited=s.exited,
+                message=s.message or None,
+            )
             for s in spies
         ]
         self._note_targets(job, the_plan)
-        notes = meta["notes"]
+        notes = meta.notes
         if rec is not None and rec.lost:
             notes.append(f"perf lost {rec.lost} chunk(s) of samples (the system was too busy)")
         for s in spies:
@@ -587,45 +618,45 @@ class Service:
                     f"py-spy dropped {s.errors} of {s.samples + s.errors} samples of pid "
                     f"{s.pid} (the interpreter could not be read at that instant)"
                 )
-        if meta["samples"] == 0:
+        if meta.samples == 0:
             notes.append(
                 "no samples: the targets used no CPU while recording (idle, or blocked); "
                 "profile while they are busy, or longer"
             )
 
-    def _note_targets(self, job: Job, the_plan: Plan) -> None:
+    def _note_targets(self, job: ProfileJob, the_plan: Plan) -> None:
         """Which targets exited, and what each target was (notes start here)."""
         meta = job.result
-        exited = [p for p in the_plan.pids if not procfs.pid_exists(p)]
-        meta["exited_pids"] = exited
+        exited = [p for p in the_plan.pids if not procfs.running(p)]
+        meta.exited_pids = exited
         notes: list[str] = []
         if exited:
             notes.append(
                 f"pid(s) {', '.join(map(str, exited))} exited during the recording; "
                 "their samples up to then are kept"
             )
-        meta["notes"] = notes
-        targets: list[dict[str, Any]] = []
+        meta.notes = notes
+        targets: list[TargetSeen] = []
         for pid in the_plan.pids:
             try:
                 info = procfs.process_info(pid)
             except NotFound:
-                targets.append({"pid": pid, "exited": True})
+                targets.append(TargetSeen(pid=pid, exited=True))
                 continue
             targets.append(
-                {
-                    "pid": pid,
-                    "comm": info.comm,
-                    "container": info.container,
-                    "runtime": info.runtime,
-                    "runtime_version": info.runtime_version,
-                    "perf_map": info.perf_map,
-                    "exe": info.exe,
-                }
+                TargetSeen(
+                    pid=pid,
+                    comm=info.comm,
+                    container=info.container,
+                    runtime=info.runtime,
+                    runtime_version=info.runtime_version,
+                    perf_map=info.perf_map,
+                    exe=info.exe,
+                )
             )
-        meta["targets"] = targets
+        meta.targets = targets
 
-    def _collect_perf_maps(self, job: Job, the_plan: Plan) -> list[int]:
+    def _collect_perf_maps(self, job: ProfileJob, the_plan: Plan) -> list[int]:
         """Copy each target's JIT perf map from its own /tmp into the job directory.
 
         perf script looks for /tmp/perf-PID.map in the target's mount namespace
@@ -642,14 +673,15 @@ class Service:
         return map_pids(job)
 
     async def _folded(
-        self, job: Job, options: CollapseOptions, *, perf_maps: list[int]
+        self, job: ProfileJob, options: CollapseOptions, *, perf_maps: list[int]
     ) -> dict[str, int]:
-        from agent.profiling.postprocess import perf_data_to_folded
+        from agent.profiling.perf_script import perf_data_to_folded
 
         # perf script's time grows with the recording (DWARF unwinding above all).
-        duration = float(job.result.get("plan", {}).get("duration_s", 0.0))
+        the_plan = job.result.plan
+        duration = the_plan.duration_s if the_plan is not None else 0.0
         timeout = self.settings.perf_timeout_slack_s + duration
-        pids = [int(p) for p in job.result.get("plan", {}).get("pids", [])]
+        pids = list(the_plan.pids) if the_plan is not None else []
         symbolizer = await asyncio.to_thread(symbolize.for_profile, self.settings, pids)
         with perf_maps_in_tmp(job, perf_maps):
             stacks = await perf_data_to_folded(
@@ -658,71 +690,32 @@ class Service:
         if options == CollapseOptions():
             # Where each object's names came from (the default view's run says it once).
             report = symbolizer.report()
-            job.result["symbols"] = report
-            job.result["leaf_callers_recovered"] = symbolizer.leaf_fixes
-            job.result.setdefault("notes", []).extend(symbolize.note_lines(report))
+            job.result.symbols = report
+            job.result.leaf_callers_recovered = symbolizer.leaf_fixes
+            job.result.notes.extend(symbolize.note_lines(report))
         return stacks
 
-    def _render_all(self, job: Job, the_plan: Plan, stacks: dict[str, int]) -> None:
-        from tracecar_formats.flamegraph import render_svg
-        from tracecar_formats.pprof import to_pprof
-        from tracecar_formats.speedscope import to_speedscope
-
+    def _render_all(self, job: ProfileJob, the_plan: Plan, stacks: dict[str, int]) -> None:
+        """Every output but the folded file, titled by :func:`outputs.profile_info`.
+        Blocking: called in a worker thread."""
         meta = job.result
-        started = float(meta.get("recording_started_at", job.created_at))
-        finished = float(meta.get("recording_finished_at", time.time()))
-        seconds = max(finished - started, 0.0)
-        pod = self.settings.pod_name or "this pod"
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
-        if the_plan.type == "off-cpu":
-            title = f"Off-CPU profile of {the_plan.target}"
-            subtitle = (
-                f"{pod}: {seconds:.1f} s, {when}; widths: time off CPU (sleeping, blocked on "
-                f"locks or I/O, waiting for a CPU), {sum(stacks.values()) / 1e6:.3f} s in all"
-            )
-            period_ns = 1000  # a count is a microsecond
-            sample_types = (("off_cpu", "microseconds"), ("off_cpu_time", "nanoseconds"))
-        else:
-            title = f"CPU profile of {the_plan.target}"
-            subtitle = (
-                f"{pod}: {seconds:.1f} s at {the_plan.frequency_hz} Hz, "
-                f"{the_plan.call_graph} call graphs, {sum(stacks.values())} samples, {when}"
-            )
-            period_ns = round(1e9 / the_plan.frequency_hz)
-            sample_types = (("samples", "count"), ("cpu", "nanoseconds"))
-        count_name = units(the_plan.type)
-        write_atomic(
-            job.artifact(SVG),
-            render_svg(stacks, title=title, subtitle=subtitle, count_name=count_name),
+        started = meta.recording_started_at or job.created_at
+        finished = meta.recording_finished_at or time.time()
+        info = outputs.profile_info(
+            kind=the_plan.type,
+            target=the_plan.target,
+            where=self.settings.pod_name or "this pod",
+            started_at=started,
+            duration_s=max(finished - started, 0.0),
+            frequency_hz=the_plan.frequency_hz,
+            call_graph=the_plan.call_graph,
+            stacks=stacks,
         )
-        write_atomic(
-            job.artifact(SPEEDSCOPE),
-            json.dumps(
-                to_speedscope(
-                    stacks,
-                    name=f"{title} ({subtitle})",
-                    unit="nanoseconds",
-                    weight_per_sample=period_ns,
-                )
-            ),
-        )
-        # Go functions' file and line from their pclntab (the targets still run here).
-        sources = go_sources(the_plan.pids, {f for k in stacks for f in k.split(";")})
-        write_atomic(
-            job.artifact(PPROF),
-            to_pprof(
-                stacks,
-                period_ns=period_ns,
-                duration_ns=round(seconds * 1e9),
-                time_ns=round(started * 1e9),
-                sample_types=sample_types,
-                sources=sources,
-            ),
-        )
+        outputs.write_outputs(job, stacks, info, pids=the_plan.pids)
 
     def _unresolved(
         self, the_plan: Plan, stacks: dict[str, int], maps: list[int], exited: list[int]
-    ) -> dict[str, Any]:
+    ) -> Unresolved:
         """Samples with unresolved frames, by object, and the reasons known for them.
 
         The collapser writes an unresolved frame as ``[OBJECT]`` (the DSO's base
@@ -744,15 +737,15 @@ class Service:
                 "their JIT frames cannot be resolved"
             )
         top = sorted(by_object.items(), key=lambda kv: -kv[1])[:20]
-        return {
-            "samples_with_unresolved_frames": with_unresolved,
-            "fraction": round(with_unresolved / total, 4),
-            "by_object": dict(top),
-            "reasons": reasons,
-            "perf_maps_used": [f"/tmp/perf-{p}.map" for p in maps],
-        }
+        return Unresolved(
+            samples_with_unresolved_frames=with_unresolved,
+            fraction=round(with_unresolved / total, 4),
+            by_object=dict(top),
+            reasons=reasons,
+            perf_maps_used=[f"/tmp/perf-{p}.map" for p in maps],
+        )
 
-    async def folded(self, job: Job, options: CollapseOptions) -> Path:
+    async def folded(self, job: ProfileJob, options: CollapseOptions) -> Path:
         """The file of folded stacks of a finished profile with ``options``.
 
         The default options' file is written when the profile finishes; any other
@@ -771,8 +764,9 @@ class Service:
         cached = job.artifact(f"folded-{key}.txt")
         lock = self._folded_locks.setdefault(job.id, asyncio.Lock())
         # Profiles made before py-spy came have no py_spy runs in their plan.
-        runs = [PySpyRun.model_validate(r) for r in job.result.get("plan", {}).get("py_spy", [])]
-        with_perf = bool(job.result.get("plan", {}).get("argv", True))
+        the_plan = job.result.plan
+        runs = the_plan.py_spy if the_plan is not None else []
+        with_perf = bool(the_plan.argv) if the_plan is not None else True
         async with lock:
             if not await asyncio.to_thread(cached.exists):
                 stacks = await self._cpu_folded(
@@ -781,7 +775,7 @@ class Service:
                 await asyncio.to_thread(write_atomic, cached, format_folded(stacks))
         return cached
 
-    def require_finished(self, job: Job, name: str | None = None) -> Path | None:
+    def require_finished(self, job: ProfileJob, name: str | None = None) -> Path | None:
         if job.state != "succeeded":
             what = f"its {name}" if name else "its outputs"
             detail = f"profile {job.id} is {job.state}"
@@ -795,10 +789,10 @@ class Service:
             raise NotFound(f"profile {job.id} has no {name}")
         return path
 
-    def require_perf_data(self, job: Job) -> None:
+    def require_perf_data(self, job: ProfileJob) -> None:
         """409 for a profile that has no perf.data because py-spy recorded all of it (404
         for an off-CPU profile that bpftrace recorded alone)."""
-        argv = job.result.get("plan", {}).get("argv", True)
+        argv = job.result.plan.argv if job.result.plan is not None else ["perf"]
         if profile_type(job) == "off-cpu" and not (argv and argv[0] == "perf"):
             raise NotFound(
                 f"profile {job.id} has no perf.data: bpftrace recorded it (frame pointers); "
@@ -811,11 +805,11 @@ class Service:
                 "profile.pb.gz"
             )
 
-    async def wait(self, job: Job) -> None:
+    async def wait(self, job: ProfileJob) -> None:
         if job.task is not None:
             await asyncio.shield(job.task)
 
-    async def stop_or_delete(self, job: Job, *, discard: bool) -> bool:
+    async def stop_or_delete(self, job: ProfileJob, *, discard: bool) -> bool:
         """DELETE: stop a running profile (keeping it) or remove it. True if removed."""
         if not job.finished and not discard:
             job.stop_requested.set()
@@ -848,7 +842,7 @@ def _dwarf_notes(rec: Recording, stats: TimedStats | None, period: int) -> list[
     if stats.cut_short:
         notes.append(
             f"{stats.cut_short} of {stats.stacks} stacks stop before the thread's first frame "
-            f"(_start, start_thread, clone): the {offcpu.DWARF_STACK_BYTES}-byte user stack "
+            f"(_start, start_thread, clone): the {offcpu_fold.DWARF_STACK_BYTES}-byte user stack "
             "copy did not reach it, or a frame has no unwind information (JIT code); their "
             "outer frames are missing"
         )

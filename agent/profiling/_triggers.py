@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent import procfs
 from agent.errors import NotFound, TooMany
@@ -45,6 +45,7 @@ MAX_FOR_S = 3600.0
 MAX_COOLDOWN_S = 86400.0
 MAX_CAPTURES = 100
 TriggerState = Literal["armed", "recording", "cooling-down", "done", "failed"]
+_WATCHING = ("armed", "recording", "cooling-down")
 
 
 class TriggerRequest(Targets):
@@ -64,6 +65,21 @@ class TriggerRequest(Targets):
     retain_s: float | None = Field(
         default=None, description="delete captured profiles older than this (none: keep)"
     )
+
+
+class TriggerView(BaseModel):
+    """A trigger as the API shows it (``GET /triggers/{id}``)."""
+
+    id: str
+    state: TriggerState
+    message: str
+    created_at: float
+    request: dict[str, Any]
+    cpu_percent_now: float | None = Field(description="the last CPU use measured")
+    above_since: float | None
+    captures: list[dict[str, Any]] = Field(description="what fired: when, at what CPU, the profile")
+    skipped: list[dict[str, Any]] = Field(description="the last captures not taken, and why")
+    links: dict[str, str]
 
 
 @dataclass
@@ -141,6 +157,23 @@ class Triggers:
         await self._cancel(trigger)
         self._triggers.pop(trigger_id, None)
 
+    async def start(self) -> None:
+        """Triggers are made by requests: none to start."""
+
+    def busy(self) -> bool:
+        """A watching trigger does not keep an idle agent alive: the profiles it starts do."""
+        return False
+
+    async def capabilities(self) -> dict[str, object]:
+        """A trigger's captures are CPU profiles: it works where they do."""
+        profiles = await self.profiling.capabilities()
+        return {
+            "available": profiles.get("available", False),
+            "reason": f"captures CPU profiles: {profiles.get('reason', '')}",
+            "max_triggers": self.max_triggers,
+            "watching": sum(1 for t in self._triggers.values() if t.state in _WATCHING),
+        }
+
     async def stop(self) -> None:
         """Agent shutdown: end every trigger's task (their profiles are the job store's)."""
         for t in list(self._triggers.values()):
@@ -189,7 +222,7 @@ class Triggers:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a trigger never dies silently
-            log.exception("trigger %s failed", trigger.id)
+            log.exception("trigger failed", extra={"fields": {"trigger": trigger.id}})
             trigger.state = "failed"
             trigger.message = str(e) or type(e).__name__
 

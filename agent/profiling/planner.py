@@ -2,7 +2,7 @@
 
 CPU profiles (``type: cpu``, the default) run ``perf record``; off-CPU profiles
 (``type: off-cpu``) run perf on ``sched:sched_switch`` with DWARF unwinding, or the
-bpftrace program of :mod:`agent.profiling.offcpu` (frame pointers), chosen per target
+bpftrace program of :mod:`agent.profiling.offcpu_fold` (frame pointers), chosen per target
 by :func:`choose_offcpu_unwinding`, side by side when the targets differ.
 Python targets of a CPU profile are sampled by py-spy instead (whole Python
 stacks read from the interpreter's memory): :func:`choose_profilers` decides per
@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from agent import procfs
 from agent.errors import Conflict, Invalid, Unavailable
-from agent.profiling import offcpu
+from agent.profiling import offcpu_fold
 
 CallGraph = Literal["auto", "fp", "dwarf"]
 Profiler = Literal["auto", "perf", "py-spy"]
@@ -128,9 +128,9 @@ class Limits:
     default_frequency_hz: int
     max_frequency_hz: int
     timeout_slack_s: float
-    offcpu_max_stacks_per_s: int = offcpu.DEFAULT_MAX_STACKS_PER_S
+    offcpu_max_stacks_per_s: int = offcpu_fold.DEFAULT_MAX_STACKS_PER_S
     """Off-CPU cost bound: switches recorded per second before 1-in-w sampling starts."""
-    offcpu_max_dwarf_stacks_per_s: int = offcpu.DEFAULT_MAX_DWARF_STACKS_PER_S
+    offcpu_max_dwarf_stacks_per_s: int = offcpu_fold.DEFAULT_MAX_DWARF_STACKS_PER_S
     """The same bound for the DWARF (perf) recorder, whose stacks cost more: above it
     one switch-out in ``period`` gets a stack, weighted ``period`` times."""
 
@@ -707,25 +707,25 @@ def _plan_offcpu(
     text = None
     bpftrace_argv: list[str] = []
     if fp_pids:
-        text = offcpu.program(
+        text = offcpu_fold.program(
             pids=fp_pids,
             pid_ns=pid_ns,
             duration_s=duration,
             max_stacks_per_s=limits.offcpu_max_stacks_per_s,
         )
-        bpftrace_argv = offcpu.argv(text)
+        bpftrace_argv = offcpu_fold.argv(text)
     argv: list[str] = []
     period = 1
     rate = sum(t.switches_per_s or 0.0 for t in targets if t.pid in set(dwarf_pids))
     if dwarf_pids:
-        period = offcpu.dwarf_period(
+        period = offcpu_fold.dwarf_period(
             rate, max_stacks_per_s=limits.offcpu_max_dwarf_stacks_per_s, duration_s=duration
         )
-        argv = offcpu.perf_argv(
+        argv = offcpu_fold.perf_argv(
             pids=dwarf_pids,
             output=str(output),
             duration_s=duration,
-            stack_bytes=offcpu.DWARF_STACK_BYTES,
+            stack_bytes=offcpu_fold.DWARF_STACK_BYTES,
             period=period,
         )
     mode: Literal["fp", "dwarf"] = "dwarf" if dwarf_pids else "fp"
@@ -742,7 +742,7 @@ def _plan_offcpu(
         reason = "off-cpu stacks walked by frame pointers in BPF: " + "; ".join(
             sorted({c.reason for c in choices})
         )
-    floor = rate * offcpu.DWARF_FLOOR_US_PER_SWITCH / 1e4  # percent of a core
+    floor = rate * offcpu_fold.DWARF_FLOOR_US_PER_SWITCH / 1e4  # percent of a core
     if dwarf_pids and floor >= 5:
         reason += (
             f"; at about {rate:,.0f} switches a second, perf's events on the targets' "
@@ -755,7 +755,7 @@ def _plan_offcpu(
             f"; the targets left the CPU about {rate:,.0f} times a second just before: "
             f"one switch-out in {period} gets a stack (weighted {period} times), the cost "
             f"bound of {limits.offcpu_max_dwarf_stacks_per_s} stacks a second and "
-            f"{offcpu.DWARF_MAX_RECORD_BYTES >> 20} MiB of stacks per recording"
+            f"{offcpu_fold.DWARF_MAX_RECORD_BYTES >> 20} MiB of stacks per recording"
         )
     by_pid = {t.pid: t for t in targets}
     return Plan(

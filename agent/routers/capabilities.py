@@ -9,34 +9,31 @@ from fastapi import APIRouter, Request
 from agent import capabilities
 from agent.deps import SettingsDep, SinksDep
 from agent.openapi import PROTECTED, errors
+from agent.registry import Capability
 from agent.routers.lttng import ATTACHED_LTTNG
 
 router = APIRouter(tags=["capabilities"], responses=errors(*PROTECTED, 422))
-
-_SERVICES = ("profiling", "recorder", "probes", "lttng", "stacks", "dotnet")
 
 
 @router.get("/capabilities")
 async def get_capabilities(
     request: Request, settings: SettingsDep, sinks: SinksDep
 ) -> dict[str, object]:
-    """General facts (tools, permissions, tracefs, BPF, kernel tracing) and each service's."""
+    """General facts (tools, permissions, tracefs, BPF, kernel tracing) and each
+    capability's (every one the app registered, under its name)."""
+    registered: dict[str, Capability] = request.app.state.capabilities
 
-    async def of(name: str) -> dict[str, object]:
-        svc = getattr(request.app.state, name, None)
-        if svc is None:
-            return {"available": False, "reason": "service not started"}
+    async def of(svc: Capability) -> dict[str, object]:
         try:
-            result: dict[str, object] = await svc.capabilities()
+            return await svc.capabilities()
         except Exception as e:  # one broken check must not hide the others
             return {"available": False, "reason": f"capability check failed: {e}"}
-        return result
 
     general, *per_service = await asyncio.gather(
-        capabilities.general(), *(of(n) for n in _SERVICES)
+        capabilities.general(), *(of(svc) for svc in registered.values())
     )
     access = request.app.state.access.describe()
-    out = {"auth": access, **general, **dict(zip(_SERVICES, per_service, strict=True))}
+    out = {"auth": access, **general, **dict(zip(registered, per_service, strict=True))}
     out["mode"] = {
         "mode": settings.mode,
         "idle_exit_s": settings.idle_exit_s,

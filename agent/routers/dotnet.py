@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from agent.dotnet import Counters, ProcessInfoAnswer, Service, TraceRequest, TraceSummary
-from agent.jobs import Job
+from agent.jobs import DictJob
 from agent.openapi import PROTECTED, errors
 
 router = APIRouter(tags=["dotnet"], responses=errors(*PROTECTED, 422))
@@ -42,7 +42,7 @@ class TraceView(BaseModel):
     links: dict[str, str]
 
 
-def view(job: Job) -> TraceView:
+def view(job: DictJob) -> TraceView:
     base = f"/dotnet/traces/{job.id}"
     links = {"self": base}
     if job.state == "succeeded":

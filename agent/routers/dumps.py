@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from agent.dumps import DumpRequest, Service
-from agent.jobs import Job
+from agent.jobs import DictJob
 from agent.openapi import PROTECTED, TOOLS, errors
 
 router = APIRouter(tags=["dumps"], responses=errors(*PROTECTED, 422))
@@ -44,7 +44,7 @@ class DumpView(BaseModel):
     links: dict[str, str]
 
 
-def view(job: Job) -> DumpView:
+def view(job: DictJob) -> DumpView:
     base = f"/dumps/{job.id}"
     links = {"self": base}
     if job.state == "succeeded":

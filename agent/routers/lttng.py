@@ -15,7 +15,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.deps import SettingsDep
 from agent.errors import Conflict, Invalid
-from agent.lttng import Action, Format, Service, SessionRequest
+from agent.lttng import (
+    Action,
+    Deleted,
+    Format,
+    Service,
+    SessionList,
+    SessionRequest,
+    SessionView,
+)
 from agent.openapi import PROTECTED, TOOLS, content, errors, json_object
 
 router = APIRouter(prefix="/lttng", tags=["lttng"], responses=errors(*PROTECTED, 422))
@@ -57,6 +65,7 @@ async def tracepoints(svc: ServiceDep) -> dict[str, Any]:
 @router.post(
     "/sessions",
     status_code=201,
+    response_model=SessionView,
     responses={
         200: json_object("dry_run=true: the lttng commands (nothing run)"),
         **errors(400, 404, 409, 429, *TOOLS),
@@ -69,25 +78,27 @@ async def create_session(
     dry_run: Annotated[bool, Query(description="Show the lttng commands; run nothing.")] = False,
 ) -> Any:
     result = await svc.create(req, dry_run=dry_run)
-    if dry_run:
+    if not isinstance(result, SessionView):
         return JSONResponse(result, status_code=200)
     return JSONResponse(
-        result, status_code=201, headers={"Location": f"/lttng/sessions/{result['id']}"}
+        result.model_dump(mode="json"),
+        status_code=201,
+        headers={"Location": f"/lttng/sessions/{result.id}"},
     )
 
 
 @router.get("/sessions")
-async def list_sessions(svc: ServiceDep) -> dict[str, Any]:
-    return {"sessions": [await svc.view(s, detail=False) for s in svc.list_sessions()]}
+async def list_sessions(svc: ServiceDep) -> SessionList:
+    return SessionList(sessions=[await svc.view(s, detail=False) for s in svc.list_sessions()])
 
 
 @router.get("/sessions/{session_id}", responses=errors(404, *TOOLS))
-async def get_session(svc: ServiceDep, session_id: SessionId) -> dict[str, Any]:
+async def get_session(svc: ServiceDep, session_id: SessionId) -> SessionView:
     return await svc.view(svc.get(session_id))
 
 
 @router.delete("/sessions/{session_id}", responses=errors(404))
-async def delete_session(svc: ServiceDep, session_id: SessionId) -> dict[str, Any]:
+async def delete_session(svc: ServiceDep, session_id: SessionId) -> Deleted:
     return await svc.delete(session_id)
 
 
@@ -97,7 +108,7 @@ _ACTION = errors(404, 409, *TOOLS)
 
 
 def _action_route(action: Action, summary: str) -> None:
-    async def act(svc: ServiceDep, session_id: SessionId) -> dict[str, Any]:
+    async def act(svc: ServiceDep, session_id: SessionId) -> SessionView:
         return await svc.action(session_id, action)
 
     router.add_api_route(

@@ -13,7 +13,14 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agent.openapi import PROTECTED, TOOLS, content, errors, json_object
-from agent.probes import STREAM_MAX_BYTES, ProbeRequest, Service, SymbolList
+from agent.probes import (
+    STREAM_MAX_BYTES,
+    ProbeList,
+    ProbeRequest,
+    ProbeView,
+    Service,
+    SymbolList,
+)
 
 router = APIRouter(tags=["probes"], responses=errors(*PROTECTED, 422))
 
@@ -42,6 +49,7 @@ async def symbols(
 @router.post(
     "/probes",
     status_code=201,
+    response_model=ProbeView,
     responses={
         200: json_object("dry_run=true: the plan (nothing attached)"),
         **errors(400, 403, 404, 409, 429, *TOOLS),
@@ -63,12 +71,12 @@ async def create_probe(
     return JSONResponse(result, status_code=201, headers={"Location": f"/probes/{result['id']}"})
 
 
-@router.get("/probes")
+@router.get("/probes", response_model=ProbeList)
 async def list_probes(svc: ServiceDep) -> dict[str, Any]:
     return {"probes": svc.list_probes()}
 
 
-@router.get("/probes/{probe_id}", responses=errors(404))
+@router.get("/probes/{probe_id}", response_model=ProbeView, responses=errors(404))
 async def get_probe(svc: ServiceDep, probe_id: ProbeId) -> dict[str, Any]:
     return svc.get(probe_id).to_dict()
 
@@ -99,6 +107,6 @@ async def probe_events(
     return StreamingResponse(body, media_type=media, headers=headers)
 
 
-@router.delete("/probes/{probe_id}", responses=errors(404))
+@router.delete("/probes/{probe_id}", response_model=ProbeView, responses=errors(404))
 async def delete_probe(svc: ServiceDep, probe_id: ProbeId) -> dict[str, Any]:
     return await svc.delete(probe_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from os import PathLike
 from typing import Annotated, Any
 
@@ -11,10 +10,9 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from agent import profiling
 from agent.deps import SinksDep
-from agent.errors import AgentError
-from agent.jobs import Job
+from agent.errors import ToolError
 from agent.openapi import PROTECTED, TOOLS, content, errors, json_or
-from agent.profiling import ARTIFACTS, BPFTRACE_OUT, KIND, PERF_DATA, PPROF, SPEEDSCOPE, SVG
+from agent.profiling import ARTIFACTS, BPFTRACE_OUT, PERF_DATA, PPROF, SPEEDSCOPE, SVG
 from agent.profiling.planner import OutputFormat, Plan, ProfileRequest
 from agent.sinks import Push
 from tracecar_formats.collapse import CollapseOptions
@@ -46,10 +44,8 @@ def _artifact_route(name: str) -> dict[str, Any]:
     }
 
 
-class JobFailed(AgentError):
+class JobFailed(ToolError):
     """``wait=true`` on a profile that failed: the tool's own message, with the job's id."""
-
-    status_code = 502
 
 
 class ProfileBody(ProfileRequest, Push):
@@ -64,19 +60,11 @@ def get_service(request: Request) -> profiling.Service:
 ServiceDep = Annotated[profiling.Service, Depends(get_service)]
 
 
-def view(job: Job) -> dict[str, Any]:
-    """A profile as the API shows it: state, progress, metadata, links."""
-    meta = dict(job.result)
-    the_plan = meta.get("plan", {})
-    duration = float(the_plan.get("duration_s", 0.0))
-    started = meta.get("recording_started_at")
-    finished = meta.get("recording_finished_at")
-    elapsed = None
-    if started is not None:
-        elapsed = round((finished or time.time()) - float(started), 2)
-    progress = job.progress
-    if not job.finished and elapsed is not None and duration > 0:
-        progress = round(min(elapsed / duration, 1.0) * 0.95, 3)  # the rest: post-processing
+def view(svc: profiling.Service, job: profiling.ProfileJob) -> profiling.ProfileView:
+    """A profile as the API shows it: state, progress (the service's), result, links."""
+    meta = job.result
+    the_plan = meta.plan
+    progress, elapsed = svc.progress(job)
     base = f"/profiles/{job.id}"
     links = {"self": base}
     if job.state == "succeeded":
@@ -86,34 +74,40 @@ def view(job: Job) -> dict[str, Any]:
             "speedscope": f"{base}/speedscope.json",
             "pprof": f"{base}/profile.pb.gz",
         }
+        argv = the_plan.argv if the_plan is not None else ["perf"]
         if job.params.get("type", "cpu") == "off-cpu":
             # Profiles made before the DWARF recorder ran bpftrace alone, from argv.
-            tools = {a[0] for a in (the_plan.get("argv"), the_plan.get("bpftrace_argv")) if a}
+            bpftrace_argv = the_plan.bpftrace_argv if the_plan is not None else []
+            tools = {a[0] for a in (argv, bpftrace_argv) if a}
             if "bpftrace" in tools:
                 links["bpftrace_output"] = f"{base}/{BPFTRACE_OUT}"
             if "perf" in tools:
                 links["perf_data"] = f"{base}/{PERF_DATA}"
-        elif the_plan.get("argv", True):  # not when py-spy recorded every target
+        elif argv:  # not when py-spy recorded every target
             links["perf_data"] = f"{base}/{PERF_DATA}"
-    return {
-        "id": job.id,
-        "state": job.state,
-        "phase": meta.pop("phase", "pending"),
-        "progress": progress,
-        "elapsed_s": elapsed,
-        "duration_s": duration,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "request": job.params,
-        "message": job.message,
-        "error": job.error,
-        "metadata": meta,
-        "links": links,
-    }
+    return profiling.ProfileView(
+        id=job.id,
+        state=job.state,
+        phase=meta.phase,
+        progress=progress,
+        elapsed_s=elapsed,
+        duration_s=the_plan.duration_s if the_plan is not None else 0.0,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        request=job.params,
+        message=job.message,
+        error=job.error,
+        metadata=meta,
+        links=links,
+    )
 
 
-def _artifact(svc: profiling.Service, job: Job, name: str) -> FileResponse:
+def _json(v: profiling.ProfileView, status: int, **headers: str) -> JSONResponse:
+    return JSONResponse(v.model_dump(mode="json"), status_code=status, headers=headers or None)
+
+
+def _artifact(svc: profiling.Service, job: profiling.ProfileJob, name: str) -> FileResponse:
     path = svc.require_finished(job, name)
     assert path is not None
     return FileResponse(path, media_type=_MEDIA[name], filename=f"{job.id}-{name}")
@@ -131,7 +125,10 @@ def _artifact(svc: profiling.Service, job: Job, name: str) -> FileResponse:
             _TEXT,
             _MEDIA[PPROF],
         ),
-        202: {"description": "Started: the profile (poll its Location)"},
+        202: {
+            "description": "Started: the profile (poll its Location)",
+            "model": profiling.ProfileView,
+        },
         **errors(400, 404, 409, 429, *TOOLS),
     },
 )
@@ -159,7 +156,7 @@ async def create_profile(
         sinks.publish_when_done(svc, job, source="on-demand", extra={})
     location = f"/profiles/{job.id}"
     if not wait:
-        return JSONResponse(view(job), status_code=202, headers={"Location": location})
+        return _json(view(svc, job), 202, Location=location)
     await svc.wait(job)
     if job.state != "succeeded":
         raise JobFailed(
@@ -176,13 +173,13 @@ async def create_profile(
 
 
 @router.get("/profiles")
-async def list_profiles(svc: ServiceDep) -> list[dict[str, Any]]:
-    return [view(j) for j in svc.jobs.of_kind(KIND)]
+async def list_profiles(svc: ServiceDep) -> list[profiling.ProfileView]:
+    return [view(svc, j) for j in svc.profiles()]
 
 
 @router.get("/profiles/{job_id}", responses=errors(404))
-async def get_profile(svc: ServiceDep, job_id: JobId) -> dict[str, Any]:
-    return view(svc.jobs.get(KIND, job_id))
+async def get_profile(svc: ServiceDep, job_id: JobId) -> profiling.ProfileView:
+    return view(svc, svc.get(job_id))
 
 
 @router.delete(
@@ -190,7 +187,10 @@ async def get_profile(svc: ServiceDep, job_id: JobId) -> dict[str, Any]:
     response_model=None,
     status_code=202,
     responses={
-        202: {"description": "It was running: asked to stop; what was recorded is kept"},
+        202: {
+            "description": "It was running: asked to stop; what was recorded is kept",
+            "model": profiling.ProfileView,
+        },
         204: {"description": "Removed (it had finished, or discard=true)"},
         **errors(404),
     },
@@ -203,30 +203,30 @@ async def delete_profile(
     ] = False,
 ) -> Response | dict[str, Any]:
     """Running: stop early, keeping what was recorded (202). Finished (or discard): remove."""
-    job = svc.jobs.get(KIND, job_id)
+    job = svc.get(job_id)
     if await svc.stop_or_delete(job, discard=discard):
         return Response(status_code=204)
-    return JSONResponse(view(job), status_code=202)
+    return _json(view(svc, job), 202)
 
 
 @router.get("/profiles/{job_id}/flamegraph.svg", **_artifact_route(SVG))
 async def flamegraph(svc: ServiceDep, job_id: JobId) -> FileResponse:
-    return _artifact(svc, svc.jobs.get(KIND, job_id), SVG)
+    return _artifact(svc, svc.get(job_id), SVG)
 
 
 @router.get("/profiles/{job_id}/speedscope.json", **_artifact_route(SPEEDSCOPE))
 async def speedscope(svc: ServiceDep, job_id: JobId) -> FileResponse:
-    return _artifact(svc, svc.jobs.get(KIND, job_id), SPEEDSCOPE)
+    return _artifact(svc, svc.get(job_id), SPEEDSCOPE)
 
 
 @router.get("/profiles/{job_id}/profile.pb.gz", **_artifact_route(PPROF))
 async def pprof(svc: ServiceDep, job_id: JobId) -> FileResponse:
-    return _artifact(svc, svc.jobs.get(KIND, job_id), PPROF)
+    return _artifact(svc, svc.get(job_id), PPROF)
 
 
 @router.get("/profiles/{job_id}/perf.data", **_artifact_route(PERF_DATA))
 async def perf_data(svc: ServiceDep, job_id: JobId) -> FileResponse:
-    job = svc.jobs.get(KIND, job_id)
+    job = svc.get(job_id)
     svc.require_perf_data(job)
     return _artifact(svc, job, PERF_DATA)
 
@@ -234,7 +234,7 @@ async def perf_data(svc: ServiceDep, job_id: JobId) -> FileResponse:
 @router.get("/profiles/{job_id}/bpftrace.json", **_artifact_route(BPFTRACE_OUT))
 async def bpftrace_output(svc: ServiceDep, job_id: JobId) -> FileResponse:
     """An off-CPU profile's raw record: bpftrace's JSON lines (``-f json``)."""
-    return _artifact(svc, svc.jobs.get(KIND, job_id), BPFTRACE_OUT)
+    return _artifact(svc, svc.get(job_id), BPFTRACE_OUT)
 
 
 Flag = Annotated[bool, Query()]
@@ -264,4 +264,4 @@ async def folded(
 ) -> FileResponse:
     """Collapsed stacks (stackcollapse-perf.pl format); the flags are its options."""
     options = CollapseOptions(pid=pid, tid=tid, kernel=kernel, jit=jit, all=all, addrs=addrs)
-    return _folded_file(await svc.folded(svc.jobs.get(KIND, job_id), options))
+    return _folded_file(await svc.folded(svc.get(job_id), options))

@@ -3,25 +3,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from agent import profiling
-from agent.deps import SinksDep
+from agent.deps import SettingsDep, SinksDep
 from agent.openapi import PROTECTED, content, errors
 from agent.profiling.planner import OutputFormat
 from agent.routers.profiles import ServiceDep, view
 from agent.sinks import Push
-from agent.symbolize.sources import go_sources
-from tracecar_formats.collapse import format_folded
-from tracecar_formats.flamegraph import render_svg
-from tracecar_formats.pprof import to_pprof
-from tracecar_formats.speedscope import to_speedscope
 
 router = APIRouter(tags=["recorder"], responses=errors(*PROTECTED, 422))
 
@@ -50,7 +42,7 @@ class RecorderBody(profiling.RecorderRequest, Push):
 @router.post(
     "/recorder",
     status_code=201,
-    response_model=None,
+    response_model=profiling.RecorderStatus,
     responses={201: {"description": "Recording: the status"}, **errors(400, 404, 409, 503)},
 )
 async def start_recorder(
@@ -61,14 +53,14 @@ async def start_recorder(
     req = body or RecorderBody()
     if req.push:
         sinks.require("pyroscope")
-    status = await rec.start(req)
+    status = await rec.record(req)
     if req.push:
         sinks.start_continuous(rec)
     status["push"] = sinks.continuous_status()
     return JSONResponse(status, status_code=201, headers={"Location": "/recorder"})
 
 
-@router.get("/recorder")
+@router.get("/recorder", response_model=profiling.RecorderStatus)
 async def recorder_status(rec: RecorderDep, sinks: SinksDep) -> dict[str, Any]:
     """State, the retained window (Unix seconds), how far behind real time its newest
     complete second is (``lag_s``), its size, how each Python process is sampled, and
@@ -88,48 +80,6 @@ async def stop_recorder(rec: RecorderDep, sinks: SinksDep) -> Response:
     return Response(status_code=204)
 
 
-def _coverage(part: profiling.Slice) -> str:
-    """What the subtitle says when only part of the asked interval is retained."""
-    if not part.clipped:
-        return ""
-    asked = f"{_hms(part.asked_start)}-{_hms(part.asked_end)}"
-    return (
-        f"; asked {asked} UTC, retained part only "
-        f"(the ring holds {_hms(part.window_start)}-{_hms(part.window_end)})"
-    )
-
-
-def _hms(t: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(t))
-
-
-def _render(part: profiling.Slice, fmt: OutputFormat, hz: int) -> bytes:
-    stacks, start, end = part.stacks, part.start, part.end
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start))
-    title = "Flight recorder: CPU profile"
-    subtitle = (
-        f"{when} UTC + {end - start:g} s at {hz} Hz, {sum(stacks.values())} samples"
-        + _coverage(part)
-    )
-    if fmt == "folded":
-        return format_folded(stacks).encode()
-    if fmt == "svg":
-        return render_svg(stacks, title=title, subtitle=subtitle).encode()
-    if fmt == "speedscope":
-        doc = to_speedscope(
-            stacks, name=f"{title} ({subtitle})", unit="nanoseconds", weight_per_sample=1e9 / hz
-        )
-        return json.dumps(doc).encode()
-    frames = {f for k in stacks for f in k.split(";")}
-    return to_pprof(
-        stacks,
-        period_ns=round(1e9 / hz),
-        duration_ns=round((end - start) * 1e9),
-        time_ns=round(start * 1e9),
-        sources=go_sources(part.pids, frames),  # Go's file:line, from the pclntab
-    )
-
-
 def coverage_headers(part: profiling.Slice) -> dict[str, str]:
     """Which part of the asked interval the answer covers (Unix seconds)."""
     return {
@@ -147,7 +97,10 @@ def coverage_headers(part: profiling.Slice) -> dict[str, str]:
     "/recorder/profiles",
     status_code=201,
     response_model=None,
-    responses={201: {"description": "The interval, kept as a profile"}, **errors(409)},
+    responses={
+        201: {"description": "The interval, kept as a profile", "model": profiling.ProfileView},
+        **errors(409),
+    },
 )
 async def save_recorder_interval(
     rec: RecorderDep,
@@ -158,7 +111,11 @@ async def save_recorder_interval(
     """Keep ``[from, to)`` as a profile: its outputs at ``/profiles/{id}/...``, and an id
     ``GET /profiles/diff`` compares with a capture or another interval."""
     job = await rec.save_interval(svc, from_, to)
-    return JSONResponse(view(job), status_code=201, headers={"Location": f"/profiles/{job.id}"})
+    return JSONResponse(
+        view(svc, job).model_dump(mode="json"),
+        status_code=201,
+        headers={"Location": f"/profiles/{job.id}"},
+    )
 
 
 @router.get(
@@ -171,6 +128,7 @@ async def save_recorder_interval(
 )
 async def recorder_profile(
     rec: RecorderDep,
+    settings: SettingsDep,
     from_: Annotated[float, Query(alias="from", description="Unix time, seconds")],
     to: Annotated[float, Query(description="Unix time, seconds")],
     format: Annotated[OutputFormat, Query()] = "svg",
@@ -179,6 +137,11 @@ async def recorder_profile(
     retains, said in the ``X-Tracecar-*`` headers (``Coverage: partial`` when some of it
     is not retained) and the SVG's subtitle. 422 only for an interval that is inverted
     or wholly outside the retained window."""
-    part = rec.interval(from_, to)
-    body = await asyncio.to_thread(_render, part, format, rec.frequency_hz)
+    # Both heavy steps in worker threads: merging up to a day of one-second buckets, and
+    # rendering it (the loop keeps timing perf, feeding probe streams, answering /healthz).
+    part = await rec.merged(from_, to)
+    info = profiling.interval_info(
+        part, frequency_hz=rec.frequency_hz, where=settings.pod_name or "this pod"
+    )
+    body = await profiling.render_in_thread(part.stacks, format, info, pids=part.pids)
     return Response(body, media_type=_MEDIA[format], headers=coverage_headers(part))

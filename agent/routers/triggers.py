@@ -33,7 +33,7 @@ class TriggerBody(profiling.TriggerRequest, Push):
 @router.post(
     "/triggers",
     status_code=201,
-    response_model=None,
+    response_model=profiling.TriggerView,
     responses={
         201: {"description": "Armed: the trigger (poll its Location)"},
         **errors(400, 404, 409, 429),
@@ -58,12 +58,12 @@ async def create_trigger(
     )
 
 
-@router.get("/triggers")
+@router.get("/triggers", response_model=list[profiling.TriggerView])
 async def list_triggers(triggers: TriggersDep) -> list[dict[str, Any]]:
     return [t.view() for t in triggers.list()]
 
 
-@router.get("/triggers/{trigger_id}", responses=errors(404))
+@router.get("/triggers/{trigger_id}", response_model=profiling.TriggerView, responses=errors(404))
 async def get_trigger(triggers: TriggersDep, trigger_id: TriggerId) -> dict[str, Any]:
     """State, the last CPU use measured, and ``captures``: what fired, when, at what CPU."""
     return triggers.get(trigger_id).view()

@@ -192,7 +192,9 @@ class Continuous:
                     await self.sink.put_bytes(payload, meta)
                 except Exception as e:  # a full disk must not end continuous profiling
                     self.last_error = f"spooling failed: {e}"
-                    log.warning("continuous push: spooling failed: %s", e)
+                    log.warning(
+                        "continuous push: spooling failed", extra={"fields": {"error": str(e)}}
+                    )
                     continue
                 n += 1
             self.pushed_intervals += 1

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from agent import profiling
 from agent.errors import Conflict, NotFound
-from agent.jobs import Job
 from agent.metrics import Metrics
 from agent.settings import Settings
 from agent.sinks._continuous import Continuous
@@ -194,7 +193,12 @@ class Sinks:
 
     # --- profiles ------------------------------------------------------------------------
     def publish_when_done(
-        self, svc: profiling.Service, job: Job, *, source: Source, extra: dict[str, str]
+        self,
+        svc: profiling.Service,
+        job: profiling.ProfileJob,
+        *,
+        source: Source,
+        extra: dict[str, str],
     ) -> None:
         """Push ``job``'s profile once it has succeeded (a background task)."""
 
@@ -204,9 +208,11 @@ class Sinks:
 
         self._spawn(publish(), f"publish-{job.id}")
 
-    async def publish(self, job: Job, *, source: Source, extra: dict[str, str]) -> None:
+    async def publish(
+        self, job: profiling.ProfileJob, *, source: Source, extra: dict[str, str]
+    ) -> None:
         if job.state != "succeeded":
-            log.info("profile %s %s: nothing to push", job.id, job.state)
+            log.info("nothing to push", extra={"fields": {"profile": job.id, "state": job.state}})
             return
         path = job.artifact(profiling.PPROF)
         kind: ProfileKind = "off-cpu" if job.params.get("type") == "off-cpu" else "cpu"
@@ -218,7 +224,7 @@ class Sinks:
             extra={"profile_id": job.id, **extra},
         )
         meta = job.result
-        window = {"from": meta.get("recording_started_at"), "to": meta.get("recording_finished_at")}
+        window = {"from": meta.recording_started_at, "to": meta.recording_finished_at}
         try:
             if self.pyroscope is not None:
                 await self.pyroscope.put_file(path, {"labels": labels, **window})
@@ -233,7 +239,9 @@ class Sinks:
                     },
                 )
         except (OSError, TooLarge) as e:
-            log.warning("profile %s not pushed: %s", job.id, e)
+            log.warning(
+                "profile not pushed", extra={"fields": {"profile": job.id, "error": str(e)}}
+            )
 
     def follow_trigger(
         self, triggers: profiling.Triggers, svc: profiling.Service, trigger: profiling.Trigger

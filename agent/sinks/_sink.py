@@ -112,7 +112,10 @@ class Sink:
         self._loop = asyncio.get_running_loop()
         left = await asyncio.to_thread(self.spool.load)
         if left:
-            log.info("%s: %d item(s) left in the spool by a previous run", self.name, left)
+            log.info(
+                "items left in the spool by a previous run",
+                extra={"fields": {"sink": self.name, "items": left}},
+            )
         self._task = asyncio.create_task(self._deliver(), name=f"sink-{self.name}")
 
     async def flush_and_stop(self, budget_s: float) -> None:
@@ -132,11 +135,15 @@ class Sink:
                 await asyncio.wait_for(self._progress.wait(), min(left, 0.5))
         if len(self.spool):
             log.warning(
-                "%s: %d item(s), %d bytes not sent at shutdown; kept in the spool (%s)",
-                self.name,
-                len(self.spool),
-                self.spool.queued_bytes,
-                self.last_error or "the flush budget ran out",
+                "not sent at shutdown; kept in the spool",
+                extra={
+                    "fields": {
+                        "sink": self.name,
+                        "items": len(self.spool),
+                        "bytes": self.spool.queued_bytes,
+                        "why": self.last_error or "the flush budget ran out",
+                    }
+                },
             )
         if self._task is not None:
             self._task.cancel()
@@ -205,7 +212,17 @@ class Sink:
         self.dropped += 1
         self._on_drop(self.name, reason)
         if reason in ("spool_full", "too_old"):
-            log.warning("%s: dropped %s (%s, %d bytes)", self.name, item.id, reason, item.size)
+            log.warning(
+                "dropped an item",
+                extra={
+                    "fields": {
+                        "sink": self.name,
+                        "item": item.id,
+                        "reason": reason,
+                        "bytes": item.size,
+                    }
+                },
+            )
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._settle, item.id, False)
@@ -223,7 +240,17 @@ class Sink:
         self.failures += 1
         self.last_kind = e.kind
         if self.last_error != str(e) or self.failures in (1, FAILING_AFTER):
-            log.warning("%s: %s (%s, failure %d in a row)", self.name, e, e.kind, self.failures)
+            log.warning(
+                "sending failed",
+                extra={
+                    "fields": {
+                        "sink": self.name,
+                        "error": str(e),
+                        "kind": e.kind,
+                        "failures": self.failures,
+                    }
+                },
+            )
         self.last_error = str(e)
         self.last_error_at = time.time()
 
@@ -261,14 +288,19 @@ class Sink:
                 continue
             except Exception as e:  # a sender bug must not end delivery
                 self._sending = False
-                log.exception("%s: sending %s failed", self.name, item.id)
+                log.exception(
+                    "sending failed", extra={"fields": {"sink": self.name, "item": item.id}}
+                )
                 what = f"unexpected error: {type(e).__name__}: {e}"
                 self._fail(SendError(what, kind="transient"))
                 await self._pause(backoff_s(self.failures))
                 continue
             await asyncio.to_thread(self.spool.remove, item)
             if self.failures:
-                log.info("%s: delivering again after %d failure(s)", self.name, self.failures)
+                log.info(
+                    "delivering again",
+                    extra={"fields": {"sink": self.name, "failures": self.failures}},
+                )
             self.failures = 0
             self.last_kind = None
             self.last_success = time.time()

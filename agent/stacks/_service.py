@@ -29,16 +29,10 @@ import signal
 import time
 
 from agent import _proc, capabilities, procfs
-from agent.errors import AgentError, Conflict, NotFound, Unavailable
+from agent.errors import AgentError, Conflict, NotFound, ToolError, Unavailable
 from agent.stacks import _parse
 from agent.stacks._model import RequestedRuntime, StackSnapshot, ThreadStack, Tool
 from agent.stacks._plan import Plan, plan
-
-
-class ToolError(AgentError):
-    """The stack tool failed on a live process: its own message, summarised."""
-
-    status_code = 502
 
 
 def find_tools() -> dict[Tool, str | None]:
@@ -137,6 +131,17 @@ class Stacks:
     def __init__(self, *, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self._locks: dict[int, tuple[asyncio.Lock, int]] = {}  # pid -> (lock, its users)
+
+    async def start(self) -> None:
+        """Nothing runs between snapshots."""
+
+    async def stop(self) -> None:
+        """Nothing to stop: a snapshot's tool is reaped by its own timeout, and the app's
+        final ``_proc.terminate_all``."""
+
+    def busy(self) -> bool:
+        """A snapshot is one request: the request itself keeps the agent alive."""
+        return False
 
     async def capabilities(self) -> dict[str, object]:
         """``GET /capabilities``' ``stacks``: which kinds of stacks work here, and why not."""

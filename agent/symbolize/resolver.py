@@ -8,6 +8,9 @@ satisfies :class:`tracecar_formats.collapse.StackSymbolizer`) for one profile:
   included (each inlined function is a frame of its own, as ``go tool pprof`` shows it);
 * **stripped native** objects are named from their separate debug file
   (:mod:`agent.symbolize.debuginfo`: build-id path, debuglink, debuginfod);
+* **native calls the compiler inlined** become frames of their own where the object
+  or its debug file has DWARF (:mod:`agent.symbolize.dwarf`), under perf's (or the
+  debug file's) name of the function they were inlined into;
 * everything else keeps perf's own answer (its symtab, perf maps, the kernel's).
 
 The **frameless-leaf fix-up** (:meth:`Symbolizer.missing_caller`): a frame-pointer
@@ -41,6 +44,7 @@ from agent.settings import Settings
 from agent.symbolize._ehframe import RSP
 from agent.symbolize._objects import ElfObject, load_object
 from agent.symbolize.debuginfo import DebuginfodCache, find_debug_file
+from agent.symbolize.dwarf import DwarfInline, OverBudget, load_dwarf
 
 __all__ = ["Symbolizer"]
 
@@ -48,6 +52,8 @@ _PERF_MAP = re.compile(rb"^/tmp/perf-\d+\.map$")
 _UNKNOWN = b"[unknown]"
 DEBUGINFOD_BUDGET_S = 20.0
 """Time one profile may spend waiting for debuginfod servers, all objects together."""
+DWARF_BUDGET_S = 20.0
+"""Time one profile may spend decoding DWARF for inlined frames, all objects together."""
 
 
 @dataclass(eq=False)
@@ -60,6 +66,8 @@ class _Obj:
     detail: str
     debug: symbols.ObjectSymbols | None = None
     notes: list[str] = field(default_factory=list)
+    dwarf: DwarfInline | None = None
+    inlined: str | None = None  # native objects: where inlined frames came from, or why not
 
 
 class _Process:
@@ -136,7 +144,10 @@ class _Process:
             detail = "perf's symbols (.symtab)"
             if elf.is_go and elf.go_error:
                 detail += f"; its Go pclntab is unusable: {elf.go_error}"
-            return _Obj(mod, elf, "symtab", detail)
+            o = _Obj(mod, elf, "symtab", detail)
+            if not elf.is_go:
+                self._attach_dwarf(o, elf, elf.path)
+            return o
         found, ignored = find_debug_file(
             self._root(),
             path,
@@ -153,6 +164,9 @@ class _Process:
                 o.debug = symbols.object_symbols(found.path)
             except (Invalid, NotFound) as e:
                 o.source, o.detail = "none", f"{found.detail}: unreadable ({e})"
+            else:
+                if not elf.is_go:
+                    self._attach_dwarf(o, elf, str(found.path))
         else:
             dyn = elf.functions()
             if dyn is not None and dyn.functions:
@@ -160,19 +174,52 @@ class _Process:
                 o.detail = f"stripped: only its exported symbols resolve ({found.detail})"
         return o
 
-    def vaddr(self, o: _Obj, pc: int) -> int | None:
+    def _attach_dwarf(self, o: _Obj, elf: ElfObject, path: str) -> None:
+        """Inlined frames from the DWARF at ``path`` (the object or its debug file)."""
+        if path == elf.path and ".debug_info" not in elf.sections:
+            return  # no DWARF: nothing to say (most shipped objects)
+        try:
+            o.dwarf = load_dwarf(Path(path))
+        except ValueError as e:
+            o.inlined = f"inlined calls not expanded: {e}"
+            return
+        o.inlined = "inlined calls as frames of their own (DWARF)"
+
+    def inlined(self, o: _Obj, vaddr: int) -> tuple[str, ...]:
+        """The calls inlined at ``vaddr``, outermost first; stops for this profile (and
+        says so) when its DWARF budget is spent or the DWARF is unreadable."""
+        assert o.dwarf is not None
+        try:
+            return o.dwarf.inlined(vaddr, deadline=self.owner.dwarf_deadline())
+        except OverBudget as e:
+            why = (
+                f"inlined calls expanded only in part: DWARF decoding took the profile's "
+                f"{DWARF_BUDGET_S:g} s ({e}); perf's names stand for the rest"
+            )
+        except ValueError as e:
+            why = f"inlined calls not expanded: {e}"
+        o.dwarf = None
+        o.inlined = why
+        return ()
+
+    def vaddr(self, o: _Obj, pc: int, *, absolute: bool = False) -> int | None:
         """The link-time address of a PC perf printed for this object.
 
         perf 6.1 prints a file-backed frame's address relative to its mapping (the file
-        offset: ``ip - start + pgoff``), which needs no memory map of the process and
-        survives its exit; an absolute address is taken as such (non-PIE) or mapped
-        through ``/proc/PID/maps`` (PIE)."""
+        offset: ``ip - start + pgoff``), PIE or not (seen: 0x7a757 for 0x47a757 in a
+        non-PIE Go binary), which needs no memory map of the process and survives its
+        exit. So an address inside the file is an offset, first: in a big non-PIE
+        binary (kube-apiserver's text spans file offsets 0 to 0x2e6a331, loaded at
+        0x400000) most offsets are also plausible absolute addresses, of other code.
+        ``absolute``: ``pc`` is a process address (bpftrace's stacks), taken as such
+        (non-PIE) or mapped through ``/proc/PID/maps`` (PIE); also the fallback for an
+        address past the file's end."""
         elf = o.elf
         assert elf is not None
+        if not absolute and elf.data is not None and pc < len(elf.data):
+            return elf.offset_to_vaddr(pc)
         if not elf.pie and any(v <= pc < v + n for _off, v, n in elf.segments):
             return pc
-        if elf.data is not None and pc < len(elf.data):
-            return elf.offset_to_vaddr(pc)
         path = o.mod.decode("utf-8", "surrogateescape")
         for m in self.maps():
             if m.path == path and m.start <= pc < m.end:
@@ -204,6 +251,7 @@ class Symbolizer:
         self.debuginfod = debuginfod
         self._processes: dict[bytes, _Process | None] = {}
         self._deadline: float | None = None
+        self._dwarf_deadline: float | None = None
         self.leaf_fixes = 0
 
     def prepare(self, pids: list[int]) -> None:
@@ -218,6 +266,11 @@ class Symbolizer:
             self._deadline = time.monotonic() + DEBUGINFOD_BUDGET_S
         return self._deadline
 
+    def dwarf_deadline(self) -> float:
+        if self._dwarf_deadline is None:
+            self._dwarf_deadline = time.monotonic() + DWARF_BUDGET_S
+        return self._dwarf_deadline
+
     def _process(self, pid: bytes) -> _Process | None:
         try:
             return self._processes[pid]
@@ -231,10 +284,19 @@ class Symbolizer:
 
     # --- the collapser's questions ----------------------------------------------------
     def frames(
-        self, pid: bytes, pc: bytes, sym: bytes, mod: bytes, *, caller: bool = False
+        self,
+        pid: bytes,
+        pc: bytes,
+        sym: bytes,
+        mod: bytes,
+        *,
+        caller: bool = False,
+        absolute: bool = False,
     ) -> list[bytes] | None:
         """The frames at ``pc`` outermost first, or None to keep perf's ``sym``.
-        ``caller``: ``pc`` is a return address, looked up at ``pc - 1`` (the call)."""
+        ``caller``: ``pc`` is a return address, looked up at ``pc - 1`` (the call).
+        ``pc`` is as perf prints it (an offset in ``mod``), or with ``absolute`` a
+        process address (bpftrace's stacks; see :meth:`_Process.vaddr`)."""
         p = self._process(pid)
         if p is None:
             return None
@@ -242,10 +304,10 @@ class Symbolizer:
         if o is None or o.elf is None:
             return None
         go = o.elf.go
-        if go is None and o.debug is None:
+        if go is None and o.debug is None and o.dwarf is None:
             return None
         try:
-            v = p.vaddr(o, int(pc, 16))
+            v = p.vaddr(o, int(pc, 16), absolute=absolute)
         except ValueError:
             return None
         if v is None:
@@ -257,8 +319,17 @@ class Symbolizer:
             if not frames:
                 return None  # outside Go's text (cgo's C code): perf's name stands
             return [f.name.encode("utf-8", "surrogateescape") for f in reversed(frames)]
-        name = p.function_at(o, v, exact=False)
-        return None if name is None else [name.encode("utf-8", "surrogateescape")]
+        chain = p.inlined(o, v) if o.dwarf is not None else ()
+        if o.debug is None and not chain:
+            return None  # perf's own name stands
+        if o.debug is None and sym != _UNKNOWN:
+            outer = sym  # perf's symtab name (a big symtab is not read again here)
+        else:
+            name = p.function_at(o, v, exact=False)
+            if name is None:
+                return None
+            outer = name.encode("utf-8", "surrogateescape")
+        return [outer, *(c.encode("utf-8", "surrogateescape") for c in chain)]
 
     def missing_caller(
         self, pid: bytes, leaf: tuple[bytes, bytes], ret: tuple[bytes, bytes]
@@ -292,7 +363,8 @@ class Symbolizer:
     # --- what the notes say -----------------------------------------------------------------
     def report(self) -> list[dict[str, Any]]:
         """Per object: where its names came from (``source``: pclntab, symtab, build-id
-        path, debuglink, debuginfod, dynsym, perf map, none) and the detail."""
+        path, debuglink, debuginfod, dynsym, perf map, none) and the detail; ``inlined``
+        for native objects with DWARF: whether their inlined calls became frames."""
         merged: dict[tuple[bytes, str, str], dict[str, Any]] = {}
         for pid, p in self._processes.items():
             if p is None:
@@ -309,6 +381,7 @@ class Symbolizer:
                         "detail": o.detail,
                         "pids": [],
                         **({"ignored": list(o.notes)} if o.notes else {}),
+                        **({"inlined": o.inlined} if o.inlined else {}),
                     }
                 entry["pids"].append(int(pid))
         return sorted(merged.values(), key=lambda e: (e["object"], e["pids"]))
@@ -367,6 +440,8 @@ def note_lines(report: list[dict[str, Any]]) -> list[str]:
         pids = ", ".join(map(str, e["pids"][:10]))
         line = f"symbols of {os.path.basename(e['object'])} (pid {pids}): {e['source']}"
         line += f" ({e['detail']})"
+        if e.get("inlined"):
+            line += f"; {e['inlined']}"
         for ig in e.get("ignored", []):
             line += f"; {ig}"
         out.append(line)

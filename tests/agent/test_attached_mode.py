@@ -64,7 +64,7 @@ def _run_watch(activity: idle.Activity, busy: list[bool], idle_s: float) -> floa
 
 def test_an_idle_agent_stops_after_its_idle_time() -> None:
     elapsed = _run_watch(idle.Activity(), [False], 0.2)
-    assert 0.15 <= elapsed < 2
+    assert 0.15 <= elapsed < 10  # it stopped by itself, before wait_for gave up
 
 
 def test_running_work_and_open_requests_keep_it_alive() -> None:

@@ -114,7 +114,9 @@ def test_generated_token_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
         "source": "generated",
         "token_file": str(path),
     }
-    assert str(path) in caplog.text and token not in caplog.text
+    # Where it is, as a structured field (servicelog's "fields"); never the value.
+    said = [getattr(r, "fields", {}) for r in caplog.records]
+    assert {"path": str(path)} in said and token not in caplog.text and token not in str(said)
     assert [p.name for p in path.parent.iterdir()] == ["agent-token"]  # no temp file left
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests import dotnet_workloads as dn
 from tests import podsim
-from tests.agent.test_profiles_integration import folded_total, pod_processes
+from tests.agent.support import folded_total, pod_processes
 from tests.agent.workloads import HOTCOLD_C, compile_c
 from tests.conftest import need
 
@@ -31,12 +31,6 @@ pytestmark = pytest.mark.integration
 def dotnet() -> str:
     need("mcs")
     return str(dn.ensure_runtime())
-
-
-@pytest.fixture
-def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
-    with agent.client() as c:
-        yield c
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import pytest
 
 from agent import procfs
 from agent.profiling import _jitnames
-from agent.profiling._flightpy import argv
+from agent.profiling._flight_recorder_python import argv
 from agent.profiling._jitnames import JitNames, parse
 
 NODE_MAP = b"""7f0000001000 40 LazyCompile:*fib /app/fib.js:1

@@ -11,9 +11,9 @@ import pytest
 
 from agent import procfs, symbols
 from agent.errors import Conflict, Invalid
-from agent.profiling import FlightRecorder, ProcessGroup, RecorderRequest, _flight, when
-from agent.profiling._flight import _Run
-from agent.profiling._ring import LATE_AFTER_S, TRIMMED_FRAME, ProcessMeta, Ring, trim
+from agent.profiling import FlightRecorder, ProcessGroup, RecorderRequest, _flight_recorder, when
+from agent.profiling._flight_recorder import _Run
+from agent.profiling._flight_ring import LATE_AFTER_S, TRIMMED_FRAME, ProcessMeta, Ring, Slice, trim
 
 
 def _line(stacks: dict[str, int]) -> str:
@@ -42,9 +42,9 @@ def seams(monkeypatch: pytest.MonkeyPatch) -> None:
         def frames(self, pid: int, addrs: tuple[int, ...]) -> list[str]:
             return [names[a] for a in reversed(addrs)]
 
-    monkeypatch.setattr(_flight.FlightRecorder, "_names", lambda self, run: Names())
+    monkeypatch.setattr(_flight_recorder.FlightRecorder, "_names", lambda self, run: Names())
     monkeypatch.setattr(procfs, "own_tree", lambda: {9})
-    monkeypatch.setattr(_flight, "_describe", META.get)
+    monkeypatch.setattr(_flight_recorder, "_describe", META.get)
 
 
 def recorder(req: RecorderRequest) -> tuple[FlightRecorder, _Run]:
@@ -55,10 +55,15 @@ def recorder(req: RecorderRequest) -> tuple[FlightRecorder, _Run]:
     return rec, run
 
 
+def interval(rec: FlightRecorder, start: float, end: float) -> Slice:
+    """What GET /recorder/profile merges (in a worker thread)."""
+    return asyncio.run(rec.merged(start, end))
+
+
 def feed(rec: FlightRecorder, run: _Run, seconds: list[tuple[int, dict[str, int]]],
          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     for t, stacks in seconds:
-        monkeypatch.setattr("agent.profiling._flight.time.time", lambda t=t: t + 1.05)
+        monkeypatch.setattr("agent.profiling._flight_recorder.time.time", lambda t=t: t + 1.05)
         asyncio.run(rec._add(run, t, _line(stacks)))
 
 
@@ -67,14 +72,14 @@ def test_buckets_intervals_and_the_time_bound(monkeypatch: pytest.MonkeyPatch) -
     feed(rec, run, [(100 + i, {KEY_A: 19, KEY_AGENT: 3}) for i in range(4)], monkeypatch)
     feed(rec, run, [(104 + i, {KEY_B: 19}) for i in range(4)], monkeypatch)
     assert rec.status()["window"] == {"start": 103.0, "end": 108.0}  # 5 s kept
-    part = rec.interval(103.2, 105)
+    part = interval(rec, 103.2, 105)
     assert part.stacks == {"app;main;alpha": 19, "app;main;beta": 19}
     assert (part.start, part.end, part.clipped) == (103, 105, False)
-    assert rec.interval(106, 108).stacks == {"app;main;beta": 38}  # the agent's own left out
+    assert interval(rec, 106, 108).stacks == {"app;main;beta": 38}  # the agent's own left out
     with pytest.raises(Invalid, match="before"):
-        rec.interval(106, 104)
+        interval(rec, 106, 104)
     with pytest.raises(Invalid, match="wholly outside the retained window"):
-        rec.interval(50, 60)
+        interval(rec, 50, 60)
     assert rec.complete_until() == 108
 
 
@@ -84,19 +89,19 @@ def test_an_interval_beyond_the_window_answers_with_the_retained_part(
     rec, run = recorder(RecorderRequest(retain_s=30))
     feed(rec, run, [(1_796_570_200 + i, {KEY_A: 19}) for i in range(30)], monkeypatch)
     now = 1_796_570_230
-    part = rec.interval(now - 60, now)  # "the last minute", 30 s retained
+    part = interval(rec, now - 60, now)  # "the last minute", 30 s retained
     assert (part.start, part.end) == (now - 30, now) and part.clipped
     assert part.stacks == {"app;main;alpha": 30 * 19}
     assert (part.asked_start, part.window_start, part.window_end) == (now - 60, now - 30, now)
-    part = rec.interval(now - 10, now + 50)  # into the future: up to what is complete
+    part = interval(rec, now - 10, now + 50)  # into the future: up to what is complete
     assert (part.start, part.end) == (now - 10, now) and part.clipped
-    assert not rec.interval(now - 10, now).clipped
+    assert not interval(rec, now - 10, now).clipped
     # Wholly outside (before, after) and inverted: 422s printing the times in full.
     with pytest.raises(Invalid, match="1000000000000000000000"):
-        rec.interval(1e20, 1e21)  # no date to print: still a 422, never a 500
+        interval(rec, 1e20, 1e21)  # no date to print: still a 422, never a 500
     for start, end in ((now - 600, now - 31), (now + 5, now + 50), (now, now - 60)):
         with pytest.raises(Invalid) as e:
-            rec.interval(start, end)
+            interval(rec, start, end)
         assert "1796570" in e.value.detail and "e+09" not in e.value.detail, e.value.detail
         assert "2026-12-06T" in e.value.detail, e.value.detail
 
@@ -182,7 +187,7 @@ def test_no_recorder() -> None:
     rec = FlightRecorder(max_retain_s=3600, max_bytes=1 << 20)
     assert rec.status() == {"state": "stopped", "window": None}
     with pytest.raises(Conflict, match="POST /recorder"):
-        rec.interval(1, 2)
+        interval(rec, 1, 2)
     assert rec.limits()["max_bytes"] == 1 << 20
     assert rec.samples(start=1, end=2) == [] and rec.complete_until() is None
 
@@ -190,5 +195,5 @@ def test_no_recorder() -> None:
 def test_a_container_target_keeps_its_processes_only(monkeypatch: pytest.MonkeyPatch) -> None:
     rec, run = recorder(RecorderRequest(container="web"))
     feed(rec, run, [(100, {KEY_A: 19, KEY_PY: 10})], monkeypatch)
-    assert rec.interval(100, 101).stacks == {"python3;_PyEval_EvalFrameDefault": 10}
+    assert interval(rec, 100, 101).stacks == {"python3;_PyEval_EvalFrameDefault": 10}
     assert run.meta[5] == META[5]  # read once, kept while the process lives

@@ -30,3 +30,22 @@ def test_load_sweeps_jobs_but_leaves_other_state_alone(tmp_path: Path) -> None:
     assert not (running / "perf.data.part").exists()
     assert not broken.exists()
     assert home.is_dir()
+
+
+def test_a_registered_kind_reads_its_result_back_as_its_model(tmp_path: Path) -> None:
+    from agent.profiling import KIND, ProfileResult, Unresolved
+
+    store = JobStore(tmp_path, max_storage_bytes=1 << 30)
+    store.register(KIND, ProfileResult)
+    job = store.create(KIND, {}, result=ProfileResult(samples=7, notes=["a note"]))
+    job.result.unresolved = Unresolved(
+        samples_with_unresolved_frames=1, fraction=0.5, by_object={}, reasons=[], perf_maps_used=[]
+    )
+    job.state = "succeeded"
+    store.save(job)
+
+    again = JobStore(tmp_path, max_storage_bytes=1 << 30)
+    again.register(KIND, ProfileResult)
+    again.load()
+    back = again.get(KIND, job.id).result
+    assert isinstance(back, ProfileResult) and back == job.result

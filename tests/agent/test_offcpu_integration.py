@@ -16,22 +16,17 @@ import pytest
 
 from tests import podsim
 from tests.agent.offcpu_workloads import GO_BLOCKER, LIBC_C, LIBC_C_FLAGS, PY_BLOCKER
-from tests.agent.test_profiles_integration import (
+from tests.agent.support import (
     check_pprof,
     folded_total,
     pod_processes,
     wait_done,
 )
-from tests.agent.workloads import OFFCPU_C, PY312, build_go, compile_c
+from tests.agent.workloads import OFFCPU_C, build_go, compile_c
 from tests.conftest import need
+from tests.interpreters import PY312
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
-    with agent.client() as c:
-        yield c
 
 
 @pytest.fixture(autouse=True)
@@ -290,11 +285,13 @@ def test_offcpu_dwarf_target_exiting_mid_recording(
 ) -> None:
     need("perf")
     app = pod.run("naps", ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.2; done"])
-    r = client.post("/profiles", json={"type": "off-cpu", "pid": app.pid, "duration_s": 8})
+    r = client.post("/profiles", json={"type": "off-cpu", "pid": app.pid, "duration_s": 60})
     done = wait_done(client, r.json()["id"], timeout=120)
     assert done["state"] == "succeeded", done
     meta = done["metadata"]
     assert meta["plan"]["call_graph"] == "dwarf" and meta["exited_pids"] == [app.pid], meta
     assert any("exited" in n for n in meta["notes"]), meta["notes"]
     assert meta["off_cpu_us"] > 0.5e6, meta  # it waited for its children most of the time
-    assert done["elapsed_s"] < 8, done  # perf ends with its last target
+    # perf ends with its last target (the app's 2 s, however slow a busy machine makes
+    # it), not at the planned 60 s.
+    assert done["elapsed_s"] < 50, done

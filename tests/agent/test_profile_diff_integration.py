@@ -7,24 +7,17 @@ import os
 import signal
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.test_profiles_integration import folded_total, wait_done
+from tests.agent.support import folded_total, wait_done
 from tests.agent.workloads import SHIFT_C, compile_c
 from tests.conftest import need
 
 pytestmark = pytest.mark.integration
 SVG_NS = "{http://www.w3.org/2000/svg}"
-
-
-@pytest.fixture
-def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
-    with agent.client() as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -22,26 +22,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import podsim
-from tests.agent.workloads import HOTCOLD_C, PY312, PY_WORK, SHORT_C, compile_c
+from tests.agent.support import check_pprof, folded_total, pod_processes, wait_done
+from tests.agent.workloads import HOTCOLD_C, PY_WORK, SHORT_C, compile_c
 from tests.conftest import need
+from tests.interpreters import PY312
 
 pytestmark = pytest.mark.integration
-
-
-def pod_processes(pod: podsim.SimPod, name: str) -> list[int]:
-    """Host pids of processes called ``name`` inside this pod's PID namespace only
-    (other suites on the machine may run their own perf)."""
-    ns = os.readlink(f"/proc/{pod.infra_pid}/ns/pid")
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if (d / "comm").read_text().strip() == name and os.readlink(d / "ns/pid") == ns:
-                found.append(int(d.name))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +59,6 @@ def short_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return compile_c(SHORT_C, tmp_path_factory.mktemp("short") / "short")
 
 
-@pytest.fixture
-def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
-    with agent.client() as c:
-        yield c
-
-
 @pytest.fixture(autouse=True)
 def nothing_left_behind(pod: podsim.SimPod, agent: podsim.AgentHandle) -> Iterator[None]:
     yield
@@ -90,26 +70,6 @@ def nothing_left_behind(pod: podsim.SimPod, agent: podsim.AgentHandle) -> Iterat
     # Perf maps the agent placed in its own /tmp for perf script are gone again.
     agent_tmp = Path(f"/proc/{agent.container.host_pid}/root/tmp")
     assert list(agent_tmp.glob("perf-*.map")) == []
-
-
-def wait_done(client: httpx.Client, job_id: str, timeout: float = 60) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        r = client.get(f"/profiles/{job_id}")
-        assert r.status_code == 200, r.text
-        body: dict[str, object] = r.json()
-        if body["state"] in ("succeeded", "failed", "cancelled"):
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.2)
-
-
-def folded_total(text: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        stack, _, n = line.rpartition(" ")
-        out[stack] = out.get(stack, 0) + int(n)
-    return out
 
 
 def test_processes_show_containers_and_runtimes(
@@ -182,53 +142,6 @@ def test_c_hot_function_dominates(
     with_pid = client.get(f"/profiles/{job['id']}/folded", params={"pid": "true"}).text
     assert f"hotcold-{pid};" in with_pid
     assert sum(folded_total(with_pid).values()) == total
-
-
-def check_pprof(data: bytes, name: str) -> None:
-    import gzip
-
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    raw = gzip.decompress(data)
-    # profile.proto's messages, declared here so the test uses protobuf's own parser.
-    fdp = descriptor_pb2.FileDescriptorProto(name="t_profile.proto", package="tp")
-    prof = fdp.message_type.add(name="Profile")
-    fields = [
-        ("sample_type", 1, "ValueType", True), ("sample", 2, "Sample", True),
-        ("location", 4, "Location", True), ("function", 5, "Function", True),
-        ("string_table", 6, None, True),
-    ]  # fmt: skip
-    T = descriptor_pb2.FieldDescriptorProto
-    for fname, num, typ, rep in fields:
-        f = prof.field.add(name=fname, number=num)
-        f.label = T.LABEL_REPEATED if rep else T.LABEL_OPTIONAL
-        if typ is None:
-            f.type = T.TYPE_STRING
-        else:
-            f.type, f.type_name = T.TYPE_MESSAGE, f".tp.{typ}"
-    vt = fdp.message_type.add(name="ValueType")
-    for fname, num in (("type", 1), ("unit", 2)):
-        vt.field.add(name=fname, number=num, type=T.TYPE_INT64, label=T.LABEL_OPTIONAL)
-    s = fdp.message_type.add(name="Sample")
-    s.field.add(name="location_id", number=1, type=T.TYPE_UINT64, label=T.LABEL_REPEATED)
-    s.field.add(name="value", number=2, type=T.TYPE_INT64, label=T.LABEL_REPEATED)
-    loc = fdp.message_type.add(name="Location")
-    loc.field.add(name="id", number=1, type=T.TYPE_UINT64, label=T.LABEL_OPTIONAL)
-    line = fdp.message_type.add(name="Line")
-    line.field.add(name="function_id", number=1, type=T.TYPE_UINT64, label=T.LABEL_OPTIONAL)
-    loc.field.add(
-        name="line", number=4, type=T.TYPE_MESSAGE, type_name=".tp.Line", label=T.LABEL_REPEATED
-    )
-    fn = fdp.message_type.add(name="Function")
-    fn.field.add(name="id", number=1, type=T.TYPE_UINT64, label=T.LABEL_OPTIONAL)
-    fn.field.add(name="name", number=2, type=T.TYPE_INT64, label=T.LABEL_OPTIONAL)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("tp.Profile"))
-    msg = cls.FromString(raw)
-    assert len(msg.sample) > 0
-    names = {msg.string_table[f.name] for f in msg.function}
-    assert any(name in n for n in names), sorted(names)[:20]
 
 
 def test_python_functions_by_name(client: httpx.Client, apps: dict[str, podsim.Container]) -> None:
@@ -358,17 +271,23 @@ def test_a_real_profile_shows_in_the_metrics(
 def test_delete_stops_early_and_keeps_the_recording(
     client: httpx.Client, apps: dict[str, podsim.Container]
 ) -> None:
-    r = client.post("/profiles", json={"pid": apps["capp"].pid, "duration_s": 30})
+    r = client.post("/profiles", json={"pid": apps["capp"].pid, "duration_s": 60})
     job_id = r.json()["id"]
-    time.sleep(1.2)
-    running = client.get(f"/profiles/{job_id}").json()
-    assert running["state"] == "running" and 0 < running["progress"] < 0.5
+    # Running and recording (perf may take a while to start on a busy machine).
+    deadline = time.monotonic() + 30
+    while True:
+        running = client.get(f"/profiles/{job_id}").json()
+        if running["state"] == "running" and running["progress"] > 0:
+            break
+        assert time.monotonic() < deadline, running
+        time.sleep(0.2)
+    assert running["progress"] < 0.5, running
     d = client.delete(f"/profiles/{job_id}")
     assert d.status_code == 202, d.text
     done = wait_done(client, job_id)
     assert done["state"] == "succeeded", done
     assert done["metadata"]["stopped_early"] is True  # type: ignore[index]
-    assert done["elapsed_s"] < 10  # type: ignore[operator]
+    assert done["elapsed_s"] < 50  # type: ignore[operator]  # stopped, not the planned 60 s
     assert "hot_function" in client.get(f"/profiles/{job_id}/folded").text
     assert client.delete(f"/profiles/{job_id}").status_code == 204
     assert client.get(f"/profiles/{job_id}").status_code == 404
@@ -384,14 +303,15 @@ def test_pid_exiting_mid_recording(
 ) -> None:
     # It burns CPU for 2-3 s (whole seconds of time(2)), then exits.
     short = pod.run("short", ["/srv/short", "3"], files={"short": short_binary})
-    r = client.post("/profiles", json={"pid": short.pid, "duration_s": 10})
+    r = client.post("/profiles", json={"pid": short.pid, "duration_s": 60})
     assert r.status_code == 202, r.text
-    done = wait_done(client, r.json()["id"])
+    done = wait_done(client, r.json()["id"], timeout=120)
     assert done["state"] == "succeeded", (done, short.log())
     meta = done["metadata"]
     assert meta["exited_pids"] == [short.pid]  # type: ignore[index]
     assert any("exited" in n for n in meta["notes"])  # type: ignore[index]
-    assert done["elapsed_s"] < 8  # type: ignore[operator]
+    # perf ends with its last target, not at the planned 60 s (however slow the machine).
+    assert done["elapsed_s"] < 50  # type: ignore[operator]
     assert done["metadata"]["samples"] > 0  # type: ignore[index]
 
 

@@ -14,11 +14,11 @@ import pytest
 from agent import profiling
 from agent.errors import Unavailable
 from agent.jobs import JobStore
-from agent.profiling import _offcpu
+from agent.profiling import _offcpu_run
 from agent.profiling._service import _dwarf_notes
-from agent.profiling.offcpu import TimedStats
+from agent.profiling.offcpu_fold import TimedStats
+from agent.profiling.perf_record import Recording
 from agent.profiling.planner import Plan, ProfileRequest
-from agent.profiling.recorder import Recording
 from agent.settings import Settings
 from tracecar_formats.collapse import CollapseOptions
 
@@ -26,7 +26,7 @@ from tracecar_formats.collapse import CollapseOptions
 def test_folded_view_locks_do_not_outlive_their_use(tmp_path: Path) -> None:
     jobs = JobStore(tmp_path, max_storage_bytes=1 << 30)
     svc = profiling.Service(Settings(data_dir=tmp_path), jobs)
-    job = jobs.create(profiling.KIND, {})
+    job = jobs.create(profiling.KIND, {}, result=profiling.ProfileResult())
     job.state = "succeeded"
     options = CollapseOptions(pid=True)
     # Already computed: served from the job directory without running perf script.
@@ -46,7 +46,7 @@ def test_offcpu_falls_back_to_frame_pointers_and_says_why(
     async def no_tracefs() -> str:
         return "tracefs is not mounted and mounting it needs CAP_SYS_ADMIN"
 
-    monkeypatch.setattr(_offcpu, "dwarf_unavailable", no_tracefs)
+    monkeypatch.setattr(_offcpu_run, "dwarf_unavailable", no_tracefs)
     svc = profiling.Service(
         Settings(data_dir=tmp_path), JobStore(tmp_path, max_storage_bytes=1 << 30)
     )
@@ -63,7 +63,7 @@ def test_offcpu_falls_back_to_frame_pointers_and_says_why(
 
 
 def test_offcpu_switch_rates_of_a_live_process() -> None:
-    rates = asyncio.run(_offcpu.switch_rates([os.getpid(), 4_194_304]))
+    rates = asyncio.run(_offcpu_run.switch_rates([os.getpid(), 4_194_304]))
     assert set(rates) == {os.getpid()} and rates[os.getpid()] >= 0  # a gone pid: left out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.profiling.recorder import parse_stderr
+from agent.profiling.perf_record import parse_stderr
 
 TARGET_EXITED = """[ perf record: Woken up 1 times to write data ]
 [ perf record: Captured and wrote 0.009 MB /tmp/t1.data (78 samples) ]

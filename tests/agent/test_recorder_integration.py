@@ -16,9 +16,10 @@ import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.test_profiles_integration import folded_total, pod_processes
-from tests.agent.workloads import JAVA_CHAIN, NODE_CHAIN, PY312, SHIFT_C, build_java, compile_c
+from tests.agent.support import folded_total, pod_processes
+from tests.agent.workloads import JAVA_CHAIN, NODE_CHAIN, SHIFT_C, build_java, compile_c
 from tests.conftest import need
+from tests.interpreters import PY312
 
 pytestmark = pytest.mark.integration
 

@@ -19,30 +19,21 @@ import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.test_profiles_integration import folded_total, pod_processes, wait_done
+from tests.agent.support import folded_total, pod_processes, wait_done, wait_processes
 from tests.agent.workloads import (
     GO_CHAIN,
     HOTCOLD_C,
     JAVA_CHAIN,
     NODE_CHAIN,
-    PY38,
-    PY311,
-    PY312,
-    PY313,
     PY_CHAIN,
     build_go,
     build_java,
     compile_c,
 )
 from tests.conftest import need
+from tests.interpreters import PY38, PY311, PY312, PY313
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
-    with agent.client() as c:
-        yield c
 
 
 @pytest.fixture(autouse=True)
@@ -82,12 +73,23 @@ def assert_known_split(via_cold: int, direct: int, stacks: dict[str, int]) -> No
     assert via_cold > 0 and 0.55 <= direct / total <= 0.92, (via_cold, direct, top)
 
 
-def profile(client: httpx.Client, body: dict[str, object]) -> tuple[dict[str, int], dict]:  # type: ignore[type-arg]
-    r = client.post("/profiles", params={"wait": "true", "format": "folded"}, json=body)
-    assert r.status_code == 200, r.text
-    job_id = r.headers["location"].rsplit("/", 1)[1]
-    meta = client.get(f"/profiles/{job_id}").json()
-    return folded_total(r.text), meta
+def profile(
+    client: httpx.Client, body: dict[str, object], *, min_samples: int = 0
+) -> tuple[dict[str, int], dict]:  # type: ignore[type-arg]
+    """One profile's folded stacks and its view; with ``min_samples``, profiles again
+    (at most 8 times, summing the stacks) until that many samples are in: on a loaded
+    machine the app gets a fraction of a core, and a ratio needs enough samples."""
+    total: dict[str, int] = {}
+    for _ in range(8):
+        r = client.post("/profiles", params={"wait": "true", "format": "folded"}, json=body)
+        assert r.status_code == 200, r.text
+        job_id = r.headers["location"].rsplit("/", 1)[1]
+        meta = client.get(f"/profiles/{job_id}").json()
+        for stack, n in folded_total(r.text).items():
+            total[stack] = total.get(stack, 0) + n
+        if sum(total.values()) >= min_samples:
+            break
+    return total, meta
 
 
 @pytest.mark.parametrize("python", [PY38, PY311, PY312, PY313], ids=["3.8", "3.11", "3.12", "3.13"])
@@ -101,7 +103,7 @@ def test_python_whole_stacks_without_perf_support(
         plan = client.post("/profiles", params={"dry_run": "true"}, json={"pid": app.pid})
         (choice,) = plan.json()["plan"]["profilers"]
         assert choice["profiler"] == "py-spy" and "whole Python stacks" in choice["reason"]
-        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2})
+        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=40)
         via_cold, direct = chain_split(
             stacks, hot="hot (/srv/chain.py", cold="cold (", main="main ("
         )
@@ -135,7 +137,7 @@ def test_mixed_container_one_graph(
         files={"chain.py": PY_CHAIN.encode(), "hotcold": exe},
     )
     try:
-        time.sleep(0.7)
+        wait_processes(client, "mixed", runtimes={"python": 1, "native": 1})
         stacks, view = profile(client, {"container": "mixed", "duration_s": 2})
         kinds = {c["profiler"] for c in view["metadata"]["plan"]["profilers"]}
         assert kinds == {"perf", "py-spy"}, view["metadata"]["plan"]["profilers"]
@@ -184,19 +186,23 @@ def test_profiler_choice_errors(pod: podsim.SimPod, client: httpx.Client, tmp_pa
 
 
 def test_python_exiting_mid_profile(pod: podsim.SimPod, client: httpx.Client) -> None:
-    script = PY_CHAIN.replace(
-        "while True:", "end = time.time() + 1.0\n    while time.time() < end:"
-    )
-    app = pod.run("pyshort", [PY312, "/srv/chain.py"], files={"chain.py": script.encode()})
-    time.sleep(0.3)
-    r = client.post("/profiles", json={"pid": app.pid, "duration_s": 4})
+    """The target exits while py-spy samples it: what was sampled is kept, the pid is
+    reported as exited. The app is stopped only once py-spy is attached and has had
+    time to sample (no race with a slow start on a busy machine)."""
+    app = pod.run("pyshort", [PY312, "/srv/chain.py"], files={"chain.py": PY_CHAIN.encode()})
+    r = client.post("/profiles", json={"pid": app.pid, "duration_s": 60})
     assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 60
+    while not pod_processes(pod, "py-spy") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pod_processes(pod, "py-spy"), "py-spy never started"
+    time.sleep(1.0)  # a floor for sampling at 100 Hz, not a timing assumption on load
+    app.stop()
     body = wait_done(client, r.json()["id"])
     assert body["state"] == "succeeded", body
     meta = body["metadata"]
-    assert meta["py_spy"][0]["exited"] and meta["py_spy"][0]["samples"] > 0
-    assert meta["exited_pids"] == [app.pid]
-    app.stop()
+    assert meta["py_spy"][0]["exited"] and meta["py_spy"][0]["samples"] > 0, meta
+    assert meta["exited_pids"] == [app.pid], meta
 
 
 def test_py_spy_turned_off_falls_back_to_perf(pod: podsim.SimPod) -> None:
@@ -241,7 +247,7 @@ def test_java_whole_stacks(pod: podsim.SimPod, client: httpx.Client, tmp_path: P
     )  # fmt: skip
     try:
         _wait_cpu(pod, app, 2.0)
-        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2})
+        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=40)
         meta = view["metadata"]
         assert meta["jvm_perf_maps"] == {str(app.pid): "written"}, meta.get("notes")
         via_cold, direct = chain_split(
@@ -279,7 +285,7 @@ def test_node_whole_stacks(pod: podsim.SimPod, client: httpx.Client) -> None:
     )  # fmt: skip
     try:
         _wait_cpu(pod, app, 1.0)
-        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2})
+        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=40)
         via_cold, direct = chain_split(
             stacks, hot="hot /srv/chain.js", cold="cold /srv/chain.js", main="main /srv/chain.js"
         )
@@ -306,7 +312,7 @@ def test_go_whole_stacks(pod: podsim.SimPod, client: httpx.Client, tmp_path: Pat
     app = pod.run("go", ["/srv/chain"], files={"chain": exe})
     try:
         time.sleep(0.5)
-        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2})
+        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=40)
         assert view["metadata"]["plan"]["call_graph"] == "fp"
         assert any("frameless leaf" in r for r in view["metadata"]["plan"]["unresolved"])
         via_cold, direct = chain_split(stacks, hot="main.hot", cold="main.cold", main="main.main")
@@ -341,7 +347,7 @@ def test_python_workers_of_a_container(pod: podsim.SimPod, client: httpx.Client)
         files={"workers.py": WORKERS.encode(), "chainlib.py": lib.encode()},
     )
     try:
-        time.sleep(1.0)
+        wait_processes(client, "workers", runtimes={"python": 3})
         _, view = profile(client, {"container": "workers", "duration_s": 2, "frequency_hz": 49})
         spied = [r["pid"] for r in view["metadata"]["py_spy"] if r["ok"]]
         assert len(spied) == 3, view["metadata"]["py_spy"]  # the parent and two workers
@@ -361,7 +367,10 @@ def test_stopping_a_py_spy_profile_early_keeps_it(pod: podsim.SimPod, client: ht
         r = client.post("/profiles", json={"pid": app.pid, "duration_s": 60})
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        time.sleep(1.5)
+        deadline = time.monotonic() + 60
+        while not pod_processes(pod, "py-spy") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # py-spy attached: a floor for samples at 100 Hz
         assert client.delete(f"/profiles/{job_id}").status_code == 202
         body = wait_done(client, job_id, timeout=30)
         assert body["state"] == "succeeded", body

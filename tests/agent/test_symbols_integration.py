@@ -9,6 +9,11 @@ the simulated pod, with the real perf, gcc, objcopy, Go and elfutils' debuginfod
   still builds leaves without a frame): ``verify;checksum`` holds about a quarter.
 * A stripped C program with its debug file at the build-id path inside its container,
   by .gnu_debuglink, from a real debuginfod server (cached), and with none of them.
+* A C program (-O2 -g) whose static function is inlined into its hot caller: the
+  inlined function is a frame of its own (from DWARF), unstripped and stripped with its
+  debug file at the build-id path.
+* The cluster build's own etcd (a real third-party server, shipped stripped with
+  ``-s -w``) under a write load from wrk: its flame graph names go.etcd.io/... functions.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.test_profiles_integration import folded_total, pod_processes
+from tests.agent.support import folded_total, pod_processes
 from tests.agent.workloads import build_go, compile_c
 from tests.conftest import need
 
@@ -95,6 +100,27 @@ int main(void) {
 }
 """
 
+# scramble_bits (static, always inlined) holds most of hot_loop's time: perf alone folds
+# it into hot_loop; from DWARF it is a frame of its own under hot_loop.
+INLINE_C = r"""
+#include <stdint.h>
+volatile uint64_t sink;
+static inline __attribute__((always_inline)) uint64_t scramble_bits(uint64_t n) {
+    uint64_t s = 0;
+    for (uint64_t i = 0; i < n; i++) s += (i * i) ^ (s >> 3);
+    return s;
+}
+__attribute__((noinline)) uint64_t hot_loop(uint64_t n) {
+    uint64_t t = 0;
+    for (uint64_t i = 0; i < n / 8; i++) t ^= i * 2654435761u;
+    return scramble_bits(n) + t;
+}
+int main(void) {
+    volatile uint64_t n = 3000000;
+    for (;;) sink += hot_loop(n);
+}
+"""
+
 
 # A loaded machine (2 cores, a cluster build alongside) can take over 30 s to import
 # and start the agent: these tests wait longer for it than the default.
@@ -104,12 +130,6 @@ AGENT_READY_S = 180.0
 @pytest.fixture(scope="module")
 def agent(pod: podsim.SimPod) -> podsim.AgentHandle:
     return podsim.start_agent(pod, ready_timeout=AGENT_READY_S)
-
-
-@pytest.fixture
-def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
-    with agent.client() as c:
-        yield c
 
 
 @pytest.fixture(autouse=True)
@@ -370,3 +390,141 @@ def test_debuginfod_fetch_and_cache(
     finally:
         app.stop()
         agent.container.stop()
+
+
+@pytest.mark.parametrize("build", ["unstripped", "stripped-debug-file"])
+def test_native_inlined_function_is_its_own_frame(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path, build: str
+) -> None:
+    exe = compile_c(INLINE_C, tmp_path / "prog")
+    files: dict[str, Path] = {"prog": exe}
+    argv = ["/srv/prog"]
+    if build == "stripped-debug-file":
+        need("objcopy")
+        debug = tmp_path / "prog.debug"
+        subprocess.run(["objcopy", "--only-keep-debug", str(exe), str(debug)], check=True)
+        subprocess.run(["objcopy", "--strip-all", str(exe)], check=True)
+        out = subprocess.run(["readelf", "-n", str(exe)], capture_output=True, text=True)
+        build_id = out.stdout.split("Build ID:")[1].split()[0]
+        dest = f"/usr/lib/debug/.build-id/{build_id[:2]}/{build_id[2:]}.debug"
+        files["prog.debug"] = debug
+        argv = _private_debug_dir({"prog.debug": dest})
+    app = pod.run(f"cinline-{build[:5]}", argv, files=files)
+    try:
+        time.sleep(0.5)
+        stacks, meta = profile(client, {"pid": app.pid, "duration_s": 3, "frequency_hz": 199})
+    finally:
+        app.stop()
+    inlined, of = share(stacks, "hot_loop;scramble_bits", "hot_loop")
+    assert of >= 30, stacks
+    # scramble_bits does 8 times hot_loop's own loop's work: most of hot_loop's samples.
+    assert inlined / of >= 0.5, (inlined, of, stacks)
+    (entry,) = symbols_of(meta, "prog")
+    assert entry["source"] == ("symtab" if build == "unstripped" else "build-id path"), entry
+    assert "DWARF" in entry["inlined"], entry
+    assert any("inlined calls as frames" in n for n in meta["metadata"]["notes"])
+
+
+def _cluster_etcd() -> Path:
+    import glob
+
+    found = sorted(glob.glob("/var/cache/tracecar/cluster/bin/*/etcd"))
+    if not found:
+        pytest.skip("no cluster build cached (scripts/cluster builds etcd from source)")
+    return Path(found[-1])
+
+
+ETCD_PUT_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+counter = 0
+request = function()
+   counter = counter + 1
+   local key = "a2V5" .. string.format("%06d", counter % 1000)
+   return wrk.format(nil, "/v3/kv/put", nil,
+      '{"key": "' .. key .. '", "value": "dmFsdWUtdmFsdWUtdmFsdWU="}')
+end
+"""
+
+
+def test_stripped_etcd_under_load_names_its_functions(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
+) -> None:
+    etcd = _cluster_etcd()
+    need("wrk")
+    out = subprocess.run(["readelf", "-S", str(etcd)], capture_output=True, text=True)
+    assert ".symtab" not in out.stdout, "the cluster's etcd is expected stripped (-s -w)"
+    client_port, peer_port = _free_port(), _free_port()
+    url = f"http://127.0.0.1:{client_port}"
+    peer = f"http://127.0.0.1:{peer_port}"
+    app = pod.run(
+        "etcd",
+        [
+            "/srv/etcd",
+            "--name=t",
+            "--data-dir=/tmp/etcd-data",
+            f"--listen-client-urls={url}",
+            f"--advertise-client-urls={url}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=t={peer}",
+            "--listen-metrics-urls=",
+            "--unsafe-no-fsync",
+            "--log-level=error",
+        ],
+        files={"etcd": etcd},
+    )
+    script = tmp_path / "put.lua"
+    script.write_text(ETCD_PUT_LUA)
+    wrk = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "etcd did not start"
+            time.sleep(0.5)
+        wrk = subprocess.Popen(
+            ["wrk", "-t1", "-c8", "-d30s", "-s", str(script), url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1)
+        stacks, meta = profile(client, {"pid": app.pid, "duration_s": 4, "frequency_hz": 99})
+    finally:
+        if wrk is not None:
+            wrk.kill()
+            wrk.wait()
+        app.stop()
+    (entry,) = symbols_of(meta, "etcd")
+    assert entry["source"] == "pclntab" and "inlined calls" in entry["detail"], entry
+    total = sum(stacks.values())
+    etcd_named = sum(n for s, n in stacks.items() if "go.etcd.io/" in s)
+    assert total >= 20, stacks
+    # The puts run etcd's own code: a good part of the samples name its packages.
+    assert etcd_named / total >= 0.2, (etcd_named, total)
+    assert not any(s.endswith(";[etcd]") for s in stacks), "unnamed leaf frames in etcd"
+
+
+def test_stripped_go_functions_are_listed_for_probes(
+    pod: podsim.SimPod, client: httpx.Client, go_builds: tuple[Path, Path]
+) -> None:
+    """Uprobes need addresses: a stripped Go binary's come from its pclntab, listed with
+    the same names and addresses as the unstripped build's .symtab gives."""
+    full, stripped = go_builds
+    listed = {}
+    for name, exe in (("full", full), ("stripped", stripped)):
+        app = pod.run(f"go-list-{name}", [f"/srv/{name}"], files={name: exe})
+        try:
+            time.sleep(0.5)
+            r = client.get(
+                f"/processes/{app.pid}/symbols", params={"match": r"^main\.(verify|hot)$"}
+            )
+        finally:
+            app.stop()
+        assert r.status_code == 200, r.text
+        listed[name] = sorted((s["name"], s["size"] > 0) for s in r.json()["symbols"])
+    assert listed["stripped"] == listed["full"] == [("main.hot", True), ("main.verify", True)]

@@ -13,8 +13,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-PY312 = "/root/.pyenv/versions/3.12.1/bin/python3.12"
-
 HOTCOLD_C = r"""
 #include <stdint.h>
 volatile uint64_t sink;
@@ -225,9 +223,6 @@ def main():
 
 main()
 """
-PY313 = "/root/.pyenv/versions/3.13.0/bin/python3.13"
-PY38 = "/root/.pyenv/versions/3.8.18/bin/python3.8"
-PY311 = "/root/.pyenv/versions/3.11.7/bin/python3.11"
 
 
 # The same 3:1 chain in Java. Inlining is turned off for Chain's methods on the command

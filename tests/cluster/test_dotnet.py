@@ -16,7 +16,7 @@ import pytest
 
 from tests import dotnet_workloads as dn
 from tests.cluster import kube as K
-from tests.cluster.test_plugin import ok, tracecar
+from tests.cluster.plugin_cli import ok, tracecar
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 

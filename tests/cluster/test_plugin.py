@@ -15,38 +15,12 @@ from typing import Any
 
 import pytest
 
-from devcluster import Layout
 from tests.cluster import kube as K
+from tests.cluster.plugin_cli import ok, plugin_env, tracecar
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 HOT = "tracecar_demo_hot"
-
-
-def _env(kube: K.Kube) -> dict[str, str]:
-    """kubectl (the cluster's build) and the plugin on PATH, as after `pip install`."""
-    lay = Layout.for_repo(K.REPO)
-    return dict(
-        os.environ,
-        KUBECONFIG=str(kube.kubeconfig),
-        PATH=f"{lay.run / 'bin'}:{K.REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
-    )
-
-
-def tracecar(kube: K.Kube, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """`kubectl tracecar ...` exactly as a user types it: kubectl finds the plugin."""
-    return subprocess.run(
-        ["kubectl", "tracecar", "-n", K.NS, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_env(kube),
-    )
-
-
-def ok(res: subprocess.CompletedProcess[str]) -> str:
-    assert res.returncode == 0, f"exit {res.returncode}\n{res.stderr}\n{res.stdout}"
-    return res.stdout
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +108,7 @@ def _tracers(uid: str) -> list[str]:
 
 
 def test_ctrl_c_ends_a_probe_and_removes_it(installed: K.Kube, plain: dict[str, Any]) -> None:
-    env = _env(installed)
+    env = plugin_env(installed)
     uid = plain["metadata"]["uid"]
     proc = subprocess.Popen(
         ["kubectl", "tracecar", "-n", K.NS, "probe", plain["metadata"]["name"], "-c", "burner",
@@ -228,7 +202,7 @@ def test_pod_security_refusal_of_an_attach_says_why(installed: K.Kube) -> None:
                       timeout=150)  # fmt: skip
         res = subprocess.run(
             ["kubectl", "tracecar", "-n", ns, "attach", "quiet"],
-            capture_output=True, text=True, timeout=120, env=_env(installed),
+            capture_output=True, text=True, timeout=120, env=plugin_env(installed),
         )  # fmt: skip
         assert res.returncode == 4, res.stderr
         assert "Pod Security" in res.stderr and "privileged" in res.stderr, res.stderr

@@ -12,78 +12,15 @@ from typing import Any
 
 import pytest
 
-from kubectl_tracecar import _cli, _commands, _pods
-from kubectl_tracecar._commands import pods_of
-from kubectl_tracecar._kube import Connection, JsonObject, Kube, selector_string
+from kubectl_tracecar import _pods
+from kubectl_tracecar._kube import JsonObject, Kube
 from kubectl_tracecar._targets import Target
+from kubectl_tracecar.commands import _reach
+from kubectl_tracecar.commands._reach import pods_of
 from kubectl_tracecar.errors import FAILED, NotFound, Unsupported
+from tests.plugin.support import FakeKube, run
+from tests.plugin.support import pod as _pod
 from tracecar_formats.collapse import format_folded, parse_folded
-
-
-class FakeKube(Kube):
-    """The Kube seam answering from a list of pods and Deployment selectors: no
-    kubeconfig is loaded (``Kube.__init__`` is not run), nothing leaves the process."""
-
-    def __init__(
-        self,
-        *,
-        pods: list[JsonObject] | None = None,
-        deployments: dict[str, JsonObject] | None = None,
-        version: tuple[int, int] = (1, 30),
-    ) -> None:
-        self.conn = Connection(kubeconfig=None, context=None, namespace="shop")
-        self._items = list(pods or [])
-        self._deployments = deployments or {}
-        self._version = version
-        self.selectors: list[str] = []
-        self.added: list[JsonObject] = []
-
-    def pod(self, name: str) -> JsonObject:
-        for p in self._items:
-            if p["metadata"]["name"] == name:
-                return p
-        raise NotFound(f"pod shop/{name}: not found")
-
-    def pods(self, selector: str) -> list[JsonObject]:
-        self.selectors.append(selector)
-        wanted = dict(term.split("=", 1) for term in selector.split(","))
-        return [
-            p
-            for p in self._items
-            if all(p["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())
-        ]
-
-    def deployment_selector(self, name: str) -> str:
-        if name not in self._deployments:
-            raise NotFound(f"deployment shop/{name}: not found")
-        return selector_string(self._deployments[name])
-
-    def server_version(self) -> tuple[int, int]:
-        return self._version
-
-    def add_ephemeral_container(self, pod: str, container: JsonObject) -> JsonObject:
-        self.added.append(container)
-        return {}
-
-
-def _pod(
-    name: str,
-    *,
-    phase: str = "Running",
-    labels: dict[str, str] | None = None,
-    terminating: bool = False,
-    agent: bool = False,
-) -> JsonObject:
-    meta: JsonObject = {"name": name, "labels": {"app": "web"} if labels is None else labels}
-    if terminating:
-        meta["deletionTimestamp"] = "2024-01-01T00:00:00Z"
-    spec: JsonObject = {"containers": [{"name": "app"}]}
-    status: JsonObject = {"phase": phase}
-    if agent:
-        spec["initContainers"] = [{"name": "tracecar-agent"}]
-        status["initContainerStatuses"] = [{"name": "tracecar-agent", "state": {"running": {}}}]
-    return {"metadata": meta, "spec": spec, "status": status}
-
 
 WEB = {"web": {"matchLabels": {"app": "web"}}}
 MIXED = [
@@ -152,7 +89,7 @@ def test_a_cluster_older_than_1_25_cannot_attach(version: tuple[int, int]) -> No
     assert e.value.exit_code == 6
     assert e.value.hint and "profiling=enabled" in e.value.hint
     with pytest.raises(Unsupported):
-        _commands.cmd_attach(kube, _cli.parse(["attach", "web-a"]))
+        run(kube, ["attach", "web-a"])
     assert kube.added == []  # refused before anything was added
 
 
@@ -189,20 +126,20 @@ def test_many_pods_one_failing_keeps_the_others_and_exits_1(
     # any port-forward); web-d's agent answers that its profile failed.
     pods = [_pod("web-a", agent=True), _pod("web-b"), _pod("web-c", agent=True)]
     pods.append(_pod("web-d", agent=True))
-    real_reach = _commands.reach
+    real_reach = _reach.reach
 
     @contextmanager
-    def reach(kube: Kube, pod: JsonObject) -> Iterator[tuple[FakeAgent, _pods.Agent]]:
+    def reach(kube: Kube, pod: JsonObject, **kw: object) -> Iterator[tuple[FakeAgent, _pods.Agent]]:
         if _pods.find_agent(pod).how == "none":
             with real_reach(kube, pod):
                 pytest.fail("reached a pod without an agent")
         name = pod["metadata"]["name"]
         yield FakeAgent(name, FOLDED.get(name)), _pods.find_agent(pod)
 
-    monkeypatch.setattr(_commands, "reach", reach)
+    monkeypatch.setattr(_reach, "reach", reach)
     out = tmp_path / "web.folded"
-    args = _cli.parse(["profile", "-l", "app=web", "-d", "1s", "-o", str(out)])
-    assert _commands.cmd_profile(FakeKube(pods=pods), args) == FAILED
+    argv = ["profile", "-l", "app=web", "-d", "1s", "-o", str(out)]
+    assert run(FakeKube(pods=pods), argv) == FAILED
 
     for name, text in FOLDED.items():
         assert (tmp_path / f"web.{name}.folded").read_text() == text

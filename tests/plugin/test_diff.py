@@ -91,7 +91,6 @@ def test_errors_name_the_file_with_their_exit_codes(
     cases = [
         (["diff", "missing.folded", b, "-o", "d.svg"], NOT_FOUND, "no such file: missing.folded"),
         (["diff", a, "flame.svg", "-o", "d.svg"], USAGE, "flame.svg is not folded stacks: line 1"),
-        (["diff", a, b, "-o", "d.png"], USAGE, "'d.png' from its name: use .svg, .folded"),
         (["diff", a, "dir.folded", "-o", "d.svg"], FAILED, "cannot read dir.folded"),
         (["diff", "empty.folded", b, "-o", "d.svg"], FAILED, "empty.folded has no samples"),
     ]
@@ -100,6 +99,12 @@ def test_errors_name_the_file_with_their_exit_codes(
         err = capsys.readouterr().err
         assert message in err, err
         assert "kubeconfig" not in err
+    # A flag that cannot work is refused with the usage, before any file is read.
+    with pytest.raises(SystemExit) as e:
+        main(["diff", a, b, "-o", "d.png"])
+    assert e.value.code == USAGE
+    err = capsys.readouterr().err
+    assert "'d.png' from its name: use .svg, .folded" in err and "usage:" in err
     assert not list(tmp_path.glob("d.*"))  # nothing written for a failed diff
     # An empty base compares as raw counts, as the hint says.
     assert main(["diff", "empty.folded", b, "-o", "d.svg"]) == FAILED

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from kubectl_tracecar import _cli, _commands, _dotnet, _pods
+from kubectl_tracecar import _cli, _pods
 from kubectl_tracecar._kube import JsonObject, Kube
+from kubectl_tracecar.commands import _reach, counters
 from kubectl_tracecar.errors import OK, PluginError
-from tests.plugin.test_commands import FakeKube, _pod
+from tests.plugin.support import FakeKube, options, run
+from tests.plugin.support import pod as _pod
 
 COUNTERS = {
     "pid": 7,
@@ -75,11 +77,11 @@ def agent(monkeypatch: pytest.MonkeyPatch) -> FakeAgent:
     fake = FakeAgent()
 
     @contextmanager
-    def reach(kube: Kube, pod: JsonObject) -> Iterator[tuple[FakeAgent, _pods.Agent]]:
+    def reach(kube: Kube, pod: JsonObject, **kw: object) -> Iterator[tuple[FakeAgent, _pods.Agent]]:
         yield fake, _pods.find_agent(pod)
 
-    monkeypatch.setattr(_commands, "reach", reach)
-    monkeypatch.setattr(_dotnet, "POLL_S", 0)
+    monkeypatch.setattr(_reach, "reach", reach)
+    monkeypatch.setattr(_reach, "POLL_S", 0)
     return fake
 
 
@@ -88,8 +90,8 @@ KUBE_PODS = [_pod("web-a", agent=True)]
 
 def test_dump_downloads_and_removes(agent: FakeAgent, tmp_path: Path) -> None:
     out = tmp_path / "core.dmp"
-    args = _cli.parse(["dump", "web-a", "--pid", "7", "--type", "mini", "-o", str(out)])
-    assert _dotnet.cmd_dump(FakeKube(pods=KUBE_PODS), args) == OK
+    argv = ["dump", "web-a", "--pid", "7", "--type", "mini", "-o", str(out)]
+    assert run(FakeKube(pods=KUBE_PODS), argv) == OK
     assert out.read_bytes() == b"\x7fELF"
     assert agent.calls == [
         ("POST", "/processes/7/dump"),
@@ -102,9 +104,9 @@ def test_dump_downloads_and_removes(agent: FakeAgent, tmp_path: Path) -> None:
 
 def test_dump_failure_says_why(agent: FakeAgent, tmp_path: Path) -> None:
     agent.fail = True
-    args = _cli.parse(["dump", "web-a", "--pid", "7", "--type", "mini", "-o", str(tmp_path / "x")])
+    argv = ["dump", "web-a", "--pid", "7", "--type", "mini", "-o", str(tmp_path / "x")]
     with pytest.raises(PluginError, match="failed: createdump failed: ptrace denied"):
-        _dotnet.cmd_dump(FakeKube(pods=KUBE_PODS), args)
+        run(FakeKube(pods=KUBE_PODS), argv)
     assert not (tmp_path / "x").exists()
 
 
@@ -117,8 +119,8 @@ def test_dump_needs_a_pid() -> None:
 
 def test_counters_table_refreshes(agent: FakeAgent) -> None:
     out = io.StringIO()
-    args = _cli.parse(["counters", "web-a", "--pid", "7"])
-    assert _dotnet.cmd_counters(FakeKube(pods=KUBE_PODS), args, out=out, rounds=2) == OK
+    o = options(["counters", "web-a", "--pid", "7"])
+    assert counters.run(FakeKube(pods=KUBE_PODS), o, out=out, rounds=2) == OK
     text = out.getvalue()
     assert text.count("[System.Runtime] pid 7 (.NET 3.1.23)") == 2
     lines = text.splitlines()[:5]

@@ -11,17 +11,13 @@ import pytest
 
 from kubectl_tracecar import _attach, _cli, _merge, _output, _pods
 from kubectl_tracecar.__main__ import main
-from kubectl_tracecar._commands import (
-    Progress,
-    output_format,
-    probe_body,
-    profile_body,
-    stack_params,
-    trace_body,
-)
 from kubectl_tracecar._kube import selector_string
 from kubectl_tracecar._targets import Target, parse_duration, parse_target
+from kubectl_tracecar.commands import COMMANDS, probe, profile, stack, trace
+from kubectl_tracecar.commands._base import Pods, output_format
+from kubectl_tracecar.commands.profile import Progress
 from kubectl_tracecar.errors import USAGE, NotFound, Unsupported, UsageError
+from tests.plugin.support import options
 from tracecar_contract import CAPABILITIES
 
 
@@ -91,14 +87,14 @@ def test_bad_durations(text: str) -> None:
 def test_global_flags_before_or_after_the_command() -> None:
     a = _cli.parse(["-n", "shop", "--context", "prod", "ps", "web-1"])
     b = _cli.parse(["ps", "web-1", "-n", "shop", "--context", "prod"])
-    for args in (a, b):
-        assert (args.namespace, args.context, args.command, args.target) == (
+    for inv in (a, b):
+        assert (inv.kube.namespace, inv.kube.context, inv.command.name, inv.options.pods) == (
             "shop",
             "prod",
             "ps",
-            "web-1",
+            Pods(Target("pod", "web-1")),
         )
-    assert _cli.parse(["ps", "web-1"]).namespace is None
+    assert _cli.parse(["ps", "web-1"]).kube.namespace is None
 
 
 def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,7 +111,7 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
         "counters",
         "recorder",
     )
-    assert set(commands) == set(_cli._EXAMPLES)
+    assert {c.name for c in COMMANDS} == set(commands)
     for cmd in commands:
         with pytest.raises(SystemExit) as e:
             _cli.parse([cmd, "--help"])
@@ -124,26 +120,25 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
 
 
 def test_request_bodies() -> None:
-    p = _cli.parse(["profile", "web", "-c", "app", "-F", "49", "-d", "5s"])
-    assert profile_body(p, 5.0) == {"duration_s": 5.0, "container": "app", "frequency_hz": 49}
-    by_name = _cli.parse(["profile", "web", "--process", "gunicorn", "-c", "app"])
-    assert profile_body(by_name, 30.0) == {
-        "duration_s": 30.0,
-        "process": "gunicorn",
-        "container": "app",
-    }
+    p = options(["profile", "web", "-c", "app", "-F", "49", "-d", "5s"])
+    assert p.duration_s == 5.0  # parsed once, when the options are completed
+    assert profile.request_body(p) == {"duration_s": 5.0, "container": "app", "frequency_hz": 49}
+    by_name = options(["profile", "web", "--process", "gunicorn", "-c", "app"])
+    assert (by_name.process, by_name.container) == ("gunicorn", "app")
+    # --process is resolved to pids in each pod (in -c's container): those are sent
+    assert profile.request_body(by_name, pids=[7, 9]) == {"duration_s": 30.0, "pids": [7, 9]}
     with pytest.raises(UsageError, match="not both"):
-        profile_body(_cli.parse(["profile", "web", "--pid", "3", "--process", "x"]), 1.0)
-    py = _cli.parse(["profile", "web", "--pid", "3", "--profiler", "py-spy", "--python-native"])
-    assert profile_body(py, 2.0) == {
-        "duration_s": 2.0, "pid": 3, "profiler": "py-spy", "python_native": True,
+        options(["profile", "web", "--pid", "3", "--process", "x"])
+    py = options(["profile", "web", "--pid", "3", "--profiler", "py-spy", "--python-native"])
+    assert profile.request_body(py) == {
+        "duration_s": 30.0, "pid": 3, "profiler": "py-spy", "python_native": True,
     }  # fmt: skip
-    st = _cli.parse(["stack", "web", "--pid", "7", "--native", "--runtime", "python"])
-    assert stack_params(st, text=True) == {"format": "text", "runtime": "python", "native": "true"}
-    assert stack_params(_cli.parse(["stack", "web"]), text=False) == {"format": "json"}
-    off = _cli.parse(["profile", "web", "--type", "off-cpu"])
-    assert profile_body(off, 2.0) == {"duration_s": 2.0, "type": "off-cpu"}
-    q = _cli.parse(
+    st = options(["stack", "web", "--pid", "7", "--native", "--runtime", "python"])
+    assert stack.query(st) == {"format": "text", "runtime": "python", "native": "true"}
+    assert stack.query(options(["stack", "web", "-o", "json"])) == {"format": "json"}
+    off = options(["profile", "web", "--type", "off-cpu", "-d", "2s"])
+    assert profile.request_body(off) == {"duration_s": 2.0, "type": "off-cpu"}
+    q = options(
         [
             "probe",
             "web",
@@ -156,7 +151,7 @@ def test_request_bodies() -> None:
             "arg0",
         ]
     )
-    assert probe_body(q, 42, None) == {
+    assert probe.request_body(q, 42) == {
         "pid": 42,
         "function": "add3",
         "args": ["int", "str"],
@@ -164,25 +159,48 @@ def test_request_bodies() -> None:
         "mode": "histogram",
         "of": "arg0",
     }
-    py = _cli.parse(["probe", "web", "--python-function", "slow", "--python-file", "app.py"])
-    assert probe_body(py, 42, 5.0) == {
+    py = options(
+        ["probe", "web", "--python-function", "slow", "--python-file", "app.py", "-d", "5s"]
+    )
+    assert probe.request_body(py, 42) == {
         "pid": 42,
         "python_function": "slow",
         "python_file": "app.py",
         "duration_s": 5.0,
     }
-    u = _cli.parse(["probe", "web", "--usdt", "python:gc__start", "--count"])
-    assert probe_body(u, 42, None) == {"pid": 42, "usdt": "python:gc__start", "mode": "count"}
+    u = options(["probe", "web", "--usdt", "python:gc__start", "--count"])
+    assert probe.request_body(u, 42) == {"pid": 42, "usdt": "python:gc__start", "mode": "count"}
     with pytest.raises(SystemExit):
         _cli.parse(["probe", "web", "--function", "f", "--usdt", "a:b"])
-    t = _cli.parse(["trace", "web", "--python", "app*", "--ust", "prov:*"])
-    assert trace_body(t, 10.0)["max_duration_s"] == 310.0  # stopped by us at 10 s
-    assert trace_body(t, 10.0)["events"] == [
+    t = options(["trace", "web", "--python", "app*", "--ust", "prov:*", "-d", "10s"])
+    assert trace.request_body(t)["max_duration_s"] == 310.0  # stopped by us at 10 s
+    assert trace.request_body(t)["events"] == [
         {"domain": "python", "names": ["app*"]},
         {"domain": "userspace", "names": ["prov:*"]},
     ]
     with pytest.raises(UsageError, match="name what to trace"):
-        trace_body(_cli.parse(["trace", "web"]), None)
+        options(["trace", "web"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["probe", "web", "--function", "f", "--args", "int,float"], "invalid value 'float'"),
+        (["probe", "web", "--usdt", "no-colon"], "does not match"),
+        (["probe", "web", "--function", "f", "--pid", "0"], "outside 1..4194304"),
+        (["profile", "web", "-c", "-bad"], "expected one argument"),
+        (["profile", "web", "-c", "a b"], "does not match"),
+        (["counters", "web", "--pid", "7", "--interval", "61"], "outside 1..60"),
+        (["trace", "web", "--ust", "a,b"], "does not match"),
+    ],
+)
+def test_values_the_agent_would_refuse_are_usage_errors_here(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        _cli.parse(argv)
+    assert e.value.code == USAGE
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -371,3 +389,22 @@ def test_argument_errors_come_before_the_kubeconfig(
     err = capsys.readouterr().err
     assert f"usage: kubectl tracecar {argv[0]}" in err and message in err
     assert "cannot load the kubeconfig" not in err
+
+
+def test_help_loads_no_client_and_no_service() -> None:
+    """`kubectl tracecar --help` (and every command's parser) imports neither the
+    kubernetes client nor httpx nor any service: they load when a command needs them
+    (the start-up time itself is bench/plugin_bench.py's)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kubectl_tracecar.__main__ as m; m._cli.build_parser(); "
+        "print(' '.join(sorted({n.split('.')[0] for n in sys.modules})))"
+    )
+    loaded = set(subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
+    ).stdout.split())  # fmt: skip
+    heavy = {"kubernetes", "httpx", "urllib3", "agent", "webhook", "certs", "servicelog"}
+    assert loaded & heavy == set()
+    assert "kubectl_tracecar" in loaded

@@ -11,10 +11,13 @@ from typing import Any
 
 import pytest
 
-from kubectl_tracecar import _cli, _commands, _pods, _recorder
+from kubectl_tracecar import _pods
 from kubectl_tracecar._kube import JsonObject, Kube
+from kubectl_tracecar.commands import _reach, recorder
 from kubectl_tracecar.errors import Unsupported, UsageError
-from tests.plugin.test_commands import FakeKube, _pod
+from tests.plugin import support
+from tests.plugin.support import FakeKube
+from tests.plugin.support import pod as _pod
 
 NOW = 1_796_570_230.0
 STATUS = {
@@ -77,12 +80,14 @@ def agents(monkeypatch: pytest.MonkeyPatch) -> dict[str, FakeRecorderAgent]:
     made: dict[str, FakeRecorderAgent] = {}
 
     @contextmanager
-    def reach(kube: Kube, pod: JsonObject) -> Iterator[tuple[FakeRecorderAgent, _pods.Agent]]:
+    def reach(
+        kube: Kube, pod: JsonObject, **kw: object
+    ) -> Iterator[tuple[FakeRecorderAgent, _pods.Agent]]:
         name = pod["metadata"]["name"]
         made.setdefault(name, FakeRecorderAgent(name, running=name != "web-off"))
         yield made[name], _pods.find_agent(pod)
 
-    monkeypatch.setattr(_recorder, "reach", reach)
+    monkeypatch.setattr(_reach, "reach", reach)
     return made
 
 
@@ -90,7 +95,7 @@ PODS = [_pod(n, agent=True) for n in ("web-a", "web-b", "web-off")]
 
 
 def run(argv: list[str]) -> int:
-    return _recorder.cmd_recorder(FakeKube(pods=PODS), _cli.parse(argv))
+    return support.run(FakeKube(pods=PODS), argv)
 
 
 def test_start_status_stop(
@@ -176,14 +181,14 @@ def test_bad_input_says_what_is_allowed(
 
 
 def test_sizes_and_times() -> None:
-    assert _recorder.parse_bytes("16Mi") == 16 << 20 and _recorder.parse_bytes("500K") == 500_000
-    assert _recorder.parse_time("2026-12-06T15:17:10Z", flag="--from") == NOW
-    assert _recorder.parse_time("2026-12-06T15:17:10", flag="--from") == NOW  # UTC
-    assert _recorder.parse_time("1796570230.5", flag="--from") == NOW + 0.5
+    assert recorder.parse_bytes("16Mi") == 16 << 20 and recorder.parse_bytes("500K") == 500_000
+    assert recorder.parse_time("2026-12-06T15:17:10Z", flag="--from") == NOW
+    assert recorder.parse_time("2026-12-06T15:17:10", flag="--from") == NOW  # UTC
+    assert recorder.parse_time("1796570230.5", flag="--from") == NOW + 0.5
 
 
 def test_the_command_is_wired() -> None:
-    from kubectl_tracecar import __main__
+    from kubectl_tracecar.commands import COMMANDS
 
-    assert __main__._COMMANDS["recorder"] is _recorder.cmd_recorder
-    assert _commands.reach is not None
+    assert recorder.COMMAND in COMMANDS
+    assert recorder.COMMAND.run is recorder.run

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from kubectl_tracecar import _cli, _commands, _pods, _sinks
+from kubectl_tracecar import _pods, _sinks
 from kubectl_tracecar._kube import JsonObject, Kube
+from kubectl_tracecar.commands import _reach, profile
 from kubectl_tracecar.errors import OK
-from tests.plugin.test_commands import FakeKube, _pod
+from tests.plugin.support import FakeKube, options, run
+from tests.plugin.support import pod as _pod
 
 CAPS = {
     "perf": {"available": True},
@@ -56,10 +58,10 @@ class StatusAgent:
 
 def _reach_with(monkeypatch: pytest.MonkeyPatch, agent: object) -> None:
     @contextmanager
-    def reach(kube: Kube, pod: JsonObject) -> Iterator[tuple[object, _pods.Agent]]:
+    def reach(kube: Kube, pod: JsonObject, **kw: object) -> Iterator[tuple[object, _pods.Agent]]:
         yield agent, _pods.find_agent(pod)
 
-    monkeypatch.setattr(_commands, "reach", reach)
+    monkeypatch.setattr(_reach, "reach", reach)
 
 
 def test_status_shows_each_store(
@@ -67,7 +69,7 @@ def test_status_shows_each_store(
 ) -> None:
     _reach_with(monkeypatch, StatusAgent(CAPS))
     kube = FakeKube(pods=[_injected("web-a")])
-    assert _commands.cmd_status(kube, _cli.parse(["status", "web-a"])) == OK
+    assert run(kube, ["status", "web-a"]) == OK
     out = capsys.readouterr().out
     assert "stores (service_name=shop/web, continuous=on):" in out
     assert (
@@ -82,7 +84,7 @@ def test_status_json_has_the_sinks(
 ) -> None:
     _reach_with(monkeypatch, StatusAgent(CAPS))
     kube = FakeKube(pods=[_injected("web-a")])
-    assert _commands.cmd_status(kube, _cli.parse(["status", "web-a", "-o", "json"])) == OK
+    assert run(kube, ["status", "web-a", "-o", "json"]) == OK
     row = json.loads(capsys.readouterr().out)
     assert row["sinks"] == CAPS["sinks"]
     assert row["service_name"] == "shop/web"
@@ -148,8 +150,7 @@ def test_profile_push_asks_each_agent_and_says_where_to_look(
     _reach_with(monkeypatch, agent)
     kube = FakeKube(pods=[_injected("web-a"), _injected("web-b")])
     out = tmp_path / "web.svg"
-    args = _cli.parse(["profile", "-l", "app=web", "-d", "1s", "--push", "-o", str(out)])
-    assert _commands.cmd_profile(kube, args) == OK
+    assert run(kube, ["profile", "-l", "app=web", "-d", "1s", "--push", "-o", str(out)]) == OK
     assert agent.bodies == [{"duration_s": 1.0, "push": True}] * 2
     text = capsys.readouterr().out
     assert text.count("pushed: pyroscope: sent") == 2
@@ -161,10 +162,9 @@ def test_profile_push_asks_each_agent_and_says_where_to_look(
 
 
 def test_profile_without_push_sends_no_push_field() -> None:
-    args = _cli.parse(["profile", "web-a", "-d", "2s"])
-    assert "push" not in _commands.profile_body(args, 2.0)
-    args = _cli.parse(["profile", "web-a", "-d", "2s", "--push"])
-    assert _commands.profile_body(args, 2.0)["push"] is True
+    assert "push" not in profile.request_body(options(["profile", "web-a", "-d", "2s"]))
+    pushed = options(["profile", "web-a", "-d", "2s", "--push"])
+    assert profile.request_body(pushed)["push"] is True
 
 
 class CapsPushAgent(PushAgent):
@@ -186,8 +186,8 @@ def test_profile_push_reports_the_stores_state_from_capabilities(
 ) -> None:
     _reach_with(monkeypatch, CapsPushAgent())
     kube = FakeKube(pods=[_injected("web-a")])
-    args = _cli.parse(["profile", "web-a", "-d", "1s", "--push", "-o", str(tmp_path / "a.svg")])
-    assert _commands.cmd_profile(kube, args) == OK
+    argv = ["profile", "web-a", "-d", "1s", "--push", "-o", str(tmp_path / "a.svg")]
+    assert run(kube, argv) == OK
     text = capsys.readouterr().out
     assert "pushed: pyroscope: ok, queued 2.0 KiB, s3: failing, queued 5.0 MiB" in text
     assert "(last error: NoSuchBucket" in text

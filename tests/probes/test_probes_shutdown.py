@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from agent.jobs import JobStore
 from agent.probes import Service
 from agent.probes._probe import Probe
 from agent.probes._stream import EventStream
@@ -14,7 +13,7 @@ from agent.settings import Settings
 
 def test_stop_cancels_a_probe_that_does_not_end(tmp_path: Path) -> None:
     async def scenario() -> bool:
-        svc = Service(Settings(data_dir=tmp_path), JobStore(tmp_path, max_storage_bytes=1 << 30))
+        svc = Service(Settings(data_dir=tmp_path))
         stuck = Probe(
             id="0123abcd",
             request={},

@@ -24,9 +24,9 @@ import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.workloads import PY312
 from tests.conftest import need
-from tests.probes.test_probes_integration import (
+from tests.interpreters import PY311_DEBIAN, PY312
+from tests.probes.support import (
     assert_no_leftovers,
     attach,
     detach,
@@ -35,7 +35,7 @@ from tests.probes.test_probes_integration import (
 
 pytestmark = pytest.mark.integration
 
-PY311 = "/usr/bin/python3.11"
+PY311 = PY311_DEBIAN
 SLOW = 4
 FAST = 7
 

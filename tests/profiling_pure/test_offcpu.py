@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import Invalid, Unavailable
-from agent.profiling.offcpu import (
+from agent.profiling.offcpu_fold import (
     OffCpuStack,
     PerfTimedFolder,
     TimedStats,

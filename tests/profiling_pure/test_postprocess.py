@@ -1,4 +1,4 @@
-"""perf.data -> folded through the real `perf script` (agent.profiling.postprocess).
+"""perf.data -> folded through the real `perf script` (agent.profiling.perf_script).
 
 Drives the real perf on a small recording made here, so it is an integration test;
 it needs no pod. Checks: streamed result == collapsing the whole text at once,
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent import _proc
-from agent.profiling.postprocess import PERF_SCRIPT_FIELDS, perf_data_to_folded, perf_script_argv
+from agent.profiling.perf_script import PERF_SCRIPT_FIELDS, perf_data_to_folded, perf_script_argv
 from tests.conftest import need
 from tracecar_formats.collapse import CollapseOptions, collapse_text
 

@@ -21,8 +21,9 @@ from agent.stacks._model import RequestedRuntime
 from agent.stacks._plan import plan
 from agent.stacks._service import find_tools
 from tests import podsim
-from tests.stacks.test_stacks_integration import tids, wait_ready
-from tests.stacks.workloads import PY312, PY_BLOCKED, build_c, build_go, build_java
+from tests.interpreters import PY312
+from tests.stacks.support import tids, wait_ready
+from tests.stacks.workloads import PY_BLOCKED, build_c, build_go, build_java
 
 DATA = Path(__file__).parent / "data"
 

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.agent.workloads import PY312
+from tests.interpreters import PY312
 
 __all__ = ["PY312", "PY_BLOCKED", "build_c", "build_go", "build_java"]
 

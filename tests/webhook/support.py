@@ -11,8 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import kubernetes_validate
 import yaml
+
+from webhook.inject import plan_injection
+from webhook.settings import Settings
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "istio-inject"
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -153,3 +157,51 @@ def with_token(value: Any, token: str) -> Any:
     if isinstance(value, list):
         return [with_token(v, token) for v in value]
     return value
+
+
+# --- injecting pods in the pure tests -----------------------------------------------
+
+
+S = Settings()
+
+
+def pod(**spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "labels": {"profiling": "enabled"}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }
+    base["spec"].update(spec)
+    return base
+
+
+def annotated(p: dict[str, Any], **ann: str) -> dict[str, Any]:
+    p["metadata"]["annotations"] = {
+        f"tracecar.dev/{k.replace('_', '-')}": v for k, v in ann.items()
+    }
+    return p
+
+
+def inject(p: dict[str, Any], settings: Settings = S) -> tuple[dict[str, Any], list[str]]:
+    """Inject, check the patch reproduces the mutated copy exactly, return (pod, warnings)."""
+    original = copy.deepcopy(p)
+    result = plan_injection(p, settings=settings)
+    assert p == original, "plan_injection must not touch its input"
+    assert jsonpatch.apply_patch(p, result.ops) == result.pod
+    validate_pod(result.pod)
+    return result.pod, list(result.warnings)
+
+
+def agent_of(p: dict[str, Any]) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [
+        c
+        for c in p["spec"].get("initContainers", []) + p["spec"]["containers"]
+        if c["name"] == "tracecar-agent"
+    ]
+    assert len(found) == 1
+    return found[0]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}

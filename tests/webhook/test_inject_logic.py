@@ -10,58 +10,23 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from tests.webhook.support import labelled, review, validate_pod
+from tests.webhook.support import (
+    S,
+    agent_of,
+    annotated,
+    env_of,
+    inject,
+    labelled,
+    pod,
+    review,
+    validate_pod,
+)
 from webhook.decision import inject_required
 from webhook.inject import plan_injection
 from webhook.options import parse_options, quantity_value
 from webhook.patch import PatchBuilder, escape
 from webhook.review import answer, parse_review
 from webhook.settings import Settings
-
-S = Settings()
-
-
-def pod(**spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "p", "labels": {"profiling": "enabled"}},
-        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
-    }
-    base["spec"].update(spec)
-    return base
-
-
-def annotated(p: dict[str, Any], **ann: str) -> dict[str, Any]:
-    p["metadata"]["annotations"] = {
-        f"tracecar.dev/{k.replace('_', '-')}": v for k, v in ann.items()
-    }
-    return p
-
-
-def inject(p: dict[str, Any], settings: Settings = S) -> tuple[dict[str, Any], list[str]]:
-    """Inject, check the patch reproduces the mutated copy exactly, return (pod, warnings)."""
-    original = copy.deepcopy(p)
-    result = plan_injection(p, settings=settings)
-    assert p == original, "plan_injection must not touch its input"
-    assert jsonpatch.apply_patch(p, result.ops) == result.pod
-    validate_pod(result.pod)
-    return result.pod, list(result.warnings)
-
-
-def agent_of(p: dict[str, Any]) -> dict[str, Any]:
-    found: list[dict[str, Any]] = [
-        c
-        for c in p["spec"].get("initContainers", []) + p["spec"]["containers"]
-        if c["name"] == "tracecar-agent"
-    ]
-    assert len(found) == 1
-    return found[0]
-
-
-def env_of(container: dict[str, Any]) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
-
 
 # --- JSON pointers and the builder -------------------------------------------------
 

@@ -20,14 +20,18 @@ import pytest
 
 from tests.webhook.support import (
     GOLDEN,
+    agent_of,
+    annotated,
     corpus_pods,
+    env_of,
     golden_name,
     golden_token,
+    inject,
     labelled,
+    pod,
     review,
     validate_pod,
 )
-from tests.webhook.test_inject_logic import agent_of, annotated, env_of, inject, pod
 from webhook.inject import plan_injection
 from webhook.options import parse_options
 from webhook.review import answer, parse_review

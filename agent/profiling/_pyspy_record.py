@@ -1,7 +1,7 @@
 """Execution of a profile's py-spy recordings: one py-spy per Python target, side by side.
 
 Owned here: starting each planned ``py-spy record`` through :mod:`agent._proc` and
-running it with the recorder's :func:`~agent.profiling.recorder.run_to_end` (SIGINT
+running it with the recorder's :func:`~agent.profiling.perf_record.run_to_end` (SIGINT
 at the planned duration or on a stop request, py-spy then writes what it sampled;
 always reaped), and turning each exit into a :class:`PySpyResult`.
 One target failing (it exited before py-spy could read it, it is not CPython after
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import _proc
+from agent.profiling.perf_record import run_to_end
 from agent.profiling.planner import Plan, PySpyRun
-from agent.profiling.recorder import run_to_end
 from tracecar_formats import pyspy
 
 _ENV_QUIET = {"RUST_BACKTRACE": "0", "RUST_LIB_BACKTRACE": "0"}

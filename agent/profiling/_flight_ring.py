@@ -114,6 +114,17 @@ class Slice:
         return self.start > math.floor(self.asked_start) or self.end < math.ceil(self.asked_end)
 
 
+def merge(buckets: Iterable[Bucket]) -> dict[str, int]:
+    """The folded stacks of ``buckets``, every process's merged (up to 86,400 buckets for
+    a day: CPU-bound, see :meth:`Ring.buckets_in`)."""
+    out: dict[str, int] = {}
+    for b in buckets:
+        for per in b.stacks.values():
+            for k, n in per.items():
+                out[k] = out.get(k, 0) + n
+    return out
+
+
 def stacks_size(stacks: dict[int, dict[str, int]]) -> int:
     return sum(len(k.encode()) + ENTRY_OVERHEAD for per in stacks.values() for k in per)
 
@@ -160,7 +171,6 @@ class Ring:
         self.evicted = 0
         self.trimmed_samples = 0
         self.late_samples = 0
-        self.python_seconds = 0  # (process, second) pairs recorded by py-spy
         self.sampled_until: int | None = None  # the sampler delivered every second < this
         self.complete_until: int | None = None  # every second < this is final
         self._strings: dict[str, str] = {}  # one copy of each stack text for every bucket
@@ -225,7 +235,6 @@ class Ring:
         for pid, per in p.python.items():
             if per:
                 merged[pid] = per
-            self.python_seconds += 1
         return {pid: per for pid, per in merged.items() if per}
 
     def _append(self, second: int, stacks: dict[int, dict[str, int]]) -> None:
@@ -279,13 +288,14 @@ class Ring:
     def _buckets(self, lo: int, hi: int) -> Iterable[Bucket]:
         return (b for b in self.buckets if lo <= b.start < hi)
 
+    def buckets_in(self, lo: int, hi: int) -> list[Bucket]:
+        """The buckets of ``[lo, hi)``, in a list of the caller's own: :func:`merge` may
+        read it in a worker thread while the ring moves on (a bucket never changes once
+        appended; only the deque holding them does)."""
+        return list(self._buckets(lo, hi))
+
     def folded(self, lo: int, hi: int) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for b in self._buckets(lo, hi):
-            for per in b.stacks.values():
-                for k, n in per.items():
-                    out[k] = out.get(k, 0) + n
-        return out
+        return merge(self._buckets(lo, hi))
 
     def pids(self, lo: int, hi: int) -> tuple[int, ...]:
         """The processes with samples in ``[lo, hi)``."""

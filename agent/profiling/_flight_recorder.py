@@ -4,7 +4,7 @@
 the ``/recorder`` router, read by continuous-profile sinks through
 :meth:`FlightRecorder.samples`) runs:
 
-* one bpftrace (:func:`agent.profiling.offcpu.sampler_program`: ``profile:hz:N``
+* one bpftrace (:func:`agent.profiling.offcpu_fold.sampler_program`: ``profile:hz:N``
   over every process of the agent's PID namespace, so processes started later are
   sampled from their first tick) that prints its counts just after each wall-clock
   second. Each second is symbolized as it arrives (so a process that exits later
@@ -13,13 +13,13 @@ the ``/recorder`` router, read by continuous-profile sinks through
   container, or the pod without the agent);
 * a watcher that, every second, finds the Python processes in the target (started
   before or after the recorder) and keeps a loop of one-second py-spy runs on each
-  (:mod:`agent.profiling._flightpy`): their whole Python stacks replace the
+  (:mod:`agent.profiling._flight_recorder_python`): their whole Python stacks replace the
   interpreter frames bpftrace sees. It also asks each recorded JVM for its perf map
   (jattach, when installed), at first sight, then 2, 4, 8... s later (the JIT is
   compiling) and every ``JVM_MAP_EVERY_S`` after, so JIT-compiled Java methods are
   named as in on-demand profiles.
 
-Both feed one :class:`agent.profiling._ring.Ring` (what is complete, the bounds,
+Both feed one :class:`agent.profiling._flight_ring.Ring` (what is complete, the bounds,
 the queries). The ring is in memory only: nothing is written to disk but py-spy's
 one-second files (a private directory, removed with the recorder), and it ends with
 the recorder (DELETE) or the agent.
@@ -38,22 +38,31 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent import _proc, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
-from agent.jobs import Job, write_atomic
-from agent.profiling import _pyspy, offcpu
+from agent.jobs import write_atomic
+from agent.profiling import _pyspy_record, offcpu_fold
 from agent.profiling._artifacts import FOLDED, KIND
-from agent.profiling._flightpy import record_second
+from agent.profiling._flight_recorder_python import record_second
+from agent.profiling._flight_ring import (
+    Bucket,
+    GroupBy,
+    GroupSamples,
+    ProcessMeta,
+    Ring,
+    Slice,
+    merge,
+)
 from agent.profiling._jitnames import JitNames
-from agent.profiling._ring import GroupBy, GroupSamples, ProcessMeta, Ring, Slice
-from agent.profiling._service import Service
-from agent.profiling.offcpu import argv, fold, parse_output, sampler_program
+from agent.profiling._result import ProfileResult
+from agent.profiling._service import ProfileJob, Service
+from agent.profiling.offcpu_fold import argv, fold, parse_output, sampler_program
 from agent.profiling.planner import Plan, Targets, in_range
 from agent.settings import get_settings
 from agent.symbolize.resolver import Symbolizer, debuginfod_cache
@@ -170,6 +179,37 @@ def _exe(pid: int) -> str:
         return ""
 
 
+class Window(BaseModel):
+    start: float
+    end: float
+
+
+class RecorderStatus(BaseModel):
+    """``GET /recorder``: the state, the retained window (Unix seconds), its size, and
+    how each Python process is sampled (stopped: the state and no window, only)."""
+
+    state: str
+    window: Window | None
+    message: str | None = None
+    request: dict[str, Any] | None = None
+    started_at: float | None = None
+    complete_until: int | None = Field(default=None, description="every second before is final")
+    lag_s: float | None = Field(default=None, description="how far behind real time")
+    sampler_delay_s: float | None = None
+    bytes: int | None = None
+    buckets: int | None = None
+    samples: int | None = None
+    evicted_buckets: int | None = None
+    trimmed_samples: int | None = None
+    late_samples: int | None = None
+    python: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="pid -> how its Python stacks are sampled"
+    )
+    push: dict[str, Any] | None = Field(
+        default=None, description="the continuous pushes to the profile store (null: none)"
+    )
+
+
 class FlightRecorder:
     def __init__(self, *, max_retain_s: float, max_bytes: int) -> None:
         self.max_retain_s = max_retain_s
@@ -194,19 +234,27 @@ class FlightRecorder:
         return {
             "available": tool is not None,
             "reason": "bpftrace profile:hz over the pod's PID namespace"
-            + ("; py-spy for Python processes" if _pyspy.find() else "")
+            + ("; py-spy for Python processes" if _pyspy_record.find() else "")
             if tool
             else "bpftrace is not installed",
             "python": "py-spy (whole Python stacks)"
-            if _pyspy.find()
+            if _pyspy_record.find()
             else "py-spy is not installed: Python processes show interpreter frames",
             **self.limits(),
             "state": state["state"],
             "window": state["window"],
         }
 
+    # --- the capability: nothing runs until POST /recorder (or continuous profiling) ---
+    async def start(self) -> None:
+        """The ring starts with :meth:`record`, not with the agent."""
+
+    def busy(self) -> bool:
+        """The recorder runs until stopped: counting it would keep an idle agent forever."""
+        return False
+
     # --- API -------------------------------------------------------------
-    async def start(self, req: RecorderRequest) -> dict[str, Any]:
+    async def record(self, req: RecorderRequest) -> dict[str, Any]:
         in_range(req.frequency_hz, low=1, high=MAX_FREQUENCY_HZ, field="frequency_hz", unit="Hz")
         in_range(req.retain_s, low=MIN_RETAIN_S, high=self.max_retain_s, field="retain_s", unit="s")
         in_range(req.max_bytes, low=MIN_BYTES, high=self.max_bytes, field="max_bytes", unit="bytes")
@@ -324,15 +372,21 @@ class FlightRecorder:
             )
         return clipped
 
-    def interval(self, start: float, end: float) -> Slice:
+    async def merged(self, start: float, end: float) -> Slice:
         """Folded stacks of the retained part of ``[start, end)`` (whole seconds covering
-        it). 422 only when it is inverted or wholly outside the retained window."""
+        it), merged in a worker thread (a day is 86,400 buckets). 422 only when it is
+        inverted or wholly outside the retained window."""
+        part, buckets = self._part(start, end)
+        return replace(part, stacks=await asyncio.to_thread(merge, buckets))
+
+    def _part(self, start: float, end: float) -> tuple[Slice, list[Bucket]]:
+        """The interval's bounds (checked, on the loop) and its buckets (a snapshot)."""
         run = self._running()
         lo, hi = self._clip(run, start, end)
         w = run.ring.window()
         assert w is not None
-        return Slice(
-            stacks=run.ring.folded(lo, hi),
+        part = Slice(
+            stacks={},
             start=float(lo),
             end=float(hi),
             asked_start=start,
@@ -341,6 +395,7 @@ class FlightRecorder:
             window_end=w[1],
             pids=run.ring.pids(lo, hi),
         )
+        return part, run.ring.buckets_in(lo, hi)
 
     # --- for continuous-profile sinks ------------------------------------------------
     def complete_until(self) -> int | None:
@@ -371,10 +426,10 @@ class FlightRecorder:
             return []
         return run.ring.groups(clipped[0], clipped[1], by=by)
 
-    async def save_interval(self, svc: Service, start: float, end: float) -> Job:
+    async def save_interval(self, svc: Service, start: float, end: float) -> ProfileJob:
         """Keep an interval as a profile (a CPU profile's outputs and id), so it can be
         fetched later and diffed against a capture or another interval."""
-        part = self.interval(start, end)
+        part = await self.merged(start, end)
         stacks, lo, hi = part.stacks, part.start, part.end
         hz = self.frequency_hz
         the_plan = Plan(
@@ -389,25 +444,25 @@ class FlightRecorder:
             timeout_s=0,
             unresolved=[],
         )
-        job = svc.jobs.create(KIND, {"type": "cpu", "source": "recorder", "from": lo, "to": hi})
-        job.result = {
-            "phase": "done",
-            "plan": the_plan.model_dump(),
-            "recording_started_at": lo,
-            "recording_finished_at": hi,
-            "requested_from": start,
-            "requested_to": end,
-            "clipped": part.clipped,
-            "samples": sum(stacks.values()),
-            "folded_samples": sum(stacks.values()),
-        }
+        result = ProfileResult(
+            phase="done",
+            plan=the_plan,
+            recording_started_at=lo,
+            recording_finished_at=hi,
+            requested_from=start,
+            requested_to=end,
+            clipped=part.clipped,
+            samples=sum(stacks.values()),
+            folded_samples=sum(stacks.values()),
+        )
+        job = svc.jobs.create(
+            KIND, {"type": "cpu", "source": "recorder", "from": lo, "to": hi}, result=result
+        )
 
-        async def write(job: Job) -> None:
+        async def write(job: ProfileJob) -> None:
             await asyncio.to_thread(write_atomic, job.artifact(FOLDED), format_folded(stacks))
             await asyncio.to_thread(svc._render_all, job, the_plan, stacks)
-            job.result["artifacts"] = sorted(
-                p.name for p in job.dir.iterdir() if p.name != "job.json"
-            )
+            job.result.artifacts = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
 
         svc.jobs.start(job, write)
         await svc.wait(job)
@@ -430,7 +485,7 @@ class FlightRecorder:
             # bpftrace's own naming re-reads a process's symbols for every stack it
             # prints when it can see the process (a host run), which took minutes per
             # second for a Node app.
-            env = {**os.environ, **offcpu.ENV, "BPFTRACE_NO_USER_SYMBOLS": "1"}
+            env = {**os.environ, **offcpu_fold.ENV, "BPFTRACE_NO_USER_SYMBOLS": "1"}
             run.child = await _proc.Child.start(argv(program), env=env)
             assert run.child.proc.stdout is not None
             errors = asyncio.ensure_future(_proc.drain_tail(run.child.proc.stderr, keep=16384))
@@ -562,7 +617,7 @@ class FlightRecorder:
     async def _watch(self, run: _Run) -> None:
         """Every second: new Python processes get a py-spy loop, JVMs are asked for
         their perf maps, exited processes are forgotten, late seconds are committed."""
-        pyspy_path = _pyspy.find() if run.request.python else None
+        pyspy_path = _pyspy_record.find() if run.request.python else None
         jattach = _proc.which("jattach") is not None
         try:
             while self._run is run and run.state != "failed":
@@ -700,6 +755,9 @@ class FlightRecorder:
             limit = PYSPY_GIVE_UP_AFTER if py.seconds else PYSPY_GIVE_UP_BEFORE_FIRST
             if py.failures >= limit and py.state == "recording":
                 py.state = "gave up"
-                log.warning("recorder: py-spy keeps failing on pid %d: %s", pid, py.message)
+                log.warning(
+                    "recorder: py-spy keeps failing",
+                    extra={"fields": {"pid": pid, "error": py.message}},
+                )
         if got.exited:
             py.state = "ended"

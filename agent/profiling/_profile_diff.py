@@ -12,10 +12,11 @@ import asyncio
 from dataclasses import dataclass
 
 from agent.errors import Conflict
-from agent.jobs import Job
 from agent.profiling._artifacts import FOLDED
-from agent.profiling._service import Service, profile_type, units
+from agent.profiling._service import ProfileJob, Service, profile_type
+from agent.profiling.outputs import units
 from tracecar_formats.diffgraph import DiffFormat, EmptySide, Widths, compare
+from tracecar_formats.render import title
 
 __all__ = ["DiffFormat", "DiffOptions", "Widths", "differential"]
 
@@ -28,13 +29,15 @@ class DiffOptions:
     widths: Widths = "target"
 
 
-def _read(svc: Service, job: Job) -> bytes:
+def _read(svc: Service, job: ProfileJob) -> bytes:
     path = svc.require_finished(job, FOLDED)
     assert path is not None
     return path.read_bytes()
 
 
-async def differential(svc: Service, base: Job, target: Job, options: DiffOptions) -> bytes:
+async def differential(
+    svc: Service, base: ProfileJob, target: ProfileJob, options: DiffOptions
+) -> bytes:
     """The comparison of two profiles as ``options`` asks (folded text or SVG bytes)."""
     if profile_type(base) != profile_type(target):
         raise Conflict(
@@ -51,7 +54,10 @@ async def differential(svc: Service, base: Job, target: Job, options: DiffOption
             normalize=options.normalize,
             strip_hex=options.strip_hex,
             widths=options.widths,
-            title=f"Differential {kind} flame graph: {target.id} against {base.id}",
+            title=title(
+                f"Differential {'off-CPU' if kind == 'off-cpu' else 'CPU'} profile",
+                f"profile {target.id} against profile {base.id}",
+            ),
             base_label=f"base {base.id}",
             target_label=f"target {target.id}",
             unit=units(kind),

@@ -8,8 +8,8 @@ Owned here:
   the profile's raw artifact and folded with the targets' symbols (read while they
   still run: an exited process's frames show as ``[unknown]``);
 * the perf side's post-processing: ``perf script`` streamed through
-  :class:`agent.profiling.offcpu.PerfTimedFolder` (the recording itself is
-  :func:`agent.profiling.recorder.record`, as for CPU profiles: same stop, timeout
+  :class:`agent.profiling.offcpu_fold.PerfTimedFolder` (the recording itself is
+  :func:`agent.profiling.perf_record.record`, as for CPU profiles: same stop, timeout
   and reaping);
 * whether perf can record off-CPU stacks here (:func:`dwarf_unavailable`) and how
   often the targets leave the CPU (:func:`switch_rates`, for the cost bound).
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from agent import _proc, capabilities, procfs
 from agent.jobs import atomic_path
-from agent.profiling.offcpu import (
+from agent.profiling.offcpu_fold import (
     ENV,
     PerfTimedFolder,
     TimedStats,
@@ -35,8 +35,8 @@ from agent.profiling.offcpu import (
     perf_script_argv,
     sampling_weight,
 )
+from agent.profiling.perf_record import run_to_end
 from agent.profiling.planner import Plan
-from agent.profiling.recorder import run_to_end
 from agent.symbolize.resolver import Symbolizer
 from agent.symbolize.ustacks import UserStacks
 

@@ -1,0 +1,112 @@
+"""Helpers the agent's integration tests share: processes in a simulated pod, waiting
+for a profile, reading folded stacks."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests import podsim
+
+
+def pod_processes(pod: podsim.SimPod, name: str) -> list[int]:
+    """Host pids of processes called ``name`` inside this pod's PID namespace only
+    (other suites on the machine may run their own perf)."""
+    ns = os.readlink(f"/proc/{pod.infra_pid}/ns/pid")
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if (d / "comm").read_text().strip() == name and os.readlink(d / "ns/pid") == ns:
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_done(client: httpx.Client, job_id: str, timeout: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(f"/profiles/{job_id}")
+        assert r.status_code == 200, r.text
+        body: dict[str, object] = r.json()
+        if body["state"] in ("succeeded", "failed", "cancelled"):
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.2)
+
+
+def folded_total(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        stack, _, n = line.rpartition(" ")
+        out[stack] = out.get(stack, 0) + int(n)
+    return out
+
+
+def check_pprof(data: bytes, name: str) -> None:
+    import gzip
+
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    raw = gzip.decompress(data)
+    # profile.proto's messages, declared here so the test uses protobuf's own parser.
+    fdp = descriptor_pb2.FileDescriptorProto(name="t_profile.proto", package="tp")
+    prof = fdp.message_type.add(name="Profile")
+    fields = [
+        ("sample_type", 1, "ValueType", True), ("sample", 2, "Sample", True),
+        ("location", 4, "Location", True), ("function", 5, "Function", True),
+        ("string_table", 6, None, True),
+    ]  # fmt: skip
+    T = descriptor_pb2.FieldDescriptorProto
+    for fname, num, typ, rep in fields:
+        f = prof.field.add(name=fname, number=num)
+        f.label = T.LABEL_REPEATED if rep else T.LABEL_OPTIONAL
+        if typ is None:
+            f.type = T.TYPE_STRING
+        else:
+            f.type, f.type_name = T.TYPE_MESSAGE, f".tp.{typ}"
+    vt = fdp.message_type.add(name="ValueType")
+    for fname, num in (("type", 1), ("unit", 2)):
+        vt.field.add(name=fname, number=num, type=T.TYPE_INT64, label=T.LABEL_OPTIONAL)
+    s = fdp.message_type.add(name="Sample")
+    s.field.add(name="location_id", number=1, type=T.TYPE_UINT64, label=T.LABEL_REPEATED)
+    s.field.add(name="value", number=2, type=T.TYPE_INT64, label=T.LABEL_REPEATED)
+    loc = fdp.message_type.add(name="Location")
+    loc.field.add(name="id", number=1, type=T.TYPE_UINT64, label=T.LABEL_OPTIONAL)
+    line = fdp.message_type.add(name="Line")
+    line.field.add(name="function_id", number=1, type=T.TYPE_UINT64, label=T.LABEL_OPTIONAL)
+    loc.field.add(
+        name="line", number=4, type=T.TYPE_MESSAGE, type_name=".tp.Line", label=T.LABEL_REPEATED
+    )
+    fn = fdp.message_type.add(name="Function")
+    fn.field.add(name="id", number=1, type=T.TYPE_UINT64, label=T.LABEL_OPTIONAL)
+    fn.field.add(name="name", number=2, type=T.TYPE_INT64, label=T.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("tp.Profile"))
+    msg = cls.FromString(raw)
+    assert len(msg.sample) > 0
+    names = {msg.string_table[f.name] for f in msg.function}
+    assert any(name in n for n in names), sorted(names)[:20]
+
+
+def wait_processes(
+    client: httpx.Client, container: str, *, runtimes: dict[str, int], timeout: float = 60
+) -> list[dict[str, Any]]:
+    """The container's processes once it runs at least ``runtimes[r]`` processes of each
+    runtime ``r``: an app that forks workers (or a shell that starts two programs) takes
+    its time on a busy machine, and a profile taken earlier would miss them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        procs = [p for p in client.get("/processes").json() if p["container"] == container]
+        have = {r: sum(1 for p in procs if p["runtime"] == r) for r in runtimes}
+        if all(have[r] >= n for r, n in runtimes.items()):
+            return procs
+        assert time.monotonic() < deadline, (container, runtimes, procs)
+        time.sleep(0.2)
