@@ -88,3 +88,7 @@ live_children, clear_cache
 
 # agent.symbolize: the frameless-leaf fix-up's hook and the pclntab reader's base.
 _.missing_caller, _._base
+
+# agent.symbolize.dwarf: the open debug file a DwarfInline reads lazily (kept alive with
+# it), and its counters, read by bench/symbolize_bench.py and the tests.
+_stream, units_decoded, dies_read

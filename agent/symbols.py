@@ -321,25 +321,3 @@ def symbolize(pid: int, addresses: list[int]) -> list[str]:
                 label = f"{name} ({base})" if name else f"{base}+{vaddr:#x}"
         out.append(label)
     return out
-
-
-def function_names(pid: int, addresses: list[int]) -> list[str]:
-    """Raw user addresses of ``pid`` as folded-stack frames, as stackcollapse-perf names
-    them: the function, ``[object]`` where it has no symbol there, ``[unknown]``
-    outside any file mapping (or once the process is gone)."""
-    mappings = _mappings(pid)
-    cache: dict[int, str] = {}
-    out = []
-    for a in addresses:
-        name = cache.get(a)
-        if name is None:
-            found = _locate(pid, mappings, a)
-            if found is None:
-                name = "[unknown]"
-            else:
-                syms, vaddr, base = found
-                sym = syms.function_at(vaddr) if syms is not None else None
-                name = sym.name if sym is not None else f"[{base}]"
-            cache[a] = name
-        out.append(name)
-    return out

@@ -3,7 +3,7 @@
 On-demand profiles hand a target's ``/tmp/perf-PID.map`` to perf script
 (:mod:`agent.profiling._perfmaps`); the recorder symbolizes its samples itself, as
 they arrive, so it reads the maps itself: an address that no file mapping holds
-(:func:`agent.symbols.function_names` says ``[unknown]``) is looked up in the map
+(named ``[unknown]``: outside every file mapping) is looked up in the map
 of its process, as perf does. Node (``--perf-basic-prof``) appends to its map as it
 compiles; a JVM writes its whole map when asked (``jattach PID jcmd
 Compiler.perfmap``, which the recorder does for the JVMs it records, see

@@ -192,13 +192,6 @@ class UserStacks:
                     out.append(hidden)
         return out
 
-    def forget(self, pid: int) -> None:
-        """Drop what is known of ``pid``'s memory (it exited, or exec'd another program)."""
-        self._maps.pop(pid, None)
-        self._where = {k: v for k, v in self._where.items() if k[0] != pid}
-        self._names = {k: v for k, v in self._names.items() if k[0] != pid}
-        self._callers = {k: v for k, v in self._callers.items() if k[0] != pid}
-
     def report(self) -> list[dict[str, object]]:
         """Per object: where its names came from (:meth:`Symbolizer.report`)."""
         return self.symbolizer.report()

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from agent import procfs, symbols
+from agent import procfs
 from agent.errors import Conflict, Invalid
 from agent.profiling import FlightRecorder, ProcessGroup, RecorderRequest, _flight_recorder, when
 from agent.profiling._flight_recorder import _Run
@@ -34,7 +34,6 @@ META = {
 @pytest.fixture(autouse=True)
 def seams(monkeypatch: pytest.MonkeyPatch) -> None:
     names = {0x4000: "main", 0x4010: "alpha", 0x4020: "beta", 0x4030: "_PyEval_EvalFrameDefault"}
-    monkeypatch.setattr(symbols, "function_names", lambda pid, addrs: [names[a] for a in addrs])
 
     class Names:  # the recorder's symbolizer (agent.symbolize.ustacks.UserStacks)
         leaf_fixes = 0

@@ -10,12 +10,12 @@ import gzip
 import os
 from pathlib import Path
 
-from agent.profiling._flight_recorder_python import argv as pyspy_argv
-from agent.profiling.offcpu_fold import OffCpuStack, PerfTimedFolder, fold, sampler_program
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from agent import symbols
+from agent.profiling._flight_recorder_python import argv as pyspy_argv
+from agent.profiling.offcpu_fold import OffCpuStack, PerfTimedFolder, fold, sampler_program
 from agent.symbolize.ustacks import UserStacks
 from tests.profiling_pure.test_outputs import _wire
 from tracecar_formats.pprof import to_pprof
