@@ -150,7 +150,9 @@ class UserStacks:
             # Not cached: a JIT's perf map names more of its code as it compiles.
             return [self.unknown(pid, address) if self.unknown is not None else "[unknown]"]
         try:
-            got = self.symbolizer.frames(str(pid).encode(), where.pc, b"", where.mod, caller=caller)
+            got = self.symbolizer.frames(
+                str(pid).encode(), where.pc, b"[unknown]", where.mod, caller=caller
+            )
         except (AgentError, OSError):
             got = None  # the process went away meanwhile: the object's own names stand
         names = [f.decode("utf-8", "surrogateescape") for f in got] if got else [where.fallback]
