@@ -196,6 +196,15 @@ class RecorderStatus(BaseModel):
     complete_until: int | None = Field(default=None, description="every second before is final")
     lag_s: float | None = Field(default=None, description="how far behind real time")
     sampler_delay_s: float | None = None
+    sampler_delay_max_s: float | None = Field(
+        default=None, description="how late bpftrace's seconds arrived after they ended, at most"
+    )
+    python_delay_max_s: float | None = Field(
+        default=None, description="how late py-spy's seconds arrived after they ended, at most"
+    )
+    leaf_callers_recovered: int | None = Field(
+        default=None, description="frameless leaves' callers put back in the sampler's stacks"
+    )
     bytes: int | None = None
     buckets: int | None = None
     samples: int | None = None
