@@ -130,10 +130,9 @@ live_children, clear_cache, latest_rss, largest
 # agent.symbolize: the frameless-leaf fix-up's hook and the pclntab reader's base.
 _.missing_caller, _._base
 
-# Found after merging main (the inline and stacks branches' code), left to their owners
-# to use or remove: the DWARF reader's kept stream and counters (read by its tests),
-# UserStacks.forget, symbols.function_names (the recorder's tests fake it).
-_._stream, _.units_decoded, _.dies_read, _.forget, function_names
+# agent.symbolize.dwarf: the open debug file a DwarfInline reads lazily (kept alive with
+# it), and its counters, read by bench/symbolize_bench.py and the tests.
+_stream, units_decoded, dies_read
 
 # A module's __getattr__ (PEP 562): Python calls it for agent.__version__, lazily.
 __getattr__

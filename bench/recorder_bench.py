@@ -283,7 +283,8 @@ def soak_run(
         for pid, p in py.items():
             print(
                 f"  python pid {pid}: {p['profiler']} {p['state']}, {p['seconds']} seconds "
-                f"recorded, {p['failures']} failed runs"
+                f"recorded, {p['failures']} failed runs, {p.get('late', 0)} late (not attached "
+                "by their second's end: the sampler's stacks kept)"
             )
     print(
         f"  agent CPU with its children: {cpu:.2f} s = {100 * cpu / elapsed:.2f}% of a core "

@@ -92,7 +92,7 @@ PYSPY_GIVE_UP_AFTER = 5
 """Consecutive failed py-spy runs after which a process is left to the sampler."""
 PYSPY_GIVE_UP_BEFORE_FIRST = 30
 """The same, before py-spy has read a process once (its interpreter may be starting)."""
-_MAX_LEAD_S = 0.6
+_MAX_LEAD_S = 0.9
 _MAX_INFLIGHT = 3
 """py-spy runs of one process at once (each lasts about a second; more: stuck)."""
 _MISSING = ProcessMeta(comm="", container=None, runtime=None)
@@ -145,6 +145,7 @@ class _Python:
     failures: int = 0
     message: str = ""
     lead_s: float = 0.2  # py-spy's start-up time: the next run starts that much early
+    late: int = 0  # runs not attached by their second's end (killed; the sampler's stand)
 
 
 @dataclass
@@ -207,6 +208,15 @@ class RecorderStatus(BaseModel):
     complete_until: int | None = Field(default=None, description="every second before is final")
     lag_s: float | None = Field(default=None, description="how far behind real time")
     sampler_delay_s: float | None = None
+    sampler_delay_max_s: float | None = Field(
+        default=None, description="how late bpftrace's seconds arrived after they ended, at most"
+    )
+    python_delay_max_s: float | None = Field(
+        default=None, description="how late py-spy's seconds arrived after they ended, at most"
+    )
+    leaf_callers_recovered: int | None = Field(
+        default=None, description="frameless leaves' callers put back in the sampler's stacks"
+    )
     bytes: int | None = None
     buckets: int | None = None
     samples: int | None = None
@@ -331,6 +341,7 @@ class FlightRecorder:
                     "state": p.state,
                     "seconds": p.seconds,
                     "failures": p.failures,
+                    "late": p.late,
                     **({"message": p.message} if p.message else {}),
                 }
                 for pid, p in sorted(run.python.items())
@@ -791,6 +802,11 @@ class FlightRecorder:
             return
         if got.started_after_s:
             py.lead_s = min(_MAX_LEAD_S, 0.7 * py.lead_s + 0.3 * got.started_after_s)
+        if got.late:
+            py.late += 1  # a loaded node: the sampler's stacks stand for that second
+            if not procfs.pid_exists(pid):
+                py.state = "ended"
+            return
         if got.stacks is not None:
             py.seconds += 1
             py.failures = 0

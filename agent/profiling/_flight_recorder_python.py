@@ -50,6 +50,9 @@ class Second:
     message: str
     started_after_s: float
     exited: bool
+    late: bool = False
+    """Not attached by its second's end: no failure of py-spy's, the next run starts
+    earlier (``started_after_s`` is then the time waited)."""
 
 
 SIGNALLED_DURATION_S = 3
@@ -85,11 +88,25 @@ def _discard(path: Path) -> None:
         path.unlink()
 
 
-async def _stop_at(child: _proc.Child, until: float, attached: asyncio.Event) -> None:
+LATE_ATTACH_S = 0.2
+"""A run not attached this long after its second ended has missed that second: killed."""
+
+
+async def _stop_at(
+    child: _proc.Child, until: float, attached: asyncio.Event, late: asyncio.Event
+) -> None:
     """SIGINT at wall-clock ``until``, once py-spy is attached (before that, SIGINT
-    would end it before its Ctrl-C handler is set: nothing written)."""
+    would end it before its Ctrl-C handler is set: nothing written). Not attached
+    ``LATE_ATTACH_S`` after ``until`` (a loaded node: py-spy's start-up took longer than
+    the lead): the run is killed and ``late`` set, so its second completes at once with
+    the sampler's stacks instead of waiting for a run that sampled none of it."""
     await asyncio.sleep(max(0.0, until - time.time()))
-    await attached.wait()
+    try:
+        await asyncio.wait_for(attached.wait(), LATE_ATTACH_S)
+    except TimeoutError:
+        late.set()
+        child.send_signal(signal.SIGKILL)
+        return
     child.send_signal(signal.SIGINT)
 
 
@@ -121,7 +138,10 @@ async def record_second(
     started_after = 0.0
     said: list[bytes] = []
     attached = asyncio.Event()
-    stopper = asyncio.ensure_future(_stop_at(child, until, attached)) if until is not None else None
+    late = asyncio.Event()
+    stopper = (
+        asyncio.ensure_future(_stop_at(child, until, attached, late)) if until is not None else None
+    )
     try:
         assert child.proc.stdout is not None
         async with asyncio.timeout(RUN_TIMEOUT_S):
@@ -133,6 +153,10 @@ async def record_second(
                 if sum(map(len, said)) < 16384:
                     said.append(line)
             rc = await child.wait()
+        if late.is_set():
+            _discard(output)
+            waited = loop.time() - t0
+            return Second(None, "py-spy attached after its second ended", waited, False, late=True)
         text = b"".join(said).decode("utf-8", "replace")
         summary = pyspy.parse_stderr(text)
         if summary.samples is None:

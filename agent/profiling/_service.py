@@ -554,13 +554,18 @@ class Service:
     async def _run_offcpu(self, job: ProfileJob, the_plan: Plan) -> None:
         """bpftrace (frame-pointer targets) and perf (DWARF targets) side by side, merged."""
         meta = job.result
-        # The CPU profiles' symbolizer, the targets' objects opened while they live.
-        symbolizer = await asyncio.to_thread(symbolize.for_profile, self.settings, the_plan.pids)
+        # The CPU profiles' symbolizer; the targets' objects opened while they live, as
+        # the recording starts (not before it: a short-lived target must not be missed).
+        symbolizer = symbolize.Symbolizer(debuginfod=symbolize.debuginfod_cache(self.settings))
         fp_task = asyncio.ensure_future(self._record_offcpu_fp(job, the_plan, symbolizer))
         perf_task = asyncio.ensure_future(self._record_perf(job, the_plan))
+        prepared = asyncio.ensure_future(asyncio.to_thread(symbolizer.prepare, the_plan.pids))
         try:
             fp_rec, perf_rec = await asyncio.gather(fp_task, perf_task)
+            await prepared
         except BaseException:
+            with contextlib.suppress(BaseException):
+                await prepared  # a thread: it ends by itself, soon
             # One failed, or we are cancelled: the other recorder must not outlive us
             # (cancelling it stops and reaps its tool; atomic_path drops its .part).
             for t in (fp_task, perf_task):

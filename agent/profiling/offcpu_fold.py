@@ -405,6 +405,7 @@ class _Frame:
     kernel: bool
     pc: bytes
     dso: bytes
+    sym: bytes  # perf's own name (offset cut), ``[unknown]`` when it had none
 
 
 def _tidy(sym: bytes) -> str:
@@ -431,7 +432,7 @@ def _frame_name(line: bytes) -> _Frame | None:
         )
     else:
         name = _tidy(sym)
-    return _Frame(name, kernel, m.group(1), dso)
+    return _Frame(name, kernel, m.group(1), dso, sym or b"[unknown]")
 
 
 @dataclass(slots=True)
@@ -454,7 +455,7 @@ class TimedStats:
     no_user_stack: int = 0
 
 
-_MISS = _Frame("", False, b"", b"")  # sentinel (compared by identity)
+_MISS = _Frame("", False, b"", b"", b"")  # sentinel (compared by identity)
 _FRAME_CACHE_MAX = 1 << 18
 
 
@@ -527,11 +528,14 @@ class PerfTimedFolder:
 
     def _names(self, pid: bytes, frame: _Frame, *, caller: bool) -> list[str]:
         """A user frame's names, outermost first: the symbolizer's, else perf's."""
-        key = (pid, frame.pc, frame.dso, caller)
+        key = (pid, frame.pc, frame.dso, caller)  # (perf names a pc alike every time)
         names = self._named.get(key)
         if names is None:
             assert self.symbolizer is not None
-            got = self.symbolizer.frames(pid, frame.pc, b"", frame.dso, caller=caller)
+            try:
+                got = self.symbolizer.frames(pid, frame.pc, frame.sym, frame.dso, caller=caller)
+            except Exception:  # a process gone meanwhile (its /proc too): perf's name stands
+                got = None
             names = [_tidy(f) for f in got] if got else [frame.name]
             if len(self._named) > _FRAME_CACHE_MAX:
                 self._named.clear()

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agent import procfs, symbols
-from agent.errors import Invalid, NotFound
+from agent.errors import AgentError, Invalid, NotFound
 from agent.symbolize._objects import load_object
 from agent.symbolize.resolver import Symbolizer
 
@@ -149,7 +149,12 @@ class UserStacks:
         if where is None:
             # Not cached: a JIT's perf map names more of its code as it compiles.
             return [self.unknown(pid, address) if self.unknown is not None else "[unknown]"]
-        got = self.symbolizer.frames(str(pid).encode(), where.pc, b"", where.mod, caller=caller)
+        try:
+            got = self.symbolizer.frames(
+                str(pid).encode(), where.pc, b"[unknown]", where.mod, caller=caller
+            )
+        except (AgentError, OSError):
+            got = None  # the process went away meanwhile: the object's own names stand
         names = [f.decode("utf-8", "surrogateescape") for f in got] if got else [where.fallback]
         if len(self._names) > _CACHE_MAX:
             self._names.clear()
@@ -163,9 +168,12 @@ class UserStacks:
         lw, rw = self._locate(pid, leaf), self._locate(pid, ret)
         name = None
         if lw is not None and rw is not None:
-            got = self.symbolizer.missing_caller(
-                str(pid).encode(), (lw.pc, lw.mod), (rw.pc, rw.mod)
-            )
+            try:
+                got = self.symbolizer.missing_caller(
+                    str(pid).encode(), (lw.pc, lw.mod), (rw.pc, rw.mod)
+                )
+            except (AgentError, OSError):
+                got = None  # the process went away meanwhile
             name = None if got is None else got.decode("utf-8", "surrogateescape")
         if len(self._callers) > _CACHE_MAX:
             self._callers.clear()

@@ -180,7 +180,7 @@ def test_recorder_stripped_go_and_c_frameless_leaf_callers(
         assert r.status_code == 201, r.text
         time.sleep(1.5)
         t0 = time.time()
-        time.sleep(8)  # both busy on a shared, loaded machine: enough samples of each
+        time.sleep(12)  # both busy on a shared, loaded machine: enough samples of each
         t1 = time.time()
         # Until the interval is complete (the ring trails real time by under 2 s).
         deadline = time.monotonic() + 30
@@ -205,7 +205,7 @@ def test_recorder_stripped_go_and_c_frameless_leaf_callers(
     ):
         leaf = pattern.rsplit(";", 1)[1]
         via, of = share(st, pattern, leaf)
-        assert of >= 40, (name, _top(st))
+        assert of >= 30, (name, _top(st))
         assert 0.1 <= via / of <= 0.45, (name, via, of, _top(st))
     assert any("main.hot;main.mix" in s for s in go_stacks), _top(go_stacks)
     assert status["leaf_callers_recovered"] > 0, status
@@ -287,8 +287,8 @@ def test_cpu_profile_pprof_has_go_file_and_line(
             [go, "tool", "pprof", "-raw", str(tmp_path / "p.pb.gz")],
             capture_output=True,
             text=True,
-            timeout=120,
-            env={"GOTOOLCHAIN": "local", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+            timeout=600,  # the first run builds the pprof tool (then cached)
+            env={**os.environ, "GOTOOLCHAIN": "local"},
         )
         assert out.returncode == 0, out.stderr
         assert f"main.checksum {file}:{line}" in out.stdout, out.stdout[-2000:]
