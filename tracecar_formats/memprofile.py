@@ -15,9 +15,11 @@ encoded with :func:`tracecar_formats.pprof.length_delimited`.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
+from tracecar_formats.pprof import int_field as _int
 from tracecar_formats.pprof import length_delimited
+from tracecar_formats.pprof import packed as _packed
 
 __all__ = ["sample_types", "to_memory_pprof"]
 
@@ -28,23 +30,6 @@ _S_LOCATION_ID, _S_VALUE = 1, 2
 _L_ID, _L_LINE = 1, 4
 _LINE_FUNCTION_ID = 1
 _F_ID, _F_NAME, _F_SYSTEM_NAME = 1, 2, 3
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _int(field: int, value: int) -> bytes:
-    return _varint(field << 3) + _varint(value) if value else b""
-
-
-def _packed(field: int, values: Iterable[int]) -> bytes:
-    return length_delimited(field, b"".join(_varint(v) for v in values))
 
 
 def sample_types(*, inuse: bool) -> tuple[tuple[str, str], tuple[str, str]]:

@@ -71,6 +71,11 @@ def _packed(field: int, values: Iterable[int]) -> bytes:
     return _bytes(field, b"".join(_varint(v) for v in values))
 
 
+# The encoding's pieces, for the other pprof writers (tracecar_formats.memprofile).
+int_field = _int
+packed = _packed
+
+
 def _split_py(name: str) -> tuple[str, str, int]:
     """A frame's function, file and line when the frame says them ("" and 0 if not)."""
     if name.startswith("py::"):
