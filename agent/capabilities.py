@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypedDict
@@ -86,14 +87,19 @@ def perf_permitted() -> Check:
 # --- cached slow checks --------------------------------------------------------------
 
 _cache: dict[str, tuple[float, Any]] = {}
-_locks: dict[str, asyncio.Lock] = {}
+# One lock per check and event loop: an asyncio.Lock belongs to the loop that first
+# waited on it, and each app (each test client) runs its own loop.
+_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def _cached(key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
     hit = _cache.get(key)
     if hit is not None and time.monotonic() - hit[0] < CACHE_TTL_S:
         return hit[1]
-    lock = _locks.setdefault(key, asyncio.Lock())
+    locks = _locks.setdefault(asyncio.get_running_loop(), {})
+    lock = locks.setdefault(key, asyncio.Lock())
     async with lock:
         hit = _cache.get(key)
         if hit is not None and time.monotonic() - hit[0] < CACHE_TTL_S:
