@@ -340,5 +340,8 @@ def test_java_top_allocator_by_method(
     java = {s: n for s, n in stacks.items() if ";[java];" in s}
     assert java, (meta["notes"][-3:], meta["plan"]["memory"]["targets"])
     big, small = _under(java, "Chain.bigAllocator"), _under(java, "Chain.smallAllocator")
-    assert big > 0.9 * sum(java.values()) and big > 10 * small, (big, small, meta["notes"])
+    # The top allocator by bytes (the check). Not its true 1024:1 share: JFR's
+    # samples are throttled and weighted by the TLAB each stands for, which charges small
+    # allocations far above their bytes (85% vs 15% seen, 96% vs 4% in other runs).
+    assert big > 0.6 * sum(java.values()) and big > 3 * small, (big, small, meta["notes"])
     assert any("jdk.ObjectAllocationSample" in n for n in meta["notes"]), meta["notes"]
