@@ -101,6 +101,11 @@ class Service:
         self._detect = asyncio.create_task(self._detect_later())
 
     async def _detect_later(self) -> None:
+        # A crashed run's perf-probe events go at once, not with the backends' detection:
+        # they trap every process that maps their binary until deleted. Cheap when there
+        # are none (one read of uprobe_events).
+        with contextlib.suppress(OSError):
+            await _perfprobe.sweep(self.group)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wanted.wait(), DETECT_AFTER_S)
         self._wanted.set()  # from here on, stop() waits for it rather than cancelling

@@ -326,19 +326,25 @@ def test_java_top_allocator_by_method(
     cls = build_java(JAVA_ALLOC, tmp_path)
     c = _ready(pod.run("jalloc", ["java", "-cp", "/srv", "Chain"], files={"Chain.class": cls}))
     try:
-        r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 8})
-        assert r.status_code == 202, r.text
-        done = wait_done(client, r.json()["id"], timeout=240)
-        # Nothing left in the JVM's /tmp (the recording's file is read, then removed).
-        assert not list(Path(f"/proc/{c.host_pid}/root/tmp").glob("tracecar-*.jfr"))
+        # JFR's allocation samples are throttled and flushed by the JVM on its own
+        # schedule: a recording of a freshly started JVM on a loaded machine can end with
+        # none (seen in CI). Profile again, at most three times, until some are in.
+        for _ in range(3):
+            r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 10})
+            assert r.status_code == 202, r.text
+            done = wait_done(client, r.json()["id"], timeout=240)
+            # Nothing left in the JVM's /tmp (the recording's file is read, then removed).
+            assert not list(Path(f"/proc/{c.host_pid}/root/tmp").glob("tracecar-*.jfr"))
+            assert done["state"] == "succeeded", str(done["error"])[-2000:]
+            stacks = folded_total(client.get(f"/profiles/{done['id']}/folded").text)
+            java = {s: n for s, n in stacks.items() if ";[java];" in s}
+            if java:
+                break
     finally:
         c.stop()
-    assert done["state"] == "succeeded", str(done["error"])[-2000:]
     meta = done["metadata"]
     assert isinstance(meta, dict)
-    stacks = folded_total(client.get(f"/profiles/{done['id']}/folded").text)
-    java = {s: n for s, n in stacks.items() if ";[java];" in s}
-    assert java, (meta["notes"][-3:], meta["plan"]["memory"]["targets"])
+    assert java, (meta["notes"], sorted(stacks.items(), key=lambda kv: -kv[1])[:5])
     big, small = _under(java, "Chain.bigAllocator"), _under(java, "Chain.smallAllocator")
     # The top allocator by bytes (the check). Not its true 1024:1 share: JFR's
     # samples are throttled and weighted by the TLAB each stands for, which charges small
