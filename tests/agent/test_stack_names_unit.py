@@ -1,7 +1,8 @@
 """The same names in every output, without a tracer: raw user stacks named through the
-symbolizer's seam (:class:`agent.symbolize.ustacks.UserStacks`, the off-CPU fold, the
-DWARF off-CPU folder), pprof's source records, the symbol table's fast read, and the
-recorder's py-spy runs stopped at their second's end."""
+symbolizer's seam (:class:`agent.symbolize.ustacks.UserStacks`, the off-CPU fold),
+pprof's source records, the symbol table's fast read, and the
+recorder's py-spy runs stopped at their second's end. perf's DWARF off-CPU output is
+named by the symbolizer in test_stack_names_integration.py, from the real perf."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from elftools.elf.sections import SymbolTableSection
 
 from agent import symbols
 from agent.profiling._flight_recorder_python import argv as pyspy_argv
-from agent.profiling.offcpu_fold import OffCpuStack, PerfTimedFolder, fold, sampler_program
+from agent.profiling.offcpu_fold import OffCpuStack, fold, sampler_program
 from agent.symbolize.ustacks import UserStacks
 from tests.profiling_pure.test_outputs import _wire
 from tracecar_formats.pprof import to_pprof
@@ -96,26 +97,6 @@ def test_off_cpu_fold_names_whole_stacks_once_each() -> None:
         "other;leaf;__schedule": 1,
     }
     assert calls == [(7, (0x10, 0x20)), (8, (0x10,))]
-
-
-def test_dwarf_off_cpu_frames_through_the_symbolizer() -> None:
-    sample = (
-        b"app 5/6   10.000000000: sched:sched_switch:\n"
-        b"\tffffffff82249848 __schedule ([kernel.kallsyms])\n"
-        b"\t            1146 [unknown] (/srv/app)\n"
-        b"\t            1161 [unknown] (/srv/app)\n"
-        b"\t            1070 start_thread (/lib/libc.so.6)\n\n"
-        b"app 5/6   10.002000000: PERF_RECORD_SWITCH IN\n"
-    )
-    fake = Fake(
-        {(b"1146", False): [b"main.wait", b"main.inlined"], (b"1161", True): [b"main.main"]},
-        None,
-    )
-    folder = PerfTimedFolder(symbolizer=fake)
-    for line in sample.splitlines(keepends=True):
-        folder.feed(line)
-    assert folder.finish() == {"app;start_thread;main.main;main.wait;main.inlined;__schedule": 2000}
-    assert (b"1070", True) in fake.asked  # perf's own name stands when the seam has none
 
 
 def test_pprof_source_records() -> None:
