@@ -61,9 +61,11 @@ def serve() -> None:
     # seconds). Only what serving needs: the app itself loads behind the port (agent.boot).
     import uvicorn
 
-    from agent.boot import Boot
+    from agent.boot import Boot, tune_malloc
     from agent.settings import get_settings
     from servicelog import AccessLog, configure
+
+    tune_malloc()
 
     settings = get_settings()
     # Read once (cached above); not handed down to perf, bpftrace, lttng-sessiond...:
