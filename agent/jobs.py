@@ -7,7 +7,8 @@ module owns:
 * the state machine ``pending -> running -> succeeded | failed | cancelled``;
 * the job's typed result (``Job[R]``: a capability registers its pydantic model with
   :meth:`JobStore.register`, so ``job.json`` is read back as that model, not as a
-  dict of strings; kinds that register none keep a plain dict);
+  dict of strings), and :func:`later`, the field of a result that the job fills as
+  it goes and that the API shows only once it is filled;
 * running the job's coroutine as a task, turning any exception into a ``failed``
   state with a message (never a silent death);
 * atomic artifact writes (``*.part`` then rename: a reader never sees half a file);
@@ -31,9 +32,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from agent.errors import NotFound, TooMany
 
@@ -45,6 +47,9 @@ _PART = ".part"
 _RUNTIME = frozenset({"task", "stop_requested"})  # in memory only, never in job.json
 _JOB_ID = re.compile(r"[0-9a-f]{12}")  # what new_id() makes
 R = TypeVar("R")
+T = TypeVar("T")
+Later: TypeAlias = T | SkipJsonSchema[None]
+"""The type of a :func:`later` field: ``T`` once set; the schema says ``T`` (never null)."""
 
 
 @dataclass
@@ -54,7 +59,7 @@ class Job(Generic[R]):
     dir: Path
     params: dict[str, Any]
     result: R
-    """What the job found out: its kind's model (a dict for kinds that register none)."""
+    """What the job found out: its kind's model (``JobStore.register``)."""
     state: State = "pending"
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -90,8 +95,15 @@ class Job(Generic[R]):
         return d
 
 
-DictJob = Job[dict[str, Any]]
-"""A job of a kind whose result has no model yet (.NET traces, dumps): a plain dict."""
+def _unset(value: object) -> bool:
+    return value is None
+
+
+def later(description: str) -> Any:
+    """A result field (typed ``Later[T]``) the job fills as it runs: None until then, and
+    left out of the JSON while it is None, so the answer names only what the job has
+    found out so far; a key's absence means "not yet" (as when results were dicts)."""
+    return Field(default=None, exclude_if=_unset, description=description)
 
 
 def new_id() -> str:

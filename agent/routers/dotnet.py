@@ -4,14 +4,21 @@ EventPipe traces saved as .nettrace files, System.Runtime counters, ProcessInfo.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from agent.dotnet import Counters, ProcessInfoAnswer, Service, TraceRequest, TraceSummary
-from agent.jobs import DictJob
+from agent.dotnet import (
+    Counters,
+    ProcessInfoAnswer,
+    Service,
+    TraceJob,
+    TraceRequest,
+    TraceResult,
+    TraceSummary,
+)
 from agent.openapi import PROTECTED, errors
 
 router = APIRouter(tags=["dotnet"], responses=errors(*PROTECTED, 422))
@@ -38,11 +45,11 @@ class TraceView(BaseModel):
     error: str | None
     created_at: float
     finished_at: float | None
-    result: dict[str, Any] = Field(description="session id, providers, bytes, events")
+    result: TraceResult = Field(description="session id, providers, bytes, events")
     links: dict[str, str]
 
 
-def view(job: DictJob) -> TraceView:
+def view(job: TraceJob) -> TraceView:
     base = f"/dotnet/traces/{job.id}"
     links = {"self": base}
     if job.state == "succeeded":

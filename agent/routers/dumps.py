@@ -4,14 +4,23 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, get_args
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from agent.dumps import DumpRequest, Service, format_of
-from agent.jobs import DictJob
+from agent.dumps import (
+    FILES,
+    DumpFormat,
+    DumpJob,
+    DumpRequest,
+    DumpResult,
+    Service,
+    format_of,
+    link,
+)
 from agent.openapi import PROTECTED, TOOLS, errors
 
 router = APIRouter(tags=["dumps"], responses=errors(*PROTECTED, 422))
@@ -41,18 +50,15 @@ class DumpView(BaseModel):
     error: str | None
     created_at: float
     finished_at: float | None
-    result: dict[str, Any] = Field(description="estimate, bytes written, the writer's output")
+    result: DumpResult = Field(description="estimate, bytes written, the writer's output")
     links: dict[str, str]
 
 
-def view(job: DictJob) -> DumpView:
-    base = f"/dumps/{job.id}"
-    links = {"self": base}
+def view(job: DumpJob) -> DumpView:
+    links = {"self": f"/dumps/{job.id}"}
     fmt = format_of(job)
     if job.state == "succeeded":
-        links["hprof" if fmt == "hprof" else "core"] = (
-            f"{base}/heap.hprof" if fmt == "hprof" else f"{base}/core"
-        )
+        links[fmt] = link(job, fmt)
     return DumpView(
         id=job.id,
         pid=int(job.params["pid"]),
@@ -126,39 +132,41 @@ async def get_dump(svc: ServiceDep, job_id: JobId) -> DumpView:
     return view(svc.get(job_id))
 
 
-@router.get(
-    "/dumps/{job_id}/core",
-    response_class=FileResponse,
-    responses={
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
-        **errors(404, 409),
-    },
-)
-async def core_file(svc: ServiceDep, job_id: JobId) -> FileResponse:
-    job = svc.get(job_id)
-    return FileResponse(
-        svc.core_file(job),
-        media_type="application/octet-stream",
-        filename=f"core.{job.params['pid']}",
-    )
+# One download route per format, the same handler (a path each, as the view's links name).
+_DOWNLOADS: dict[DumpFormat, tuple[str, str, str]] = {
+    # format: (operation name, file name in the answer, description)
+    "core": ("core_file", "core.{pid}", "A core dump: gdb, lldb or dotnet-dump analyze open it."),
+    "hprof": ("hprof_file", "heap.{pid}.hprof", "A Java heap dump: Eclipse MAT, VisualVM, "
+              "IntelliJ open it."),
+}  # fmt: skip
 
 
-@router.get(
-    "/dumps/{job_id}/heap.hprof",
-    response_class=FileResponse,
-    responses={
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
-        **errors(404, 409),
-    },
-)
-async def hprof_file(svc: ServiceDep, job_id: JobId) -> FileResponse:
-    """A Java heap dump: Eclipse MAT, VisualVM, IntelliJ open it."""
-    job = svc.get(job_id)
-    return FileResponse(
-        svc.core_file(job, fmt="hprof"),
-        media_type="application/octet-stream",
-        filename=f"heap.{job.params['pid']}.hprof",
-    )
+def _download(fmt: DumpFormat) -> Callable[[Service, str], Awaitable[FileResponse]]:
+    filename = _DOWNLOADS[fmt][1]
+
+    async def download(svc: ServiceDep, job_id: JobId) -> FileResponse:
+        job = svc.get(job_id)
+        return FileResponse(
+            svc.dump_file(job, fmt=fmt),
+            media_type="application/octet-stream",
+            filename=filename.format(pid=job.params["pid"]),
+        )
+
+    return download
+
+
+for _fmt in get_args(DumpFormat):
+    _name, _file, _about = _DOWNLOADS[_fmt]
+    router.get(
+        f"/dumps/{{job_id}}/{FILES[_fmt]}",
+        name=_name,
+        description=_about,
+        response_class=FileResponse,
+        responses={
+            200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
+            **errors(404, 409),
+        },
+    )(_download(_fmt))
 
 
 @router.delete("/dumps/{job_id}", status_code=204, responses=errors(404))
