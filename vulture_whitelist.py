@@ -16,7 +16,7 @@ create_probe, get_probe, probe_events, delete_probe
 create_session, get_session, delete_session, unknown_action
 list_traces, get_trace, trace_summary, delete_trace
 create_dump, list_dumps, get_dump, delete_dump, upload_perf_data, upload_trace
-create_heapdump, hprof_file, process_memory, recorder_memory
+create_heapdump, process_memory, recorder_memory
 _agent_error, _tool_error, _invalid, _unexpected
 
 # Pydantic: configuration and validators are read by the model machinery.
@@ -77,6 +77,9 @@ taken_at, DROP_REASONS
     requested_to,
 )
 samples_with_unresolved_frames
+# The .NET trace's and the dump's results (TraceResult, DumpResult): set as the job runs.
+(_.stop_error, _.recorded_s, _.parse_error, _.written_bytes)
+(stop_error, recorded_s, parse_error, written_bytes)
 # Memory snapshots (agent.memory._model) and the RSS triggers' view: answer fields.
 (
     swap_pss_bytes,
