@@ -16,7 +16,7 @@ create_probe, get_probe, probe_events, delete_probe
 create_session, get_session, delete_session, unknown_action
 list_traces, get_trace, trace_summary, delete_trace
 create_dump, list_dumps, get_dump, delete_dump, upload_perf_data, upload_trace
-create_heapdump, process_memory, recorder_memory
+process_memory, recorder_memory
 _agent_error, _tool_error, _invalid, _unexpected
 
 # Pydantic: configuration and validators are read by the model machinery.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
@@ -19,12 +19,9 @@ from agent.dotnet import (
     TraceResult,
     TraceSummary,
 )
-from agent.openapi import PROTECTED, errors
+from agent.openapi import PROTECTED, JobIdPath, PidPath, errors
 
 router = APIRouter(tags=["dotnet"], responses=errors(*PROTECTED, 422))
-
-Pid = Annotated[int, Path(ge=1, le=4_194_304)]
-JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]
 
 
 def get_service(request: Request) -> Service:
@@ -77,7 +74,7 @@ def view(job: TraceJob) -> TraceView:
 )
 async def start_trace(
     svc: ServiceDep,
-    pid: Pid,
+    pid: PidPath,
     req: TraceRequest,
     response: Response,
     wait: Annotated[bool, Query(description="answer when the trace has ended")] = False,
@@ -98,12 +95,12 @@ async def list_traces(svc: ServiceDep) -> list[TraceView]:
 
 
 @router.get("/dotnet/traces/{job_id}", responses=errors(404))
-async def get_trace(svc: ServiceDep, job_id: JobId) -> TraceView:
+async def get_trace(svc: ServiceDep, job_id: JobIdPath) -> TraceView:
     return view(svc.get(job_id))
 
 
 @router.get("/dotnet/traces/{job_id}/summary", responses=errors(404, 409))
-async def trace_summary(svc: ServiceDep, job_id: JobId) -> TraceSummary:
+async def trace_summary(svc: ServiceDep, job_id: JobIdPath) -> TraceSummary:
     """The events of the trace, counted and named by the agent's nettrace reader."""
     return svc.summary(svc.get(job_id))
 
@@ -116,7 +113,7 @@ async def trace_summary(svc: ServiceDep, job_id: JobId) -> TraceSummary:
         **errors(404, 409),
     },
 )
-async def trace_file(svc: ServiceDep, job_id: JobId) -> FileResponse:
+async def trace_file(svc: ServiceDep, job_id: JobIdPath) -> FileResponse:
     job = svc.get(job_id)
     return FileResponse(
         svc.trace_file(job), media_type="application/octet-stream", filename=f"{job.id}.nettrace"
@@ -124,7 +121,7 @@ async def trace_file(svc: ServiceDep, job_id: JobId) -> FileResponse:
 
 
 @router.delete("/dotnet/traces/{job_id}", status_code=204, responses=errors(404))
-async def delete_trace(svc: ServiceDep, job_id: JobId) -> Response:
+async def delete_trace(svc: ServiceDep, job_id: JobIdPath) -> Response:
     """Stop the trace if it runs (its session ends) and delete it."""
     await svc.delete(svc.get(job_id))
     return Response(status_code=204)
@@ -133,7 +130,7 @@ async def delete_trace(svc: ServiceDep, job_id: JobId) -> Response:
 @router.get("/dotnet/{pid}/counters", responses=errors(404, 409))
 async def counters(
     svc: ServiceDep,
-    pid: Pid,
+    pid: PidPath,
     duration_s: Annotated[float, Query(gt=0, le=300, description="how long to listen")] = 3,
     interval_s: Annotated[int, Query(ge=1, le=60, description="the counters' interval")] = 1,
 ) -> Counters:
@@ -143,6 +140,6 @@ async def counters(
 
 
 @router.get("/dotnet/{pid}/process-info", responses=errors(404, 409))
-async def process_info(svc: ServiceDep, pid: Pid) -> ProcessInfoAnswer:
+async def process_info(svc: ServiceDep, pid: PidPath) -> ProcessInfoAnswer:
     """The runtime's own ProcessInfo (.NET 5+; older runtimes: 409 naming the minimum)."""
     return await svc.process_info(pid)

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, get_args
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
@@ -21,12 +21,9 @@ from agent.dumps import (
     format_of,
     link,
 )
-from agent.openapi import PROTECTED, TOOLS, errors
+from agent.openapi import PROTECTED, TOOLS, JobIdPath, PidPath, errors
 
 router = APIRouter(tags=["dumps"], responses=errors(*PROTECTED, 422))
-
-Pid = Annotated[int, Path(ge=1, le=4_194_304)]
-JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]
 
 
 def get_service(request: Request) -> Service:
@@ -82,32 +79,13 @@ _DUMP_RESPONSES = {
 
 
 @router.post(
-    "/processes/{pid}/heapdump",
-    status_code=202,
-    responses=_DUMP_RESPONSES,
-)
-async def create_heapdump(
-    svc: ServiceDep,
-    pid: Pid,
-    response: Response,
-    req: DumpRequest | None = None,
-    wait: Annotated[bool, Query(description="answer when the dump is written")] = False,
-) -> DumpView:
-    """The same endpoint as ``/processes/{pid}/dump`` (one job, one artifact model),
-    by the name a heap dump goes by: a JVM's .hprof (``jattach dumpheap``), .NET's
-    createdump with its GC heap, gcore for the rest; 409 before writing when it
-    would not fit."""
-    return await create_dump(svc, pid, response, req, wait)
-
-
-@router.post(
     "/processes/{pid}/dump",
     status_code=202,
     responses=_DUMP_RESPONSES,
 )
 async def create_dump(
     svc: ServiceDep,
-    pid: Pid,
+    pid: PidPath,
     response: Response,
     req: DumpRequest | None = None,
     wait: Annotated[bool, Query(description="answer when the dump is written")] = False,
@@ -122,13 +100,26 @@ async def create_dump(
     return view(job)
 
 
+# The same endpoint by the name a heap dump goes by (one handler, one job, one model).
+router.post(
+    "/processes/{pid}/heapdump",
+    status_code=202,
+    responses=_DUMP_RESPONSES,
+    name="create_heapdump",
+    description="The same endpoint as ``/processes/{pid}/dump`` (one job, one artifact "
+    "model),\nby the name a heap dump goes by: a JVM's .hprof (``jattach dumpheap``), "
+    ".NET's\ncreatedump with its GC heap, gcore for the rest; 409 before writing when "
+    "it\nwould not fit.",
+)(create_dump)
+
+
 @router.get("/dumps")
 async def list_dumps(svc: ServiceDep) -> list[DumpView]:
     return [view(j) for j in svc.list()]
 
 
 @router.get("/dumps/{job_id}", responses=errors(404))
-async def get_dump(svc: ServiceDep, job_id: JobId) -> DumpView:
+async def get_dump(svc: ServiceDep, job_id: JobIdPath) -> DumpView:
     return view(svc.get(job_id))
 
 
@@ -144,7 +135,7 @@ _DOWNLOADS: dict[DumpFormat, tuple[str, str, str]] = {
 def _download(fmt: DumpFormat) -> Callable[[Service, str], Awaitable[FileResponse]]:
     filename = _DOWNLOADS[fmt][1]
 
-    async def download(svc: ServiceDep, job_id: JobId) -> FileResponse:
+    async def download(svc: ServiceDep, job_id: JobIdPath) -> FileResponse:
         job = svc.get(job_id)
         return FileResponse(
             svc.dump_file(job, fmt=fmt),
@@ -170,7 +161,7 @@ for _fmt in get_args(DumpFormat):
 
 
 @router.delete("/dumps/{job_id}", status_code=204, responses=errors(404))
-async def delete_dump(svc: ServiceDep, job_id: JobId) -> Response:
+async def delete_dump(svc: ServiceDep, job_id: JobIdPath) -> Response:
     """Stop the dump if it is being written and delete it."""
     await svc.delete(svc.get(job_id))
     return Response(status_code=204)
