@@ -79,7 +79,7 @@ from agent.profiling._flight_ring import GroupSamples, ProcessGroup, RssTrend, S
 from agent.profiling._profile_diff import DiffFormat, DiffOptions, Widths, differential
 from agent.profiling._result import ProfileResult, ProfileView, Unresolved
 from agent.profiling._service import ProfileJob, Service
-from agent.profiling._triggers import Trigger, TriggerRequest, Triggers, TriggerView
+from agent.profiling._triggers import Capture, Skip, Trigger, TriggerRequest, Triggers, TriggerView
 from agent.profiling.outputs import interval_info, render_in_thread
 
 __all__ = [
@@ -92,6 +92,7 @@ __all__ = [
     "PPROF",
     "SPEEDSCOPE",
     "SVG",
+    "Capture",
     "DiffFormat",
     "DiffOptions",
     "FlightRecorder",
@@ -104,6 +105,7 @@ __all__ = [
     "RecorderStatus",
     "RssTrend",
     "Service",
+    "Skip",
     "Slice",
     "Trigger",
     "TriggerRequest",
