@@ -77,9 +77,9 @@ taken_at, DROP_REASONS
     requested_to,
 )
 samples_with_unresolved_frames
-# The .NET trace's and the dump's results (TraceResult, DumpResult): set as the job runs.
+# The .NET trace's and the dump's results (TraceResult, DumpResult), RssTrendView.
 (_.stop_error, _.recorded_s, _.parse_error, _.written_bytes)
-(stop_error, recorded_s, parse_error, written_bytes)
+(stop_error, recorded_s, parse_error, written_bytes, growth_mib_per_min)
 # Memory snapshots (agent.memory._model) and the RSS triggers' view: answer fields.
 (
     swap_pss_bytes,
