@@ -29,6 +29,7 @@ from agent.lttng._model import (
     SessionList,
     SessionRequest,
     SessionView,
+    Tracepoints,
 )
 from agent.lttng._service import Service
 
@@ -41,4 +42,5 @@ __all__ = [
     "SessionList",
     "SessionRequest",
     "SessionView",
+    "Tracepoints",
 ]
