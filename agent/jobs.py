@@ -10,7 +10,8 @@ module owns:
   dict of strings), and :func:`later`, the field of a result that the job fills as
   it goes and that the API shows only once it is filled;
 * running the job's coroutine as a task, turning any exception into a ``failed``
-  state with a message (never a silent death);
+  state with a message (never a silent death), and waiting for its end;
+* what every kind's view shows of a job (:func:`shown`);
 * atomic artifact writes (``*.part`` then rename: a reader never sees half a file);
 * storage limits: when the artifacts of all jobs exceed ``max_storage_bytes`` the
   oldest finished jobs are evicted; a running job's files never are;
@@ -32,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeAlias, TypeVar
+from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar
 
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
@@ -93,6 +94,37 @@ class Job(Generic[R]):
         if isinstance(self.result, BaseModel):
             d["result"] = self.result.model_dump(mode="json")
         return d
+
+
+class Shown(TypedDict):
+    """What every kind's view shows of a job (the view adds its kind's fields, links)."""
+
+    id: str
+    state: State
+    progress: float
+    error: str | None
+    created_at: float
+    finished_at: float | None
+
+
+def shown(job: Job[Any]) -> Shown:
+    return Shown(
+        id=job.id,
+        state=job.state,
+        progress=round(job.progress, 3),
+        error=job.error,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+    )
+
+
+async def ended(job: Job[Any]) -> bool:
+    """Wait for the job's end (a ``wait=true`` request); shielded, so a client that goes
+    away does not cancel the job. False when it never ran (no task)."""
+    if job.task is None:
+        return False
+    await asyncio.shield(job.task)
+    return True
 
 
 def _unset(value: object) -> bool:

@@ -3,7 +3,6 @@ EventPipe traces saved as .nettrace files, System.Runtime counters, ProcessInfo.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -19,6 +18,7 @@ from agent.dotnet import (
     TraceResult,
     TraceSummary,
 )
+from agent.jobs import ended, shown
 from agent.openapi import PROTECTED, JobIdPath, PidPath, errors
 
 router = APIRouter(tags=["dotnet"], responses=errors(*PROTECTED, 422))
@@ -51,17 +51,7 @@ def view(job: TraceJob) -> TraceView:
     links = {"self": base}
     if job.state == "succeeded":
         links |= {"nettrace": f"{base}/trace.nettrace", "summary": f"{base}/summary"}
-    return TraceView(
-        id=job.id,
-        pid=int(job.params["pid"]),
-        state=job.state,
-        progress=round(job.progress, 3),
-        error=job.error,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
-        result=job.result,
-        links=links,
-    )
+    return TraceView(**shown(job), pid=int(job.params["pid"]), result=job.result, links=links)
 
 
 @router.post(
@@ -83,8 +73,7 @@ async def start_trace(
     .nettrace stream is saved for PerfView, Visual Studio or dotnet-trace convert."""
     job = await svc.start_trace(pid, req)
     response.headers["location"] = f"/dotnet/traces/{job.id}"
-    if wait and job.task is not None:
-        await asyncio.shield(job.task)
+    if wait and await ended(job):
         response.status_code = 200
     return view(job)
 

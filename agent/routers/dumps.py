@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, get_args
 
@@ -21,6 +20,7 @@ from agent.dumps import (
     format_of,
     link,
 )
+from agent.jobs import ended, shown
 from agent.openapi import PROTECTED, TOOLS, JobIdPath, PidPath, errors
 
 router = APIRouter(tags=["dumps"], responses=errors(*PROTECTED, 422))
@@ -57,16 +57,11 @@ def view(job: DumpJob) -> DumpView:
     if job.state == "succeeded":
         links[fmt] = link(job, fmt)
     return DumpView(
-        id=job.id,
+        **shown(job),
         pid=int(job.params["pid"]),
         type=str(job.params["type"]),
         writer=str(job.params["writer"]),
         format=fmt,
-        state=job.state,
-        progress=round(job.progress, 3),
-        error=job.error,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
         result=job.result,
         links=links,
     )
@@ -94,8 +89,7 @@ async def create_dump(
     heap, the default for Java) or gcore (409 before writing when it would not fit)."""
     job = await svc.create(pid, req or DumpRequest())
     response.headers["location"] = f"/dumps/{job.id}"
-    if wait and job.task is not None:
-        await asyncio.shield(job.task)
+    if wait and await ended(job):
         response.status_code = 200
     return view(job)
 
