@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agent.memory import _parse  # noqa: E402
-from bench._agent import running_agent  # noqa: E402
+from bench._common import running_agent  # noqa: E402
 from tests.agent.memory_snapshot_workloads import MAPS_C, PY_CACHE, build_hog  # noqa: E402
 from tests.interpreters import PY312  # noqa: E402
 

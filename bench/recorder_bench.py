@@ -33,30 +33,6 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 
-WORK_C = r"""
-#include <stdint.h>
-#include <stdio.h>
-#include <time.h>
-volatile uint64_t sink;
-__attribute__((noinline)) uint64_t step(volatile uint64_t n) {
-    uint64_t s = 0;
-    for (uint64_t i = 0; i < n; i++) s += (i * i) ^ (s >> 3);
-    return s;
-}
-static double now(clockid_t c) {
-    struct timespec t; clock_gettime(c, &t); return t.tv_sec + t.tv_nsec / 1e9;
-}
-int main(int argc, char **argv) {
-    int rounds = argc > 1 ? atoi(argv[1]) : 1000;
-    char go; if (fread(&go, 1, 1, stdin) != 1) return 1;   /* start when told */
-    double w = now(CLOCK_MONOTONIC), c = now(CLOCK_PROCESS_CPUTIME_ID);
-    for (int k = 0; rounds == 0 || k < rounds; k++) sink += step(2000000);
-    printf("%f %f\n", now(CLOCK_MONOTONIC) - w, now(CLOCK_PROCESS_CPUTIME_ID) - c);
-    return 0;
-}
-""".replace("#include <time.h>", "#include <time.h>\n#include <stdlib.h>")
-
-
 WORK_PY = r"""
 import sys, time
 
@@ -76,7 +52,7 @@ while rounds == 0 or k < rounds:
 print(f"{time.monotonic() - w} {time.process_time() - c}", flush=True)
 """
 sys.path.insert(0, str(REPO))  # run as a script: the repository's tests package
-from bench._agent import proc_cpu_s, rss_mb, running_agent  # noqa: E402
+from bench._common import build_work, proc_cpu_s, rss_mb, running_agent  # noqa: E402
 from tests.interpreters import PY312  # noqa: E402
 
 BENCH_TOKEN = "recorder-bench-token-0123456789"  # a throwaway, local
@@ -123,12 +99,7 @@ def main() -> None:
     ap.add_argument("--only", choices=("c", "python"), help="one app only")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="recorder-", dir="/var/tmp"))
-    (tmp / "work.c").write_text(WORK_C)
-    binary = tmp / "work"
-    subprocess.run(
-        ["gcc", "-O2", "-fno-omit-frame-pointer", "-o", str(binary), str(tmp / "work.c")],
-        check=True,
-    )
+    binary = build_work(tmp)
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     try:
         with running_agent(tmp / "data", token=BENCH_TOKEN) as (agent, client):

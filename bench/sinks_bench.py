@@ -32,8 +32,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._agent import proc_cpu_s, rss_mb, running_agent  # noqa: E402
-from bench.recorder_bench import WORK_C  # noqa: E402
+from bench._common import build_work, proc_cpu_s, rss_mb, running_agent  # noqa: E402
 from tests.stores import Pyroscope, store_binary  # noqa: E402
 
 PY_LOOP = "import sys\nsys.stdin.read(1)\nwhile True:\n    sum(i * i for i in range(10000))\n"
@@ -121,12 +120,7 @@ def main() -> None:
     ap.add_argument("--outage", type=float, default=60.0)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sinks-bench-", dir="/var/tmp"))
-    (tmp / "work.c").write_text(WORK_C)
-    binary = tmp / "work"
-    subprocess.run(
-        ["gcc", "-O2", "-fno-omit-frame-pointer", "-o", str(binary), str(tmp / "work.c")],
-        check=True,
-    )
+    binary = build_work(tmp)
     store = Pyroscope(store_binary("pyroscope"), tmp / "pyroscope")
     store.start(timeout=180)
     apps = [

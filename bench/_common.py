@@ -1,8 +1,11 @@
-"""A real agent for the benches that measure it over HTTP, and the /proc figures they
-read of it: ``python -m agent`` on this machine with its own port, data directory and
-token (or none), a client that waits for ``/healthz``, the agent stopped and waited
-for at the end. Shared by recorder_bench, sinks_bench and memory_snapshot_bench (a
-bench helper: nothing under tests/ imports it)."""
+"""What several benches share (a bench helper: nothing under tests/ imports it).
+
+* A real agent for the benches that measure it over HTTP (recorder, sinks, memory
+  snapshot): ``python -m agent`` on this machine with its own port, data directory
+  and token (or none), a client that waits for ``/healthz``, the agent stopped and
+  waited for at the end; and the /proc figures they read of it (CPU time, RSS).
+* The CPU-bound C app that times its own work (profile overhead, recorder, sinks).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,43 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+
+WORK_C = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+volatile uint64_t sink;
+__attribute__((noinline)) uint64_t step(volatile uint64_t n) {
+    uint64_t s = 0;
+    for (uint64_t i = 0; i < n; i++) s += (i * i) ^ (s >> 3);
+    return s;
+}
+static double now(clockid_t c) {
+    struct timespec t; clock_gettime(c, &t); return t.tv_sec + t.tv_nsec / 1e9;
+}
+int main(int argc, char **argv) {
+    int rounds = argc > 1 ? atoi(argv[1]) : 1000;
+    char go; if (fread(&go, 1, 1, stdin) != 1) return 1;   /* start when told */
+    double w = now(CLOCK_MONOTONIC), c = now(CLOCK_PROCESS_CPUTIME_ID);
+    for (int k = 0; rounds == 0 || k < rounds; k++) sink += step(2000000);
+    printf("%f %f\n", now(CLOCK_MONOTONIC) - w, now(CLOCK_PROCESS_CPUTIME_ID) - c);
+    return 0;
+}
+"""
+"""The app: ``work [ROUNDS]`` (1000 by default, 0: for ever) starts on a byte on stdin
+and prints its wall and CPU seconds."""
+
+
+def build_work(tmp: Path) -> Path:
+    """:data:`WORK_C` built with frame pointers (perf's and bpftrace's stacks) in ``tmp``."""
+    (tmp / "work.c").write_text(WORK_C)
+    binary = tmp / "work"
+    subprocess.run(
+        ["gcc", "-O2", "-fno-omit-frame-pointer", "-o", str(binary), str(tmp / "work.c")],
+        check=True,
+    )
+    return binary
 
 
 def free_port() -> int:
