@@ -32,9 +32,11 @@ def is_core_image(image: str | None) -> bool:
 
 AGENT_COMMAND: Final = ("tracecar-agent",)
 HEALTHCHECK: Final = ("tracecar-agent", "healthcheck")
-STARTUP_CHECK: Final = ("tracecar-agent", "healthcheck", "--wait", "9")
-"""The native sidecar's startup probe: one exec that answers as soon as the agent serves
-(within its 10 s timeout), so the app starts then, not at the next probe period."""
+STARTUP_CHECK: Final = ("tracecar-agent", "healthcheck", "--wait", "60")
+"""The native sidecar's postStart hook: one exec that returns as soon as the agent serves
+(it does within a second of its start: agent.boot), so the app starts then. The kubelet
+gives a hook no timeout of its own: after 60 s without an answer the hook fails, and the
+kubelet restarts the agent's container."""
 # No SYS_RESOURCE: since Linux 5.11 BPF maps are charged to the memory cgroup, not
 # RLIMIT_MEMLOCK, and perf's ring buffers past perf_event_mlock_kb need IPC_LOCK or
 # PERFMON, not SYS_RESOURCE. Asking for it also breaks on nodes whose runtime lacks it

@@ -209,7 +209,12 @@ def render_agent(
         # An init container that keeps running: up (with LTTng's session daemon) before
         # the app starts, which LTTng-UST agents need to register.
         agent["restartPolicy"] = "Always"
-        agent["startupProbe"] = _exec_probe(period_s=1, failure_threshold=60, command=STARTUP_CHECK)
+        # Held there by a postStart hook that returns when the agent serves: the kubelet
+        # starts the next container once the hook has returned. A startupProbe holds it
+        # too, but its result waits for the probe's next period and the status relist:
+        # about a second more of the app's start (bench/README.md, footprint). Istio's
+        # holdApplicationUntilProxyStarts is the same hook.
+        agent["lifecycle"] = {"postStart": {"exec": {"command": list(STARTUP_CHECK)}}}
     return agent
 
 

@@ -207,7 +207,7 @@ def test_corpus_with_every_opt_in(client: httpx.Client, native: str) -> None:
         assert agent["securityContext"]["privileged"] is True
         if native == "true":
             assert patched["spec"]["initContainers"][0] is agent
-            assert agent["restartPolicy"] == "Always" and "startupProbe" in agent
+            assert agent["restartPolicy"] == "Always" and "postStart" in agent["lifecycle"]
         else:
             assert patched["spec"]["containers"][-1] is agent
             assert "restartPolicy" not in agent

@@ -182,10 +182,10 @@ def test_default_injection_matches_the_contract() -> None:
     assert agent["name"] == "tracecar-agent" and agent["command"] == ["tracecar-agent"]
     assert agent["restartPolicy"] == "Always"
     assert agent["livenessProbe"]["exec"]["command"] == ["tracecar-agent", "healthcheck"]
-    # one exec that waits for the agent to serve (within the probe's timeout)
-    startup = agent["startupProbe"]
-    assert startup["exec"]["command"] == ["tracecar-agent", "healthcheck", "--wait", "9"]
-    assert startup["timeoutSeconds"] > 9
+    # one exec, run as the container starts, that returns once the agent serves
+    hook = agent["lifecycle"]["postStart"]
+    assert hook["exec"]["command"] == ["tracecar-agent", "healthcheck", "--wait", "60"]
+    assert "startupProbe" not in agent
     assert "readinessProbe" not in agent
     env = env_of(agent)
     assert env["TRACECAR_AGENT_HOST"] == "127.0.0.1"
@@ -246,7 +246,7 @@ def test_classic_mode_and_privileged() -> None:
     assert "initContainers" not in out["spec"]
     agent = out["spec"]["containers"][-1]
     assert agent["name"] == "tracecar-agent"
-    assert "restartPolicy" not in agent and "startupProbe" not in agent
+    assert "restartPolicy" not in agent and "lifecycle" not in agent
     assert agent["securityContext"]["privileged"] is True
     assert out["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "app"
     # An explicit default container is the user's choice.
