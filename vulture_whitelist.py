@@ -19,6 +19,9 @@ create_dump, list_dumps, get_dump, delete_dump, upload_perf_data, upload_trace
 process_memory, recorder_memory
 _agent_error, _tool_error, _invalid, _unexpected
 
+# Read by uvicorn: its server's main loop polls should_exit (agent/__main__.py sets it).
+_.should_exit
+
 # Pydantic: configuration and validators are read by the model machinery.
 model_config, _._check_loglevel, _._preset, _._power_of_two, _._unique
 _._binary, _._function, _._consistent, _._one_target
