@@ -32,6 +32,7 @@ from agent.lttng._model import (
     SessionList,
     SessionRequest,
     SessionView,
+    Tracepoints,
 )
 from agent.lttng._service import Service, build_daemon
 
@@ -45,5 +46,6 @@ __all__ = [
     "SessionList",
     "SessionRequest",
     "SessionView",
+    "Tracepoints",
     "build_daemon",
 ]

@@ -53,6 +53,7 @@ from agent.lttng._model import (
     ProcessTracepoints,
     SessionRequest,
     SessionView,
+    Tracepoints,
 )
 from agent.lttng._plan import Step, plan_session
 from agent.lttng._session import Session, dir_size
@@ -260,7 +261,7 @@ class Service:
         return s
 
     # --- tracepoints -----------------------------------------------------------------
-    async def tracepoints(self) -> dict[str, Any]:
+    async def tracepoints(self) -> Tracepoints:
         self._require_daemon()
         results = await asyncio.gather(
             *(self.cli.tracepoints(d) for d in ("userspace", *AGENT_DOMAINS)),
@@ -273,13 +274,13 @@ class Service:
                 errors[d] = str(r)
             else:
                 processes.extend(r)
-        return {
-            "processes": processes,
-            **({"errors": errors} if errors else {}),
-            "note": "apps register with the session daemon when they start; an app started "
+        return Tracepoints(
+            processes=processes,
+            errors=errors or None,
+            note="apps register with the session daemon when they start; an app started "
             "before the daemon registers later only if it uses liblttng-ust directly "
             "(C/C++); Python apps must be restarted (see docs/lttng.md)",
-        }
+        )
 
     # --- sessions ----------------------------------------------------------------------
     def plan(self, req: SessionRequest) -> tuple[Session, list[Step]]:

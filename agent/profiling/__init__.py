@@ -74,12 +74,18 @@ from agent.profiling._artifacts import (
     SPEEDSCOPE,
     SVG,
 )
-from agent.profiling._flight_recorder import FlightRecorder, RecorderRequest, RecorderStatus, when
+from agent.profiling._flight_recorder import (
+    FlightRecorder,
+    RecorderMemory,
+    RecorderRequest,
+    RecorderStatus,
+    when,
+)
 from agent.profiling._flight_ring import GroupSamples, ProcessGroup, RssTrend, Slice
 from agent.profiling._profile_diff import DiffFormat, DiffOptions, Widths, differential
-from agent.profiling._result import ProfileResult, ProfileView, Unresolved
+from agent.profiling._result import ProfileResult, ProfileView, RssTrendView, Unresolved
 from agent.profiling._service import ProfileJob, Service
-from agent.profiling._triggers import Trigger, TriggerRequest, Triggers, TriggerView
+from agent.profiling._triggers import Capture, Skip, Trigger, TriggerRequest, Triggers, TriggerView
 from agent.profiling.outputs import interval_info, render_in_thread
 
 __all__ = [
@@ -92,6 +98,7 @@ __all__ = [
     "PPROF",
     "SPEEDSCOPE",
     "SVG",
+    "Capture",
     "DiffFormat",
     "DiffOptions",
     "FlightRecorder",
@@ -100,10 +107,13 @@ __all__ = [
     "ProfileJob",
     "ProfileResult",
     "ProfileView",
+    "RecorderMemory",
     "RecorderRequest",
     "RecorderStatus",
     "RssTrend",
+    "RssTrendView",
     "Service",
+    "Skip",
     "Slice",
     "Trigger",
     "TriggerRequest",

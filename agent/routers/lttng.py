@@ -23,6 +23,7 @@ from agent.lttng import (
     SessionList,
     SessionRequest,
     SessionView,
+    Tracepoints,
 )
 from agent.openapi import PROTECTED, TOOLS, content, errors, json_object
 
@@ -57,7 +58,7 @@ SharedLttng = Annotated[None, Depends(require_shared_lttng)]
 
 
 @router.get("/tracepoints", responses=errors(*TOOLS))
-async def tracepoints(svc: ServiceDep) -> dict[str, Any]:
+async def tracepoints(svc: ServiceDep) -> Tracepoints:
     """Tracepoints and loggers the pod's registered apps offer, per process and domain."""
     return await svc.tracepoints()
 

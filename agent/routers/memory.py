@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from agent import memory
-from agent.openapi import PROTECTED, TOOLS, errors
+from agent.openapi import PROTECTED, TOOLS, PidPath, errors
 
 router = APIRouter(tags=["memory"], responses=errors(*PROTECTED, 422))
-
-Pid = Annotated[int, Path(ge=1, le=4_194_304)]
 
 
 def get_service(request: Request) -> memory.Service:
@@ -25,7 +23,7 @@ ServiceDep = Annotated[memory.Service, Depends(get_service)]
 @router.get("/processes/{pid}/memory", responses=errors(404, 409))
 async def process_memory(
     svc: ServiceDep,
-    pid: Pid,
+    pid: PidPath,
     top: Annotated[
         int, Query(ge=1, le=memory.MAX_TOP, description="the largest mappings listed")
     ] = 10,
@@ -50,7 +48,7 @@ async def process_memory(
 @router.get("/processes/{pid}/memory/class-histogram", responses=errors(404, 409, *TOOLS))
 async def class_histogram(
     svc: ServiceDep,
-    pid: Pid,
+    pid: PidPath,
     top: Annotated[int, Query(ge=1, le=memory.MAX_TOP, description="entries, by bytes")] = 50,
     live: Annotated[
         bool,

@@ -71,14 +71,14 @@ async def create_probe(
     return JSONResponse(result, status_code=201, headers={"Location": f"/probes/{result['id']}"})
 
 
-@router.get("/probes", response_model=ProbeList)
-async def list_probes(svc: ServiceDep) -> dict[str, Any]:
-    return {"probes": svc.list_probes()}
+@router.get("/probes")
+async def list_probes(svc: ServiceDep) -> ProbeList:
+    return ProbeList(probes=svc.list_probes())
 
 
-@router.get("/probes/{probe_id}", response_model=ProbeView, responses=errors(404))
-async def get_probe(svc: ServiceDep, probe_id: ProbeId) -> dict[str, Any]:
-    return svc.get(probe_id).to_dict()
+@router.get("/probes/{probe_id}", responses=errors(404))
+async def get_probe(svc: ServiceDep, probe_id: ProbeId) -> ProbeView:
+    return svc.get(probe_id).view()
 
 
 @router.get(
@@ -107,6 +107,6 @@ async def probe_events(
     return StreamingResponse(body, media_type=media, headers=headers)
 
 
-@router.delete("/probes/{probe_id}", response_model=ProbeView, responses=errors(404))
-async def delete_probe(svc: ServiceDep, probe_id: ProbeId) -> dict[str, Any]:
+@router.delete("/probes/{probe_id}", responses=errors(404))
+async def delete_probe(svc: ServiceDep, probe_id: ProbeId) -> ProbeView:
     return await svc.delete(probe_id)

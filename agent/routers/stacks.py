@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
-from agent.openapi import PROTECTED, TOOLS, errors
+from agent.openapi import PROTECTED, TOOLS, PidPath, errors
 from agent.stacks import Format, RequestedRuntime, Stacks, StackSnapshot
 
 router = APIRouter(tags=["processes"], responses=errors(*PROTECTED, 422))
@@ -46,7 +46,7 @@ def _wants_text(format: Format | None, accept: str) -> bool:
 )
 async def stack(
     stacks: StacksDep,
-    pid: Annotated[int, Path(ge=1, le=4_194_304)],
+    pid: PidPath,
     format: Annotated[
         Format | None,
         Query(description="json (default) or text; without it, Accept: text/plain means text"),

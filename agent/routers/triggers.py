@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
@@ -54,17 +54,19 @@ async def create_trigger(
     if body.push:
         sinks.follow_trigger(triggers, svc, trigger)
     return JSONResponse(
-        trigger.view(), status_code=201, headers={"Location": f"/triggers/{trigger.id}"}
+        trigger.view().model_dump(mode="json"),
+        status_code=201,
+        headers={"Location": f"/triggers/{trigger.id}"},
     )
 
 
-@router.get("/triggers", response_model=list[profiling.TriggerView])
-async def list_triggers(triggers: TriggersDep) -> list[dict[str, Any]]:
+@router.get("/triggers")
+async def list_triggers(triggers: TriggersDep) -> list[profiling.TriggerView]:
     return [t.view() for t in triggers.list()]
 
 
-@router.get("/triggers/{trigger_id}", response_model=profiling.TriggerView, responses=errors(404))
-async def get_trigger(triggers: TriggersDep, trigger_id: TriggerId) -> dict[str, Any]:
+@router.get("/triggers/{trigger_id}", responses=errors(404))
+async def get_trigger(triggers: TriggersDep, trigger_id: TriggerId) -> profiling.TriggerView:
     """State, the last CPU use measured, and ``captures``: what fired, when, at what CPU."""
     return triggers.get(trigger_id).view()
 
