@@ -218,4 +218,3 @@ def test_memory_pprof_decodes_with_both_sample_types(
     assert got["periodType"] == ["space", "bytes"]
     assert got["defaultSampleType"] == f"{prefix}_space"
     assert got["stacks"] == {k: [by_count[k], by_bytes[k]] for k in by_bytes}
-
