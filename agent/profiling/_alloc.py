@@ -198,8 +198,9 @@ async def run(
     assert mem is not None
     snapshot = SymbolSnapshot()
     await asyncio.to_thread(snapshot.take, the_plan.pids)
-    java_runs = await _java_start(the_plan)
+    java_runs: list[_asyncprof.Run] = []
     try:
+        await _java_start(the_plan, java_runs)
         text, stderr, stopped_early = await _record(job, the_plan, save)
     finally:
         # Each JVM's profiler is stopped and its files removed, whatever happened to
@@ -213,7 +214,6 @@ async def run(
     by_bytes, by_count = await asyncio.to_thread(
         alloc.fold, parsed.sites, names=snapshot.names, comms=comms
     )
-    java_notes = _java_merge(java_runs, by_bytes, by_count, mem.java_methods)
     lost_stacks = stderr.count(_LOST_STACK)
     warnings = [
         ln.strip()
@@ -229,8 +229,11 @@ async def run(
         "period": mem.period,
         "large_bytes": mem.large_bytes,
         "said": mem.sampling,
+        **({"java": java} if (java := _java_said(java_runs, mem.java_methods)) else {}),
     }
     meta.memory = _summary(mem.kind, parsed, by_bytes, by_count, lost_stacks)
+    # The Java stacks join the graphs after the summary, which counts the C allocator's.
+    java_notes = _java_merge(java_runs, by_bytes, by_count, mem.java_methods, meta.memory)
     notes = _notes(mem.kind, meta.memory or {}, exited, stopped_early, mem.max_outstanding)
     meta.notes = notes + java_notes
     meta.targets = [
@@ -244,18 +247,20 @@ async def run(
         job.message = "stopped early on request; what was recorded is kept"
 
 
-async def _java_start(the_plan: Plan) -> list[_asyncprof.Run]:
-    """alloc: async-profiler started in each Java target, before bpftrace attaches."""
+async def _java_start(the_plan: Plan, runs: list[_asyncprof.Run]) -> None:
+    """alloc: async-profiler started in each Java target, before bpftrace attaches (each
+    run is in ``runs`` before it starts: the caller finishes them, whatever happens)."""
     java = the_plan.memory.java_methods if the_plan.memory else None
     if java is None or not java.available:
-        return []
+        return
     lib = Path(java.library)
     timeout = the_plan.timeout_s + 60  # past the agent's own timeout: a safety net only
-    return [
-        await _asyncprof.start(pid, lib=lib, interval=java.interval_bytes, timeout_s=timeout)
-        for pid in java.pids
-        if pid in the_plan.pids
-    ]
+    for pid in java.pids:
+        if pid in the_plan.pids:
+            runs.append(_asyncprof.new_run(pid))
+            await _asyncprof.start(
+                runs[-1], lib=lib, interval=java.interval_bytes, timeout_s=timeout
+            )
 
 
 async def _java_finish(runs: list[_asyncprof.Run], comms: dict[int, str]) -> None:
@@ -268,28 +273,42 @@ def _java_merge(
     by_bytes: dict[str, int],
     by_count: dict[str, int],
     java: JavaMethods | None,
+    summary: dict[str, Any] | None,
 ) -> list[str]:
-    """The Java stacks added to both views; what each JVM gave, said."""
+    """The Java stacks added to both views and their figures to the summary (``java``,
+    by pid); what each JVM gave, said."""
     notes: list[str] = []
+    figures: dict[str, dict[str, int]] = {}
     for r in runs:
         for k, v in r.stacks_bytes.items():
             by_bytes[k] = by_bytes.get(k, 0) + v
         for k, v in r.stacks_count.items():
             by_count[k] = by_count.get(k, 0) + v
+        nbytes, samples = sum(r.stacks_bytes.values()), sum(r.stacks_count.values())
+        if r.started:
+            figures[str(r.pid)] = {"bytes_estimated": nbytes, "samples": samples}
         if r.stacks_bytes:
+            how = f"{samples} samples, " if r.stacks_count else ""
             reused = f"; driven through the copy an earlier profile loaded ({r.reused})"
             notes.append(
                 f"pid {r.pid} (java): Java methods under [java] from async-profiler's alloc "
-                f"mode ({sum(r.stacks_count.values())} samples, "
-                f"{sum(r.stacks_bytes.values())} bytes estimated{reused if r.reused else ''}); "
-                "the rest is its native memory"
+                f"mode ({how}{nbytes} bytes estimated{reused if r.reused else ''}); the "
+                "rest is its native memory"
             )
+        elif r.started and not r.message:
+            notes.append(f"pid {r.pid} (java): no Java allocation was sampled")
         if r.message:
             what = "Java methods: " if r.stacks_bytes else "no Java methods: "
             notes.append(f"pid {r.pid} (java): {what}{r.message}")
     if java is not None and not java.available:
         notes.append(f"Java targets: no allocations by Java method ({java.reason})")
+    if summary is not None and figures:
+        summary["java"] = figures
     return notes
+
+
+def _java_said(runs: list[_asyncprof.Run], java: JavaMethods | None) -> str:
+    return java.sampling if java is not None and any(r.started for r in runs) else ""
 
 
 async def _record(
@@ -409,11 +428,13 @@ def _render_all(
     title = f"{what} profile of {the_plan.target}"
     how = "outstanding at the end" if mem.kind == "leak" else "allocated"
     views: tuple[tuple[Weight, dict[str, int]], ...] = (("bytes", by_bytes), ("count", by_count))
+    java = meta.sampling.get("java", "") if meta.sampling else ""
+    java = f"; Java methods: {java}" if java else ""
     for weight, stacks in views:
         unit = "bytes" if weight == "bytes" else "allocations"
         subtitle = (
             f"{seconds:.1f} s, {when}; widths: {unit} {how}, {sum(stacks.values())} in all; "
-            f"sampling: {mem.sampling}"
+            f"sampling: {mem.sampling}{java}"
         )
         name = "bytes" if weight == "bytes" else "allocations"
         write_atomic(job.artifact(weighted(FOLDED, weight)), format_folded(stacks))

@@ -49,7 +49,8 @@ _NO_ATTACH = b"-XX:+DisableAttachMechanism"
 
 # Profiles in flight: their files in a JVM's /tmp are not leftovers.
 _ACTIVE: set[str] = set()
-# One start at a time per JVM (two loads at once could map two copies of the library).
+# One start or finish at a time per JVM: two loads at once could map two copies of the
+# library, and a profile starting while another stops would find the profiler running.
 _LOCKS: weakref.WeakValueDictionary[tuple[int, int], asyncio.Lock] = weakref.WeakValueDictionary()
 
 
@@ -107,6 +108,9 @@ class Run:
     pid: int
     names: javalloc.Names
     started: bool = False
+    maybe_started: bool = False
+    """A start command was cut short (a cancel): whether it took is unknown, so the end
+    stops the profiler all the same."""
     reused: str = ""
     """The path tracecar's copy was loaded from by an earlier profile, when driven by it."""
     exited: bool = False
@@ -195,9 +199,9 @@ async def _command(run: Run, args: str, *, log: str | None) -> tuple[bool, str]:
     except _proc.ProcError as e:
         said_jattach, ok = str(e), False
     said = ""
-    if log is not None:
-        said = (await asyncio.to_thread(_read, run.tmp_fd, log) or "").strip()
-        await asyncio.to_thread(_unlink, run.tmp_fd, log)
+    if log is not None:  # a few lines in the JVM's /tmp (no await: a cancel cannot cut in)
+        said = (_read(run.tmp_fd, log) or "").strip()
+        _unlink(run.tmp_fd, log)
     return ok, (said or said_jattach)[-500:]
 
 
@@ -216,32 +220,40 @@ def _lock(pid: int) -> asyncio.Lock:
     return lock
 
 
-async def start(pid: int, *, lib: Path, interval: int, timeout_s: float) -> Run:
-    """Start sampling one JVM's allocations (never raises: a failure is the run's message)."""
+def new_run(pid: int) -> Run:
+    """One JVM's run, known to the caller before it starts: :func:`finish` it whatever
+    happens to :func:`start` (a cancel in the middle too)."""
     run = Run(pid=pid, names=javalloc.Names(secrets.token_hex(8)))
     _ACTIVE.add(run.names.token)
+    return run
+
+
+async def start(run: Run, *, lib: Path, interval: int, timeout_s: float) -> None:
+    """Start sampling one JVM's allocations (never raises but a cancel: a failure is the
+    run's message)."""
     try:
-        async with _lock(pid):
+        async with _lock(run.pid):
             await _start(run, lib=lib, interval=interval, timeout_s=timeout_s)
     except Exception as e:  # any failure is said in the profile, not raised
         run.message = run.message or f"async-profiler could not start: {e}"
-    if not run.started:
-        await asyncio.to_thread(_close, run)
-    return run
+    if not (run.started or run.maybe_started):
+        _close(run)
 
 
 async def _start(run: Run, *, lib: Path, interval: int, timeout_s: float) -> None:
     pid, n = run.pid, run.names
-    if await asyncio.to_thread(_attach_disabled, pid):
+    # What follows until jattach runs are quick calls on /proc and the JVM's /tmp, made
+    # without an await: a cancel cannot leave a descriptor or a half-written copy behind.
+    if _attach_disabled(pid):
         run.message = "the JVM was started with -XX:+DisableAttachMechanism: it refuses jattach"
         return
     try:
-        run.tmp_fd = await asyncio.to_thread(_open_tmp, pid)
+        run.tmp_fd = _open_tmp(pid)
     except (OSError, NotFound, Invalid) as e:
         run.message = f"the JVM's /tmp cannot be reached ({e})"
         return
-    await asyncio.to_thread(_sweep, run.tmp_fd)
-    loaded = await asyncio.to_thread(_loaded, pid)
+    _sweep(run.tmp_fd)
+    loaded = _loaded(pid)
     copied = False
     if loaded is not None and not os.path.basename(loaded).startswith(javalloc.PREFIX):
         run.message = (
@@ -254,24 +266,28 @@ async def _start(run: Run, *, lib: Path, interval: int, timeout_s: float) -> Non
         run.loaded_from = run.reused = loaded
     else:
         try:
-            await asyncio.to_thread(_copy_library, lib, run.tmp_fd, n.library)
+            _copy_library(lib, run.tmp_fd, n.library)
         except OSError as e:
             run.message = f"async-profiler's library could not be copied into the JVM's /tmp ({e})"
             return
         run.loaded_from, copied = f"/tmp/{n.library}", True
     args = javalloc.start_args(n, interval=interval, timeout_s=round(timeout_s))
     try:
+        run.maybe_started = True
         ok, said = await _command(run, args, log=n.log("start"))
         if not ok and "JVM response code" not in said and "Profiler" not in said:
             # The JVM did not answer its first attach (a fresh JVM on a loaded node): once more.
+            run.maybe_started = False
             await asyncio.sleep(1.0)
+            run.maybe_started = True
             ok, said = await _command(run, args, log=n.log("start"))
+        run.started, run.maybe_started = ok, False
     finally:
         if copied:  # loaded (mapped) or not, the file has done its part
-            await asyncio.to_thread(_unlink, run.tmp_fd, n.library)
+            _unlink(run.tmp_fd, n.library)
     if ok:
-        run.started = True
-    elif "already started" in said:
+        return
+    if "already started" in said:
         run.message = (
             "async-profiler is already running in this JVM (another profile of it, or a "
             "session of its own): one session at a time, so none in this profile"
@@ -283,12 +299,14 @@ async def _start(run: Run, *, lib: Path, interval: int, timeout_s: float) -> Non
 async def finish(run: Run, *, comm: str) -> None:
     """Stop one JVM's sampling, read both views, and remove every file (never raises)."""
     try:
-        if run.started:
-            await _finish(run, comm=comm)
+        if run.started or run.maybe_started:
+            # Under the JVM's lock: a profile starting meanwhile waits for this stop.
+            async with _lock(run.pid):
+                await _finish(run, comm=comm)
     except Exception as e:  # said in the profile
         run.message = run.message or f"async-profiler's samples could not be read: {e}"
     finally:
-        await asyncio.to_thread(_close, run)
+        _close(run)
 
 
 async def _finish(run: Run, *, comm: str) -> None:
