@@ -282,7 +282,9 @@ def test_capabilities_say_what_each_runtime_shows(client: httpx.Client) -> None:
     types = client.get("/capabilities").json()["profiling"]["types"]
     assert types["alloc"]["available"] and types["leak"]["available"], types
     assert "not with malloc" in types["alloc"]["runtimes"]["go"], types
-    assert "available" in types["alloc"]["java_methods"], types
+    java = types["alloc"]["java_methods"]
+    assert java["available"] and "async-profiler" in java["reason"], java
+    assert java["library"].endswith("libasyncProfiler.so"), java
 
 
 @pytest.mark.parametrize("kind", ["alloc", "leak"])
