@@ -176,3 +176,48 @@ def test_leftovers_are_swept_and_a_run_removes_only_its_own(tmp_path: Path) -> N
     finally:
         os.close(fd)
         _asyncprof._ACTIVE.discard(other.token)
+
+
+def test_java_stacks_join_both_views_and_each_jvm_is_said() -> None:
+    from agent.profiling._alloc import _java_merge
+
+    def run(pid: int, token: str, **kw: object) -> _asyncprof.Run:
+        return _asyncprof.Run(pid=pid, names=javalloc.Names(token * 8), started=True, **kw)  # type: ignore[arg-type]
+
+    stacks = javalloc.fold(javalloc.parse_collapsed(BY_BYTES), comm="java")
+    samples = javalloc.fold(javalloc.parse_collapsed(BY_COUNT), comm="java")
+    runs = [
+        run(7, "aa", stacks_bytes=stacks, stacks_count=samples, reused="/tmp/x.so (deleted)"),
+        run(
+            8,
+            "bb",
+            stacks_bytes={"j;[java];A.b;int[]": 524288},
+            exited=True,
+            message="the JVM exited during the profile: ...",
+        ),
+        _asyncprof.Run(
+            pid=9,
+            names=javalloc.Names("cc" * 8),
+            message="async-profiler is already running in this JVM",
+        ),
+    ]
+    by_bytes = {"app;main;malloc": 100}
+    by_count = {"app;main;malloc": 1}
+    summary: dict[str, object] = {"allocated_bytes_estimated": 100}
+    notes = _java_merge(runs, by_bytes, by_count, None, summary)
+    assert by_bytes["java;[java];Chain.main;Chain.bigAllocator;byte[]"] == 9659463688
+    assert by_bytes["j;[java];A.b;int[]"] == 524288 and by_bytes["app;main;malloc"] == 100
+    assert by_count["java;[java];Chain.main;Chain.bigAllocator;byte[]"] == 18424
+    assert summary["java"] == {
+        "7": {"bytes_estimated": 9680435168, "samples": 18464},
+        "8": {"bytes_estimated": 524288, "samples": 0},
+    }
+    assert summary["allocated_bytes_estimated"] == 100  # the C allocator's, untouched
+    assert "(18464 samples, 9680435168 bytes estimated; driven through the copy" in notes[0]
+    assert (
+        notes[1].startswith("pid 8 (java): Java methods under [java]") and "samples" not in notes[1]
+    )
+    assert notes[2] == "pid 8 (java): Java methods: the JVM exited during the profile: ..."
+    assert (
+        notes[3] == "pid 9 (java): no Java methods: async-profiler is already running in this JVM"
+    )
