@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import secrets
 import weakref
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import _proc, procfs
-from agent.errors import Invalid, NotFound
+from agent.errors import NotFound
 from agent.profiling import javalloc, memplan
 
 _TIMEOUT_S = 30.0
@@ -149,8 +150,18 @@ def _loaded(pid: int) -> str | None:
 
 
 def _open_tmp(pid: int) -> int:
-    host = procfs.resolve_in_root(pid, "/tmp")
-    return os.open(host, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """The JVM's /tmp, refused if it is a symbolic link: the agent (root, SYS_PTRACE)
+    would follow it through the app's own /proc into another container's files."""
+    return os.open(
+        procfs.proc_root(pid) / "tmp", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    )
+
+
+def _tmp_is_link(pid: int) -> bool:
+    try:
+        return (procfs.proc_root(pid) / "tmp").is_symlink()
+    except (OSError, NotFound):
+        return False
 
 
 def _sweep(fd: int) -> None:
@@ -249,8 +260,10 @@ async def _start(run: Run, *, lib: Path, interval: int, timeout_s: float) -> Non
         return
     try:
         run.tmp_fd = _open_tmp(pid)
-    except (OSError, NotFound, Invalid) as e:
-        run.message = f"the JVM's /tmp cannot be reached ({e})"
+    except (OSError, NotFound) as e:
+        link = getattr(e, "errno", 0) in (errno.ELOOP, errno.ENOTDIR) and _tmp_is_link(pid)
+        why = "a symbolic link, not followed" if link else e
+        run.message = f"the JVM's /tmp cannot be used ({why})"
         return
     _sweep(run.tmp_fd)
     loaded = _loaded(pid)

@@ -4,6 +4,7 @@ bookkeeping of the files it leaves in a JVM's /tmp (on a directory of this test'
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -221,3 +222,22 @@ def test_java_stacks_join_both_views_and_each_jvm_is_said() -> None:
     assert (
         notes[3] == "pid 9 (java): no Java methods: async-profiler is already running in this JVM"
     )
+
+
+def test_a_jvm_tmp_that_is_a_symbolic_link_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent is root with SYS_PTRACE: a /tmp pointing through the app's /proc could
+    lead it into another container's files. It is refused, and nothing is written."""
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (root / "tmp").symlink_to(elsewhere)
+    monkeypatch.setattr(_asyncprof.procfs, "proc_root", lambda pid: root)
+    run = _asyncprof.new_run(os.getpid())
+    lib = tmp_path / "libasyncProfiler.so"
+    lib.write_bytes(b"\x7fELF")
+    asyncio.run(_asyncprof.start(run, lib=lib, interval=1024, timeout_s=1))
+    assert not run.started and run.tmp_fd is None, run
+    assert run.message == "the JVM's /tmp cannot be used (a symbolic link, not followed)"
+    assert list(elsewhere.iterdir()) == [] and run.names.token not in _asyncprof._ACTIVE
