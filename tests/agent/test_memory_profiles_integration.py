@@ -473,3 +473,33 @@ def test_java_exiting_mid_profile_keeps_its_samples(
     top = max(java_bytes, key=lambda s: java_bytes[s]) if java_bytes else None
     assert top and top.endswith(";Chain.bigAllocator;byte[]"), (top, meta["notes"])
     assert any("exited during the profile" in n for n in meta["notes"]), meta["notes"]
+
+
+def test_java_with_its_own_async_profiler_is_left_alone(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
+) -> None:
+    """A JVM started with its own async-profiler (-agentpath) gets no second copy: the
+    profile says so and keeps the JVM's native view."""
+    need("java", "javac", "jattach", "bpftrace")
+    lib = client.get("/capabilities").json()["profiling"]["types"]["alloc"]["java_methods"]
+    cls = build_java(JAVA_ALLOC, tmp_path)
+    files = {"Chain.class": cls, "libasyncProfiler.so": Path(lib["library"])}
+    argv = ["java", "-agentpath:/srv/libasyncProfiler.so", "-cp", "/srv", "Chain"]
+    c = _ready(pod.run("jown", argv, files=files))
+    try:
+        r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 300})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        _attached(client, job_id)
+        assert client.delete(f"/profiles/{job_id}").status_code == 202
+        done = wait_done(client, job_id, timeout=120)
+        assert done["state"] == "succeeded", str(done["error"])[-2000:]
+        notes = done["metadata"]["notes"]
+        assert any(
+            "already has its own async-profiler loaded (/srv/libasyncProfiler.so): left alone" in n
+            for n in notes
+        ), notes
+        assert _java_stacks(client, job_id) == {}
+        assert _profiler_libraries(c) == set() and _ours_in_jvm_tmp(c) == []
+    finally:
+        c.stop()
