@@ -14,7 +14,10 @@ Owned here:
   progress (``attached``), the notes (sampling, drops, lost stacks, exits), and the
   artifacts: ``folded.txt``/``flamegraph.svg``/``speedscope.json`` weighted by bytes,
   their ``-count`` twins weighted by allocations, ``profile.pb.gz`` with both sample
-  types, and bpftrace's raw output ``bpftrace.json``.
+  types, and bpftrace's raw output ``bpftrace.json``;
+* the Java targets of an ``alloc`` profile: async-profiler started in each JVM before
+  bpftrace and finished after it, whatever happens (:mod:`agent.profiling._asyncprof`),
+  its stacks merged into both views under ``[java]`` and said in the notes.
 """
 
 from __future__ import annotations
