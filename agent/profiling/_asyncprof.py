@@ -199,14 +199,21 @@ def _read(fd: int | None, name: str, *, limit: int = 64 << 20) -> str | None:
         return stream.read(limit).decode("utf-8", "replace")
 
 
-async def _command(run: Run, args: str, *, log: str | None) -> tuple[bool, str]:
+async def _command(
+    run: Run, args: str, *, log: str | None, unknown_on_timeout: bool = False
+) -> tuple[bool, str]:
     """``jattach PID load LIB true ARGS``: whether async-profiler did it, and what it said
-    (its log, else jattach's words)."""
+    (its log, else jattach's words). ``unknown_on_timeout``: a jattach killed by its
+    timeout raises (the JVM may still have done it)."""
     argv = ["jattach", str(run.pid), "load", run.loaded_from, "true", args]
     try:
         res = await _proc.run(argv, timeout=_TIMEOUT_S, check=False)
         said_jattach = (res.text.strip() or res.err.strip())[-500:]
         ok = res.returncode == 0
+    except _proc.ToolTimeout:
+        if unknown_on_timeout:
+            raise
+        said_jattach, ok = f"jattach did not finish within {_TIMEOUT_S:g} s", False
     except _proc.ProcError as e:
         said_jattach, ok = str(e), False
     said = ""
@@ -287,14 +294,21 @@ async def _start(run: Run, *, lib: Path, interval: int, timeout_s: float) -> Non
     args = javalloc.start_args(n, interval=interval, timeout_s=round(timeout_s))
     try:
         run.maybe_started = True
-        ok, said = await _command(run, args, log=n.log("start"))
+        ok, said = await _command(run, args, log=n.log("start"), unknown_on_timeout=True)
         if not ok and "JVM response code" not in said and "Profiler" not in said:
             # The JVM did not answer its first attach (a fresh JVM on a loaded node): once more.
             run.maybe_started = False
             await asyncio.sleep(1.0)
             run.maybe_started = True
-            ok, said = await _command(run, args, log=n.log("start"))
+            ok, said = await _command(run, args, log=n.log("start"), unknown_on_timeout=True)
         run.started, run.maybe_started = ok, False
+    except _proc.ToolTimeout:
+        # The JVM may start it after all: the end stops it and reads what it has.
+        run.message = (
+            f"jattach did not finish within {_TIMEOUT_S:g} s: whether async-profiler "
+            "started is unknown (it is stopped at the end all the same)"
+        )
+        return
     finally:
         if copied:  # loaded (mapped) or not, the file has done its part
             _unlink(run.tmp_fd, n.library)
@@ -337,7 +351,7 @@ async def _finish(run: Run, *, comm: str) -> None:
     by_count = await asyncio.to_thread(_read, run.tmp_fd, n.count_out)
     run.exited = not procfs.running(run.pid)
     if by_bytes is None:
-        run.message = (
+        run.message = run.message or (
             "the JVM exited before its samples were dumped, without writing them"
             if run.exited
             else f"async-profiler's dump failed: {said or 'no file'}"
