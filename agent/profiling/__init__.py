@@ -47,7 +47,10 @@ package; the app and routers use what this module exports)::
     memplan          the plan: allocators, sampling, what each runtime shows (pure)
     _alloc           each target's allocator, the bpftrace run, symbols kept for targets
                      that exit, the outputs in both weights
-    _jfr             Java methods: JFR allocation samples through jattach (alloc, JVMs)
+    javalloc         Java methods (alloc, JVMs): async-profiler's commands, its collapsed
+                     output -> folded stacks under [java] (pure)
+    _asyncprof       async-profiler loaded into each JVM through jattach: the library's
+                     copy, start, stop, both dumps, nothing left in the JVM
 
 The flow of one profile::
 

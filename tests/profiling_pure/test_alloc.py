@@ -218,26 +218,3 @@ def test_memory_pprof_decodes_with_both_sample_types(
     assert got["periodType"] == ["space", "bytes"]
     assert got["defaultSampleType"] == f"{prefix}_space"
     assert got["stacks"] == {k: [by_count[k], by_bytes[k]] for k in by_bytes}
-
-
-def test_jfr_allocation_samples_fold_by_java_method() -> None:
-    from agent.profiling._jfr import fold as jfr_fold
-
-    def ev(method: str, weight: int) -> dict[str, object]:
-        frames = [
-            {"method": {"type": {"name": "app/Chain"}, "name": method}},
-            {"method": {"type": {"name": "app/Chain"}, "name": "main"}},
-        ]
-        return {
-            "type": "jdk.ObjectAllocationSample",
-            "values": {"weight": weight, "objectClass": {"name": "byte[]"},
-                       "stackTrace": {"frames": frames}},
-        }  # fmt: skip
-
-    text = json.dumps({"recording": {"events": [ev("big", 65536), ev("big", 65536), ev("s", 64)]}})
-    by_bytes, by_count = jfr_fold(text, comm="java")
-    assert by_bytes == {
-        "java;[java];app.Chain.main;app.Chain.big;byte[]": 131072,
-        "java;[java];app.Chain.main;app.Chain.s;byte[]": 64,
-    }
-    assert by_count["java;[java];app.Chain.main;app.Chain.big;byte[]"] == 2
