@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
+from agent.deps import capability
 from agent.dotnet import (
     Counters,
     ProcessInfoAnswer,
@@ -24,12 +25,7 @@ from agent.openapi import PROTECTED, JobIdPath, PidPath, errors
 router = APIRouter(tags=["dotnet"], responses=errors(*PROTECTED, 422))
 
 
-def get_service(request: Request) -> Service:
-    svc: Service = request.app.state.dotnet
-    return svc
-
-
-ServiceDep = Annotated[Service, Depends(get_service)]
+ServiceDep = Annotated[Service, Depends(capability("dotnet", Service))]
 
 
 class TraceView(BaseModel):

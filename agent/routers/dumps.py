@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, get_args
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
+from agent.deps import capability
 from agent.dumps import (
     FILES,
     DumpFormat,
@@ -26,12 +27,7 @@ from agent.openapi import PROTECTED, TOOLS, JobIdPath, PidPath, errors
 router = APIRouter(tags=["dumps"], responses=errors(*PROTECTED, 422))
 
 
-def get_service(request: Request) -> Service:
-    svc: Service = request.app.state.dumps
-    return svc
-
-
-ServiceDep = Annotated[Service, Depends(get_service)]
+ServiceDep = Annotated[Service, Depends(capability("dumps", Service))]
 
 
 class DumpView(BaseModel):

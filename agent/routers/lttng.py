@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, NoReturn
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agent.deps import SettingsDep
+from agent.deps import SettingsDep, capability
 from agent.errors import Conflict, Invalid
 from agent.lttng import (
     Action,
@@ -34,12 +34,7 @@ SessionId = Annotated[
 ]
 
 
-def get_service(request: Request) -> Service:
-    svc: Service = request.app.state.lttng
-    return svc
-
-
-ServiceDep = Annotated[Service, Depends(get_service)]
+ServiceDep = Annotated[Service, Depends(capability("lttng", Service))]
 
 ATTACHED_LTTNG = (
     "LTTng needs the pod's shared /var/run/lttng, where the apps' LTTng-UST finds the "

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
 from agent import memory
+from agent.deps import capability
 from agent.openapi import PROTECTED, TOOLS, PidPath, errors
 
 router = APIRouter(tags=["memory"], responses=errors(*PROTECTED, 422))
 
 
-def get_service(request: Request) -> memory.Service:
-    svc: memory.Service = request.app.state.memory
-    return svc
-
-
-ServiceDep = Annotated[memory.Service, Depends(get_service)]
+ServiceDep = Annotated[memory.Service, Depends(capability("memory", memory.Service))]
 
 
 @router.get("/processes/{pid}/memory", responses=errors(404, 409))

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from agent.deps import capability
 from agent.openapi import PROTECTED, TOOLS, content, errors, json_object
 from agent.probes import (
     STREAM_MAX_BYTES,
@@ -27,12 +28,7 @@ router = APIRouter(tags=["probes"], responses=errors(*PROTECTED, 422))
 ProbeId = Annotated[str, Path(pattern=r"^[0-9a-f]{8}$", description="A probe's id.")]
 
 
-def get_service(request: Request) -> Service:
-    svc: Service = request.app.state.probes
-    return svc
-
-
-ServiceDep = Annotated[Service, Depends(get_service)]
+ServiceDep = Annotated[Service, Depends(capability("probes", Service))]
 
 
 @router.get("/processes/{pid}/symbols", responses=errors(404))

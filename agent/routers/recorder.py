@@ -7,11 +7,11 @@ import asyncio
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Response
 from fastapi.responses import JSONResponse
 
 from agent import profiling
-from agent.deps import SettingsDep, SinksDep
+from agent.deps import SettingsDep, SinksDep, capability
 from agent.openapi import PROTECTED, content, errors
 from agent.profiling.planner import OutputFormat
 from agent.routers.profiles import ServiceDep, view
@@ -27,12 +27,9 @@ _MEDIA = {
 }
 
 
-def get_recorder(request: Request) -> profiling.FlightRecorder:
-    rec: profiling.FlightRecorder = request.app.state.recorder
-    return rec
-
-
-RecorderDep = Annotated[profiling.FlightRecorder, Depends(get_recorder)]
+RecorderDep = Annotated[
+    profiling.FlightRecorder, Depends(capability("recorder", profiling.FlightRecorder))
+]
 
 
 class RecorderBody(profiling.RecorderRequest, Push):

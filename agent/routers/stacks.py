@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 
+from agent.deps import capability
 from agent.openapi import PROTECTED, TOOLS, PidPath, errors
 from agent.stacks import Format, RequestedRuntime, Stacks, StackSnapshot
 
@@ -16,12 +17,7 @@ router = APIRouter(tags=["processes"], responses=errors(*PROTECTED, 422))
 _TEXT = "text/plain; charset=utf-8"
 
 
-def get_stacks(request: Request) -> Stacks:
-    stacks: Stacks = request.app.state.stacks
-    return stacks
-
-
-StacksDep = Annotated[Stacks, Depends(get_stacks)]
+StacksDep = Annotated[Stacks, Depends(capability("stacks", Stacks))]
 
 _OK: dict[int | str, dict[str, Any]] = {
     200: {

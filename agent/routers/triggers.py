@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Response
 from fastapi.responses import JSONResponse
 
 from agent import profiling
-from agent.deps import SinksDep
+from agent.deps import SinksDep, capability
 from agent.openapi import PROTECTED, errors
 from agent.routers.profiles import ServiceDep
 from agent.sinks import Push
@@ -18,12 +18,7 @@ router = APIRouter(tags=["triggers"], responses=errors(*PROTECTED, 422))
 TriggerId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="a trigger's id")]
 
 
-def get_triggers(request: Request) -> profiling.Triggers:
-    triggers: profiling.Triggers = request.app.state.triggers
-    return triggers
-
-
-TriggersDep = Annotated[profiling.Triggers, Depends(get_triggers)]
+TriggersDep = Annotated[profiling.Triggers, Depends(capability("triggers", profiling.Triggers))]
 
 
 class TriggerBody(profiling.TriggerRequest, Push):
