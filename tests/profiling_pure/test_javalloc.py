@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.profiling import _asyncprof, alloc, javalloc, memplan
-from agent.profiling.planner import Limits, ProfileRequest, plan
+from agent.profiling import _asyncprof, javalloc, memplan
+from agent.profiling.planner import ProfileRequest, plan
+from tests.profiling_pure.support import GLIBC, LIMITS
 
 # async-profiler 4.6's `dump,collapsed,total,dot` of the integration test's workload
 # (OpenJDK 17), as it wrote it; and the same samples without `total`.
@@ -92,33 +93,16 @@ def test_sampling_is_said_with_its_unit() -> None:
     assert "2 MiB" in javalloc.sampling(2 << 20) and "1500 bytes" in javalloc.sampling(1500)
 
 
-_LIBC = alloc.Allocator(
-    pid=7,
-    flavor="glibc",
-    path="/usr/lib/libc.so.6",
-    host_path="/proc/7/root/usr/lib/libc.so.6",
-    functions=("malloc", "free"),
-    identity=(1, 2),
-)
-_LIMITS = Limits(
-    default_duration_s=10,
-    max_duration_s=300,
-    default_frequency_hz=99,
-    max_frequency_hz=999,
-    timeout_slack_s=30,
-)
-
-
 def _memory_plan(kind: str) -> memplan.MemoryPlan:
     facts = [
-        memplan.MemoryTargetFacts(7, "java", "java", _LIBC),
-        memplan.MemoryTargetFacts(8, "app", "native", _LIBC),
+        memplan.MemoryTargetFacts(7, "java", "java", GLIBC),
+        memplan.MemoryTargetFacts(8, "app", "native", GLIBC),
     ]
     p = plan(
         ProfileRequest(type=kind, pid=7),  # type: ignore[arg-type]
         targets=[],
         target="pid 7",
-        limits=_LIMITS,
+        limits=LIMITS,
         output=Path("perf.data"),
         pid_ns=1,
         memory_targets=facts,
