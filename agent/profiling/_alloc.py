@@ -30,7 +30,7 @@ from typing import Any, Literal
 from agent import _proc, procfs, symbols
 from agent.errors import Conflict, Invalid, NotFound
 from agent.jobs import Job, atomic_path, write_atomic
-from agent.profiling import _jfr, alloc
+from agent.profiling import _jfr, _pymem, alloc
 from agent.profiling._artifacts import BPFTRACE_OUT, FOLDED, PPROF, SPEEDSCOPE, SVG
 from agent.profiling._result import ProfileResult, TargetSeen
 from agent.profiling.memplan import MemoryTargetFacts
@@ -203,8 +203,22 @@ async def run(
     jfr_runs: list[_jfr.JfrRun] = []
     if jvms and mem.kind == "alloc" and no_jfr is None:
         jfr_runs = [await _jfr.start(pid, job.id) for pid in jvms]
+    # leak: Python processes in Python frames (tracemalloc inside them), before bpftrace.
+    py = _pymem.Window(mem.python, comms=comms, timeout_s=the_plan.timeout_s)
     try:
-        text, stderr, stopped_early = await _record(job, the_plan, save)
+        await py.start()
+        if py.planned and not py.opened and not the_plan.bpftrace_argv:
+            raise Conflict(f"no Python frames: {py.failure()}")
+        if the_plan.bpftrace_argv:
+            text, stderr, stopped_early = await _record(job, the_plan, save)
+        else:
+            meta.attached, meta.attached_at = True, time.time()
+            save(job)
+            stopped_early = await _pymem.wait_window(the_plan.duration_s, job.stop_requested)
+            text, stderr = "", ""
+    except BaseException:
+        await py.end(keep=False)  # stop tracing in the targets, write and keep nothing
+        raise
     finally:
         # Each JVM's recording is dumped, read, stopped and its file removed, whatever
         # happened to bpftrace: nothing is left in the target.
@@ -215,6 +229,7 @@ async def run(
     meta.recording_finished_at = time.time()
     meta.phase = "post-processing"
     save(job)
+    await py.end(keep=True)
     await asyncio.to_thread(snapshot.take, the_plan.pids)  # libraries loaded meanwhile
     parsed = await asyncio.to_thread(alloc.parse_output, text)
     by_bytes, by_count = await asyncio.to_thread(
@@ -237,6 +252,11 @@ async def run(
             )
     if no_jfr is not None:
         java_notes.append(f"Java targets: no allocation sampling by Java method ({no_jfr})")
+    py_bytes, py_count = py.stacks()
+    for k, v in py_bytes.items():
+        by_bytes[k] = by_bytes.get(k, 0) + v
+    for k, v in py_count.items():
+        by_count[k] = by_count.get(k, 0) + v
     lost_stacks = stderr.count(_LOST_STACK)
     warnings = [
         ln.strip()
@@ -254,8 +274,12 @@ async def run(
         "said": mem.sampling,
     }
     meta.memory = _summary(mem.kind, parsed, by_bytes, by_count, lost_stacks)
-    notes = _notes(mem.kind, meta.memory or {}, exited, stopped_early, mem.max_outstanding)
-    meta.notes = notes + java_notes
+    notes = _notes(mem.kind, meta.memory, exited, stopped_early, mem.max_outstanding)
+    if not the_plan.bpftrace_argv:  # Python frames only: no C allocator was watched
+        notes = [n for n in notes if not n.startswith("no allocations")]
+    meta.notes = notes + java_notes + py.notes()
+    if py.planned:
+        meta.memory["python"] = py.summary()
     meta.targets = [
         TargetSeen(pid=t.pid, comm=t.comm, runtime=t.runtime, exited=t.pid in exited)
         for t in mem.targets

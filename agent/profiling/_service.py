@@ -21,7 +21,16 @@ from agent import _proc, capabilities, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
 from agent.jobs import Job, JobStore, atomic_path, write_atomic
 from agent.metrics import Metrics
-from agent.profiling import _alloc, _jfr, _offcpu_run, _pyspy_record, memplan, offcpu_fold, outputs
+from agent.profiling import (
+    _alloc,
+    _jfr,
+    _offcpu_run,
+    _pymem,
+    _pyspy_record,
+    memplan,
+    offcpu_fold,
+    outputs,
+)
 from agent.profiling._artifacts import (
     ARTIFACTS,
     BPFTRACE_OUT,
@@ -225,6 +234,7 @@ class Service:
                 else bpf.get("reason"),
                 "runtimes": dict(memplan.RUNTIME_NOTES),
                 **({"java_methods": java} if kind == "alloc" else {}),
+                **_pymem.capability(kind),
             }
         return out
 
@@ -355,7 +365,9 @@ class Service:
         """alloc/leak: each target's allocator (read from its files); None otherwise."""
         if req.type not in memplan.MEMORY_TYPES:
             return None
-        return await asyncio.to_thread(lambda: [_alloc.find_allocator(f) for f in facts])
+        return await asyncio.to_thread(
+            lambda: [_pymem.with_python(_alloc.find_allocator(f), f, req.type) for f in facts]
+        )
 
     async def plan(self, req: ProfileRequest, *, output: Path) -> Plan:
         facts, target = await self._gather(req)

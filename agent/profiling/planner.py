@@ -848,12 +848,16 @@ def _plan_memory(
         period=request.sample_period or alloc.DEFAULT_PERIOD,
         max_outstanding=request.max_outstanding or alloc.DEFAULT_MAX_OUTSTANDING,
     )
+    # Python processes seen in Python frames (leak) are not bpftrace's: the program may be
+    # empty (every target one of them), and then no bpftrace runs.
+    in_python = {p.pid for p in mem.python.targets} if mem.python is not None else set()
+    probed = [t.pid for t in targets if t.allocator is not None and t.pid not in in_python]
     return Plan(
         argv=[],
         type=request.type,
         program=text,
-        bpftrace_argv=alloc.argv(text, pids=[t.pid for t in targets if t.allocator is not None]),
-        pids=sorted(t.pid for t in targets if t.allocator is not None),
+        bpftrace_argv=alloc.argv(text, pids=probed) if text else [],
+        pids=sorted({*probed, *in_python}),
         target=target,
         duration_s=duration,
         frequency_hz=0,
