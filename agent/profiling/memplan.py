@@ -113,6 +113,7 @@ def plan_memory(
     period: int,
     large_bytes: int = alloc.DEFAULT_LARGE_BYTES,
     max_outstanding: int = alloc.DEFAULT_MAX_OUTSTANDING,
+    python_frames: int = pymem.DEFAULT_FRAMES,
 ) -> tuple[MemoryPlan, str]:
     """The memory plan and its bpftrace program; 409 when no target has an allocator."""
     if len(targets) > MAX_TARGETS:
@@ -215,7 +216,7 @@ def plan_memory(
         skipped=skipped,
         notes=notes,
         python=PythonFrames(
-            frames=pymem.DEFAULT_FRAMES,
+            frames=python_frames,
             targets=[PythonFramesTarget(pid=t.pid, directory=t.python_dir or "/tmp") for t in py],
         )
         if py

@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from agent import procfs
 from agent.errors import Conflict, Invalid, Unavailable
-from agent.profiling import alloc, memplan, offcpu_fold
+from agent.profiling import alloc, memplan, offcpu_fold, pymem
 
 CallGraph = Literal["auto", "fp", "dwarf"]
 Profiler = Literal["auto", "perf", "py-spy"]
@@ -120,6 +120,13 @@ class ProfileOptions(BaseModel):
         le=1_000_000,
         description="leak: sampled allocations tracked at once (the bounded map; past it new "
         "ones are counted as dropped); default 16384",
+    )
+    python_frames: int | None = Field(
+        default=None,
+        ge=1,
+        le=128,
+        description="leak, Python processes: frames tracemalloc keeps per allocation "
+        "(default 16); its cost per allocation grows with it (bench/python_memory_bench.py)",
     )
     python_native: bool = Field(
         default=False,
@@ -534,6 +541,8 @@ def plan(
             "sample_period and max_outstanding apply to alloc and leak profiles",
             field="sample_period" if request.sample_period is not None else "max_outstanding",
         )
+    if request.python_frames is not None:
+        raise Invalid("python_frames applies to leak profiles", field="python_frames")
     if request.type == "off-cpu":
         if request.profiler == "py-spy" or request.python_native:
             raise Invalid(
@@ -840,8 +849,15 @@ def _plan_memory(
             "max_outstanding applies to leak profiles (an alloc profile tracks no address)",
             field="max_outstanding",
         )
+    if request.python_frames is not None and kind != "leak":
+        raise Invalid(
+            "python_frames applies to leak profiles (alloc sees Python processes through "
+            "the C allocator: tracemalloc forgets freed blocks)",
+            field="python_frames",
+        )
     mem, text = memplan.plan_memory(
         kind=kind,
+        python_frames=request.python_frames or pymem.DEFAULT_FRAMES,
         targets=targets,
         pid_ns=pid_ns,
         duration_s=duration,

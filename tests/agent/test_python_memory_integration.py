@@ -242,6 +242,26 @@ def test_noexec_directories_fall_back_to_the_c_allocator_view(
         c.stop()
 
 
+def test_python_frames_option(pod: podsim.SimPod, client: httpx.Client) -> None:
+    c = _app(pod, "pyframes", PY312)
+    try:
+        body = {"pid": c.pid, "type": "leak", "python_frames": 8}
+        r = client.post("/profiles?dry_run=true", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["plan"]["memory"]["python"]["frames"] == 8
+        for bad in (
+            {"type": "alloc", "python_frames": 8},
+            {"type": "cpu", "python_frames": 8},
+            {"type": "leak", "python_frames": 0},
+            {"type": "leak", "python_frames": 129},
+        ):
+            r = client.post("/profiles", json={"pid": c.pid, **bad})
+            assert r.status_code == 422, (bad, r.text)
+            assert "python_frames" in r.text, r.text
+    finally:
+        c.stop()
+
+
 def test_capabilities_say_which_view_python_gets(client: httpx.Client) -> None:
     types = client.get("/capabilities").json()["profiling"]["types"]
     assert types["leak"]["python_frames"]["available"], types["leak"]
