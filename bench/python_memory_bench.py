@@ -2,14 +2,15 @@
 an allocation-heavy Python app, against the same app unprofiled in the same run; and
 tracemalloc's memory in the target per live block it traces.
 
-One command: ``.venv/bin/python bench/python_memory_bench.py [--iterations N] [--rounds N]``.
+One command: ``.venv/bin/python bench/python_memory_bench.py [--scale X] [--rounds N]``.
 
 The app (CPython 3.12, pyenv's): one thread, 32 frames deep (as a web framework's
 handler is), building small objects (a dict holding a str and a list: about five
 allocations an iteration), keeping one in 100, with ``work`` iterations of Python that
 allocate nothing between them, timing itself from inside (CPU and wall, after a
 SIGUSR1 sent once tracing runs). Three apps: ``storm`` (no work: the allocator's worst
-case), ``busy`` (100 steps of work an iteration) and ``typical`` (400). Mind that most
+case), ``busy`` (2,000 steps of work an iteration: ~5 us per allocation) and ``typical``
+(10,000: ~25 us per allocation, as bench/memory_bench.py's typical app). Mind that most
 Python code allocates far more than this: every int above 256, float and str result is
 an allocation, so "work" in real code is mostly allocations too.
 Arms, in a rotating order per round, medians compared:
@@ -76,7 +77,8 @@ while True:
     signal.pause()
 """
 
-APPS = {"typical": 400, "busy": 100, "storm": 0}
+# name: (steps of work an iteration, iterations a run): ~0.6 s a run unprofiled.
+APPS = {"typical": (10_000, 5_000), "busy": (2_000, 25_000), "storm": (0, 600_000)}
 FRAMES = (1, pymem.DEFAULT_FRAMES, 64)
 ARMS = ("unprofiled", *(f"tracemalloc, {f} frames" for f in FRAMES))
 
@@ -126,7 +128,7 @@ async def run_once(app: Path, arm: str, n: int, work: int) -> tuple[float, float
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iterations", type=int, default=300_000, help="iterations of storm")
+    ap.add_argument("--scale", type=float, default=1.0, help="iterations, times this")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     if _pymem.available() is not None:
@@ -136,8 +138,8 @@ async def main() -> None:
         app.write_text(APP)
         worst = 0.0
         latencies: list[dict[str, float]] = []
-        for name, work in APPS.items():
-            n = args.iterations if work == 0 else max(5_000, args.iterations // (1 + work // 10))
+        for name, (work, n) in APPS.items():
+            n = max(1, round(n * args.scale))
             times: dict[str, list[tuple[float, float]]] = {a: [] for a in ARMS}
             for r in range(args.rounds):
                 for arm in ARMS[r % len(ARMS) :] + ARMS[: r % len(ARMS)]:
@@ -148,8 +150,8 @@ async def main() -> None:
             base = statistics.median(c for _, c in times["unprofiled"])
             base_wall = statistics.median(w for w, _ in times["unprofiled"])
             print(
-                f"{name}: {n} iterations (5 allocations each), {base * 1e6 / n:.2f} us of CPU "
-                "per iteration unprofiled"
+                f"{name}: {n} iterations (5 allocations each), {base * 1e6 / n / 5:.2f} us of "
+                "CPU per allocation with its work, unprofiled"
             )
             for arm in ARMS[1:]:
                 t = statistics.median(c for _, c in times[arm])

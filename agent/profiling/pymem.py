@@ -19,7 +19,8 @@ Owned here:
   is printed into the app's output) and writes its files atomically (a ``.part``
   then a rename). Its state between the two injections lives in one attribute of the
   ``tracemalloc`` module, removed at the end;
-* the watchdog: a thread the start leaves parked on a lock until the end releases it.
+* the watchdog: a thread the start leaves parked on a lock until the end releases it,
+  born with every signal blocked (the app's signals keep going to the app's threads).
   If the agent never comes back (it died, it was killed), the watchdog stops what was
   started and removes the files at the deadline. Parked in a futex, it is also a
   thread the end's injection can always enter at a safe point;
@@ -134,6 +135,23 @@ def _remove(path):
 
 def _error(e):
     return ("%s: %s" % (type(e).__name__, e)).replace("\n", " ")[:500]
+
+
+def _thread_without_signals(fn):
+    # A thread of ours must never take the app's signals: a process-directed signal
+    # handled on it leaves the main thread blocked in pause()/sleep() (CPython runs the
+    # Python handler in the main thread only when that thread next wakes). Born with
+    # every signal blocked (a new thread inherits its creator's mask), it never does.
+    import signal
+    if hasattr(signal, "valid_signals"):
+        everything = signal.valid_signals()
+    else:  # before 3.8: glibc keeps 32 and 33 for itself (adding them warns)
+        everything = set(range(1, signal.NSIG)) - {32, 33}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, everything)
+    try:
+        _thread.start_new_thread(fn, ())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 """
 
 _START = r"""
@@ -180,7 +198,7 @@ def _start():
         except BaseException:
             pass
 
-    _thread.start_new_thread(watchdog, ())
+    _thread_without_signals(watchdog)
 
 
 _start()
@@ -240,7 +258,7 @@ def _finish():
         if time.time() < GIVE_UP_AT:
             _write(out, text)
 
-    _thread.start_new_thread(dump, ())
+    _thread_without_signals(dump)
     state["lock"].release()
 
 
