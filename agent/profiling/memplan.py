@@ -163,6 +163,8 @@ def plan_memory(
         if period > 1
         else "every allocation"
     )
+    if not usable:
+        sampling = "none: tracemalloc records every allocation through Python's allocators"
     notes = [
         "every allocator call of the targets traps into the kernel (a uprobe, ~2 us here; "
         "bench/memory_bench.py), sampled or not: an app allocating a million times a "
@@ -181,7 +183,7 @@ def plan_memory(
     if py:
         notes.append(
             "Python frames: tracemalloc slows the targets' allocations while the window runs "
-            "and keeps about 100 bytes per live block it traces (bench/python_memory_bench.py)"
+            "and keeps about 60-300 bytes per live block it traces (bench/python_memory_bench.py)"
         )
     if kind == "leak" and usable:
         notes.append(
