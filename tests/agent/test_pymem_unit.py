@@ -4,6 +4,7 @@ the injector's refusals. The injection itself: tests/agent/test_python_memory_in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import subprocess
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.profiling import _pyinject, pymem
+from agent.errors import Invalid
+from agent.profiling import _pyinject, alloc, memplan, pymem
+from agent.profiling.planner import Limits, Plan, ProfileRequest, plan
 from tests.interpreters import PY38, PY312
 
 
@@ -273,3 +276,77 @@ def test_our_threads_take_no_signal_of_the_app() -> None:
     # Every signal but SIGKILL, SIGSTOP (never blockable) and glibc's own 32 and 33.
     mask = int(ours[0], 16)
     assert all(mask & (1 << (s - 1)) for s in range(1, 65) if s not in (9, 19, 32, 33)), hex(mask)
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+_LIBC = alloc.Allocator(
+    pid=7,
+    flavor="glibc",
+    path="/usr/lib/libc.so.6",
+    host_path="/proc/7/root/usr/lib/libc.so.6",
+    functions=("malloc", "free"),
+    identity=(1, 2),
+)
+_LIMITS = Limits(
+    default_duration_s=10,
+    max_duration_s=300,
+    default_frequency_hz=99,
+    max_frequency_hz=999,
+    timeout_slack_s=30,
+)
+
+
+def _plan(req: ProfileRequest, facts: list[memplan.MemoryTargetFacts]) -> Plan:
+    return plan(
+        req,
+        targets=[],
+        target="pod",
+        limits=_LIMITS,
+        output=Path("perf.data"),
+        pid_ns=1,
+        memory_targets=facts,
+    )
+
+
+def _py(pid: int, *, directory: str | None = "/tmp", why: str = "") -> memplan.MemoryTargetFacts:
+    libc = dataclasses.replace(_LIBC, pid=pid, host_path=f"/proc/{pid}/root/usr/lib/libc.so.6")
+    return memplan.MemoryTargetFacts(
+        pid, "python3", "python", libc, python_dir=directory, python_why=why
+    )
+
+
+def test_plan_python_frames_only_runs_no_bpftrace() -> None:
+    p = _plan(ProfileRequest(type="leak", pid=7, python_frames=8), [_py(7)])
+    assert p.memory is not None and p.memory.python is not None
+    assert p.memory.python.frames == 8
+    assert [t.model_dump() for t in p.memory.python.targets] == [{"pid": 7, "directory": "/tmp"}]
+    assert p.program == "" and p.bpftrace_argv == [] and p.pids == [7]
+    assert p.memory.targets[0].allocator is None and p.memory.targets[0].sees == pymem.SEES
+    assert p.memory.sampling.startswith("none: tracemalloc")
+    assert not any("traps into the kernel" in n for n in p.memory.notes), p.memory.notes
+
+
+def test_plan_mixes_python_frames_and_the_c_allocator_view() -> None:
+    native = memplan.MemoryTargetFacts(9, "srv", "native", dataclasses.replace(_LIBC, pid=9))
+    no = _py(8, directory=None, why="a musl libc process: the injection library is built for glibc")
+    p = _plan(ProfileRequest(type="leak", pids=[7, 8, 9]), [_py(7), no, native])
+    assert p.memory is not None and p.memory.python is not None
+    assert [t.pid for t in p.memory.python.targets] == [7]
+    assert "@__t[8] = 1;" in p.program and "@__t[9] = 1;" in p.program
+    assert "@__t[7]" not in p.program, "a Python-frames target is not bpftrace's"
+    assert p.pids == [7, 8, 9] and p.bpftrace_argv[0] == "bpftrace"
+    assert any("pid 8 (python3): no Python frames (a musl" in n for n in p.memory.notes)
+    # alloc: the C-allocator view for every Python process, whatever it allows.
+    a = _plan(ProfileRequest(type="alloc", pid=7), [_py(7)])
+    assert a.memory is not None and a.memory.python is None and "@__t[7] = 1;" in a.program
+    assert "tracemalloc forgets freed blocks" in a.memory.targets[0].sees
+
+
+def test_python_frames_applies_to_leak_only() -> None:
+    for req in (
+        ProfileRequest(type="alloc", pid=7, python_frames=8),
+        ProfileRequest(type="cpu", pid=7, python_frames=8),
+    ):
+        with pytest.raises(Invalid, match="python_frames applies to leak"):
+            _plan(req, [_py(7)])
