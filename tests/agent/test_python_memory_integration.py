@@ -101,8 +101,8 @@ def _under(stacks: dict[str, int], function: str) -> int:
 @pytest.mark.parametrize(
     "python",
     [PY312, PY38, PY313, PY311_DEBIAN],
-    # pyenv's 3.12 links libpython statically, 3.8 and 3.13 as a shared library; Debian's
-    # 3.11 is the distribution's own build.
+    # pyenv's builds load libpython as a shared library; Debian's 3.11 has it linked into
+    # the executable (the C API then comes from the executable's own symbols).
     ids=["3.12", "3.8", "3.13", "3.11-debian"],
 )
 def test_leak_in_python_frames_growing_cache_vs_churn(
@@ -200,6 +200,57 @@ def test_app_that_traces_already_is_left_tracing(pod: podsim.SimPod, client: htt
     stacks = folded_total(client.get(f"/profiles/{job_id}/folded").text)
     grown, total = _under(stacks, "grow_cache"), sum(stacks.values())
     assert grown >= 0.9 * total and _under(stacks, "churn") == 0, stacks
+
+
+def test_app_of_another_user(pod: podsim.SimPod, client: httpx.Client) -> None:
+    """An app running as nobody: the library crosses users one way (written by the agent,
+    loaded by the app), the result files the other (written by the app, read and removed
+    by the agent)."""
+    setpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    c = _ready(
+        # Debian's python (pyenv's live under /root, which nobody cannot read)
+        # (/srv comes with the staging directory's 0700: opened for nobody first).
+        pod.run(
+            "pynobody",
+            ["sh", "-c", f"chmod 755 /srv && exec {' '.join(setpriv)} {PY311_DEBIAN} /srv/app.py"],
+            files={"app.py": PY_MEMORY.encode()},
+        )
+    )
+    try:
+        r = client.post("/profiles", json={"pid": c.pid, "type": "leak", "duration_s": 300})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        _attached(client, job_id)
+        os.kill(c.host_pid, signal.SIGUSR1)
+        _wait_log(c, "done")
+        assert client.delete(f"/profiles/{job_id}").status_code == 202
+        done = wait_done(client, job_id, timeout=180)
+        assert done["state"] == "succeeded", str(done["error"])[-3000:]
+        _nothing_left_in(c)
+        assert not _tracing(c)
+    finally:
+        c.stop()
+    stacks = folded_total(client.get(f"/profiles/{job_id}/folded").text)
+    assert _under(stacks, "grow_cache") >= 0.9 * sum(stacks.values()), stacks
+
+
+def test_target_exiting_mid_window_says_so(pod: podsim.SimPod, client: httpx.Client) -> None:
+    c = _app(pod, "pyexits", PY312)
+    try:
+        r = client.post("/profiles", json={"pid": c.pid, "type": "leak", "duration_s": 300})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        _attached(client, job_id)
+        c.stop()  # exits mid-window, its traces with it
+        assert client.delete(f"/profiles/{job_id}").status_code == 202
+        done = wait_done(client, job_id, timeout=180)
+    finally:
+        c.stop()
+    assert done["state"] == "succeeded", str(done["error"])[-3000:]
+    meta = done["metadata"]
+    assert isinstance(meta, dict) and meta["exited_pids"] == [c.pid]
+    notes = meta["notes"]
+    assert any("exited during the window: its traces went with it" in n for n in notes), notes
 
 
 def test_no_safe_point_is_refused_with_a_message(pod: podsim.SimPod, client: httpx.Client) -> None:
