@@ -12,8 +12,10 @@ GIL and runs its Python code on that thread. Stopped at an arbitrary instruction
 (inside malloc, or in the middle of the interpreter's own bookkeeping), that would
 re-enter code that is not reentrant. So a thread is entered only when it is stopped in
 a system call that *waits* (:data:`WAITS`: a sleep, a poll, a futex such as the GIL's
-or a lock's, a blocking read): there it holds no allocator lock and, in CPython, has
-released the GIL at a call boundary. Threads are tried in the order given (the
+or a lock's, a blocking read of a socket, pipe or terminal): there it holds no
+allocator lock, and in CPython it has released the GIL at a call boundary (or, in a C
+extension that blocks holding it, sits between two of the interpreter's steps, as a
+signal handler's code would). Threads are tried in the order given (the
 watchdog the start left parked, for the end), then the main thread, then the others,
 for ``WAIT_S`` seconds; a process whose threads never wait (one thread computing
 without pause) is refused with a message, not entered.
@@ -96,13 +98,25 @@ def _say(code: int, **fields: object) -> int:
 
 
 def syscall_of(pid: int, tid: int) -> int | None:
-    """The system call ``tid`` is in, or None (running, in user code, unreadable)."""
+    """The system call ``tid`` is in, or None (running, in user code, unreadable). A
+    ``read`` counts only on a socket, a pipe or a terminal: a read of a regular file may
+    be the dynamic loader's, in the middle of a ``dlopen`` (``-1``: not a wait)."""
     try:
         with open(f"/proc/{pid}/task/{tid}/syscall") as f:
-            first = f.read().split(" ", 1)[0]
+            fields = f.read().split()
     except OSError:
         return None
-    return int(first) if first.isdigit() else None
+    if not fields or not fields[0].isdigit():
+        return None
+    nr = int(fields[0])
+    if WAITS.get(platform.machine(), {}).get(nr) == "read" and len(fields) > 1:
+        try:
+            what = os.readlink(f"/proc/{pid}/fd/{int(fields[1], 16)}")
+        except (OSError, ValueError):
+            return -1
+        if not what.startswith(("socket:", "pipe:", "/dev/pts/", "/dev/tty", "anon_inode:")):
+            return -1
+    return nr
 
 
 def _threads(pid: int, prefer: list[int]) -> list[int]:

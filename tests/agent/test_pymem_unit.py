@@ -350,3 +350,20 @@ def test_python_frames_applies_to_leak_only() -> None:
     ):
         with pytest.raises(Invalid, match="python_frames applies to leak"):
             _plan(req, [_py(7)])
+
+
+def test_a_thread_waiting_on_a_pipe_is_at_a_safe_point() -> None:
+    app = subprocess.Popen(
+        [sys.executable, "-c", "import os; r, w = os.pipe(); print(1, flush=True); os.read(r, 1)"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert app.stdout is not None and app.stdout.readline().strip() == b"1"
+        deadline = time.monotonic() + 30
+        while (nr := _pyinject.syscall_of(app.pid, app.pid)) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert _pyinject.WAITS["x86_64"].get(nr) == "read" or os.uname().machine != "x86_64"
+    finally:
+        app.kill()
+        app.wait()
