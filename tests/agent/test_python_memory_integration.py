@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,17 @@ import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.memory_profile_workloads import PY_BLOCK, PY_MEMORY, PY_ROUNDS
+from tests.agent.memory_profile_workloads import (
+    ALLOC_C,
+    ALLOC_C_FLAGS,
+    LEAKY_BYTES,
+    PY_BLOCK,
+    PY_MEMORY,
+    PY_ROUNDS,
+    ROUNDS,
+)
 from tests.agent.support import folded_total, pod_processes, wait_done
+from tests.conftest import need
 from tests.interpreters import PY38, PY311_DEBIAN, PY312, PY313
 
 pytestmark = pytest.mark.integration
@@ -30,6 +40,11 @@ def nothing_left(pod: podsim.SimPod, agent: podsim.AgentHandle) -> Iterator[None
     yield
     assert pod_processes(pod, "bpftrace") == [], "a bpftrace process was left running"
     assert list(agent.data_dir.rglob("*.part")) == [], "half-written artifacts left behind"
+    events = Path("/sys/kernel/tracing/uprobe_events")
+    left = (
+        [ln for ln in events.read_text().splitlines() if "libc.so" in ln] if events.exists() else []
+    )
+    assert left == [], "a uprobe was left in tracefs"
 
 
 def _ready(c: podsim.Container) -> podsim.Container:
@@ -156,8 +171,50 @@ def test_leak_in_python_frames_growing_cache_vs_churn(
     assert py["app_traced_already"] is False and py["error"] is None, py
     assert py["entered"]["start"]["syscall"] in ("pause", "rt_sigsuspend"), py
     assert any("tracemalloc (16 frames)" in n for n in meta["notes"]), meta["notes"]
+    assert "bpftrace_output" not in done["links"], done["links"]  # no bpftrace ran
     pb = gzip.decompress(client.get(f"/profiles/{job_id}/profile.pb.gz").content)
     assert b"inuse_space" in pb and b"grow_cache" in pb
+
+
+def test_one_leak_profile_of_a_c_and_a_python_process(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
+) -> None:
+    """bpftrace for the C program, tracemalloc for the Python one: one graph, each under
+    its own function, no bytes counted twice (the Python process is not bpftrace's)."""
+    need("bpftrace", "gcc")
+    src = tmp_path / "allocator.c"
+    src.write_text(ALLOC_C)
+    binary = tmp_path / "allocator"
+    subprocess.run(["gcc", *ALLOC_C_FLAGS, "-o", str(binary), str(src)], check=True, timeout=120)
+    native = _ready(pod.run("cmixed", ["/srv/allocator"], files={"allocator": binary}))
+    py = _app(pod, "pymixed", PY312)
+    try:
+        body = {"pids": [native.pid, py.pid], "type": "leak", "duration_s": 300}
+        r = client.post("/profiles", json=body)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        _attached(client, job_id)  # bpftrace's probes in, after tracemalloc's start
+        plan = client.get(f"/profiles/{job_id}").json()["metadata"]["plan"]
+        assert f"@__t[{py.pid}]" not in plan["program"], "the Python process is not bpftrace's"
+        for c in (native, py):
+            os.kill(c.host_pid, signal.SIGUSR1)
+        for c in (native, py):
+            _wait_log(c, "done")
+        assert client.delete(f"/profiles/{job_id}").status_code == 202
+        done = wait_done(client, job_id, timeout=180)
+        assert done["state"] == "succeeded", str(done["error"])[-3000:]
+        _nothing_left_in(py)
+    finally:
+        native.stop()
+        py.stop()
+    stacks = folded_total(client.get(f"/profiles/{job_id}/folded").text)
+    leaky = sum(n for s, n in stacks.items() if "leaky_work" in s.split(";"))
+    grown = _under(stacks, "grow_cache")
+    assert abs(leaky - ROUNDS * LEAKY_BYTES) <= 0.1 * ROUNDS * LEAKY_BYTES, leaky
+    assert abs(grown - PY_ROUNDS * PY_BLOCK) <= 0.1 * PY_ROUNDS * PY_BLOCK, grown
+    assert leaky + grown >= 0.9 * sum(stacks.values()), stacks
+    assert not any(s.startswith("python3.12;") and "[python]" not in s for s in stacks), stacks
+    assert "bpftrace_output" in done["links"]
 
 
 def test_discarded_leak_profile_leaves_nothing_in_the_target(
