@@ -298,6 +298,8 @@ class Target:
     """How the injections went in (thread, system call), for the metadata."""
     by_bytes: dict[str, int] = field(default_factory=dict)
     by_count: dict[str, int] = field(default_factory=dict)
+    injected: bool = False
+    """The start's code went in (tracing may run even if its status never came back)."""
     closed: bool = False
 
     @property
@@ -353,6 +355,7 @@ async def _start(t: Target, *, frames: int, deadline_s: float) -> None:
         if not said.get("ok"):
             t.message = str(said.get("error") or "the injection failed")
             return
+        t.injected = True
         t.entered["start"] = {k: said[k] for k in ("tid", "syscall") if k in said}
         text = await _wait_file(t, names["status"], wait_s=STATUS_WAIT_S, limit=64 * 1024)
         if text is None:
@@ -441,8 +444,11 @@ class Window:
             raise
 
     async def end(self, *, keep: bool) -> None:
+        # A target whose start went in but never said so (its status did not come back)
+        # may trace all the same: it is aborted, never left to its watchdog's deadline.
+        started = [t for t in self.targets if t.injected and not t.closed]
         try:
-            await asyncio.gather(*(_finish(t, keep=keep) for t in self.opened))
+            await asyncio.gather(*(_finish(t, keep=keep and t.open) for t in started))
         finally:
             for t in self.targets:
                 _active.discard(t.pid)
