@@ -41,10 +41,13 @@ the window's start (a snapshot taken then), net of what was freed.
 
 from __future__ import annotations
 
-import ast
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ast
 
 __all__ = [
     "DEFAULT_FRAMES",
@@ -428,6 +431,8 @@ class FunctionIndex:
     """The innermost function (or class body) holding each line of one source file."""
 
     def __init__(self, source: str) -> None:
+        import ast  # on first use: the idle agent does not carry the parser
+
         self._spans: list[tuple[int, int, str]] = []
         try:
             tree = ast.parse(source)
@@ -436,6 +441,8 @@ class FunctionIndex:
         self._walk(tree, "")
 
     def _walk(self, node: ast.AST, prefix: str) -> None:
+        import ast
+
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 name = f"{prefix}{child.name}"
