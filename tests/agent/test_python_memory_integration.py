@@ -350,6 +350,40 @@ def test_noexec_directories_fall_back_to_the_c_allocator_view(
         c.stop()
 
 
+@pytest.mark.parametrize(
+    ("flags", "why"),
+    [
+        ((), "not CPython with its C API exported"),
+        (("-static",), "statically linked (no dynamic loader"),
+    ],
+    ids=["not-cpython", "static"],
+)
+def test_a_python_that_cannot_be_entered_keeps_the_c_view(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path, flags: tuple[str, ...], why: str
+) -> None:
+    """A program called python3 that is not CPython (or is static): the plan says why and
+    keeps the C-allocator view for it."""
+    need("gcc")
+    src = tmp_path / "fake.c"
+    src.write_text(ALLOC_C)
+    binary = tmp_path / "python3"
+    subprocess.run(
+        ["gcc", *ALLOC_C_FLAGS, *flags, "-o", str(binary), str(src)], check=True, timeout=120
+    )
+    c = _ready(
+        pod.run("pyfake" + "".join(flags).strip("-"), ["/srv/python3"], files={"python3": binary})
+    )
+    try:
+        r = client.post("/profiles?dry_run=true", json={"pid": c.pid, "type": "leak"})
+        assert r.status_code == 200, r.text
+        mem = r.json()["plan"]["memory"]
+        assert mem["targets"][0]["runtime"] == "python", mem
+        assert mem["python"] is None and mem["targets"][0]["allocator"] in ("glibc", "static")
+        assert any(why in n and "the C-allocator view" in n for n in mem["notes"]), mem["notes"]
+    finally:
+        c.stop()
+
+
 def test_python_frames_option(pod: podsim.SimPod, client: httpx.Client) -> None:
     c = _app(pod, "pyframes", PY312)
     try:
