@@ -114,22 +114,34 @@ def capability(kind: str) -> dict[str, object]:
 # --- planning ---------------------------------------------------------------------
 
 
+def _euid(pid: int) -> int | None:
+    try:
+        text = (procfs.PROC / str(pid) / "status").read_text()
+        return int(procfs.parse_status(text)["Uid"].split()[1])
+    except (OSError, KeyError, IndexError, ValueError):
+        return None
+
+
 def _writable_dir(pid: int) -> tuple[str | None, str]:
-    """The first of the target's directories it can load a library from, or why none."""
+    """The first of the target's directories it can load a library from and write its
+    results into (as its own user), or why none."""
     said: list[str] = []
+    uid = _euid(pid)
     for d in pymem.DIRECTORIES:
         try:
             host = procfs.resolve_in_root(pid, d)
-            st = os.statvfs(host)
+            fs, st = os.statvfs(host), os.stat(host)
         except (NotFound, Invalid, OSError) as e:
             said.append(f"{d}: {getattr(e, 'strerror', None) or e}")
             continue
-        if st.f_flag & os.ST_RDONLY:
+        if fs.f_flag & os.ST_RDONLY:
             said.append(f"{d}: read-only")
-        elif st.f_flag & os.ST_NOEXEC:
+        elif fs.f_flag & os.ST_NOEXEC:
             said.append(f"{d}: noexec")
-        elif not os.path.isdir(host):
+        elif not stat.S_ISDIR(st.st_mode):
             said.append(f"{d}: not a directory")
+        elif not (uid == 0 or st.st_mode & 0o002 or (st.st_uid == uid and st.st_mode & 0o200)):
+            said.append(f"{d}: not writable by the process's user ({uid})")
         else:
             return d, ""
     return None, "; ".join(said)
