@@ -32,7 +32,7 @@ from tests.interpreters import PY38, PY311_DEBIAN, PY312, PY313
 
 pytestmark = pytest.mark.integration
 
-BUSY = "while True:\n    x = [bytearray(100) for _ in range(10)]\n"
+BUSY = 'print("ready", flush=True)\nwhile True:\n    x = [bytearray(100) for _ in range(10)]\n'
 
 
 @pytest.fixture(autouse=True)
@@ -312,9 +312,8 @@ def test_target_exiting_mid_window_says_so(pod: podsim.SimPod, client: httpx.Cli
 
 def test_no_safe_point_is_refused_with_a_message(pod: podsim.SimPod, client: httpx.Client) -> None:
     """One thread computing without pause never waits in a system call: not entered."""
-    c = pod.run("pybusy", [PY312, "-c", BUSY])
+    c = _ready(pod.run("pybusy", [PY312, "-c", BUSY]))
     try:
-        time.sleep(0.5)
         r = client.post("/profiles", json={"pid": c.pid, "type": "leak", "duration_s": 5})
         assert r.status_code == 202, r.text
         done = wait_done(client, r.json()["id"], timeout=120)
