@@ -38,6 +38,10 @@ BUSY = 'print("ready", flush=True)\nwhile True:\n    x = [bytearray(100) for _ i
 @pytest.fixture(autouse=True)
 def nothing_left(pod: podsim.SimPod, agent: podsim.AgentHandle) -> Iterator[None]:
     yield
+    # The agent's own short checks (bpftrace --version) may be ending: wait for them.
+    deadline = time.monotonic() + 15
+    while pod_processes(pod, "bpftrace") and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert pod_processes(pod, "bpftrace") == [], "a bpftrace process was left running"
     assert list(agent.data_dir.rglob("*.part")) == [], "half-written artifacts left behind"
     events = Path("/sys/kernel/tracing/uprobe_events")
