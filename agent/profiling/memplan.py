@@ -46,6 +46,14 @@ RUNTIME_NOTES: dict[str, str] = {
 }
 
 
+PYTHON_C_VIEW = (
+    "the C-allocator view (alloc: tracemalloc forgets freed blocks; leak: where Python "
+    "frames cannot be had, or python_frames 0): objects of 512 bytes or less come from "
+    "pymalloc's 256 KiB arenas, so arenas and large objects show under the interpreter's C "
+    "frames, not Python functions"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class MemoryTargetFacts:
     """What the memory planner needs of one target (the service gathers it)."""
@@ -121,7 +129,8 @@ def plan_memory(
             f"a memory profile watches at most {MAX_TARGETS} processes ({len(targets)} "
             "asked): name a pid, pids or a container"
         )
-    py = [t for t in targets if kind == "leak" and t.python_dir is not None]
+    # python_frames 0: the C-allocator view for Python processes too (asked for).
+    py = [t for t in targets if kind == "leak" and python_frames and t.python_dir is not None]
     usable = [t for t in targets if t.allocator is not None and t not in py]
     skipped = [
         f"pid {t.pid} ({t.comm}): {t.why_none}"
@@ -178,7 +187,7 @@ def plan_memory(
     notes += [
         f"pid {t.pid} ({t.comm}): no Python frames ({t.python_why}); the C-allocator view"
         for t in targets
-        if kind == "leak" and t.python_why and t.python_dir is None
+        if kind == "leak" and python_frames and t.python_why and t.python_dir is None
     ]
     if py:
         notes.append(
@@ -211,6 +220,8 @@ def plan_memory(
                 functions=list(t.allocator.functions) if t.allocator and t not in py else [],
                 sees=pymem.SEES
                 if t in py
+                else PYTHON_C_VIEW
+                if t.runtime == "python"
                 else RUNTIME_NOTES.get(t.runtime, RUNTIME_NOTES["native"]),
             )
             for t in sorted(targets, key=lambda t: t.pid)

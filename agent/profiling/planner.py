@@ -123,10 +123,11 @@ class ProfileOptions(BaseModel):
     )
     python_frames: int | None = Field(
         default=None,
-        ge=1,
+        ge=0,
         le=128,
         description="leak, Python processes: frames tracemalloc keeps per allocation "
-        "(default 16); its cost per allocation grows with it (bench/python_memory_bench.py)",
+        "(default 16; its cost per allocation grows with it: bench/python_memory_bench.py); "
+        "0: no Python frames, the C-allocator view (bpftrace) as for other runtimes",
     )
     python_native: bool = Field(
         default=False,
@@ -857,7 +858,9 @@ def _plan_memory(
         )
     mem, text = memplan.plan_memory(
         kind=kind,
-        python_frames=request.python_frames or pymem.DEFAULT_FRAMES,
+        python_frames=pymem.DEFAULT_FRAMES
+        if request.python_frames is None
+        else request.python_frames,
         targets=targets,
         pid_ns=pid_ns,
         duration_s=duration,

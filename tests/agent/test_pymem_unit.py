@@ -341,11 +341,16 @@ def test_plan_mixes_python_frames_and_the_c_allocator_view() -> None:
     a = _plan(ProfileRequest(type="alloc", pid=7), [_py(7)])
     assert a.memory is not None and a.memory.python is None and "@__t[7] = 1;" in a.program
     assert "tracemalloc forgets freed blocks" in a.memory.targets[0].sees
+    # python_frames 0: the C-allocator view asked for, for a process that could be entered.
+    c = _plan(ProfileRequest(type="leak", pid=7, python_frames=0), [_py(7)])
+    assert c.memory is not None and c.memory.python is None and "@__t[7] = 1;" in c.program
+    assert "pymalloc" in c.memory.targets[0].sees and c.memory.targets[0].allocator == "glibc"
 
 
 def test_python_frames_applies_to_leak_only() -> None:
     for req in (
         ProfileRequest(type="alloc", pid=7, python_frames=8),
+        ProfileRequest(type="alloc", pid=7, python_frames=0),
         ProfileRequest(type="cpu", pid=7, python_frames=8),
     ):
         with pytest.raises(Invalid, match="python_frames applies to leak"):

@@ -394,10 +394,16 @@ def test_python_frames_option(pod: podsim.SimPod, client: httpx.Client) -> None:
         r = client.post("/profiles?dry_run=true", json=body)
         assert r.status_code == 200, r.text
         assert r.json()["plan"]["memory"]["python"]["frames"] == 8
+        # 0: the C-allocator view for it, asked for (bpftrace probes it).
+        body = {"pid": c.pid, "type": "leak", "python_frames": 0}
+        r = client.post("/profiles?dry_run=true", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["plan"]["memory"]["python"] is None
+        assert r.json()["plan"]["memory"]["targets"][0]["allocator"] == "glibc"
         for bad in (
             {"type": "alloc", "python_frames": 8},
             {"type": "cpu", "python_frames": 8},
-            {"type": "leak", "python_frames": 0},
+            {"type": "leak", "python_frames": -1},
             {"type": "leak", "python_frames": 129},
         ):
             r = client.post("/profiles", json={"pid": c.pid, **bad})
