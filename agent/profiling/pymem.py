@@ -204,7 +204,11 @@ def _start():
     _thread_without_signals(watchdog)
 
 
-_start()
+# Whatever happens, nothing reaches the app's stderr (PyRun_SimpleString prints).
+try:
+    _start()
+except BaseException:
+    pass
 """
 
 _FINISH = r"""
@@ -258,14 +262,21 @@ def _finish():
             if state["started"] and tracemalloc.is_tracing():
                 tracemalloc.stop()
             text = FORMAT + "\nerror " + _error(e) + "\n"
-        if time.time() < GIVE_UP_AT:
-            _write(out, text)
+        try:
+            if time.time() < GIVE_UP_AT:  # else the agent stopped waiting: leave nothing
+                _write(out, text)
+        except BaseException:
+            pass
 
     _thread_without_signals(dump)
     state["lock"].release()
 
 
-_finish()
+# Whatever happens, nothing reaches the app's stderr (PyRun_SimpleString prints).
+try:
+    _finish()
+except BaseException:
+    pass
 """
 
 _ABORT = r"""
@@ -280,7 +291,11 @@ def _abort():
     state["lock"].release()
 
 
-_abort()
+# Whatever happens, nothing reaches the app's stderr (PyRun_SimpleString prints).
+try:
+    _abort()
+except BaseException:
+    pass
 """
 
 
