@@ -372,3 +372,19 @@ def test_a_thread_waiting_on_a_pipe_is_at_a_safe_point() -> None:
     finally:
         app.kill()
         app.wait()
+
+
+def test_an_end_without_a_start_says_so_in_its_file_and_prints_nothing() -> None:
+    token = _token()
+    out = f"/tmp/{pymem.file_names(token)['output']}"
+    finish = pymem.finish_code(token=token, directory="/tmp", give_up_at=time.time() + 60)
+    src = f"exec({finish!r})\nexec({pymem.abort_code(token=token)!r})\n"
+    try:
+        run = subprocess.run(
+            [sys.executable, "-W", "error", "-c", src], capture_output=True, text=True, timeout=60
+        )
+        said = pymem.parse_output(Path(out).read_text())
+    finally:
+        Path(out).unlink(missing_ok=True)
+    assert run.returncode == 0 and run.stdout == "" and run.stderr == "", run
+    assert "state is gone" in said.error, said
