@@ -16,8 +16,11 @@ create_probe, get_probe, probe_events, delete_probe
 create_session, get_session, delete_session, unknown_action
 list_traces, get_trace, trace_summary, delete_trace
 create_dump, list_dumps, get_dump, delete_dump, upload_perf_data, upload_trace
-create_heapdump, hprof_file, process_memory, recorder_memory
+process_memory, recorder_memory
 _agent_error, _tool_error, _invalid, _unexpected
+
+# Read by uvicorn: its server's main loop polls should_exit (agent/__main__.py sets it).
+_.should_exit
 
 # Pydantic: configuration and validators are read by the model machinery.
 model_config, _._check_loglevel, _._preset, _._power_of_two, _._unique
@@ -77,6 +80,9 @@ taken_at, DROP_REASONS
     requested_to,
 )
 samples_with_unresolved_frames
+# The .NET trace's and the dump's results (TraceResult, DumpResult), RssTrendView.
+(_.stop_error, _.recorded_s, _.parse_error, _.written_bytes)
+(stop_error, recorded_s, parse_error, written_bytes, growth_mib_per_min)
 # Memory snapshots (agent.memory._model) and the RSS triggers' view: answer fields.
 (
     swap_pss_bytes,

@@ -7,6 +7,8 @@ other containers' filesystems, listens on loopback only, and is reached through
 Layout (enforced by import-linter, see pyproject.toml)::
 
     agent.__main__             the command: logging, the server, signals
+    agent.boot                 the start-up: the port answers (and lttng-sessiond runs)
+                               before the app is loaded behind it
     agent.app                  the FastAPI application, its lifespan, CAPABILITIES
     agent.registry             the one shape of a capability (start, stop, capabilities,
                                busy) and how the app builds them from CAPABILITIES

@@ -57,30 +57,34 @@ def _get_healthz(port: int, *, timeout: float) -> str | None:
 
 
 def serve() -> None:
-    # Imported here so the healthcheck stays light (an exec probe runs it every few seconds).
+    # Imported here so the healthcheck stays light (an exec probe runs it every few
+    # seconds). Only what serving needs: the app itself loads behind the port (agent.boot).
     import uvicorn
 
-    from agent.app import create_app
-    from agent.auth import TokenConfigError
+    from agent.boot import Boot, tune_malloc
     from agent.settings import get_settings
     from servicelog import AccessLog, configure
+
+    tune_malloc()
 
     settings = get_settings()
     # Read once (cached above); not handed down to perf, bpftrace, lttng-sessiond...:
     # the children need no token, and a long-running one would hold it in its env.
     os.environ.pop("TRACECAR_AGENT_TOKEN", None)
     configure(level=settings.log_level, fmt=settings.log_format)
-    try:
-        app = create_app(settings)
-    except (TokenConfigError, OSError) as e:
-        # A token that cannot be used (or written) is a configuration error: say so
-        # and stop, rather than serve without one. The message never holds the token.
-        print(f"tracecar-agent: {e}", file=sys.stderr)
-        sys.exit(2)
+    server: uvicorn.Server | None = None
+
+    def request_exit() -> None:
+        # An idle agent ends itself as a clean exit (status 0, "Completed" in the pod),
+        # not by a signal that uvicorn would re-raise after its graceful shutdown.
+        if server is not None:
+            server.should_exit = True
+
+    boot = Boot(settings, request_exit=request_exit)
     server = uvicorn.Server(
         uvicorn.Config(
             # Outermost, so the access line has the status and time of every answer.
-            AccessLog(app, logger="agent.access"),
+            AccessLog(boot, logger="agent.access"),
             host=settings.host,
             port=settings.port,
             log_config=None,  # our handler, installed above, formats uvicorn's lines too
@@ -88,10 +92,9 @@ def serve() -> None:
             timeout_graceful_shutdown=15,
         )
     )
-    # An idle agent ends itself as a clean exit (status 0, "Completed" in the pod), not
-    # by a signal that uvicorn would re-raise after its graceful shutdown.
-    app.state.request_exit = lambda: setattr(server, "should_exit", True)
     server.run()
+    if boot.exit_status:
+        sys.exit(boot.exit_status)
 
 
 def main(argv: list[str] | None = None) -> None:

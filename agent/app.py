@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
@@ -76,7 +76,12 @@ CAPABILITIES: tuple[Registration, ...] = (
         ),
     ),
     Registration("probes", lambda c: probes.Service(c.settings, metrics=c.metrics)),
-    Registration("lttng", lambda c: lttng.Service(c.settings, metrics=c.metrics)),
+    Registration(
+        "lttng",
+        lambda c: lttng.Service(
+            c.settings, metrics=c.metrics, daemon=c.prestarted_as("lttng", lttng.SessionDaemon)
+        ),
+    ),
     Registration("stacks", lambda c: stacks.Stacks(timeout_s=c.settings.stack_timeout_s)),
     Registration("dotnet", lambda c: dotnet.Service(c.jobs, registry=c.metrics.registry)),
     Registration("memory", lambda c: memory.Service()),
@@ -144,7 +149,11 @@ async def _start_continuous(app: FastAPI) -> None:
         log.error("continuous profiling did not start", extra={"fields": {"error": e.detail}})
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, prestarted: Mapping[str, object] | None = None
+) -> FastAPI:
+    """The app. ``prestarted``: what the boot started before the app was loaded, by
+    capability name, for each to adopt (:mod:`agent.boot`)."""
     settings = settings or get_settings()
     activity = idle.Activity()
     # Fixed before anything is served: a token is required unless auth=none says otherwise.
@@ -158,7 +167,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     jobs = JobStore(settings.data_dir, max_storage_bytes=settings.max_storage_bytes)
     # Built here, started by the lifespan: /capabilities can describe them before it runs.
-    built = build_all(CAPABILITIES, Context(settings=settings, jobs=jobs, metrics=metrics))
+    built = build_all(
+        CAPABILITIES,
+        Context(settings=settings, jobs=jobs, metrics=metrics, prestarted=dict(prestarted or {})),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -7,9 +7,11 @@ module owns:
 * the state machine ``pending -> running -> succeeded | failed | cancelled``;
 * the job's typed result (``Job[R]``: a capability registers its pydantic model with
   :meth:`JobStore.register`, so ``job.json`` is read back as that model, not as a
-  dict of strings; kinds that register none keep a plain dict);
+  dict of strings), and :func:`later`, the field of a result that the job fills as
+  it goes and that the API shows only once it is filled;
 * running the job's coroutine as a task, turning any exception into a ``failed``
-  state with a message (never a silent death);
+  state with a message (never a silent death), and waiting for its end;
+* what every kind's view shows of a job (:func:`shown`);
 * atomic artifact writes (``*.part`` then rename: a reader never sees half a file);
 * storage limits: when the artifacts of all jobs exceed ``max_storage_bytes`` the
   oldest finished jobs are evicted; a running job's files never are;
@@ -31,9 +33,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeAlias, TypedDict, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from agent.errors import NotFound, TooMany
 
@@ -45,6 +48,9 @@ _PART = ".part"
 _RUNTIME = frozenset({"task", "stop_requested"})  # in memory only, never in job.json
 _JOB_ID = re.compile(r"[0-9a-f]{12}")  # what new_id() makes
 R = TypeVar("R")
+T = TypeVar("T")
+Later: TypeAlias = T | SkipJsonSchema[None]
+"""The type of a :func:`later` field: ``T`` once set; the schema says ``T`` (never null)."""
 
 
 @dataclass
@@ -54,7 +60,7 @@ class Job(Generic[R]):
     dir: Path
     params: dict[str, Any]
     result: R
-    """What the job found out: its kind's model (a dict for kinds that register none)."""
+    """What the job found out: its kind's model (``JobStore.register``)."""
     state: State = "pending"
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -90,8 +96,46 @@ class Job(Generic[R]):
         return d
 
 
-DictJob = Job[dict[str, Any]]
-"""A job of a kind whose result has no model yet (.NET traces, dumps): a plain dict."""
+class Shown(TypedDict):
+    """What every kind's view shows of a job (the view adds its kind's fields, links)."""
+
+    id: str
+    state: State
+    progress: float
+    error: str | None
+    created_at: float
+    finished_at: float | None
+
+
+def shown(job: Job[Any]) -> Shown:
+    return Shown(
+        id=job.id,
+        state=job.state,
+        progress=round(job.progress, 3),
+        error=job.error,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+    )
+
+
+async def ended(job: Job[Any]) -> bool:
+    """Wait for the job's end (a ``wait=true`` request); shielded, so a client that goes
+    away does not cancel the job. False when it never ran (no task)."""
+    if job.task is None:
+        return False
+    await asyncio.shield(job.task)
+    return True
+
+
+def _unset(value: object) -> bool:
+    return value is None
+
+
+def later(description: str) -> Any:
+    """A result field (typed ``Later[T]``) the job fills as it runs: None until then, and
+    left out of the JSON while it is None, so the answer names only what the job has
+    found out so far; a key's absence means "not yet" (as when results were dicts)."""
+    return Field(default=None, exclude_if=_unset, description=description)
 
 
 def new_id() -> str:

@@ -1,8 +1,9 @@
 """What the agent's OpenAPI document declares beyond the handlers' own types.
 
-Owns the typed error bodies (what :mod:`agent.errors` and the app's handlers
-send), the ``responses=`` declarations the routers attach to their routes (every
-status a route can answer, with its model and media types), and the 405 answer:
+Owns the path parameters routers share (a pid, a job id), the typed error bodies
+(what :mod:`agent.errors` and the app's handlers send), the ``responses=``
+declarations the routers attach to their routes (every status a route can answer,
+with its model and media types), and the 405 answer:
 ``Allow`` lists every method the document gives the path (Starlette names only
 the methods of the first route that matched it).
 
@@ -13,9 +14,9 @@ agent to keep this file and the routers honest.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.exception_handlers import http_exception_handler
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -68,6 +69,11 @@ _WHY: dict[int, str] = {
     503: "A tool or capability is not available here (see GET /capabilities)",
     504: "A tool did not finish within its timeout",
 }
+
+PidPath = Annotated[int, Path(ge=1, le=4_194_304)]
+"""A process id in a route's path (at most the kernel's largest pid_max)."""
+JobIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]
+"""A job's id in a route's path (the shape ``agent.jobs.new_id`` makes)."""
 
 Responses = dict[int | str, dict[str, Any]]
 _OBJECT = {"type": "object", "additionalProperties": True}

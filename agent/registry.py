@@ -50,6 +50,9 @@ class Context:
     jobs: JobStore
     metrics: Metrics
     built: dict[str, Capability] = field(default_factory=dict)
+    prestarted: dict[str, object] = field(default_factory=dict)
+    """What the boot started before the app was loaded, by capability name (the LTTng
+    session daemon: :mod:`agent.boot`), for that capability to adopt."""
 
     def get(self, name: str, kind: type[T]) -> T:
         """A capability registered earlier, as its own type (the triggers need the
@@ -58,6 +61,15 @@ class Context:
         if not isinstance(svc, kind):
             raise LookupError(f"capability {name!r} is not registered before its user")
         return svc
+
+    def prestarted_as(self, name: str, kind: type[T]) -> T | None:
+        """What the boot started for capability ``name``, as its own type, if anything."""
+        part = self.prestarted.get(name)
+        if part is None:
+            return None
+        if not isinstance(part, kind):
+            raise TypeError(f"prestarted {name!r} is a {type(part).__name__}, not {kind.__name__}")
+        return part
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     """The flight recorder's largest size bound (POST /recorder max_bytes), in memory."""
     max_triggers: int = Field(default=8, ge=1)
     """Triggers watching at once (POST /triggers)."""
+    async_profiler_lib: Path | None = None
+    """async-profiler's ``libasyncProfiler.so`` (linux-x64), copied into each JVM of an
+    alloc profile and loaded there for its Java methods (docs/memory.md). Unset: the
+    image's ``/opt/tracecar/lib/libasyncProfiler.so``, else the copy scripts/setup keeps in
+    ``/var/cache/tracecar/async-profiler/``."""
+    java_alloc_interval_bytes: int = Field(default=512 * 1024, ge=1024)
+    """alloc profiles of JVMs: Java heap bytes allocated per sample, on average
+    (async-profiler's ``alloc=``; its default, 512 KiB, costs next to nothing)."""
     debuginfod_urls: str = ""
     """Debuginfod servers for stripped native objects' debug files, space-separated (the
     standard ``DEBUGINFOD_URLS`` meaning); empty: none asked (docs/profiling.md)."""

@@ -20,15 +20,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, Literal
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import NoteSection, SymbolTableSection
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from agent import procfs
 from agent.errors import Invalid, NotFound
 from agent.symbolize.gopclntab import PclntabError, open_table
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -148,6 +148,9 @@ def _load(path: str, _identity: tuple[int, int, int, int]) -> ObjectSymbols:
     functions: dict[tuple[str, int], Symbol] = {}
     usdt: list[Symbol] = []
     segments: list[tuple[int, int, int]] = []
+    from elftools.elf.elffile import ELFFile  # on first use: ~3 MB of an idle agent
+    from elftools.elf.sections import NoteSection, SymbolTableSection
+
     with open(path, "rb") as f:
         elf = ELFFile(f)
         for seg in elf.iter_segments():
@@ -222,6 +225,8 @@ def object_symbols(host_path: Path, *, field: str = "binary") -> ObjectSymbols:
         ) from e
     if not is_elf(host_path):
         raise Invalid(f"{field}: {host_path.name} is not an ELF file", field=field)
+    from elftools.common.exceptions import ELFError
+
     try:
         return _load(str(host_path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
     except (ELFError, OSError, ValueError, struct.error) as e:

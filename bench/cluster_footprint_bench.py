@@ -68,33 +68,7 @@ def setup(images: bool) -> K.Kube:
         timeout=1800,
     )
     kube = K.Kube(lay.kubeconfig, lay.bin / "kubectl")
-    kube.run("apply", "-k", str(REPO / "deploy"), timeout=300)
-    kube.run(
-        "wait", "-n", "tracecar-system", "--for=condition=complete", "job/tracecar-certs",
-        "--timeout=300s", timeout=320,
-    )  # fmt: skip
-    # A reused cluster runs the webhook from the image loaded last time under the same
-    # tag: restart it on the one just loaded.
-    kube.run("rollout", "restart", "-n", "tracecar-system", "deploy/tracecar-webhook")
-    kube.run(
-        "rollout", "status", "-n", "tracecar-system", "deploy/tracecar-webhook",
-        "--timeout=300s", timeout=320,
-    )  # fmt: skip
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {
-                "name": K.NS,
-                "labels": {"pod-security.kubernetes.io/enforce": "privileged"},
-            },
-        }
-    )
-    K.wait_until(
-        lambda: kube.run("get", "sa", "default", "-n", K.NS, check=False).returncode == 0,
-        60,
-        "the namespace's default service account",
-    )
+    K.install(kube, timeout_s=300, restart_webhook=True)
     return kube
 
 

@@ -19,7 +19,6 @@ parsing smaps, printed apart).
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import subprocess
@@ -34,19 +33,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agent.memory import _parse  # noqa: E402
+from bench._common import running_agent  # noqa: E402
 from tests.agent.memory_snapshot_workloads import MAPS_C, PY_CACHE, build_hog  # noqa: E402
 from tests.interpreters import PY312  # noqa: E402
 
 TOKEN = "memory-bench-token-0123456789"  # a throwaway, local
 _SAFEPOINT = re.compile(r'Safepoint "(\w+)".*At safepoint: (\d+) ns')
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def timed(client: httpx.Client, path: str, **params: str) -> float:
@@ -78,26 +70,9 @@ def main() -> None:
     (tmp / "maps.c").write_text(MAPS_C)
     binary = tmp / "maps"
     subprocess.run(["gcc", "-O2", "-o", str(binary), str(tmp / "maps.c")], check=True)
-    port = free_port()
-    env = {
-        **os.environ,
-        "TRACECAR_AGENT_PORT": str(port),
-        "TRACECAR_AGENT_DATA_DIR": str(tmp / "data"),
-        "TRACECAR_AGENT_LTTNG_START_SESSIOND": "false",
-        "TRACECAR_AGENT_INSTANCE_ID": f"bench{port}",
-        "TRACECAR_AGENT_TOKEN": TOKEN,
-    }
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent"], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", timeout=120,
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        ) as client:  # fmt: skip
-            wait_for(lambda: _up(client), 30, "the agent")
+        with running_agent(tmp / "data", token=TOKEN, timeout=120) as (_agent, client):
             app = subprocess.Popen([str(binary), "200"])
             procs.append(app)
             wait_for(lambda: _mappings(app.pid) >= 200, 10, "200 mappings")
@@ -108,16 +83,7 @@ def main() -> None:
         for p in procs:
             p.kill()
             p.wait()
-        agent.terminate()
-        agent.wait(30)
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
-
-
-def _up(client: httpx.Client) -> bool:
-    try:
-        return client.get("/healthz").status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _mappings(pid: int) -> int:

@@ -27,29 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.profiling.planner import Limits, ProfileRequest, TargetFacts, plan
+from bench._common import build_work
 from tests.interpreters import PY312
-
-WORK_C = r"""
-#include <stdint.h>
-#include <stdio.h>
-#include <time.h>
-volatile uint64_t sink;
-__attribute__((noinline)) uint64_t step(volatile uint64_t n) {
-    uint64_t s = 0;
-    for (uint64_t i = 0; i < n; i++) s += (i * i) ^ (s >> 3);
-    return s;
-}
-static double now(clockid_t c) {
-    struct timespec t; clock_gettime(c, &t); return t.tv_sec + t.tv_nsec / 1e9;
-}
-int main(int argc, char **argv) {
-    char go; if (fread(&go, 1, 1, stdin) != 1) return 1;   /* start when told */
-    double w = now(CLOCK_MONOTONIC), c = now(CLOCK_PROCESS_CPUTIME_ID);
-    for (int k = 0; k < 1000; k++) sink += step(2000000);
-    printf("%f %f\n", now(CLOCK_MONOTONIC) - w, now(CLOCK_PROCESS_CPUTIME_ID) - c);
-    return 0;
-}
-"""
 
 WORK_PY = r"""
 import sys, time
@@ -121,11 +100,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=5)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="overhead-", dir="/var/tmp"))
-    (tmp / "work.c").write_text(WORK_C)
-    subprocess.run(
-        ["gcc", "-O2", "-fno-omit-frame-pointer", "-o", str(tmp / "work"), str(tmp / "work.c")],
-        check=True,
-    )
+    build_work(tmp)
     (tmp / "work.py").write_text(WORK_PY)
     scenarios = [
         ("C, fp call graphs", [str(tmp / "work")], {},

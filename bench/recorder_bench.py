@@ -22,8 +22,6 @@ default), and the lag ``GET /recorder`` reports, polled every 0.25 s (target: un
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,30 +32,6 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-
-WORK_C = r"""
-#include <stdint.h>
-#include <stdio.h>
-#include <time.h>
-volatile uint64_t sink;
-__attribute__((noinline)) uint64_t step(volatile uint64_t n) {
-    uint64_t s = 0;
-    for (uint64_t i = 0; i < n; i++) s += (i * i) ^ (s >> 3);
-    return s;
-}
-static double now(clockid_t c) {
-    struct timespec t; clock_gettime(c, &t); return t.tv_sec + t.tv_nsec / 1e9;
-}
-int main(int argc, char **argv) {
-    int rounds = argc > 1 ? atoi(argv[1]) : 1000;
-    char go; if (fread(&go, 1, 1, stdin) != 1) return 1;   /* start when told */
-    double w = now(CLOCK_MONOTONIC), c = now(CLOCK_PROCESS_CPUTIME_ID);
-    for (int k = 0; rounds == 0 || k < rounds; k++) sink += step(2000000);
-    printf("%f %f\n", now(CLOCK_MONOTONIC) - w, now(CLOCK_PROCESS_CPUTIME_ID) - c);
-    return 0;
-}
-""".replace("#include <time.h>", "#include <time.h>\n#include <stdlib.h>")
-
 
 WORK_PY = r"""
 import sys, time
@@ -78,31 +52,10 @@ while rounds == 0 or k < rounds:
 print(f"{time.monotonic() - w} {time.process_time() - c}", flush=True)
 """
 sys.path.insert(0, str(REPO))  # run as a script: the repository's tests package
+from bench._common import build_work, proc_cpu_s, rss_mb, running_agent  # noqa: E402
 from tests.interpreters import PY312  # noqa: E402
 
 BENCH_TOKEN = "recorder-bench-token-0123456789"  # a throwaway, local
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def proc_cpu_s(pid: int, *, children: bool = False) -> float:
-    """utime + stime (and, with ``children``, those of its reaped children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def run_once(app: list[str], client: httpx.Client, *, recorded: bool) -> tuple[float, float]:
@@ -146,41 +99,10 @@ def main() -> None:
     ap.add_argument("--only", choices=("c", "python"), help="one app only")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="recorder-", dir="/var/tmp"))
-    (tmp / "work.c").write_text(WORK_C)
-    binary = tmp / "work"
-    subprocess.run(
-        ["gcc", "-O2", "-fno-omit-frame-pointer", "-o", str(binary), str(tmp / "work.c")],
-        check=True,
-    )
-    port = free_port()
-    env = {
-        **os.environ,
-        "TRACECAR_AGENT_PORT": str(port),
-        "TRACECAR_AGENT_DATA_DIR": str(tmp / "data"),
-        "TRACECAR_AGENT_LTTNG_START_SESSIOND": "false",
-        "TRACECAR_AGENT_INSTANCE_ID": f"bench{port}",
-        "TRACECAR_AGENT_TOKEN": BENCH_TOKEN,
-    }
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent"], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    binary = build_work(tmp)
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
     try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            timeout=60,
-            headers={"Authorization": f"Bearer {BENCH_TOKEN}"},
-        ) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "the agent did not start"
-                time.sleep(0.2)
+        with running_agent(tmp / "data", token=BENCH_TOKEN) as (agent, client):
             if args.rss:
                 measure_rss([str(binary), "0"], client, agent.pid, args)
                 return
@@ -200,8 +122,6 @@ def main() -> None:
                     continue
                 measure(name, work, soak, client, agent.pid, args)
     finally:
-        agent.terminate()
-        agent.wait(30)
         for b in busy:
             b.kill()
             b.wait()

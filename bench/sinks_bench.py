@@ -20,7 +20,6 @@ Same run, same apps, the agent's own process measured (CPU from /proc, RSS):
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.recorder_bench import WORK_C, free_port, proc_cpu_s, rss_mb  # noqa: E402
+from bench._common import build_work, proc_cpu_s, rss_mb, running_agent  # noqa: E402
 from tests.stores import Pyroscope, store_binary  # noqa: E402
 
 PY_LOOP = "import sys\nsys.stdin.read(1)\nwhile True:\n    sum(i * i for i in range(10000))\n"
@@ -121,48 +120,26 @@ def main() -> None:
     ap.add_argument("--outage", type=float, default=60.0)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sinks-bench-", dir="/var/tmp"))
-    (tmp / "work.c").write_text(WORK_C)
-    binary = tmp / "work"
-    subprocess.run(
-        ["gcc", "-O2", "-fno-omit-frame-pointer", "-o", str(binary), str(tmp / "work.c")],
-        check=True,
-    )
+    binary = build_work(tmp)
     store = Pyroscope(store_binary("pyroscope"), tmp / "pyroscope")
     store.start(timeout=180)
-    port = free_port()
-    env = {
-        **os.environ,
-        "TRACECAR_AGENT_PORT": str(port),
-        "TRACECAR_AGENT_AUTH": "none",
-        "TRACECAR_AGENT_DATA_DIR": str(tmp / "data"),
-        "TRACECAR_AGENT_LTTNG_START_SESSIOND": "false",
-        "TRACECAR_AGENT_INSTANCE_ID": f"bench{port}",
-        "TRACECAR_AGENT_PYROSCOPE_URL": store.url,
-        "TRACECAR_AGENT_SERVICE_NAME": "bench/sinks",
-    }
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent"], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     apps = [
         subprocess.Popen([str(binary), "0"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL),
         subprocess.Popen([sys.executable, "-c", PY_LOOP], stdin=subprocess.PIPE),
     ]
+    settings = {
+        "TRACECAR_AGENT_PYROSCOPE_URL": store.url,
+        "TRACECAR_AGENT_SERVICE_NAME": "bench/sinks",
+    }
     try:
         for a in apps:
             assert a.stdin is not None
             a.stdin.write(b"g")
             a.stdin.flush()
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "the agent did not start"
-                time.sleep(0.2)
+        with running_agent(tmp / "data", token=None, env=settings, stop_wait=60) as (
+            agent,
+            client,
+        ):
             pids = [a.pid for a in apps]
             print("continuous profiling at 19 Hz, pushed every 15 s; two busy apps (C, Python)")
             base = phase(client, agent.pid, pids, push=False, soak=args.soak)
@@ -173,8 +150,6 @@ def main() -> None:
         for a in apps:
             a.kill()
             a.wait()
-        agent.terminate()
-        agent.wait(60)
         store.stop()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
 

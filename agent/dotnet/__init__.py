@@ -11,10 +11,12 @@ from agent.dotnet._model import (
     Preset,
     ProcessInfoAnswer,
     ProviderSpec,
+    ProviderUsed,
     TraceRequest,
+    TraceResult,
     TraceSummary,
 )
-from agent.dotnet._service import KIND, TRACE_FILE, Service, require_dotnet
+from agent.dotnet._service import KIND, TRACE_FILE, Service, TraceJob, require_dotnet
 
 __all__ = [
     "KIND",
@@ -23,8 +25,11 @@ __all__ = [
     "Preset",
     "ProcessInfoAnswer",
     "ProviderSpec",
+    "ProviderUsed",
     "Service",
+    "TraceJob",
     "TraceRequest",
+    "TraceResult",
     "TraceSummary",
     "require_dotnet",
 ]

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from agent.errors import Invalid
+from agent.jobs import Later, later
 
 RUNTIME = "Microsoft-Windows-DotNETRuntime"
 RUNTIME_PRIVATE = "Microsoft-Windows-DotNETRuntimePrivate"
@@ -170,6 +171,30 @@ def resolve(spec: ProviderSpec, index: int) -> tuple[str, int, int, str]:
     if not 0 <= level <= 5:
         raise Invalid(f"{where}.level must be 0-5 (5: verbose)", field=f"{where}.level")
     return spec.name, kw, level, spec.filter
+
+
+class ProviderUsed(BaseModel):
+    """A provider as the session asked the runtime for it (duplicates merged)."""
+
+    name: str
+    keywords: str = Field(description="the keyword mask, in hex (0x...)")
+    level: int = Field(description="0 (log always) to 5 (verbose)")
+    filter: str = Field(description="the provider's filter arguments (empty: none)")
+
+
+class TraceResult(BaseModel):
+    """A trace job's result (``Job[TraceResult]``), filled as it runs: each field shows
+    once known (the session at the start; the counts when it ends)."""
+
+    session_id: Later[int] = later("the EventPipe session's id (the runtime's)")
+    providers: Later[list[ProviderUsed]] = later("what the session enabled")
+    cut: Later[str] = later("the stream passed the size limit: cut there (still readable)")
+    stop_error: Later[str] = later("StopTracing failed (the stream ended by itself then)")
+    bytes: Later[int] = later("the .nettrace's size")
+    recorded_s: Later[float] = later("seconds from the start to the end of the stream")
+    parse_error: Later[str] = later("the agent's reader could not read the stream (no summary)")
+    events: Later[int] = later("events in the stream (the summary has them by name)")
+    complete: Later[bool] = later("the stream's end marker was read")
 
 
 class EventCount(BaseModel):

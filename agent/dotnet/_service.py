@@ -31,18 +31,21 @@ from agent.dotnet._model import (
     CounterValue,
     EventCount,
     ProcessInfoAnswer,
+    ProviderUsed,
     TraceRequest,
+    TraceResult,
     TraceSummary,
     event_name,
     preset_providers,
     resolve,
 )
 from agent.errors import Conflict, Invalid, NotFound
-from agent.jobs import DictJob, JobStore, atomic_path, write_atomic
+from agent.jobs import Job, JobStore, atomic_path, write_atomic
 
 log = logging.getLogger(__name__)
 
 KIND = "dotnet-trace"
+TraceJob = Job[TraceResult]
 TRACE_FILE = "trace.nettrace"
 MAX_TRACE_BYTES = 1 << 30
 """A session's stream beyond this is cut (the file stays readable up to there)."""
@@ -232,6 +235,7 @@ class Service:
         metrics_every_s: float = METRICS_EVERY_S,
     ) -> None:
         self.jobs = jobs
+        jobs.register(KIND, TraceResult)  # job.json's result is read back as the model
         self.max_running = max_running
         self.metrics_every_s = metrics_every_s
         self._poller: asyncio.Task[None] | None = None
@@ -329,13 +333,13 @@ class Service:
             merged[name] = _ipc.Provider(name, kw, level, flt)
         return list(merged.values())
 
-    async def start_trace(self, pid: int, req: TraceRequest) -> DictJob:
+    async def start_trace(self, pid: int, req: TraceRequest) -> TraceJob:
         info = await asyncio.to_thread(require_dotnet, pid)
         providers = self.providers(req)
-        job: DictJob = self.jobs.create(
+        job: TraceJob = self.jobs.create(
             KIND,
             {"pid": pid, "request": req.model_dump(), "runtime_version": info.runtime_version},
-            result={},
+            result=TraceResult(),
             max_running=self.max_running,
         )
         # The session starts before the answer: a refusal (no socket, an unsupported
@@ -348,13 +352,13 @@ class Service:
         except BaseException:
             await self.jobs.delete(job)
             raise
-        job.result["session_id"] = session
-        job.result["providers"] = [
-            {"name": p.name, "keywords": f"0x{p.keywords:x}", "level": p.level, "filter": p.filter}
+        job.result.session_id = session
+        job.result.providers = [
+            ProviderUsed(name=p.name, keywords=f"0x{p.keywords:x}", level=p.level, filter=p.filter)
             for p in providers
         ]
 
-        async def work(job: DictJob) -> None:
+        async def work(job: TraceJob) -> None:
             await self._record(job, info, conn, session, req.duration_s)
 
         self.jobs.start(job, work)
@@ -362,7 +366,7 @@ class Service:
 
     async def _record(
         self,
-        job: DictJob,
+        job: TraceJob,
         info: procfs.ProcessInfo,
         conn: _ipc.Connection,
         session: int,
@@ -383,7 +387,7 @@ class Service:
                             if not chunk:
                                 return
                             if written + len(chunk) > MAX_TRACE_BYTES:
-                                job.result["cut"] = f"at {MAX_TRACE_BYTES} bytes"
+                                job.result.cut = f"at {MAX_TRACE_BYTES} bytes"
                                 return
                             out.write(chunk)
                             written += len(chunk)
@@ -397,7 +401,7 @@ class Service:
                             await _ipc.stop_session(info.pid, session)
                             stopped = True
                         except _ipc.IpcError as e:
-                            job.result["stop_error"] = str(e)
+                            job.result.stop_error = str(e)
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(asyncio.shield(reader), 60)
                     reader.cancel()
@@ -413,25 +417,25 @@ class Service:
                 with contextlib.suppress(_ipc.IpcError, OSError):
                     await asyncio.wait_for(_ipc.stop_session(info.pid, session), 5)
             await conn.close()
-        job.result["bytes"] = written
-        job.result["recorded_s"] = round(time.monotonic() - started, 3)
+        job.result.bytes = written
+        job.result.recorded_s = round(time.monotonic() - started, 3)
         data = await asyncio.to_thread(final.read_bytes)
         try:
             summary = await asyncio.to_thread(summarize, data)
         except _nettrace.NettraceError as e:
-            job.result["parse_error"] = str(e)
+            job.result.parse_error = str(e)
         else:
             write_atomic(job.artifact("summary.json"), summary.model_dump_json())
-            job.result["events"] = summary.events
-            job.result["complete"] = summary.complete
+            job.result.events = summary.events
+            job.result.complete = summary.complete
 
-    def get(self, job_id: str) -> DictJob:
+    def get(self, job_id: str) -> TraceJob:
         return self.jobs.get(KIND, job_id)
 
-    def list(self) -> list[DictJob]:
+    def list(self) -> list[TraceJob]:
         return self.jobs.of_kind(KIND)
 
-    def summary(self, job: DictJob) -> TraceSummary:
+    def summary(self, job: TraceJob) -> TraceSummary:
         path = job.artifact("summary.json")
         if not job.finished:
             raise Conflict(f"trace {job.id} is {job.state}: its summary comes when it ends")
@@ -439,7 +443,7 @@ class Service:
             raise NotFound(f"trace {job.id} has no summary ({job.error or 'not parsed'})")
         return TraceSummary.model_validate_json(path.read_bytes())
 
-    def trace_file(self, job: DictJob) -> Path:
+    def trace_file(self, job: TraceJob) -> Path:
         path = job.artifact(TRACE_FILE)
         if not job.finished:
             raise Conflict(f"trace {job.id} is {job.state}: download it when it ends")
@@ -447,7 +451,7 @@ class Service:
             raise NotFound(f"trace {job.id} has no .nettrace ({job.error or 'nothing recorded'})")
         return path
 
-    async def delete(self, job: DictJob) -> None:
+    async def delete(self, job: TraceJob) -> None:
         await self.jobs.delete(job)
 
     # --- counters -------------------------------------------------------------
@@ -531,7 +535,7 @@ def parse_process_info(body: bytes) -> ProcessInfoAnswer:
 
 
 async def _wait_or_progress(
-    reader: asyncio.Task[None], job: DictJob, *, duration_s: float, started: float
+    reader: asyncio.Task[None], job: TraceJob, *, duration_s: float, started: float
 ) -> bool:
     """Wait out the duration (or a stop request) with progress; True when the stream
     ended first (the process exited)."""

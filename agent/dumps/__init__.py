@@ -4,24 +4,32 @@ jattach, gdb's gcore for the rest): the public surface the app and routers use (
 
 from agent.dumps._service import (
     CORE,
+    FILES,
     HPROF,
     KIND,
     DumpFormat,
+    DumpJob,
     DumpRequest,
+    DumpResult,
     DumpType,
     Estimate,
     Service,
     format_of,
+    link,
 )
 
 __all__ = [
     "CORE",
+    "FILES",
     "HPROF",
     "KIND",
     "DumpFormat",
+    "DumpJob",
     "DumpRequest",
+    "DumpResult",
     "DumpType",
     "Estimate",
     "Service",
     "format_of",
+    "link",
 ]

@@ -30,12 +30,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from agent import _proc, memory, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
-from agent.jobs import DictJob, JobStore
+from agent.jobs import Job, JobStore, Later, later
 
 KIND = "dump"
 CORE = "core"
 HPROF = "heap.hprof"
 DumpFormat = Literal["core", "hprof"]
+FILES: dict[DumpFormat, str] = {"core": CORE, "hprof": HPROF}
+"""Each format's file in the job's directory (and the name of its download link)."""
 _HPROF_DONE = re.compile(r"Heap dump file created \[(\d+) bytes")
 DumpType = Literal["mini", "heap", "full"]
 RESERVE_BYTES = 64 << 20
@@ -77,6 +79,21 @@ class Estimate(BaseModel):
     limit_bytes: int = Field(description="the agent's storage limit")
 
 
+class DumpResult(BaseModel):
+    """A dump job's result (``Job[DumpResult]``), filled as it runs: each field shows
+    once known (the estimate at the start; the size and time when written)."""
+
+    estimate: Later[Estimate] = later("the size expected, and the room there is")
+    argv: Later[list[str]] = later("the writer's command line")
+    written_bytes: Later[int] = later("bytes written so far (the last look)")
+    output: Later[str] = later("the writer's own words (its last 4000 characters)")
+    bytes: Later[int] = later("the dump's size, written")
+    seconds: Later[float] = later("how long the writing took")
+
+
+DumpJob = Job[DumpResult]
+
+
 def estimate(maps: str, threads: int, dump_type: DumpType) -> int:
     """An upper bound of the dump's size from the process's mappings.
 
@@ -114,6 +131,7 @@ class Service:
     ) -> None:
         self.memory = memory_service
         self.jobs = jobs
+        jobs.register(KIND, DumpResult)  # job.json's result is read back as the model
         self.max_storage_bytes = max_storage_bytes
         self.disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
         self.max_running = max_running
@@ -271,7 +289,7 @@ class Service:
                 estimate=est.model_dump(),
             )
 
-    async def create(self, pid: int, req: DumpRequest) -> DictJob:
+    async def create(self, pid: int, req: DumpRequest) -> DumpJob:
         info = await asyncio.to_thread(procfs.process_info, pid)
         java_bytes = None
         if info.runtime == "java" and req.type in (None, "heap") and self.memory is not None:
@@ -283,64 +301,43 @@ class Service:
             self.plan, pid, req, java_bytes=java_bytes
         )
         fmt: DumpFormat = "hprof" if argv[2:3] == ["dumpheap"] else "core"
-        job: DictJob = self.jobs.create(
+        job: DumpJob = self.jobs.create(
             KIND,
             {"pid": pid, "type": dump_type, "writer": writer, "format": fmt},
-            result={},
+            result=DumpResult(estimate=est),
             max_running=self.max_running,
         )
-        job.result["estimate"] = est.model_dump()
 
-        async def work(job: DictJob) -> None:
+        async def work(job: DumpJob) -> None:
+            started = time.monotonic()
             if fmt == "hprof":
                 await self._write_hprof(job, pid, argv, est)
             else:
-                await self._write(job, pid, argv, dump_type, est)
+                await self._write_core(job, pid, argv, est)
+            job.result.bytes = job.artifact(FILES[fmt]).stat().st_size
+            job.result.seconds = round(time.monotonic() - started, 2)
 
         self.jobs.start(job, work)
         return job
 
-    async def _write(
-        self, job: DictJob, pid: int, argv: list[str], dump_type: DumpType, est: Estimate
-    ) -> None:
+    async def _write_core(self, job: DumpJob, pid: int, argv: list[str], est: Estimate) -> None:
+        """gcore or createdump writes into the job's directory (a ``.part`` until done)."""
         final = job.artifact(CORE)
         part = final.with_name(CORE + ".part")
         if argv[0] == "gdb":
             argv = [*argv, "-ex", f"gcore {part}", "-ex", "detach"]
         else:
             argv = [*argv, str(part)]
-        job.result["argv"] = argv
-        # Stop short of filling the volume: the estimate can be wrong.
-        ceiling = min(est.free_bytes - RESERVE_BYTES, self.max_storage_bytes)
-        started = time.monotonic()
-        child = await _proc.Child.start(argv)
-        out_task = asyncio.create_task(_proc.drain_tail(child.proc.stdout))
-        err_task = asyncio.create_task(_proc.drain_tail(child.proc.stderr))
+        tool = os.path.basename(argv[0])
         ok = False
         try:
-            while child.returncode is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(child.wait()), 0.5)
-                size = _size(part)
-                job.progress = min(0.99, size / est.bytes) if est.bytes else 0.0
-                job.result["written_bytes"] = size
-                if size > ceiling:
-                    raise Conflict(
-                        f"the dump passed {_mb(ceiling)} (free space and the storage limit "
-                        "allow no more): stopped and removed"
-                    )
-                if time.monotonic() - started > TIMEOUT_S:
-                    raise _proc.ToolTimeout(
-                        f"{os.path.basename(argv[0])} did not finish within {TIMEOUT_S:g} s",
-                        argv=argv,
-                    )
-            rc = child.returncode
-            out = (await out_task).decode(errors="replace")
-            err = (await err_task).decode(errors="replace")
-            job.result["output"] = (out + err)[-4000:]
-            if rc != 0 or not part.exists() or _size(part) == 0:
+            # Stop short of filling the volume: the estimate can be wrong.
+            ceiling = min(est.free_bytes - RESERVE_BYTES, self.max_storage_bytes)
+            rc, out, err = await self._watched(job, argv, part, ceiling, share=1.0, name=tool)
+            job.result.output = (out + err)[-4000:]
+            if rc != 0 or _size(part) == 0:
                 raise _proc.ToolFailed(
-                    f"{os.path.basename(argv[0])} failed: {_proc.tool_message(err or out, rc)}",
+                    f"{tool} failed: {_proc.tool_message(err or out, rc)}",
                     argv=argv,
                     returncode=rc,
                     stderr=err,
@@ -348,20 +345,14 @@ class Service:
             os.replace(part, final)
             ok = True
         finally:
-            if child.returncode is None:
-                await child.stop(signal.SIGKILL, grace=0)
-            for t in (out_task, err_task):
-                t.cancel()
             # A writer killed mid-attach can leave the target stopped: let it run again.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGCONT)
             if not ok:
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()
-        job.result["bytes"] = final.stat().st_size
-        job.result["seconds"] = round(time.monotonic() - started, 2)
 
-    async def _write_hprof(self, job: DictJob, pid: int, argv: list[str], est: Estimate) -> None:
+    async def _write_hprof(self, job: DumpJob, pid: int, argv: list[str], est: Estimate) -> None:
         """The JVM writes into its own /tmp; its file is watched (progress, the ceiling),
         then moved into the job's directory. The JVM finishes a dump it has started even
         if jattach is killed: on failure its file is unlinked (the space comes back when
@@ -371,38 +362,19 @@ class Service:
         final = job.artifact(HPROF)
         part = final.with_name(HPROF + ".part")
         argv = [*argv[:3], f"/tmp/{name}", *argv[3:]]
-        job.result["argv"] = argv
-        ceiling = min(
-            est.free_bytes - RESERVE_BYTES,
-            self.max_storage_bytes,
-            self.disk_free(in_app.parent) - RESERVE_BYTES,
-        )
-        started = time.monotonic()
-        child = await _proc.Child.start(argv)
-        out_task = asyncio.create_task(_proc.drain_tail(child.proc.stdout))
-        err_task = asyncio.create_task(_proc.drain_tail(child.proc.stderr))
         ok = False
         try:
-            while child.returncode is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(child.wait()), 0.5)
-                size = _size(in_app)
-                job.progress = min(0.9, 0.9 * size / est.bytes) if est.bytes else 0.0
-                job.result["written_bytes"] = size
-                if size > ceiling:
-                    raise Conflict(
-                        f"the heap dump passed {_mb(ceiling)} (free space and the storage "
-                        "limit allow no more): stopped and removed"
-                    )
-                if time.monotonic() - started > TIMEOUT_S:
-                    raise _proc.ToolTimeout(
-                        f"jattach dumpheap did not finish within {TIMEOUT_S:g} s", argv=argv
-                    )
-            rc = child.returncode
-            out = (await out_task).decode(errors="replace")
-            err = (await err_task).decode(errors="replace")
+            ceiling = min(
+                est.free_bytes - RESERVE_BYTES,
+                self.max_storage_bytes,
+                self.disk_free(in_app.parent) - RESERVE_BYTES,
+            )
+            # The move into the job's directory is the last tenth of the job.
+            rc, out, err = await self._watched(
+                job, argv, in_app, ceiling, share=0.9, name="jattach dumpheap"
+            )
             said = memory_answer(out + err)
-            job.result["output"] = said[-4000:]
+            job.result.output = said[-4000:]
             # jattach exits 0 whatever the JVM answered: its words say whether it wrote.
             if rc != 0 or _HPROF_DONE.search(out) is None or not in_app.exists():
                 raise _proc.ToolFailed(
@@ -417,43 +389,81 @@ class Service:
             os.replace(part, final)
             ok = True
         finally:
-            if child.returncode is None:
-                await child.stop(signal.SIGKILL, grace=0)
-            for t in (out_task, err_task):
-                t.cancel()
             for leftover in (in_app, *(() if ok else (part,))):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
         job.progress = 1.0
-        job.result["bytes"] = final.stat().st_size
-        job.result["seconds"] = round(time.monotonic() - started, 2)
 
-    async def delete(self, job: DictJob) -> None:
+    async def _watched(
+        self, job: DumpJob, argv: list[str], file: Path, ceiling: int, *, share: float, name: str
+    ) -> tuple[int, str, str]:
+        """Run a dump writer while watching the ``file`` it writes: its size against the
+        estimate is the job's progress (up to ``share``), past ``ceiling`` it is stopped
+        (409), past :data:`TIMEOUT_S` too (504). Its exit status, stdout and stderr; it
+        is killed if anything fails while it runs (the caller removes the file)."""
+        job.result.argv = argv
+        est = job.result.estimate
+        expected = est.bytes if est is not None else 0
+        started = time.monotonic()
+        child = await _proc.Child.start(argv)
+        out_task = asyncio.create_task(_proc.drain_tail(child.proc.stdout))
+        err_task = asyncio.create_task(_proc.drain_tail(child.proc.stderr))
+        try:
+            while child.returncode is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(child.wait()), 0.5)
+                size = _size(file)
+                job.progress = share * min(0.99, size / expected) if expected else 0.0
+                job.result.written_bytes = size
+                if size > ceiling:
+                    raise Conflict(
+                        f"the dump passed {_mb(ceiling)} (free space and the storage limit "
+                        "allow no more): stopped and removed"
+                    )
+                if time.monotonic() - started > TIMEOUT_S:
+                    raise _proc.ToolTimeout(
+                        f"{name} did not finish within {TIMEOUT_S:g} s", argv=argv
+                    )
+            rc = child.returncode
+            out = (await out_task).decode(errors="replace")
+            err = (await err_task).decode(errors="replace")
+            return rc, out, err
+        finally:
+            if child.returncode is None:
+                await child.stop(signal.SIGKILL, grace=0)
+            for t in (out_task, err_task):
+                t.cancel()
+
+    async def delete(self, job: DumpJob) -> None:
         await self.jobs.delete(job)
 
-    def get(self, job_id: str) -> DictJob:
+    def get(self, job_id: str) -> DumpJob:
         return self.jobs.get(KIND, job_id)
 
-    def list(self) -> list[DictJob]:
+    def list(self) -> list[DumpJob]:
         return self.jobs.of_kind(KIND)
 
-    def core_file(self, job: DictJob, *, fmt: DumpFormat = "core") -> Path:
+    def dump_file(self, job: DumpJob, *, fmt: DumpFormat) -> Path:
         """The dump's file; 404 naming the right link when it is the other format."""
         have = format_of(job)
         if have != fmt:
-            link = f"/dumps/{job.id}/" + ("heap.hprof" if have == "hprof" else "core")
             what = "a Java heap dump (.hprof)" if have == "hprof" else "a core dump"
-            raise NotFound(f"dump {job.id} is {what}: download it from {link}")
+            raise NotFound(f"dump {job.id} is {what}: download it from {link(job, have)}")
         if not job.finished:
             raise Conflict(f"dump {job.id} is {job.state}: download it when it is written")
-        path = job.artifact(HPROF if fmt == "hprof" else CORE)
+        path = job.artifact(FILES[fmt])
         if not path.exists():
             raise NotFound(f"dump {job.id} has no {fmt} file ({job.error or 'not written'})")
         return path
 
 
-def format_of(job: DictJob) -> DumpFormat:
+def format_of(job: DumpJob) -> DumpFormat:
     return "hprof" if job.params.get("format") == "hprof" else "core"
+
+
+def link(job: DumpJob, fmt: DumpFormat) -> str:
+    """Where the dump's file of this format is downloaded."""
+    return f"/dumps/{job.id}/{FILES[fmt]}"
 
 
 def memory_answer(out: str) -> str:

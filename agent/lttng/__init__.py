@@ -2,7 +2,9 @@
 
 Public surface: :class:`Service` (constructed by :mod:`agent.app` with the
 settings and the shared :class:`agent.jobs.JobStore`; started and stopped by
-the app's lifespan) and the request models re-exported from ``_model``.
+the app's lifespan), the request models re-exported from ``_model``, and
+:func:`build_daemon` / :class:`SessionDaemon`: the boot (:mod:`agent.boot`) starts
+the pod's session daemon before the app is loaded and hands it to the service.
 
 Inside, one module per concern::
 
@@ -21,6 +23,7 @@ the agent; :mod:`._service` says how. Sessions are not job-store jobs: their lif
 (created, active, stopped, restarted) is not a job's one-way state machine.
 """
 
+from agent.lttng._daemon import SessionDaemon
 from agent.lttng._model import (
     Action,
     Deleted,
@@ -29,8 +32,9 @@ from agent.lttng._model import (
     SessionList,
     SessionRequest,
     SessionView,
+    Tracepoints,
 )
-from agent.lttng._service import Service
+from agent.lttng._service import Service, build_daemon
 
 __all__ = [
     "Action",
@@ -38,7 +42,10 @@ __all__ = [
     "EventSpec",
     "Format",
     "Service",
+    "SessionDaemon",
     "SessionList",
     "SessionRequest",
     "SessionView",
+    "Tracepoints",
+    "build_daemon",
 ]

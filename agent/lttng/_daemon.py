@@ -70,14 +70,17 @@ class SessionDaemon:
         log_path: Path,
         start_own: bool,
         kernel: bool,
-        on_lost: Callable[[str], Awaitable[None]],
+        on_lost: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.cli = cli
         self.run_dir = run_dir
         self.log_path = log_path
         self.start_own = start_own
         self.kernel = kernel
+        # The service that owns the sessions sets this when it adopts the daemon (the
+        # boot may start the daemon before the service exists: agent.boot).
         self.on_lost = on_lost
+        self._started = False
         self.child: _proc.Child | None = None
         self.external = False
         self.restarts = 0
@@ -125,6 +128,11 @@ class SessionDaemon:
             self.child.send_signal(signal.SIGKILL)
 
     async def start(self) -> None:
+        """Start (or adopt) the daemon. Once: the boot starts it before the app is
+        loaded (:mod:`agent.boot`), and the LTTng service's start finds it running."""
+        if self._started:
+            return
+        self._started = True
         if not _same_dir(self.run_dir, ROOT_RUN_DIR):
             self.reason = (
                 f"the root lttng-sessiond always uses {ROOT_RUN_DIR}; lttng_run_dir is "
@@ -214,10 +222,11 @@ class SessionDaemon:
             )
             await self._kill_group()
             with contextlib.suppress(Exception):
-                await self.on_lost(
-                    f"the session daemon died (status {rc}) and was restarted; "
-                    "the session is gone from it, its recorded files are kept until expiry"
-                )
+                if self.on_lost is not None:
+                    await self.on_lost(
+                        f"the session daemon died (status {rc}) and was restarted; "
+                        "the session is gone from it, its recorded files are kept until expiry"
+                    )
             await asyncio.sleep(backoff)
             if self._stopping:
                 return

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import TypedDict  # pydantic's schemas need it before Python 3.12
 
+from agent.jobs import Later, later
+
 Domain = Literal["userspace", "python", "jul", "log4j", "kernel"]
 Mode = Literal["normal", "snapshot", "live"]
 State = Literal["created", "active", "stopped", "lost"]
@@ -245,3 +247,12 @@ class ProcessTracepoints(TypedDict):
     name: str
     domain: str
     events: list[Tracepoint]
+
+
+class Tracepoints(BaseModel):
+    """``GET /lttng/tracepoints``: what the pod's registered apps offer, per process and
+    domain, and the domains the daemon could not list."""
+
+    processes: list[ProcessTracepoints]
+    errors: Later[dict[str, str]] = later("domain -> why its tracepoints could not be listed")
+    note: str

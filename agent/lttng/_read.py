@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import re
-import tarfile
 from collections.abc import AsyncIterator, Sequence
 from itertools import chain
 from pathlib import Path
@@ -425,6 +424,8 @@ async def count_events(trace: Path, *, timeout: float = 120.0) -> int:
 
 def write_tar(trace: Path, dest: Path, *, arcname: str) -> None:
     """The CTF trace directory as a tar.gz (Trace Compass and babeltrace2 open it)."""
+    import tarfile  # on first use: not part of the idle agent's memory
+
     with tarfile.open(dest, "w:gz", compresslevel=6) as tar:
         tar.add(trace, arcname=arcname)
 

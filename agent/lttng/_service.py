@@ -53,6 +53,7 @@ from agent.lttng._model import (
     ProcessTracepoints,
     SessionRequest,
     SessionView,
+    Tracepoints,
 )
 from agent.lttng._plan import Step, plan_session
 from agent.lttng._session import Session, dir_size
@@ -66,8 +67,30 @@ HEALTH_EVERY = 10  # watchdog ticks between health checks of the session daemon
 AGENT_DOMAINS = ("python", "jul", "log4j")
 
 
+def build_daemon(settings: Settings) -> SessionDaemon:
+    """The pod's root session daemon as the settings describe it, not yet started.
+
+    The boot starts it before the app is loaded (apps register with it as they start,
+    and the app's start waits for the agent's: :mod:`agent.boot`); the service then
+    adopts it (:class:`Service`'s ``daemon``)."""
+    base = settings.data_dir / "lttng"
+    return SessionDaemon(
+        cli=Lttng(home=base / "_home"),
+        run_dir=settings.lttng_run_dir,
+        log_path=base / "_home" / "sessiond.log",
+        start_own=settings.lttng_start_sessiond,
+        kernel=bool(lttng_kernel()["available"]),
+    )
+
+
 class Service:
-    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        daemon: SessionDaemon | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.metrics.lttng_sessions.running.set_function(
@@ -80,16 +103,10 @@ class Service:
         instance = settings.instance()
         # Session names in the daemon: unique to this agent instance.
         self.prefix = f"tracecar-{''.join(c for c in instance if c.isalnum() or c in '-_')}-"
-        self.cli = Lttng(home=self.base / "_home")
         self.kernel = lttng_kernel()
-        self.daemon = SessionDaemon(
-            cli=self.cli,
-            run_dir=settings.lttng_run_dir,
-            log_path=self.base / "_home" / "sessiond.log",
-            start_own=settings.lttng_start_sessiond,
-            kernel=bool(self.kernel["available"]),
-            on_lost=self._daemon_lost,
-        )
+        self.daemon = daemon or build_daemon(settings)
+        self.daemon.on_lost = self._daemon_lost
+        self.cli = self.daemon.cli
         self._sessions: dict[str, Session] = {}
         self._gone: dict[str, str] = {}  # id -> why it no longer exists (expired)
         self._watchdog: asyncio.Task[None] | None = None
@@ -244,7 +261,7 @@ class Service:
         return s
 
     # --- tracepoints -----------------------------------------------------------------
-    async def tracepoints(self) -> dict[str, Any]:
+    async def tracepoints(self) -> Tracepoints:
         self._require_daemon()
         results = await asyncio.gather(
             *(self.cli.tracepoints(d) for d in ("userspace", *AGENT_DOMAINS)),
@@ -257,13 +274,13 @@ class Service:
                 errors[d] = str(r)
             else:
                 processes.extend(r)
-        return {
-            "processes": processes,
-            **({"errors": errors} if errors else {}),
-            "note": "apps register with the session daemon when they start; an app started "
+        return Tracepoints(
+            processes=processes,
+            errors=errors or None,
+            note="apps register with the session daemon when they start; an app started "
             "before the daemon registers later only if it uses liblttng-ust directly "
             "(C/C++); Python apps must be restarted (see docs/lttng.md)",
-        }
+        )
 
     # --- sessions ----------------------------------------------------------------------
     def plan(self, req: SessionRequest) -> tuple[Session, list[Step]]:

@@ -1,6 +1,6 @@
 """One probe's record: what was asked, what runs, what it saw so far (and how it ends).
 
-:class:`Probe` is what ``GET /probes/{id}`` shows (:meth:`Probe.to_dict`);
+:class:`Probe` is what ``GET /probes/{id}`` shows (:meth:`Probe.view`);
 :class:`Backends` is what the service found out about bpftrace and perf probe
 on this node at start-up.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.probes import _bpftrace, _perfprobe
-from agent.probes._model import BackendName, ProbeState
+from agent.probes._model import BackendName, ProbeState, ProbeTarget, ProbeView
 from agent.probes._plan import Bucket, Spec
 from agent.probes._stream import EventStream
 
@@ -65,7 +65,10 @@ class Probe:
             drops = max(drops, self.hits - self.stream.published)
         return drops
 
-    def to_dict(self) -> dict[str, Any]:
+    def view(self) -> ProbeView:
+        """The probe as the API shows it. The answers of POST and DELETE send the fields
+        set here (``model_dump(exclude_unset=True)``): a plain uprobe's target names no
+        USDT fields, and only DELETE of a finished probe says ``deleted``."""
         spec = self.spec
         summary: dict[str, Any] = {"hits": self.hits}
         if spec is not None:
@@ -73,45 +76,44 @@ class Probe:
         if self.histogram is not None:
             summary["histogram"] = self.histogram
             summary["unit"] = "ns" if spec is not None and spec.of == "latency" else None
-        return {
-            "id": self.id,
-            "state": self.state,
-            "reason": self.reason,
-            "error": self.error,
-            "backend": self.backend,
-            "backend_reason": self.backend_reason,
-            "target": None
-            if spec is None
-            else {
-                "pid": spec.pid,
-                "binary": spec.binary,
-                "function": spec.function,
-                "address": None if spec.address is None else f"0x{spec.address:x}",
-                **(
-                    {}
-                    if spec.usdt is None
-                    else {
-                        "usdt": spec.usdt,
-                        "usdt_return": spec.usdt_return,
-                        "python_function": spec.python_function,
-                        "python_file": spec.python_file,
-                    }
-                ),
-            },
-            "request": self.request,
-            "duration_s": self.duration_s,
-            "max_events": self.max_events,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "ends_at": None if self.started_at is None else self.started_at + self.duration_s,
-            "finished_at": self.finished_at,
-            "hits": self.hits,
-            "events": self.stream.published,
-            "drops": self._drops(),
-            "dropped_by_rate_limit": self.stream.drops,
-            "lost_by_tracer": self.lost,
-            "readers": self.stream.readers,
-            "summary": summary,
-            "plan": self.plan,
-            "links": {"self": f"/probes/{self.id}", "events": f"/probes/{self.id}/events"},
-        }
+        target = None
+        if spec is not None:
+            target = ProbeTarget(
+                pid=spec.pid,
+                binary=spec.binary,
+                function=spec.function,
+                address=None if spec.address is None else f"0x{spec.address:x}",
+            )
+            if spec.usdt is not None:
+                target.usdt, target.usdt_return = spec.usdt, spec.usdt_return
+                target.python_function = spec.python_function
+                target.python_file = spec.python_file
+        return ProbeView(
+            id=self.id,
+            state=self.state,
+            reason=self.reason,
+            error=self.error,
+            backend=self.backend,
+            backend_reason=self.backend_reason,
+            target=target,
+            request=self.request,
+            duration_s=self.duration_s,
+            max_events=self.max_events,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            ends_at=None if self.started_at is None else self.started_at + self.duration_s,
+            finished_at=self.finished_at,
+            hits=self.hits,
+            events=self.stream.published,
+            drops=self._drops(),
+            dropped_by_rate_limit=self.stream.drops,
+            lost_by_tracer=self.lost,
+            readers=self.stream.readers,
+            summary=summary,
+            plan=self.plan,
+            links={"self": f"/probes/{self.id}", "events": f"/probes/{self.id}/events"},
+        )
+
+    def answer(self) -> dict[str, Any]:
+        """:meth:`view` as POST's answer and an error's ``probe`` field send it."""
+        return self.view().model_dump(mode="json", exclude_unset=True)

@@ -64,13 +64,13 @@ async def render(probe: Probe, *, sse: bool, max_bytes: int) -> AsyncIterator[by
             break
         sent += len(data)
         yield data
-    final = probe.to_dict()
+    final = probe.view()
     end = {
-        "state": final["state"],
-        "reason": end_reason or final["reason"],
-        "hits": final["hits"],
-        "events": final["events"],
-        "drops": final["drops"],
-        "summary": final["summary"],
+        "state": final.state,
+        "reason": end_reason or final.reason,
+        "hits": final.hits,
+        "events": final.events,
+        "drops": final.drops,
+        "summary": final.summary,
     }
     yield frame("end", end).encode()

@@ -38,6 +38,7 @@ from agent.probes._model import (
     ArgType,
     BackendName,
     ProbeRequest,
+    ProbeView,
     SymbolEntry,
     SymbolList,
 )
@@ -505,9 +506,9 @@ class Service:
             raise ToolError(
                 f"attaching the probe failed: {probe.error}",
                 tool=probe.backend,
-                probe=probe.to_dict(),
+                probe=probe.answer(),
             )
-        return probe.to_dict()
+        return probe.answer()
 
     def _control_dir(self, probe_id: str) -> str:
         return os.path.join(tempfile.gettempdir(), f"{self.group}-{probe_id}")
@@ -661,19 +662,19 @@ class Service:
             raise NotFound(f"no probe {probe_id!r} (see GET /probes)")
         return probe
 
-    def list_probes(self) -> list[dict[str, Any]]:
-        return [p.to_dict() for p in sorted(self._probes.values(), key=lambda p: p.created_at)]
+    def list_probes(self) -> list[ProbeView]:
+        return [p.view() for p in sorted(self._probes.values(), key=lambda p: p.created_at)]
 
-    async def delete(self, probe_id: str) -> dict[str, Any]:
+    async def delete(self, probe_id: str) -> ProbeView:
         """Detach a running probe (it stays readable); forget a finished one."""
         probe = self.get(probe_id)
         if not probe.running:
             del self._probes[probe_id]
-            return {**probe.to_dict(), "deleted": True}
+            return probe.view().model_copy(update={"deleted": True})
         self._request_stop(probe, "deleted")
         if probe.task is not None:
             await asyncio.wait({probe.task}, timeout=STOP_GRACE_S * 3)
-        return probe.to_dict()
+        return probe.view()
 
     def stream(
         self, probe_id: str, *, sse: bool, max_bytes: int = STREAM_MAX_BYTES

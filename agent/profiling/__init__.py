@@ -47,7 +47,10 @@ package; the app and routers use what this module exports)::
     memplan          the plan: allocators, sampling, what each runtime shows (pure)
     _alloc           each target's allocator, the bpftrace run, symbols kept for targets
                      that exit, the outputs in both weights
-    _jfr             Java methods: JFR allocation samples through jattach (alloc, JVMs)
+    javalloc         Java methods (alloc, JVMs): async-profiler's commands, its collapsed
+                     output -> folded stacks under [java] (pure)
+    _asyncprof       async-profiler loaded into each JVM through jattach: the library's
+                     copy, start, stop, both dumps, nothing left in the JVM
 
 The flow of one profile::
 
@@ -74,12 +77,18 @@ from agent.profiling._artifacts import (
     SPEEDSCOPE,
     SVG,
 )
-from agent.profiling._flight_recorder import FlightRecorder, RecorderRequest, RecorderStatus, when
+from agent.profiling._flight_recorder import (
+    FlightRecorder,
+    RecorderMemory,
+    RecorderRequest,
+    RecorderStatus,
+    when,
+)
 from agent.profiling._flight_ring import GroupSamples, ProcessGroup, RssTrend, Slice
 from agent.profiling._profile_diff import DiffFormat, DiffOptions, Widths, differential
-from agent.profiling._result import ProfileResult, ProfileView, Unresolved
+from agent.profiling._result import ProfileResult, ProfileView, RssTrendView, Unresolved
 from agent.profiling._service import ProfileJob, Service
-from agent.profiling._triggers import Trigger, TriggerRequest, Triggers, TriggerView
+from agent.profiling._triggers import Capture, Skip, Trigger, TriggerRequest, Triggers, TriggerView
 from agent.profiling.outputs import interval_info, render_in_thread
 
 __all__ = [
@@ -92,6 +101,7 @@ __all__ = [
     "PPROF",
     "SPEEDSCOPE",
     "SVG",
+    "Capture",
     "DiffFormat",
     "DiffOptions",
     "FlightRecorder",
@@ -100,10 +110,13 @@ __all__ = [
     "ProfileJob",
     "ProfileResult",
     "ProfileView",
+    "RecorderMemory",
     "RecorderRequest",
     "RecorderStatus",
     "RssTrend",
+    "RssTrendView",
     "Service",
+    "Skip",
     "Slice",
     "Trigger",
     "TriggerRequest",

@@ -14,7 +14,10 @@ Owned here:
   progress (``attached``), the notes (sampling, drops, lost stacks, exits), and the
   artifacts: ``folded.txt``/``flamegraph.svg``/``speedscope.json`` weighted by bytes,
   their ``-count`` twins weighted by allocations, ``profile.pb.gz`` with both sample
-  types, and bpftrace's raw output ``bpftrace.json``.
+  types, and bpftrace's raw output ``bpftrace.json``;
+* the Java targets of an ``alloc`` profile: async-profiler started in each JVM before
+  bpftrace and finished after it, whatever happens (:mod:`agent.profiling._asyncprof`),
+  its stacks merged into both views under ``[java]`` and said in the notes.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from typing import Any, Literal
 from agent import _proc, procfs, symbols
 from agent.errors import Conflict, Invalid, NotFound
 from agent.jobs import Job, atomic_path, write_atomic
-from agent.profiling import _jfr, _pymem, alloc
+from agent.profiling import _asyncprof, _pymem, alloc
 from agent.profiling._artifacts import BPFTRACE_OUT, FOLDED, PPROF, SPEEDSCOPE, SVG
 from agent.profiling._result import ProfileResult, TargetSeen
-from agent.profiling.memplan import MemoryTargetFacts
+from agent.profiling.memplan import JavaMethods, MemoryTargetFacts
 from agent.profiling.perf_record import run_to_end
 from agent.profiling.planner import Plan, TargetFacts
 from tracecar_formats.collapse import format_folded
@@ -198,14 +201,11 @@ async def run(
     assert mem is not None
     snapshot = SymbolSnapshot()
     await asyncio.to_thread(snapshot.take, the_plan.pids)
-    jvms = [t.pid for t in mem.targets if t.runtime == "java" and t.pid in the_plan.pids]
-    no_jfr = _jfr.available() if jvms and mem.kind == "alloc" else None
-    jfr_runs: list[_jfr.JfrRun] = []
-    if jvms and mem.kind == "alloc" and no_jfr is None:
-        jfr_runs = [await _jfr.start(pid, job.id) for pid in jvms]
+    java_runs: list[_asyncprof.Run] = []
     # leak: Python processes in Python frames (tracemalloc inside them), before bpftrace.
     py = _pymem.Window(mem.python, comms=comms, timeout_s=the_plan.timeout_s)
     try:
+        await _java_start(the_plan, java_runs)
         await py.start()
         if py.planned and not py.opened and not the_plan.bpftrace_argv:
             raise Conflict(f"no Python frames: {py.failure()}")
@@ -217,15 +217,13 @@ async def run(
             stopped_early = await _pymem.wait_window(the_plan.duration_s, job.stop_requested)
             text, stderr = "", ""
     except BaseException:
-        await py.end(keep=False)  # stop tracing in the targets, write and keep nothing
+        # Tracing stopped in the targets, nothing written or kept (a cancel too: shielded).
+        await asyncio.shield(py.end(keep=False))
         raise
     finally:
-        # Each JVM's recording is dumped, read, stopped and its file removed, whatever
-        # happened to bpftrace: nothing is left in the target.
-        for r in jfr_runs:
-            await _jfr.finish(
-                r, comm=comms.get(r.pid, "java"), keep=job.artifact(f"jfr-{r.pid}.jfr")
-            )
+        # Each JVM's profiler is stopped and its files removed, whatever happened to
+        # bpftrace (a cancel too: shielded), and what it sampled is kept.
+        await asyncio.shield(_java_finish(java_runs, comms))
     meta.recording_finished_at = time.time()
     meta.phase = "post-processing"
     save(job)
@@ -235,28 +233,6 @@ async def run(
     by_bytes, by_count = await asyncio.to_thread(
         alloc.fold, parsed.sites, names=snapshot.names, comms=comms
     )
-    java_notes: list[str] = []
-    for r in jfr_runs:
-        for k, v in r.stacks_bytes.items():
-            by_bytes[k] = by_bytes.get(k, 0) + v
-        for k, v in r.stacks_count.items():
-            by_count[k] = by_count.get(k, 0) + v
-        if r.message:
-            java_notes.append(f"pid {r.pid} (java): no Java allocation samples: {r.message}")
-        else:
-            java_notes.append(
-                f"pid {r.pid} (java): Java methods from the JVM's allocation sampling (JFR "
-                f"jdk.ObjectAllocationSample, weighted by the bytes each sample stands for; "
-                f"{sum(r.stacks_count.values())} samples) under [java]; the rest is its "
-                "native memory"
-            )
-    if no_jfr is not None:
-        java_notes.append(f"Java targets: no allocation sampling by Java method ({no_jfr})")
-    py_bytes, py_count = py.stacks()
-    for k, v in py_bytes.items():
-        by_bytes[k] = by_bytes.get(k, 0) + v
-    for k, v in py_count.items():
-        by_count[k] = by_count.get(k, 0) + v
     lost_stacks = stderr.count(_LOST_STACK)
     warnings = [
         ln.strip()
@@ -272,14 +248,23 @@ async def run(
         "period": mem.period,
         "large_bytes": mem.large_bytes,
         "said": mem.sampling,
+        **({"java": java} if (java := _java_said(java_runs, mem.java_methods)) else {}),
     }
     meta.memory = _summary(mem.kind, parsed, by_bytes, by_count, lost_stacks)
-    notes = _notes(mem.kind, meta.memory, exited, stopped_early, mem.max_outstanding)
+    # The Java stacks join the graphs after the summary, which counts the C allocator's.
+    java_notes = _java_merge(java_runs, by_bytes, by_count, mem.java_methods, meta.memory)
+    # So do the Python ones (their figures: memory.python, by pid).
+    py_bytes, py_count = py.stacks()
+    for k, v in py_bytes.items():
+        by_bytes[k] = by_bytes.get(k, 0) + v
+    for k, v in py_count.items():
+        by_count[k] = by_count.get(k, 0) + v
+    if py.planned:
+        meta.memory["python"] = py.summary()
+    notes = _notes(mem.kind, meta.memory or {}, exited, stopped_early, mem.max_outstanding)
     if not the_plan.bpftrace_argv:  # Python frames only: no C allocator was watched
         notes = [n for n in notes if not n.startswith("no allocations")]
     meta.notes = notes + java_notes + py.notes()
-    if py.planned:
-        meta.memory["python"] = py.summary()
     meta.targets = [
         TargetSeen(pid=t.pid, comm=t.comm, runtime=t.runtime, exited=t.pid in exited)
         for t in mem.targets
@@ -289,6 +274,70 @@ async def run(
     meta.artifacts = sorted(p.name for p in job.dir.iterdir() if p.name != "job.json")
     if stopped_early:
         job.message = "stopped early on request; what was recorded is kept"
+
+
+async def _java_start(the_plan: Plan, runs: list[_asyncprof.Run]) -> None:
+    """alloc: async-profiler started in each Java target, before bpftrace attaches (each
+    run is in ``runs`` before it starts: the caller finishes them, whatever happens)."""
+    java = the_plan.memory.java_methods if the_plan.memory else None
+    if java is None or not java.available:
+        return
+    lib = Path(java.library)
+    timeout = the_plan.timeout_s + 60  # past the agent's own timeout: a safety net only
+    for pid in java.pids:
+        if pid in the_plan.pids:
+            runs.append(_asyncprof.new_run(pid))
+            await _asyncprof.start(
+                runs[-1], lib=lib, interval=java.interval_bytes, timeout_s=timeout
+            )
+
+
+async def _java_finish(runs: list[_asyncprof.Run], comms: dict[int, str]) -> None:
+    for r in runs:
+        await _asyncprof.finish(r, comm=comms.get(r.pid, "java"))
+
+
+def _java_merge(
+    runs: list[_asyncprof.Run],
+    by_bytes: dict[str, int],
+    by_count: dict[str, int],
+    java: JavaMethods | None,
+    summary: dict[str, Any] | None,
+) -> list[str]:
+    """The Java stacks added to both views and their figures to the summary (``java``,
+    by pid); what each JVM gave, said."""
+    notes: list[str] = []
+    figures: dict[str, dict[str, int]] = {}
+    for r in runs:
+        for k, v in r.stacks_bytes.items():
+            by_bytes[k] = by_bytes.get(k, 0) + v
+        for k, v in r.stacks_count.items():
+            by_count[k] = by_count.get(k, 0) + v
+        nbytes, samples = sum(r.stacks_bytes.values()), sum(r.stacks_count.values())
+        if r.started:
+            figures[str(r.pid)] = {"bytes_estimated": nbytes, "samples": samples}
+        if r.stacks_bytes:
+            how = f"{samples} samples, " if r.stacks_count else ""
+            reused = f"; driven through the copy an earlier profile loaded ({r.reused})"
+            notes.append(
+                f"pid {r.pid} (java): Java methods under [java] from async-profiler's alloc "
+                f"mode ({how}{nbytes} bytes estimated{reused if r.reused else ''}); the "
+                "rest is its native memory"
+            )
+        elif r.started and not r.message:
+            notes.append(f"pid {r.pid} (java): no Java allocation was sampled")
+        if r.message:
+            what = "Java methods: " if r.stacks_bytes else "no Java methods: "
+            notes.append(f"pid {r.pid} (java): {what}{r.message}")
+    if java is not None and not java.available:
+        notes.append(f"Java targets: no allocations by Java method ({java.reason})")
+    if summary is not None and figures:
+        summary["java"] = figures
+    return notes
+
+
+def _java_said(runs: list[_asyncprof.Run], java: JavaMethods | None) -> str:
+    return java.sampling if java is not None and any(r.started for r in runs) else ""
 
 
 async def _record(
@@ -408,11 +457,13 @@ def _render_all(
     title = f"{what} profile of {the_plan.target}"
     how = "outstanding at the end" if mem.kind == "leak" else "allocated"
     views: tuple[tuple[Weight, dict[str, int]], ...] = (("bytes", by_bytes), ("count", by_count))
+    java = meta.sampling.get("java", "") if meta.sampling else ""
+    java = f"; Java methods: {java}" if java else ""
     for weight, stacks in views:
         unit = "bytes" if weight == "bytes" else "allocations"
         subtitle = (
             f"{seconds:.1f} s, {when}; widths: {unit} {how}, {sum(stacks.values())} in all; "
-            f"sampling: {mem.sampling}"
+            f"sampling: {mem.sampling}{java}"
         )
         name = "bytes" if weight == "bytes" else "allocations"
         write_atomic(job.artifact(weighted(FOLDED, weight)), format_folded(stacks))

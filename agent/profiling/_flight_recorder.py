@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from agent import _proc, procfs
 from agent.errors import Conflict, Invalid, NotFound, Unavailable
-from agent.jobs import write_atomic
+from agent.jobs import Later, later, write_atomic
 from agent.profiling import _pyspy_record, offcpu_fold
 from agent.profiling._artifacts import FOLDED, KIND
 from agent.profiling._flight_recorder_python import record_second
@@ -66,7 +66,7 @@ from agent.profiling._flight_ring import (
     rss_trends,
 )
 from agent.profiling._jitnames import JitNames
-from agent.profiling._result import ProfileResult
+from agent.profiling._result import ProfileResult, RssTrendView
 from agent.profiling._service import ProfileJob, Service
 from agent.profiling.offcpu_fold import argv, fold, parse_output, sampler_program
 from agent.profiling.planner import Plan, Targets, in_range
@@ -196,6 +196,18 @@ class Window(BaseModel):
     end: float
 
 
+class PythonSampling(BaseModel):
+    """How one Python process's stacks are sampled (py-spy, or bpftrace after it failed)."""
+
+    comm: str
+    profiler: Literal["py-spy", "bpftrace"]
+    state: Literal["recording", "ended", "gave up"]
+    seconds: int = Field(description="seconds py-spy's stacks were kept for")
+    failures: int = Field(description="py-spy's failures in a row (it gives up after some)")
+    late: int = Field(description="seconds py-spy attached too late for (bpftrace's stood)")
+    message: Later[str] = later("py-spy's last failure, in its own words")
+
+
 class RecorderStatus(BaseModel):
     """``GET /recorder``: the state, the retained window (Unix seconds), its size, and
     how each Python process is sampled (stopped: the state and no window, only)."""
@@ -223,10 +235,10 @@ class RecorderStatus(BaseModel):
     evicted_buckets: int | None = None
     trimmed_samples: int | None = None
     late_samples: int | None = None
-    python: dict[str, dict[str, Any]] | None = Field(
+    python: dict[str, PythonSampling] | None = Field(
         default=None, description="pid -> how its Python stacks are sampled"
     )
-    rss: list[dict[str, Any]] | None = Field(
+    rss: list[RssTrendView] | None = Field(
         default=None,
         description="each recorded process's RSS over the window: first, last, min, max, "
         "growth per minute (GET /recorder/memory: one point a second)",
@@ -234,6 +246,25 @@ class RecorderStatus(BaseModel):
     push: dict[str, Any] | None = Field(
         default=None, description="the continuous pushes to the profile store (null: none)"
     )
+
+
+class RssSeries(RssTrendView):
+    """A process's RSS trend over the interval, and each second's reading."""
+
+    series: list[tuple[int, int]] = Field(description="[Unix second, bytes], one a second")
+
+
+class RecorderMemory(BaseModel):
+    """``GET /recorder/memory``: the retained part of the asked interval and each
+    recorded process's RSS over it, biggest growth first."""
+
+    from_: float = Field(
+        serialization_alias="from", description="Unix seconds: the part retained, from"
+    )
+    to: float
+    requested_from: float
+    requested_to: float
+    processes: list[RssSeries]
 
 
 class FlightRecorder:
@@ -267,8 +298,8 @@ class FlightRecorder:
             if _pyspy_record.find()
             else "py-spy is not installed: Python processes show interpreter frames",
             **self.limits(),
-            "state": state["state"],
-            "window": state["window"],
+            "state": state.state,
+            "window": None if state.window is None else state.window.model_dump(),
         }
 
     # --- the capability: nothing runs until POST /recorder (or continuous profiling) ---
@@ -280,7 +311,7 @@ class FlightRecorder:
         return False
 
     # --- API -------------------------------------------------------------
-    async def record(self, req: RecorderRequest) -> dict[str, Any]:
+    async def record(self, req: RecorderRequest) -> RecorderStatus:
         in_range(req.frequency_hz, low=1, high=MAX_FREQUENCY_HZ, field="frequency_hz", unit="Hz")
         in_range(req.retain_s, low=MIN_RETAIN_S, high=self.max_retain_s, field="retain_s", unit="s")
         in_range(req.max_bytes, low=MIN_BYTES, high=self.max_bytes, field="max_bytes", unit="bytes")
@@ -304,49 +335,47 @@ class FlightRecorder:
         run.watcher = asyncio.create_task(self._watch(run), name="flight-recorder-watch")
         return self.status()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> RecorderStatus:
         run = self._run
         if run is None:
-            return {"state": "stopped", "window": None}
+            return RecorderStatus(state="stopped", window=None)
         ring = run.ring
         w = ring.window()
         lag = ring.lag_s(time.time())
-        return {
-            "state": run.state,
-            "message": run.message,
-            "request": run.request.model_dump(exclude_none=True),
-            "started_at": run.started_at,
-            "window": None if w is None else {"start": w[0], "end": w[1]},
-            "complete_until": ring.complete_until,
-            "lag_s": None if lag is None else round(lag, 3),
-            "sampler_delay_s": None
-            if run.sampler_delay_s is None
-            else round(run.sampler_delay_s, 3),
+        return RecorderStatus(
+            state=run.state,
+            message=run.message,
+            request=run.request.model_dump(exclude_none=True),
+            started_at=run.started_at,
+            window=None if w is None else Window(start=w[0], end=w[1]),
+            complete_until=ring.complete_until,
+            lag_s=None if lag is None else round(lag, 3),
+            sampler_delay_s=None if run.sampler_delay_s is None else round(run.sampler_delay_s, 3),
             # Where the lag comes from: the latest seconds' arrival after they ended.
-            "sampler_delay_max_s": round(run.sampler_delay_max_s, 3),
-            "python_delay_max_s": round(run.python_delay_max_s, 3),
-            "bytes": ring.size,
-            "buckets": len(ring.buckets),
-            "samples": ring.samples,
-            "evicted_buckets": ring.evicted,
-            "trimmed_samples": ring.trimmed_samples,
-            "late_samples": ring.late_samples,
-            "rss": [t.as_dict() for t in self._trends(run, *w)] if w else [],
-            "leaf_callers_recovered": run.leaf_fixes
+            sampler_delay_max_s=round(run.sampler_delay_max_s, 3),
+            python_delay_max_s=round(run.python_delay_max_s, 3),
+            bytes=ring.size,
+            buckets=len(ring.buckets),
+            samples=ring.samples,
+            evicted_buckets=ring.evicted,
+            trimmed_samples=ring.trimmed_samples,
+            late_samples=ring.late_samples,
+            rss=[RssTrendView.of(t) for t in self._trends(run, *w)] if w else [],
+            leaf_callers_recovered=run.leaf_fixes
             + (run.names.leaf_fixes if run.names is not None else 0),
-            "python": {
-                str(pid): {
-                    "comm": p.comm,
-                    "profiler": "py-spy" if p.state == "recording" else "bpftrace",
-                    "state": p.state,
-                    "seconds": p.seconds,
-                    "failures": p.failures,
-                    "late": p.late,
-                    **({"message": p.message} if p.message else {}),
-                }
+            python={
+                str(pid): PythonSampling(
+                    comm=p.comm,
+                    profiler="py-spy" if p.state == "recording" else "bpftrace",
+                    state=p.state,
+                    seconds=p.seconds,
+                    failures=p.failures,
+                    late=p.late,
+                    message=p.message or None,
+                )
                 for pid, p in sorted(run.python.items())
             },
-        }
+        )
 
     async def stop(self) -> None:
         """DELETE /recorder, and agent shutdown: bpftrace and every py-spy stopped and
@@ -430,22 +459,22 @@ class FlightRecorder:
         )
         return part, run.ring.buckets_in(lo, hi)
 
-    def memory(self, start: float, end: float) -> dict[str, Any]:
+    def memory(self, start: float, end: float) -> RecorderMemory:
         """``GET /recorder/memory``: each recorded process's RSS over the retained part
         of ``[start, end)``: its trend, and the series (one point a second)."""
         run = self._running()
         lo, hi = self._clip(run, start, end)
         series = run.ring.rss(lo, hi)
-        return {
-            "from": float(lo),
-            "to": float(hi),
-            "requested_from": start,
-            "requested_to": end,
-            "processes": [
-                {**t.as_dict(), "series": [[at, n] for at, n in series[t.pid]]}
+        return RecorderMemory(
+            from_=float(lo),
+            to=float(hi),
+            requested_from=start,
+            requested_to=end,
+            processes=[
+                RssSeries(**RssTrendView.of(t).model_dump(), series=series[t.pid])
                 for t in self._trends(run, lo, hi)
             ],
-        }
+        )
 
     # --- for continuous-profile sinks ------------------------------------------------
     def complete_until(self) -> int | None:
@@ -504,7 +533,7 @@ class FlightRecorder:
             clipped=part.clipped,
             samples=sum(stacks.values()),
             folded_samples=sum(stacks.values()),
-            rss=[t.as_dict() for t in part.rss],
+            rss=[RssTrendView.of(t) for t in part.rss],
         )
         job = svc.jobs.create(
             KIND, {"type": "cpu", "source": "recorder", "from": lo, "to": hi}, result=result

@@ -128,20 +128,6 @@ class RssTrend:
         span = self.last_at - self.first_at
         return 0.0 if span <= 0 else self.growth_bytes / (1 << 20) / span * 60.0
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "pid": self.pid,
-            "comm": self.comm,
-            "first_at": self.first_at,
-            "last_at": self.last_at,
-            "first_bytes": self.first_bytes,
-            "last_bytes": self.last_bytes,
-            "min_bytes": self.min_bytes,
-            "max_bytes": self.max_bytes,
-            "growth_bytes": self.growth_bytes,
-            "growth_mib_per_min": round(self.mib_per_min, 3),
-        }
-
 
 def rss_trends(
     series: dict[int, list[tuple[int, int]]], meta: dict[int, ProcessMeta]

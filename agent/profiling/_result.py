@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from agent.jobs import State
+from agent.profiling._flight_ring import RssTrend
 from agent.profiling.planner import Plan, UnwindChoice
 
 Phase = Literal["pending", "recording", "post-processing", "done"]
@@ -64,6 +65,36 @@ class DwarfStats(BaseModel):
     cut_short: int = 0
     no_user_stack: int = 0
     period: int = 1
+
+
+class RssTrendView(BaseModel):
+    """One process's resident memory over an interval (the seconds that have it)."""
+
+    pid: int
+    comm: str
+    first_at: int = Field(description="Unix second of the first reading")
+    last_at: int = Field(description="Unix second of the last reading")
+    first_bytes: int
+    last_bytes: int
+    min_bytes: int
+    max_bytes: int
+    growth_bytes: int = Field(description="last - first")
+    growth_mib_per_min: float = Field(description="from the first to the last second")
+
+    @classmethod
+    def of(cls, t: RssTrend) -> RssTrendView:
+        return cls(
+            pid=t.pid,
+            comm=t.comm,
+            first_at=t.first_at,
+            last_at=t.last_at,
+            first_bytes=t.first_bytes,
+            last_bytes=t.last_bytes,
+            min_bytes=t.min_bytes,
+            max_bytes=t.max_bytes,
+            growth_bytes=t.growth_bytes,
+            growth_mib_per_min=round(t.mib_per_min, 3),
+        )
 
 
 class ProfileResult(BaseModel):
@@ -123,7 +154,7 @@ class ProfileResult(BaseModel):
     clipped: bool | None = Field(
         default=None, description="a kept interval: only part of the asked one was retained"
     )
-    rss: list[dict[str, Any]] | None = Field(
+    rss: list[RssTrendView] | None = Field(
         default=None,
         description="a kept interval: each recorded process's RSS trend over its seconds",
     )

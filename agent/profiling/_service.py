@@ -23,10 +23,11 @@ from agent.jobs import Job, JobStore, atomic_path, write_atomic
 from agent.metrics import Metrics
 from agent.profiling import (
     _alloc,
-    _jfr,
+    _asyncprof,
     _offcpu_run,
     _pymem,
     _pyspy_record,
+    javalloc,
     memplan,
     offcpu_fold,
     outputs,
@@ -216,11 +217,17 @@ class Service:
     async def _memory_check(self) -> dict[str, object]:
         """alloc and leak: bpftrace on the C allocator, and what each runtime shows."""
         bpf = await self._bpftrace_check()
-        no_jfr = _jfr.available()
+        lib = _asyncprof.library(self.settings.async_profiler_lib)
+        no_java = _asyncprof.available(lib)
         java: dict[str, object] = (
-            {"available": True, "reason": "JFR allocation samples through jattach (JDK 16+)"}
-            if no_jfr is None
-            else {"available": False, "reason": no_jfr}
+            {
+                "available": True,
+                "reason": "async-profiler's alloc mode, loaded into each JVM through jattach "
+                "(HotSpot JDK 11+): " + javalloc.sampling(self.settings.java_alloc_interval_bytes),
+                "library": str(lib),
+            }
+            if no_java is None
+            else {"available": False, "reason": no_java}
         )
         out: dict[str, object] = {}
         for kind, what in (
@@ -387,7 +394,7 @@ class Service:
         dwarf_unavailable: str | None = None,
         memory_targets: list[memplan.MemoryTargetFacts] | None = None,
     ) -> Plan:
-        return plan(
+        p = plan(
             req,
             targets=facts,
             target=target,
@@ -399,6 +406,15 @@ class Service:
             jattach=_proc.which("jattach") is not None,
             offcpu_dwarf_unavailable=dwarf_unavailable,
         )
+        if p.memory is not None:  # alloc: the Java targets' methods, by async-profiler
+            lib = _asyncprof.library(self.settings.async_profiler_lib)
+            p.memory = _asyncprof.describe(
+                p.memory,
+                lib=lib,
+                why_not=_asyncprof.available(lib),
+                interval=self.settings.java_alloc_interval_bytes,
+            )
+        return p
 
     # --- jobs --------------------------------------------------------------------
     async def create(self, req: ProfileRequest, *, dry_run: bool = False) -> Plan | ProfileJob:

@@ -32,13 +32,13 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent import procfs
 from agent.errors import Invalid, NotFound, TooMany
-from agent.jobs import Job
+from agent.jobs import Job, Later, later
 from agent.profiling._artifacts import KIND
 from agent.profiling._service import Service
 from agent.profiling.planner import ProfileOptions, ProfileRequest, Targets, in_range
@@ -108,6 +108,41 @@ class TriggerRequest(Targets):
         return f"cpu >= {self.cpu_percent:g}% for {self.for_s:g}s"
 
 
+class _Measured(TypedDict, total=False):
+    """What a condition measured when it fired: its own figures only."""
+
+    cpu_percent: float | None
+    rss_mib: float | None
+    rss_growth_mib_per_min: float | None
+
+
+class Capture(BaseModel):
+    """A profile a trigger started, and what its condition measured when it fired."""
+
+    profile_id: str
+    fired_at: float
+    cpu_percent: Later[float] = later("cpu: the CPU use it fired at (100 = one core)")
+    rss_mib: Later[float] = later("rss, rss_growth: the RSS it fired at (MiB)")
+    rss_growth_mib_per_min: Later[float] = later("rss_growth: the growth it fired at")
+    expired: Later[bool] = later("older than retain_s: its profile was deleted")
+
+
+class CaptureView(Capture):
+    """A capture as ``GET /triggers/{id}`` shows it: with its profile's link."""
+
+    links: dict[str, str] = Field(description="the profile")
+
+
+class Skip(BaseModel):
+    """A capture the trigger could not take (the profile was refused), and why."""
+
+    at: float
+    cpu_percent: Later[float] = later("cpu: the CPU use it fired at (100 = one core)")
+    rss_mib: Later[float] = later("rss, rss_growth: the RSS it fired at (MiB)")
+    rss_growth_mib_per_min: Later[float] = later("rss_growth: the growth it fired at")
+    reason: str
+
+
 class TriggerView(BaseModel):
     """A trigger as the API shows it (``GET /triggers/{id}``)."""
 
@@ -126,8 +161,8 @@ class TriggerView(BaseModel):
         default=None, description="rss_growth: the growth over the last for_s (MiB/min)"
     )
     above_since: float | None
-    captures: list[dict[str, Any]] = Field(description="what fired: when, at what CPU, the profile")
-    skipped: list[dict[str, Any]] = Field(description="the last captures not taken, and why")
+    captures: list[CaptureView] = Field(description="what fired: when, at what CPU, the profile")
+    skipped: list[Skip] = Field(description="the last captures not taken, and why")
     links: dict[str, str]
 
 
@@ -145,29 +180,33 @@ class Trigger:
     rss_growth_mib_per_min: float | None = None
     """The growth over the last for_s (rss_growth; null until the window is full)."""
     above_since: float | None = None
-    captures: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
+    captures: list[Capture] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
-    def view(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "state": self.state,
-            "message": self.message,
-            "created_at": self.created_at,
-            "request": self.request.model_dump(exclude_none=True),
-            "condition": self.request.condition(),
-            "reason": self.request.reason(),
-            "cpu_percent_now": self.cpu_percent,
-            "rss_mib_now": None if self.rss_bytes is None else round(self.rss_bytes / _MIB, 1),
-            "rss_growth_mib_per_min_now": self.rss_growth_mib_per_min,
-            "above_since": self.above_since,
-            "captures": [
-                {**c, "links": {"profile": f"/profiles/{c['profile_id']}"}} for c in self.captures
+    def view(self) -> TriggerView:
+        return TriggerView(
+            id=self.id,
+            state=self.state,
+            message=self.message,
+            created_at=self.created_at,
+            request=self.request.model_dump(exclude_none=True),
+            condition=self.request.condition(),
+            reason=self.request.reason(),
+            cpu_percent_now=self.cpu_percent,
+            rss_mib_now=None if self.rss_bytes is None else round(self.rss_bytes / _MIB, 1),
+            rss_growth_mib_per_min_now=self.rss_growth_mib_per_min,
+            above_since=self.above_since,
+            captures=[
+                CaptureView(
+                    **c.model_dump(),
+                    links={"profile": f"/profiles/{c.profile_id}"},
+                )
+                for c in self.captures
             ],
-            "skipped": self.skipped[-10:],
-            "links": {"self": f"/triggers/{self.id}"},
-        }
+            skipped=self.skipped[-10:],
+            links={"self": f"/triggers/{self.id}"},
+        )
 
 
 class Triggers:
@@ -386,13 +425,13 @@ class Triggers:
         try:
             job = await self.profiling.create(self._profile_request(req))
         except Exception as e:  # a refused profile (limit, target gone) is noted, not fatal
-            trigger.skipped.append({"at": fired_at, **measured, "reason": str(e)})
+            trigger.skipped.append(Skip(at=fired_at, **measured, reason=str(e)))
             trigger.state = "cooling-down"
             await asyncio.sleep(req.cooldown_s)
             trigger.state = "armed"
             return
         assert isinstance(job, Job)
-        trigger.captures.append({"profile_id": job.id, "fired_at": fired_at, **measured})
+        trigger.captures.append(Capture(profile_id=job.id, fired_at=fired_at, **measured))
         trigger.state = "recording"
         await self.profiling.wait(job)
         if len(trigger.captures) < req.max_captures:
@@ -401,7 +440,7 @@ class Triggers:
             trigger.state = "armed"
 
     @staticmethod
-    def _measured(trigger: Trigger) -> dict[str, Any]:
+    def _measured(trigger: Trigger) -> _Measured:
         """What the condition measured when it fired (a capture's record)."""
         c = trigger.request.condition()
         if c == "cpu":
@@ -419,7 +458,7 @@ class Triggers:
             return
         while True:
             await self._expire(trigger)
-            due = [c["fired_at"] + retain for c in trigger.captures if not c.get("expired")]
+            due = [c.fired_at + retain for c in trigger.captures if not c.expired]
             if not due:
                 return
             # Sleep until the next one is due (a recording one is retried shortly).
@@ -431,15 +470,15 @@ class Triggers:
             return
         cutoff = time.time() - retain
         for c in trigger.captures:
-            if c["fired_at"] < cutoff and not c.get("expired"):
+            if c.fired_at < cutoff and not c.expired:
                 try:
-                    job = self.profiling.jobs.get(KIND, c["profile_id"])
+                    job = self.profiling.jobs.get(KIND, c.profile_id)
                 except NotFound:  # deleted or evicted already
-                    c["expired"] = True
+                    c.expired = True
                     continue
                 if job.finished:
                     await self.profiling.jobs.delete(job)
-                    c["expired"] = True
+                    c.expired = True
 
 
 def _rss(reader: procfs.RssReader, pids: set[int]) -> int:

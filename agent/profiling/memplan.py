@@ -37,8 +37,8 @@ RUNTIME_NOTES: dict[str, str] = {
     "freed blocks): objects of 512 bytes or less come from pymalloc's 256 KiB arenas, so "
     "arenas and large objects show under the interpreter's C frames, not Python functions "
     "(docs/memory.md: Python frames)",
-    "java": "alloc: Java methods from the JVM's own allocation sampling (JFR's "
-    "jdk.ObjectAllocationSample through jattach, under [java]), beside the JVM's native "
+    "java": "alloc: Java methods from async-profiler's alloc mode, loaded into the JVM "
+    "through jattach (the JVM's own heap sampling, under [java]), beside the JVM's native "
     "memory (JIT, GC structures, direct buffers, JNI) by native stack; leak: the native "
     "memory only (the Java heap is reserved once at start: use the class histogram)",
     "dotnet": "the GC heap is reserved by the runtime: managed objects do not show; native "
@@ -96,6 +96,18 @@ class PythonFrames(BaseModel):
     targets: list[PythonFramesTarget]
 
 
+class JavaMethods(BaseModel):
+    """alloc: the Java targets' allocations by Java method (async-profiler in each JVM:
+    :mod:`agent.profiling._asyncprof`), beside their native memory."""
+
+    pids: list[int]
+    available: bool
+    reason: str = Field(description="what is done, or why it cannot be")
+    interval_bytes: int = Field(description="Java heap bytes allocated per sample, on average")
+    sampling: str
+    library: str = Field(description="async-profiler's library, as the agent reads it")
+
+
 class MemoryPlan(BaseModel):
     kind: str
     period: int = Field(description="one allocation smaller than large_bytes in this many")
@@ -109,6 +121,9 @@ class MemoryPlan(BaseModel):
     notes: list[str] = Field(default_factory=list)
     python: PythonFrames | None = Field(
         default=None, description="leak: the Python processes seen in Python frames"
+    )
+    java_methods: JavaMethods | None = Field(
+        default=None, description="alloc with Java targets: their Java methods' allocations"
     )
 
 

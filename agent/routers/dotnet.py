@@ -3,29 +3,29 @@ EventPipe traces saved as .nettrace files, System.Runtime counters, ProcessInfo.
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from agent.dotnet import Counters, ProcessInfoAnswer, Service, TraceRequest, TraceSummary
-from agent.jobs import DictJob
-from agent.openapi import PROTECTED, errors
+from agent.deps import capability
+from agent.dotnet import (
+    Counters,
+    ProcessInfoAnswer,
+    Service,
+    TraceJob,
+    TraceRequest,
+    TraceResult,
+    TraceSummary,
+)
+from agent.jobs import ended, shown
+from agent.openapi import PROTECTED, JobIdPath, PidPath, errors
 
 router = APIRouter(tags=["dotnet"], responses=errors(*PROTECTED, 422))
 
-Pid = Annotated[int, Path(ge=1, le=4_194_304)]
-JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]
 
-
-def get_service(request: Request) -> Service:
-    svc: Service = request.app.state.dotnet
-    return svc
-
-
-ServiceDep = Annotated[Service, Depends(get_service)]
+ServiceDep = Annotated[Service, Depends(capability("dotnet", Service))]
 
 
 class TraceView(BaseModel):
@@ -38,26 +38,16 @@ class TraceView(BaseModel):
     error: str | None
     created_at: float
     finished_at: float | None
-    result: dict[str, Any] = Field(description="session id, providers, bytes, events")
+    result: TraceResult = Field(description="session id, providers, bytes, events")
     links: dict[str, str]
 
 
-def view(job: DictJob) -> TraceView:
+def view(job: TraceJob) -> TraceView:
     base = f"/dotnet/traces/{job.id}"
     links = {"self": base}
     if job.state == "succeeded":
         links |= {"nettrace": f"{base}/trace.nettrace", "summary": f"{base}/summary"}
-    return TraceView(
-        id=job.id,
-        pid=int(job.params["pid"]),
-        state=job.state,
-        progress=round(job.progress, 3),
-        error=job.error,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
-        result=job.result,
-        links=links,
-    )
+    return TraceView(**shown(job), pid=int(job.params["pid"]), result=job.result, links=links)
 
 
 @router.post(
@@ -70,7 +60,7 @@ def view(job: DictJob) -> TraceView:
 )
 async def start_trace(
     svc: ServiceDep,
-    pid: Pid,
+    pid: PidPath,
     req: TraceRequest,
     response: Response,
     wait: Annotated[bool, Query(description="answer when the trace has ended")] = False,
@@ -79,8 +69,7 @@ async def start_trace(
     .nettrace stream is saved for PerfView, Visual Studio or dotnet-trace convert."""
     job = await svc.start_trace(pid, req)
     response.headers["location"] = f"/dotnet/traces/{job.id}"
-    if wait and job.task is not None:
-        await asyncio.shield(job.task)
+    if wait and await ended(job):
         response.status_code = 200
     return view(job)
 
@@ -91,12 +80,12 @@ async def list_traces(svc: ServiceDep) -> list[TraceView]:
 
 
 @router.get("/dotnet/traces/{job_id}", responses=errors(404))
-async def get_trace(svc: ServiceDep, job_id: JobId) -> TraceView:
+async def get_trace(svc: ServiceDep, job_id: JobIdPath) -> TraceView:
     return view(svc.get(job_id))
 
 
 @router.get("/dotnet/traces/{job_id}/summary", responses=errors(404, 409))
-async def trace_summary(svc: ServiceDep, job_id: JobId) -> TraceSummary:
+async def trace_summary(svc: ServiceDep, job_id: JobIdPath) -> TraceSummary:
     """The events of the trace, counted and named by the agent's nettrace reader."""
     return svc.summary(svc.get(job_id))
 
@@ -109,7 +98,7 @@ async def trace_summary(svc: ServiceDep, job_id: JobId) -> TraceSummary:
         **errors(404, 409),
     },
 )
-async def trace_file(svc: ServiceDep, job_id: JobId) -> FileResponse:
+async def trace_file(svc: ServiceDep, job_id: JobIdPath) -> FileResponse:
     job = svc.get(job_id)
     return FileResponse(
         svc.trace_file(job), media_type="application/octet-stream", filename=f"{job.id}.nettrace"
@@ -117,7 +106,7 @@ async def trace_file(svc: ServiceDep, job_id: JobId) -> FileResponse:
 
 
 @router.delete("/dotnet/traces/{job_id}", status_code=204, responses=errors(404))
-async def delete_trace(svc: ServiceDep, job_id: JobId) -> Response:
+async def delete_trace(svc: ServiceDep, job_id: JobIdPath) -> Response:
     """Stop the trace if it runs (its session ends) and delete it."""
     await svc.delete(svc.get(job_id))
     return Response(status_code=204)
@@ -126,7 +115,7 @@ async def delete_trace(svc: ServiceDep, job_id: JobId) -> Response:
 @router.get("/dotnet/{pid}/counters", responses=errors(404, 409))
 async def counters(
     svc: ServiceDep,
-    pid: Pid,
+    pid: PidPath,
     duration_s: Annotated[float, Query(gt=0, le=300, description="how long to listen")] = 3,
     interval_s: Annotated[int, Query(ge=1, le=60, description="the counters' interval")] = 1,
 ) -> Counters:
@@ -136,6 +125,6 @@ async def counters(
 
 
 @router.get("/dotnet/{pid}/process-info", responses=errors(404, 409))
-async def process_info(svc: ServiceDep, pid: Pid) -> ProcessInfoAnswer:
+async def process_info(svc: ServiceDep, pid: PidPath) -> ProcessInfoAnswer:
     """The runtime's own ProcessInfo (.NET 5+; older runtimes: 409 naming the minimum)."""
     return await svc.process_info(pid)

@@ -3,29 +3,31 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, get_args
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from agent.dumps import DumpRequest, Service, format_of
-from agent.jobs import DictJob
-from agent.openapi import PROTECTED, TOOLS, errors
+from agent.deps import capability
+from agent.dumps import (
+    FILES,
+    DumpFormat,
+    DumpJob,
+    DumpRequest,
+    DumpResult,
+    Service,
+    format_of,
+    link,
+)
+from agent.jobs import ended, shown
+from agent.openapi import PROTECTED, TOOLS, JobIdPath, PidPath, errors
 
 router = APIRouter(tags=["dumps"], responses=errors(*PROTECTED, 422))
 
-Pid = Annotated[int, Path(ge=1, le=4_194_304)]
-JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]
 
-
-def get_service(request: Request) -> Service:
-    svc: Service = request.app.state.dumps
-    return svc
-
-
-ServiceDep = Annotated[Service, Depends(get_service)]
+ServiceDep = Annotated[Service, Depends(capability("dumps", Service))]
 
 
 class DumpView(BaseModel):
@@ -41,29 +43,21 @@ class DumpView(BaseModel):
     error: str | None
     created_at: float
     finished_at: float | None
-    result: dict[str, Any] = Field(description="estimate, bytes written, the writer's output")
+    result: DumpResult = Field(description="estimate, bytes written, the writer's output")
     links: dict[str, str]
 
 
-def view(job: DictJob) -> DumpView:
-    base = f"/dumps/{job.id}"
-    links = {"self": base}
+def view(job: DumpJob) -> DumpView:
+    links = {"self": f"/dumps/{job.id}"}
     fmt = format_of(job)
     if job.state == "succeeded":
-        links["hprof" if fmt == "hprof" else "core"] = (
-            f"{base}/heap.hprof" if fmt == "hprof" else f"{base}/core"
-        )
+        links[fmt] = link(job, fmt)
     return DumpView(
-        id=job.id,
+        **shown(job),
         pid=int(job.params["pid"]),
         type=str(job.params["type"]),
         writer=str(job.params["writer"]),
         format=fmt,
-        state=job.state,
-        progress=round(job.progress, 3),
-        error=job.error,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
         result=job.result,
         links=links,
     )
@@ -76,32 +70,13 @@ _DUMP_RESPONSES = {
 
 
 @router.post(
-    "/processes/{pid}/heapdump",
-    status_code=202,
-    responses=_DUMP_RESPONSES,
-)
-async def create_heapdump(
-    svc: ServiceDep,
-    pid: Pid,
-    response: Response,
-    req: DumpRequest | None = None,
-    wait: Annotated[bool, Query(description="answer when the dump is written")] = False,
-) -> DumpView:
-    """The same endpoint as ``/processes/{pid}/dump`` (one job, one artifact model),
-    by the name a heap dump goes by: a JVM's .hprof (``jattach dumpheap``), .NET's
-    createdump with its GC heap, gcore for the rest; 409 before writing when it
-    would not fit."""
-    return await create_dump(svc, pid, response, req, wait)
-
-
-@router.post(
     "/processes/{pid}/dump",
     status_code=202,
     responses=_DUMP_RESPONSES,
 )
 async def create_dump(
     svc: ServiceDep,
-    pid: Pid,
+    pid: PidPath,
     response: Response,
     req: DumpRequest | None = None,
     wait: Annotated[bool, Query(description="answer when the dump is written")] = False,
@@ -110,10 +85,22 @@ async def create_dump(
     heap, the default for Java) or gcore (409 before writing when it would not fit)."""
     job = await svc.create(pid, req or DumpRequest())
     response.headers["location"] = f"/dumps/{job.id}"
-    if wait and job.task is not None:
-        await asyncio.shield(job.task)
+    if wait and await ended(job):
         response.status_code = 200
     return view(job)
+
+
+# The same endpoint by the name a heap dump goes by (one handler, one job, one model).
+router.post(
+    "/processes/{pid}/heapdump",
+    status_code=202,
+    responses=_DUMP_RESPONSES,
+    name="create_heapdump",
+    description="The same endpoint as ``/processes/{pid}/dump`` (one job, one artifact "
+    "model),\nby the name a heap dump goes by: a JVM's .hprof (``jattach dumpheap``), "
+    ".NET's\ncreatedump with its GC heap, gcore for the rest; 409 before writing when "
+    "it\nwould not fit.",
+)(create_dump)
 
 
 @router.get("/dumps")
@@ -122,47 +109,49 @@ async def list_dumps(svc: ServiceDep) -> list[DumpView]:
 
 
 @router.get("/dumps/{job_id}", responses=errors(404))
-async def get_dump(svc: ServiceDep, job_id: JobId) -> DumpView:
+async def get_dump(svc: ServiceDep, job_id: JobIdPath) -> DumpView:
     return view(svc.get(job_id))
 
 
-@router.get(
-    "/dumps/{job_id}/core",
-    response_class=FileResponse,
-    responses={
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
-        **errors(404, 409),
-    },
-)
-async def core_file(svc: ServiceDep, job_id: JobId) -> FileResponse:
-    job = svc.get(job_id)
-    return FileResponse(
-        svc.core_file(job),
-        media_type="application/octet-stream",
-        filename=f"core.{job.params['pid']}",
-    )
+# One download route per format, the same handler (a path each, as the view's links name).
+_DOWNLOADS: dict[DumpFormat, tuple[str, str, str]] = {
+    # format: (operation name, file name in the answer, description)
+    "core": ("core_file", "core.{pid}", "A core dump: gdb, lldb or dotnet-dump analyze open it."),
+    "hprof": ("hprof_file", "heap.{pid}.hprof", "A Java heap dump: Eclipse MAT, VisualVM, "
+              "IntelliJ open it."),
+}  # fmt: skip
 
 
-@router.get(
-    "/dumps/{job_id}/heap.hprof",
-    response_class=FileResponse,
-    responses={
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
-        **errors(404, 409),
-    },
-)
-async def hprof_file(svc: ServiceDep, job_id: JobId) -> FileResponse:
-    """A Java heap dump: Eclipse MAT, VisualVM, IntelliJ open it."""
-    job = svc.get(job_id)
-    return FileResponse(
-        svc.core_file(job, fmt="hprof"),
-        media_type="application/octet-stream",
-        filename=f"heap.{job.params['pid']}.hprof",
-    )
+def _download(fmt: DumpFormat) -> Callable[[Service, str], Awaitable[FileResponse]]:
+    filename = _DOWNLOADS[fmt][1]
+
+    async def download(svc: ServiceDep, job_id: JobIdPath) -> FileResponse:
+        job = svc.get(job_id)
+        return FileResponse(
+            svc.dump_file(job, fmt=fmt),
+            media_type="application/octet-stream",
+            filename=filename.format(pid=job.params["pid"]),
+        )
+
+    return download
+
+
+for _fmt in get_args(DumpFormat):
+    _name, _file, _about = _DOWNLOADS[_fmt]
+    router.get(
+        f"/dumps/{{job_id}}/{FILES[_fmt]}",
+        name=_name,
+        description=_about,
+        response_class=FileResponse,
+        responses={
+            200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
+            **errors(404, 409),
+        },
+    )(_download(_fmt))
 
 
 @router.delete("/dumps/{job_id}", status_code=204, responses=errors(404))
-async def delete_dump(svc: ServiceDep, job_id: JobId) -> Response:
+async def delete_dump(svc: ServiceDep, job_id: JobIdPath) -> Response:
     """Stop the dump if it is being written and delete it."""
     await svc.delete(svc.get(job_id))
     return Response(status_code=204)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, NoReturn
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agent.deps import SettingsDep
+from agent.deps import SettingsDep, capability
 from agent.errors import Conflict, Invalid
 from agent.lttng import (
     Action,
@@ -23,6 +23,7 @@ from agent.lttng import (
     SessionList,
     SessionRequest,
     SessionView,
+    Tracepoints,
 )
 from agent.openapi import PROTECTED, TOOLS, content, errors, json_object
 
@@ -33,12 +34,7 @@ SessionId = Annotated[
 ]
 
 
-def get_service(request: Request) -> Service:
-    svc: Service = request.app.state.lttng
-    return svc
-
-
-ServiceDep = Annotated[Service, Depends(get_service)]
+ServiceDep = Annotated[Service, Depends(capability("lttng", Service))]
 
 ATTACHED_LTTNG = (
     "LTTng needs the pod's shared /var/run/lttng, where the apps' LTTng-UST finds the "
@@ -57,7 +53,7 @@ SharedLttng = Annotated[None, Depends(require_shared_lttng)]
 
 
 @router.get("/tracepoints", responses=errors(*TOOLS))
-async def tracepoints(svc: ServiceDep) -> dict[str, Any]:
+async def tracepoints(svc: ServiceDep) -> Tracepoints:
     """Tracepoints and loggers the pod's registered apps offer, per process and domain."""
     return await svc.tracepoints()
 

@@ -4,28 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query
 
 from agent import memory
-from agent.openapi import PROTECTED, TOOLS, errors
+from agent.deps import capability
+from agent.openapi import PROTECTED, TOOLS, PidPath, errors
 
 router = APIRouter(tags=["memory"], responses=errors(*PROTECTED, 422))
 
-Pid = Annotated[int, Path(ge=1, le=4_194_304)]
 
-
-def get_service(request: Request) -> memory.Service:
-    svc: memory.Service = request.app.state.memory
-    return svc
-
-
-ServiceDep = Annotated[memory.Service, Depends(get_service)]
+ServiceDep = Annotated[memory.Service, Depends(capability("memory", memory.Service))]
 
 
 @router.get("/processes/{pid}/memory", responses=errors(404, 409))
 async def process_memory(
     svc: ServiceDep,
-    pid: Pid,
+    pid: PidPath,
     top: Annotated[
         int, Query(ge=1, le=memory.MAX_TOP, description="the largest mappings listed")
     ] = 10,
@@ -50,7 +44,7 @@ async def process_memory(
 @router.get("/processes/{pid}/memory/class-histogram", responses=errors(404, 409, *TOOLS))
 async def class_histogram(
     svc: ServiceDep,
-    pid: Pid,
+    pid: PidPath,
     top: Annotated[int, Query(ge=1, le=memory.MAX_TOP, description="entries, by bytes")] = 50,
     live: Annotated[
         bool,

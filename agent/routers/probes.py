@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from agent.deps import capability
 from agent.openapi import PROTECTED, TOOLS, content, errors, json_object
 from agent.probes import (
     STREAM_MAX_BYTES,
@@ -27,12 +28,7 @@ router = APIRouter(tags=["probes"], responses=errors(*PROTECTED, 422))
 ProbeId = Annotated[str, Path(pattern=r"^[0-9a-f]{8}$", description="A probe's id.")]
 
 
-def get_service(request: Request) -> Service:
-    svc: Service = request.app.state.probes
-    return svc
-
-
-ServiceDep = Annotated[Service, Depends(get_service)]
+ServiceDep = Annotated[Service, Depends(capability("probes", Service))]
 
 
 @router.get("/processes/{pid}/symbols", responses=errors(404))
@@ -71,14 +67,14 @@ async def create_probe(
     return JSONResponse(result, status_code=201, headers={"Location": f"/probes/{result['id']}"})
 
 
-@router.get("/probes", response_model=ProbeList)
-async def list_probes(svc: ServiceDep) -> dict[str, Any]:
-    return {"probes": svc.list_probes()}
+@router.get("/probes")
+async def list_probes(svc: ServiceDep) -> ProbeList:
+    return ProbeList(probes=svc.list_probes())
 
 
-@router.get("/probes/{probe_id}", response_model=ProbeView, responses=errors(404))
-async def get_probe(svc: ServiceDep, probe_id: ProbeId) -> dict[str, Any]:
-    return svc.get(probe_id).to_dict()
+@router.get("/probes/{probe_id}", responses=errors(404))
+async def get_probe(svc: ServiceDep, probe_id: ProbeId) -> ProbeView:
+    return svc.get(probe_id).view()
 
 
 @router.get(
@@ -107,6 +103,6 @@ async def probe_events(
     return StreamingResponse(body, media_type=media, headers=headers)
 
 
-@router.delete("/probes/{probe_id}", response_model=ProbeView, responses=errors(404))
-async def delete_probe(svc: ServiceDep, probe_id: ProbeId) -> dict[str, Any]:
+@router.delete("/probes/{probe_id}", responses=errors(404))
+async def delete_probe(svc: ServiceDep, probe_id: ProbeId) -> ProbeView:
     return await svc.delete(probe_id)

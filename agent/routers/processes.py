@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
 from agent import procfs
-from agent.openapi import PROTECTED, errors
+from agent.openapi import PROTECTED, PidPath, errors
 from agent.procfs import ProcessInfo
 
 router = APIRouter(tags=["processes"], responses=errors(*PROTECTED, 422))
@@ -32,6 +32,6 @@ async def list_processes(
 
 
 @router.get("/processes/{pid}", responses=errors(404))
-async def get_process(pid: Annotated[int, Path(ge=1, le=4_194_304)]) -> ProcessInfo:
+async def get_process(pid: PidPath) -> ProcessInfo:
     """One process (404 if there is none with that pid)."""
     return await asyncio.to_thread(procfs.process_info, pid)

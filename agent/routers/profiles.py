@@ -5,11 +5,11 @@ from __future__ import annotations
 from os import PathLike
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from agent import profiling
-from agent.deps import SinksDep
+from agent.deps import SinksDep, capability
 from agent.errors import ToolError
 from agent.openapi import PROTECTED, TOOLS, content, errors, json_or
 from agent.profiling import ARTIFACTS, BPFTRACE_OUT, PERF_DATA, PPROF, SPEEDSCOPE, SVG
@@ -52,12 +52,7 @@ class ProfileBody(ProfileRequest, Push):
     """The body of ``POST /profiles``: what to profile and how, and ``push``."""
 
 
-def get_service(request: Request) -> profiling.Service:
-    svc: profiling.Service = request.app.state.profiling
-    return svc
-
-
-ServiceDep = Annotated[profiling.Service, Depends(get_service)]
+ServiceDep = Annotated[profiling.Service, Depends(capability("profiling", profiling.Service))]
 
 
 def view(svc: profiling.Service, job: profiling.ProfileJob) -> profiling.ProfileView:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Response
 from fastapi.responses import JSONResponse
 
 from agent import profiling
-from agent.deps import SettingsDep, SinksDep
+from agent.deps import SettingsDep, SinksDep, capability
 from agent.openapi import PROTECTED, content, errors
 from agent.profiling.planner import OutputFormat
 from agent.routers.profiles import ServiceDep, view
@@ -27,12 +27,9 @@ _MEDIA = {
 }
 
 
-def get_recorder(request: Request) -> profiling.FlightRecorder:
-    rec: profiling.FlightRecorder = request.app.state.recorder
-    return rec
-
-
-RecorderDep = Annotated[profiling.FlightRecorder, Depends(get_recorder)]
+RecorderDep = Annotated[
+    profiling.FlightRecorder, Depends(capability("recorder", profiling.FlightRecorder))
+]
 
 
 class RecorderBody(profiling.RecorderRequest, Push):
@@ -58,16 +55,20 @@ async def start_recorder(
     status = await rec.record(req)
     if req.push:
         sinks.start_continuous(rec)
-    status["push"] = sinks.continuous_status()
-    return JSONResponse(status, status_code=201, headers={"Location": "/recorder"})
+    status.push = sinks.continuous_status()
+    return JSONResponse(
+        status.model_dump(mode="json"), status_code=201, headers={"Location": "/recorder"}
+    )
 
 
-@router.get("/recorder", response_model=profiling.RecorderStatus)
-async def recorder_status(rec: RecorderDep, sinks: SinksDep) -> dict[str, Any]:
+@router.get("/recorder")
+async def recorder_status(rec: RecorderDep, sinks: SinksDep) -> profiling.RecorderStatus:
     """State, the retained window (Unix seconds), how far behind real time its newest
     complete second is (``lag_s``), its size, how each Python process is sampled, and
     ``push``: the continuous pushes (null when the recorder is not pushing)."""
-    return {**rec.status(), "push": sinks.continuous_status()}
+    status = rec.status()
+    status.push = sinks.continuous_status()
+    return status
 
 
 @router.delete(
@@ -139,7 +140,7 @@ async def recorder_memory(
     rec: RecorderDep,
     from_: Annotated[float, Query(alias="from", description="Unix time, seconds")],
     to: Annotated[float, Query(description="Unix time, seconds")],
-) -> dict[str, Any]:
+) -> profiling.RecorderMemory:
     """Each recorded process's resident memory over ``[from, to)`` (the retained part):
     first, last, min, max, growth per minute, and one point a second, biggest growth
     first. The same seconds as ``/recorder/profile``'s stacks."""
@@ -180,5 +181,5 @@ async def recorder_profile(
 def _with_rss(body: bytes, part: profiling.Slice) -> bytes:
     """Speedscope reads the keys it knows: the memory rides along for scripts."""
     doc = json.loads(body)
-    doc["tracecar"] = {"rss": [t.as_dict() for t in part.rss]}
+    doc["tracecar"] = {"rss": [profiling.RssTrendView.of(t).model_dump() for t in part.rss]}
     return json.dumps(doc).encode()

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 
-from agent.openapi import PROTECTED, TOOLS, errors
+from agent.deps import capability
+from agent.openapi import PROTECTED, TOOLS, PidPath, errors
 from agent.stacks import Format, RequestedRuntime, Stacks, StackSnapshot
 
 router = APIRouter(tags=["processes"], responses=errors(*PROTECTED, 422))
@@ -16,12 +17,7 @@ router = APIRouter(tags=["processes"], responses=errors(*PROTECTED, 422))
 _TEXT = "text/plain; charset=utf-8"
 
 
-def get_stacks(request: Request) -> Stacks:
-    stacks: Stacks = request.app.state.stacks
-    return stacks
-
-
-StacksDep = Annotated[Stacks, Depends(get_stacks)]
+StacksDep = Annotated[Stacks, Depends(capability("stacks", Stacks))]
 
 _OK: dict[int | str, dict[str, Any]] = {
     200: {
@@ -46,7 +42,7 @@ def _wants_text(format: Format | None, accept: str) -> bool:
 )
 async def stack(
     stacks: StacksDep,
-    pid: Annotated[int, Path(ge=1, le=4_194_304)],
+    pid: PidPath,
     format: Annotated[
         Format | None,
         Query(description="json (default) or text; without it, Accept: text/plain means text"),

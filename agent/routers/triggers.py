@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Response
 from fastapi.responses import JSONResponse
 
 from agent import profiling
-from agent.deps import SinksDep
+from agent.deps import SinksDep, capability
 from agent.openapi import PROTECTED, errors
 from agent.routers.profiles import ServiceDep
 from agent.sinks import Push
@@ -18,12 +18,7 @@ router = APIRouter(tags=["triggers"], responses=errors(*PROTECTED, 422))
 TriggerId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="a trigger's id")]
 
 
-def get_triggers(request: Request) -> profiling.Triggers:
-    triggers: profiling.Triggers = request.app.state.triggers
-    return triggers
-
-
-TriggersDep = Annotated[profiling.Triggers, Depends(get_triggers)]
+TriggersDep = Annotated[profiling.Triggers, Depends(capability("triggers", profiling.Triggers))]
 
 
 class TriggerBody(profiling.TriggerRequest, Push):
@@ -54,17 +49,19 @@ async def create_trigger(
     if body.push:
         sinks.follow_trigger(triggers, svc, trigger)
     return JSONResponse(
-        trigger.view(), status_code=201, headers={"Location": f"/triggers/{trigger.id}"}
+        trigger.view().model_dump(mode="json"),
+        status_code=201,
+        headers={"Location": f"/triggers/{trigger.id}"},
     )
 
 
-@router.get("/triggers", response_model=list[profiling.TriggerView])
-async def list_triggers(triggers: TriggersDep) -> list[dict[str, Any]]:
+@router.get("/triggers")
+async def list_triggers(triggers: TriggersDep) -> list[profiling.TriggerView]:
     return [t.view() for t in triggers.list()]
 
 
-@router.get("/triggers/{trigger_id}", response_model=profiling.TriggerView, responses=errors(404))
-async def get_trigger(triggers: TriggersDep, trigger_id: TriggerId) -> dict[str, Any]:
+@router.get("/triggers/{trigger_id}", responses=errors(404))
+async def get_trigger(triggers: TriggersDep, trigger_id: TriggerId) -> profiling.TriggerView:
     """State, the last CPU use measured, and ``captures``: what fired, when, at what CPU."""
     return triggers.get(trigger_id).view()
 

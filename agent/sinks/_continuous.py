@@ -148,7 +148,7 @@ class Continuous:
             # At least a second between attempts: when bpftrace is late (a busy node
             # delays its output by seconds), the interval is not there yet; wait for it.
             await asyncio.sleep(max(due - time.time(), MIN_WAIT_S))
-            if self.recorder.status()["state"] not in ("recording", "starting"):
+            if self.recorder.status().state not in ("recording", "starting"):
                 self.last_error = "the flight recorder stopped: continuous pushes ended"
                 return
             # the ring holds whole seconds: an interval is a whole number of them
@@ -161,11 +161,11 @@ class Continuous:
         this one ended, so an interval the sampler was late for is covered by the next
         push, not skipped."""
         async with self._lock:
-            window = self.recorder.status().get("window")
+            window = self.recorder.status().window
             complete = self.recorder.complete_until()
             if not window or complete is None:
                 return 0  # nothing recorded yet (bpftrace is still attaching): wait
-            first = math.floor(float(window["start"]))
+            first = math.floor(window.start)
             if start < first:
                 # The ring begins later (the recorder's first second came after this
                 # interval was planned, or old seconds were evicted): begin there.

@@ -254,7 +254,7 @@ class Sinks:
             published: set[str] = set()
             while True:
                 for capture in list(trigger.captures):
-                    profile_id = str(capture["profile_id"])
+                    profile_id = capture.profile_id
                     if profile_id in published:
                         continue
                     try:
@@ -266,7 +266,7 @@ class Sinks:
                         published.add(profile_id)
                         await self.publish(job, source="trigger", extra=extra)
                 ended = trigger.state in ("done", "failed") or trigger not in triggers.list()
-                if ended and all(str(c["profile_id"]) in published for c in trigger.captures):
+                if ended and all(c.profile_id in published for c in trigger.captures):
                     return
                 if trigger not in triggers.list() and trigger.state not in ("done", "failed"):
                     return

@@ -15,15 +15,15 @@ import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import NoteSection
+from typing import TYPE_CHECKING
 
 from agent import symbols
 from agent.errors import Invalid, NotFound
 from agent.symbolize._ehframe import EhFrame
 from agent.symbolize.gopclntab import GoTable, PclntabError, open_table
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 __all__ = ["ElfObject", "load_object", "read_build_id"]
 
@@ -84,6 +84,8 @@ class ElfObject:
 
 
 def read_build_id(elf: ELFFile) -> str | None:
+    from elftools.elf.sections import NoteSection
+
     sec = elf.get_section_by_name(".note.gnu.build-id")
     if not isinstance(sec, NoteSection):
         return None
@@ -110,6 +112,9 @@ def _debuglink(elf: ELFFile) -> tuple[str, int] | None:
 
 @lru_cache(maxsize=128)
 def _load(path: str, _identity: tuple[int, int, int, int]) -> ElfObject:
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile  # on first use: ~3 MB of an idle agent
+
     with open(path, "rb") as f:
         elf = ELFFile(f)
         if elf.elfclass != 64 or not elf.little_endian:
@@ -156,6 +161,8 @@ def _load(path: str, _identity: tuple[int, int, int, int]) -> ElfObject:
 def load_object(host_path: Path) -> ElfObject | None:
     """The object at ``host_path`` (cached by device, inode, size and mtime), None if it
     is missing or not a readable 64-bit ELF file."""
+    from elftools.common.exceptions import ELFError
+
     try:
         st = os.stat(host_path)
         if not symbols.is_elf(host_path):

@@ -28,9 +28,6 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 __all__ = ["DebugFile", "DebuginfodCache", "find_debug_file", "parse_urls"]
 
 _BUILD_ID = re.compile(r"^[0-9a-f]{8,128}$")
@@ -51,6 +48,9 @@ def parse_urls(value: str) -> list[str]:
 
 
 def _build_id_of(path: Path) -> str | None:
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     from agent.symbolize._objects import read_build_id
 
     try:

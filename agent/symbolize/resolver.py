@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import procfs, symbols
 from agent.errors import Invalid, NotFound
@@ -44,7 +44,9 @@ from agent.settings import Settings
 from agent.symbolize._ehframe import RSP
 from agent.symbolize._objects import ElfObject, load_object
 from agent.symbolize.debuginfo import DebuginfodCache, find_debug_file
-from agent.symbolize.dwarf import DwarfInline, OverBudget, load_dwarf
+
+if TYPE_CHECKING:
+    from agent.symbolize.dwarf import DwarfInline
 
 __all__ = ["Symbolizer"]
 
@@ -178,6 +180,8 @@ class _Process:
         """Inlined frames from the DWARF at ``path`` (the object or its debug file)."""
         if path == elf.path and ".debug_info" not in elf.sections:
             return  # no DWARF: nothing to say (most shipped objects)
+        from agent.symbolize.dwarf import load_dwarf  # pyelftools, on first use
+
         try:
             o.dwarf = load_dwarf(Path(path))
         except ValueError as e:
@@ -188,6 +192,8 @@ class _Process:
     def inlined(self, o: _Obj, vaddr: int) -> tuple[str, ...]:
         """The calls inlined at ``vaddr``, outermost first; stops for this profile (and
         says so) when its DWARF budget is spent or the DWARF is unreadable."""
+        from agent.symbolize.dwarf import OverBudget
+
         assert o.dwarf is not None
         try:
             return o.dwarf.inlined(vaddr, deadline=self.owner.dwarf_deadline())

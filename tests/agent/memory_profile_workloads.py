@@ -110,21 +110,32 @@ while True:
     signal.pause()
 """.replace("ROUNDS", str(PY_ROUNDS))
 
-# Java: one method allocates 64 KiB arrays, another 64-byte ones, 1:1 in calls (1000:1 in
-# bytes): the first must be the top allocator by bytes. The class is named Chain so the
-# tests' build_java compiles it.
+# Java: one method allocates 64 KiB arrays, another 64-byte ones, 1:1 in calls (about
+# 820:1 in bytes, with the arrays' 16-byte headers): the first must be the top allocator
+# by bytes. Each array is stored in a static field: an array nothing reads escapes
+# nowhere, and C2 removes its allocation altogether (the earlier version of this app
+# allocated nothing once compiled: its heap did not grow, and no sampler could see it).
+# Round N of JAVA_ROUNDS calls each starts when /tmp/chain-go-N exists in the app's
+# /tmp (the test creates it once the profile is recording) and ends with "done N";
+# with the argument "exit" the JVM exits after round 1. Named Chain for build_java.
+JAVA_ROUNDS = 20_000
+JAVA_BIG_BYTES = 64 * 1024 + 16
+JAVA_SMALL_BYTES = 64 + 16
 JAVA_ALLOC = r"""
-import java.util.*;
+import java.io.File;
 public class Chain {
-    static long sink;
-    static void bigAllocator() { byte[] b = new byte[64 * 1024]; sink += b.length; }
-    static void smallAllocator() { byte[] b = new byte[64]; sink += b.length; }
+    static Object big, small;
+    static void bigAllocator() { big = new byte[64 * 1024]; }
+    static void smallAllocator() { small = new byte[64]; }
     public static void main(String[] a) throws Exception {
         System.out.println("ready");
-        while (true) {
-            for (int i = 0; i < 100; i++) { bigAllocator(); smallAllocator(); }
-            Thread.sleep(1);
+        for (int n = 1; ; n++) {
+            File go = new File("/tmp/chain-go-" + n);
+            while (!go.exists()) Thread.sleep(10);
+            for (int i = 0; i < ROUNDS; i++) { bigAllocator(); smallAllocator(); }
+            System.out.println("done " + n);
+            if (a.length > 0 && a[0].equals("exit")) System.exit(0);
         }
     }
 }
-"""
+""".replace("ROUNDS", str(JAVA_ROUNDS))

@@ -12,7 +12,7 @@ import pytest
 from agent import procfs
 from agent.errors import Conflict, Invalid
 from agent.profiling import FlightRecorder, ProcessGroup, RecorderRequest, _flight_recorder, when
-from agent.profiling._flight_recorder import _Run
+from agent.profiling._flight_recorder import Window, _Run
 from agent.profiling._flight_ring import LATE_AFTER_S, TRIMMED_FRAME, ProcessMeta, Ring, Slice, trim
 
 
@@ -70,7 +70,7 @@ def test_buckets_intervals_and_the_time_bound(monkeypatch: pytest.MonkeyPatch) -
     rec, run = recorder(RecorderRequest(retain_s=5))
     feed(rec, run, [(100 + i, {KEY_A: 19, KEY_AGENT: 3}) for i in range(4)], monkeypatch)
     feed(rec, run, [(104 + i, {KEY_B: 19}) for i in range(4)], monkeypatch)
-    assert rec.status()["window"] == {"start": 103.0, "end": 108.0}  # 5 s kept
+    assert rec.status().window == Window(start=103.0, end=108.0)  # 5 s kept
     part = interval(rec, 103.2, 105)
     assert part.stacks == {"app;main;alpha": 19, "app;main;beta": 19}
     assert (part.start, part.end, part.clipped) == (103, 105, False)
@@ -115,7 +115,8 @@ def test_the_bytes_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     rec, run = recorder(RecorderRequest(retain_s=3600, max_bytes=100))
     feed(rec, run, [(100 + i, {KEY_A: 1, KEY_B: 1}) for i in range(20)], monkeypatch)
     s = rec.status()
-    assert 0 < s["bytes"] <= 100 and s["evicted_buckets"] > 0 and s["buckets"] == 1, s
+    assert s.bytes is not None and 0 < s.bytes <= 100, s
+    assert s.evicted_buckets is not None and s.evicted_buckets > 0 and s.buckets == 1, s
 
 
 def test_a_second_bigger_than_the_bound_is_trimmed_not_dropped(
@@ -184,7 +185,7 @@ def test_samples_per_process_group_for_sinks(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_no_recorder() -> None:
     rec = FlightRecorder(max_retain_s=3600, max_bytes=1 << 20)
-    assert rec.status() == {"state": "stopped", "window": None}
+    assert rec.status().model_dump(exclude_defaults=True) == {"state": "stopped", "window": None}
     with pytest.raises(Conflict, match="POST /recorder"):
         interval(rec, 1, 2)
     assert rec.limits()["max_bytes"] == 1 << 20
@@ -196,3 +197,22 @@ def test_a_container_target_keeps_its_processes_only(monkeypatch: pytest.MonkeyP
     feed(rec, run, [(100, {KEY_A: 19, KEY_PY: 10})], monkeypatch)
     assert interval(rec, 100, 101).stacks == {"python3;_PyEval_EvalFrameDefault": 10}
     assert run.meta[5] == META[5]  # read once, kept while the process lives
+
+
+def test_memory_and_status_answer_typed_rss_trends(monkeypatch: pytest.MonkeyPatch) -> None:
+    rec, run = recorder(RecorderRequest(retain_s=60))
+    for i, mib in enumerate((10, 12, 16)):
+        run.ring.describe(5, META[5])
+        run.ring.add_sampler(100 + i, {5: {"app;main": 19}}, rss={5: mib << 20})
+        run.ring.commit(100 + i + 1.05)
+    monkeypatch.setattr("agent.profiling._flight_recorder.time.time", lambda: 103.05)
+    doc = rec.memory(100, 103).model_dump(mode="json", by_alias=True)
+    assert (doc["from"], doc["to"], doc["requested_from"]) == (100.0, 103.0, 100)
+    (proc,) = doc["processes"]
+    assert proc["series"] == [[100, 10 << 20], [101, 12 << 20], [102, 16 << 20]]
+    assert (proc["pid"], proc["first_bytes"], proc["max_bytes"]) == (5, 10 << 20, 16 << 20)
+    assert proc["growth_bytes"] == 6 << 20 and proc["growth_mib_per_min"] == 180.0
+    status = rec.status()
+    assert status.rss is not None and status.rss[0].model_dump() == {
+        k: v for k, v in proc.items() if k != "series"
+    }

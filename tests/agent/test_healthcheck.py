@@ -4,9 +4,11 @@ model, no pydantic), against a real loopback HTTP server."""
 from __future__ import annotations
 
 import http.server
+import os
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +74,29 @@ def test_the_healthcheck_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_an_unusable_token_file_ends_the_agent_with_status_2_and_says_why(
+    tmp_path: Path,
+) -> None:
+    """The app loads after the port answers (agent.boot); a configuration it refuses still
+    ends the process with its own status and the reason, not a served agent."""
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "TRACECAR_AGENT_PORT": str(port),
+        "TRACECAR_AGENT_DATA_DIR": str(tmp_path / "data"),
+        "TRACECAR_AGENT_TOKEN_FILE": str(tmp_path / "missing-token"),
+        "TRACECAR_AGENT_LTTNG_START_SESSIOND": "false",
+        "TRACECAR_AGENT_LOG_FORMAT": "text",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "agent"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "missing-token" in out.stderr and "cannot serve" in out.stderr

@@ -22,6 +22,8 @@ from tests.agent.memory_profile_workloads import (
     ALLOC_C_FLAGS,
     BALANCED_BYTES,
     JAVA_ALLOC,
+    JAVA_BIG_BYTES,
+    JAVA_ROUNDS,
     LEAKY_BYTES,
     PY_BLOCK,
     PY_MEMORY,
@@ -280,7 +282,9 @@ def test_capabilities_say_what_each_runtime_shows(client: httpx.Client) -> None:
     types = client.get("/capabilities").json()["profiling"]["types"]
     assert types["alloc"]["available"] and types["leak"]["available"], types
     assert "not with malloc" in types["alloc"]["runtimes"]["go"], types
-    assert "available" in types["alloc"]["java_methods"], types
+    java = types["alloc"]["java_methods"]
+    assert java["available"] and "async-profiler" in java["reason"], java
+    assert java["library"].endswith("libasyncProfiler.so"), java
 
 
 @pytest.mark.parametrize("kind", ["alloc"])
@@ -319,43 +323,184 @@ def test_diff_of_memory_profiles(client: httpx.Client) -> None:
     assert r.status_code == 409 and "same type" in r.json()["detail"], r.text
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap (issue 21 left open): on a loaded machine JFR's allocation samples "
-    "of a fresh JVM often never reach the recording the agent reads (0-1 samples in "
-    "three 10 s profiles, seen in CI); the product's JFR path must wait for JFR to run",
-)
+def _java_app(pod: podsim.SimPod, tmp_path: Path, name: str, *args: str) -> podsim.Container:
+    need("java", "javac", "jattach", "bpftrace")
+    cls = build_java(JAVA_ALLOC, tmp_path)
+    return _ready(
+        pod.run(name, ["java", "-cp", "/srv", "Chain", *args], files={"Chain.class": cls})
+    )
+
+
+def _java_round(c: podsim.Container, n: int) -> None:
+    """Round n of the app's allocations, from now (the profile is recording), to its end."""
+    Path(f"/proc/{c.host_pid}/root/tmp/chain-go-{n}").touch()
+    deadline = time.monotonic() + 240
+    while f"done {n}" not in c.log():
+        assert time.monotonic() < deadline and (c.alive() or n == 1), c.log()
+        time.sleep(0.1)
+
+
+def _ours_in_jvm_tmp(c: podsim.Container) -> list[str]:
+    return [p.name for p in Path(f"/proc/{c.host_pid}/root/tmp").glob("tracecar-async-profiler-*")]
+
+
+def _profiler_libraries(c: podsim.Container) -> set[str]:
+    maps = Path(f"/proc/{c.host_pid}/maps").read_text().splitlines()
+    return {ln.split(maxsplit=5)[5] for ln in maps if "tracecar-async-profiler-" in ln}
+
+
+def _profiler_active(c: podsim.Container) -> bool:
+    """async-profiler's own answer (``status``), through the copy the JVM has loaded."""
+    (lib,) = _profiler_libraries(c)
+    log = f"/tmp/status-{os.getpid()}.log"
+    subprocess.run(
+        ["jattach", str(c.host_pid), "load", lib.removesuffix(" (deleted)"), "true",
+         f"status,log={log}"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    host = Path(f"/proc/{c.host_pid}/root{log}")
+    said = host.read_text()
+    host.unlink()
+    return "Profiling is running" in said
+
+
+def _java_stacks(client: httpx.Client, job_id: object, weight: str = "bytes") -> dict[str, int]:
+    folded = client.get(f"/profiles/{job_id}/folded?weight={weight}").text
+    return {s: n for s, n in folded_total(folded).items() if ";[java];" in s}
+
+
 def test_java_top_allocator_by_method(
     pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
 ) -> None:
-    """JFR's allocation samples name Java methods: the one allocating most bytes tops."""
-    need("java", "javac", "jattach", "jfr", "bpftrace")
-    cls = build_java(JAVA_ALLOC, tmp_path)
-    c = _ready(pod.run("jalloc", ["java", "-cp", "/srv", "Chain"], files={"Chain.class": cls}))
+    """async-profiler's alloc mode names Java methods: the one allocating most bytes tops,
+    by bytes and by samples; a second profile of the same JVM drives the copy the first
+    loaded; one at a time; a cancel stops it; nothing is left in the JVM's /tmp."""
+    c = _java_app(pod, tmp_path, "jalloc")
     try:
-        # JFR's allocation samples are throttled and flushed by the JVM on its own
-        # schedule, and JFR starts slowly the first time in a JVM: a recording of a fresh
-        # JVM on a loaded machine can end with none of the app's (seen in CI: one sample,
-        # of JFR's own start). Profile again, at most three times, until the app's are in.
-        for _ in range(3):
-            r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 10})
-            assert r.status_code == 202, r.text
-            done = wait_done(client, r.json()["id"], timeout=240)
-            # Nothing left in the JVM's /tmp (the recording's file is read, then removed).
-            assert not list(Path(f"/proc/{c.host_pid}/root/tmp").glob("tracecar-*.jfr"))
-            assert done["state"] == "succeeded", str(done["error"])[-2000:]
-            stacks = folded_total(client.get(f"/profiles/{done['id']}/folded").text)
-            java = {s: n for s, n in stacks.items() if ";[java];" in s}
-            if _under(java, "Chain.bigAllocator"):
-                break
+        plan = client.post("/profiles?dry_run=true", json={"pid": c.pid, "type": "alloc"})
+        java = plan.json()["plan"]["memory"]["java_methods"]
+        assert java["available"] and java["pids"] == [c.pid], java
+        assert "one sample per 512 KiB" in java["sampling"], java
+        r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 300})
+        assert r.status_code == 202, r.text
+        first = r.json()["id"]
+        # The JVM's sampler starts before bpftrace attaches: recording from here.
+        _attached(client, first)
+        assert _ours_in_jvm_tmp(c) == [], "the library's copy is removed once loaded"
+        # One session per JVM: a second profile meanwhile gets its native view only.
+        r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 300})
+        assert r.status_code == 202, r.text
+        second = r.json()["id"]
+        _attached(client, second)
+        assert client.delete(f"/profiles/{second}").status_code == 202
+        busy = wait_done(client, second, timeout=120)
+        assert busy["state"] == "succeeded", str(busy["error"])[-2000:]
+        assert any("already running" in n for n in busy["metadata"]["notes"]), busy["metadata"]
+        assert _java_stacks(client, second) == {}
+        _java_round(c, 1)
+        assert client.delete(f"/profiles/{first}").status_code == 202
+        done = wait_done(client, first, timeout=120)
+        assert done["state"] == "succeeded", str(done["error"])[-2000:]
+        meta = done["metadata"]
+        java_bytes = _java_stacks(client, first)
+        big, small = (
+            _under(java_bytes, "Chain.bigAllocator"),
+            _under(java_bytes, "Chain.smallAllocator"),
+        )
+        # The issue's check: the method allocating most bytes is the top allocator.
+        top = max(java_bytes, key=lambda s: java_bytes[s])
+        assert top.endswith(";Chain.bigAllocator;byte[]"), (top, meta["notes"])
+        assert top.startswith("java;[java];") and big > 0.9 * sum(java_bytes.values()), java_bytes
+        # Sampled, yet unbiased: 94-96% of the truth in runs by hand (2,500 samples).
+        truth = JAVA_ROUNDS * JAVA_BIG_BYTES
+        assert 0.75 * truth <= big <= 1.25 * truth, (big, truth, small)
+        counts = _java_stacks(client, first, "count")
+        assert _under(counts, "Chain.bigAllocator") > 10 * _under(counts, "Chain.smallAllocator")
+        assert any("async-profiler's alloc mode" in n for n in meta["notes"]), meta["notes"]
+        assert _ours_in_jvm_tmp(c) == [] and len(_profiler_libraries(c)) == 1
+        assert not _profiler_active(c)
+        # Cancelled and discarded: the profiler is stopped all the same.
+        r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 300})
+        _attached(client, r.json()["id"])
+        assert _profiler_active(c)
+        assert client.delete(f"/profiles/{r.json()['id']}?discard=true").status_code == 204
+        deadline = time.monotonic() + 60
+        while _profiler_active(c):
+            assert time.monotonic() < deadline, "a discarded profile left the profiler running"
+            time.sleep(0.2)
+        # Again: through the copy the JVM already has (it cannot load a second).
+        r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 300})
+        again = r.json()["id"]
+        _attached(client, again)
+        _java_round(c, 2)
+        assert client.delete(f"/profiles/{again}").status_code == 202
+        done = wait_done(client, again, timeout=120)
+        assert done["state"] == "succeeded", str(done["error"])[-2000:]
+        notes = done["metadata"]["notes"]
+        assert any("driven through the copy an earlier profile loaded" in n for n in notes), notes
+        java_bytes = _java_stacks(client, again)
+        top = max(java_bytes, key=lambda s: java_bytes[s])
+        assert top.endswith(";Chain.bigAllocator;byte[]"), (top, notes)
+        assert _ours_in_jvm_tmp(c) == [] and len(_profiler_libraries(c)) == 1
+        assert not _profiler_active(c)
     finally:
         c.stop()
+
+
+def test_java_exiting_mid_profile_keeps_its_samples(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
+) -> None:
+    """A JVM that exits before the profile ends writes its samples at its shutdown (by
+    bytes); the agent still reads them from the JVM's /tmp, gone with the JVM but held."""
+    c = _java_app(pod, tmp_path, "jexit", "exit")
+    r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 300})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    try:
+        _attached(client, job_id)
+        _java_round(c, 1)
+        deadline = time.monotonic() + 60
+        while c.alive():
+            assert time.monotonic() < deadline, c.log()
+            time.sleep(0.1)
+    finally:
+        c.stop()
+    assert client.delete(f"/profiles/{job_id}").status_code == 202
+    done = wait_done(client, job_id, timeout=120)
+    assert done["state"] == "succeeded", str(done["error"])[-2000:]
     meta = done["metadata"]
-    assert isinstance(meta, dict)
-    assert java, (meta["notes"], sorted(stacks.items(), key=lambda kv: -kv[1])[:5])
-    big, small = _under(java, "Chain.bigAllocator"), _under(java, "Chain.smallAllocator")
-    # The top allocator by bytes (the issue's check). Not its true 1024:1 share: JFR's
-    # samples are throttled and weighted by the TLAB each stands for, which charges small
-    # allocations far above their bytes (85% vs 15% seen, 96% vs 4% in other runs).
-    assert big > 0.6 * sum(java.values()) and big > 3 * small, (big, small, meta["notes"])
-    assert any("jdk.ObjectAllocationSample" in n for n in meta["notes"]), meta["notes"]
+    assert meta["exited_pids"] == [c.pid], meta
+    java_bytes = _java_stacks(client, job_id)
+    top = max(java_bytes, key=lambda s: java_bytes[s]) if java_bytes else None
+    assert top and top.endswith(";Chain.bigAllocator;byte[]"), (top, meta["notes"])
+    assert any("exited during the profile" in n for n in meta["notes"]), meta["notes"]
+
+
+def test_java_with_its_own_async_profiler_is_left_alone(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
+) -> None:
+    """A JVM started with its own async-profiler (-agentpath) gets no second copy: the
+    profile says so and keeps the JVM's native view."""
+    need("java", "javac", "jattach", "bpftrace")
+    lib = client.get("/capabilities").json()["profiling"]["types"]["alloc"]["java_methods"]
+    cls = build_java(JAVA_ALLOC, tmp_path)
+    files = {"Chain.class": cls, "libasyncProfiler.so": Path(lib["library"])}
+    argv = ["java", "-agentpath:/srv/libasyncProfiler.so", "-cp", "/srv", "Chain"]
+    c = _ready(pod.run("jown", argv, files=files))
+    try:
+        r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 300})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        _attached(client, job_id)
+        assert client.delete(f"/profiles/{job_id}").status_code == 202
+        done = wait_done(client, job_id, timeout=120)
+        assert done["state"] == "succeeded", str(done["error"])[-2000:]
+        notes = done["metadata"]["notes"]
+        assert any(
+            "already has its own async-profiler loaded (/srv/libasyncProfiler.so): left alone" in n
+            for n in notes
+        ), notes
+        assert _java_stacks(client, job_id) == {}
+        assert _profiler_libraries(c) == set() and _ours_in_jvm_tmp(c) == []
+    finally:
+        c.stop()

@@ -330,5 +330,5 @@ def test_trigger_view_says_the_condition_and_memory() -> None:
     t = Trigger(id="0123456789ab", request=TriggerRequest(pid=7, rss_mib=64))
     t.rss_bytes = 100 * MI
     view = t.view()
-    assert view["condition"] == "rss" and view["rss_mib_now"] == 100.0
-    assert view["reason"] == "rss >= 64MiB for 5s" and view["cpu_percent_now"] is None
+    assert view.condition == "rss" and view.rss_mib_now == 100.0
+    assert view.reason == "rss >= 64MiB for 5s" and view.cpu_percent_now is None

@@ -13,9 +13,11 @@ for reasons that are not ours (the team's rule: tests do not depend on timing). 
 tells a render on the loop from one in a worker thread is the shape of the stalls:
 on the loop, the longest stall is the whole merge and render (the request's own
 duration, minus the HTTP overhead); off the loop, it is a scheduling hiccup, a small
-fraction of it, however loaded the machine. So the test asserts that the longest
-stall and the slowest ``/healthz`` stay under a third of the render's own duration,
-and that ``/healthz`` was answered again and again while it ran. The absolute
+part of it. So the test asserts that the longest stall and the slowest ``/healthz``
+stay under 60% of the render's own duration, and that ``/healthz`` was answered again
+and again while it ran. Not a third, as first written: with both cores busy, the render
+thread held the GIL through single long C calls (sorting, joining) for 150-290 ms of a
+350-900 ms render; a render on the loop stalls it for all of it. The absolute
 figures (here: stalls of a few ms, ``/healthz`` in 1-10 ms, the render about 1 s)
 are in the assertion messages.
 """
@@ -101,5 +103,5 @@ def test_healthz_answers_while_the_largest_recorder_profile_renders(tmp_path: Pa
     )
     assert svg.startswith(b"<?xml") and b"CPU profile of the flight recorder" in svg, figures
     assert len(health) >= 3, figures
-    assert stall < took / 3, figures
-    assert max(health) < took / 3, figures
+    assert stall < took * 0.6, figures
+    assert max(health) < took * 0.6, figures

@@ -62,38 +62,5 @@ def cluster() -> Iterator[K.Kube]:
 @pytest.fixture(scope="session")
 def installed(cluster: K.Kube) -> K.Kube:
     """tracecar installed exactly as docs/install.md says, and a privileged namespace."""
-    cluster.run("apply", "-k", str(K.REPO / "deploy"))
-    cluster.run(
-        "wait",
-        "-n",
-        "tracecar-system",
-        "--for=condition=complete",
-        "job/tracecar-certs",
-        "--timeout=180s",
-        timeout=200,
-    )
-    cluster.run(
-        "rollout",
-        "status",
-        "-n",
-        "tracecar-system",
-        "deploy/tracecar-webhook",
-        "--timeout=180s",
-        timeout=200,
-    )
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {
-                "name": K.NS,
-                "labels": {"pod-security.kubernetes.io/enforce": "privileged"},
-            },
-        }
-    )
-    K.wait_until(
-        lambda: cluster.run("get", "sa", "default", "-n", K.NS, check=False).returncode == 0,
-        60,
-        "the namespace's default service account",
-    )
+    K.install(cluster)
     return cluster

@@ -76,6 +76,46 @@ def wait_until(
     )
 
 
+def webhook_rolled_out(kube: Kube, *, timeout_s: int = 180) -> None:
+    """The webhook's Deployment rolled out (every replica on the current template)."""
+    kube.run(
+        "rollout", "status", "-n", "tracecar-system", "deploy/tracecar-webhook",
+        f"--timeout={timeout_s}s", timeout=timeout_s + 20,
+    )  # fmt: skip
+
+
+def install(kube: Kube, *, timeout_s: int = 180, restart_webhook: bool = False) -> None:
+    """tracecar installed exactly as docs/install.md says (`kubectl apply -k deploy/`, the
+    certificates' job complete, the webhook rolled out), and the privileged namespace
+    the pods under test run in. Shared by the cluster stage's fixture and
+    bench/cluster_footprint_bench.py. ``restart_webhook``: a reused cluster runs the
+    webhook from the image loaded last time under the same tag; restart it on the one
+    just loaded."""
+    kube.run("apply", "-k", str(REPO / "deploy"), timeout=timeout_s + 120)
+    kube.run(
+        "wait", "-n", "tracecar-system", "--for=condition=complete", "job/tracecar-certs",
+        f"--timeout={timeout_s}s", timeout=timeout_s + 20,
+    )  # fmt: skip
+    if restart_webhook:
+        kube.run("rollout", "restart", "-n", "tracecar-system", "deploy/tracecar-webhook")
+    webhook_rolled_out(kube, timeout_s=timeout_s)
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": NS,
+                "labels": {"pod-security.kubernetes.io/enforce": "privileged"},
+            },
+        }
+    )
+    wait_until(
+        lambda: kube.run("get", "sa", "default", "-n", NS, check=False).returncode == 0,
+        60,
+        "the namespace's default service account",
+    )
+
+
 @contextmanager
 def port_forward(kube: Kube, target: str, port: int, ns: str = NS) -> Iterator[str]:
     """`kubectl port-forward TARGET :PORT` (a free local port), the kubelet's real

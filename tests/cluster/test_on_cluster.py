@@ -382,15 +382,7 @@ def test_webhook_outage_does_not_block_pods(installed: K.Kube) -> None:
         )
     finally:
         kube.run("scale", "-n", "tracecar-system", "deploy/tracecar-webhook", "--replicas=2")
-        kube.run(
-            "rollout",
-            "status",
-            "-n",
-            "tracecar-system",
-            "deploy/tracecar-webhook",
-            "--timeout=180s",
-            timeout=200,
-        )
+        K.webhook_rolled_out(kube)
         kube.run("delete", "pod", "during-outage", "-n", K.NS, "--wait=false")
 
 

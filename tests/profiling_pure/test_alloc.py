@@ -12,8 +12,9 @@ import pytest
 
 from agent.errors import Conflict, Invalid
 from agent.profiling import alloc, memplan
-from agent.profiling.planner import Limits, ProfileRequest, plan
+from agent.profiling.planner import ProfileRequest, plan
 from tests.profiling_pure import npm_tools
+from tests.profiling_pure.support import GLIBC, LIMITS
 from tracecar_formats.memprofile import to_memory_pprof
 
 LIBC = alloc.Probe("/proc/7/root/usr/lib/libc.so.6", ("malloc", "calloc", "free"))
@@ -92,29 +93,12 @@ def _facts(allocator: alloc.Allocator | None, why: str = "") -> memplan.MemoryTa
     return memplan.MemoryTargetFacts(7, "app", "native", allocator, why)
 
 
-_GLIBC = alloc.Allocator(
-    pid=7,
-    flavor="glibc",
-    path="/usr/lib/libc.so.6",
-    host_path="/proc/7/root/usr/lib/libc.so.6",
-    functions=("malloc", "free"),
-    identity=(1, 2),
-)
-_LIMITS = Limits(
-    default_duration_s=10,
-    max_duration_s=300,
-    default_frequency_hz=99,
-    max_frequency_hz=999,
-    timeout_slack_s=30,
-)
-
-
 def _plan(req: ProfileRequest, facts: list[memplan.MemoryTargetFacts]):  # type: ignore[no-untyped-def]
     return plan(
         req,
         targets=[],
         target="pid 7",
-        limits=_LIMITS,
+        limits=LIMITS,
         output=Path("perf.data"),
         pid_ns=1,
         memory_targets=facts,
@@ -122,13 +106,13 @@ def _plan(req: ProfileRequest, facts: list[memplan.MemoryTargetFacts]):  # type:
 
 
 def test_plan_says_the_sampling_and_what_each_runtime_shows() -> None:
-    p = _plan(ProfileRequest(type="leak", pid=7, sample_period=4), [_facts(_GLIBC)])
+    p = _plan(ProfileRequest(type="leak", pid=7, sample_period=4), [_facts(GLIBC)])
     assert p.memory is not None and p.memory.period == 4 and p.pids == [7]
     assert p.memory.sampling.startswith("every allocation of 65536 bytes or more")
     assert p.memory.targets[0].allocator == "glibc" and p.argv == []
     assert p.program and p.bpftrace_argv[0] == "bpftrace"
     go = memplan.MemoryTargetFacts(8, "srv", "go", None, "a Go program without cgo: ...")
-    p = _plan(ProfileRequest(type="alloc", pids=[7, 8]), [_facts(_GLIBC), go])
+    p = _plan(ProfileRequest(type="alloc", pids=[7, 8]), [_facts(GLIBC), go])
     assert p.pids == [7] and "pid 8 (srv): a Go program" in p.memory.skipped[0]  # type: ignore[union-attr]
     assert "not with malloc" in p.memory.targets[1].sees  # type: ignore[union-attr]
 
@@ -143,7 +127,7 @@ def test_plan_refuses_what_does_not_apply() -> None:
         {"max_outstanding": 5},
     ):
         with pytest.raises(Invalid):
-            _plan(ProfileRequest(type="alloc", pid=7, **bad), [_facts(_GLIBC)])  # type: ignore[arg-type]
+            _plan(ProfileRequest(type="alloc", pid=7, **bad), [_facts(GLIBC)])  # type: ignore[arg-type]
     with pytest.raises(Invalid, match="sample_period"):
         _plan(ProfileRequest(type="cpu", pid=7, sample_period=3), [])
 
@@ -159,7 +143,7 @@ def test_one_probe_per_file_whatever_the_target() -> None:
     )
     _mem, text = memplan.plan_memory(
         kind="alloc",
-        targets=[_facts(_GLIBC), memplan.MemoryTargetFacts(9, "b", "native", other)],
+        targets=[_facts(GLIBC), memplan.MemoryTargetFacts(9, "b", "native", other)],
         pid_ns=1,
         duration_s=1,
         period=16,
@@ -218,26 +202,3 @@ def test_memory_pprof_decodes_with_both_sample_types(
     assert got["periodType"] == ["space", "bytes"]
     assert got["defaultSampleType"] == f"{prefix}_space"
     assert got["stacks"] == {k: [by_count[k], by_bytes[k]] for k in by_bytes}
-
-
-def test_jfr_allocation_samples_fold_by_java_method() -> None:
-    from agent.profiling._jfr import fold as jfr_fold
-
-    def ev(method: str, weight: int) -> dict[str, object]:
-        frames = [
-            {"method": {"type": {"name": "app/Chain"}, "name": method}},
-            {"method": {"type": {"name": "app/Chain"}, "name": "main"}},
-        ]
-        return {
-            "type": "jdk.ObjectAllocationSample",
-            "values": {"weight": weight, "objectClass": {"name": "byte[]"},
-                       "stackTrace": {"frames": frames}},
-        }  # fmt: skip
-
-    text = json.dumps({"recording": {"events": [ev("big", 65536), ev("big", 65536), ev("s", 64)]}})
-    by_bytes, by_count = jfr_fold(text, comm="java")
-    assert by_bytes == {
-        "java;[java];app.Chain.main;app.Chain.big;byte[]": 131072,
-        "java;[java];app.Chain.main;app.Chain.s;byte[]": 64,
-    }
-    assert by_count["java;[java];app.Chain.main;app.Chain.big;byte[]"] == 2
