@@ -33,7 +33,7 @@ from typing import Any, Literal
 from agent import _proc, procfs, symbols
 from agent.errors import Conflict, Invalid, NotFound
 from agent.jobs import Job, atomic_path, write_atomic
-from agent.profiling import _asyncprof, alloc
+from agent.profiling import _asyncprof, _pymem, alloc
 from agent.profiling._artifacts import BPFTRACE_OUT, FOLDED, PPROF, SPEEDSCOPE, SVG
 from agent.profiling._result import ProfileResult, TargetSeen
 from agent.profiling.memplan import JavaMethods, MemoryTargetFacts
@@ -202,9 +202,24 @@ async def run(
     snapshot = SymbolSnapshot()
     await asyncio.to_thread(snapshot.take, the_plan.pids)
     java_runs: list[_asyncprof.Run] = []
+    # leak: Python processes in Python frames (tracemalloc inside them), before bpftrace.
+    py = _pymem.Window(mem.python, comms=comms, timeout_s=the_plan.timeout_s)
     try:
         await _java_start(the_plan, java_runs)
-        text, stderr, stopped_early = await _record(job, the_plan, save)
+        await py.start()
+        if py.planned and not py.opened and not the_plan.bpftrace_argv:
+            raise Conflict(f"no Python frames: {py.failure()}")
+        if the_plan.bpftrace_argv:
+            text, stderr, stopped_early = await _record(job, the_plan, save)
+        else:
+            meta.attached, meta.attached_at = True, time.time()
+            save(job)
+            stopped_early = await _pymem.wait_window(the_plan.duration_s, job.stop_requested)
+            text, stderr = "", ""
+    except BaseException:
+        # Tracing stopped in the targets, nothing written or kept (a cancel too: shielded).
+        await asyncio.shield(py.end(keep=False))
+        raise
     finally:
         # Each JVM's profiler is stopped and its files removed, whatever happened to
         # bpftrace (a cancel too: shielded), and what it sampled is kept.
@@ -212,6 +227,7 @@ async def run(
     meta.recording_finished_at = time.time()
     meta.phase = "post-processing"
     save(job)
+    await py.end(keep=True)
     await asyncio.to_thread(snapshot.take, the_plan.pids)  # libraries loaded meanwhile
     parsed = await asyncio.to_thread(alloc.parse_output, text)
     by_bytes, by_count = await asyncio.to_thread(
@@ -237,8 +253,18 @@ async def run(
     meta.memory = _summary(mem.kind, parsed, by_bytes, by_count, lost_stacks)
     # The Java stacks join the graphs after the summary, which counts the C allocator's.
     java_notes = _java_merge(java_runs, by_bytes, by_count, mem.java_methods, meta.memory)
+    # So do the Python ones (their figures: memory.python, by pid).
+    py_bytes, py_count = py.stacks()
+    for k, v in py_bytes.items():
+        by_bytes[k] = by_bytes.get(k, 0) + v
+    for k, v in py_count.items():
+        by_count[k] = by_count.get(k, 0) + v
+    if py.planned:
+        meta.memory["python"] = py.summary()
     notes = _notes(mem.kind, meta.memory or {}, exited, stopped_early, mem.max_outstanding)
-    meta.notes = notes + java_notes
+    if not the_plan.bpftrace_argv:  # Python frames only: no C allocator was watched
+        notes = [n for n in notes if not n.startswith("no allocations")]
+    meta.notes = notes + java_notes + py.notes()
     meta.targets = [
         TargetSeen(pid=t.pid, comm=t.comm, runtime=t.runtime, exited=t.pid in exited)
         for t in mem.targets

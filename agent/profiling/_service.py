@@ -25,6 +25,7 @@ from agent.profiling import (
     _alloc,
     _asyncprof,
     _offcpu_run,
+    _pymem,
     _pyspy_record,
     javalloc,
     memplan,
@@ -240,6 +241,7 @@ class Service:
                 else bpf.get("reason"),
                 "runtimes": dict(memplan.RUNTIME_NOTES),
                 **({"java_methods": java} if kind == "alloc" else {}),
+                **_pymem.capability(kind),
             }
         return out
 
@@ -370,7 +372,9 @@ class Service:
         """alloc/leak: each target's allocator (read from its files); None otherwise."""
         if req.type not in memplan.MEMORY_TYPES:
             return None
-        return await asyncio.to_thread(lambda: [_alloc.find_allocator(f) for f in facts])
+        return await asyncio.to_thread(
+            lambda: [_pymem.with_python(_alloc.find_allocator(f), f, req.type) for f in facts]
+        )
 
     async def plan(self, req: ProfileRequest, *, output: Path) -> Plan:
         facts, target = await self._gather(req)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field
 
 from agent.errors import Conflict
-from agent.profiling import alloc
+from agent.profiling import alloc, pymem
 
 MEMORY_TYPES = ("alloc", "leak")
 MAX_TARGETS = 64
@@ -31,9 +31,12 @@ RUNTIME_NOTES: dict[str, str] = {
     "node": "V8 keeps JavaScript objects on its own heap (pages it maps): they do not show; "
     "native memory does (Buffers' and ArrayBuffers' backing stores, addons, libuv), under "
     "node's C++ frames",
-    "python": "objects of 512 bytes or less come from pymalloc's 256 KiB arenas (one "
-    "allocation per arena): the C-allocator view shows arenas and large objects under the "
-    "interpreter's C frames, not Python functions (docs/memory.md: Python frames)",
+    "python": "leak: Python functions, from tracemalloc started inside the process for the "
+    "window (CPython on glibc; no restart, nothing installed in it): what was allocated in "
+    "the window and is live at its end; alloc: the C-allocator view (tracemalloc forgets "
+    "freed blocks): objects of 512 bytes or less come from pymalloc's 256 KiB arenas, so "
+    "arenas and large objects show under the interpreter's C frames, not Python functions "
+    "(docs/memory.md: Python frames)",
     "java": "alloc: Java methods from async-profiler's alloc mode, loaded into the JVM "
     "through jattach (the JVM's own heap sampling, under [java]), beside the JVM's native "
     "memory (JIT, GC structures, direct buffers, JNI) by native stack; leak: the native "
@@ -41,6 +44,14 @@ RUNTIME_NOTES: dict[str, str] = {
     "dotnet": "the GC heap is reserved by the runtime: managed objects do not show; native "
     "memory does (the runtime's own, interop), by native stack",
 }
+
+
+PYTHON_C_VIEW = (
+    "the C-allocator view (alloc: tracemalloc forgets freed blocks; leak: where Python "
+    "frames cannot be had, or python_frames 0): objects of 512 bytes or less come from "
+    "pymalloc's 256 KiB arenas, so arenas and large objects show under the interpreter's C "
+    "frames, not Python functions"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +64,11 @@ class MemoryTargetFacts:
     allocator: alloc.Allocator | None
     why_none: str = ""
     """Why no allocator was found (a static stripped binary, a pure Go one...)."""
+    python_dir: str | None = None
+    """leak, CPython: the target's directory the Python-frames injection uses (None: no
+    Python frames, the C-allocator view)."""
+    python_why: str = ""
+    """leak, Python: why it gets no Python frames (empty: it does, or it is not Python)."""
 
 
 class MemoryTarget(BaseModel):
@@ -63,6 +79,21 @@ class MemoryTarget(BaseModel):
     object: str | None = Field(default=None, description="the object probed, as it sees it")
     functions: list[str] = Field(default_factory=list)
     sees: str = Field(description="what the C-allocator view shows of this runtime")
+
+
+class PythonFramesTarget(BaseModel):
+    pid: int
+    directory: str = Field(description="where the injected library and results go, in it")
+
+
+class PythonFrames(BaseModel):
+    how: str = Field(
+        default="tracemalloc started inside each CPython target for the window, by code "
+        "injected with pyinjector (ptrace, no debugger) at a thread waiting in a system "
+        "call; a snapshot of the live blocks at the end, then tracing stopped"
+    )
+    frames: int = Field(description="Python frames kept per allocation")
+    targets: list[PythonFramesTarget]
 
 
 class JavaMethods(BaseModel):
@@ -88,6 +119,9 @@ class MemoryPlan(BaseModel):
         default_factory=list, description="targets without an allocator to probe, and why"
     )
     notes: list[str] = Field(default_factory=list)
+    python: PythonFrames | None = Field(
+        default=None, description="leak: the Python processes seen in Python frames"
+    )
     java_methods: JavaMethods | None = Field(
         default=None, description="alloc with Java targets: their Java methods' allocations"
     )
@@ -102,6 +136,7 @@ def plan_memory(
     period: int,
     large_bytes: int = alloc.DEFAULT_LARGE_BYTES,
     max_outstanding: int = alloc.DEFAULT_MAX_OUTSTANDING,
+    python_frames: int = pymem.DEFAULT_FRAMES,
 ) -> tuple[MemoryPlan, str]:
     """The memory plan and its bpftrace program; 409 when no target has an allocator."""
     if len(targets) > MAX_TARGETS:
@@ -109,9 +144,15 @@ def plan_memory(
             f"a memory profile watches at most {MAX_TARGETS} processes ({len(targets)} "
             "asked): name a pid, pids or a container"
         )
-    usable = [t for t in targets if t.allocator is not None]
-    skipped = [f"pid {t.pid} ({t.comm}): {t.why_none}" for t in targets if t.allocator is None]
-    if not usable:
+    # python_frames 0: the C-allocator view for Python processes too (asked for).
+    py = [t for t in targets if kind == "leak" and python_frames and t.python_dir is not None]
+    usable = [t for t in targets if t.allocator is not None and t not in py]
+    skipped = [
+        f"pid {t.pid} ({t.comm}): {t.why_none}"
+        for t in targets
+        if t.allocator is None and t not in py
+    ]
+    if not usable and not py:
         raise Conflict(
             "no target has an allocator to probe: "
             + "; ".join(skipped[:10])
@@ -126,15 +167,19 @@ def plan_memory(
         # one inode, and two uprobes there would count each call twice.
         key: tuple[int, int] | str = a.identity if a.identity != (0, 0) else a.host_path
         probes.setdefault(key, alloc.Probe(a.host_path, a.functions))
-    text = alloc.program(
-        kind=kind,
-        pids=[t.pid for t in usable],
-        probes=list(probes.values()),
-        pid_ns=pid_ns,
-        duration_s=duration_s,
-        period=period,
-        large_bytes=large_bytes,
-        max_outstanding=max_outstanding,
+    text = (
+        alloc.program(
+            kind=kind,
+            pids=[t.pid for t in usable],
+            probes=list(probes.values()),
+            pid_ns=pid_ns,
+            duration_s=duration_s,
+            period=period,
+            large_bytes=large_bytes,
+            max_outstanding=max_outstanding,
+        )
+        if usable
+        else ""
     )
     sampling = (
         f"every allocation of {large_bytes} bytes or more, and one smaller allocation in "
@@ -142,6 +187,8 @@ def plan_memory(
         if period > 1
         else "every allocation"
     )
+    if not usable:
+        sampling = "none: tracemalloc records every allocation through Python's allocators"
     notes = [
         "every allocator call of the targets traps into the kernel (a uprobe, ~2 us here; "
         "bench/memory_bench.py), sampled or not: an app allocating a million times a "
@@ -150,7 +197,19 @@ def plan_memory(
         "processes of the node using the same file trap too (the program returns at once "
         "for them)",
     ]
-    if kind == "leak":
+    if not usable:
+        notes = []  # no bpftrace: none of its costs
+    notes += [
+        f"pid {t.pid} ({t.comm}): no Python frames ({t.python_why}); the C-allocator view"
+        for t in targets
+        if kind == "leak" and python_frames and t.python_why and t.python_dir is None
+    ]
+    if py:
+        notes.append(
+            "Python frames: tracemalloc slows the targets' allocations while the window runs "
+            "and keeps about 60-300 bytes per live block it traces (bench/python_memory_bench.py)"
+        )
+    if kind == "leak" and usable:
         notes.append(
             "leak: free is probed too; glibc's free begins with an instruction the kernel "
             "cannot emulate, so each call is single-stepped (tens of microseconds in a VM; "
@@ -171,14 +230,24 @@ def plan_memory(
                 pid=t.pid,
                 comm=t.comm,
                 runtime=t.runtime,
-                allocator=t.allocator.flavor if t.allocator else None,
-                object=t.allocator.path if t.allocator else None,
-                functions=list(t.allocator.functions) if t.allocator else [],
-                sees=RUNTIME_NOTES.get(t.runtime, RUNTIME_NOTES["native"]),
+                allocator=t.allocator.flavor if t.allocator and t not in py else None,
+                object=t.allocator.path if t.allocator and t not in py else None,
+                functions=list(t.allocator.functions) if t.allocator and t not in py else [],
+                sees=pymem.SEES
+                if t in py
+                else PYTHON_C_VIEW
+                if t.runtime == "python"
+                else RUNTIME_NOTES.get(t.runtime, RUNTIME_NOTES["native"]),
             )
             for t in sorted(targets, key=lambda t: t.pid)
         ],
         skipped=skipped,
         notes=notes,
+        python=PythonFrames(
+            frames=python_frames,
+            targets=[PythonFramesTarget(pid=t.pid, directory=t.python_dir or "/tmp") for t in py],
+        )
+        if py
+        else None,
     )
     return out, text

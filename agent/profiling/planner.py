@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from agent import procfs
 from agent.errors import Conflict, Invalid, Unavailable
-from agent.profiling import alloc, memplan, offcpu_fold
+from agent.profiling import alloc, memplan, offcpu_fold, pymem
 
 CallGraph = Literal["auto", "fp", "dwarf"]
 Profiler = Literal["auto", "perf", "py-spy"]
@@ -120,6 +120,14 @@ class ProfileOptions(BaseModel):
         le=1_000_000,
         description="leak: sampled allocations tracked at once (the bounded map; past it new "
         "ones are counted as dropped); default 16384",
+    )
+    python_frames: int | None = Field(
+        default=None,
+        ge=0,
+        le=128,
+        description="leak, Python processes: frames tracemalloc keeps per allocation "
+        "(default 16; its cost per allocation grows with it: bench/python_memory_bench.py); "
+        "0: no Python frames, the C-allocator view (bpftrace) as for other runtimes",
     )
     python_native: bool = Field(
         default=False,
@@ -534,6 +542,8 @@ def plan(
             "sample_period and max_outstanding apply to alloc and leak profiles",
             field="sample_period" if request.sample_period is not None else "max_outstanding",
         )
+    if request.python_frames is not None:
+        raise Invalid("python_frames applies to leak profiles", field="python_frames")
     if request.type == "off-cpu":
         if request.profiler == "py-spy" or request.python_native:
             raise Invalid(
@@ -840,20 +850,33 @@ def _plan_memory(
             "max_outstanding applies to leak profiles (an alloc profile tracks no address)",
             field="max_outstanding",
         )
+    if request.python_frames is not None and kind != "leak":
+        raise Invalid(
+            "python_frames applies to leak profiles (alloc sees Python processes through "
+            "the C allocator: tracemalloc forgets freed blocks)",
+            field="python_frames",
+        )
     mem, text = memplan.plan_memory(
         kind=kind,
+        python_frames=pymem.DEFAULT_FRAMES
+        if request.python_frames is None
+        else request.python_frames,
         targets=targets,
         pid_ns=pid_ns,
         duration_s=duration,
         period=request.sample_period or alloc.DEFAULT_PERIOD,
         max_outstanding=request.max_outstanding or alloc.DEFAULT_MAX_OUTSTANDING,
     )
+    # Python processes seen in Python frames (leak) are not bpftrace's: the program may be
+    # empty (every target one of them), and then no bpftrace runs.
+    in_python = {p.pid for p in mem.python.targets} if mem.python is not None else set()
+    probed = [t.pid for t in targets if t.allocator is not None and t.pid not in in_python]
     return Plan(
         argv=[],
         type=request.type,
         program=text,
-        bpftrace_argv=alloc.argv(text, pids=[t.pid for t in targets if t.allocator is not None]),
-        pids=sorted(t.pid for t in targets if t.allocator is not None),
+        bpftrace_argv=alloc.argv(text, pids=probed) if text else [],
+        pids=sorted({*probed, *in_python}),
         target=target,
         duration_s=duration,
         frequency_hz=0,

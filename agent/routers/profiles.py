@@ -71,7 +71,8 @@ def view(svc: profiling.Service, job: profiling.ProfileJob) -> profiling.Profile
         }
         argv = the_plan.argv if the_plan is not None else ["perf"]
         if job.params.get("type", "cpu") in ("alloc", "leak"):
-            links["bpftrace_output"] = f"{base}/{BPFTRACE_OUT}"
+            if the_plan is None or the_plan.bpftrace_argv:  # not for Python frames alone
+                links["bpftrace_output"] = f"{base}/{BPFTRACE_OUT}"
             links["flamegraph_count"] = f"{base}/flamegraph.svg?weight=count"
         elif job.params.get("type", "cpu") == "off-cpu":
             # Profiles made before the DWARF recorder ran bpftrace alone, from argv.

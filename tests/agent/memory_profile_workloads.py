@@ -64,6 +64,8 @@ int main(void) { for (;;) pause(); }
 # Python: a cache that only grows vs. a loop that allocates and drops. After SIGUSR1,
 # PY_ROUNDS rounds: grow_cache keeps one 4096-byte bytearray (its buffer, over pymalloc's
 # 512-byte limit, comes from malloc), churn allocates eight and drops them; then "done".
+# SIGUSR2 prints whether tracemalloc traces (``tracing True``): nothing may be left on.
+# Each function runs once before "ready" (see the warm-up below).
 PY_ROUNDS = 5000
 PY_BLOCK = 4096
 PY_MEMORY = r"""
@@ -87,7 +89,16 @@ def churn():
     del junk
 
 
+def on_usr2(signum, frame):
+    import tracemalloc
+    print("tracing", tracemalloc.is_tracing(), flush=True)
+
+
 signal.signal(signal.SIGUSR1, on_usr1)
+signal.signal(signal.SIGUSR2, on_usr2)
+# Warm up: an interpreter's one-time caches (Python 3.8 keeps a frame per code object)
+# are allocated before the window, not counted as what the churn leaves behind.
+churn()
 print("ready", flush=True)
 while not go:
     signal.pause()
