@@ -121,10 +121,12 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child
 class Child:
     """A running child process, in its own process group, registered until reaped."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, argv: Sequence[str]) -> None:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, argv: Sequence[str], *, started: float
+    ) -> None:
         self.proc = proc
         self.argv = list(argv)
-        self.started = time.monotonic()
+        self.started = started
         self._observed = False
         _live.add(self)
 
@@ -155,6 +157,9 @@ class Child:
         exe = argv[0] if os.sep in argv[0] else shutil.which(argv[0])
         if exe is None:
             raise ToolNotFound(f"{argv[0]} is not installed (not found on PATH)", argv=argv)
+        # Before the spawn: on a busy loop, create_subprocess_exec may return well after
+        # the child began (a 0.1 s sleep was once measured as 0.055 s from after it).
+        started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
                 exe,
@@ -172,7 +177,7 @@ class Child:
             raise ToolNotFound(f"{argv[0]} is not installed ({e})", argv=argv) from e
         except PermissionError as e:
             raise ToolNotFound(f"{argv[0]} cannot be executed ({e})", argv=argv) from e
-        return cls(proc, argv)
+        return cls(proc, argv, started=started)
 
     @property
     def pid(self) -> int:
