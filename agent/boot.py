@@ -28,13 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import json
 import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.settings import Settings
@@ -157,32 +157,33 @@ class Boot:
         app = self._app
         if app is None:
             if scope["type"] == "http" and scope["path"] == "/healthz":
-                await self._healthz(send)
+                await self._healthz(scope, receive, send)
                 return
             app = await self._wait_for_app()
             if app is None:
-                await self._refuse(scope, send)
+                await self._refuse(scope, receive, send)
                 return
         await app(scope, receive, send)
 
     # --- requests before the app is there ---------------------------------------------
-    async def _healthz(self, send: Send) -> None:
+    async def _healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._failed is not None:
-            await _json(send, 503, {"status": "failed", "detail": self._failed})
+            answer = JSONResponse({"status": "failed", "detail": self._failed}, status_code=503)
         else:
-            await _json(send, 200, {"status": "starting"})
+            answer = JSONResponse({"status": "starting"})
+        await answer(scope, receive, send)
 
     async def _wait_for_app(self) -> ASGIApp | None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), READY_WAIT_S)
         return self._app
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         why = self._failed or f"the agent is still starting after {READY_WAIT_S:g} s"
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1013, "reason": why[:120]})
         else:
-            await _json(send, 503, {"detail": why})
+            await JSONResponse({"detail": why}, status_code=503)(scope, receive, send)
 
     # --- the lifespan: ours at once, the app's once it is loaded ------------------------
     async def _serve_lifespan(self, receive: Receive, send: Send) -> None:
@@ -273,18 +274,3 @@ class Boot:
         elif self._sessiond is not None:
             # The app never took the daemon over: it is still ours to stop.
             await self._sessiond.stop()
-
-
-async def _json(send: Send, status: int, body: object) -> None:
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})

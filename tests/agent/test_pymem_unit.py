@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from agent.errors import Invalid
-from agent.profiling import _pyinject, alloc, memplan, pymem
-from agent.profiling.planner import Limits, Plan, ProfileRequest, plan
+from agent.profiling import _pyinject, memplan, pymem
+from agent.profiling.planner import Plan, ProfileRequest, plan
 from tests.interpreters import PY38, PY312
+from tests.profiling_pure.support import GLIBC, LIMITS
 
 
 def _token() -> str:
@@ -280,29 +281,13 @@ def test_our_threads_take_no_signal_of_the_app() -> None:
 
 # --- the plan ------------------------------------------------------------------------------
 
-_LIBC = alloc.Allocator(
-    pid=7,
-    flavor="glibc",
-    path="/usr/lib/libc.so.6",
-    host_path="/proc/7/root/usr/lib/libc.so.6",
-    functions=("malloc", "free"),
-    identity=(1, 2),
-)
-_LIMITS = Limits(
-    default_duration_s=10,
-    max_duration_s=300,
-    default_frequency_hz=99,
-    max_frequency_hz=999,
-    timeout_slack_s=30,
-)
-
 
 def _plan(req: ProfileRequest, facts: list[memplan.MemoryTargetFacts]) -> Plan:
     return plan(
         req,
         targets=[],
         target="pod",
-        limits=_LIMITS,
+        limits=LIMITS,
         output=Path("perf.data"),
         pid_ns=1,
         memory_targets=facts,
@@ -310,7 +295,7 @@ def _plan(req: ProfileRequest, facts: list[memplan.MemoryTargetFacts]) -> Plan:
 
 
 def _py(pid: int, *, directory: str | None = "/tmp", why: str = "") -> memplan.MemoryTargetFacts:
-    libc = dataclasses.replace(_LIBC, pid=pid, host_path=f"/proc/{pid}/root/usr/lib/libc.so.6")
+    libc = dataclasses.replace(GLIBC, pid=pid, host_path=f"/proc/{pid}/root/usr/lib/libc.so.6")
     return memplan.MemoryTargetFacts(
         pid, "python3", "python", libc, python_dir=directory, python_why=why
     )
@@ -328,7 +313,7 @@ def test_plan_python_frames_only_runs_no_bpftrace() -> None:
 
 
 def test_plan_mixes_python_frames_and_the_c_allocator_view() -> None:
-    native = memplan.MemoryTargetFacts(9, "srv", "native", dataclasses.replace(_LIBC, pid=9))
+    native = memplan.MemoryTargetFacts(9, "srv", "native", dataclasses.replace(GLIBC, pid=9))
     no = _py(8, directory=None, why="a musl libc process: the injection library is built for glibc")
     p = _plan(ProfileRequest(type="leak", pids=[7, 8, 9]), [_py(7), no, native])
     assert p.memory is not None and p.memory.python is not None

@@ -83,6 +83,21 @@ def _wait_log(c: podsim.Container, text: str) -> None:
         time.sleep(0.1)
 
 
+def _leak_window(client: httpx.Client, c: podsim.Container) -> tuple[str, dict[str, object]]:
+    """A leak profile of ``c`` over one run of its rounds: started, attached, the rounds
+    run (SIGUSR1, once tracing runs), stopped (what was seen is kept), succeeded."""
+    r = client.post("/profiles", json={"pid": c.pid, "type": "leak", "duration_s": 300})
+    assert r.status_code == 202, r.text
+    job_id: str = r.json()["id"]
+    _attached(client, job_id)
+    os.kill(c.host_pid, signal.SIGUSR1)
+    _wait_log(c, "done")
+    assert client.delete(f"/profiles/{job_id}").status_code == 202
+    done: dict[str, object] = wait_done(client, job_id, timeout=180)
+    assert done["state"] == "succeeded", str(done["error"])[-3000:]
+    return job_id, done
+
+
 def _tracing(c: podsim.Container) -> bool:
     """Whether tracemalloc traces in the app (it says so on SIGUSR2)."""
     before = c.log().count("tracing ")
@@ -138,15 +153,7 @@ def test_leak_in_python_frames_growing_cache_vs_churn(
         assert mem["python"]["targets"] == [{"pid": c.pid, "directory": "/tmp"}], mem
         assert "tracemalloc" in mem["targets"][0]["sees"], mem
         assert plan.json()["plan"]["bpftrace_argv"] == [], "no bpftrace for Python frames"
-        r = client.post("/profiles", json={"pid": c.pid, "type": "leak", "duration_s": 300})
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
-        _attached(client, job_id)
-        os.kill(c.host_pid, signal.SIGUSR1)  # the rounds, once tracing runs
-        _wait_log(c, "done")
-        assert client.delete(f"/profiles/{job_id}").status_code == 202  # keep what was seen
-        done = wait_done(client, job_id, timeout=180)
-        assert done["state"] == "succeeded", str(done["error"])[-3000:]
+        job_id, done = _leak_window(client, c)
         _nothing_left_in(c)
         assert not _tracing(c), "tracemalloc was left running in the app"
     finally:
@@ -242,15 +249,7 @@ def test_discarded_leak_profile_leaves_nothing_in_the_target(
 def test_app_that_traces_already_is_left_tracing(pod: podsim.SimPod, client: httpx.Client) -> None:
     c = _app(pod, "pytraced", PY312, "-X", "tracemalloc=5")
     try:
-        r = client.post("/profiles", json={"pid": c.pid, "type": "leak", "duration_s": 300})
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
-        _attached(client, job_id)
-        os.kill(c.host_pid, signal.SIGUSR1)
-        _wait_log(c, "done")
-        assert client.delete(f"/profiles/{job_id}").status_code == 202
-        done = wait_done(client, job_id, timeout=180)
-        assert done["state"] == "succeeded", str(done["error"])[-3000:]
+        job_id, done = _leak_window(client, c)
         _nothing_left_in(c)
         assert _tracing(c), "the app's own tracing was stopped"
     finally:
@@ -278,15 +277,7 @@ def test_app_of_another_user(pod: podsim.SimPod, client: httpx.Client) -> None:
         )
     )
     try:
-        r = client.post("/profiles", json={"pid": c.pid, "type": "leak", "duration_s": 300})
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
-        _attached(client, job_id)
-        os.kill(c.host_pid, signal.SIGUSR1)
-        _wait_log(c, "done")
-        assert client.delete(f"/profiles/{job_id}").status_code == 202
-        done = wait_done(client, job_id, timeout=180)
-        assert done["state"] == "succeeded", str(done["error"])[-3000:]
+        job_id, _ = _leak_window(client, c)
         _nothing_left_in(c)
         assert not _tracing(c)
     finally:
