@@ -100,3 +100,20 @@ def test_an_unusable_token_file_ends_the_agent_with_status_2_and_says_why(
     )
     assert out.returncode == 2, out.stderr[-2000:]
     assert "missing-token" in out.stderr and "cannot serve" in out.stderr
+
+
+def test_serving_loads_uvicorn_without_its_command_line() -> None:
+    """The agent serves with uvicorn's Config and Server only: its package __init__ would
+    also import click and the multiprocess supervisors (1.6 MB of the idle RSS budget).
+    The names uvicorn's own modules import from the package are there."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, agent.__main__ as m; config, server = m._uvicorn(); "
+        "import uvicorn, uvicorn.lifespan.on; "
+        "assert uvicorn.Config is config and uvicorn.Server is server, 'names'; "
+        "print(sorted(x for x in ('click', 'uvicorn.main', 'multiprocessing') if x in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
