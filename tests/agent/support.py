@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,40 @@ def wait_processes(
             return procs
         assert time.monotonic() < deadline, (container, runtimes, procs)
         time.sleep(0.2)
+
+
+AGENT_READY_S = 180.0
+
+
+def profile(client: httpx.Client, body: dict[str, object]) -> tuple[dict[str, int], dict]:  # type: ignore[type-arg]
+    r = client.post("/profiles", params={"wait": "true", "format": "folded"}, json=body)
+    assert r.status_code == 200, r.text
+    job_id = r.headers["location"].rsplit("/", 1)[1]
+    meta = client.get(f"/profiles/{job_id}").json()
+    return folded_total(r.text), meta
+
+
+def profile_until(
+    client: httpx.Client, body: dict[str, object], enough: Callable[[dict[str, int]], bool]
+) -> tuple[dict[str, int], dict]:  # type: ignore[type-arg]
+    """Profiles of the same target, added up until ``enough`` holds (at most 8): a loaded
+    machine gives the app a fraction of a core, so no sample count is assumed."""
+    total: dict[str, int] = {}
+    for _ in range(8):
+        stacks, meta = profile(client, body)
+        for k, v in stacks.items():
+            total[k] = total.get(k, 0) + v
+        if enough(total):
+            break
+    return total, meta
+
+
+def share(stacks: dict[str, int], pattern: str, within: str) -> tuple[int, int]:
+    """Samples whose stack contains ``pattern``, of those containing ``within``."""
+    total = sum(n for s, n in stacks.items() if within in s.split(";"))
+    hit = sum(n for s, n in stacks.items() if pattern in s)
+    return hit, total
+
+
+def symbols_of(meta: dict, name: str) -> list[dict]:  # type: ignore[type-arg]
+    return [e for e in meta["metadata"]["symbols"] if os.path.basename(e["object"]) == name]

@@ -26,19 +26,19 @@ import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.test_profiles_integration import folded_total, pod_processes, wait_done
-from tests.agent.test_symbols_integration import (
+from tests.agent.support import (
     AGENT_READY_S,
-    LEAF_C,
-    LEAF_GO,
+    folded_total,
+    pod_processes,
     profile,
     share,
     symbols_of,
+    wait_done,
 )
-from tests.agent.workloads import build_go, compile_c
+from tests.agent.workloads import LEAF_C, LEAF_GO, build_go_stripped, compile_c
 from tests.conftest import need
-from tests.probes.test_probes_integration import attach, events_of
-from tests.profiling_pure.test_outputs import _wire
+from tests.probes.support import attach, events_of
+from tests.profiling_pure.support import wire_fields
 
 pytestmark = pytest.mark.integration
 
@@ -71,19 +71,7 @@ def stripped_go(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The leaf program built with ``-ldflags=-s -w``: names from its .gopclntab only."""
     need("go")
     d = tmp_path_factory.mktemp("gostripped")
-    build_go(LEAF_GO, d / "full")  # writes the sources to d/gosrc
-    stripped = d / "stripped"
-    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
-    subprocess.run(
-        [shutil.which("go") or "go", "build", "-ldflags=-s -w", "-o", str(stripped), "."],
-        cwd=d / "gosrc",
-        env=env,
-        check=True,
-        timeout=300,
-    )
-    out = subprocess.run(["readelf", "-S", str(stripped)], capture_output=True, text=True)
-    assert ".symtab" not in out.stdout and ".gopclntab" in out.stdout
-    return stripped
+    return build_go_stripped(LEAF_GO, d / "stripped")
 
 
 @pytest.fixture(scope="module")
@@ -217,13 +205,13 @@ def test_recorder_stripped_go_and_c_frameless_leaf_callers(
 
 def _pprof_sources(blob: bytes) -> dict[str, tuple[str, int]]:
     """Function name -> (filename, start_line) of a pprof, read with a schema-less reader."""
-    fields = _wire(gzip.decompress(blob))
+    fields = wire_fields(gzip.decompress(blob))
     strings = [v for f, _, v in fields if f == 6]
     out: dict[str, tuple[str, int]] = {}
     for f, _, v in fields:
         if f == 5:
             assert isinstance(v, bytes)
-            fn = {k: x for k, _, x in _wire(v)}
+            fn = {k: x for k, _, x in wire_fields(v)}
             name = strings[int(fn[2])]
             filename = strings[int(fn.get(4, 0))]
             assert isinstance(name, bytes) and isinstance(filename, bytes)

@@ -18,7 +18,7 @@ from agent import symbols
 from agent.profiling._flight_recorder_python import argv as pyspy_argv
 from agent.profiling.offcpu_fold import OffCpuStack, fold, sampler_program
 from agent.symbolize.ustacks import UserStacks
-from tests.profiling_pure.test_outputs import _wire
+from tests.profiling_pure.support import wire_fields
 from tracecar_formats.pprof import to_pprof
 
 LIBC_PATHS = ("/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/libc.so.6")
@@ -108,12 +108,12 @@ def test_pprof_source_records() -> None:
         time_ns=0,
         sources={"main.work": ("/src/work.go", 12), "main.main": ("/src/main.go", 5)},
     )
-    fields = _wire(gzip.decompress(blob))
+    fields = wire_fields(gzip.decompress(blob))
     strings = [v for f, _, v in fields if f == 6]
     functions = {}
     for f, _, v in fields:
         if f == 5:
-            fn = dict((k, x) for k, _, x in _wire(v))  # type: ignore[arg-type]
+            fn = dict((k, x) for k, _, x in wire_fields(v))  # type: ignore[arg-type]
             functions[fn[1]] = fn
     by_name = {strings[fn[2]]: fn for fn in functions.values()}  # type: ignore[index]
     assert strings[by_name[b"main.work"][4]] == b"/src/work.go"  # type: ignore[index]
@@ -123,8 +123,8 @@ def test_pprof_source_records() -> None:
     lines = {}
     for f, _, v in fields:
         if f == 4:
-            loc = dict((k, x) for k, _, x in _wire(v))  # type: ignore[arg-type]
-            line = dict((k, x) for k, _, x in _wire(loc[4]))  # type: ignore[arg-type]
+            loc = dict((k, x) for k, _, x in wire_fields(v))  # type: ignore[arg-type]
+            line = dict((k, x) for k, _, x in wire_fields(loc[4]))  # type: ignore[arg-type]
             lines[line[1]] = line.get(2, 0)
     work_id = next(i for i, fn in functions.items() if strings[fn[2]] == b"main.work")  # type: ignore[index]
     assert lines[work_id] == 12

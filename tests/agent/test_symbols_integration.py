@@ -24,81 +24,26 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.support import folded_total, pod_processes
-from tests.agent.workloads import build_go, compile_c
+from tests.agent.support import (
+    AGENT_READY_S,
+    pod_processes,
+    profile,
+    profile_until,
+    share,
+    symbols_of,
+)
+from tests.agent.workloads import LEAF_C, LEAF_GO, build_go, build_go_stripped, compile_c
 from tests.conftest import need
 
 pytestmark = pytest.mark.integration
 
-LEAF_GO = r"""
-package main
-
-var sink uint64
-
-// checksum is a frameless leaf: no call, nothing on the stack.
-//
-//go:noinline
-func checksum(n uint64) uint64 {
-	var s uint64
-	for i := uint64(0); i < n; i++ {
-		s += (i * i) ^ (s >> 3)
-	}
-	return s
-}
-
-//go:noinline
-func verify(n uint64) uint64 { return checksum(n) + 1 }
-
-// mix is inlined into hot: a frame of its own only through the pclntab's inline tree.
-func mix(a, b uint64) uint64 { return (a * a) ^ (b >> 3) }
-
-//go:noinline
-func hot(n uint64) uint64 {
-	var s uint64
-	for i := uint64(0); i < n; i++ {
-		s += mix(i, s)
-	}
-	return s
-}
-
-func main() {
-	for {
-		sink += checksum(3000000)
-		sink += checksum(3000000)
-		sink += checksum(3000000)
-		sink += verify(3000000)
-		sink += hot(3000000)
-	}
-}
-"""
-
-LEAF_C = r"""
-#include <stdint.h>
-volatile uint64_t sink;
-/* A leaf: gcc gives it no frame even under -fno-omit-frame-pointer. */
-__attribute__((noinline)) uint64_t checksum(uint64_t n) {
-    uint64_t s = 0;
-    for (uint64_t i = 0; i < n; i++) s += (i * i) ^ (s >> 3);
-    return s;
-}
-__attribute__((noinline)) uint64_t verify(uint64_t n) { return checksum(n) + 1; }
-int main(void) {
-    volatile uint64_t n = 3000000;
-    for (;;) {
-        sink += checksum(n);
-        sink += checksum(n);
-        sink += checksum(n);
-        sink += verify(n);
-    }
-}
-"""
 
 # scramble_bits (static, always inlined) holds most of hot_loop's time: perf alone folds
 # it into hot_loop; from DWARF it is a frame of its own under hot_loop.
@@ -124,7 +69,6 @@ int main(void) {
 
 # A loaded machine (2 cores, a cluster build alongside) can take over 30 s to import
 # and start the agent: these tests wait longer for it than the default.
-AGENT_READY_S = 180.0
 
 
 @pytest.fixture(scope="module")
@@ -141,56 +85,12 @@ def nothing_left_behind(pod: podsim.SimPod) -> Iterator[None]:
     assert pod_processes(pod, "perf") == [], "a perf process was left running"
 
 
-def profile(client: httpx.Client, body: dict[str, object]) -> tuple[dict[str, int], dict]:  # type: ignore[type-arg]
-    r = client.post("/profiles", params={"wait": "true", "format": "folded"}, json=body)
-    assert r.status_code == 200, r.text
-    job_id = r.headers["location"].rsplit("/", 1)[1]
-    meta = client.get(f"/profiles/{job_id}").json()
-    return folded_total(r.text), meta
-
-
-def profile_until(
-    client: httpx.Client, body: dict[str, object], enough: Callable[[dict[str, int]], bool]
-) -> tuple[dict[str, int], dict]:  # type: ignore[type-arg]
-    """Profiles of the same target, added up until ``enough`` holds (at most 8): a loaded
-    machine gives the app a fraction of a core, so no sample count is assumed."""
-    total: dict[str, int] = {}
-    for _ in range(8):
-        stacks, meta = profile(client, body)
-        for k, v in stacks.items():
-            total[k] = total.get(k, 0) + v
-        if enough(total):
-            break
-    return total, meta
-
-
-def share(stacks: dict[str, int], pattern: str, within: str) -> tuple[int, int]:
-    """Samples whose stack contains ``pattern``, of those containing ``within``."""
-    total = sum(n for s, n in stacks.items() if within in s.split(";"))
-    hit = sum(n for s, n in stacks.items() if pattern in s)
-    return hit, total
-
-
-def symbols_of(meta: dict, name: str) -> list[dict]:  # type: ignore[type-arg]
-    return [e for e in meta["metadata"]["symbols"] if os.path.basename(e["object"]) == name]
-
-
 @pytest.fixture(scope="module")
 def go_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     need("go")
     d = tmp_path_factory.mktemp("gobuild")
     full = build_go(LEAF_GO, d / "full")
-    stripped = d / "stripped"
-    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
-    subprocess.run(
-        [shutil.which("go") or "go", "build", "-ldflags=-s -w", "-o", str(stripped), "."],
-        cwd=d / "gosrc",
-        env=env,
-        check=True,
-        timeout=300,
-    )
-    out = subprocess.run(["readelf", "-S", str(stripped)], capture_output=True, text=True)
-    assert ".symtab" not in out.stdout and ".gopclntab" in out.stdout
+    stripped = build_go_stripped(LEAF_GO, d / "stripped")
     return full, stripped
 
 

@@ -312,14 +312,93 @@ def build_java(source: str, out_dir: Path) -> Path:
     return out_dir / "Chain.class"
 
 
-def build_go(source: str, out: Path) -> Path:
+def build_go(source: str, out: Path, *, ldflags: str | None = None) -> Path:
+    """``source`` as a one-file module built to ``out`` (its sources in ``out``'s folder's
+    ``gosrc``); ``ldflags`` "-s -w" builds it stripped."""
     src_dir = out.parent / "gosrc"
     src_dir.mkdir(exist_ok=True)
     (src_dir / "main.go").write_text(source)
     (src_dir / "go.mod").write_text("module chain\n\ngo 1.22\n")
     env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
     go = shutil.which("go") or "/usr/local/go/bin/go"
+    flags = [f"-ldflags={ldflags}"] if ldflags else []
     subprocess.run(
-        [go, "build", "-o", str(out), "."], cwd=src_dir, env=env, check=True, timeout=300
+        [go, "build", *flags, "-o", str(out), "."], cwd=src_dir, env=env, check=True, timeout=300
     )
     return out
+
+
+def build_go_stripped(source: str, out: Path) -> Path:
+    """``source`` built without its symbol table and DWARF (``-ldflags=-s -w``): names
+    only from its .gopclntab, which the check below makes sure of."""
+    build_go(source, out, ldflags="-s -w")
+    sections = subprocess.run(
+        ["readelf", "-S", str(out)], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert ".symtab" not in sections and ".gopclntab" in sections, sections
+    return out
+
+
+LEAF_GO = r"""
+package main
+
+var sink uint64
+
+// checksum is a frameless leaf: no call, nothing on the stack.
+//
+//go:noinline
+func checksum(n uint64) uint64 {
+	var s uint64
+	for i := uint64(0); i < n; i++ {
+		s += (i * i) ^ (s >> 3)
+	}
+	return s
+}
+
+//go:noinline
+func verify(n uint64) uint64 { return checksum(n) + 1 }
+
+// mix is inlined into hot: a frame of its own only through the pclntab's inline tree.
+func mix(a, b uint64) uint64 { return (a * a) ^ (b >> 3) }
+
+//go:noinline
+func hot(n uint64) uint64 {
+	var s uint64
+	for i := uint64(0); i < n; i++ {
+		s += mix(i, s)
+	}
+	return s
+}
+
+func main() {
+	for {
+		sink += checksum(3000000)
+		sink += checksum(3000000)
+		sink += checksum(3000000)
+		sink += verify(3000000)
+		sink += hot(3000000)
+	}
+}
+"""
+
+
+LEAF_C = r"""
+#include <stdint.h>
+volatile uint64_t sink;
+/* A leaf: gcc gives it no frame even under -fno-omit-frame-pointer. */
+__attribute__((noinline)) uint64_t checksum(uint64_t n) {
+    uint64_t s = 0;
+    for (uint64_t i = 0; i < n; i++) s += (i * i) ^ (s >> 3);
+    return s;
+}
+__attribute__((noinline)) uint64_t verify(uint64_t n) { return checksum(n) + 1; }
+int main(void) {
+    volatile uint64_t n = 3000000;
+    for (;;) {
+        sink += checksum(n);
+        sink += checksum(n);
+        sink += checksum(n);
+        sink += verify(n);
+    }
+}
+"""

@@ -9,10 +9,12 @@ the real projects' own artifacts: speedscope's published JSON schema
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,3 +90,48 @@ def node() -> str:
     if exe is None:
         pytest.fail("node is missing: run scripts/setup (it installs nodejs/npm)")
     return exe
+
+
+# pprof-format's decoder (Datadog's, from npm), printing what the tests check: the
+# sample and period types, the header's numbers, and each sample's stack and values.
+_DECODE_JS = """
+const zlib = require("zlib");
+const fs = require("fs");
+const { Profile } = require(process.argv[2]);
+const p = Profile.decode(zlib.gunzipSync(fs.readFileSync(process.argv[3])));
+const s = (i) => p.stringTable.strings[Number(i)];
+const fn = new Map(p.function.map((f) => [Number(f.id), f]));
+const loc = new Map(p.location.map((l) => [Number(l.id), l]));
+const stacks = {};
+for (const smp of p.sample) {
+  const names = smp.locationId.map((id) => {
+    const l = loc.get(Number(id));
+    return s(fn.get(Number(l.line[0].functionId)).systemName);
+  });
+  stacks[names.reverse().join(";")] = smp.value.map(Number);
+}
+console.log(JSON.stringify({
+  strings0: s(0),
+  sampleType: p.sampleType.map((v) => [s(v.type), s(v.unit)]),
+  periodType: [s(p.periodType.type), s(p.periodType.unit)],
+  defaultSampleType: s(p.defaultSampleType),
+  period: Number(p.period), timeNanos: Number(p.timeNanos),
+  durationNanos: Number(p.durationNanos),
+  nFunctions: p.function.length, nLocations: p.location.length, stacks,
+}));
+"""
+
+
+def decode_pprof(blob: bytes, tmp: Path) -> dict[str, Any]:
+    """``blob`` (a gzipped pprof profile) as pprof-format decodes it (:func:`ensure` first)."""
+    (tmp / "p.pb.gz").write_bytes(blob)
+    (tmp / "decode.js").write_text(_DECODE_JS)
+    out = subprocess.run(
+        [node(), str(tmp / "decode.js"), str(PPROF_FORMAT_DIR), str(tmp / "p.pb.gz")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    decoded: dict[str, Any] = json.loads(out.stdout)
+    return decoded

@@ -20,3 +20,33 @@ LIMITS = Limits(
     max_frequency_hz=999,
     timeout_slack_s=30,
 )
+
+
+def wire_fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:
+    """A generic protobuf wire reader (field, wire type, value): no schema involved."""
+    out: list[tuple[int, int, int | bytes]] = []
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        shift = result = 0
+        while True:
+            b = buf[i]
+            i += 1
+            result |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return result
+
+    while i < len(buf):
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            out.append((field, wire, varint()))
+        elif wire == 2:
+            n = varint()
+            out.append((field, wire, buf[i : i + n]))
+            i += n
+        else:
+            raise AssertionError(f"unexpected wire type {wire}")
+    return out

@@ -5,7 +5,6 @@ caller recovered from the return address), the plan, and pprof with two sample t
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -151,37 +150,6 @@ def test_one_probe_per_file_whatever_the_target() -> None:
     assert "/proc/9/root" not in text and "@__t[9] = 1" in text
 
 
-# pprof-format's decoder (Datadog's, from npm), printing the sample types and stacks.
-_DECODE_JS = """
-const zlib = require("zlib");
-const fs = require("fs");
-const { Profile } = require(process.argv[2]);
-const p = Profile.decode(zlib.gunzipSync(fs.readFileSync(process.argv[3])));
-const s = (i) => p.stringTable.strings[Number(i)];
-const fn = new Map(p.function.map((f) => [Number(f.id), f]));
-const loc = new Map(p.location.map((l) => [Number(l.id), l]));
-const stacks = {};
-for (const smp of p.sample) {
-  const names = smp.locationId.map((id) => {
-    const l = loc.get(Number(id));
-    return s(fn.get(Number(l.line[0].functionId)).systemName);
-  });
-  stacks[names.reverse().join(";")] = smp.value.map(Number);
-}
-console.log(JSON.stringify({
-  sampleType: p.sampleType.map((v) => [s(v.type), s(v.unit)]),
-  periodType: [s(p.periodType.type), s(p.periodType.unit)],
-  defaultSampleType: s(p.defaultSampleType),
-  stacks,
-}));
-"""
-
-
-@pytest.fixture(scope="module")
-def tools() -> None:
-    npm_tools.ensure()
-
-
 @pytest.mark.parametrize("inuse", [False, True])
 def test_memory_pprof_decodes_with_both_sample_types(
     tools: None, tmp_path: Path, inuse: bool
@@ -189,14 +157,7 @@ def test_memory_pprof_decodes_with_both_sample_types(
     by_bytes = {"app;main;leaky_work;malloc": 16000, "app;main;balanced_work;malloc": 128000}
     by_count = {"app;main;leaky_work;malloc": 32, "app;main;balanced_work;malloc": 128}
     blob = to_memory_pprof(by_bytes, by_count, inuse=inuse, duration_ns=10**9, time_ns=5)
-    (tmp_path / "p.pb.gz").write_bytes(blob)
-    (tmp_path / "decode.js").write_text(_DECODE_JS)
-    out = subprocess.run(
-        [npm_tools.node(), str(tmp_path / "decode.js"), str(npm_tools.PPROF_FORMAT_DIR),
-         str(tmp_path / "p.pb.gz")],
-        check=True, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    got = json.loads(out.stdout)
+    got = npm_tools.decode_pprof(blob, tmp_path)
     prefix = "inuse" if inuse else "alloc"
     assert got["sampleType"] == [[f"{prefix}_objects", "count"], [f"{prefix}_space", "bytes"]]
     assert got["periodType"] == ["space", "bytes"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import jsonschema
 import pytest
 
 from tests.profiling_pure import npm_tools
+from tests.profiling_pure.support import wire_fields
 from tracecar_formats.collapse import CollapseOptions, collapse_text
 from tracecar_formats.flamegraph import frame_kind, render_svg
 from tracecar_formats.pprof import to_pprof
@@ -22,11 +22,6 @@ from tracecar_formats.speedscope import to_speedscope
 
 DATA = Path(__file__).resolve().parent / "data"
 SVG_NS = "{http://www.w3.org/2000/svg}"
-
-
-@pytest.fixture(scope="module")
-def tools() -> None:
-    npm_tools.ensure()
 
 
 @pytest.fixture(scope="module", params=sorted(p.name for p in DATA.glob("*.txt")))
@@ -140,53 +135,13 @@ def test_speedscope_rejects_nothing_and_counts_units(tools: None) -> None:
 
 # -- pprof ---------------------------------------------------------------------------
 
-_DECODE_JS = """
-const zlib = require("zlib");
-const fs = require("fs");
-const { Profile } = require(process.argv[2]);
-const p = Profile.decode(zlib.gunzipSync(fs.readFileSync(process.argv[3])));
-const s = (i) => p.stringTable.strings[Number(i)];
-const fn = new Map(p.function.map((f) => [Number(f.id), f]));
-const loc = new Map(p.location.map((l) => [Number(l.id), l]));
-const stacks = {};
-for (const smp of p.sample) {
-  const names = smp.locationId.map((id) => {
-    const l = loc.get(Number(id));
-    return s(fn.get(Number(l.line[0].functionId)).systemName);
-  });
-  stacks[names.reverse().join(";")] = smp.value.map(Number);
-}
-console.log(JSON.stringify({
-  strings0: s(0),
-  sampleType: p.sampleType.map((v) => [s(v.type), s(v.unit)]),
-  periodType: [s(p.periodType.type), s(p.periodType.unit)],
-  period: Number(p.period), timeNanos: Number(p.timeNanos),
-  durationNanos: Number(p.durationNanos),
-  nFunctions: p.function.length, nLocations: p.location.length, stacks,
-}));
-"""
-
 
 def test_pprof_decodes_with_pprof_format(
     tools: None, stacks: dict[str, int], tmp_path: Path
 ) -> None:
     blob = to_pprof(stacks, period_ns=1_001_001, duration_ns=3_000_000_000, time_ns=1_700_000_000)
     assert blob[:2] == b"\x1f\x8b"
-    (tmp_path / "p.pb.gz").write_bytes(blob)
-    (tmp_path / "decode.js").write_text(_DECODE_JS)
-    out = subprocess.run(
-        [
-            npm_tools.node(),
-            str(tmp_path / "decode.js"),
-            str(npm_tools.PPROF_FORMAT_DIR),
-            str(tmp_path / "p.pb.gz"),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    got = json.loads(out.stdout)
+    got = npm_tools.decode_pprof(blob, tmp_path)
     assert got["strings0"] == ""
     assert got["sampleType"] == [["samples", "count"], ["cpu", "nanoseconds"]]
     assert got["periodType"] == ["cpu", "nanoseconds"] and got["period"] == 1_001_001
@@ -196,42 +151,12 @@ def test_pprof_decodes_with_pprof_format(
     assert got["stacks"] == {k: [v, v * 1_001_001] for k, v in stacks.items()}
 
 
-def _wire(buf: bytes) -> list[tuple[int, int, int | bytes]]:
-    """A generic protobuf wire reader (field, wire type, value): no schema involved."""
-    out: list[tuple[int, int, int | bytes]] = []
-    i = 0
-
-    def varint() -> int:
-        nonlocal i
-        shift = result = 0
-        while True:
-            b = buf[i]
-            i += 1
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                return result
-
-    while i < len(buf):
-        key = varint()
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            out.append((field, wire, varint()))
-        elif wire == 2:
-            n = varint()
-            out.append((field, wire, buf[i : i + n]))
-            i += n
-        else:
-            raise AssertionError(f"unexpected wire type {wire}")
-    return out
-
-
 def test_pprof_ids_and_string_table_are_consistent() -> None:
     stacks = {"app;main;work": 3, "app;main": 1, "app;py::f:/x.py_[j]": 2}
-    fields = _wire(gzip.decompress(to_pprof(stacks, period_ns=10, duration_ns=0, time_ns=0)))
+    fields = wire_fields(gzip.decompress(to_pprof(stacks, period_ns=10, duration_ns=0, time_ns=0)))
     strings = [v for f, _, v in fields if f == 6]
     assert strings[0] == b"" and len(set(strings)) == len(strings)
-    functions = [dict((f, v) for f, _, v in _wire(v)) for f, _, v in fields if f == 5]  # type: ignore[arg-type]
+    functions = [dict((f, v) for f, _, v in wire_fields(v)) for f, _, v in fields if f == 5]  # type: ignore[arg-type]
     ids = [fn[1] for fn in functions]
     assert ids == list(range(1, len(ids) + 1))
     names = {strings[fn[2]] for fn in functions}  # type: ignore[index]
