@@ -132,6 +132,16 @@ def pyroscope_env(p: Pyroscope | str, name: str, **more: str) -> dict[str, str]:
     return {"TRACECAR_AGENT_PYROSCOPE_URL": url, "TRACECAR_AGENT_SERVICE_NAME": name, **more}
 
 
+def continuous_env(p: Pyroscope, name: str) -> dict[str, str]:
+    """The agent recording the whole pod and pushing every INTERVAL_S to ``p``."""
+    return pyroscope_env(
+        p,
+        name,
+        TRACECAR_AGENT_CONTINUOUS="true",
+        TRACECAR_AGENT_CONTINUOUS_INTERVAL_S=str(INTERVAL_S),
+    )
+
+
 def test_on_demand_profile_lands_in_pyroscope_and_s3(
     pod: podsim.SimPod, hotcold: podsim.Container, pyroscope: Pyroscope, minio: MinIO
 ) -> None:
@@ -201,12 +211,7 @@ def test_continuous_profiles_arrive_every_interval(
     pod: podsim.SimPod, hotcold: podsim.Container, pyroscope: Pyroscope
 ) -> None:
     name = service()
-    env = pyroscope_env(
-        pyroscope,
-        name,
-        TRACECAR_AGENT_CONTINUOUS="true",
-        TRACECAR_AGENT_CONTINUOUS_INTERVAL_S=str(INTERVAL_S),
-    )
+    env = continuous_env(pyroscope, name)
     with agent_with(pod, env) as agent, agent.client() as c:
         status = c.get("/recorder").json()
         assert status["state"] in ("starting", "recording") and status["push"]["enabled"], status
@@ -403,12 +408,7 @@ def test_store_outage_leaves_no_gap(
 ) -> None:
     """Pyroscope stopped for a while and started again: the spool covered every interval."""
     name = service()
-    env = pyroscope_env(
-        pyroscope,
-        name,
-        TRACECAR_AGENT_CONTINUOUS="true",
-        TRACECAR_AGENT_CONTINUOUS_INTERVAL_S=str(INTERVAL_S),
-    )
+    env = continuous_env(pyroscope, name)
     with agent_with(pod, env) as agent, agent.client() as c:
 
         def pushed() -> int:

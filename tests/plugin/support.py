@@ -4,10 +4,15 @@ prints them, and running one command line as ``main`` does, minus the error prin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from kubectl_tracecar import _cli
+import pytest
+
+from kubectl_tracecar import _cli, _pods
 from kubectl_tracecar._kube import Connection, JsonObject, Kube, selector_string
+from kubectl_tracecar.commands import _reach
 from kubectl_tracecar.errors import NotFound
 
 
@@ -88,3 +93,14 @@ def run(kube: Kube, argv: list[str]) -> int:
 def options(argv: list[str]) -> Any:
     """The options one command line completes to."""
     return _cli.complete(argv).options
+
+
+def reach_with(monkeypatch: pytest.MonkeyPatch, agent: object) -> None:
+    """Every pod the plugin reaches answers through ``agent`` (a fake of the agent's
+    HTTP client), with the pod's own agent container as found."""
+
+    @contextmanager
+    def reach(kube: Kube, pod: JsonObject, **kw: object) -> Iterator[tuple[object, _pods.Agent]]:
+        yield agent, _pods.find_agent(pod)
+
+    monkeypatch.setattr(_reach, "reach", reach)

@@ -4,18 +4,15 @@ seam and ``reach``, the port-forward + client): no cluster, no kubectl."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kubectl_tracecar import _cli, _pods
-from kubectl_tracecar._kube import JsonObject, Kube
+from kubectl_tracecar import _cli
 from kubectl_tracecar.commands import _reach, counters
 from kubectl_tracecar.errors import OK, PluginError
-from tests.plugin.support import FakeKube, options, run
+from tests.plugin.support import FakeKube, options, reach_with, run
 from tests.plugin.support import pod as _pod
 
 COUNTERS = {
@@ -75,12 +72,7 @@ class FakeAgent:
 @pytest.fixture
 def agent(monkeypatch: pytest.MonkeyPatch) -> FakeAgent:
     fake = FakeAgent()
-
-    @contextmanager
-    def reach(kube: Kube, pod: JsonObject, **kw: object) -> Iterator[tuple[FakeAgent, _pods.Agent]]:
-        yield fake, _pods.find_agent(pod)
-
-    monkeypatch.setattr(_reach, "reach", reach)
+    reach_with(monkeypatch, fake)
     monkeypatch.setattr(_reach, "POLL_S", 0)
     return fake
 

@@ -4,18 +4,16 @@ our own seams (the Kube API and ``reach``), as tests/plugin/test_commands.py doe
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kubectl_tracecar import _pods, _sinks
-from kubectl_tracecar._kube import JsonObject, Kube
-from kubectl_tracecar.commands import _reach, profile
+from kubectl_tracecar import _sinks
+from kubectl_tracecar._kube import JsonObject
+from kubectl_tracecar.commands import profile
 from kubectl_tracecar.errors import OK
-from tests.plugin.support import FakeKube, options, run
+from tests.plugin.support import FakeKube, options, reach_with, run
 from tests.plugin.support import pod as _pod
 
 CAPS = {
@@ -56,18 +54,10 @@ class StatusAgent:
         return {"/healthz": {"version": "0.1.0"}, "/capabilities": self.caps}[path]
 
 
-def _reach_with(monkeypatch: pytest.MonkeyPatch, agent: object) -> None:
-    @contextmanager
-    def reach(kube: Kube, pod: JsonObject, **kw: object) -> Iterator[tuple[object, _pods.Agent]]:
-        yield agent, _pods.find_agent(pod)
-
-    monkeypatch.setattr(_reach, "reach", reach)
-
-
 def test_status_shows_each_store(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _reach_with(monkeypatch, StatusAgent(CAPS))
+    reach_with(monkeypatch, StatusAgent(CAPS))
     kube = FakeKube(pods=[_injected("web-a")])
     assert run(kube, ["status", "web-a"]) == OK
     out = capsys.readouterr().out
@@ -82,7 +72,7 @@ def test_status_shows_each_store(
 def test_status_json_has_the_sinks(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _reach_with(monkeypatch, StatusAgent(CAPS))
+    reach_with(monkeypatch, StatusAgent(CAPS))
     kube = FakeKube(pods=[_injected("web-a")])
     assert run(kube, ["status", "web-a", "-o", "json"]) == OK
     row = json.loads(capsys.readouterr().out)
@@ -147,7 +137,7 @@ def test_profile_push_asks_each_agent_and_says_where_to_look(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     agent = PushAgent()
-    _reach_with(monkeypatch, agent)
+    reach_with(monkeypatch, agent)
     kube = FakeKube(pods=[_injected("web-a"), _injected("web-b")])
     out = tmp_path / "web.svg"
     assert run(kube, ["profile", "-l", "app=web", "-d", "1s", "--push", "-o", str(out)]) == OK
@@ -184,7 +174,7 @@ class CapsPushAgent(PushAgent):
 def test_profile_push_reports_the_stores_state_from_capabilities(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _reach_with(monkeypatch, CapsPushAgent())
+    reach_with(monkeypatch, CapsPushAgent())
     kube = FakeKube(pods=[_injected("web-a")])
     argv = ["profile", "web-a", "-d", "1s", "--push", "-o", str(tmp_path / "a.svg")]
     assert run(kube, argv) == OK
