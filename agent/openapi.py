@@ -14,11 +14,12 @@ agent to keep this file and the routers honest.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Path, Request
 from fastapi.exception_handlers import http_exception_handler
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, SerializationInfo
+from pydantic_core import core_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -74,6 +75,29 @@ PidPath = Annotated[int, Path(ge=1, le=4_194_304)]
 """A process id in a route's path (at most the kernel's largest pid_max)."""
 JobIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]
 """A job's id in a route's path (the shape ``agent.jobs.new_id`` makes)."""
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _given(value: BaseModel, info: SerializationInfo) -> Any:
+    return value.model_dump(mode=info.mode, exclude_none=True)
+
+
+class _AsGiven:
+    """Serialize a request model without its null fields, whatever the enclosing dump
+    asks (an ``exclude_unset`` answer must still show the defaults the agent applied);
+    no ``return_schema``, so the document keeps the model's own schema."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        ser = core_schema.plain_serializer_function_ser_schema(_given, info_arg=True)
+        return {**handler(source), "serialization": ser}
+
+
+Echo = Annotated[M, _AsGiven()]
+"""A view's copy of what was asked: the request model itself (the document names its
+fields), answered as given plus the defaults, without the fields left null."""
 
 Responses = dict[int | str, dict[str, Any]]
 _OBJECT = {"type": "object", "additionalProperties": True}
