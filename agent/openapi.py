@@ -14,7 +14,7 @@ agent to keep this file and the routers honest.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, NotRequired, TypeVar
 
 from fastapi import FastAPI, Path, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, Seriali
 from pydantic_core import core_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from typing_extensions import TypedDict  # pydantic's schemas need it before Python 3.12
 
 
 class ErrorBody(BaseModel):
@@ -100,7 +101,43 @@ Echo = Annotated[M, _AsGiven()]
 fields), answered as given plus the defaults, without the fields left null."""
 
 Responses = dict[int | str, dict[str, Any]]
-_OBJECT = {"type": "object", "additionalProperties": True}
+
+
+class SpeedscopeFrame(TypedDict):
+    name: str
+    file: NotRequired[str]
+
+
+class SpeedscopeShared(TypedDict):
+    frames: list[SpeedscopeFrame]
+
+
+class SpeedscopeProfile(TypedDict):
+    type: Literal["sampled"]
+    name: str
+    unit: str
+    startValue: float
+    endValue: float
+    samples: list[list[int]]
+    """Each sample's stack: indexes into the shared frames, root first."""
+    weights: list[float]
+
+
+Speedscope = TypedDict(
+    "Speedscope",
+    {
+        "$schema": str,
+        "exporter": str,
+        "name": str,
+        "activeProfileIndex": int,
+        "shared": SpeedscopeShared,
+        "profiles": list[SpeedscopeProfile],
+        "tracecar": NotRequired[dict[str, Any]],
+    },
+)
+"""A speedscope file as the agent writes it (``tracecar_formats.speedscope``; the
+format: https://www.speedscope.app/file-format-schema.json). ``tracecar``: what the
+agent adds for scripts (the flight recorder's RSS trends); speedscope ignores it."""
 
 PROTECTED = (401, 500)
 """What any route behind the token can answer (router-level ``responses=``)."""
@@ -115,26 +152,20 @@ def errors(*codes: int) -> Responses:
     }
 
 
-def content(description: str, *media_types: str, binary: bool = False) -> dict[str, Any]:
-    """One status's entry answering any of ``media_types`` (a file, a stream)."""
+def content(
+    description: str, *media_types: str, binary: bool = False, model: Any = None
+) -> dict[str, Any]:
+    """One status's entry answering any of ``media_types`` (a file, a stream); the JSON
+    one (``application/json`` among them) answers ``model`` (FastAPI fills its schema)."""
     text: dict[str, Any] = {"type": "string", "format": "binary"} if binary else {"type": "string"}
-    return {
+    entry: dict[str, Any] = {
         "description": description,
-        "content": {
-            m: {"schema": _OBJECT if m == "application/json" else text} for m in media_types
-        },
+        "content": {m: {"schema": {} if m == "application/json" else text} for m in media_types},
     }
-
-
-def json_object(description: str) -> dict[str, Any]:
-    """A status answering a JSON object whose shape the handler does not type."""
-    return {"description": description, "content": {"application/json": {"schema": _OBJECT}}}
-
-
-def json_or(description: str, *media_types: str) -> dict[str, Any]:
-    """A status answering JSON (any object) or one of ``media_types``."""
-    entry = content(description, *media_types)
-    entry["content"] = {"application/json": {"schema": _OBJECT}, **entry["content"]}
+    if "application/json" in media_types:
+        if model is None:
+            raise TypeError("a JSON answer names its model")
+        entry["model"] = model
     return entry
 
 
