@@ -1,7 +1,9 @@
 """What the agent's OpenAPI document declares beyond the handlers' own types.
 
 Owns the path parameters routers share (a pid, a job id), the typed error bodies
-(what :mod:`agent.errors` and the app's handlers send), the ``responses=``
+(what :mod:`agent.errors` and the app's handlers send), :data:`Echo` (a view's copy of
+the request model it was made from), :data:`Speedscope` (the one third-party format
+answered as JSON), the ``responses=``
 declarations the routers attach to their routes (every status a route can answer,
 with its model and media types), and the 405 answer:
 ``Allow`` lists every method the document gives the path (Starlette names only
