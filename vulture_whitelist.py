@@ -142,3 +142,10 @@ _stream, units_decoded, dies_read
 
 # A module's __getattr__ (PEP 562): Python calls it for agent.__version__, lazily.
 __getattr__
+
+# Wire fields of the typed answers (probes' and LTTng's plans, /capabilities' sections,
+# the sinks' status, the recorder's pushes, speedscope files): filled by the agent, read
+# by clients and the OpenAPI document.
+effective, kernel_tracing, commands, cleanup, startValue, endValue, image
+intervals_pushed, profiles_pushed, last_interval, recent_intervals
+queued_items, consecutive_failures, needs_full_image, how_to_get_full

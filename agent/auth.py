@@ -20,9 +20,10 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, NotRequired
 
 from fastapi import Depends, Header, Request
+from typing_extensions import TypedDict  # pydantic's schemas need it before Python 3.12
 
 from agent.errors import Unauthorized
 
@@ -39,6 +40,19 @@ Source = Literal["env", "file", "generated", "none"]
 
 class TokenConfigError(ValueError):
     """The configured token is unusable; the message never contains its value."""
+
+
+class AccessFacts(TypedDict):
+    """The ``auth`` section of ``GET /capabilities``: how the agent is reached (never
+    the token)."""
+
+    required: bool
+    source: Source
+    scheme: NotRequired[Literal["Bearer"]]
+    token_file: NotRequired[str]
+    """Where the token is, when it is in a file."""
+    warning: NotRequired[str]
+    """Authentication is off."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,7 +81,7 @@ class Access:
             f"(kubectl exec POD -c tracecar-agent -- cat {self.path}; see docs/security.md)"
         )
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> AccessFacts:
         """What ``/capabilities`` says about access (never the token)."""
         if not self.required:
             return {
@@ -76,7 +90,7 @@ class Access:
                 "warning": "authentication is off (TRACECAR_AGENT_AUTH=none): every "
                 "container of this pod can use the agent and its capabilities",
             }
-        out: dict[str, object] = {"required": True, "scheme": "Bearer", "source": self.source}
+        out: AccessFacts = {"required": True, "scheme": "Bearer", "source": self.source}
         if self.path is not None:
             out["token_file"] = str(self.path)
         return out

@@ -1,7 +1,8 @@
 """What works on this node, and why not where it doesn't.
 
-Each check is a small function returning a JSON-able dict; ``GET /capabilities``
-gathers them (:func:`general`). The capability modules (profiling, probes, lttng)
+Each check is a small function returning a JSON-able dict (:class:`Check`: the
+shape ``/capabilities`` documents for every entry); ``GET /capabilities`` gathers
+them (:func:`general`). The capability modules (profiling, probes, lttng)
 consult these before starting work so that a missing tool is a 503 pointing here,
 not a crash. Slow checks (running a tool for its version, trying a BPF map) are
 cached for :data:`CACHE_TTL_S`; reading /proc is not.
@@ -19,7 +20,10 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired
+
+from pydantic import BaseModel, ConfigDict, Field, with_config
+from typing_extensions import TypedDict  # pydantic's schemas need it before Python 3.12
 
 from agent import _proc
 
@@ -40,11 +44,39 @@ _CAP_NAMES = [
 TRACING_CAPS = ("SYS_ADMIN", "SYS_PTRACE", "PERFMON", "BPF", "DAC_READ_SEARCH", "IPC_LOCK")
 
 
-class Check(TypedDict, total=False):
+@with_config(ConfigDict(extra="allow"))
+class Check(TypedDict):
+    """One entry of ``GET /capabilities`` (a tool, a kernel feature, a capability):
+    whether it works here and, where it does not, why; each adds its own facts
+    (versions, paths, limits, what it offers), hence ``additionalProperties``."""
+
     available: bool
-    reason: str
-    version: str
-    path: str
+    reason: NotRequired[str]
+    version: NotRequired[str]
+    path: NotRequired[str]
+
+
+class Privileges(BaseModel):
+    """The agent's effective Linux capabilities, and a boolean per capability a tracer
+    needs (SYS_ADMIN, SYS_PTRACE, PERFMON, BPF, DAC_READ_SEARCH, IPC_LOCK)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, bool] = Field(init=False)
+    effective: list[str]
+
+
+class NodeFacts(BaseModel):
+    """The node-wide part of ``GET /capabilities`` (:func:`general`)."""
+
+    kernel: str = Field(description="the kernel's release")
+    arch: str
+    perf_event_paranoid: int | None = Field(description="null: unreadable")
+    capabilities: Privileges
+    perf_permitted: Check = Field(description="whether perf may record any process")
+    tools: dict[str, Check] = Field(description="perf, bpftrace, lttng, babeltrace2")
+    tracefs: Check
+    bpf: Check
+    kernel_tracing: Check = Field(description="LTTng's kernel domain (lttng-modules)")
 
 
 # --- capabilities held ------------------------------------------------------------
@@ -221,7 +253,7 @@ def lttng_kernel() -> Check:
 # --- everything ------------------------------------------------------------------------
 
 
-async def general() -> dict[str, object]:
+async def general() -> NodeFacts:
     """The node-wide facts of ``GET /capabilities`` (the services add their own)."""
     caps = effective_caps()
     perf_check, bpftrace, lttng, babeltrace2, tracefs = await asyncio.gather(
@@ -232,22 +264,21 @@ async def general() -> dict[str, object]:
         _cached("tracefs", ensure_tracefs),
     )
     bpf = await _cached("bpf", lambda: asyncio.to_thread(bpf_usable))
-    return {
-        "kernel": platform.release(),
-        "arch": platform.machine(),
-        "perf_event_paranoid": perf_event_paranoid(),
-        "capabilities": {
-            "effective": sorted(caps),
-            **{name: name in caps for name in TRACING_CAPS},
-        },
-        "perf_permitted": perf_permitted(),
-        "tools": {
+    return NodeFacts(
+        kernel=platform.release(),
+        arch=platform.machine(),
+        perf_event_paranoid=perf_event_paranoid(),
+        capabilities=Privileges(
+            effective=sorted(caps), **{name: name in caps for name in TRACING_CAPS}
+        ),
+        perf_permitted=perf_permitted(),
+        tools={
             "perf": perf_check,
             "bpftrace": bpftrace,
             "lttng": lttng,
             "babeltrace2": babeltrace2,
         },
-        "tracefs": tracefs,
-        "bpf": bpf,
-        "kernel_tracing": lttng_kernel(),
-    }
+        tracefs=tracefs,
+        bpf=bpf,
+        kernel_tracing=lttng_kernel(),
+    )

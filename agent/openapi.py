@@ -1,7 +1,9 @@
 """What the agent's OpenAPI document declares beyond the handlers' own types.
 
 Owns the path parameters routers share (a pid, a job id), the typed error bodies
-(what :mod:`agent.errors` and the app's handlers send), the ``responses=``
+(what :mod:`agent.errors` and the app's handlers send), :data:`Echo` (a view's copy of
+the request model it was made from), :data:`Speedscope` (the one third-party format
+answered as JSON), the ``responses=``
 declarations the routers attach to their routes (every status a route can answer,
 with its model and media types), and the 405 answer:
 ``Allow`` lists every method the document gives the path (Starlette names only
@@ -14,13 +16,15 @@ agent to keep this file and the routers honest.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, NotRequired, TypeVar
 
 from fastapi import FastAPI, Path, Request
 from fastapi.exception_handlers import http_exception_handler
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, SerializationInfo
+from pydantic_core import core_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from typing_extensions import TypedDict  # pydantic's schemas need it before Python 3.12
 
 
 class ErrorBody(BaseModel):
@@ -75,8 +79,67 @@ PidPath = Annotated[int, Path(ge=1, le=4_194_304)]
 JobIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]
 """A job's id in a route's path (the shape ``agent.jobs.new_id`` makes)."""
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _given(value: BaseModel, info: SerializationInfo) -> Any:
+    return value.model_dump(mode=info.mode, exclude_none=True)
+
+
+class _AsGiven:
+    """Serialize a request model without its null fields, whatever the enclosing dump
+    asks (an ``exclude_unset`` answer must still show the defaults the agent applied);
+    no ``return_schema``, so the document keeps the model's own schema."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        ser = core_schema.plain_serializer_function_ser_schema(_given, info_arg=True)
+        return {**handler(source), "serialization": ser}
+
+
+Echo = Annotated[M, _AsGiven()]
+"""A view's copy of what was asked: the request model itself (the document names its
+fields), answered as given plus the defaults, without the fields left null."""
+
 Responses = dict[int | str, dict[str, Any]]
-_OBJECT = {"type": "object", "additionalProperties": True}
+
+
+class SpeedscopeFrame(TypedDict):
+    name: str
+    file: NotRequired[str]
+
+
+class SpeedscopeShared(TypedDict):
+    frames: list[SpeedscopeFrame]
+
+
+class SpeedscopeProfile(TypedDict):
+    type: Literal["sampled"]
+    name: str
+    unit: str
+    startValue: float
+    endValue: float
+    samples: list[list[int]]
+    """Each sample's stack: indexes into the shared frames, root first."""
+    weights: list[float]
+
+
+Speedscope = TypedDict(
+    "Speedscope",
+    {
+        "$schema": str,
+        "exporter": str,
+        "name": str,
+        "activeProfileIndex": int,
+        "shared": SpeedscopeShared,
+        "profiles": list[SpeedscopeProfile],
+        "tracecar": NotRequired[dict[str, Any]],
+    },
+)
+"""A speedscope file as the agent writes it (``tracecar_formats.speedscope``; the
+format: https://www.speedscope.app/file-format-schema.json). ``tracecar``: what the
+agent adds for scripts (the flight recorder's RSS trends); speedscope ignores it."""
 
 PROTECTED = (401, 500)
 """What any route behind the token can answer (router-level ``responses=``)."""
@@ -91,26 +154,20 @@ def errors(*codes: int) -> Responses:
     }
 
 
-def content(description: str, *media_types: str, binary: bool = False) -> dict[str, Any]:
-    """One status's entry answering any of ``media_types`` (a file, a stream)."""
+def content(
+    description: str, *media_types: str, binary: bool = False, model: Any = None
+) -> dict[str, Any]:
+    """One status's entry answering any of ``media_types`` (a file, a stream); the JSON
+    one (``application/json`` among them) answers ``model`` (FastAPI fills its schema)."""
     text: dict[str, Any] = {"type": "string", "format": "binary"} if binary else {"type": "string"}
-    return {
+    entry: dict[str, Any] = {
         "description": description,
-        "content": {
-            m: {"schema": _OBJECT if m == "application/json" else text} for m in media_types
-        },
+        "content": {m: {"schema": {} if m == "application/json" else text} for m in media_types},
     }
-
-
-def json_object(description: str) -> dict[str, Any]:
-    """A status answering a JSON object whose shape the handler does not type."""
-    return {"description": description, "content": {"application/json": {"schema": _OBJECT}}}
-
-
-def json_or(description: str, *media_types: str) -> dict[str, Any]:
-    """A status answering JSON (any object) or one of ``media_types``."""
-    entry = content(description, *media_types)
-    entry["content"] = {"application/json": {"schema": _OBJECT}, **entry["content"]}
+    if "application/json" in media_types:
+        if model is None:
+            raise TypeError("a JSON answer names its model")
+        entry["model"] = model
     return entry
 
 

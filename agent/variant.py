@@ -15,7 +15,9 @@ it has whatever tools are installed, and a missing one is an ordinary 503.
 from __future__ import annotations
 
 import re
-from typing import Final, Literal
+from typing import Final, Literal, NotRequired
+
+from typing_extensions import TypedDict  # pydantic's schemas need it before Python 3.12
 
 Variant = Literal["full", "core"]
 
@@ -82,7 +84,17 @@ def explain(
     }
 
 
-def describe(variant: Variant) -> dict[str, object]:
+class Image(TypedDict):
+    """The ``image`` section of ``GET /capabilities``: a core image says what it lacks."""
+
+    variant: Variant
+    reason: str
+    needs_full_image: NotRequired[dict[str, str]]
+    """A tool only the full image has -> what needs it."""
+    how_to_get_full: NotRequired[str]
+
+
+def describe(variant: Variant) -> Image:
     """The ``image`` section of ``GET /capabilities``."""
     if variant == "full":
         return {"variant": "full", "reason": "every capability's tools are in this image"}

@@ -2,7 +2,7 @@
 
 Public surface: :class:`Service` (constructed by :mod:`agent.app` with the
 settings and the shared :class:`agent.jobs.JobStore`; started and stopped by
-the app's lifespan), the request models re-exported from ``_model``, and
+the app's lifespan), the request and answer models re-exported from ``_model``, and
 :func:`build_daemon` / :class:`SessionDaemon`: the boot (:mod:`agent.boot`) starts
 the pod's session daemon before the app is loaded and hands it to the service.
 
@@ -30,6 +30,7 @@ from agent.lttng._model import (
     EventSpec,
     Format,
     SessionList,
+    SessionPlan,
     SessionRequest,
     SessionView,
     Tracepoints,
@@ -44,6 +45,7 @@ __all__ = [
     "Service",
     "SessionDaemon",
     "SessionList",
+    "SessionPlan",
     "SessionRequest",
     "SessionView",
     "Tracepoints",

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from typing_extensions import TypedDict  # pydantic's schemas need it before Python 3.12
 
 from agent.jobs import Later, later
+from agent.openapi import Echo
 
 Domain = Literal["userspace", "python", "jul", "log4j", "kernel"]
 Mode = Literal["normal", "snapshot", "live"]
@@ -225,11 +226,20 @@ class SessionView(BaseModel):
     snapshots: int
     rotations: int
     message: str
-    request: dict[str, object]
+    request: Echo[SessionRequest] = Field(description="what was asked, with the defaults applied")
 
 
 class SessionList(BaseModel):
     sessions: list[SessionView]
+
+
+class SessionPlan(BaseModel):
+    """``POST /lttng/sessions?dry_run=true``: the lttng commands, in order, with nothing run."""
+
+    dry_run: Literal[True]
+    lttng_name: str = Field(description="the session's name in LTTng")
+    output: str = Field(description="where its trace would be written")
+    commands: list[list[str]]
 
 
 class Deleted(BaseModel):

@@ -51,6 +51,7 @@ from agent.lttng._model import (
     Deleted,
     Format,
     ProcessTracepoints,
+    SessionPlan,
     SessionRequest,
     SessionView,
     Tracepoints,
@@ -336,15 +337,15 @@ class Service:
 
     async def create(
         self, req: SessionRequest, *, dry_run: bool = False
-    ) -> dict[str, Any] | SessionView:
+    ) -> SessionPlan | SessionView:
         sess, steps = self.plan(req)
         if dry_run:
-            return {
-                "dry_run": True,
-                "lttng_name": sess.lttng_name,
-                "output": str(sess.output),
-                "commands": [["lttng", *st["args"]] for st in steps],
-            }
+            return SessionPlan(
+                dry_run=True,
+                lttng_name=sess.lttng_name,
+                output=str(sess.output),
+                commands=[["lttng", *st["args"]] for st in steps],
+            )
         self._require_daemon()
         if len(self._sessions) >= self.settings.max_lttng_sessions:
             raise TooMany(
@@ -519,7 +520,7 @@ class Service:
             snapshots=sess.snapshots,
             rotations=sess.rotations,
             message=sess.message,
-            request=sess.request.model_dump(exclude_none=True),
+            request=sess.request,
         )
 
     async def _count(self, sess: Session, size: int, mtime: float) -> int | None:

@@ -3,7 +3,8 @@ USDT probes, Python functions among them (bpftrace).
 
 Public surface: :class:`Service` (constructed by :mod:`agent.app` with the
 settings and the shared :class:`agent.jobs.JobStore`; started and stopped by
-the app's lifespan), the request model :class:`ProbeRequest`, the symbol
+the app's lifespan), the request model :class:`ProbeRequest`, the answers'
+models (:class:`ProbeView`, :class:`ProbeList`, :class:`ProbeDryRun`), the symbol
 listing's shape :class:`SymbolList`, and ``STREAM_MAX_BYTES`` (the per-stream
 byte bound the router offers).
 
@@ -34,13 +35,14 @@ the probe runs on until its own end.
 """
 
 from agent.errors import Forbidden
-from agent.probes._model import ProbeList, ProbeRequest, ProbeView, SymbolList
+from agent.probes._model import ProbeDryRun, ProbeList, ProbeRequest, ProbeView, SymbolList
 from agent.probes._service import BUFFER_EVENTS, STREAM_MAX_BYTES, Service
 
 __all__ = [
     "BUFFER_EVENTS",
     "STREAM_MAX_BYTES",
     "Forbidden",
+    "ProbeDryRun",
     "ProbeList",
     "ProbeRequest",
     "ProbeView",

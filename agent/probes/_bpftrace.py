@@ -36,10 +36,9 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from agent import _proc
-from agent.probes._model import ArgType
+from agent.probes._model import ArgType, Bucket
 from agent.probes._plan import (
     Attached,
-    Bucket,
     Buckets,
     Counts,
     Finished,

@@ -8,10 +8,13 @@ else looks at it; a failure is a 422 naming the field and the allowed form.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import TypedDict
+
+from agent.jobs import Later, later
+from agent.openapi import Echo
 
 ArgType = Literal["int", "uint", "int32", "uint32", "str", "ptr"]
 Mode = Literal["events", "count", "histogram"]
@@ -215,11 +218,57 @@ class ProbeTarget(BaseModel):
     pid: int
     binary: str
     function: str | None
-    address: str | None = Field(description="the ELF address, hex")
+    address: str | None = Field(
+        default=None, description="the ELF address, hex (not in a dry run's answer)"
+    )
     usdt: str | None = None
     usdt_return: str | None = None
     python_function: str | None = None
     python_file: str | None = None
+
+
+class Bucket(TypedDict):
+    """One bucket of a histogram: ``min <= value <= max`` (``min`` null: the negatives)."""
+
+    min: int | None
+    max: int | None
+    count: int
+
+
+class ProbeSummary(TypedDict):
+    """What a probe counted (its view's ``summary`` and its stream's ``end`` record).
+    Keys, not nullable fields: a raw program has no ``per_pid``, and only a histogram
+    probe has ``histogram`` and ``unit``."""
+
+    hits: int
+    per_pid: NotRequired[dict[str, int]]
+    """Hits per target pid (as a string)."""
+    histogram: NotRequired[list[Bucket]]
+    unit: NotRequired[Literal["ns"] | None]
+    """``ns`` for a latency histogram; null for values (a return value, an argument)."""
+
+
+class BpftracePlan(BaseModel):
+    """What runs for the bpftrace backend: one program, one command line."""
+
+    program: str = Field(description="the bpftrace program (generated, or the raw one asked)")
+    argv: list[str]
+    env: Later[dict[str, str]] = later("USDT probes: the variables bpftrace runs with")
+    note: Later[str] = later("USDT probes attached only so the interpreter takes their path")
+
+
+class PerfProbePlan(BaseModel):
+    """What runs for the perf-probe backend: the events added, recorded and read, then
+    the command that deletes them."""
+
+    commands: list[list[str]] = Field(
+        description="perf probe (add each event), perf record, perf script, in order"
+    )
+    cleanup: list[str] = Field(description="perf probe --del: run whatever ends the probe")
+
+
+ProbePlan = BpftracePlan | PerfProbePlan
+"""A probe's plan; which one is the view's ``backend`` (the two share no field)."""
 
 
 class ProbeView(BaseModel):
@@ -232,7 +281,7 @@ class ProbeView(BaseModel):
     backend: BackendName
     backend_reason: str
     target: ProbeTarget | None = Field(description="none for a raw bpftrace program")
-    request: dict[str, Any]
+    request: Echo[ProbeRequest] = Field(description="what was asked, with the defaults applied")
     duration_s: float
     max_events: int
     created_at: float
@@ -245,11 +294,23 @@ class ProbeView(BaseModel):
     dropped_by_rate_limit: int
     lost_by_tracer: int
     readers: int
-    summary: dict[str, Any] = Field(description="hits, per pid, and a histogram if asked")
-    plan: dict[str, Any] = Field(description="what runs: the program or the commands")
+    summary: ProbeSummary = Field(description="hits, per pid, and a histogram if asked")
+    plan: ProbePlan = Field(description="what runs: the program or the commands")
     links: dict[str, str]
     deleted: bool = Field(default=False, description="DELETE of a finished probe: forgotten")
 
 
 class ProbeList(BaseModel):
     probes: list[ProbeView]
+
+
+class ProbeDryRun(BaseModel):
+    """``POST /probes?dry_run=true``: the plan, with nothing attached."""
+
+    dry_run: Literal[True]
+    backend: BackendName
+    backend_reason: str
+    target: ProbeTarget | None = Field(description="none for a raw bpftrace program")
+    duration_s: float
+    max_events: int
+    plan: ProbePlan

@@ -10,9 +10,9 @@ their parsers turn the tracer's output back into :class:`Hit`, :class:`Counts`,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any
 
-from agent.probes._model import ArgType, Mode
+from agent.probes._model import ArgType, Bucket, Mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +67,6 @@ class Spec:
     def in_function(self) -> bool:
         """True when the probe point is inside a function rather than at its entry."""
         return "+" in self.function
-
-
-class Bucket(TypedDict):
-    min: int | None
-    max: int | None
-    count: int
 
 
 @dataclass(slots=True)

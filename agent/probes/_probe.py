@@ -13,8 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.probes import _bpftrace, _perfprobe
-from agent.probes._model import BackendName, ProbeState, ProbeTarget, ProbeView
-from agent.probes._plan import Bucket, Spec
+from agent.probes._model import (
+    BackendName,
+    Bucket,
+    ProbePlan,
+    ProbeRequest,
+    ProbeState,
+    ProbeSummary,
+    ProbeTarget,
+    ProbeView,
+)
+from agent.probes._plan import Spec
 from agent.probes._stream import EventStream
 
 
@@ -31,11 +40,11 @@ class Backends:
 @dataclass
 class Probe:
     id: str
-    request: dict[str, Any]
+    request: ProbeRequest
     spec: Spec | None
     backend: BackendName
     backend_reason: str
-    plan: dict[str, Any]
+    plan: ProbePlan
     stream: EventStream
     duration_s: float
     max_events: int
@@ -70,24 +79,12 @@ class Probe:
         set here (``model_dump(exclude_unset=True)``): a plain uprobe's target names no
         USDT fields, and only DELETE of a finished probe says ``deleted``."""
         spec = self.spec
-        summary: dict[str, Any] = {"hits": self.hits}
+        summary = ProbeSummary(hits=self.hits)
         if spec is not None:
             summary["per_pid"] = {str(spec.pid): self.hits}
         if self.histogram is not None:
             summary["histogram"] = self.histogram
             summary["unit"] = "ns" if spec is not None and spec.of == "latency" else None
-        target = None
-        if spec is not None:
-            target = ProbeTarget(
-                pid=spec.pid,
-                binary=spec.binary,
-                function=spec.function,
-                address=None if spec.address is None else f"0x{spec.address:x}",
-            )
-            if spec.usdt is not None:
-                target.usdt, target.usdt_return = spec.usdt, spec.usdt_return
-                target.python_function = spec.python_function
-                target.python_file = spec.python_file
         return ProbeView(
             id=self.id,
             state=self.state,
@@ -95,7 +92,7 @@ class Probe:
             error=self.error,
             backend=self.backend,
             backend_reason=self.backend_reason,
-            target=target,
+            target=None if spec is None else target_of(spec, address=True),
             request=self.request,
             duration_s=self.duration_s,
             max_events=self.max_events,
@@ -117,3 +114,17 @@ class Probe:
     def answer(self) -> dict[str, Any]:
         """:meth:`view` as POST's answer and an error's ``probe`` field send it."""
         return self.view().model_dump(mode="json", exclude_unset=True)
+
+
+def target_of(spec: Spec, *, address: bool) -> ProbeTarget:
+    """What ``spec`` attaches to, with only the fields its kind has set: a plain uprobe
+    names no USDT fields (answers dumped with ``exclude_unset`` leave them out), and a
+    dry run's target no address."""
+    target = ProbeTarget(pid=spec.pid, binary=spec.binary, function=spec.function)
+    if address:
+        target.address = None if spec.address is None else f"0x{spec.address:x}"
+    if spec.usdt is not None:
+        target.usdt, target.usdt_return = spec.usdt, spec.usdt_return
+        target.python_function = spec.python_function
+        target.python_file = spec.python_file
+    return target

@@ -37,6 +37,10 @@ from agent.probes._model import (
     MANAGED_HINT,
     ArgType,
     BackendName,
+    BpftracePlan,
+    PerfProbePlan,
+    ProbeDryRun,
+    ProbePlan,
     ProbeRequest,
     ProbeView,
     SymbolEntry,
@@ -51,7 +55,7 @@ from agent.probes._plan import (
     Lost,
     Spec,
 )
-from agent.probes._probe import Backends, Probe
+from agent.probes._probe import Backends, Probe, target_of
 from agent.probes._render import render
 from agent.probes._stream import EventStream
 from agent.settings import Settings
@@ -422,7 +426,7 @@ class Service:
             )
         return duration, max_events
 
-    async def create(self, req: ProbeRequest, *, dry_run: bool = False) -> dict[str, Any]:
+    async def create(self, req: ProbeRequest, *, dry_run: bool = False) -> ProbeView | ProbeDryRun:
         """Plan a probe; unless ``dry_run``, attach it and return once it is attached."""
         if req.program is not None and not self.settings.allow_raw_bpftrace:
             raise Forbidden(
@@ -441,35 +445,31 @@ class Service:
             pid = spec.pid
         backend, reason = self._choose(req, spec, b)
         probe_id = secrets.token_hex(4)
-        plan: dict[str, Any]
+        plan: ProbePlan
         if backend == "bpftrace":
             text = req.program if spec is None else _bpftrace.program(spec)
             assert text is not None
-            plan = {"program": text, "argv": _bpftrace.argv(text, pid, spec=spec)}
+            plan = BpftracePlan(program=text, argv=_bpftrace.argv(text, pid, spec=spec))
             if spec is not None and spec.is_usdt:
-                plan["env"] = _bpftrace.env(spec)
+                plan.env = _bpftrace.env(spec)
                 if spec.usdt_enable:
-                    plan["note"] = _usdt.USDT_ENABLE_NOTE
+                    plan.note = _usdt.USDT_ENABLE_NOTE
         else:
             assert spec is not None
             pp = _perfprobe.plan(
                 spec, group=self.group, probe_id=probe_id, control_dir=self._control_dir(probe_id)
             )
-            plan = {"commands": [*pp.add, pp.record, pp.script], "cleanup": pp.delete}
-        request = req.model_dump(exclude_none=True)
+            plan = PerfProbePlan(commands=[*pp.add, pp.record, pp.script], cleanup=pp.delete)
         if dry_run:
-            return {
-                "dry_run": True,
-                "backend": backend,
-                "backend_reason": reason,
-                "target": None
-                if spec is None
-                else {"pid": spec.pid, "binary": spec.binary, "function": spec.function}
-                | _usdt.target_fields(spec),
-                "duration_s": duration,
-                "max_events": max_events,
-                "plan": plan,
-            }
+            return ProbeDryRun(
+                dry_run=True,
+                backend=backend,
+                backend_reason=reason,
+                target=None if spec is None else target_of(spec, address=False),
+                duration_s=duration,
+                max_events=max_events,
+                plan=plan,
+            )
         if sum(1 for p in self._probes.values() if p.running) >= self.settings.max_probes:
             raise TooMany(
                 f"{self.settings.max_probes} probes are already attached (the configured "
@@ -477,7 +477,7 @@ class Service:
             )
         probe = Probe(
             id=probe_id,
-            request=request,
+            request=req,
             spec=spec,
             backend=backend,
             backend_reason=reason,
@@ -486,8 +486,8 @@ class Service:
             duration_s=duration,
             max_events=max_events,
         )
-        if backend == "bpftrace":
-            probe.session = _bpftrace.Session(plan["program"], pid, spec)
+        if isinstance(plan, BpftracePlan):
+            probe.session = _bpftrace.Session(plan.program, pid, spec)
         else:
             assert spec is not None
             probe.session = _perfprobe.Session(spec, pp)
@@ -508,7 +508,7 @@ class Service:
                 tool=probe.backend,
                 probe=probe.answer(),
             )
-        return probe.answer()
+        return probe.view()
 
     def _control_dir(self, probe_id: str) -> str:
         return os.path.join(tempfile.gettempdir(), f"{self.group}-{probe_id}")

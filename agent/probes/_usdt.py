@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any
 
 from agent import procfs
 from agent import symbols as _symbols
@@ -220,14 +219,3 @@ def _no_usdt(
         f"usdt: no USDT probe {name} in pid {pid}; it has: {', '.join(listed[:50])}",
         closest=difflib.get_close_matches(name, listed, n=5, cutoff=0.6),
     )
-
-
-def target_fields(spec: Spec) -> dict[str, Any]:
-    """What a USDT probe's target adds: the probe, its closing probe, the Python filter."""
-    if not spec.is_usdt:
-        return {}
-    out: dict[str, Any] = {"usdt": spec.usdt, "usdt_return": spec.usdt_return}
-    if spec.python_function is not None:
-        out["python_function"] = spec.python_function
-        out["python_file"] = spec.python_file
-    return out

@@ -78,7 +78,9 @@ from agent.profiling._artifacts import (
     SVG,
 )
 from agent.profiling._flight_recorder import (
+    ContinuousPushes,
     FlightRecorder,
+    PushedInterval,
     RecorderMemory,
     RecorderRequest,
     RecorderStatus,
@@ -102,6 +104,7 @@ __all__ = [
     "SPEEDSCOPE",
     "SVG",
     "Capture",
+    "ContinuousPushes",
     "DiffFormat",
     "DiffOptions",
     "FlightRecorder",
@@ -110,6 +113,7 @@ __all__ = [
     "ProfileJob",
     "ProfileResult",
     "ProfileView",
+    "PushedInterval",
     "RecorderMemory",
     "RecorderRequest",
     "RecorderStatus",

@@ -208,6 +208,27 @@ class PythonSampling(BaseModel):
     message: Later[str] = later("py-spy's last failure, in its own words")
 
 
+class PushedInterval(BaseModel):
+    start: float = Field(description="Unix time, seconds")
+    end: float
+
+
+class ContinuousPushes(BaseModel):
+    """The recorder's intervals pushed to the profile store one after another
+    (:mod:`agent.sinks` pushes them; the recorder's status shows how it goes)."""
+
+    enabled: bool = Field(description="the pushes run (they end with the recorder)")
+    interval_s: float
+    sink: str = Field(description="the store they go to")
+    intervals_pushed: int
+    profiles_pushed: int
+    last_interval: PushedInterval | None
+    recent_intervals: list[tuple[float, float, int]] = Field(
+        description="[start, end, profiles spooled] of the last intervals, oldest first"
+    )
+    last_error: str | None
+
+
 class RecorderStatus(BaseModel):
     """``GET /recorder``: the state, the retained window (Unix seconds), its size, and
     how each Python process is sampled (stopped: the state and no window, only)."""
@@ -243,7 +264,7 @@ class RecorderStatus(BaseModel):
         description="each recorded process's RSS over the window: first, last, min, max, "
         "growth per minute (GET /recorder/memory: one point a second)",
     )
-    push: dict[str, Any] | None = Field(
+    push: ContinuousPushes | None = Field(
         default=None, description="the continuous pushes to the profile store (null: none)"
     )
 

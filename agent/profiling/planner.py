@@ -252,6 +252,13 @@ class Plan(BaseModel):
     )
 
 
+class ProfileDryRun(BaseModel):
+    """``POST /profiles?dry_run=true``: the plan, with nothing run."""
+
+    dry_run: Literal[True]
+    plan: Plan
+
+
 _PYSPY_HINT = "; py-spy (profiler auto or py-spy) needs none"
 _JIT_HINT = {
     "python": "Python >= 3.12 writes one with PYTHONPERFSUPPORT=1 (or -X perf)" + _PYSPY_HINT,

@@ -7,7 +7,7 @@ Thin handlers over :class:`agent.lttng.Service` (on ``app.state.lttng``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -21,11 +21,12 @@ from agent.lttng import (
     Format,
     Service,
     SessionList,
+    SessionPlan,
     SessionRequest,
     SessionView,
     Tracepoints,
 )
-from agent.openapi import PROTECTED, TOOLS, content, errors, json_object
+from agent.openapi import PROTECTED, TOOLS, content, errors
 
 router = APIRouter(prefix="/lttng", tags=["lttng"], responses=errors(*PROTECTED, 422))
 
@@ -63,7 +64,11 @@ async def tracepoints(svc: ServiceDep) -> Tracepoints:
     status_code=201,
     response_model=SessionView,
     responses={
-        200: json_object("dry_run=true: the lttng commands (nothing run)"),
+        200: {
+            "model": SessionPlan,
+            "description": "dry_run=true: the lttng commands (nothing run)",
+        },
+        201: {"description": "Created: the session (its Location follows it)"},
         **errors(400, 404, 409, 429, *TOOLS),
     },
 )
@@ -72,10 +77,10 @@ async def create_session(
     svc: ServiceDep,
     req: SessionRequest,
     dry_run: Annotated[bool, Query(description="Show the lttng commands; run nothing.")] = False,
-) -> Any:
+) -> JSONResponse:
     result = await svc.create(req, dry_run=dry_run)
-    if not isinstance(result, SessionView):
-        return JSONResponse(result, status_code=200)
+    if isinstance(result, SessionPlan):
+        return JSONResponse(result.model_dump(mode="json"), status_code=200)
     return JSONResponse(
         result.model_dump(mode="json"),
         status_code=201,

@@ -7,15 +7,16 @@ client's ``Accept`` asks for ``text/event-stream`` (``curl -N`` shows them live)
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agent.deps import capability
-from agent.openapi import PROTECTED, TOOLS, content, errors, json_object
+from agent.openapi import PROTECTED, TOOLS, content, errors
 from agent.probes import (
     STREAM_MAX_BYTES,
+    ProbeDryRun,
     ProbeList,
     ProbeRequest,
     ProbeView,
@@ -47,7 +48,8 @@ async def symbols(
     status_code=201,
     response_model=ProbeView,
     responses={
-        200: json_object("dry_run=true: the plan (nothing attached)"),
+        200: {"model": ProbeDryRun, "description": "dry_run=true: the plan (nothing attached)"},
+        201: {"description": "Attached: the probe (its Location follows it)"},
         **errors(400, 403, 404, 409, 429, *TOOLS),
     },
 )
@@ -55,16 +57,18 @@ async def create_probe(
     svc: ServiceDep,
     req: ProbeRequest,
     dry_run: Annotated[bool, Query(description="Show the plan; attach nothing.")] = False,
-) -> Any:
+) -> JSONResponse:
     """Attach a uprobe (`function`), a USDT probe (`usdt`) or a Python function (`python_function`).
 
     409: the target cannot have this probe (a Python built without USDT probes, a
     process that is not Python); 503: no backend, or bpftrace needed and unusable.
     """
     result = await svc.create(req, dry_run=dry_run)
-    if dry_run:
-        return JSONResponse(result, status_code=200)
-    return JSONResponse(result, status_code=201, headers={"Location": f"/probes/{result['id']}"})
+    # The fields the service set: a plain uprobe's target names no USDT fields.
+    body = result.model_dump(mode="json", exclude_unset=True)
+    if isinstance(result, ProbeDryRun):
+        return JSONResponse(body, status_code=200)
+    return JSONResponse(body, status_code=201, headers={"Location": f"/probes/{result.id}"})
 
 
 @router.get("/probes")

@@ -11,9 +11,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from agent import profiling
 from agent.deps import SinksDep, capability
 from agent.errors import ToolError
-from agent.openapi import PROTECTED, TOOLS, content, errors, json_or
+from agent.openapi import PROTECTED, TOOLS, Speedscope, content, errors
 from agent.profiling import ARTIFACTS, BPFTRACE_OUT, PERF_DATA, PPROF, SPEEDSCOPE, SVG
-from agent.profiling.planner import OutputFormat, Plan, ProfileRequest
+from agent.profiling.planner import OutputFormat, Plan, ProfileDryRun, ProfileRequest
 from agent.sinks import Push
 from tracecar_formats.collapse import CollapseOptions
 
@@ -38,7 +38,12 @@ def _artifact_route(name: str) -> dict[str, Any]:
     return {
         "response_class": FileResponse,
         "responses": {
-            200: content(f"The profile's {name}", _MEDIA[name], binary=binary),
+            200: content(
+                f"The profile's {name}",
+                _MEDIA[name],
+                binary=binary,
+                model=Speedscope if name == SPEEDSCOPE else None,
+            ),
             **errors(404, 409),
         },
     }
@@ -131,12 +136,14 @@ def _artifact(
     status_code=202,
     response_model=None,
     responses={
-        200: json_or(
+        200: content(
             "dry_run=true: the plan (JSON). wait=true: the finished profile in the asked "
             "format (svg, folded, speedscope JSON, pprof)",
+            "application/json",
             _MEDIA[SVG],
             _TEXT,
             _MEDIA[PPROF],
+            model=ProfileDryRun | Speedscope,
         ),
         202: {
             "description": "Started: the profile (poll its Location)",
@@ -160,10 +167,8 @@ async def create_profile(
         sinks.require_profile_sink()
     result = await svc.create(req, dry_run=dry_run)
     if isinstance(result, Plan):
-        return JSONResponse(
-            {"dry_run": True, "plan": result.model_dump()},
-            status_code=200,
-        )
+        dry = ProfileDryRun(dry_run=True, plan=result)
+        return JSONResponse(dry.model_dump(mode="json"), status_code=200)
     job = result
     if req.push:
         sinks.publish_when_done(svc, job, source="on-demand", extra={})

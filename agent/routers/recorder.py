@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from agent import profiling
 from agent.deps import SettingsDep, SinksDep, capability
-from agent.openapi import PROTECTED, content, errors
+from agent.openapi import PROTECTED, Speedscope, content, errors
 from agent.profiling.planner import OutputFormat
 from agent.routers.profiles import ServiceDep, view
 from agent.sinks import Push
@@ -151,7 +151,9 @@ async def recorder_memory(
     "/recorder/profile",
     response_class=Response,
     responses={
-        200: content("The interval's profile in the asked format", *_MEDIA.values()),
+        200: content(
+            "The interval's profile in the asked format", *_MEDIA.values(), model=Speedscope
+        ),
         **errors(409),
     },
 )

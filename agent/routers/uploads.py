@@ -3,10 +3,9 @@ perf.data and an LTTng session's CTF trace, answered with the object's key."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
 
 from agent import profiling
 from agent.deps import SinksDep
@@ -14,26 +13,13 @@ from agent.openapi import PROTECTED, errors
 from agent.routers.lttng import ServiceDep as LttngDep
 from agent.routers.lttng import SessionId
 from agent.routers.profiles import JobId, ServiceDep
+from agent.sinks import Upload
 
 router = APIRouter(tags=["sinks"], responses=errors(*PROTECTED, 422))
 
 Presign = Annotated[
     bool, Query(description="also answer a presigned GET URL of the object (valid for an hour)")
 ]
-
-
-class Upload(BaseModel):
-    """Where the artifact went. ``stored``: the store has it; ``spooled``: it waits in the
-    agent's spool for a store that is down or slow, and is sent when it answers."""
-
-    key: str = Field(description="the object's key in the bucket")
-    bucket: str
-    size: int = Field(description="bytes")
-    state: Literal["stored", "spooled"]
-    sink: str = Field(description="the object sink's state: ok, retrying, failing")
-    last_error: str | None = Field(default=None, description="why it is only spooled")
-    url: str | None = Field(default=None, description="with presign=true: a presigned GET URL")
-    url_expires_in_s: int | None = None
 
 
 _ANSWERS = {
@@ -52,13 +38,12 @@ async def upload_perf_data(
     svc.require_perf_data(job)
     path = svc.require_finished(job, profiling.PERF_DATA)
     assert path is not None
-    answer = await sinks.upload(
+    return await sinks.upload(
         path,
         parts=("profiles", job.id, profiling.PERF_DATA),
         content_type="application/octet-stream",
         presign=presign,
     )
-    return Upload(**answer)
 
 
 @router.post("/lttng/sessions/{session_id}/trace/upload", responses=_ANSWERS)
@@ -68,10 +53,9 @@ async def upload_trace(
     """Send a session's CTF trace (tar.gz) to the object store (409 when none is set)."""
     sinks.require("s3")
     path, filename = await svc.trace_archive(session_id)
-    answer = await sinks.upload(
+    return await sinks.upload(
         path,
         parts=("lttng", session_id, filename),
         content_type="application/gzip",
         presign=presign,
     )
-    return Upload(**answer)

@@ -2,7 +2,8 @@
 
 Public surface: :class:`Sinks` (constructed, started and flushed by :mod:`agent.app`;
 the routers hand it profiles, triggers, artifacts and the recorder), :class:`Push`
-(the ``"push"`` field the request bodies add), and the label and profile-type names
+(the ``"push"`` field the request bodies add), the answers' models (:class:`SinksStatus`
+for ``/capabilities``, :class:`Upload`), and the label and profile-type names
 (docs/stores.md). The private parts::
 
     _labels      the labels every profile carries, profile type ids, object keys
@@ -21,7 +22,7 @@ carry; Pyroscope's push API is plain HTTP (docs/stores.md says more).
 from pydantic import BaseModel, Field
 
 from agent.sinks._labels import METRIC_NAME, PROFILE_TYPE_ID, guess_workload
-from agent.sinks._service import SINK_NAMES, Sinks
+from agent.sinks._service import SINK_NAMES, Sinks, SinksStatus, Upload
 
 
 class Push(BaseModel):
@@ -34,4 +35,13 @@ class Push(BaseModel):
     )
 
 
-__all__ = ["METRIC_NAME", "PROFILE_TYPE_ID", "SINK_NAMES", "Push", "Sinks", "guess_workload"]
+__all__ = [
+    "METRIC_NAME",
+    "PROFILE_TYPE_ID",
+    "SINK_NAMES",
+    "Push",
+    "Sinks",
+    "SinksStatus",
+    "Upload",
+    "guess_workload",
+]

@@ -24,7 +24,6 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 from agent import profiling
 from agent.sinks._labels import profile_labels
@@ -116,19 +115,20 @@ class Continuous:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "enabled": self.running,
-            "interval_s": self.interval_s,
-            "sink": self.sink.name,
-            "intervals_pushed": self.pushed_intervals,
-            "profiles_pushed": self.pushed_profiles,
-            "last_interval": (
-                {"start": self.history[-1][0], "end": self.history[-1][1]} if self.history else None
+    def status(self) -> profiling.ContinuousPushes:
+        last = self.history[-1] if self.history else None
+        return profiling.ContinuousPushes(
+            enabled=self.running,
+            interval_s=self.interval_s,
+            sink=self.sink.name,
+            intervals_pushed=self.pushed_intervals,
+            profiles_pushed=self.pushed_profiles,
+            last_interval=(
+                None if last is None else profiling.PushedInterval(start=last[0], end=last[1])
             ),
-            "recent_intervals": [list(iv) for iv in self.history],
-            "last_error": self.last_error,
-        }
+            recent_intervals=list(self.history),
+            last_error=self.last_error,
+        )
 
     async def stop(self, *, final: bool = True) -> None:
         """End the pushes; ``final``: push what was recorded since the last interval."""

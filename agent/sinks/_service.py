@@ -18,13 +18,15 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import BaseModel, Field
+
 from agent import profiling
 from agent.errors import Conflict, NotFound
 from agent.metrics import Metrics
 from agent.settings import Settings
 from agent.sinks._continuous import Continuous
 from agent.sinks._labels import ProfileKind, Source, object_key, pod_labels, profile_labels
-from agent.sinks._sink import Sink
+from agent.sinks._sink import Sink, SinkStatus
 from agent.sinks._spool import DropReason, TooLarge
 
 if TYPE_CHECKING:
@@ -43,6 +45,39 @@ _NOT_CONFIGURED = {
     "s3": "no object store: set TRACECAR_AGENT_S3_BUCKET (and TRACECAR_AGENT_S3_ENDPOINT "
     "for an S3-compatible store)",
 }
+
+
+class SinkOff(BaseModel):
+    """A store this agent has no settings for."""
+
+    configured: Literal[False]
+    state: Literal["disabled"]
+    last_success: None
+    last_error: None
+    queued_bytes: int
+    dropped: int
+    reason: str = Field(description="the settings that would configure it")
+
+
+class SinksStatus(BaseModel):
+    """The ``sinks`` section of ``GET /capabilities``: each store's sink."""
+
+    pyroscope: SinkStatus | SinkOff = Field(description="profiles (Grafana Pyroscope)")
+    s3: SinkStatus | SinkOff = Field(description="artifacts and profile copies (S3)")
+
+
+class Upload(BaseModel):
+    """Where the artifact went. ``stored``: the store has it; ``spooled``: it waits in the
+    agent's spool for a store that is down or slow, and is sent when it answers."""
+
+    key: str = Field(description="the object's key in the bucket")
+    bucket: str
+    size: int = Field(description="bytes")
+    state: Literal["stored", "spooled"]
+    sink: str = Field(description="the object sink's state: ok, retrying, failing")
+    last_error: str | None = Field(default=None, description="why it is only spooled")
+    url: str | None = Field(default=None, description="with presign=true: a presigned GET URL")
+    url_expires_in_s: int | None = None
 
 
 class Sinks:
@@ -137,23 +172,23 @@ class Sinks:
         task.add_done_callback(self._tasks.discard)
 
     # --- what /capabilities shows -----------------------------------------------------------
-    def status(self) -> dict[str, dict[str, object]]:
-        out: dict[str, dict[str, object]] = {}
+    def status(self) -> SinksStatus:
+        out: dict[str, SinkStatus | SinkOff] = {}
         for name in SINK_NAMES:
             sink: Sink | None = getattr(self, name)
             if sink is None:
-                out[name] = {
-                    "configured": False,
-                    "state": "disabled",
-                    "last_success": None,
-                    "last_error": None,
-                    "queued_bytes": 0,
-                    "dropped": 0,
-                    "reason": _NOT_CONFIGURED[name],
-                }
+                out[name] = SinkOff(
+                    configured=False,
+                    state="disabled",
+                    last_success=None,
+                    last_error=None,
+                    queued_bytes=0,
+                    dropped=0,
+                    reason=_NOT_CONFIGURED[name],
+                )
             else:
                 out[name] = sink.status()
-        return out
+        return SinksStatus(**out)
 
     def require(self, name: Literal["pyroscope", "s3"]) -> Sink:
         sink: Sink | None = getattr(self, name)
@@ -188,7 +223,7 @@ class Sinks:
         if continuous is not None:
             await continuous.stop(final=True)
 
-    def continuous_status(self) -> dict[str, Any] | None:
+    def continuous_status(self) -> profiling.ContinuousPushes | None:
         return self.continuous.status() if self.continuous is not None else None
 
     # --- profiles ------------------------------------------------------------------------
@@ -277,7 +312,7 @@ class Sinks:
     # --- artifacts --------------------------------------------------------------------------
     async def upload(
         self, path: Path, *, parts: tuple[str, ...], content_type: str, presign: bool
-    ) -> dict[str, Any]:
+    ) -> Upload:
         """Spool ``path`` for the object store under ``PREFIX/NS/POD/<parts>``; wait (bounded)
         for a healthy store to take it. The answer says which: ``stored`` or ``spooled``."""
         sink = self.require("s3")
@@ -288,18 +323,18 @@ class Sinks:
         except TooLarge as e:
             raise Conflict(f"cannot upload {path.name}: {e}") from e
         stored = await sink.delivered(item, UPLOAD_WAIT_S if sink.healthy else 0.0)
-        out: dict[str, Any] = {
-            "key": key,
-            "bucket": self.s3_sender.bucket,
-            "size": item.size,
-            "state": "stored" if stored else "spooled",
-            "sink": sink.status()["state"],
-        }
+        out = Upload(
+            key=key,
+            bucket=self.s3_sender.bucket,
+            size=item.size,
+            state="stored" if stored else "spooled",
+            sink=sink.state,
+        )
         if not stored and sink.last_error:
-            out["last_error"] = sink.last_error
+            out.last_error = sink.last_error
         if presign:
             expiry = self.settings.s3_presign_expiry_s
             with contextlib.suppress(Exception):
-                out["url"] = await asyncio.to_thread(self.s3_sender.presign, key, expiry)
-                out["url_expires_in_s"] = expiry
+                out.url = await asyncio.to_thread(self.s3_sender.presign, key, expiry)
+                out.url_expires_in_s = expiry
         return out

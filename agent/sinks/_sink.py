@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from agent.sinks._spool import DropReason, Item, Spool
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,24 @@ ErrorKind = Literal["transient", "config", "rejected"]
 FAILING_AFTER = 3
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 60.0
+
+
+class SinkStatus(BaseModel):
+    """A configured store's sink as ``/capabilities`` shows it, and the store's own
+    fields (its sender's ``describe()``: Pyroscope's ``url``, ``tenant``, ``auth``; S3's
+    ``bucket``, ``endpoint``, ``region``, ``path_style``), hence ``additionalProperties``."""
+
+    model_config = ConfigDict(extra="allow")
+    configured: Literal[True]
+    state: SinkState
+    last_success: str | None = Field(description="when the last item went (ISO 8601, UTC)")
+    last_error: str | None = Field(description="what went wrong last, in words")
+    last_error_at: str | None
+    queued_bytes: int = Field(description="in the spool, waiting for the store")
+    queued_items: int
+    dropped: int = Field(description="items given up: spool full, too old, or rejected")
+    sent: int
+    consecutive_failures: int
 
 
 class SendError(Exception):
@@ -191,20 +211,20 @@ class Sink:
             return "failing"
         return "retrying"
 
-    def status(self) -> dict[str, object]:
-        return {
-            "configured": True,
-            "state": self.state,
-            "last_success": _iso(self.last_success),
-            "last_error": self.last_error,
-            "last_error_at": _iso(self.last_error_at),
-            "queued_bytes": self.spool.queued_bytes,
-            "queued_items": len(self.spool),
-            "dropped": self.dropped,
-            "sent": self.sent,
-            "consecutive_failures": self.failures,
+    def status(self) -> SinkStatus:
+        return SinkStatus(
+            configured=True,
+            state=self.state,
+            last_success=_iso(self.last_success),
+            last_error=self.last_error,
+            last_error_at=_iso(self.last_error_at),
+            queued_bytes=self.spool.queued_bytes,
+            queued_items=len(self.spool),
+            dropped=self.dropped,
+            sent=self.sent,
+            consecutive_failures=self.failures,
             **self.sender.describe(),
-        }
+        )
 
     # --- delivery ---------------------------------------------------------------------
     def _dropped(self, item: Item, reason: DropReason) -> None:

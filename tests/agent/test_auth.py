@@ -32,8 +32,13 @@ TOKEN = "tok-" + "A1b2C3d4E5f6G7h8I9j0"
 
 @pytest.fixture(autouse=True)
 def _no_tools(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def general() -> dict[str, object]:
-        return {}
+    async def general() -> capabilities.NodeFacts:
+        off: capabilities.Check = {"available": False, "reason": "not checked here"}
+        return capabilities.NodeFacts(
+            kernel="", arch="", perf_event_paranoid=None,
+            capabilities=capabilities.Privileges(effective=[]), perf_permitted=off, tools={},
+            tracefs=off, bpf=off, kernel_tracing=off,
+        )  # fmt: skip
 
     monkeypatch.setattr(capabilities, "general", general)
 

@@ -22,7 +22,7 @@ def test_decode_caps() -> None:
 
 def test_general_facts_here() -> None:
     capabilities.clear_cache()
-    facts = asyncio.run(capabilities.general())
+    facts = asyncio.run(capabilities.general()).model_dump()
     tools = facts["tools"]
     assert isinstance(tools, dict)
     assert tools["perf"]["available"] is True and tools["perf"]["version"]

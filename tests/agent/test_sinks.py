@@ -124,7 +124,7 @@ def test_sink_retries_then_delivers_in_order(
 
     sink = asyncio.run(run())
     assert sender.sent == [b"one", b"two"]
-    status = sink.status()
+    status = sink.status().model_dump()
     assert status["state"] == "ok" and status["sent"] == 2 and status["queued_bytes"] == 0
     assert status["last_error"] == "down" and status["last_success"] is not None
     assert [c[0] for c in counted] == ["sent", "sent"]

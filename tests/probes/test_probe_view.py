@@ -3,6 +3,7 @@ POST's answer and an error's ``probe`` field send (the fields the view sets)."""
 
 from __future__ import annotations
 
+from agent.probes._model import BpftracePlan, ProbeRequest
 from agent.probes._plan import Spec
 from agent.probes._probe import Probe
 from agent.probes._stream import EventStream
@@ -11,11 +12,11 @@ from agent.probes._stream import EventStream
 def _probe(spec: Spec | None) -> Probe:
     return Probe(
         id="0123abcd",
-        request={"pid": 7, "function": "work"},
+        request=ProbeRequest(pid=7, function="work"),
         spec=spec,
         backend="bpftrace",
         backend_reason="the default",
-        plan={"program": "uprobe:/srv/app:work { }"},
+        plan=BpftracePlan(program="uprobe:/srv/app:work { }", argv=[]),
         stream=EventStream(capacity=16, rate=100),
         duration_s=10.0,
         max_events=100,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from agent.probes import Service
+from agent.probes import ProbeRequest, Service
+from agent.probes._model import PerfProbePlan
 from agent.probes._probe import Probe
 from agent.probes._stream import EventStream
 from agent.settings import Settings
@@ -16,11 +17,11 @@ def test_stop_cancels_a_probe_that_does_not_end(tmp_path: Path) -> None:
         svc = Service(Settings(data_dir=tmp_path))
         stuck = Probe(
             id="0123abcd",
-            request={},
+            request=ProbeRequest(pid=1, function="f"),
             spec=None,
             backend="perf-probe",
             backend_reason="",
-            plan={},
+            plan=PerfProbePlan(commands=[], cleanup=[]),
             stream=EventStream(capacity=1, rate=1),
             duration_s=1.0,
             max_events=1,
