@@ -40,10 +40,17 @@ def _free_port() -> int:
 
 
 def _serve(
-    module: str, env: dict[str, str], tmp: Path, requests: Callable[[], None], ready: str
+    module: str,
+    env: dict[str, str],
+    tmp: Path,
+    requests: Callable[[], None],
+    ready: str,
+    *,
+    serving: Callable[[httpx.Response], bool] = lambda r: r.status_code == 200,
 ) -> list[str]:
-    """Run `python -m module`, wait for `ready` to answer, run `requests`, stop it
-    (SIGTERM) and return the lines of its stdout and stderr."""
+    """Run `python -m module`, wait until `ready` answers as `serving` wants, run
+    `requests`, stop it (SIGTERM) and return the lines of its stdout and stderr. The
+    start-up deadline is generous: on a busy machine the app's import takes seconds."""
     tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / f"{module}.log"
     with log.open("wb") as out:
@@ -55,11 +62,11 @@ def _serve(
             stderr=out,
         )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 180
         while True:
             assert proc.poll() is None, f"{module} exited:\n{log.read_text()}"
             try:
-                if httpx.get(ready, verify=False, timeout=2).status_code == 200:
+                if serving(httpx.get(ready, verify=False, timeout=10)):
                     break
             except httpx.TransportError:
                 pass
@@ -90,13 +97,22 @@ def _agent_lines(tmp: Path, *, fmt: str, extra: dict[str, str] | None = None) ->
     }
 
     def requests() -> None:
-        with httpx.Client(base_url=url, timeout=10) as c:
+        with httpx.Client(base_url=url, timeout=60) as c:
             c.get("/healthz")
             c.get(f"/capabilities?token={SECRET}", headers={"Authorization": f"Bearer {SECRET}"})
             c.get("/capabilities", headers={"Authorization": "Bearer wrong"})
             c.get("/no/such/path")
 
-    return _serve("agent", env, tmp, requests, f"{url}/healthz")
+    # The boot answers /healthz "starting" while the app loads (agent.boot): the requests
+    # go once the app itself answers, so none waits behind the import on a busy machine.
+    return _serve(
+        "agent",
+        env,
+        tmp,
+        requests,
+        f"{url}/healthz",
+        serving=lambda r: r.status_code == 200 and r.json().get("status") == "ok",
+    )
 
 
 def _webhook_lines(tmp: Path, *, extra: dict[str, str] | None = None) -> list[str]:
