@@ -7,31 +7,35 @@ it, which takes about a second here. The app runs in this test's own event loop
 (httpx's ASGI transport), the same loop that serves ``/healthz`` and ticks a
 stall counter.
 
-Why relative, not "``/healthz`` within 100 ms": on a machine whose two cores other
-builds keep busy, any process may wait 100 ms for a core, and a bare threshold fails
-for reasons that are not ours (the team's rule: tests do not depend on timing). What
-tells a render on the loop from one in a worker thread is the shape of the stalls:
-on the loop, the longest stall is the whole merge and render (the request's own
-duration, minus the HTTP overhead); off the loop, it is a scheduling hiccup, a small
-part of it. So the test asserts that the longest stall and the slowest ``/healthz``
-stay under 60% of the render's own duration, and that ``/healthz`` was answered again
-and again while it ran. Not a third, as first written: with both cores busy, the render
-thread held the GIL through single long C calls (sorting, joining) for 150-290 ms of a
-350-900 ms render; a render on the loop stalls it for all of it. The absolute
-figures (here: stalls of a few ms, ``/healthz`` in 1-10 ms, the render about 1 s)
-are in the assertion messages.
+What proves the work is off the loop is where it runs, not how long anything took:
+the merge and the render are wrapped (our own seams) to record the thread they run
+in, and neither may be the loop's. ``/healthz`` must be answered again and again while
+the request runs, and the loop's longest stall must be shorter than the merge and the
+render themselves (on the loop, it would be at least the longer of the two).
+
+Why not "``/healthz`` within 100 ms", as the issue first put it: on a machine whose two
+cores other builds keep busy, any process may wait 100 ms for a core, and a garbage
+collection of the day's buckets (in whichever thread allocates) stops every thread; a
+bare threshold fails for reasons that are not where the render runs (the team's rule:
+tests do not depend on timing). A ratio of the render's own time failed that way too,
+once, under load. The absolute figures (here: stalls of a few ms, ``/healthz`` in
+1-10 ms, the render about 1 s) are in the assertion messages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from agent.app import create_app
-from agent.profiling import FlightRecorder, RecorderRequest
+from agent.profiling import FlightRecorder, RecorderRequest, _flight_recorder, outputs
 from agent.profiling._flight_recorder import _Run
 from agent.profiling._flight_ring import Bucket, Ring
 from agent.settings import Settings
@@ -54,7 +58,7 @@ def _full_day() -> _Run:
     return run
 
 
-async def _scenario(tmp_path: Path) -> tuple[float, float, list[float], bytes]:
+async def _scenario(tmp_path: Path) -> tuple[float, float, list[float], bytes, int]:
     app = create_app(Settings(data_dir=tmp_path, auth="none"))
     rec: FlightRecorder = app.state.recorder
     rec._run = _full_day()
@@ -92,16 +96,40 @@ async def _scenario(tmp_path: Path) -> tuple[float, float, list[float], bytes]:
         done.set()
         await asyncio.gather(*tasks)
     assert r.status_code == 200, r.text
-    return took, longest_stall, health, r.content
+    return took, longest_stall, health, r.content, threading.get_ident()
 
 
-def test_healthz_answers_while_the_largest_recorder_profile_renders(tmp_path: Path) -> None:
-    took, stall, health, svg = asyncio.run(_scenario(tmp_path))
+class _Spy:
+    """Where and how long a wrapped function ran (the thread's ident, the seconds)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.threads: list[int] = []
+        self.seconds = 0.0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.threads.append(threading.get_ident())
+        t0 = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+def test_healthz_answers_while_the_largest_recorder_profile_renders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    merge, render = _Spy(_flight_recorder.merge), _Spy(outputs.render)
+    monkeypatch.setattr(_flight_recorder, "merge", merge)
+    monkeypatch.setattr(outputs, "render", render)
+    took, stall, health, svg, loop_thread = asyncio.run(_scenario(tmp_path))
     figures = (
-        f"render {took * 1000:.0f} ms; longest loop stall {stall * 1000:.1f} ms; "
+        f"request {took * 1000:.0f} ms (merge {merge.seconds * 1000:.0f} ms, render "
+        f"{render.seconds * 1000:.0f} ms); longest loop stall {stall * 1000:.1f} ms; "
         f"/healthz answered {len(health)} times, slowest {max(health, default=0) * 1000:.1f} ms"
     )
     assert svg.startswith(b"<?xml") and b"CPU profile of the flight recorder" in svg, figures
+    assert merge.threads and render.threads, "the request did not merge and render"
+    assert loop_thread not in merge.threads + render.threads, "merged or rendered on the loop"
     assert len(health) >= 3, figures
-    assert stall < took * 0.6, figures
-    assert max(health) < took * 0.6, figures
+    assert stall < max(merge.seconds, render.seconds), figures
