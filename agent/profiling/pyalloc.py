@@ -147,6 +147,7 @@ def _start():
             raise RuntimeError("the allocation sampler already runs in this process "
                                "(another profile's, token %s)" % other.get("token"))
         import ctypes
+        import signal  # noqa: F401  (imported now, not by our thread once sampling)
         lib = _bind(ctypes.PyDLL(SAMPLER))
         rc = lib.tracecar_pyalloc_start(INTERVAL, FRAMES, MAX_STACKS,
                                         int.from_bytes(os.urandom(8), "little"))
@@ -222,10 +223,14 @@ def _finish():
                     k, line = v >> 32, v & 0xFFFFFFFF
                     if k not in names:
                         co = lib.tracecar_pyalloc_code(k)
+                        # Ours: the injected code, and the one-line string that compiles
+                        # it (PyRun_SimpleString's "<string>": FILENAME is its constant).
+                        ours = co.co_filename == FILENAME or (
+                            co.co_filename == "<string>" and FILENAME in co.co_consts)
                         names[k] = (getattr(co, "co_qualname", None) or co.co_name,
-                                    co.co_filename)
-                    name, path = names[k]
-                    if path == FILENAME:
+                                    co.co_filename, ours)
+                    name, path, ours = names[k]
+                    if ours:
                         mine = True
                     frames.append(("%s (%s:%d)" % (name, path, line))
                                   .replace(";", ":").replace("\n", "?"))
