@@ -41,6 +41,7 @@
  *
  * Build: gcc -O2 -fPIC -shared -o tracecar-pyalloc.so pyalloc_sampler.c
  */
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -296,6 +297,12 @@ static void w_free(void *ctx, void *ptr) {
     d->orig.free(d->orig.ctx, ptr);
 }
 
+/* A child forked during the window (multiprocessing, a pre-fork server) inherits the
+ * wrappers but not the thread that would stop them: it only passes through. (glibc drops
+ * this handler when the library is unloaded.) */
+static void in_child(void) { g_sampling = 0; }
+static int g_atfork;
+
 static void install(PyMemAllocatorDomain dom, struct domain *d) {
     PyMem_GetAllocator(dom, &d->orig);
     d->mine = (PyMemAllocatorEx){d, w_malloc, w_calloc, w_realloc, w_free};
@@ -350,6 +357,7 @@ EXPORT int tracecar_pyalloc_start(int64_t interval, int max_frames, int max_stac
     g_interval = (double)interval, g_max_frames = max_frames, g_seed = seed | 1;
     g_calls = g_bytes = g_samples = g_dropped = g_truncated = 0;
     g_epoch++; /* every thread draws a fresh countdown at its next allocation */
+    if (!g_atfork && pthread_atfork(NULL, NULL, in_child) == 0) g_atfork = 1;
     g_sampling = 1;
     install(PYMEM_DOMAIN_MEM, &g_mem);
     install(PYMEM_DOMAIN_OBJ, &g_obj);
