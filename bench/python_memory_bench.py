@@ -164,7 +164,7 @@ async def main() -> None:
         app.write_text(APP)
         worst = 0.0
         latencies: list[dict[str, float]] = []
-        errors: dict[str, list[float]] = {}
+        errors: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for name, (work, n) in APPS.items():
             n = max(1, round(n * args.scale))
             times: dict[str, list[tuple[float, float]]] = {a: [] for a in ARMS}
@@ -176,7 +176,7 @@ async def main() -> None:
                         latencies.append(lat)
                     if "exact" in lat:
                         err = abs(lat["estimated"] - lat["exact"]) / lat["exact"]
-                        errors.setdefault(arm, []).append(err)
+                        errors.setdefault((name, arm), []).append((err, lat["samples"]))
             base = statistics.median(c for _, c in times["unprofiled"])
             base_wall = statistics.median(w for w, _ in times["unprofiled"])
             print(
@@ -202,13 +202,14 @@ async def main() -> None:
         starts = [x["start"] for x in latencies]
         ends = [x["end"] for x in latencies]
         per_block = [x["overhead"] / x["blocks"] for x in latencies if x.get("blocks")]
-        for arm, errs in errors.items():
-            samples = [x["samples"] for x in latencies if "samples" in x]
+        print("alloc sampler: estimated bytes against the exact bytes its wrappers counted")
+        for (name, arm), runs in errors.items():
+            errs = [e for e, _ in runs]
+            samples = statistics.median(n for _, n in runs)
             print(
-                f"{arm}: estimated bytes against the exact bytes its wrappers counted: "
-                f"median error {statistics.median(errs):.1%}, worst {max(errs):.1%} "
-                f"({len(errs)} runs; samples per run {min(samples):.0f} to {max(samples):.0f} "
-                "over every arm)"
+                f"  {name}, {arm}: median error {statistics.median(errs):.1%}, worst "
+                f"{max(errs):.1%} over {len(errs)} runs, median {samples:.0f} samples a run "
+                f"(expected spread 1/sqrt(samples): {1 / max(samples, 1) ** 0.5:.1%})"
             )
         print(
             f"injection: start (until tracing runs) median {statistics.median(starts):.2f} s, "

@@ -155,6 +155,14 @@ def _start():
             _unload(lib)  # a fresh copy: nothing of it runs
             raise RuntimeError(ERRORS.get(rc, "the sampler did not start (%d)" % rc))
         state["lib"] = lib
+
+        def stop(token):
+            # The end's first line calls this, before the end's own code is compiled
+            # (about a megabyte of allocations, which would be sampled otherwise).
+            if token == TOKEN:
+                _stop(state)
+
+        state["stop"] = stop
         lines += ["already 0", "frames %d" % FRAMES]
         state["lock"].acquire()
         setattr(sys, ATTR, state)
@@ -331,7 +339,7 @@ def finish_code(*, token: str, directory: str, interval: int, give_up_at: float)
     unload it."""
     pymem.check_token(token)
     pymem.check_dir(directory)
-    return pymem.program(
+    return _stop_first(token) + pymem.program(
         _HELPERS + _FINISH,
         {
             "TOKEN": token,
@@ -343,6 +351,17 @@ def finish_code(*, token: str, directory: str, interval: int, give_up_at: float)
             "FILENAME": pymem.FILENAME,
             "FORMAT": FORMAT,
         },
+    )
+
+
+def _stop_first(token: str) -> str:
+    """The sampler stopped by the start's own function, before anything else is compiled
+    (nothing printed whatever happens; the rest of the end finds it stopped)."""
+    return (
+        "try:\n"
+        f"    __import__('sys').__dict__[{ATTR!r}]['stop']({token!r})\n"
+        "except BaseException:\n"
+        "    pass\n"
     )
 
 

@@ -136,6 +136,10 @@ def test_the_sampler_in_a_real_interpreter(python: str, sampler: Path) -> None:
     assert abs(grow - 4000 * size) <= 0.1 * 4000 * size, (grow, 4000 * size)
     assert abs(churn - 32000 * size) <= 0.1 * 32000 * size, (churn, 32000 * size)
     assert out.calls >= 36000 and out.bytes >= 36000 * size, out
+    # The estimate of everything against the exact bytes the wrappers counted: the end
+    # stops the sampler before compiling its own code, which would count otherwise.
+    total = sum(b for b, _ in out.stacks.values())
+    assert abs(total - out.bytes) <= 0.05 * out.bytes, (total, out.bytes)
     # One sample at most per allocation, taken with p = 1 - exp(-size/interval) (0.4 here).
     assert out.samples >= 0.8 * 36000 * (1 - math.exp(-size / interval)), out
     assert all("<tracecar-pymem>" not in f for f in out.stacks), "our own frames"
