@@ -415,7 +415,11 @@ async def _start(t: Target, *, frames: int, deadline_s: float) -> None:
         )
     try:
         if t.kind == "alloc":
-            await asyncio.to_thread(_write_sampler, t.pid, t.directory, sampler)
+            try:
+                await asyncio.to_thread(_write_sampler, t.pid, t.directory, sampler)
+            except (OSError, RuntimeError, NotFound, Invalid) as e:
+                t.message = f"the sampler could not be written into the target: {e}"
+                return
         said = await _inject(t, code, wait_s=START_WAIT_S, prefer=[])
         if not said.get("ok"):
             t.message = str(said.get("error") or "the injection failed")
@@ -451,6 +455,14 @@ async def _finish(t: Target, *, keep: bool) -> None:
                 what = "the allocation sampler" if alloc else "tracemalloc"
                 t.message = f"{what} could not be stopped: {said.get('error')}"
             return
+        if alloc:
+            # The window ends with this first, short injection (the sampler stopped);
+            # the next one writes the stacks (the finish stops it too if this failed).
+            said = await _inject(
+                t, pyalloc.stop_code(token=t.token), wait_s=END_WAIT_S, prefer=prefer
+            )
+            if said.get("ok"):
+                t.entered["stop"] = {k: said[k] for k in ("tid", "syscall") if k in said}
         give_up_at = time.time() + OUTPUT_WAIT_S
         if alloc:
             code = pyalloc.finish_code(

@@ -43,6 +43,7 @@ __all__ = [
     "parse_output",
     "sampling",
     "start_code",
+    "stop_code",
 ]
 
 DEFAULT_INTERVAL_BYTES = 512 * 1024
@@ -157,8 +158,8 @@ def _start():
         state["lib"] = lib
 
         def stop(token):
-            # The end's first line calls this, before the end's own code is compiled
-            # (about a megabyte of allocations, which would be sampled otherwise).
+            # The end's first injection: a line of code, so that compiling the end's own
+            # code (a megabyte of allocations) is not sampled.
             if token == TOKEN:
                 _stop(state)
 
@@ -339,7 +340,7 @@ def finish_code(*, token: str, directory: str, interval: int, give_up_at: float)
     unload it."""
     pymem.check_token(token)
     pymem.check_dir(directory)
-    return _stop_first(token) + pymem.program(
+    return pymem.program(
         _HELPERS + _FINISH,
         {
             "TOKEN": token,
@@ -354,9 +355,11 @@ def finish_code(*, token: str, directory: str, interval: int, give_up_at: float)
     )
 
 
-def _stop_first(token: str) -> str:
-    """The sampler stopped by the start's own function, before anything else is compiled
-    (nothing printed whatever happens; the rest of the end finds it stopped)."""
+def stop_code(*, token: str) -> str:
+    """The window's end: the sampler stopped by the start's own function, in a line of
+    code (compiling the end's own code, next, allocates a megabyte, which would be sampled
+    otherwise; nothing printed whatever happens; the end then finds it stopped)."""
+    pymem.check_token(token)
     return (
         "try:\n"
         f"    __import__('sys').__dict__[{ATTR!r}]['stop']({token!r})\n"

@@ -102,7 +102,7 @@ def _run(python: str, sampler: Path, *, interval: int) -> tuple[str, pymem.Statu
         token=token, directory="/tmp", interval=interval, give_up_at=time.time() + 60
     )
     src = (
-        f"START = {start!r}\nFINISH = {finish!r}\n"
+        f"START = {start!r}\nFINISH = {pyalloc.stop_code(token=token) + finish!r}\n"
         f"STATUS = {names['status']!r}\nOUT = {names['output']!r}\n" + APP
     )
     try:
@@ -137,7 +137,7 @@ def test_the_sampler_in_a_real_interpreter(python: str, sampler: Path) -> None:
     assert abs(churn - 32000 * size) <= 0.1 * 32000 * size, (churn, 32000 * size)
     assert out.calls >= 36000 and out.bytes >= 36000 * size, out
     # The estimate of everything against the exact bytes the wrappers counted: the end
-    # stops the sampler before compiling its own code, which would count otherwise.
+    # stops the sampler before its own code is compiled (here: exec() of the two at once).
     total = sum(b for b, _ in out.stacks.values())
     assert abs(total - out.bytes) <= 0.05 * out.bytes, (total, out.bytes)
     # One sample at most per allocation, taken with p = 1 - exp(-size/interval) (0.4 here).
