@@ -10,9 +10,10 @@ of the sampler the agent wrote into the target's own /tmp with ``ctypes.PyDLL`` 
 calls keep the GIL, which ``PyMem_SetAllocator`` needs) and starts it: Python's MEM and
 OBJ allocators are wrapped, one allocation per ``interval`` bytes on average is sampled
 (exponential intervals, weighted so the totals are unbiased) with its Python stack. At
-the end the sampler is stopped at once (the original allocators back), its stacks are
-written as folded lines into a file the agent reads through /proc/PID/root and
-removes, and the library is unloaded: nothing stays in the process.
+the end a one-line injection stops the sampler (the original allocators back), and
+the next reads its stacks, unloads the library and writes the stacks as folded lines
+into a file the agent reads through /proc/PID/root and removes: nothing stays in the
+process.
 
 Owned here: :func:`start_code`, :func:`finish_code`, :func:`abort_code` (generated from
 validated values only, sharing :mod:`agent.profiling.pymem`'s helpers, watchdog and
@@ -118,12 +119,12 @@ def _stop(state):
     return state["stopped"]
 
 
-def _close(state):
+def _close(state, unload=True):
     lib = state.pop("lib", None)
     if lib is None:
         return
     lib.tracecar_pyalloc_release()
-    if state.get("stopped") == 0:
+    if unload and state.get("stopped") == 0:
         _unload(lib)
 """
 
@@ -185,8 +186,12 @@ def _start():
             if getattr(sys, ATTR, None) is state:
                 delattr(sys, ATTR)
                 _stop(state)
-                _close(state)
+                # Not unloaded from this thread: an injection arriving now would hold the
+                # loader's lock and wait for the GIL held here (see _finish). The
+                # allocators are restored; the library stays mapped, unused.
+                _close(state, unload=False)
             _remove(status)
+            _remove(SAMPLER)
             _remove(os.path.join(DIRECTORY, "tracecar-pymem-" + TOKEN + ".folded"))
         except BaseException:
             pass
@@ -202,6 +207,54 @@ except BaseException:
 """
 
 _FINISH = r"""
+def _collect(state):
+    import ctypes
+    lib = state["lib"]
+    stats = (ctypes.c_uint64 * 7)()
+    lib.tracecar_pyalloc_stats(stats)
+    calls, nbytes, samples, dropped, truncated, nstacks = list(stats)[:6]
+    names = {}
+    rows = {}
+    b, c = ctypes.c_double(), ctypes.c_double()
+    for i in range(nstacks):
+        depth = lib.tracecar_pyalloc_stack(i, ctypes.byref(b), ctypes.byref(c))
+        frames = []
+        mine = False
+        for j in range(depth):
+            v = lib.tracecar_pyalloc_frame(i, j)
+            k, line = v >> 32, v & 0xFFFFFFFF
+            if k not in names:
+                co = lib.tracecar_pyalloc_code(k)
+                # Ours: the injected code, and the one-line string that compiles it
+                # (PyRun_SimpleString's "<string>": FILENAME is its constant).
+                ours = co.co_filename == FILENAME or (
+                    co.co_filename == "<string>" and FILENAME in co.co_consts)
+                names[k] = (getattr(co, "co_qualname", None) or co.co_name,
+                            co.co_filename, ours)
+            name, path, ours = names[k]
+            if ours:
+                mine = True
+            frames.append(("%s (%s:%d)" % (name, path, line)).replace(";", ":")
+                          .replace("\n", "?"))
+        if mine:  # the injected code's own allocations
+            continue
+        frames.reverse()  # outermost first
+        key = ";".join(frames)
+        old = rows.get(key, (0.0, 0.0))
+        rows[key] = (old[0] + b.value, old[1] + c.value)
+    order = sorted(rows.items(), key=lambda kv: -kv[1][0])
+    lines = [FORMAT, "interval %d" % INTERVAL, "calls %d" % calls, "bytes %d" % nbytes,
+             "samples %d" % samples, "dropped %d" % dropped, "truncated %d" % truncated,
+             "replaced %d" % state["stopped"], "stacks %d" % len(order)]
+    for key, (sb, sc) in order[:MAX_STACKS]:
+        lines.append("%s %d %d" % (key, round(sb), round(sc)))
+    rest = order[MAX_STACKS:]
+    if rest:
+        lines.append("[other stacks] %d %d" % (round(sum(r[1][0] for r in rest)),
+                                               round(sum(r[1][1] for r in rest))))
+    return "\n".join(lines) + "\n"
+
+
 def _finish():
     out = os.path.join(DIRECTORY, "tracecar-pymem-" + TOKEN + ".folded")
     state = getattr(sys, ATTR, None)
@@ -210,72 +263,22 @@ def _finish():
                "deadline passed: the agent came back too late)\n")
         return
     delattr(sys, ATTR)
-    replaced = _stop(state)
-
-    def dump():
-        try:
-            import ctypes
-            lib = state["lib"]
-            stats = (ctypes.c_uint64 * 7)()
-            lib.tracecar_pyalloc_stats(stats)
-            calls, nbytes, samples, dropped, truncated, nstacks = list(stats)[:6]
-            names = {}
-            rows = {}
-            ours = 0
-            b, c = ctypes.c_double(), ctypes.c_double()
-            for i in range(nstacks):
-                depth = lib.tracecar_pyalloc_stack(i, ctypes.byref(b), ctypes.byref(c))
-                frames = []
-                mine = False
-                for j in range(depth):
-                    v = lib.tracecar_pyalloc_frame(i, j)
-                    k, line = v >> 32, v & 0xFFFFFFFF
-                    if k not in names:
-                        co = lib.tracecar_pyalloc_code(k)
-                        # Ours: the injected code, and the one-line string that compiles
-                        # it (PyRun_SimpleString's "<string>": FILENAME is its constant).
-                        ours = co.co_filename == FILENAME or (
-                            co.co_filename == "<string>" and FILENAME in co.co_consts)
-                        names[k] = (getattr(co, "co_qualname", None) or co.co_name,
-                                    co.co_filename, ours)
-                    name, path, ours = names[k]
-                    if ours:
-                        mine = True
-                    frames.append(("%s (%s:%d)" % (name, path, line))
-                                  .replace(";", ":").replace("\n", "?"))
-                if mine:  # the injected code's own allocations
-                    ours += 1
-                    continue
-                frames.reverse()  # outermost first
-                key = ";".join(frames)
-                old = rows.get(key, (0.0, 0.0))
-                rows[key] = (old[0] + b.value, old[1] + c.value)
-            order = sorted(rows.items(), key=lambda kv: -kv[1][0])
-            lines = [FORMAT, "interval %d" % INTERVAL, "calls %d" % calls, "bytes %d" % nbytes,
-                     "samples %d" % samples, "dropped %d" % dropped,
-                     "truncated %d" % truncated, "replaced %d" % replaced,
-                     "stacks %d" % len(order)]
-            for key, (sb, sc) in order[:MAX_STACKS]:
-                lines.append("%s %d %d" % (key, round(sb), round(sc)))
-            rest = order[MAX_STACKS:]
-            if rest:
-                lines.append("[other stacks] %d %d" % (round(sum(r[1][0] for r in rest)),
-                                                       round(sum(r[1][1] for r in rest))))
-            text = "\n".join(lines) + "\n"
-        except BaseException as e:
-            text = FORMAT + "\nerror " + _error(e) + "\n"
-        try:
-            _close(state)
-        except BaseException as e:
-            text = FORMAT + "\nerror " + _error(e) + "\n"
-        try:
-            if time.time() < GIVE_UP_AT:  # else the agent stopped waiting: leave nothing
-                _write(out, text)
-        except BaseException:
-            pass
-
-    _thread_without_signals(dump)
+    # All of it here, in the injection, not in a thread of ours: this thread holds the
+    # dynamic loader's lock (the injected library's constructor runs inside dlopen), and
+    # a dlclose from another thread would wait for that lock holding the GIL this one
+    # needs to finish: a deadlock. A few thousand stacks read take milliseconds.
+    try:
+        _stop(state)
+        text = _collect(state)
+    except BaseException as e:
+        text = FORMAT + "\nerror " + _error(e) + "\n"
+    try:
+        _close(state)
+    except BaseException as e:
+        text = FORMAT + "\nerror " + _error(e) + "\n"
     state["lock"].release()
+    if time.time() < GIVE_UP_AT:  # else the agent stopped waiting: leave nothing
+        _write(out, text)
 
 
 # Whatever happens, nothing reaches the app's stderr (PyRun_SimpleString prints).
@@ -336,8 +339,8 @@ def start_code(*, token: str, directory: str, frames: int, interval: int, deadli
 
 
 def finish_code(*, token: str, directory: str, interval: int, give_up_at: float) -> str:
-    """Stop the sampler at once, then (in a thread of the target's) write its stacks and
-    unload it."""
+    """Stop the sampler (if the end's first injection could not), read its stacks and
+    unload it, write the stacks: all in the injection itself (see ``_finish``)."""
     pymem.check_token(token)
     pymem.check_dir(directory)
     return pymem.program(

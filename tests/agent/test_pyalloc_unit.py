@@ -165,8 +165,10 @@ def test_older_python_is_refused_in_its_status(sampler: Path) -> None:
 
 def test_abort_and_watchdog_restore_the_allocators_and_unload(sampler: Path) -> None:
     """Aborted (a discarded profile), or left to its watchdog (the agent gone): the
-    allocators restored, the library unloaded, the thread gone; a second start in the
-    process then works again (the state attribute is gone too)."""
+    allocators restored, the thread gone, the state attribute gone (a second start in
+    the process works again); the library unloaded, except by the watchdog, which
+    leaves it mapped and unused (an unload from its thread could deadlock with an
+    injection arriving at that moment)."""
     for how in ("abort", "watchdog"):
         token = _token()
         names = {k: f"/tmp/{v}" for k, v in pymem.file_names(token).items()}
@@ -191,10 +193,10 @@ def test_abort_and_watchdog_restore_the_allocators_and_unload(sampler: Path) -> 
             give_up = time.time() + 50
             def threads():
                 return open("/proc/self/status").read().split("Threads:")[1].split()[0]
-            while time.time() < give_up and (
-                threads() != "1" or "sampler.so" in open("/proc/self/maps").read()
-            ):
+            while time.time() < give_up and (threads() != "1" or hasattr(sys, "_tracecar_pyalloc")):
                 time.sleep(0.02)
+            if {how!r} == "abort":
+                assert "sampler.so" not in open("/proc/self/maps").read()
             print(threads(), "sampler.so" in open("/proc/self/maps").read(),
                   hasattr(sys, "_tracecar_pyalloc"))
         """)
@@ -206,7 +208,8 @@ def test_abort_and_watchdog_restore_the_allocators_and_unload(sampler: Path) -> 
             for p in (names["status"], str(copy)):
                 Path(p).unlink(missing_ok=True)
         assert run.returncode == 0, (how, run.stderr)
-        assert run.stdout.split() == ["1", "False", "False"], (how, run.stdout)
+        mapped = "True" if how == "watchdog" else "False"
+        assert run.stdout.split() == ["1", mapped, "False"], (how, run.stdout)
         assert not os.path.exists(names["output"])
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,17 @@ import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.memory_profile_workloads import PY_ALLOC, PY_ALLOC_ROUNDS
+from tests.agent.memory_profile_workloads import (
+    ALLOC_C,
+    ALLOC_C_FLAGS,
+    BALANCED_BYTES,
+    LEAKY_BYTES,
+    PY_ALLOC,
+    PY_ALLOC_ROUNDS,
+    ROUNDS,
+)
 from tests.agent.support import folded_total, wait_done
+from tests.conftest import need
 from tests.interpreters import PY38, PY39, PY311_DEBIAN, PY312, PY313
 
 pytestmark = pytest.mark.integration
@@ -170,6 +180,52 @@ def test_alloc_in_python_frames_churn_vs_growing_cache(
     assert b"alloc_space" in pb and b"churn_bytes" in pb
     svg = client.get(f"/profiles/{job_id}/flamegraph.svg").text
     assert "grow_cache" in svg and "bytes" in svg
+    sc = client.get(f"/profiles/{job_id}/speedscope.json").json()
+    assert sc["profiles"][0]["unit"] == "bytes"
+
+
+def test_one_alloc_profile_of_a_c_and_a_python_process(
+    pod: podsim.SimPod, client: httpx.Client, tmp_path: Path
+) -> None:
+    """bpftrace for the C program, the sampler for the Python one: one graph, each under
+    its own functions, the Python process not bpftrace's (no bytes counted twice)."""
+    need("bpftrace", "gcc")
+    src = tmp_path / "allocator.c"
+    src.write_text(ALLOC_C)
+    binary = tmp_path / "allocator"
+    subprocess.run(["gcc", *ALLOC_C_FLAGS, "-o", str(binary), str(src)], check=True, timeout=120)
+    native = _ready(pod.run("callocmix", ["/srv/allocator"], files={"allocator": binary}))
+    py = _app(pod, "pyallocmix", PY312)
+    try:
+        body = {"pids": [native.pid, py.pid], "type": "alloc", "duration_s": 300}
+        r = client.post("/profiles", json=body)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        _attached(client, job_id)
+        plan = client.get(f"/profiles/{job_id}").json()["metadata"]["plan"]
+        assert f"@__t[{py.pid}]" not in plan["program"], "the Python process is not bpftrace's"
+        for c in (native, py):
+            os.kill(c.host_pid, signal.SIGUSR1)
+        for c in (native, py):
+            _wait_log(c, "done")
+        assert client.delete(f"/profiles/{job_id}").status_code == 202
+        done = wait_done(client, job_id, timeout=180)
+        assert done["state"] == "succeeded", str(done["error"])[-3000:]
+        _nothing_left_in(py)
+        truth = [ln for ln in py.log().splitlines() if ln.startswith("truth ")][-1].split()
+    finally:
+        native.stop()
+        py.stop()
+    stacks = folded_total(client.get(f"/profiles/{job_id}/folded").text)
+    balanced = sum(n for s, n in stacks.items() if "balanced_work" in s.split(";"))
+    churned = _under(stacks, "churn_bytes")
+    assert abs(balanced - ROUNDS * BALANCED_BYTES) <= 0.1 * ROUNDS * BALANCED_BYTES, balanced
+    assert abs(churned - int(truth[1])) <= 0.1 * int(truth[1]), (churned, truth)
+    assert any("leaky_work" in s for s in stacks) and LEAKY_BYTES
+    assert not any(s.startswith("python3.12;") and "[python]" not in s for s in stacks), [
+        s for s in stacks if s.startswith("python3.12;")
+    ][:5]
+    assert "bpftrace_output" in done["links"]
 
 
 def test_discarded_alloc_profile_leaves_nothing_and_a_second_can_start(
