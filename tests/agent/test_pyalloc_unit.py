@@ -296,3 +296,44 @@ def test_sampler_locate_says_why_not(tmp_path: Path) -> None:
     (tmp_path / _pysampler.LIBRARY).write_bytes(b"not an ELF")
     assert _pysampler._check(tmp_path / _pysampler.LIBRARY) is not None
     assert "No such file" in str(_pysampler._check(tmp_path / "nothing.so"))
+
+
+def test_allocators_replaced_during_the_window_stay_working(sampler: Path) -> None:
+    """The app starts tracemalloc during the window (its hooks wrap the sampler's): the
+    end cannot take the sampler's out without breaking them, so they stay as pure
+    pass-through, the library loaded, and the output says so; the app keeps allocating,
+    and stopping tracemalloc later works."""
+    token = _token()
+    names = {k: f"/tmp/{v}" for k, v in pymem.file_names(token).items()}
+    copy = Path("/tmp") / pyalloc.sampler_name(token)
+    shutil.copyfile(sampler, copy)
+    start = pyalloc.start_code(
+        token=token, directory="/tmp", frames=4, interval=8192, deadline_s=60
+    )
+    finish = pyalloc.finish_code(
+        token=token, directory="/tmp", interval=8192, give_up_at=time.time() + 60
+    )
+    src = textwrap.dedent(f"""
+        import os, sys, time, tracemalloc
+        exec({start!r})
+        while not os.path.exists({names["status"]!r}):
+            time.sleep(0.01)
+        tracemalloc.start()
+        x = [bytes(1000) for _ in range(5000)]
+        exec({pyalloc.stop_code(token=token) + finish!r})
+        x = [bytes(1000) for _ in range(5000)]
+        tracemalloc.stop()
+        x = [bytes(1000) for _ in range(50000)]
+        print("sampler.so" in open("/proc/self/maps").read(), hasattr(sys, "_tracecar_pyalloc"))
+    """)
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", src], capture_output=True, text=True, timeout=60
+        )
+        out = pyalloc.parse_output(Path(names["output"]).read_text())
+    finally:
+        for p in [*names.values(), str(copy)]:
+            Path(p).unlink(missing_ok=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["True", "False"], run.stdout
+    assert out.replaced and not out.error and out.samples > 0, out
