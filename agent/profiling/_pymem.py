@@ -487,7 +487,16 @@ async def _finish(t: Target, *, keep: bool) -> None:
             if sampled.error:
                 t.message = f"no samples: {sampled.error}"
                 return
-            t.by_bytes, t.by_count = pyalloc.fold(sampled.stacks, comm=t.comm)
+            st = t.status
+            cwd = st.cwd if st is not None else "/"
+            old = st is not None and st.python.split(".")[:2] in (["3", "9"], ["3", "10"])
+            t.by_bytes, t.by_count = await asyncio.to_thread(
+                pyalloc.fold,
+                sampled.stacks,
+                comm=t.comm,
+                # Before 3.11 code objects carry no qualified name: the sources give it.
+                read_source=(lambda path: _read_source(t.pid, cwd, path)) if old else None,
+            )
             return
         out = pymem.parse_output(text)
         t.output = out

@@ -430,13 +430,43 @@ def parse_output(text: str) -> Output:
     return out
 
 
-def fold(stacks: dict[str, tuple[int, int]], *, comm: str) -> tuple[dict[str, int], dict[str, int]]:
+_FRAME = re.compile(r"(.*) \((.*):(\d+)\)")
+
+
+def fold(
+    stacks: dict[str, tuple[int, int]],
+    *,
+    comm: str,
+    read_source: pymem.SourceReader | None = None,
+) -> tuple[dict[str, int], dict[str, int]]:
     """Folded stacks by bytes and by allocations: ``comm;[python];func (file:line);...``,
-    outermost first, the spelling of leak profiles and py-spy's CPU profiles."""
+    outermost first, the spelling of leak profiles and py-spy's CPU profiles.
+
+    ``read_source``: before 3.11 code objects have no qualified name (a method is
+    ``get``, not ``Cache.get``); given the target's sources, each frame gets the name of
+    the innermost ``def`` or ``class`` holding its line, as leak profiles do, when that
+    name ends with the code object's own."""
     root = ";".join([comm.replace(" ", "_").replace(";", ":") or "python", "[python]"])
+    indexes: dict[str, pymem.FunctionIndex | None] = {}
+
+    def qualified(frame: str) -> str:
+        m = _FRAME.fullmatch(frame)
+        if read_source is None or m is None or not m[2].endswith((".py", ".pyw")):
+            return frame
+        name, path, line = m[1], m[2], int(m[3])
+        if path not in indexes:
+            text = read_source(path)
+            indexes[path] = pymem.FunctionIndex(text) if text is not None else None
+        index = indexes[path]
+        full = index.at(line) if index is not None else name
+        if full != name and full.rsplit(".", 1)[-1] == name:
+            return f"{full} ({path}:{line})"
+        return frame
+
     by_bytes: dict[str, int] = {}
     by_count: dict[str, int] = {}
-    for frames, (nbytes, count) in stacks.items():
+    for stack, (nbytes, count) in stacks.items():
+        frames = ";".join(qualified(f) for f in stack.split(";")) if read_source else stack
         key = f"{root};{frames}" if frames else root
         by_bytes[key] = by_bytes.get(key, 0) + nbytes
         if count > 0:

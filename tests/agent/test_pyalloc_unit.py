@@ -237,6 +237,17 @@ def test_parse_output_and_fold() -> None:
         "my_app;[python];<module> (/srv/app.py:4);grow (/srv/app.py:12)": 524298,
     }
     assert sum(by_count.values()) == 2149
+    # Before 3.11 (co_name only): the sources give the qualified name, as for leak.
+    src = "class Cache:\n    def get(self):\n        return [0] * 9\n"
+    named, _ = pyalloc.fold(
+        {"<module> (/a.py:9);get (/a.py:3);<listcomp> (/a.py:3)": (8, 1), "x (<string>:1)": (1, 1)},
+        comm="p",
+        read_source=lambda path: src if path == "/a.py" else None,
+    )
+    assert named == {
+        "p;[python];<module> (/a.py:9);Cache.get (/a.py:3);<listcomp> (/a.py:3)": 8,
+        "p;[python];x (<string>:1)": 1,
+    }
     assert pyalloc.parse_output("something else\n").error
     assert pyalloc.parse_output("tracecar-pyalloc 1\nerror boom\n").error == "boom"
     assert pyalloc.parse_output("tracecar-pyalloc 1\nreplaced 1\n").replaced
