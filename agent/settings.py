@@ -85,6 +85,14 @@ class Settings(BaseSettings):
     java_alloc_interval_bytes: int = Field(default=512 * 1024, ge=1024)
     """alloc profiles of JVMs: Java heap bytes allocated per sample, on average
     (async-profiler's ``alloc=``; its default, 512 KiB, costs next to nothing)."""
+    python_alloc_interval_bytes: int = Field(default=512 * 1024, ge=1024, le=1 << 40)
+    """alloc profiles of CPython: bytes allocated through Python's allocators per sample of
+    tracecar's sampler, on average (docs/memory.md; bench/python_memory_bench.py)."""
+    python_alloc_sampler_dir: Path | None = None
+    """A directory holding a prebuilt ``tracecar-pyalloc.so`` (the sampler,
+    agent/profiling/pyalloc_sampler.c; the image's /opt/tracecar/lib). Unset: the agent
+    builds it at start-up when gcc is there, else alloc profiles of Python processes keep
+    the C-allocator view."""
     debuginfod_urls: str = ""
     """Debuginfod servers for stripped native objects' debug files, space-separated (the
     standard ``DEBUGINFOD_URLS`` meaning); empty: none asked (docs/profiling.md)."""

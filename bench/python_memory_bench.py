@@ -1,6 +1,8 @@
-"""Overhead of a leak profile in Python frames (tracemalloc injected into the target) on
-an allocation-heavy Python app, against the same app unprofiled in the same run; and
-tracemalloc's memory in the target per live block it traces.
+"""Overhead of leak and alloc profiles in Python frames (tracemalloc, or tracecar's
+sampling allocation tracer, injected into the target) on an allocation-heavy Python app,
+against the same app unprofiled in the same run; tracemalloc's memory in the target per
+live block it traces; and the sampler's accuracy (its estimate against the exact bytes
+its wrappers counted).
 
 One command: ``.venv/bin/python bench/python_memory_bench.py [--scale X] [--rounds N]``.
 
@@ -18,7 +20,11 @@ Arms, in a rotating order per round, medians compared:
 * ``unprofiled``: the baseline;
 * ``tracemalloc, N frames``: the agent's own path (:class:`agent.profiling._pymem.Window`:
   the code injected by pyinjector at a safe point, tracemalloc started with N frames,
-  the snapshot written and read back at the end), N = 1, 16 (the default) and 64.
+  the snapshot written and read back at the end), N = 1, 16 (the default) and 64;
+* ``alloc sampler, N KiB``: an alloc profile's path (the same Window, ``kind="alloc"``:
+  agent/profiling/pyalloc_sampler.c built here with gcc, loaded with ctypes, Python's
+  allocators wrapped, one sample per N KiB on average, 16 frames), N = 512 (the
+  default) and 16 (32 times more samples: the cost of the samples themselves).
 
 The injections' latencies (start: until tracing runs; end: until the stacks are read
 back) are printed too.
@@ -39,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.profiling import _pymem, pymem
+from agent.profiling import _pymem, _pysampler, pyalloc, pymem
 from agent.profiling.memplan import PythonFrames, PythonFramesTarget
 
 PYTHON = "/root/.pyenv/versions/3.12.1/bin/python3.12"
@@ -80,11 +86,20 @@ while True:
 # name: (steps of work an iteration, iterations a run): ~0.6 s a run unprofiled.
 APPS = {"typical": (10_000, 5_000), "busy": (2_000, 25_000), "storm": (0, 600_000)}
 FRAMES = (1, pymem.DEFAULT_FRAMES, 64)
-ARMS = ("unprofiled", *(f"tracemalloc, {f} frames" for f in FRAMES))
+INTERVALS_KIB = (pyalloc.DEFAULT_INTERVAL_BYTES // 1024, 16)
+ARMS = (
+    "unprofiled",
+    *(f"tracemalloc, {f} frames" for f in FRAMES),
+    *(f"alloc sampler, {k} KiB" for k in INTERVALS_KIB),
+)
 
 
 def _frames(arm: str) -> int:
-    return int(arm.split(", ")[1].split()[0])
+    return int(arm.split(", ")[1].split()[0]) if arm.startswith("tracemalloc") else 16
+
+
+def _interval(arm: str) -> int | None:
+    return int(arm.split(", ")[1].split()[0]) * 1024 if arm.startswith("alloc") else None
 
 
 async def run_once(app: Path, arm: str, n: int, work: int) -> tuple[float, float, dict[str, float]]:
@@ -99,9 +114,12 @@ async def run_once(app: Path, arm: str, n: int, work: int) -> tuple[float, float
     try:
         if arm != "unprofiled":
             plan = PythonFrames(
-                frames=_frames(arm), targets=[PythonFramesTarget(pid=proc.pid, directory="/tmp")]
+                frames=_frames(arm),
+                interval_bytes=_interval(arm),
+                targets=[PythonFramesTarget(pid=proc.pid, directory="/tmp")],
             )
-            window = _pymem.Window(plan, comms={proc.pid: "python3.12"}, timeout_s=600)
+            kind = "alloc" if _interval(arm) else "leak"
+            window = _pymem.Window(plan, comms={proc.pid: "python3.12"}, timeout_s=600, kind=kind)
             t = time.monotonic()
             await window.start()
             lat["start"] = time.monotonic() - t
@@ -118,8 +136,13 @@ async def run_once(app: Path, arm: str, n: int, work: int) -> tuple[float, float
             assert isinstance(s, dict)
             if s["error"]:
                 raise SystemExit(f"{arm}: {s['error']}")
-            lat["blocks"] = float(s["outstanding_blocks"])  # type: ignore[arg-type]
-            lat["overhead"] = float(s["tracemalloc_overhead_bytes"])  # type: ignore[arg-type]
+            if kind == "alloc":
+                lat["estimated"] = float(s["bytes_estimated"])  # type: ignore[arg-type]
+                lat["exact"] = float(s["bytes_exact"])  # type: ignore[arg-type]
+                lat["samples"] = float(s["samples"])  # type: ignore[arg-type]
+            else:
+                lat["blocks"] = float(s["outstanding_blocks"])  # type: ignore[arg-type]
+                lat["overhead"] = float(s["tracemalloc_overhead_bytes"])  # type: ignore[arg-type]
     finally:
         proc.kill()
         proc.wait()
@@ -134,10 +157,14 @@ async def main() -> None:
     if _pymem.available() is not None:
         raise SystemExit(_pymem.available())
     with tempfile.TemporaryDirectory() as d:
+        lib, how = await _pysampler.locate(prebuilt=None, build_dir=Path(d) / "native")
+        if lib is None:
+            raise SystemExit(how)
         app = Path(d) / "app.py"
         app.write_text(APP)
         worst = 0.0
         latencies: list[dict[str, float]] = []
+        errors: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for name, (work, n) in APPS.items():
             n = max(1, round(n * args.scale))
             times: dict[str, list[tuple[float, float]]] = {a: [] for a in ARMS}
@@ -147,6 +174,9 @@ async def main() -> None:
                     times[arm].append((wall, cpu))
                     if lat:
                         latencies.append(lat)
+                    if "exact" in lat:
+                        err = abs(lat["estimated"] - lat["exact"]) / lat["exact"]
+                        errors.setdefault((name, arm), []).append((err, lat["samples"]))
             base = statistics.median(c for _, c in times["unprofiled"])
             base_wall = statistics.median(w for w, _ in times["unprofiled"])
             print(
@@ -157,7 +187,12 @@ async def main() -> None:
                 t = statistics.median(c for _, c in times[arm])
                 wall = statistics.median(w for w, _ in times[arm])
                 worst = max(worst, t / base)
-                default = " (default)" if _frames(arm) == pymem.DEFAULT_FRAMES else ""
+                default = (
+                    " (default)"
+                    if _interval(arm) == pyalloc.DEFAULT_INTERVAL_BYTES
+                    or (_interval(arm) is None and _frames(arm) == pymem.DEFAULT_FRAMES)
+                    else ""
+                )
                 print(
                     f"  {arm + default:36s} CPU x{t / base:5.2f} "
                     f"(+{(t - base) * 1e6 / n / 5:.2f} us per allocation), "
@@ -167,6 +202,15 @@ async def main() -> None:
         starts = [x["start"] for x in latencies]
         ends = [x["end"] for x in latencies]
         per_block = [x["overhead"] / x["blocks"] for x in latencies if x.get("blocks")]
+        print("alloc sampler: estimated bytes against the exact bytes its wrappers counted")
+        for (name, arm), runs in errors.items():
+            errs = [e for e, _ in runs]
+            samples = statistics.median(n for _, n in runs)
+            print(
+                f"  {name}, {arm}: median error {statistics.median(errs):.1%}, worst "
+                f"{max(errs):.1%} over {len(errs)} runs, median {samples:.0f} samples a run "
+                f"(expected spread 1/sqrt(samples): {1 / max(samples, 1) ** 0.5:.1%})"
+            )
         print(
             f"injection: start (until tracing runs) median {statistics.median(starts):.2f} s, "
             f"end (until the stacks are read back) median {statistics.median(ends):.2f} s"

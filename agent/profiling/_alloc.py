@@ -202,8 +202,9 @@ async def run(
     snapshot = SymbolSnapshot()
     await asyncio.to_thread(snapshot.take, the_plan.pids)
     java_runs: list[_asyncprof.Run] = []
-    # leak: Python processes in Python frames (tracemalloc inside them), before bpftrace.
-    py = _pymem.Window(mem.python, comms=comms, timeout_s=the_plan.timeout_s)
+    # Python processes in Python frames (leak: tracemalloc inside them; alloc: tracecar's
+    # sampler), before bpftrace.
+    py = _pymem.Window(mem.python, comms=comms, timeout_s=the_plan.timeout_s, kind=mem.kind)
     try:
         await _java_start(the_plan, java_runs)
         await py.start()
@@ -249,6 +250,7 @@ async def run(
         "large_bytes": mem.large_bytes,
         "said": mem.sampling,
         **({"java": java} if (java := _java_said(java_runs, mem.java_methods)) else {}),
+        **({"python": mem.python.sampling} if mem.python and mem.python.sampling else {}),
     }
     meta.memory = _summary(mem.kind, parsed, by_bytes, by_count, lost_stacks)
     # The Java stacks join the graphs after the summary, which counts the C allocator's.

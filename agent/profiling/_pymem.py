@@ -1,5 +1,6 @@
-"""Python frames of a leak profile, executed: tracemalloc started inside each CPython
-target for the window and its snapshot read back (the code: :mod:`agent.profiling.pymem`).
+"""Python frames of leak and alloc profiles, executed: tracemalloc (leak) or tracecar's
+sampling allocation tracer (alloc) started inside each CPython target for the window and
+its stacks read back (the code: :mod:`agent.profiling.pymem`, :mod:`agent.profiling.pyalloc`).
 
 Owned here:
 
@@ -16,7 +17,9 @@ Owned here:
   removes the copy whatever happened. Result files are read through a descriptor of
   that directory, bounded, and removed; nothing is left in the target on success,
   failure or cancellation (and the watchdog the start parks there undoes everything
-  by itself if the agent never comes back).
+  by itself if the agent never comes back). For alloc, the sampler library
+  (:mod:`agent.profiling._pysampler`) is copied there the same way before the start
+  loads it, and removed once it is loaded (the mapping stays until the end unloads it).
 
 hypno's own ``inject_py`` is not used: it writes the library into the *agent's* /tmp,
 a path the target cannot see from another container.
@@ -38,7 +41,7 @@ from typing import Any
 
 from agent import _proc, procfs, symbols
 from agent.errors import Invalid, NotFound
-from agent.profiling import _pyinject, pymem
+from agent.profiling import _pyinject, _pysampler, pyalloc, pymem
 from agent.profiling.memplan import MemoryTargetFacts, PythonFrames
 from agent.profiling.planner import TargetFacts
 
@@ -56,11 +59,14 @@ DEADLINE_SLACK_S = 300.0
 """The watchdog's deadline beyond the window's timeout."""
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
 _CAPI = ("PyGILState_Ensure", "PyGILState_Release", "PyRun_SimpleStringFlags")
+_CAPI_39 = ("PyThreadState_GetFrame", "PyFrame_GetBack", "PyFrame_GetCode")
+"""What the alloc sampler walks frames with (CPython 3.9+)."""
 _MAGIC = b"--- hypno code start ---"
 _YAMA = Path("/proc/sys/kernel/yama/ptrace_scope")
 
 _active: set[int] = set()
-"""Targets with a window open (tracemalloc is one per process: one profile at a time)."""
+"""Targets with a window open (tracemalloc is one per process, so is the sampler: one
+profile with Python frames at a time)."""
 
 
 def _library() -> bytes | None:
@@ -88,15 +94,28 @@ def available() -> str | None:
     return None
 
 
-def capability(kind: str) -> dict[str, object]:
+def available_alloc() -> str | None:
+    """Why alloc profiles cannot have Python frames here (None: they can)."""
+    why = available()
+    if why is not None:
+        return why
+    lib, how = _pysampler.current()
+    return how if lib is None else None
+
+
+def capability(kind: str, *, interval: int = pyalloc.DEFAULT_INTERVAL_BYTES) -> dict[str, object]:
     """``/capabilities``' word on Python frames for one memory type."""
     if kind == "alloc":
+        why = available_alloc()
         return {
             "python_frames": {
-                "available": False,
-                "reason": "alloc shows Python processes through the C allocator: tracemalloc "
-                "(the interpreter's view by Python function) only sees blocks still live, so "
-                "it cannot count what was allocated and freed",
+                "available": why is None,
+                "reason": why
+                or "tracecar's sampling allocation tracer loaded into each CPython target for "
+                "the window (pyinjector over ptrace at a thread waiting in a system call, then "
+                "ctypes; no restart, nothing installed in the target): "
+                + pyalloc.sampling(interval),
+                "versions": "CPython 3.9 or later, with its GIL, on glibc",
             }
         }
     why = available()
@@ -147,17 +166,17 @@ def _writable_dir(pid: int) -> tuple[str | None, str]:
     return None, "; ".join(said)
 
 
-def check(fact: TargetFacts) -> tuple[str | None, str]:
-    """Where a leak profile's Python frames can be injected in ``fact``'s process (its
-    directory), or None and why not."""
+def check(fact: TargetFacts, kind: str = "leak") -> tuple[str | None, str]:
+    """Where a leak (or alloc) profile's Python frames can be injected in ``fact``'s
+    process (its directory), or None and why not."""
     if fact.runtime != "python":
         return None, ""
-    why = available()
+    why = available_alloc() if kind == "alloc" else available()
     if why is not None:
         return None, why
     pid = fact.pid
     if pid in _active:
-        return None, "a leak profile with Python frames is already running on it"
+        return None, "a profile with Python frames (leak or alloc) is already running on it"
     try:
         scope = _YAMA.read_text().strip()
     except OSError:
@@ -189,6 +208,11 @@ def check(fact: TargetFacts) -> tuple[str | None, str]:
             "not CPython with its C API exported (no PyGILState_Ensure and "
             "PyRun_SimpleStringFlags in the executable or a libpython it maps)"
         )
+    if kind == "alloc" and not all(n in names for n in _CAPI_39):
+        return None, (
+            "CPython older than 3.9 (no PyThreadState_GetFrame): the allocation sampler "
+            "walks frames with the C API of 3.9 and later"
+        )
     directory, said = _writable_dir(pid)
     if directory is None:
         return None, f"no directory of its own to load a library from ({said})"
@@ -196,10 +220,11 @@ def check(fact: TargetFacts) -> tuple[str | None, str]:
 
 
 def with_python(target: MemoryTargetFacts, fact: TargetFacts, kind: str) -> MemoryTargetFacts:
-    """``target`` with its Python-frames facts (leak profiles of Python processes)."""
-    if kind != "leak" or fact.runtime != "python":
+    """``target`` with its Python-frames facts (leak and alloc profiles of Python
+    processes)."""
+    if kind not in ("leak", "alloc") or fact.runtime != "python":
         return target
-    directory, why = check(fact)
+    directory, why = check(fact, kind)
     return replace(target, python_dir=directory, python_why=why)
 
 
@@ -221,7 +246,18 @@ def _write_library(pid: int, directory: str, name: str, code: str) -> None:
         raise RuntimeError(f"the generated code ({len(data)} bytes) exceeds the library's {room}")
     # The slot ends right before the marker (hypno's layout): the code, NUL-terminated.
     at = magic - 1
-    patched = lib[:at] + data + b"\0" + lib[at + len(data) + 1 :]
+    _write_file(pid, directory, name, lib[:at] + data + b"\0" + lib[at + len(data) + 1 :])
+
+
+def _write_sampler(pid: int, directory: str, name: str) -> None:
+    lib = _pysampler.current()[0]
+    if lib is None:
+        raise RuntimeError(_pysampler.current()[1])
+    _write_file(pid, directory, name, lib.read_bytes())
+
+
+def _write_file(pid: int, directory: str, name: str, patched: bytes) -> None:
+    """A new file of the agent's in the target's directory, readable by its user."""
     dfd = _dir_fd(pid, directory)
     try:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
@@ -301,9 +337,14 @@ class Target:
     pid: int
     comm: str
     directory: str
+    kind: str = "leak"
+    """leak: tracemalloc; alloc: the sampler."""
+    interval: int = pyalloc.DEFAULT_INTERVAL_BYTES
     token: str = field(default_factory=lambda: secrets.token_hex(8))
     status: pymem.Status | None = None
     output: pymem.Output | None = None
+    sampled: pyalloc.Output | None = None
+    """alloc: what the sampler wrote."""
     message: str = ""
     """Why there are no Python frames for it (empty: there are)."""
     entered: dict[str, Any] = field(default_factory=dict)
@@ -359,10 +400,26 @@ async def _wait_file(t: Target, name: str, *, wait_s: float, limit: int) -> str 
 
 async def _start(t: Target, *, frames: int, deadline_s: float) -> None:
     names = pymem.file_names(t.token)
-    code = pymem.start_code(
-        token=t.token, directory=t.directory, frames=frames, deadline_s=deadline_s
-    )
+    sampler = pyalloc.sampler_name(t.token)
+    if t.kind == "alloc":
+        code = pyalloc.start_code(
+            token=t.token,
+            directory=t.directory,
+            frames=frames,
+            interval=t.interval,
+            deadline_s=deadline_s,
+        )
+    else:
+        code = pymem.start_code(
+            token=t.token, directory=t.directory, frames=frames, deadline_s=deadline_s
+        )
     try:
+        if t.kind == "alloc":
+            try:
+                await asyncio.to_thread(_write_sampler, t.pid, t.directory, sampler)
+            except (OSError, RuntimeError, NotFound, Invalid) as e:
+                t.message = f"the sampler could not be written into the target: {e}"
+                return
         said = await _inject(t, code, wait_s=START_WAIT_S, prefer=[])
         if not said.get("ok"):
             t.message = str(said.get("error") or "the injection failed")
@@ -376,9 +433,11 @@ async def _start(t: Target, *, frames: int, deadline_s: float) -> None:
         st = pymem.parse_status(text)
         t.status = st
         if not st.ok:
-            t.message = f"tracemalloc did not start: {st.error or 'no reason given'}"
+            what = "the allocation sampler" if t.kind == "alloc" else "tracemalloc"
+            t.message = f"{what} did not start: {st.error or 'no reason given'}"
     finally:
-        await asyncio.to_thread(_remove, t.pid, t.directory, names["status"])
+        # The sampler's copy goes too: loaded (or not), its file is needed no more.
+        await asyncio.to_thread(_remove, t.pid, t.directory, names["status"], sampler)
 
 
 async def _finish(t: Target, *, keep: bool) -> None:
@@ -388,15 +447,29 @@ async def _finish(t: Target, *, keep: bool) -> None:
         if not procfs.pid_exists(t.pid):
             t.message = "the process exited during the window: its traces went with it"
             return
+        alloc = t.kind == "alloc"
         if not keep:
-            said = await _inject(
-                t, pymem.abort_code(token=t.token), wait_s=END_WAIT_S, prefer=prefer
-            )
+            abort = (pyalloc if alloc else pymem).abort_code(token=t.token)
+            said = await _inject(t, abort, wait_s=END_WAIT_S, prefer=prefer)
             if not said.get("ok"):
-                t.message = f"tracemalloc could not be stopped: {said.get('error')}"
+                what = "the allocation sampler" if alloc else "tracemalloc"
+                t.message = f"{what} could not be stopped: {said.get('error')}"
             return
+        if alloc:
+            # The window ends with this first, short injection (the sampler stopped);
+            # the next one writes the stacks (the finish stops it too if this failed).
+            said = await _inject(
+                t, pyalloc.stop_code(token=t.token), wait_s=END_WAIT_S, prefer=prefer
+            )
+            if said.get("ok"):
+                t.entered["stop"] = {k: said[k] for k in ("tid", "syscall") if k in said}
         give_up_at = time.time() + OUTPUT_WAIT_S
-        code = pymem.finish_code(token=t.token, directory=t.directory, give_up_at=give_up_at)
+        if alloc:
+            code = pyalloc.finish_code(
+                token=t.token, directory=t.directory, interval=t.interval, give_up_at=give_up_at
+            )
+        else:
+            code = pymem.finish_code(token=t.token, directory=t.directory, give_up_at=give_up_at)
         said = await _inject(t, code, wait_s=END_WAIT_S, prefer=prefer)
         if not said.get("ok"):
             t.message = f"the end of the window could not be injected: {said.get('error')}"
@@ -407,6 +480,23 @@ async def _finish(t: Target, *, keep: bool) -> None:
         )
         if text is None:
             t.message = f"no snapshot written within {OUTPUT_WAIT_S:g} s (or the pid exited)"
+            return
+        if alloc:
+            sampled = pyalloc.parse_output(text)
+            t.sampled = sampled
+            if sampled.error:
+                t.message = f"no samples: {sampled.error}"
+                return
+            st = t.status
+            cwd = st.cwd if st is not None else "/"
+            old = st is not None and st.python.split(".")[:2] in (["3", "9"], ["3", "10"])
+            t.by_bytes, t.by_count = await asyncio.to_thread(
+                pyalloc.fold,
+                sampled.stacks,
+                comm=t.comm,
+                # Before 3.11 code objects carry no qualified name: the sources give it.
+                read_source=(lambda path: _read_source(t.pid, cwd, path)) if old else None,
+            )
             return
         out = pymem.parse_output(text)
         t.output = out
@@ -426,12 +516,31 @@ async def _finish(t: Target, *, keep: bool) -> None:
 
 
 class Window:
-    """The Python-frames part of one leak profile: every planned target's window."""
+    """The Python-frames part of one leak or alloc profile: every planned target's window."""
 
-    def __init__(self, plan: PythonFrames | None, *, comms: dict[int, str], timeout_s: float):
+    def __init__(
+        self,
+        plan: PythonFrames | None,
+        *,
+        comms: dict[int, str],
+        timeout_s: float,
+        kind: str = "leak",
+    ):
         self.frames = plan.frames if plan is not None else pymem.DEFAULT_FRAMES
+        self.kind = kind
+        interval = (
+            plan.interval_bytes
+            if plan is not None and plan.interval_bytes
+            else pyalloc.DEFAULT_INTERVAL_BYTES
+        )
         self.targets = [
-            Target(pid=p.pid, comm=comms.get(p.pid, "python"), directory=p.directory)
+            Target(
+                pid=p.pid,
+                comm=comms.get(p.pid, "python"),
+                directory=p.directory,
+                kind=kind,
+                interval=interval,
+            )
             for p in (plan.targets if plan is not None else [])
         ]
         self.deadline_s = timeout_s + DEADLINE_SLACK_S
@@ -485,6 +594,9 @@ class Window:
             if t.message:
                 out.append(f"pid {t.pid} ({t.comm}): no Python frames: {t.message}")
                 continue
+            if t.kind == "alloc":
+                out.extend(_alloc_notes(t))
+                continue
             st, o = t.status, t.output
             if st is None or o is None:
                 continue
@@ -505,6 +617,8 @@ class Window:
         return out
 
     def summary(self) -> dict[str, object]:
+        if self.kind == "alloc":
+            return {str(t.pid): _alloc_summary(t) for t in self.targets}
         return {
             str(t.pid): {
                 "python": t.status.python if t.status else None,
@@ -521,6 +635,53 @@ class Window:
             }
             for t in self.targets
         }
+
+
+def _alloc_notes(t: Target) -> list[str]:
+    st, o = t.status, t.sampled
+    if st is None or o is None:
+        return []
+    nbytes, count = sum(t.by_bytes.values()), sum(t.by_count.values())
+    out = [
+        f"pid {t.pid} ({t.comm}): Python {st.python}, tracecar's allocation sampler "
+        f"({st.frames} frames) for the window, then unloaded: {o.calls} allocations of "
+        f"{o.bytes} bytes through Python's allocators (exact); {o.samples} samples, one per "
+        f"{o.interval} bytes on average, estimate {nbytes} bytes in {count} allocations "
+        "under [python]"
+    ]
+    if o.dropped:
+        out.append(
+            f"pid {t.pid} ({t.comm}): {o.dropped} samples dropped (more than "
+            f"{pyalloc.MAX_STACKS} distinct stacks)"
+        )
+    if o.replaced:
+        out.append(
+            f"pid {t.pid} ({t.comm}): Python's allocators were replaced over the sampler's "
+            "during the window (tracemalloc started or stopped?): its hooks stay as pure "
+            "pass-through and its library stays loaded, since removing them would break the "
+            "newer ones"
+        )
+    return out
+
+
+def _alloc_summary(t: Target) -> dict[str, object]:
+    o = t.sampled
+    return {
+        "python": t.status.python if t.status else None,
+        "frames": t.status.frames if t.status else None,
+        "interval_bytes": t.interval,
+        "allocations_exact": o.calls if o else None,
+        "bytes_exact": o.bytes if o else None,
+        "samples": o.samples if o else 0,
+        "dropped_samples": o.dropped if o else 0,
+        "truncated_stacks": o.truncated if o else 0,
+        "bytes_estimated": sum(t.by_bytes.values()),
+        "allocations_estimated": sum(t.by_count.values()),
+        "stacks": o.stack_count if o else 0,
+        "left_loaded": o.replaced if o else False,
+        "entered": t.entered,
+        "error": t.message or None,
+    }
 
 
 async def wait_window(duration_s: float, stop: asyncio.Event) -> bool:

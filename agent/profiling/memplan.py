@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field
 
 from agent.errors import Conflict
-from agent.profiling import alloc, pymem
+from agent.profiling import alloc, pyalloc, pymem
 
 MEMORY_TYPES = ("alloc", "leak")
 MAX_TARGETS = 64
@@ -33,10 +33,12 @@ RUNTIME_NOTES: dict[str, str] = {
     "node's C++ frames",
     "python": "leak: Python functions, from tracemalloc started inside the process for the "
     "window (CPython on glibc; no restart, nothing installed in it): what was allocated in "
-    "the window and is live at its end; alloc: the C-allocator view (tracemalloc forgets "
-    "freed blocks): objects of 512 bytes or less come from pymalloc's 256 KiB arenas, so "
-    "arenas and large objects show under the interpreter's C frames, not Python functions "
-    "(docs/memory.md: Python frames)",
+    "the window and is live at its end; alloc: Python functions, from tracecar's sampling "
+    "allocation tracer loaded into the process for the window (CPython 3.9+ on glibc): "
+    "what Python's allocators handed out, freed or not, sampled by bytes; with "
+    "python_frames 0 (or where it cannot be entered), the C-allocator view: objects of 512 "
+    "bytes or less come from pymalloc's 256 KiB arenas, so arenas and large objects show "
+    "under the interpreter's C frames (docs/memory.md: Python frames)",
     "java": "alloc: Java methods from async-profiler's alloc mode, loaded into the JVM "
     "through jattach (the JVM's own heap sampling, under [java]), beside the JVM's native "
     "memory (JIT, GC structures, direct buffers, JNI) by native stack; leak: the native "
@@ -47,10 +49,9 @@ RUNTIME_NOTES: dict[str, str] = {
 
 
 PYTHON_C_VIEW = (
-    "the C-allocator view (alloc: tracemalloc forgets freed blocks; leak: where Python "
-    "frames cannot be had, or python_frames 0): objects of 512 bytes or less come from "
-    "pymalloc's 256 KiB arenas, so arenas and large objects show under the interpreter's C "
-    "frames, not Python functions"
+    "the C-allocator view (where Python frames cannot be had, or python_frames 0): objects "
+    "of 512 bytes or less come from pymalloc's 256 KiB arenas, so arenas and large objects "
+    "show under the interpreter's C frames, not Python functions"
 )
 
 
@@ -65,10 +66,11 @@ class MemoryTargetFacts:
     why_none: str = ""
     """Why no allocator was found (a static stripped binary, a pure Go one...)."""
     python_dir: str | None = None
-    """leak, CPython: the target's directory the Python-frames injection uses (None: no
-    Python frames, the C-allocator view)."""
+    """leak/alloc, CPython: the target's directory the Python-frames injection uses (None:
+    no Python frames, the C-allocator view)."""
     python_why: str = ""
-    """leak, Python: why it gets no Python frames (empty: it does, or it is not Python)."""
+    """leak/alloc, Python: why it gets no Python frames (empty: it does, or it is not
+    Python)."""
 
 
 class MemoryTarget(BaseModel):
@@ -86,13 +88,26 @@ class PythonFramesTarget(BaseModel):
     directory: str = Field(description="where the injected library and results go, in it")
 
 
+LEAK_HOW = (
+    "tracemalloc started inside each CPython target for the window, by code injected with "
+    "pyinjector (ptrace, no debugger) at a thread waiting in a system call; a snapshot of "
+    "the live blocks at the end, then tracing stopped"
+)
+ALLOC_HOW = (
+    "tracecar's sampling allocation tracer (a small C library) loaded into each CPython "
+    "target for the window with ctypes, by code injected with pyinjector (ptrace, no "
+    "debugger) at a thread waiting in a system call; Python's allocators wrapped, then "
+    "restored and the library unloaded at the end"
+)
+
+
 class PythonFrames(BaseModel):
-    how: str = Field(
-        default="tracemalloc started inside each CPython target for the window, by code "
-        "injected with pyinjector (ptrace, no debugger) at a thread waiting in a system "
-        "call; a snapshot of the live blocks at the end, then tracing stopped"
+    how: str = Field(default=LEAK_HOW)
+    frames: int = Field(description="Python frames kept per allocation (per sample: alloc)")
+    interval_bytes: int | None = Field(
+        default=None, description="alloc: bytes allocated per sample, on average"
     )
-    frames: int = Field(description="Python frames kept per allocation")
+    sampling: str | None = Field(default=None, description="alloc: the sampling, in words")
     targets: list[PythonFramesTarget]
 
 
@@ -120,7 +135,7 @@ class MemoryPlan(BaseModel):
     )
     notes: list[str] = Field(default_factory=list)
     python: PythonFrames | None = Field(
-        default=None, description="leak: the Python processes seen in Python frames"
+        default=None, description="leak and alloc: the Python processes seen in Python frames"
     )
     java_methods: JavaMethods | None = Field(
         default=None, description="alloc with Java targets: their Java methods' allocations"
@@ -137,6 +152,7 @@ def plan_memory(
     large_bytes: int = alloc.DEFAULT_LARGE_BYTES,
     max_outstanding: int = alloc.DEFAULT_MAX_OUTSTANDING,
     python_frames: int = pymem.DEFAULT_FRAMES,
+    python_interval: int = pyalloc.DEFAULT_INTERVAL_BYTES,
 ) -> tuple[MemoryPlan, str]:
     """The memory plan and its bpftrace program; 409 when no target has an allocator."""
     if len(targets) > MAX_TARGETS:
@@ -145,7 +161,7 @@ def plan_memory(
             "asked): name a pid, pids or a container"
         )
     # python_frames 0: the C-allocator view for Python processes too (asked for).
-    py = [t for t in targets if kind == "leak" and python_frames and t.python_dir is not None]
+    py = [t for t in targets if python_frames and t.python_dir is not None]
     usable = [t for t in targets if t.allocator is not None and t not in py]
     skipped = [
         f"pid {t.pid} ({t.comm}): {t.why_none}"
@@ -188,7 +204,11 @@ def plan_memory(
         else "every allocation"
     )
     if not usable:
-        sampling = "none: tracemalloc records every allocation through Python's allocators"
+        sampling = (
+            "none: tracemalloc records every allocation through Python's allocators"
+            if kind == "leak"
+            else "Python frames: " + pyalloc.sampling(python_interval)
+        )
     notes = [
         "every allocator call of the targets traps into the kernel (a uprobe, ~2 us here; "
         "bench/memory_bench.py), sampled or not: an app allocating a million times a "
@@ -202,12 +222,19 @@ def plan_memory(
     notes += [
         f"pid {t.pid} ({t.comm}): no Python frames ({t.python_why}); the C-allocator view"
         for t in targets
-        if kind == "leak" and python_frames and t.python_why and t.python_dir is None
+        if python_frames and t.python_why and t.python_dir is None
     ]
-    if py:
+    if py and kind == "leak":
         notes.append(
             "Python frames: tracemalloc slows the targets' allocations while the window runs "
             "and keeps about 60-300 bytes per live block it traces (bench/python_memory_bench.py)"
+        )
+    if py and kind == "alloc":
+        notes.append(
+            "Python frames: " + pyalloc.sampling(python_interval) + "; the wrappers cost "
+            "every allocation a few nanoseconds while the window runs, each sample a walk of "
+            "the Python stack (bench/python_memory_bench.py); only Python's allocators are "
+            "seen (C libraries' own malloc, and PyMem_RawMalloc, are not)"
         )
     if kind == "leak" and usable:
         notes.append(
@@ -233,7 +260,7 @@ def plan_memory(
                 allocator=t.allocator.flavor if t.allocator and t not in py else None,
                 object=t.allocator.path if t.allocator and t not in py else None,
                 functions=list(t.allocator.functions) if t.allocator and t not in py else [],
-                sees=pymem.SEES
+                sees=(pymem.SEES if kind == "leak" else pyalloc.SEES)
                 if t in py
                 else PYTHON_C_VIEW
                 if t.runtime == "python"
@@ -244,7 +271,10 @@ def plan_memory(
         skipped=skipped,
         notes=notes,
         python=PythonFrames(
+            how=LEAK_HOW if kind == "leak" else ALLOC_HOW,
             frames=python_frames,
+            interval_bytes=python_interval if kind == "alloc" else None,
+            sampling=pyalloc.sampling(python_interval) if kind == "alloc" else None,
             targets=[PythonFramesTarget(pid=t.pid, directory=t.python_dir or "/tmp") for t in py],
         )
         if py

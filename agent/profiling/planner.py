@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from agent import procfs
 from agent.errors import Conflict, Invalid, Unavailable
-from agent.profiling import alloc, memplan, offcpu_fold, pymem
+from agent.profiling import alloc, memplan, offcpu_fold, pyalloc, pymem
 
 CallGraph = Literal["auto", "fp", "dwarf"]
 Profiler = Literal["auto", "perf", "py-spy"]
@@ -125,9 +125,11 @@ class ProfileOptions(BaseModel):
         default=None,
         ge=0,
         le=128,
-        description="leak, Python processes: frames tracemalloc keeps per allocation "
-        "(default 16; its cost per allocation grows with it: bench/python_memory_bench.py); "
-        "0: no Python frames, the C-allocator view (bpftrace) as for other runtimes",
+        description="leak and alloc, Python processes: Python frames kept per allocation "
+        "(leak: by tracemalloc) or per sample (alloc: by tracecar's sampler, CPython 3.9+); "
+        "default 16 (tracemalloc's cost per allocation grows with it: "
+        "bench/python_memory_bench.py); 0: no Python frames, the C-allocator view "
+        "(bpftrace) as for other runtimes",
     )
     python_native: bool = Field(
         default=False,
@@ -157,6 +159,8 @@ class Limits:
     offcpu_max_dwarf_stacks_per_s: int = offcpu_fold.DEFAULT_MAX_DWARF_STACKS_PER_S
     """The same bound for the DWARF (perf) recorder, whose stacks cost more: above it
     one switch-out in ``period`` gets a stack, weighted ``period`` times."""
+    python_alloc_interval_bytes: int = pyalloc.DEFAULT_INTERVAL_BYTES
+    """alloc profiles of CPython: bytes allocated per sample of tracecar's sampler."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -550,7 +554,7 @@ def plan(
             field="sample_period" if request.sample_period is not None else "max_outstanding",
         )
     if request.python_frames is not None:
-        raise Invalid("python_frames applies to leak profiles", field="python_frames")
+        raise Invalid("python_frames applies to alloc and leak profiles", field="python_frames")
     if request.type == "off-cpu":
         if request.profiler == "py-spy" or request.python_native:
             raise Invalid(
@@ -857,17 +861,12 @@ def _plan_memory(
             "max_outstanding applies to leak profiles (an alloc profile tracks no address)",
             field="max_outstanding",
         )
-    if request.python_frames is not None and kind != "leak":
-        raise Invalid(
-            "python_frames applies to leak profiles (alloc sees Python processes through "
-            "the C allocator: tracemalloc forgets freed blocks)",
-            field="python_frames",
-        )
     mem, text = memplan.plan_memory(
         kind=kind,
         python_frames=pymem.DEFAULT_FRAMES
         if request.python_frames is None
         else request.python_frames,
+        python_interval=limits.python_alloc_interval_bytes,
         targets=targets,
         pid_ns=pid_ns,
         duration_s=duration,

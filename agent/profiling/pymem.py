@@ -58,11 +58,14 @@ __all__ = [
     "Output",
     "Status",
     "abort_code",
+    "check_dir",
+    "check_token",
     "file_names",
     "finish_code",
     "fold",
     "parse_output",
     "parse_status",
+    "program",
     "start_code",
 ]
 
@@ -90,17 +93,17 @@ SEES = (
 
 def file_names(token: str) -> dict[str, str]:
     """The files of one injection, by role (names inside the target's directory)."""
-    _check_token(token)
+    check_token(token)
     stem = f"tracecar-pymem-{token}"
     return {"library": f"{stem}.so", "status": f"{stem}.status", "output": f"{stem}.folded"}
 
 
-def _check_token(token: str) -> None:
+def check_token(token: str) -> None:
     if TOKEN.fullmatch(token) is None:
         raise ValueError(f"bad token {token!r}: 16 lowercase hex digits")
 
 
-def _check_dir(directory: str) -> None:
+def check_dir(directory: str) -> None:
     if directory not in DIRECTORIES:
         raise ValueError(f"bad directory {directory!r}: one of {', '.join(DIRECTORIES)}")
 
@@ -299,7 +302,7 @@ except BaseException:
 """
 
 
-def _program(body: str, values: dict[str, object]) -> str:
+def program(body: str, values: dict[str, object]) -> str:
     """The source injected: one ``exec`` of the whole code in a namespace of its own
     (the library runs its string in the app's ``__main__``: nothing must land there)."""
     head = "".join(f"{k} = {v!r}\n" for k, v in values.items())
@@ -313,11 +316,11 @@ def _program(body: str, values: dict[str, object]) -> str:
 
 def start_code(*, token: str, directory: str, frames: int, deadline_s: float) -> str:
     """Start tracing (or note that the app traces already), park the watchdog."""
-    _check_token(token)
-    _check_dir(directory)
+    check_token(token)
+    check_dir(directory)
     if not 1 <= frames <= 1000:
         raise ValueError(f"frames {frames}: 1 to 1000")
-    return _program(
+    return program(
         _START,
         {
             "TOKEN": token,
@@ -332,9 +335,9 @@ def start_code(*, token: str, directory: str, frames: int, deadline_s: float) ->
 def finish_code(*, token: str, directory: str, give_up_at: float) -> str:
     """Snapshot, stop what was started, write the stacks (in a thread of the target's:
     the injection itself returns at once)."""
-    _check_token(token)
-    _check_dir(directory)
-    return _program(
+    check_token(token)
+    check_dir(directory)
+    return program(
         _FINISH,
         {
             "TOKEN": token,
@@ -350,8 +353,8 @@ def finish_code(*, token: str, directory: str, give_up_at: float) -> str:
 def abort_code(*, token: str) -> str:
     """Stop what was started and wake the watchdog, writing nothing (a discarded or
     failed profile)."""
-    _check_token(token)
-    return _program(_ABORT, {"TOKEN": token, "FORMAT": FORMAT})
+    check_token(token)
+    return program(_ABORT, {"TOKEN": token, "FORMAT": FORMAT})
 
 
 # --- what the target writes ---------------------------------------------------------------

@@ -43,6 +43,7 @@ CONTAINER_FLAG = Wire("-c", _EP, "container", pattern=CONTAINER)
 FREQUENCY = Wire("-F", _EP, "frequency_hz")  # bounded by the agent's settings, not its schema
 DURATION = Wire("-d", _EP, "duration_s")
 PYTHON_NATIVE = Wire("--python-native", _EP, "python_native")
+PYTHON_FRAMES = Wire("--python-frames", _EP, "python_frames", ge=0, le=128)
 PUSH = Wire("--push", _EP, "push")
 
 # The link names of the agent's profile view, per output format.
@@ -68,6 +69,7 @@ class ProfileOptions:
     type: str = "cpu"
     profiler: str = "auto"
     python_native: bool = False
+    python_frames: int | None = None
     by_pod: bool = False
     parallel: int = 4
     push: bool = False
@@ -105,6 +107,13 @@ def flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="py-spy: native frames under the Python ones (pauses the process per sample)",
     )
+    PYTHON_FRAMES.add(
+        p,
+        "--python-frames",
+        metavar="N",
+        help="alloc and leak: Python frames kept per allocation for CPython processes "
+        "(default 16); 0: the C-allocator view for them, as for other runtimes",
+    )
     p.add_argument(
         "-o",
         "--output-file",
@@ -128,6 +137,8 @@ def flags(p: argparse.ArgumentParser) -> None:
 
 def complete(ns: argparse.Namespace) -> ProfileOptions:
     one_of(("--pid", "--process"), (ns.pid, ns.process))
+    if ns.python_frames is not None and ns.type not in ("alloc", "leak"):
+        raise UsageError("--python-frames applies to --type alloc and leak")
     out = Path(ns.output_file)
     return ProfileOptions(
         pods=pods_from(ns, all_pods=True),
@@ -141,6 +152,7 @@ def complete(ns: argparse.Namespace) -> ProfileOptions:
         type=ns.type,
         profiler=ns.profiler,
         python_native=ns.python_native,
+        python_frames=ns.python_frames,
         by_pod=ns.by_pod,
         parallel=ns.parallel,
         push=ns.push,
@@ -168,6 +180,8 @@ def request_body(o: ProfileOptions, *, pids: list[int] | None = None) -> dict[st
         body["profiler"] = o.profiler
     if o.python_native:
         body["python_native"] = True
+    if o.python_frames is not None:
+        body["python_frames"] = o.python_frames
     if o.push:
         body["push"] = True
     return body

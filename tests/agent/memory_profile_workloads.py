@@ -110,6 +110,52 @@ while True:
     signal.pause()
 """.replace("ROUNDS", str(PY_ROUNDS))
 
+# Python alloc: a loop that allocates and drops vs. a cache that grows. After SIGUSR1,
+# PY_ALLOC_ROUNDS rounds: churn_bytes allocates eight bytes objects of PY_BLOCK bytes
+# and drops them, grow_cache keeps one; then "truth CHURN GROW" (the bytes each
+# allocated: sys.getsizeof, the object's header with its bytes) and "done". The
+# interpreter's warm-up runs both once before "ready".
+PY_ALLOC_ROUNDS = 8000
+PY_ALLOC = r"""
+import signal
+import sys
+
+CACHE = []
+go = False
+
+
+def on_usr1(signum, frame):
+    global go
+    go = True
+
+
+def churn_bytes():
+    for _ in range(8):
+        b = bytes(BLOCK)
+        del b
+
+
+def grow_cache():
+    CACHE.append(bytes(BLOCK))
+
+
+signal.signal(signal.SIGUSR1, on_usr1)
+churn_bytes()
+grow_cache()
+CACHE.clear()
+print("ready", flush=True)
+while not go:
+    signal.pause()
+for _ in range(ROUNDS):
+    churn_bytes()
+    grow_cache()
+size = sys.getsizeof(bytes(BLOCK))
+print("truth", ROUNDS * 8 * size, ROUNDS * size, flush=True)
+print("done", flush=True)
+while True:
+    signal.pause()
+""".replace("ROUNDS", str(PY_ALLOC_ROUNDS)).replace("BLOCK", str(PY_BLOCK))
+
 # Java: one method allocates 64 KiB arrays, another 64-byte ones, 1:1 in calls (about
 # 820:1 in bytes, with the arrays' 16-byte headers): the first must be the top allocator
 # by bytes. Each array is stored in a static field: an array nothing reads escapes

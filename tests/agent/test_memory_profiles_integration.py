@@ -291,14 +291,15 @@ def test_capabilities_say_what_each_runtime_shows(client: httpx.Client) -> None:
 def test_python_growing_cache_vs_allocate_and_drop(
     pod: podsim.SimPod, client: httpx.Client, kind: str
 ) -> None:
-    """The C-allocator view of a Python app (its 4 KiB buffers come from malloc): an alloc
-    profile holds nine times what the cache kept (the churn). Python function names are
-    not in this view; leak profiles of Python are in Python frames
-    (tests/agent/test_python_memory_integration.py)."""
+    """The C-allocator view of a Python app, asked for with python_frames 0 (its 4 KiB
+    buffers come from malloc): an alloc profile holds nine times what the cache kept (the
+    churn). Python function names are not in this view; alloc and leak profiles of Python
+    are in Python frames by default (tests/agent/test_python_alloc_integration.py,
+    tests/agent/test_python_memory_integration.py)."""
     need("bpftrace")
     c = _ready(pod.run(f"py{kind}", [PY312, "/srv/app.py"], files={"app.py": PY_MEMORY.encode()}))
     try:
-        done = _profile(client, c, type=kind)
+        done = _profile(client, c, type=kind, python_frames=0)
     finally:
         c.stop()
     meta = done["metadata"]

@@ -392,7 +392,6 @@ def test_python_frames_option(pod: podsim.SimPod, client: httpx.Client) -> None:
         assert r.json()["plan"]["memory"]["python"] is None
         assert r.json()["plan"]["memory"]["targets"][0]["allocator"] == "glibc"
         for bad in (
-            {"type": "alloc", "python_frames": 8},
             {"type": "cpu", "python_frames": 8},
             {"type": "leak", "python_frames": -1},
             {"type": "leak", "python_frames": 129},
@@ -407,5 +406,5 @@ def test_python_frames_option(pod: podsim.SimPod, client: httpx.Client) -> None:
 def test_capabilities_say_which_view_python_gets(client: httpx.Client) -> None:
     types = client.get("/capabilities").json()["profiling"]["types"]
     assert types["leak"]["python_frames"]["available"], types["leak"]
-    assert not types["alloc"]["python_frames"]["available"], types["alloc"]
-    assert "tracemalloc" in types["alloc"]["runtimes"]["python"]
+    assert types["alloc"]["python_frames"]["available"], types["alloc"]
+    assert "sampling allocation tracer" in types["alloc"]["runtimes"]["python"]

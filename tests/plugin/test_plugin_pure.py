@@ -141,6 +141,12 @@ def test_request_bodies() -> None:
     assert stack.query(options(["stack", "web", "-o", "json"])) == {"format": "json"}
     off = options(["profile", "web", "--type", "off-cpu", "-d", "2s"])
     assert profile.request_body(off) == {"duration_s": 2.0, "type": "off-cpu"}
+    mem = options(["profile", "web", "--type", "alloc", "--python-frames", "8"])
+    assert profile.request_body(mem) == {"duration_s": 30.0, "type": "alloc", "python_frames": 8}
+    c_view = options(["profile", "web", "--type", "leak", "--python-frames", "0"])
+    assert profile.request_body(c_view)["python_frames"] == 0
+    with pytest.raises(UsageError, match="--python-frames applies to --type alloc and leak"):
+        options(["profile", "web", "--python-frames", "8"])
     q = options(
         [
             "probe",

@@ -143,6 +143,11 @@ BODIES: list[tuple[str, list[str], Any]] = [
     ("POST /profiles", ["profile", "web", "-c", "app"], profile.request_body),
     (
         "POST /profiles",
+        ["profile", "web", "--type", "alloc", "--python-frames", "0"],
+        profile.request_body,
+    ),
+    (
+        "POST /profiles",
         ["profile", "web", "--process", "gunicorn"],
         lambda o: profile.request_body(o, pids=[7, 9]),
     ),
