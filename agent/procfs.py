@@ -31,16 +31,29 @@ def pid_exists(pid: int) -> bool:
     return pid > 0 and (PROC / str(pid)).is_dir()
 
 
+_PF_EXITING = 0x4
+"""The kernel's task flag set as ``do_exit`` begins (include/linux/sched.h)."""
+
+
 def running(pid: int) -> bool:
     """``pid`` exists and has not exited: a zombie (exited, not yet reaped by its parent)
-    still has a /proc entry, and a profile must count it as exited, not as running."""
+    still has a /proc entry, and a profile must count it as exited, not as running. So
+    must a process on its way out: the kernel tears its memory down (py-spy and perf see
+    it gone) well before it is a zombie, and on a busy machine the agent asks in between;
+    the exit flag is set first, so it answers the same then."""
     try:
         stat = (PROC / str(pid) / "stat").read_text()
     except OSError:
         return False
-    # "PID (comm) STATE ...": comm may hold spaces and parentheses; the state follows
-    # the last ")".
-    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] not in ("Z", "X", "x")
+    # "PID (comm) STATE PPID PGRP SESSION TTY TPGID FLAGS ...": comm may hold spaces and
+    # parentheses; the fields follow the last ")".
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if not fields or fields[0] in ("Z", "X", "x"):
+        return False
+    try:
+        return not int(fields[6]) & _PF_EXITING
+    except (IndexError, ValueError):
+        return True
 
 
 def require_pid(pid: int) -> int:

@@ -79,7 +79,9 @@ def _started(pod: dict[str, Any]) -> bool:
     )
 
 
-def start_delay(kube: K.Kube, name: str, *, labelled: bool, variant: str | None) -> float:
+def start_delay(
+    kube: K.Kube, name: str, *, labelled: bool, variant: str | None, native: bool = True
+) -> float:
     """Seconds from `kubectl create` returning to a watch seeing the app started."""
     seen = threading.Event()
     watch = subprocess.Popen(
@@ -116,7 +118,10 @@ def start_delay(kube: K.Kube, name: str, *, labelled: bool, variant: str | None)
     reader.start()
     time.sleep(1.0)  # the watch is established before the pod exists
     kube.run(
-        "create", "-f", "-", stdin=json.dumps(F.app_pod(name, labelled=labelled, variant=variant))
+        "create",
+        "-f",
+        "-",
+        stdin=json.dumps(F.app_pod(name, labelled=labelled, variant=variant, native=native)),
     )
     t_created = time.monotonic()
     ok = seen.wait(180)
@@ -129,21 +134,25 @@ def start_delay(kube: K.Kube, name: str, *, labelled: bool, variant: str | None)
 
 
 def bench_start(kube: K.Kube, pods: int) -> dict[str, list[float]]:
+    # (labelled, image variant, native sidecar). The classic arm is the trade docs/install.md
+    # offers: the agent beside the app, started in the same pod sync.
     arms = {
-        "unlabelled": (False, None),
-        "labelled full": (True, None),
-        "labelled core": (True, "core"),
+        "unlabelled": (False, None, True),
+        "labelled full": (True, None, True),
+        "labelled core": (True, "core", True),
+        "labelled full, classic sidecar": (True, None, False),
     }
     out: dict[str, list[float]] = {a: [] for a in arms}
     # A first pod of each arm, not counted: the node's first start of each image and
     # of the webhook's code path.
-    for labelled, variant in arms.values():
-        start_delay(kube, f"warm-{secrets.token_hex(3)}", labelled=labelled, variant=variant)
+    for labelled, variant, native in arms.values():
+        start_delay(
+            kube, f"warm-{secrets.token_hex(3)}", labelled=labelled, variant=variant, native=native
+        )
     for i in range(pods):
-        for arm, (labelled, variant) in arms.items():
-            d = start_delay(
-                kube, f"start-{i}-{secrets.token_hex(3)}", labelled=labelled, variant=variant
-            )
+        for arm, (labelled, variant, native) in arms.items():
+            name = f"start-{i}-{secrets.token_hex(3)}"
+            d = start_delay(kube, name, labelled=labelled, variant=variant, native=native)
             out[arm].append(d)
             print(f"  start {i + 1}/{pods} {arm}: {d:.2f} s", flush=True)
     return out
@@ -248,7 +257,8 @@ def main() -> None:
             idle = bench_idle(kube, args.idle_s)
         if idle is not None:
             print(
-                f"idle agent process RSS {idle['agent_rss_MB']:.1f} MB (target <= 60); "
+                f"idle agent process RSS {idle['agent_rss_MB']:.1f} MB "
+                f"({idle['agent_rss_MB'] * 1e6 / 2**20:.1f} MiB; target <= 60 MB); "
                 f"container working set {idle['container_working_set_MB']:.1f} MB, anonymous "
                 f"{idle['container_rss_MB']:.1f} MB (target <= 75); CPU {idle['cpu_s']:.2f} s "
                 f"over {idle['window_s']:.0f} s = "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,18 @@ def test_frame_pointer_detection(tmp_path: Path, flags: list[str], expected: boo
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_running_is_false_for_a_zombie_and_a_gone_pid() -> None:
+    """A child that exited and is not reaped yet is a zombie: exited, for a profile."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert procfs.running(os.getpid())
+    try:
+        deadline = time.monotonic() + 60
+        while procfs.running(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)  # exiting: the exit flag, then the zombie (not reaped: no wait)
+        assert not procfs.running(child.pid)
+        assert (procfs.PROC / str(child.pid)).exists()  # the zombie's /proc entry is there
+    finally:
+        child.wait(timeout=60)
+    assert not procfs.running(child.pid)

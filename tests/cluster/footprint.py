@@ -38,9 +38,14 @@ THREADS_PY = (
 )
 
 
-def app_pod(name: str, *, labelled: bool, variant: str | None = None) -> dict[str, Any]:
-    """A one-container app (the demo image's burner); labelled: the agent injected."""
+def app_pod(
+    name: str, *, labelled: bool, variant: str | None = None, native: bool = True
+) -> dict[str, Any]:
+    """A one-container app (the demo image's burner); labelled: the agent injected, as a
+    native sidecar unless ``native`` is false (the classic sidecar, beside the app)."""
     annotations = {"tracecar.dev/image-variant": variant} if variant else {}
+    if not native:
+        annotations["tracecar.dev/native-sidecar"] = "false"
     return {
         "apiVersion": "v1",
         "kind": "Pod",
