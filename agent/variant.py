@@ -24,8 +24,9 @@ Variant = Literal["full", "core"]
 FULL_ONLY: Final[dict[str, str]] = {
     "bpftrace": "probes through bpftrace (POST /probes: histograms, user stacks, USDT "
     "probes; plain uprobes still work through perf probe), off-CPU profiles by frame "
-    "pointers and the flight recorder (POST /recorder, triggers' and continuous "
-    "profiles' source)",
+    "pointers, the flight recorder (POST /recorder, triggers' and continuous "
+    "profiles' source) and memory profiles of native code (alloc and leak on the C "
+    "allocator; CPython processes still profile in Python frames)",
     "lttng": "LTTng sessions (/lttng/sessions)",
     "lttng-sessiond": "LTTng sessions (/lttng/sessions)",
     "babeltrace2": "reading LTTng traces (/lttng/sessions/{id}/events)",
@@ -35,8 +36,8 @@ FULL_ONLY: Final[dict[str, str]] = {
 }
 """Tool -> the capabilities that need it, for the tools the core image does not carry.
 The core image has perf, py-spy, jattach and the agent: CPU profiles of every runtime
-(perf, py-spy), plain uprobes (perf probe), Python and Java stack snapshots, .NET
-traces and counters, sinks."""
+(perf, py-spy), plain uprobes (perf probe), memory profiles of CPython processes in
+Python frames, Python and Java stack snapshots, .NET traces and counters, sinks."""
 
 HOW_TO_GET_FULL: Final = (
     "use the full agent image: annotate the pod template "

@@ -265,14 +265,23 @@ class Service:
             ("alloc", "where the C allocator is called, by bytes and by allocations"),
             ("leak", "allocations not freed by the end of the window, by bytes"),
         ):
+            python = _pymem.capability(kind, interval=self.settings.python_alloc_interval_bytes)
+            py_ok = (_pymem.available_alloc() if kind == "alloc" else _pymem.available()) is None
+            if bpf.get("available"):
+                available, reason = True, f"bpftrace uprobes on malloc and free: {what}"
+            else:
+                # No bpftrace (the core image): native code cannot be profiled, CPython
+                # processes still can, in Python frames.
+                available = py_ok
+                reason = f"native code: {bpf.get('reason')}" + (
+                    "; CPython processes in Python frames only (python_frames)" if py_ok else ""
+                )
             out[kind] = {
-                "available": bool(bpf.get("available")),
-                "reason": f"bpftrace uprobes on malloc and free: {what}"
-                if bpf.get("available")
-                else bpf.get("reason"),
+                "available": available,
+                "reason": reason,
                 "runtimes": dict(memplan.RUNTIME_NOTES),
                 **({"java_methods": java} if kind == "alloc" else {}),
-                **_pymem.capability(kind, interval=self.settings.python_alloc_interval_bytes),
+                **python,
             }
         return out
 
@@ -315,11 +324,9 @@ class Service:
 
     async def require_tool(self, kind: str) -> None:
         if kind in memplan.MEMORY_TYPES:
-            check = await self._bpftrace_check()
-            if not check.get("available"):
-                raise Unavailable(
-                    f"{kind} profiles need bpftrace: {check.get('reason')}; see GET /capabilities"
-                )
+            # What a memory profile runs depends on its targets: bpftrace for the C
+            # allocator, nothing of ours for Python frames (the core image has no
+            # bpftrace), async-profiler for JVMs. The plan says; create() asks then.
             return
         if kind != "off-cpu":
             await self.require_perf()
@@ -330,13 +337,20 @@ class Service:
                 f"off-CPU profiling is unavailable: {check.get('reason')}; see GET /capabilities"
             )
 
-    async def _require_bpftrace(self) -> None:
+    async def _require_bpftrace(self, kind: str) -> None:
         check = await self._bpftrace_check()
-        if not check.get("available"):
+        if check.get("available"):
+            return
+        if kind in memplan.MEMORY_TYPES:
             raise Unavailable(
-                f"off-CPU profiling by frame pointers needs bpftrace: {check.get('reason')}; "
-                "call_graph dwarf records with perf instead (see GET /capabilities)"
+                f"{kind} profiles of native code need bpftrace (uprobes on the C allocator): "
+                f"{check.get('reason')}; CPython targets are profiled in Python frames "
+                "without it (python_frames); see GET /capabilities"
             )
+        raise Unavailable(
+            f"off-CPU profiling by frame pointers needs bpftrace: {check.get('reason')}; "
+            "call_graph dwarf records with perf instead (see GET /capabilities)"
+        )
 
     async def require_perf(self) -> None:
         perf = await capabilities.perf()
@@ -468,7 +482,7 @@ class Service:
             memory_targets=mem,
         )
         if first.bpftrace_argv:
-            await self._require_bpftrace()
+            await self._require_bpftrace(req.type)
         job = self.jobs.create(
             KIND,
             req.model_dump(exclude_none=True),

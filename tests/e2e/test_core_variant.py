@@ -153,3 +153,31 @@ def test_what_needs_the_full_image_is_a_409_saying_how(
     assert answer["image_variant"] == "core" and answer["needs_image_variant"] == "full", answer
     assert answer["tool"] in {tool, "lttng-sessiond"}, answer
     assert HOW in answer["detail"] and "kubectl tracecar attach" in answer["detail"], answer
+
+
+def test_a_python_leak_profile_in_python_frames_needs_no_bpftrace(
+    core_agent: httpx.Client,
+) -> None:
+    """The core image has no bpftrace; a CPython target's memory profile does not use it
+    (tracemalloc injected for the window, agent/profiling/pymem.py)."""
+    pid = _pid(core_agent, "logger")
+    r = core_agent.post(
+        "/profiles",
+        params={"wait": "true", "format": "folded"},
+        json={"pid": pid, "type": "leak", "duration_s": 2},
+    )
+    assert r.status_code == 200, r.text
+    job = core_agent.get(r.headers["location"]).json()
+    python = job["plan"]["memory"]["python"]
+    assert [t["pid"] for t in python["targets"]] == [pid], job["plan"]
+    assert not job["plan"]["bpftrace_argv"], job["plan"]
+
+
+def test_a_native_memory_profile_needs_the_full_image(core_agent: httpx.Client) -> None:
+    r = core_agent.post(
+        "/profiles", json={"pid": _pid(core_agent, "burner"), "type": "alloc", "duration_s": 2}
+    )
+    assert r.status_code == 409, r.text
+    answer = r.json()
+    assert answer["tool"] == "bpftrace" and answer["needs_image_variant"] == "full", answer
+    assert HOW in answer["detail"], answer
