@@ -167,10 +167,9 @@ def test_a_python_leak_profile_in_python_frames_needs_no_bpftrace(
         json={"pid": pid, "type": "leak", "duration_s": 2},
     )
     assert r.status_code == 200, r.text
-    job = core_agent.get(r.headers["location"]).json()
-    python = job["plan"]["memory"]["python"]
-    assert [t["pid"] for t in python["targets"]] == [pid], job["plan"]
-    assert not job["plan"]["bpftrace_argv"], job["plan"]
+    plan = core_agent.get(r.headers["location"]).json()["metadata"]["plan"]
+    assert [t["pid"] for t in plan["memory"]["python"]["targets"]] == [pid], plan
+    assert not plan["bpftrace_argv"], plan
 
 
 def test_a_native_memory_profile_needs_the_full_image(core_agent: httpx.Client) -> None:
