@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 from pathlib import Path
 
 from agent import _proc
+
+log = logging.getLogger("agent.profiling")
 
 SOURCE = Path(__file__).resolve().parent / "pyalloc_sampler.c"
 LIBRARY = "tracecar-pyalloc.so"
@@ -79,3 +82,37 @@ async def locate(*, prebuilt: Path | None, build_dir: Path) -> tuple[Path | None
         found = await _build(build_dir)
     _found, _done = found, True
     return found
+
+
+class Search:
+    """:func:`locate` as a background task of its service: started with it (a second of
+    gcc must not hold the start-up), awaited by whatever needs the answer (the first
+    alloc profile, ``/capabilities``), cancelled at shutdown. Never fatal: without the
+    sampler, alloc keeps the C-allocator view for Python."""
+
+    def __init__(self, *, prebuilt: Path | None, build_dir: Path) -> None:
+        self.prebuilt, self.build_dir = prebuilt, build_dir
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._locate(), name="pyalloc-sampler")
+
+    async def _locate(self) -> None:
+        try:
+            await locate(prebuilt=self.prebuilt, build_dir=self.build_dir)
+        except Exception as e:
+            log.warning("python alloc sampler unavailable", extra={"fields": {"error": str(e)}})
+
+    async def ready(self) -> None:
+        """The search done (started now if it was not)."""
+        self.start()
+        assert self._task is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._task)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 import time
 import weakref
@@ -66,8 +65,6 @@ from agent.symbolize import resolver as symbolize
 from tracecar_formats import pyspy
 from tracecar_formats.collapse import CollapseOptions, format_folded
 
-log = logging.getLogger("agent.profiling")
-
 ProfileJob = Job[ProfileResult]
 
 # An unresolved frame as the collapser writes it: "[libc.so.6]", "[unknown]".
@@ -92,7 +89,10 @@ class Service:
             "profiles", lambda: sum(j.size_bytes() for j in self.jobs.of_kind(KIND))
         )
         self.metrics.storage_limit.set(settings.max_storage_bytes)
-        self._sampler_task: asyncio.Task[None] | None = None
+        self.sampler = _pysampler.Search(
+            prebuilt=settings.python_alloc_sampler_dir,
+            build_dir=self.jobs.data_dir / KIND / "_native",
+        )
         self.limits = Limits(
             default_duration_s=settings.default_duration_s,
             max_duration_s=settings.max_duration_s,
@@ -115,34 +115,14 @@ class Service:
         """Nothing to sweep beyond what the job store does (``*.part``, dead jobs). The
         Python allocation sampler is found or built in the background (a second of gcc:
         start-up stays fast; a first alloc profile waits for it)."""
-        self._sampler_task = asyncio.create_task(self._sampler(), name="pyalloc-sampler")
-
-    async def _sampler(self) -> None:
-        """The Python allocation sampler located (or built) once; never fatal."""
-        try:
-            await _pysampler.locate(
-                prebuilt=self.settings.python_alloc_sampler_dir,
-                build_dir=self.jobs.data_dir / KIND / "_native",
-            )
-        except Exception as e:  # alloc then keeps the C-allocator view for Python
-            log.warning("python alloc sampler unavailable", extra={"fields": {"error": str(e)}})
+        self.sampler.start()
 
     async def stop(self) -> None:
         """Nothing of its own to stop but the sampler's build: the job store's shutdown
         (run first) asks each recording to stop, so perf gets SIGINT and writes what it
         recorded, and cancels what outlives the grace period (the recorder then stops
         perf); the app's final ``_proc.terminate_all`` reaps anything left."""
-        if self._sampler_task is not None:
-            self._sampler_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._sampler_task
-
-    async def _sampler_ready(self) -> None:
-        """Wait for the sampler's search (started with the service, or now)."""
-        if self._sampler_task is None:
-            self._sampler_task = asyncio.create_task(self._sampler(), name="pyalloc-sampler")
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(self._sampler_task)
+        await self.sampler.stop()
 
     def busy(self) -> bool:
         """A recording profile keeps an idle agent alive."""
@@ -247,7 +227,7 @@ class Service:
     async def _memory_check(self) -> dict[str, object]:
         """alloc and leak: bpftrace on the C allocator, and what each runtime shows."""
         bpf = await self._bpftrace_check()
-        await self._sampler_ready()
+        await self.sampler.ready()
         lib = _asyncprof.library(self.settings.async_profiler_lib)
         no_java = _asyncprof.available(lib)
         java: dict[str, object] = (
@@ -418,7 +398,7 @@ class Service:
         if req.type not in memplan.MEMORY_TYPES:
             return None
         if req.type == "alloc":
-            await self._sampler_ready()
+            await self.sampler.ready()
         return await asyncio.to_thread(
             lambda: [_pymem.with_python(_alloc.find_allocator(f), f, req.type) for f in facts]
         )
