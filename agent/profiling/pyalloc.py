@@ -172,31 +172,17 @@ def _start():
         _write(status, FORMAT + "\nerror " + _error(e) + "\n")
         return
 
-    def watchdog():
-        # Parked on the lock until the end of the window (finish or abort releases it).
-        # Past the deadline without it (the agent is gone), undo what was done here.
-        try:
-            tid = getattr(_thread, "get_native_id", lambda: 0)()
-            _write(status, "\n".join(lines + ["tid %d" % tid, "ok"]) + "\n")
-        except BaseException:
-            pass
-        if state["lock"].acquire(True, DEADLINE_S):
-            return
-        try:
-            if getattr(sys, ATTR, None) is state:
-                delattr(sys, ATTR)
-                _stop(state)
-                # Not unloaded from this thread: an injection arriving now would hold the
-                # loader's lock and wait for the GIL held here (see _finish). The
-                # allocators are restored; the library stays mapped, unused.
-                _close(state, unload=False)
-            _remove(status)
-            _remove(SAMPLER)
-            _remove(os.path.join(DIRECTORY, "tracecar-pymem-" + TOKEN + ".folded"))
-        except BaseException:
-            pass
+    def undo():
+        if getattr(sys, ATTR, None) is state:
+            delattr(sys, ATTR)
+            _stop(state)
+            # Not unloaded from this thread: an injection arriving now would hold the
+            # loader's lock and wait for the GIL held here (see _finish). The
+            # allocators are restored; the library stays mapped, unused.
+            _close(state, unload=False)
+        _remove(SAMPLER)
 
-    _thread_without_signals(watchdog)
+    _watch(state, status, lines, undo)
 
 
 # Whatever happens, nothing reaches the app's stderr (PyRun_SimpleString prints).

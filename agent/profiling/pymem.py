@@ -158,6 +158,34 @@ def _thread_without_signals(fn):
         _thread.start_new_thread(fn, ())
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _watch(state, status, lines, undo, ready=None):
+    # A thread of ours, parked on the lock until the end of the window (finish or abort
+    # releases it); it first says the window is open (after ``ready``). Past the
+    # deadline without the lock (the agent is gone), it undoes what was done (``undo``)
+    # and removes the files.
+    def watchdog():
+        try:
+            if ready is not None:
+                ready()
+            tid = getattr(_thread, "get_native_id", lambda: 0)()
+            _write(status, "\n".join(lines + ["tid %d" % tid, "ok"]) + "\n")
+        except BaseException as e:
+            try:
+                _write(status, FORMAT + "\nerror " + _error(e) + "\n")
+            except BaseException:
+                pass
+        if state["lock"].acquire(True, DEADLINE_S):
+            return
+        try:
+            undo()
+            _remove(status)
+            _remove(os.path.join(DIRECTORY, "tracecar-pymem-" + TOKEN + ".folded"))
+        except BaseException:
+            pass
+
+    _thread_without_signals(watchdog)
 """
 
 _START = r"""
@@ -178,33 +206,18 @@ def _start():
         _write(status, FORMAT + "\nerror " + _error(e) + "\n")
         return
 
-    def watchdog():
-        # Parked on the lock until the end of the window (finish or abort releases it).
-        # Past the deadline without it (the agent is gone), undo what was done here.
-        try:
-            if not state["started"]:
-                # The app traces already: its growth is measured from this snapshot.
-                state["base"] = tracemalloc.take_snapshot()
-            tid = getattr(_thread, "get_native_id", lambda: 0)()
-            _write(status, "\n".join(lines + ["tid %d" % tid, "ok"]) + "\n")
-        except BaseException as e:
-            try:
-                _write(status, FORMAT + "\nerror " + _error(e) + "\n")
-            except BaseException:
-                pass
-        if state["lock"].acquire(True, DEADLINE_S):
-            return
-        try:
-            if getattr(tracemalloc, KEY, None) is state:
-                delattr(tracemalloc, KEY)
-                if state["started"]:
-                    tracemalloc.stop()
-            _remove(status)
-            _remove(os.path.join(DIRECTORY, "tracecar-pymem-" + TOKEN + ".folded"))
-        except BaseException:
-            pass
+    def ready():
+        if not state["started"]:
+            # The app traces already: its growth is measured from this snapshot.
+            state["base"] = tracemalloc.take_snapshot()
 
-    _thread_without_signals(watchdog)
+    def undo():
+        if getattr(tracemalloc, KEY, None) is state:
+            delattr(tracemalloc, KEY)
+            if state["started"]:
+                tracemalloc.stop()
+
+    _watch(state, status, lines, undo, ready)
 
 
 # Whatever happens, nothing reaches the app's stderr (PyRun_SimpleString prints).
