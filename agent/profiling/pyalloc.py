@@ -393,12 +393,11 @@ _NUMBERS = ("interval", "calls", "bytes", "samples", "dropped", "truncated", "st
 
 def parse_output(text: str) -> Output:
     out = Output()
-    lines = text.splitlines()
-    if not lines or lines[0] != FORMAT:
+    rows = pymem.records(text, FORMAT)
+    if rows is None:
         out.error = "the result file is not the agent's"
         return out
-    for line in lines[1:]:
-        key, _, value = line.partition(" ")
+    for key, value, line in rows:
         if key == "error":
             out.error = value
             continue

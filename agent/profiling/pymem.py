@@ -386,14 +386,27 @@ class Status:
     """The watchdog's thread (where the end's injection goes first)."""
 
 
+def records(text: str, fmt: str) -> list[tuple[str, str, str]] | None:
+    """``(key, rest, line)`` of each line of a file the injected code wrote, after its
+    ``fmt`` header line; None when the header is not that (not the agent's file)."""
+    lines = text.splitlines()
+    if not lines or lines[0] != fmt:
+        return None
+    return [(*_key_rest(line), line) for line in lines[1:]]
+
+
+def _key_rest(line: str) -> tuple[str, str]:
+    key, _, rest = line.partition(" ")
+    return key, rest
+
+
 def parse_status(text: str) -> Status:
     st = Status()
-    lines = text.splitlines()
-    if not lines or lines[0] != FORMAT:
+    rows = records(text, FORMAT)
+    if rows is None:
         st.error = "the status file is not the agent's"
         return st
-    for line in lines[1:]:
-        key, _, value = line.partition(" ")
+    for key, value, _ in rows:
         if key == "error":
             st.error = value
         elif key == "ok":
@@ -427,12 +440,11 @@ _ROW = re.compile(r"(.*) (-?\d+) (-?\d+)")
 
 def parse_output(text: str) -> Output:
     out = Output()
-    lines = text.splitlines()
-    if not lines or lines[0] != FORMAT:
+    rows = records(text, FORMAT)
+    if rows is None:
         out.error = "the result file is not the agent's"
         return out
-    for line in lines[1:]:
-        key, _, value = line.partition(" ")
+    for key, value, line in rows:
         nums = value.split()
         if key == "error":
             out.error = value
