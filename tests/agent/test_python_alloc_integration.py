@@ -28,6 +28,7 @@ from tests.agent.memory_profile_workloads import (
     PY_ALLOC_ROUNDS,
     ROUNDS,
 )
+from tests.agent.python_memory_support import app, attached, ready, under, wait_log, window
 from tests.agent.support import folded_total, wait_done
 from tests.conftest import need
 from tests.interpreters import PY38, PY39, PY311_DEBIAN, PY312, PY313
@@ -53,36 +54,6 @@ def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
     assert list(agent.data_dir.rglob("*.part")) == [], "half-written artifacts left behind"
 
 
-def _ready(c: podsim.Container) -> podsim.Container:
-    deadline = time.monotonic() + 30
-    while "ready" not in c.log():
-        assert time.monotonic() < deadline and c.alive(), c.log()
-        time.sleep(0.05)
-    return c
-
-
-def _app(pod: podsim.SimPod, name: str, python: str) -> podsim.Container:
-    return _ready(pod.run(name, [python, "/srv/app.py"], files={"app.py": PY_ALLOC.encode()}))
-
-
-def _attached(client: httpx.Client, job_id: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        body = client.get(f"/profiles/{job_id}").json()
-        if body["metadata"].get("attached"):
-            return
-        assert body["state"] in ("pending", "running"), str(body["error"])[-2500:]
-        assert time.monotonic() < deadline, body
-        time.sleep(0.1)
-
-
-def _wait_log(c: podsim.Container, text: str) -> None:
-    deadline = time.monotonic() + 240
-    while text not in c.log():
-        assert time.monotonic() < deadline and c.alive(), c.log()
-        time.sleep(0.1)
-
-
 def _nothing_left_in(c: podsim.Container) -> None:
     """No file of ours in the target's directories, neither library mapped, no thread of
     ours, no state attribute (the next profile could start)."""
@@ -104,27 +75,6 @@ def _nothing_left_in(c: podsim.Container) -> None:
         time.sleep(0.1)
 
 
-def _under(stacks: dict[str, int], function: str) -> int:
-    return sum(
-        n for s, n in stacks.items() if any(f.startswith(f"{function} (") for f in s.split(";"))
-    )
-
-
-def _alloc_window(client: httpx.Client, c: podsim.Container) -> tuple[str, dict[str, object]]:
-    """An alloc profile of ``c`` over one run of its rounds: started, attached, the rounds
-    run (SIGUSR1), stopped early (what was sampled is kept), succeeded."""
-    r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 300})
-    assert r.status_code == 202, r.text
-    job_id: str = r.json()["id"]
-    _attached(client, job_id)
-    os.kill(c.host_pid, signal.SIGUSR1)
-    _wait_log(c, "done")
-    assert client.delete(f"/profiles/{job_id}").status_code == 202
-    done: dict[str, object] = wait_done(client, job_id, timeout=180)
-    assert done["state"] == "succeeded", str(done["error"])[-3000:]
-    return job_id, done
-
-
 @pytest.mark.parametrize(
     "python",
     [PY312, PY39, PY313, PY311_DEBIAN],
@@ -136,7 +86,7 @@ def test_alloc_in_python_frames_churn_vs_growing_cache(
     if not os.path.exists(python):
         pytest.skip(f"{python} is not on this machine")
     name = "pyalloc" + python.rsplit("python", 1)[-1].replace(".", "")
-    c = _app(pod, name + ("d" if python == PY311_DEBIAN else ""), python)
+    c = app(pod, name + ("d" if python == PY311_DEBIAN else ""), python, PY_ALLOC)
     try:
         plan = client.post("/profiles?dry_run=true", json={"pid": c.pid, "type": "alloc"})
         assert plan.status_code == 200, plan.text
@@ -145,7 +95,7 @@ def test_alloc_in_python_frames_churn_vs_growing_cache(
         assert mem["python"]["interval_bytes"] == INTERVAL, mem["python"]
         assert "sampling allocation tracer" in mem["targets"][0]["sees"], mem
         assert plan.json()["plan"]["bpftrace_argv"] == [], "no bpftrace for Python frames"
-        job_id, done = _alloc_window(client, c)
+        job_id, done = window(client, c, "alloc")
         _nothing_left_in(c)
         truth = [ln for ln in c.log().splitlines() if ln.startswith("truth ")][-1].split()
     finally:
@@ -154,7 +104,7 @@ def test_alloc_in_python_frames_churn_vs_growing_cache(
     meta = done["metadata"]
     assert isinstance(meta, dict)
     stacks = folded_total(client.get(f"/profiles/{job_id}/folded").text)
-    churned, grown = _under(stacks, "churn_bytes"), _under(stacks, "grow_cache")
+    churned, grown = under(stacks, "churn_bytes"), under(stacks, "grow_cache")
     # The issue's bound: each function's bytes within 10% of the truth, sampling
     # accounted for (the list the cache grows adds under 2% to grow_cache's).
     assert abs(churned - churned_truth) <= 0.1 * churned_truth, (churned, churned_truth)
@@ -165,7 +115,7 @@ def test_alloc_in_python_frames_churn_vs_growing_cache(
     # its iterator, whose estimated counts are noisier, each small sample weighing about
     # INTERVAL/size) vs 1 and the list's occasional growth.
     counts = folded_total(client.get(f"/profiles/{job_id}/folded?weight=count").text)
-    n_churn, n_grow = _under(counts, "churn_bytes"), _under(counts, "grow_cache")
+    n_churn, n_grow = under(counts, "churn_bytes"), under(counts, "grow_cache")
     assert n_churn >= 0.85 * 8 * PY_ALLOC_ROUNDS and n_churn >= 4 * n_grow, (n_churn, n_grow)
     assert abs(n_grow - PY_ALLOC_ROUNDS) <= 0.25 * PY_ALLOC_ROUNDS, n_grow
     py = meta["memory"]["python"][str(c.pid)]
@@ -194,20 +144,20 @@ def test_one_alloc_profile_of_a_c_and_a_python_process(
     src.write_text(ALLOC_C)
     binary = tmp_path / "allocator"
     subprocess.run(["gcc", *ALLOC_C_FLAGS, "-o", str(binary), str(src)], check=True, timeout=120)
-    native = _ready(pod.run("callocmix", ["/srv/allocator"], files={"allocator": binary}))
-    py = _app(pod, "pyallocmix", PY312)
+    native = ready(pod.run("callocmix", ["/srv/allocator"], files={"allocator": binary}))
+    py = app(pod, "pyallocmix", PY312, PY_ALLOC)
     try:
         body = {"pids": [native.pid, py.pid], "type": "alloc", "duration_s": 300}
         r = client.post("/profiles", json=body)
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        _attached(client, job_id)
+        attached(client, job_id)
         plan = client.get(f"/profiles/{job_id}").json()["metadata"]["plan"]
         assert f"@__t[{py.pid}]" not in plan["program"], "the Python process is not bpftrace's"
         for c in (native, py):
             os.kill(c.host_pid, signal.SIGUSR1)
         for c in (native, py):
-            _wait_log(c, "done")
+            wait_log(c, "done")
         assert client.delete(f"/profiles/{job_id}").status_code == 202
         done = wait_done(client, job_id, timeout=180)
         assert done["state"] == "succeeded", str(done["error"])[-3000:]
@@ -218,7 +168,7 @@ def test_one_alloc_profile_of_a_c_and_a_python_process(
         py.stop()
     stacks = folded_total(client.get(f"/profiles/{job_id}/folded").text)
     balanced = sum(n for s, n in stacks.items() if "balanced_work" in s.split(";"))
-    churned = _under(stacks, "churn_bytes")
+    churned = under(stacks, "churn_bytes")
     assert abs(balanced - ROUNDS * BALANCED_BYTES) <= 0.1 * ROUNDS * BALANCED_BYTES, balanced
     assert abs(churned - int(truth[1])) <= 0.1 * int(truth[1]), (churned, truth)
     assert any("leaky_work" in s for s in stacks) and LEAKY_BYTES
@@ -231,13 +181,13 @@ def test_one_alloc_profile_of_a_c_and_a_python_process(
 def test_discarded_alloc_profile_leaves_nothing_and_a_second_can_start(
     pod: podsim.SimPod, client: httpx.Client
 ) -> None:
-    c = _app(pod, "pyallocdiscard", PY312)
+    c = app(pod, "pyallocdiscard", PY312, PY_ALLOC)
     try:
         body = {"pid": c.pid, "type": "alloc", "duration_s": 300}
         r = client.post("/profiles", json=body)
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        _attached(client, job_id)
+        attached(client, job_id)
         maps = Path(f"/proc/{c.host_pid}/maps").read_text()
         assert "tracecar-pymem-" in maps and ".sampler.so" in maps, "the sampler is loaded"
         # One profile with Python frames at a time: a second one keeps the C view.
@@ -246,12 +196,12 @@ def test_discarded_alloc_profile_leaves_nothing_and_a_second_can_start(
         assert client.delete(f"/profiles/{job_id}?discard=true").status_code == 204
         _nothing_left_in(c)
         # Everything restored: the same process can be profiled again.
-        job_id, _ = _alloc_window(client, c)
+        job_id, _ = window(client, c, "alloc")
         _nothing_left_in(c)
     finally:
         c.stop()
     stacks = folded_total(client.get(f"/profiles/{job_id}/folded").text)
-    assert _under(stacks, "churn_bytes") > 0 and _under(stacks, "grow_cache") > 0, stacks
+    assert under(stacks, "churn_bytes") > 0 and under(stacks, "grow_cache") > 0, stacks
 
 
 def test_a_sampler_already_running_in_the_target_is_refused(
@@ -260,25 +210,25 @@ def test_a_sampler_already_running_in_the_target_is_refused(
     """Another agent's sampler in the process (its state attribute there): the second
     agent's start is refused by the target's own check, and the first one's is intact."""
     other = podsim.start_agent(pod)
-    c = _app(pod, "pyalloctwice", PY312)
+    c = app(pod, "pyalloctwice", PY312, PY_ALLOC)
     try:
         with other.client() as oc:
             r = oc.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 300})
             assert r.status_code == 202, r.text
             first = r.json()["id"]
-            _attached(oc, first)
+            attached(oc, first)
             r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 5})
             assert r.status_code == 202, r.text
             done = wait_done(client, r.json()["id"], timeout=120)
             assert done["state"] == "failed", done
             assert "already runs in this process" in str(done["error"]), done["error"]
             os.kill(c.host_pid, signal.SIGUSR1)
-            _wait_log(c, "done")
+            wait_log(c, "done")
             assert oc.delete(f"/profiles/{first}").status_code == 202
             ok = wait_done(oc, first, timeout=180)
             assert ok["state"] == "succeeded", ok["error"]
             stacks = folded_total(oc.get(f"/profiles/{first}/folded").text)
-            assert _under(stacks, "churn_bytes") > 0, stacks
+            assert under(stacks, "churn_bytes") > 0, stacks
         _nothing_left_in(c)
     finally:
         c.stop()
@@ -286,12 +236,12 @@ def test_a_sampler_already_running_in_the_target_is_refused(
 
 
 def test_target_exiting_mid_window_says_so(pod: podsim.SimPod, client: httpx.Client) -> None:
-    c = _app(pod, "pyallocexits", PY312)
+    c = app(pod, "pyallocexits", PY312, PY_ALLOC)
     try:
         r = client.post("/profiles", json={"pid": c.pid, "type": "alloc", "duration_s": 300})
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        _attached(client, job_id)
+        attached(client, job_id)
         c.stop()
         assert client.delete(f"/profiles/{job_id}").status_code == 202
         done = wait_done(client, job_id, timeout=180)
@@ -306,7 +256,7 @@ def test_target_exiting_mid_window_says_so(pod: podsim.SimPod, client: httpx.Cli
 def test_python_older_than_3_9_keeps_the_c_view(pod: podsim.SimPod, client: httpx.Client) -> None:
     if not os.path.exists(PY38):
         pytest.skip(f"{PY38} is not on this machine")
-    c = _app(pod, "pyalloc38", PY38)
+    c = app(pod, "pyalloc38", PY38, PY_ALLOC)
     try:
         r = client.post("/profiles?dry_run=true", json={"pid": c.pid, "type": "alloc"})
         assert r.status_code == 200, r.text
@@ -321,7 +271,7 @@ def test_python_older_than_3_9_keeps_the_c_view(pod: podsim.SimPod, client: http
 
 
 def test_python_frames_option_and_capabilities(pod: podsim.SimPod, client: httpx.Client) -> None:
-    c = _app(pod, "pyallocopt", PY312)
+    c = app(pod, "pyallocopt", PY312, PY_ALLOC)
     try:
         body = {"pid": c.pid, "type": "alloc", "python_frames": 4}
         r = client.post("/profiles?dry_run=true", json=body)

@@ -26,6 +26,7 @@ from tests.agent.memory_profile_workloads import (
     PY_ROUNDS,
     ROUNDS,
 )
+from tests.agent.python_memory_support import app, attached, ready, under, wait_log, window
 from tests.agent.support import folded_total, pod_processes, wait_done
 from tests.conftest import need
 from tests.interpreters import PY38, PY311_DEBIAN, PY312, PY313
@@ -49,53 +50,6 @@ def nothing_left(pod: podsim.SimPod, agent: podsim.AgentHandle) -> Iterator[None
         [ln for ln in events.read_text().splitlines() if "libc.so" in ln] if events.exists() else []
     )
     assert left == [], "a uprobe was left in tracefs"
-
-
-def _ready(c: podsim.Container) -> podsim.Container:
-    deadline = time.monotonic() + 30
-    while "ready" not in c.log():
-        assert time.monotonic() < deadline and c.alive(), c.log()
-        time.sleep(0.05)
-    return c
-
-
-def _app(pod: podsim.SimPod, name: str, python: str, *flags: str) -> podsim.Container:
-    return _ready(
-        pod.run(name, [python, *flags, "/srv/app.py"], files={"app.py": PY_MEMORY.encode()})
-    )
-
-
-def _attached(client: httpx.Client, job_id: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        body = client.get(f"/profiles/{job_id}").json()
-        if body["metadata"].get("attached"):
-            return
-        assert body["state"] in ("pending", "running"), str(body["error"])[-2500:]
-        assert time.monotonic() < deadline, body
-        time.sleep(0.1)
-
-
-def _wait_log(c: podsim.Container, text: str) -> None:
-    deadline = time.monotonic() + 240
-    while text not in c.log():
-        assert time.monotonic() < deadline and c.alive(), c.log()
-        time.sleep(0.1)
-
-
-def _leak_window(client: httpx.Client, c: podsim.Container) -> tuple[str, dict[str, object]]:
-    """A leak profile of ``c`` over one run of its rounds: started, attached, the rounds
-    run (SIGUSR1, once tracing runs), stopped (what was seen is kept), succeeded."""
-    r = client.post("/profiles", json={"pid": c.pid, "type": "leak", "duration_s": 300})
-    assert r.status_code == 202, r.text
-    job_id: str = r.json()["id"]
-    _attached(client, job_id)
-    os.kill(c.host_pid, signal.SIGUSR1)
-    _wait_log(c, "done")
-    assert client.delete(f"/profiles/{job_id}").status_code == 202
-    done: dict[str, object] = wait_done(client, job_id, timeout=180)
-    assert done["state"] == "succeeded", str(done["error"])[-3000:]
-    return job_id, done
 
 
 def _tracing(c: podsim.Container) -> bool:
@@ -126,12 +80,6 @@ def _nothing_left_in(c: podsim.Container) -> None:
         time.sleep(0.1)
 
 
-def _under(stacks: dict[str, int], function: str) -> int:
-    return sum(
-        n for s, n in stacks.items() if any(f.startswith(f"{function} (") for f in s.split(";"))
-    )
-
-
 @pytest.mark.parametrize(
     "python",
     [PY312, PY38, PY313, PY311_DEBIAN],
@@ -145,7 +93,7 @@ def test_leak_in_python_frames_growing_cache_vs_churn(
     if not os.path.exists(python):
         pytest.skip(f"{python} is not on this machine")
     name = "pyleak" + python.rsplit("python", 1)[-1].replace(".", "")
-    c = _app(pod, name + ("d" if python == PY311_DEBIAN else ""), python)
+    c = app(pod, name + ("d" if python == PY311_DEBIAN else ""), python, PY_MEMORY)
     try:
         plan = client.post("/profiles?dry_run=true", json={"pid": c.pid, "type": "leak"})
         assert plan.status_code == 200, plan.text
@@ -153,7 +101,7 @@ def test_leak_in_python_frames_growing_cache_vs_churn(
         assert mem["python"]["targets"] == [{"pid": c.pid, "directory": "/tmp"}], mem
         assert "tracemalloc" in mem["targets"][0]["sees"], mem
         assert plan.json()["plan"]["bpftrace_argv"] == [], "no bpftrace for Python frames"
-        job_id, done = _leak_window(client, c)
+        job_id, done = window(client, c, "leak")
         _nothing_left_in(c)
         assert not _tracing(c), "tracemalloc was left running in the app"
     finally:
@@ -162,7 +110,7 @@ def test_leak_in_python_frames_growing_cache_vs_churn(
     assert isinstance(meta, dict)
     stacks = folded_total(client.get(f"/profiles/{job_id}/folded").text)
     total = sum(stacks.values())
-    grown, churned = _under(stacks, "grow_cache"), _under(stacks, "churn")
+    grown, churned = under(stacks, "grow_cache"), under(stacks, "churn")
     # The issue's numbers: >= 90% of what is outstanding under the growing function, and
     # nothing under the one that drops what it allocates.
     assert grown >= 0.9 * total, (grown, total, sorted(stacks.items(), key=lambda kv: -kv[1])[:5])
@@ -177,7 +125,7 @@ def test_leak_in_python_frames_growing_cache_vs_churn(
     top = max(stacks, key=lambda s: stacks[s])
     assert top.split(";")[1] == "[python]" and "/srv/app.py:" in top, top
     counts = folded_total(client.get(f"/profiles/{job_id}/folded?weight=count").text)
-    assert _under(counts, "grow_cache") >= PY_ROUNDS, counts  # a buffer and an object each
+    assert under(counts, "grow_cache") >= PY_ROUNDS, counts  # a buffer and an object each
     py = meta["memory"]["python"][str(c.pid)]
     assert py["app_traced_already"] is False and py["error"] is None, py
     assert py["entered"]["start"]["syscall"] in ("pause", "rt_sigsuspend"), py
@@ -197,20 +145,20 @@ def test_one_leak_profile_of_a_c_and_a_python_process(
     src.write_text(ALLOC_C)
     binary = tmp_path / "allocator"
     subprocess.run(["gcc", *ALLOC_C_FLAGS, "-o", str(binary), str(src)], check=True, timeout=120)
-    native = _ready(pod.run("cmixed", ["/srv/allocator"], files={"allocator": binary}))
-    py = _app(pod, "pymixed", PY312)
+    native = ready(pod.run("cmixed", ["/srv/allocator"], files={"allocator": binary}))
+    py = app(pod, "pymixed", PY312, PY_MEMORY)
     try:
         body = {"pids": [native.pid, py.pid], "type": "leak", "duration_s": 300}
         r = client.post("/profiles", json=body)
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        _attached(client, job_id)  # bpftrace's probes in, after tracemalloc's start
+        attached(client, job_id)  # bpftrace's probes in, after tracemalloc's start
         plan = client.get(f"/profiles/{job_id}").json()["metadata"]["plan"]
         assert f"@__t[{py.pid}]" not in plan["program"], "the Python process is not bpftrace's"
         for c in (native, py):
             os.kill(c.host_pid, signal.SIGUSR1)
         for c in (native, py):
-            _wait_log(c, "done")
+            wait_log(c, "done")
         assert client.delete(f"/profiles/{job_id}").status_code == 202
         done = wait_done(client, job_id, timeout=180)
         assert done["state"] == "succeeded", str(done["error"])[-3000:]
@@ -220,7 +168,7 @@ def test_one_leak_profile_of_a_c_and_a_python_process(
         py.stop()
     stacks = folded_total(client.get(f"/profiles/{job_id}/folded").text)
     leaky = sum(n for s, n in stacks.items() if "leaky_work" in s.split(";"))
-    grown = _under(stacks, "grow_cache")
+    grown = under(stacks, "grow_cache")
     assert abs(leaky - ROUNDS * LEAKY_BYTES) <= 0.1 * ROUNDS * LEAKY_BYTES, leaky
     assert abs(grown - PY_ROUNDS * PY_BLOCK) <= 0.1 * PY_ROUNDS * PY_BLOCK, grown
     assert leaky + grown >= 0.9 * sum(stacks.values()), stacks
@@ -231,12 +179,12 @@ def test_one_leak_profile_of_a_c_and_a_python_process(
 def test_discarded_leak_profile_leaves_nothing_in_the_target(
     pod: podsim.SimPod, client: httpx.Client
 ) -> None:
-    c = _app(pod, "pydiscard", PY312)
+    c = app(pod, "pydiscard", PY312, PY_MEMORY)
     try:
         r = client.post("/profiles", json={"pid": c.pid, "type": "leak", "duration_s": 300})
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        _attached(client, job_id)
+        attached(client, job_id)
         assert _tracing(c), "tracemalloc should run in the app during the window"
         assert client.delete(f"/profiles/{job_id}?discard=true").status_code == 204
         assert client.get(f"/profiles/{job_id}").status_code == 404
@@ -247,9 +195,9 @@ def test_discarded_leak_profile_leaves_nothing_in_the_target(
 
 
 def test_app_that_traces_already_is_left_tracing(pod: podsim.SimPod, client: httpx.Client) -> None:
-    c = _app(pod, "pytraced", PY312, "-X", "tracemalloc=5")
+    c = app(pod, "pytraced", PY312, PY_MEMORY, "-X", "tracemalloc=5")
     try:
-        job_id, done = _leak_window(client, c)
+        job_id, done = window(client, c, "leak")
         _nothing_left_in(c)
         assert _tracing(c), "the app's own tracing was stopped"
     finally:
@@ -258,8 +206,8 @@ def test_app_that_traces_already_is_left_tracing(pod: podsim.SimPod, client: htt
     assert isinstance(meta, dict)
     assert any("traces with tracemalloc itself (5 frames)" in n for n in meta["notes"])
     stacks = folded_total(client.get(f"/profiles/{job_id}/folded").text)
-    grown, total = _under(stacks, "grow_cache"), sum(stacks.values())
-    assert grown >= 0.9 * total and _under(stacks, "churn") == 0, stacks
+    grown, total = under(stacks, "grow_cache"), sum(stacks.values())
+    assert grown >= 0.9 * total and under(stacks, "churn") == 0, stacks
 
 
 def test_app_of_another_user(pod: podsim.SimPod, client: httpx.Client) -> None:
@@ -267,7 +215,7 @@ def test_app_of_another_user(pod: podsim.SimPod, client: httpx.Client) -> None:
     loaded by the app), the result files the other (written by the app, read and removed
     by the agent)."""
     setpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    c = _ready(
+    c = ready(
         # Debian's python (pyenv's live under /root, which nobody cannot read)
         # (/srv comes with the staging directory's 0700: opened for nobody first).
         pod.run(
@@ -277,22 +225,22 @@ def test_app_of_another_user(pod: podsim.SimPod, client: httpx.Client) -> None:
         )
     )
     try:
-        job_id, _ = _leak_window(client, c)
+        job_id, _ = window(client, c, "leak")
         _nothing_left_in(c)
         assert not _tracing(c)
     finally:
         c.stop()
     stacks = folded_total(client.get(f"/profiles/{job_id}/folded").text)
-    assert _under(stacks, "grow_cache") >= 0.9 * sum(stacks.values()), stacks
+    assert under(stacks, "grow_cache") >= 0.9 * sum(stacks.values()), stacks
 
 
 def test_target_exiting_mid_window_says_so(pod: podsim.SimPod, client: httpx.Client) -> None:
-    c = _app(pod, "pyexits", PY312)
+    c = app(pod, "pyexits", PY312, PY_MEMORY)
     try:
         r = client.post("/profiles", json={"pid": c.pid, "type": "leak", "duration_s": 300})
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        _attached(client, job_id)
+        attached(client, job_id)
         c.stop()  # exits mid-window, its traces with it
         assert client.delete(f"/profiles/{job_id}").status_code == 202
         done = wait_done(client, job_id, timeout=180)
@@ -307,7 +255,7 @@ def test_target_exiting_mid_window_says_so(pod: podsim.SimPod, client: httpx.Cli
 
 def test_no_safe_point_is_refused_with_a_message(pod: podsim.SimPod, client: httpx.Client) -> None:
     """One thread computing without pause never waits in a system call: not entered."""
-    c = _ready(pod.run("pybusy", [PY312, "-c", BUSY]))
+    c = ready(pod.run("pybusy", [PY312, "-c", BUSY]))
     try:
         r = client.post("/profiles", json={"pid": c.pid, "type": "leak", "duration_s": 5})
         assert r.status_code == 202, r.text
@@ -326,7 +274,7 @@ def test_noexec_directories_fall_back_to_the_c_allocator_view(
         f"mount -t tmpfs -o noexec,mode=1777 nx{i} {d}"
         for i, d in enumerate(("/tmp", "/var/tmp", "/dev/shm"))
     )
-    c = _ready(
+    c = ready(
         pod.run(
             "pynoexec",
             ["sh", "-c", f"{mounts}; exec {PY312} /srv/app.py"],
@@ -364,7 +312,7 @@ def test_a_python_that_cannot_be_entered_keeps_the_c_view(
     subprocess.run(
         ["gcc", *ALLOC_C_FLAGS, *flags, "-o", str(binary), str(src)], check=True, timeout=120
     )
-    c = _ready(
+    c = ready(
         pod.run("pyfake" + "".join(flags).strip("-"), ["/srv/python3"], files={"python3": binary})
     )
     try:
@@ -379,7 +327,7 @@ def test_a_python_that_cannot_be_entered_keeps_the_c_view(
 
 
 def test_python_frames_option(pod: podsim.SimPod, client: httpx.Client) -> None:
-    c = _app(pod, "pyframes", PY312)
+    c = app(pod, "pyframes", PY312, PY_MEMORY)
     try:
         body = {"pid": c.pid, "type": "leak", "python_frames": 8}
         r = client.post("/profiles?dry_run=true", json=body)
