@@ -42,7 +42,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,7 +55,6 @@ from agent.profiling import _pyspy_record, offcpu_fold
 from agent.profiling._artifacts import FOLDED, KIND
 from agent.profiling._flight_recorder_python import record_second
 from agent.profiling._flight_ring import (
-    Bucket,
     GroupBy,
     GroupSamples,
     ProcessMeta,
@@ -456,46 +455,20 @@ class FlightRecorder:
 
     async def merged(self, start: float, end: float) -> Slice:
         """Folded stacks of the retained part of ``[start, end)`` (whole seconds covering
-        it), merged in a worker thread (a day is 86,400 buckets). 422 only when it is
-        inverted or wholly outside the retained window."""
-        part, buckets = self._part(start, end)
-        return replace(part, stacks=await asyncio.to_thread(merge, buckets))
-
-    def _part(self, start: float, end: float) -> tuple[Slice, list[Bucket]]:
-        """The interval's bounds (checked, on the loop) and its buckets (a snapshot)."""
+        it). Only the checks (the 422s) and a copy of the ring run on the loop; every
+        pass over the buckets (a day is 86,400), the merge included, runs in a worker
+        thread. 422 only when it is inverted or wholly outside the retained window."""
         run = self._running()
         lo, hi = self._clip(run, start, end)
-        w = run.ring.window()
-        assert w is not None
-        part = Slice(
-            stacks={},
-            start=float(lo),
-            end=float(hi),
-            asked_start=start,
-            asked_end=end,
-            window_start=w[0],
-            window_end=w[1],
-            rss=tuple(self._trends(run, lo, hi)),
-            pids=run.ring.pids(lo, hi),
-        )
-        return part, run.ring.buckets_in(lo, hi)
+        return await asyncio.to_thread(_slice, run.ring.frozen(), lo, hi, start, end)
 
-    def memory(self, start: float, end: float) -> RecorderMemory:
+    async def memory(self, start: float, end: float) -> RecorderMemory:
         """``GET /recorder/memory``: each recorded process's RSS over the retained part
-        of ``[start, end)``: its trend, and the series (one point a second)."""
+        of ``[start, end)``: its trend, and the series (one point a second), read in a
+        worker thread as :meth:`merged` is."""
         run = self._running()
         lo, hi = self._clip(run, start, end)
-        series = run.ring.rss(lo, hi)
-        return RecorderMemory(
-            from_=float(lo),
-            to=float(hi),
-            requested_from=start,
-            requested_to=end,
-            processes=[
-                RssSeries(**RssTrendView.of(t).model_dump(), series=series[t.pid])
-                for t in self._trends(run, lo, hi)
-            ],
-        )
+        return await asyncio.to_thread(_memory, run.ring.frozen(), lo, hi, start, end)
 
     # --- for continuous-profile sinks ------------------------------------------------
     def complete_until(self) -> int | None:
@@ -876,3 +849,35 @@ class FlightRecorder:
                 )
         if got.exited:
             py.state = "ended"
+
+
+def _slice(ring: Ring, lo: int, hi: int, start: float, end: float) -> Slice:
+    """The interval's part of a frozen ring, merged (a worker thread's work)."""
+    w = ring.window()
+    assert w is not None
+    return Slice(
+        stacks=merge(ring.buckets_in(lo, hi)),
+        start=float(lo),
+        end=float(hi),
+        asked_start=start,
+        asked_end=end,
+        window_start=w[0],
+        window_end=w[1],
+        rss=tuple(rss_trends(ring.rss(lo, hi), ring.meta)),
+        pids=ring.pids(lo, hi),
+    )
+
+
+def _memory(ring: Ring, lo: int, hi: int, start: float, end: float) -> RecorderMemory:
+    """The processes' RSS over the interval, from a frozen ring (a worker thread's work)."""
+    series = ring.rss(lo, hi)
+    return RecorderMemory(
+        from_=float(lo),
+        to=float(hi),
+        requested_from=start,
+        requested_to=end,
+        processes=[
+            RssSeries(**RssTrendView.of(t).model_dump(), series=series[t.pid])
+            for t in rss_trends(series, ring.meta)
+        ],
+    )

@@ -36,6 +36,7 @@ holds the newest second, its sample total stays right, and the bound holds.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -348,6 +349,17 @@ class Ring:
             self.meta = {pid: m for pid, m in self.meta.items() if pid in pids}
 
     # --- reading --------------------------------------------------------------------
+    def frozen(self) -> Ring:
+        """A copy to read in a worker thread while this ring moves on (the loop appends
+        each second and evicts the oldest): the deque of buckets and the process names
+        copied, at C speed (about a millisecond for a day of buckets); the buckets
+        themselves are shared, since one never changes once appended."""
+        other = copy.copy(self)
+        other.buckets = deque(self.buckets)
+        other.meta = dict(self.meta)
+        other.pending = {}
+        return other
+
     def window(self) -> tuple[float, float] | None:
         """``[start, end)`` of the retained seconds (Unix seconds), None before the first."""
         if not self.buckets or self.complete_until is None:

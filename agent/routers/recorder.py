@@ -144,7 +144,7 @@ async def recorder_memory(
     """Each recorded process's resident memory over ``[from, to)`` (the retained part):
     first, last, min, max, growth per minute, and one point a second, biggest growth
     first. The same seconds as ``/recorder/profile``'s stacks."""
-    return rec.memory(from_, to)
+    return await rec.memory(from_, to)
 
 
 @router.get(

@@ -206,7 +206,7 @@ def test_memory_and_status_answer_typed_rss_trends(monkeypatch: pytest.MonkeyPat
         run.ring.add_sampler(100 + i, {5: {"app;main": 19}}, rss={5: mib << 20})
         run.ring.commit(100 + i + 1.05)
     monkeypatch.setattr("agent.profiling._flight_recorder.time.time", lambda: 103.05)
-    doc = rec.memory(100, 103).model_dump(mode="json", by_alias=True)
+    doc = asyncio.run(rec.memory(100, 103)).model_dump(mode="json", by_alias=True)
     assert (doc["from"], doc["to"], doc["requested_from"]) == (100.0, 103.0, 100)
     (proc,) = doc["processes"]
     assert proc["series"] == [[100, 10 << 20], [101, 12 << 20], [102, 16 << 20]]
