@@ -355,7 +355,23 @@ class FlightRecorder:
         run.watcher = asyncio.create_task(self._watch(run), name="flight-recorder-watch")
         return self.status()
 
+    async def status_with_rss(self) -> RecorderStatus:
+        """:meth:`status` and each process's RSS trend over the whole window (``GET
+        /recorder``): a pass over every bucket, in a worker thread on a frozen copy."""
+        status = self.status()
+        run = self._run
+        w = run.ring.window() if run is not None else None
+        if run is None or w is None:
+            status.rss = [] if run is not None else None
+            return status
+        ring, lo, hi = run.ring.frozen(), int(w[0]), int(w[1])
+        trends = await asyncio.to_thread(lambda: rss_trends(ring.rss(lo, hi), ring.meta))
+        status.rss = [RssTrendView.of(t) for t in trends]
+        return status
+
     def status(self) -> RecorderStatus:
+        """The recorder's state, without the RSS trends (:meth:`status_with_rss`): cheap
+        enough for the loop, which the continuous pushes ask every interval."""
         run = self._run
         if run is None:
             return RecorderStatus(state="stopped", window=None)
@@ -380,7 +396,6 @@ class FlightRecorder:
             evicted_buckets=ring.evicted,
             trimmed_samples=ring.trimmed_samples,
             late_samples=ring.late_samples,
-            rss=[RssTrendView.of(t) for t in self._trends(run, *w)] if w else [],
             leaf_callers_recovered=run.leaf_fixes
             + (run.names.leaf_fixes if run.names is not None else 0),
             python={
@@ -419,10 +434,6 @@ class FlightRecorder:
         run.rss.close()
         if run.scratch is not None:
             await asyncio.to_thread(shutil.rmtree, run.scratch, True)
-
-    @staticmethod
-    def _trends(run: _Run, start: float, end: float) -> list[RssTrend]:
-        return rss_trends(run.ring.rss(int(start), int(end)), run.ring.meta)
 
     def _running(self) -> _Run:
         run = self._run

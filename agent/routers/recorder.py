@@ -66,7 +66,7 @@ async def recorder_status(rec: RecorderDep, sinks: SinksDep) -> profiling.Record
     """State, the retained window (Unix seconds), how far behind real time its newest
     complete second is (``lag_s``), its size, how each Python process is sampled, and
     ``push``: the continuous pushes (null when the recorder is not pushing)."""
-    status = rec.status()
+    status = await rec.status_with_rss()
     status.push = sinks.continuous_status()
     return status
 

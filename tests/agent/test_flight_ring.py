@@ -212,7 +212,7 @@ def test_memory_and_status_answer_typed_rss_trends(monkeypatch: pytest.MonkeyPat
     assert proc["series"] == [[100, 10 << 20], [101, 12 << 20], [102, 16 << 20]]
     assert (proc["pid"], proc["first_bytes"], proc["max_bytes"]) == (5, 10 << 20, 16 << 20)
     assert proc["growth_bytes"] == 6 << 20 and proc["growth_mib_per_min"] == 180.0
-    status = rec.status()
+    status = asyncio.run(rec.status_with_rss())
     assert status.rss is not None and status.rss[0].model_dump() == {
         k: v for k, v in proc.items() if k != "series"
     }
