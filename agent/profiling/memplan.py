@@ -209,43 +209,14 @@ def plan_memory(
             if kind == "leak"
             else "Python frames: " + pyalloc.sampling(python_interval)
         )
-    notes = [
-        "every allocator call of the targets traps into the kernel (a uprobe, ~2 us here; "
-        "bench/memory_bench.py), sampled or not: an app allocating a million times a "
-        "second slows down several-fold while the profile runs",
-        "bpftrace attaches to the allocator's file for every process that maps it: other "
-        "processes of the node using the same file trap too (the program returns at once "
-        "for them)",
-    ]
-    if not usable:
-        notes = []  # no bpftrace: none of its costs
-    notes += [
-        f"pid {t.pid} ({t.comm}): no Python frames ({t.python_why}); the C-allocator view"
-        for t in targets
-        if python_frames and t.python_why and t.python_dir is None
-    ]
-    if py and kind == "leak":
-        notes.append(
-            "Python frames: tracemalloc slows the targets' allocations while the window runs "
-            "and keeps about 60-300 bytes per live block it traces (bench/python_memory_bench.py)"
-        )
-    if py and kind == "alloc":
-        notes.append(
-            "Python frames: " + pyalloc.sampling(python_interval) + "; the wrappers cost "
-            "every allocation a few nanoseconds while the window runs, each sample a walk of "
-            "the Python stack (bench/python_memory_bench.py); only Python's allocators are "
-            "seen (C libraries' own malloc, and PyMem_RawMalloc, are not)"
-        )
-    if kind == "leak" and usable:
-        notes.append(
-            "leak: free is probed too; glibc's free begins with an instruction the kernel "
-            "cannot emulate, so each call is single-stepped (tens of microseconds in a VM; "
-            "bench/memory_bench.py)"
-        )
-        notes.append(
-            "leak: allocations made during the window and not freed by its end; what was "
-            "allocated before it started is not seen (its frees are ignored)"
-        )
+    notes = _notes(
+        kind=kind,
+        native=bool(usable),
+        python=bool(py),
+        targets=targets,
+        python_frames=python_frames,
+        python_interval=python_interval,
+    )
     out = MemoryPlan(
         kind=kind,
         period=period,
@@ -281,3 +252,54 @@ def plan_memory(
         else None,
     )
     return out, text
+
+
+def _notes(
+    *,
+    kind: alloc.MemoryKind,
+    native: bool,
+    python: bool,
+    targets: list[MemoryTargetFacts],
+    python_frames: int,
+    python_interval: int,
+) -> list[str]:
+    """The plan's notes: what each view costs the targets and what it leaves out
+    (``native``: bpftrace probes the C allocator; ``python``: Python frames)."""
+    notes = [
+        "every allocator call of the targets traps into the kernel (a uprobe, ~2 us here; "
+        "bench/memory_bench.py), sampled or not: an app allocating a million times a "
+        "second slows down several-fold while the profile runs",
+        "bpftrace attaches to the allocator's file for every process that maps it: other "
+        "processes of the node using the same file trap too (the program returns at once "
+        "for them)",
+    ]
+    if not native:
+        notes = []  # no bpftrace: none of its costs
+    notes += [
+        f"pid {t.pid} ({t.comm}): no Python frames ({t.python_why}); the C-allocator view"
+        for t in targets
+        if python_frames and t.python_why and t.python_dir is None
+    ]
+    if python and kind == "leak":
+        notes.append(
+            "Python frames: tracemalloc slows the targets' allocations while the window runs "
+            "and keeps about 60-300 bytes per live block it traces (bench/python_memory_bench.py)"
+        )
+    if python and kind == "alloc":
+        notes.append(
+            "Python frames: " + pyalloc.sampling(python_interval) + "; the wrappers cost "
+            "every allocation a few nanoseconds while the window runs, each sample a walk of "
+            "the Python stack (bench/python_memory_bench.py); only Python's allocators are "
+            "seen (C libraries' own malloc, and PyMem_RawMalloc, are not)"
+        )
+    if kind == "leak" and native:
+        notes.append(
+            "leak: free is probed too; glibc's free begins with an instruction the kernel "
+            "cannot emulate, so each call is single-stepped (tens of microseconds in a VM; "
+            "bench/memory_bench.py)"
+        )
+        notes.append(
+            "leak: allocations made during the window and not freed by its end; what was "
+            "allocated before it started is not seen (its frees are ignored)"
+        )
+    return notes
