@@ -238,6 +238,33 @@ def create_app(
     app.dependency_overrides[get_settings] = lambda: settings
     app.add_middleware(idle.ActivityMiddleware, activity=activity)
 
+    _install_error_handlers(app, settings)
+
+    protected = [Depends(require_token)]
+    app.include_router(health.router)
+    app.include_router(metrics_routes.router)  # its own TokenDep: the same rule as the rest
+    app.include_router(capabilities.router, dependencies=protected)
+    app.include_router(processes.router, dependencies=protected)
+    app.include_router(stack_routes.router, dependencies=protected)
+    app.include_router(memory_routes.router, dependencies=protected)
+    app.include_router(profile_diff.router, dependencies=protected)  # before /profiles/{id}
+    app.include_router(profiles.router, dependencies=protected)
+    app.include_router(triggers.router, dependencies=protected)
+    app.include_router(recorder.router, dependencies=protected)
+    app.include_router(probe_routes.router, dependencies=protected)
+    app.include_router(lttng_routes.router, dependencies=protected)
+    app.include_router(dotnet_routes.router, dependencies=protected)
+    app.include_router(dump_routes.router, dependencies=protected)
+    app.include_router(uploads.router, dependencies=protected)
+    return app
+
+
+def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    """The two error channels, kept apart: our own errors (AgentError, a tool's failure
+    mapped by agent.errors' one table) answered with their status and message; a
+    request that does not validate answered 422 saying what was wrong; anything else a
+    500 that names the exception class only (the log has the traceback)."""
+
     @app.exception_handler(AgentError)
     async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
         # RFC 6750: a 401 names the scheme it wants.
@@ -282,24 +309,6 @@ def create_app(
             {"detail": f"internal error ({type(exc).__name__}); see the agent's log"},
             status_code=500,
         )
-
-    protected = [Depends(require_token)]
-    app.include_router(health.router)
-    app.include_router(metrics_routes.router)  # its own TokenDep: the same rule as the rest
-    app.include_router(capabilities.router, dependencies=protected)
-    app.include_router(processes.router, dependencies=protected)
-    app.include_router(stack_routes.router, dependencies=protected)
-    app.include_router(memory_routes.router, dependencies=protected)
-    app.include_router(profile_diff.router, dependencies=protected)  # before /profiles/{id}
-    app.include_router(profiles.router, dependencies=protected)
-    app.include_router(triggers.router, dependencies=protected)
-    app.include_router(recorder.router, dependencies=protected)
-    app.include_router(probe_routes.router, dependencies=protected)
-    app.include_router(lttng_routes.router, dependencies=protected)
-    app.include_router(dotnet_routes.router, dependencies=protected)
-    app.include_router(dump_routes.router, dependencies=protected)
-    app.include_router(uploads.router, dependencies=protected)
-    return app
 
 
 def jsonable_errors(exc: RequestValidationError) -> list[dict[str, object]]:
