@@ -71,7 +71,7 @@ def _uvicorn() -> tuple[type[uvicorn.Config], type[uvicorn.Server]]:
     module (``__path__`` set, nothing executed), its serving modules are imported, and
     the names its own modules import from the package (``from uvicorn import Config``,
     in its lifespan) are put back. If uvicorn's layout ever changes, the plain import
-    is used instead (tests/agent/test_main.py pins the light path)."""
+    is used instead (tests/agent/test_healthcheck.py pins the light path)."""
     if "uvicorn" not in sys.modules:
         spec = importlib.util.find_spec("uvicorn")
         if spec is not None and spec.submodule_search_locations is not None:
