@@ -67,7 +67,12 @@ def test_streamed_equals_whole_text_and_perf_report_totals(perf_data: Path) -> N
     annotated = asyncio.run(
         perf_data_to_folded(perf_data, options=CollapseOptions(tid=True), timeout=60)
     )
-    assert all(re.match(r"^hotcold-\d+/\d+;", k) for k in annotated)
+    # Every stack starts with its thread, "comm-pid/tid". Not every comm is hotcold's:
+    # samples taken between perf's fork and the exec are "perf-exec"'s, and a loaded
+    # machine widens that window.
+    assert all(re.match(r"^[^;]+-\d+/\d+;", k) for k in annotated), list(annotated)[:5]
+    mine = sum(v for k, v in annotated.items() if re.match(r"^hotcold-\d+/\d+;", k))
+    assert mine >= 0.7 * sum(annotated.values()), {k.split(";")[0] for k in annotated}
     assert not _proc.live_children()
 
 
