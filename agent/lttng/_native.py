@@ -68,6 +68,10 @@ async def locate(*, prebuilt: Path | None, build_dir: Path) -> tuple[Path | None
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         return None, f"building the native sink failed ({e}): converting in Python"
+    except BaseException:  # cancelled (the agent stopping mid-build): no half-written file
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     if not await _works(build_dir):
         return None, "babeltrace2 does not load the built sink: converting in Python"
     return build_dir, f"built at start-up in {build_dir}"

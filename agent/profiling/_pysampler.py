@@ -63,6 +63,10 @@ async def _build(build_dir: Path) -> tuple[Path | None, str]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         return None, f"building the sampler failed: {e}"
+    except BaseException:  # cancelled (the agent stopping mid-build): no half-written file
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     why = await asyncio.to_thread(_check, out)
     return (None, why) if why else (out, f"built at start-up in {build_dir}")
 

@@ -148,3 +148,14 @@ def share(stacks: dict[str, int], pattern: str, within: str) -> tuple[int, int]:
 
 def symbols_of(meta: dict, name: str) -> list[dict]:  # type: ignore[type-arg]
     return [e for e in meta["metadata"]["symbols"] if os.path.basename(e["object"]) == name]
+
+
+def half_written(data_dir: Path) -> list[Path]:
+    """The agent's half-written job artifacts (``*.part``). Not the capabilities' own
+    state beside their jobs (``lttng/_home``, ``profile/_native``): a native sink or
+    sampler may still be building there, in the background, while the agent runs."""
+    return [
+        p
+        for p in data_dir.rglob("*.part")
+        if not any(part.startswith("_") for part in p.relative_to(data_dir).parts[:-1])
+    ]

@@ -20,7 +20,7 @@ import pytest
 
 from tests import dotnet_workloads as dn
 from tests import podsim
-from tests.agent.support import folded_total, pod_processes
+from tests.agent.support import folded_total, half_written, pod_processes
 from tests.agent.workloads import HOTCOLD_C, compile_c
 from tests.conftest import need
 
@@ -40,7 +40,7 @@ def nothing_left_behind(pod: podsim.SimPod, agent: podsim.AgentHandle) -> Iterat
     while time.monotonic() < deadline and pod_processes(pod, "perf"):
         time.sleep(0.1)
     assert pod_processes(pod, "perf") == [], "a perf process was left running"
-    assert list(agent.data_dir.rglob("*.part")) == [], "half-written artifacts left behind"
+    assert half_written(agent.data_dir) == [], "half-written artifacts left behind"
 
 
 def run_dotnet(

@@ -31,7 +31,7 @@ from tests.agent.memory_profile_workloads import (
     ROUNDS,
     STATIC_C,
 )
-from tests.agent.support import folded_total, pod_processes, wait_done
+from tests.agent.support import folded_total, half_written, pod_processes, wait_done
 from tests.agent.workloads import build_java
 from tests.conftest import need
 from tests.interpreters import PY312
@@ -53,7 +53,7 @@ def nothing_left(pod: podsim.SimPod, agent: podsim.AgentHandle) -> Iterator[None
     while pod_processes(pod, "bpftrace") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert pod_processes(pod, "bpftrace") == [], "a bpftrace process was left running"
-    assert list(agent.data_dir.rglob("*.part")) == [], "half-written artifacts left behind"
+    assert half_written(agent.data_dir) == [], "half-written artifacts left behind"
     assert _uprobes_of("libc.so") == [], "a uprobe was left in tracefs"
 
 

@@ -19,6 +19,7 @@ from tests.agent.offcpu_workloads import GO_BLOCKER, LIBC_C, LIBC_C_FLAGS, PY_BL
 from tests.agent.support import (
     check_pprof,
     folded_total,
+    half_written,
     pod_processes,
     wait_done,
 )
@@ -38,7 +39,7 @@ def no_bpftrace_left(pod: podsim.SimPod, agent: podsim.AgentHandle) -> Iterator[
         time.sleep(0.1)
     for tool in tools:
         assert pod_processes(pod, tool) == [], f"a {tool} process was left running"
-    assert list(agent.data_dir.rglob("*.part")) == [], "half-written artifacts left behind"
+    assert half_written(agent.data_dir) == [], "half-written artifacts left behind"
 
 
 @pytest.fixture(scope="module")

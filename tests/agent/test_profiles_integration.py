@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import podsim
-from tests.agent.support import check_pprof, folded_total, pod_processes, wait_done
+from tests.agent.support import check_pprof, folded_total, half_written, pod_processes, wait_done
 from tests.agent.workloads import HOTCOLD_C, PY_WORK, SHORT_C, compile_c
 from tests.conftest import need
 from tests.interpreters import PY312
@@ -66,7 +66,7 @@ def nothing_left_behind(pod: podsim.SimPod, agent: podsim.AgentHandle) -> Iterat
     while pod_processes(pod, "perf") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert pod_processes(pod, "perf") == [], "a perf process was left running"
-    assert list(agent.data_dir.rglob("*.part")) == [], "half-written artifacts left behind"
+    assert half_written(agent.data_dir) == [], "half-written artifacts left behind"
     # Perf maps the agent placed in its own /tmp for perf script are gone again.
     agent_tmp = Path(f"/proc/{agent.container.host_pid}/root/tmp")
     assert list(agent_tmp.glob("perf-*.map")) == []

@@ -29,7 +29,7 @@ from tests.agent.memory_profile_workloads import (
     ROUNDS,
 )
 from tests.agent.python_memory_support import app, attached, ready, under, wait_log, window
-from tests.agent.support import folded_total, wait_done
+from tests.agent.support import folded_total, half_written, wait_done
 from tests.conftest import need
 from tests.interpreters import PY38, PY39, PY311_DEBIAN, PY312, PY313
 
@@ -51,7 +51,7 @@ def agent(pod: podsim.SimPod) -> podsim.AgentHandle:
 def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
     with agent.client() as c:
         yield c
-    assert list(agent.data_dir.rglob("*.part")) == [], "half-written artifacts left behind"
+    assert half_written(agent.data_dir) == [], "half-written artifacts left behind"
 
 
 def _nothing_left_in(c: podsim.Container) -> None:

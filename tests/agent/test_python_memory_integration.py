@@ -27,7 +27,7 @@ from tests.agent.memory_profile_workloads import (
     ROUNDS,
 )
 from tests.agent.python_memory_support import app, attached, ready, under, wait_log, window
-from tests.agent.support import folded_total, pod_processes, wait_done
+from tests.agent.support import folded_total, half_written, pod_processes, wait_done
 from tests.conftest import need
 from tests.interpreters import PY38, PY311_DEBIAN, PY312, PY313
 
@@ -44,7 +44,7 @@ def nothing_left(pod: podsim.SimPod, agent: podsim.AgentHandle) -> Iterator[None
     while pod_processes(pod, "bpftrace") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert pod_processes(pod, "bpftrace") == [], "a bpftrace process was left running"
-    assert list(agent.data_dir.rglob("*.part")) == [], "half-written artifacts left behind"
+    assert half_written(agent.data_dir) == [], "half-written artifacts left behind"
     events = Path("/sys/kernel/tracing/uprobe_events")
     left = (
         [ln for ln in events.read_text().splitlines() if "libc.so" in ln] if events.exists() else []

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.support import folded_total, pod_processes, wait_done, wait_processes
+from tests.agent.support import folded_total, half_written, pod_processes, wait_done, wait_processes
 from tests.agent.workloads import (
     GO_CHAIN,
     HOTCOLD_C,
@@ -46,7 +46,7 @@ def nothing_left_behind(pod: podsim.SimPod, agent: podsim.AgentHandle) -> Iterat
         time.sleep(0.1)
     for tool in ("perf", "py-spy", "jattach"):
         assert pod_processes(pod, tool) == [], f"a {tool} process was left running"
-    assert list(agent.data_dir.rglob("*.part")) == [], "half-written artifacts left behind"
+    assert half_written(agent.data_dir) == [], "half-written artifacts left behind"
 
 
 def chain_split(stacks: dict[str, int], *, hot: str, cold: str, main: str) -> tuple[int, int]:
