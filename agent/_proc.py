@@ -315,3 +315,19 @@ async def terminate_all(grace: float = 5.0) -> None:
 
 def live_children() -> list[Child]:
     return list(_live)
+
+
+async def build_shared_library(sources: Sequence[str], out: Path, *, timeout: float) -> None:
+    """``gcc -O2 -fPIC -shared -o OUT SOURCES...`` (``sources`` may end with ``-l``
+    flags), written beside ``out`` under a name of its own and renamed into place: a
+    failed, timed-out or cancelled build (the agent stopping mid-build) leaves no
+    half-written file, and two builds at once do not write into each other's. Raises
+    what :func:`run` raises."""
+    tmp = out.with_name(f"{out.name}.{os.urandom(4).hex()}.part")
+    try:
+        await run(["gcc", "-O2", "-fPIC", "-shared", "-o", str(tmp), *sources], timeout=timeout)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

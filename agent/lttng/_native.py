@@ -11,8 +11,6 @@ reason; the Python converter of :mod:`._read` is used then.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 from pathlib import Path
 
 from agent import _proc
@@ -56,22 +54,12 @@ async def locate(*, prebuilt: Path | None, build_dir: Path) -> tuple[Path | None
         if await _works(prebuilt):
             return prebuilt, f"prebuilt in {prebuilt}"
         return None, f"babeltrace2 does not load {prebuilt / PLUGIN}"
-    out = build_dir / PLUGIN
-    tmp = build_dir / (PLUGIN + ".part")
     try:
-        await _proc.run(
-            ["gcc", "-O2", "-fPIC", "-shared", "-o", str(tmp), str(SOURCE), "-lbabeltrace2"],
-            timeout=BUILD_TIMEOUT_S,
+        await _proc.build_shared_library(
+            [str(SOURCE), "-lbabeltrace2"], build_dir / PLUGIN, timeout=BUILD_TIMEOUT_S
         )
-        os.replace(tmp, out)
     except _proc.ProcError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         return None, f"building the native sink failed ({e}): converting in Python"
-    except BaseException:  # cancelled (the agent stopping mid-build): no half-written file
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     if not await _works(build_dir):
         return None, "babeltrace2 does not load the built sink: converting in Python"
     return build_dir, f"built at start-up in {build_dir}"

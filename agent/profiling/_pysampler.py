@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
 from pathlib import Path
 
 from agent import _proc
@@ -52,21 +50,11 @@ async def _build(build_dir: Path) -> tuple[Path | None, str]:
         return None, "no prebuilt sampler (python_alloc_sampler_dir) and no gcc to build it"
     await asyncio.to_thread(build_dir.mkdir, parents=True, exist_ok=True)
     # Two callers at once (start-up and a first profile) each build their own copy.
-    out, tmp = build_dir / LIBRARY, build_dir / f"{LIBRARY}.{secrets.token_hex(4)}.part"
+    out = build_dir / LIBRARY
     try:
-        await _proc.run(
-            ["gcc", "-O2", "-fPIC", "-shared", "-o", str(tmp), str(SOURCE)],
-            timeout=BUILD_TIMEOUT_S,
-        )
-        os.replace(tmp, out)
+        await _proc.build_shared_library([str(SOURCE)], out, timeout=BUILD_TIMEOUT_S)
     except _proc.ProcError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         return None, f"building the sampler failed: {e}"
-    except BaseException:  # cancelled (the agent stopping mid-build): no half-written file
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     why = await asyncio.to_thread(_check, out)
     return (None, why) if why else (out, f"built at start-up in {build_dir}")
 
