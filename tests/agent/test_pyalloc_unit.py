@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from agent.profiling import _pysampler, memplan, pyalloc, pymem
-from agent.profiling.planner import Plan, ProfileRequest, plan
+from agent.profiling.planner import ProfileRequest
 from tests.interpreters import PY38, PY39, PY312, PY313
-from tests.profiling_pure.support import GLIBC, LIMITS
+from tests.profiling_pure.support import GLIBC, LIMITS, memory_plan, python_target
 
 
 def _token() -> str:
@@ -256,27 +256,13 @@ def test_parse_output_and_fold() -> None:
 # --- the plan ------------------------------------------------------------------------------
 
 
-def _plan(req: ProfileRequest, facts: list[memplan.MemoryTargetFacts]) -> Plan:
-    return plan(
-        req,
-        targets=[],
-        target="pod",
-        limits=dataclasses.replace(LIMITS, python_alloc_interval_bytes=65536),
-        output=Path("perf.data"),
-        pid_ns=1,
-        memory_targets=facts,
-    )
-
-
-def _py(pid: int, *, directory: str | None = "/tmp", why: str = "") -> memplan.MemoryTargetFacts:
-    libc = dataclasses.replace(GLIBC, pid=pid, host_path=f"/proc/{pid}/root/usr/lib/libc.so.6")
-    return memplan.MemoryTargetFacts(
-        pid, "python3", "python", libc, python_dir=directory, python_why=why
-    )
+_LIMITS = dataclasses.replace(LIMITS, python_alloc_interval_bytes=65536)
 
 
 def test_plan_alloc_in_python_frames() -> None:
-    p = _plan(ProfileRequest(type="alloc", pid=7, python_frames=8), [_py(7)])
+    p = memory_plan(
+        ProfileRequest(type="alloc", pid=7, python_frames=8), [python_target(7)], limits=_LIMITS
+    )
     assert p.memory is not None and p.memory.python is not None
     py = p.memory.python
     assert py.frames == 8 and py.interval_bytes == 65536 and py.how == memplan.ALLOC_HOW
@@ -290,8 +276,12 @@ def test_plan_alloc_in_python_frames() -> None:
 
 def test_plan_alloc_mixes_python_frames_and_the_c_view() -> None:
     native = memplan.MemoryTargetFacts(9, "srv", "native", dataclasses.replace(GLIBC, pid=9))
-    old = _py(8, directory=None, why="CPython older than 3.9 (no PyThreadState_GetFrame)")
-    p = _plan(ProfileRequest(type="alloc", pids=[7, 8, 9]), [_py(7), old, native])
+    old = python_target(8, directory=None, why="CPython older than 3.9 (no PyThreadState_GetFrame)")
+    p = memory_plan(
+        ProfileRequest(type="alloc", pids=[7, 8, 9]),
+        [python_target(7), old, native],
+        limits=_LIMITS,
+    )
     assert p.memory is not None and p.memory.python is not None
     assert [t.pid for t in p.memory.python.targets] == [7]
     assert "@__t[8] = 1;" in p.program and "@__t[9] = 1;" in p.program
@@ -299,7 +289,9 @@ def test_plan_alloc_mixes_python_frames_and_the_c_view() -> None:
     assert any("pid 8 (python3): no Python frames (CPython older" in n for n in p.memory.notes)
     assert "pymalloc" in p.memory.targets[1].sees
     # python_frames 0: the C-allocator view asked for.
-    c = _plan(ProfileRequest(type="alloc", pid=7, python_frames=0), [_py(7)])
+    c = memory_plan(
+        ProfileRequest(type="alloc", pid=7, python_frames=0), [python_target(7)], limits=_LIMITS
+    )
     assert c.memory is not None and c.memory.python is None and "@__t[7] = 1;" in c.program
 
 

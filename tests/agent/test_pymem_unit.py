@@ -17,9 +17,9 @@ import pytest
 
 from agent.errors import Invalid
 from agent.profiling import _pyinject, memplan, pymem
-from agent.profiling.planner import Plan, ProfileRequest, plan
+from agent.profiling.planner import ProfileRequest
 from tests.interpreters import PY38, PY312
-from tests.profiling_pure.support import GLIBC, LIMITS
+from tests.profiling_pure.support import GLIBC, memory_plan, python_target
 
 
 def _token() -> str:
@@ -282,27 +282,8 @@ def test_our_threads_take_no_signal_of_the_app() -> None:
 # --- the plan ------------------------------------------------------------------------------
 
 
-def _plan(req: ProfileRequest, facts: list[memplan.MemoryTargetFacts]) -> Plan:
-    return plan(
-        req,
-        targets=[],
-        target="pod",
-        limits=LIMITS,
-        output=Path("perf.data"),
-        pid_ns=1,
-        memory_targets=facts,
-    )
-
-
-def _py(pid: int, *, directory: str | None = "/tmp", why: str = "") -> memplan.MemoryTargetFacts:
-    libc = dataclasses.replace(GLIBC, pid=pid, host_path=f"/proc/{pid}/root/usr/lib/libc.so.6")
-    return memplan.MemoryTargetFacts(
-        pid, "python3", "python", libc, python_dir=directory, python_why=why
-    )
-
-
 def test_plan_python_frames_only_runs_no_bpftrace() -> None:
-    p = _plan(ProfileRequest(type="leak", pid=7, python_frames=8), [_py(7)])
+    p = memory_plan(ProfileRequest(type="leak", pid=7, python_frames=8), [python_target(7)])
     assert p.memory is not None and p.memory.python is not None
     assert p.memory.python.frames == 8
     assert [t.model_dump() for t in p.memory.python.targets] == [{"pid": 7, "directory": "/tmp"}]
@@ -314,8 +295,10 @@ def test_plan_python_frames_only_runs_no_bpftrace() -> None:
 
 def test_plan_mixes_python_frames_and_the_c_allocator_view() -> None:
     native = memplan.MemoryTargetFacts(9, "srv", "native", dataclasses.replace(GLIBC, pid=9))
-    no = _py(8, directory=None, why="a musl libc process: the injection library is built for glibc")
-    p = _plan(ProfileRequest(type="leak", pids=[7, 8, 9]), [_py(7), no, native])
+    no = python_target(
+        8, directory=None, why="a musl libc process: the injection library is built for glibc"
+    )
+    p = memory_plan(ProfileRequest(type="leak", pids=[7, 8, 9]), [python_target(7), no, native])
     assert p.memory is not None and p.memory.python is not None
     assert [t.pid for t in p.memory.python.targets] == [7]
     assert "@__t[8] = 1;" in p.program and "@__t[9] = 1;" in p.program
@@ -323,10 +306,10 @@ def test_plan_mixes_python_frames_and_the_c_allocator_view() -> None:
     assert p.pids == [7, 8, 9] and p.bpftrace_argv[0] == "bpftrace"
     assert any("pid 8 (python3): no Python frames (a musl" in n for n in p.memory.notes)
     # alloc: Python frames too (the sampler: tests/agent/test_pyalloc_unit.py).
-    a = _plan(ProfileRequest(type="alloc", pid=7), [_py(7)])
+    a = memory_plan(ProfileRequest(type="alloc", pid=7), [python_target(7)])
     assert a.memory is not None and a.memory.python is not None and a.program == ""
     # python_frames 0: the C-allocator view asked for, for a process that could be entered.
-    c = _plan(ProfileRequest(type="leak", pid=7, python_frames=0), [_py(7)])
+    c = memory_plan(ProfileRequest(type="leak", pid=7, python_frames=0), [python_target(7)])
     assert c.memory is not None and c.memory.python is None and "@__t[7] = 1;" in c.program
     assert "pymalloc" in c.memory.targets[0].sees and c.memory.targets[0].allocator == "glibc"
 
@@ -337,7 +320,7 @@ def test_python_frames_applies_to_memory_profiles_only() -> None:
         ProfileRequest(type="off-cpu", pid=7, python_frames=0),
     ):
         with pytest.raises(Invalid, match="python_frames applies to alloc and leak"):
-            _plan(req, [_py(7)])
+            memory_plan(req, [python_target(7)])
 
 
 def test_a_thread_waiting_on_a_pipe_is_at_a_safe_point() -> None:

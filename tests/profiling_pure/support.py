@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from agent.profiling import alloc
-from agent.profiling.planner import Limits
+import dataclasses
+from pathlib import Path
+
+from agent.profiling import alloc, memplan
+from agent.profiling.planner import Limits, Plan, ProfileRequest, plan
 
 GLIBC = alloc.Allocator(
     pid=7,
@@ -50,3 +53,28 @@ def wire_fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:
         else:
             raise AssertionError(f"unexpected wire type {wire}")
     return out
+
+
+def memory_plan(
+    req: ProfileRequest, facts: list[memplan.MemoryTargetFacts], *, limits: Limits = LIMITS
+) -> Plan:
+    """The planner's answer for a memory profile of ``facts`` (nothing read from /proc)."""
+    return plan(
+        req,
+        targets=[],
+        target="pod",
+        limits=limits,
+        output=Path("perf.data"),
+        pid_ns=1,
+        memory_targets=facts,
+    )
+
+
+def python_target(
+    pid: int, *, directory: str | None = "/tmp", why: str = ""
+) -> memplan.MemoryTargetFacts:
+    """A CPython process on glibc, its Python frames reachable through ``directory``."""
+    libc = dataclasses.replace(GLIBC, pid=pid, host_path=f"/proc/{pid}/root/usr/lib/libc.so.6")
+    return memplan.MemoryTargetFacts(
+        pid, "python3", "python", libc, python_dir=directory, python_why=why
+    )
