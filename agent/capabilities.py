@@ -170,6 +170,28 @@ async def tool_version(tool: str, *args: str, path: str | None = None) -> Check:
     return result
 
 
+async def bpftrace_offsets() -> bool:
+    """Can bpftrace place a uprobe at an offset into a function (``uprobe:LIB:free+3``)?
+
+    Only a bpftrace built with binutils' disassembler, which checks that the offset is an
+    instruction boundary, can: ``bfd: yes`` in ``bpftrace --info``. Debian's own build
+    says no; scripts/images.d/bpftrace builds one that says yes (the image's, and the one
+    scripts/setup installs)."""
+
+    async def compute() -> bool:
+        found = _proc.which("bpftrace")
+        if found is None:
+            return False
+        try:
+            done = await _proc.run([found, "--info"], timeout=30, check=False)
+        except _proc.ProcError:
+            return False
+        lines = (done.text + done.err).splitlines()
+        return any(line.split() == ["bfd:", "yes"] for line in lines)
+
+    return bool(await _cached("bpftrace-offsets", compute))
+
+
 async def perf() -> Check:
     return await tool_version("perf", "version")
 

@@ -84,6 +84,13 @@ class ObjectSymbols:
         s = self.function_at(vaddr)
         return None if s is None else f"{s.name}+{vaddr - s.address:#x}"
 
+    def vaddr_to_offset(self, vaddr: int) -> int | None:
+        """Where in the file the byte at ``vaddr`` is (None: in no loaded segment's data)."""
+        for off, start, size in self.segments:
+            if start <= vaddr < start + size:
+                return vaddr - start + off
+        return None
+
     def offset_to_vaddr(self, offset: int) -> int:
         for off, vaddr, size in self.segments:
             if off <= offset < off + size:

@@ -2,7 +2,7 @@
 the leak profile holds per tracked allocation, each against the same app unprofiled in
 the same run.
 
-One command: ``.venv/bin/python bench/memory_bench.py [--allocs N] [--rounds N]``.
+One command: ``.venv/bin/python bench/memory_bench.py [--allocs N] [--rounds N] [--app A]``.
 
 The app: one thread allocating and freeing (``malloc`` of 16..4096 bytes, ``free`` of
 the block allocated 64 allocations earlier) with ``work`` iterations of arithmetic
@@ -16,7 +16,10 @@ order per round, medians compared:
 * ``alloc``: exactly the program the planner builds for ``type: alloc`` (the default
   sampling: one allocation under 64 KiB in 16, all larger ones);
 * ``leak``: the same for ``type: leak`` (free probed too, sampled allocations tracked
-  until freed);
+  until freed), free probed past its first instruction as the agent does when bpftrace
+  has offset support (scripts/setup's build; the bench says which bpftrace it ran);
+* ``leak, free at its entry``: what a bpftrace without offset support (Debian's own)
+  costs: glibc's free single-stepped on every call;
 * ``alloc, every allocation``: ``sample_period: 1`` (the BPF side's worst case).
 
 Then the leak profile's memory: bpftrace's BPF maps (``memlock`` of its map fds, all
@@ -27,6 +30,7 @@ agent-side cost (bpftrace's RSS) at the default cap.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import statistics
@@ -38,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent import procfs
+from agent import _proc, capabilities, procfs
 from agent.profiling import _alloc, alloc, memplan
 from agent.profiling._targets import target_facts
 
@@ -78,7 +82,7 @@ int main(int argc, char **argv) {
 """
 
 APPS = {"typical": 15000, "busy": 4000, "storm": 0}
-ARMS = ("unprofiled", "alloc", "leak", "alloc, every allocation")
+ARMS = ("unprofiled", "alloc", "leak", "leak, free at its entry", "alloc, every allocation")
 
 
 def build(tmp: Path) -> Path:
@@ -93,15 +97,21 @@ def build(tmp: Path) -> Path:
     return out
 
 
+def bpftrace_offsets() -> bool:
+    """The agent's own check: can this bpftrace probe past a function's entry?"""
+    return asyncio.run(capabilities.bpftrace_offsets())
+
+
 def program_for(pid: int, arm: str, *, cap: int = alloc.DEFAULT_MAX_OUTSTANDING) -> str:
     facts = _alloc.find_allocator(target_facts(procfs.process_info(pid)))
     _, text = memplan.plan_memory(
-        kind="leak" if arm == "leak" else "alloc",
+        kind="leak" if arm.startswith("leak") else "alloc",
         targets=[facts],
         pid_ns=procfs.own_pid_ns(),
         duration_s=600,
         period=1 if arm == "alloc, every allocation" else alloc.DEFAULT_PERIOD,
         max_outstanding=cap,
+        probe_offsets=arm == "leak" and bpftrace_offsets(),
     )
     return text
 
@@ -140,7 +150,7 @@ def run_once(binary: Path, arm: str, allocs: int, work: int, tmp: Path) -> tuple
     tracer = None
     try:
         if arm != "unprofiled":
-            kind: alloc.MemoryKind = "leak" if arm == "leak" else "alloc"
+            kind: alloc.MemoryKind = "leak" if arm.startswith("leak") else "alloc"
             tracer = start_tracer(app.pid, program_for(app.pid, arm), tmp / "out.json",
                                   alloc.DEFAULT_MAX_OUTSTANDING, kind)  # fmt: skip
         os.kill(app.pid, signal.SIGUSR1)
@@ -215,15 +225,30 @@ def main() -> None:
     ap.add_argument("--allocs", type=int, default=200_000, help="allocations per run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--memory-only", action="store_true", help="only the maps' memory")
+    ap.add_argument(
+        "--app", action="append", choices=sorted(APPS), help="only these apps (repeatable)"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         binary = build(tmp)
+        offsets = bpftrace_offsets()
+        print(
+            f"bpftrace: {_proc.which('bpftrace')}, offset support: "
+            + ("yes (leak: free probed past its first instruction)" if offsets else "NO")
+        )
+        if not offsets:
+            print(
+                "  this bpftrace cannot probe past free's entry: the leak arm costs what "
+                "'free at its entry' does; scripts/setup installs one that can"
+            )
         if args.memory_only:
             memory_per_allocation(binary, tmp)
             return
         worst = 0.0
         for app_name, work in APPS.items():
+            if args.app and app_name not in args.app:
+                continue
             # Fewer allocations when each carries work: every run takes seconds, not minutes.
             n = args.allocs if work == 0 else max(5_000, args.allocs // (1 + work // 400))
             times: dict[str, list[tuple[float, float]]] = {a: [] for a in ARMS}

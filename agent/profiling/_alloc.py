@@ -76,6 +76,19 @@ def _candidates(pid: int, exe: str | None) -> list[tuple[str, str]]:
     return out
 
 
+def _code_at(host: Path, syms: symbols.ObjectSymbols, vaddr: int, size: int = 16) -> bytes:
+    """The first bytes of a function, read from its file (empty if they cannot be)."""
+    offset = syms.vaddr_to_offset(vaddr)
+    if offset is None:
+        return b""
+    try:
+        with host.open("rb") as f:
+            f.seek(offset)
+            return f.read(size)
+    except OSError:
+        return b""
+
+
 def find_allocator(fact: TargetFacts) -> MemoryTargetFacts:
     """The allocator of one target, or why there is none to probe."""
     pid = fact.pid
@@ -103,6 +116,12 @@ def find_allocator(fact: TargetFacts) -> MemoryTargetFacts:
                 continue
             seen_at.add(sym.address)
             functions.append(name)
+        skips: list[tuple[str, int, str]] = []
+        for name in alloc.FREE_FUNCTIONS:
+            if name in functions:
+                n, what = alloc.entry_skip(_code_at(host, syms, by_name[name].address))
+                if n:
+                    skips.append((name, n, "; ".join(what)))
         return MemoryTargetFacts(
             pid,
             fact.comm,
@@ -114,6 +133,7 @@ def find_allocator(fact: TargetFacts) -> MemoryTargetFacts:
                 host_path=str(host),
                 functions=tuple(functions),
                 identity=(st.st_dev, st.st_ino),
+                entry_skips=tuple(skips),
             ),
         )
     if fact.runtime == "go":

@@ -249,6 +249,13 @@ class Service:
             py_ok = (_pymem.available_alloc() if kind == "alloc" else _pymem.available()) is None
             if bpf.get("available"):
                 available, reason = True, f"bpftrace uprobes on malloc and free: {what}"
+                if kind == "leak":
+                    reason += (
+                        "; free is probed past the instructions the kernel would single-step"
+                        if await capabilities.bpftrace_offsets()
+                        else "; free is probed at its entry (this bpftrace has no offset "
+                        "support: glibc's free is single-stepped on every call)"
+                    )
             else:
                 # No bpftrace (the core image): native code cannot be profiled, CPython
                 # processes still can, in Python frames.
@@ -403,12 +410,23 @@ class Service:
             lambda: [_pymem.with_python(_alloc.find_allocator(f), f, req.type) for f in facts]
         )
 
+    @staticmethod
+    async def _offsets(req: ProfileRequest) -> bool:
+        """leak: whether bpftrace can probe free past its entry (asked once, cached)."""
+        return req.type == "leak" and await capabilities.bpftrace_offsets()
+
     async def plan(self, req: ProfileRequest, *, output: Path) -> Plan:
         facts, target = await self._gather(req)
         facts, why_not = await self._offcpu_facts(req, facts)
         mem = await self._memory_facts(req, facts)
         return self._plan(
-            req, facts, target, output=output, dwarf_unavailable=why_not, memory_targets=mem
+            req,
+            facts,
+            target,
+            output=output,
+            dwarf_unavailable=why_not,
+            memory_targets=mem,
+            bpftrace_offsets=await self._offsets(req),
         )
 
     def _plan(
@@ -420,6 +438,7 @@ class Service:
         output: Path,
         dwarf_unavailable: str | None = None,
         memory_targets: list[memplan.MemoryTargetFacts] | None = None,
+        bpftrace_offsets: bool = False,
     ) -> Plan:
         p = plan(
             req,
@@ -432,6 +451,7 @@ class Service:
             pyspy=self._pyspy(),
             jattach=_proc.which("jattach") is not None,
             offcpu_dwarf_unavailable=dwarf_unavailable,
+            bpftrace_offsets=bpftrace_offsets,
         )
         if p.memory is not None:  # alloc: the Java targets' methods, by async-profiler
             lib = _asyncprof.library(self.settings.async_profiler_lib)
@@ -451,6 +471,7 @@ class Service:
         facts, target = await self._gather(req)
         facts, why_not = await self._offcpu_facts(req, facts)
         mem = await self._memory_facts(req, facts)
+        offsets = await self._offsets(req)
         # Plan (validate) before creating the job, so a bad request leaves nothing behind;
         # then again with the job's own output path (planning is pure and cheap).
         first = self._plan(
@@ -460,6 +481,7 @@ class Service:
             output=Path(PERF_DATA),
             dwarf_unavailable=why_not,
             memory_targets=mem,
+            bpftrace_offsets=offsets,
         )
         if first.bpftrace_argv:
             await self._require_bpftrace(req.type)
@@ -471,7 +493,13 @@ class Service:
         )
         output = job.artifact(PERF_DATA).with_name(PERF_DATA + ".part")  # atomic_path's name
         the_plan = self._plan(
-            req, facts, target, output=output, dwarf_unavailable=why_not, memory_targets=mem
+            req,
+            facts,
+            target,
+            output=output,
+            dwarf_unavailable=why_not,
+            memory_targets=mem,
+            bpftrace_offsets=offsets,
         )
         job.result.plan = the_plan
         self.jobs.save(job)

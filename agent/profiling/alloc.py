@@ -37,6 +37,16 @@ once; past it, new ones are counted as dropped (reported), not tracked. The stac
 in bpftrace's stack map (sized by ``BPFTRACE_MAP_KEYS_MAX``); a stack that does not fit
 there is lost and counted from bpftrace's messages.
 
+**Where free is probed.** A uprobe whose first instruction the kernel can emulate (a
+branch, a push, a nop) costs one trap; any other is single-stepped out of line, a second
+trap, tens of microseconds in a VM. glibc's ``free`` begins with ``test %rdi,%rdi``, so a
+leak profile, which must see every free, would pay that on each one. :func:`entry_skip`
+finds the leading instructions of a function that change no argument register and that
+the kernel single-steps (a short table of exact encodings, nothing guessed), and the free
+probes sit past them (``free+3``, at glibc's branch) when bpftrace can place a probe at
+an offset (built with binutils' disassembler, which checks the offset is an instruction
+boundary: scripts/images.d/bpftrace).
+
 Targets are selected by the pid the agent sees, in its own PID namespace, as the
 off-CPU program does (:mod:`agent.profiling.offcpu`). bpftrace 0.17 attaches uprobes
 to the library file for *every* process mapping it (its ``-p`` does not restrict
@@ -67,6 +77,7 @@ __all__ = [
     "Site",
     "Stats",
     "argv",
+    "entry_skip",
     "env",
     "fold",
     "parse_output",
@@ -119,9 +130,38 @@ class Probe:
     path: str
     """The host path bpftrace attaches to (``/proc/PID/root/...``)."""
     functions: tuple[str, ...]
+    offsets: tuple[tuple[str, int], ...] = ()
+    """(function, offset): functions probed past their entry (:func:`entry_skip`)."""
 
     def at(self, name: str) -> str:
-        return f"{self.path}:{name}"
+        off = dict(self.offsets).get(name, 0)
+        return f"{self.path}:{name}+{off}" if off else f"{self.path}:{name}"
+
+
+# Instructions a function may begin with that the kernel single-steps at a uprobe (it
+# emulates branches, calls, pushes and nops only) and that change no argument register,
+# so a probe just past them sees the same arguments: exact encodings, longest first.
+_SKIPPABLE: tuple[tuple[bytes, str], ...] = (
+    (bytes.fromhex("f30f1efa"), "endbr64"),
+    (bytes.fromhex("4885ff"), "test %rdi,%rdi"),
+)
+
+
+def entry_skip(code: bytes) -> tuple[int, tuple[str, ...]]:
+    """How far past a function's entry its probe can sit (x86-64 code at the entry).
+
+    The leading instructions of ``code`` that are in the table (and only those), and
+    their length; (0, ()) when the first instruction is anything else, including one the
+    kernel emulates (nothing to gain). glibc 2.36's free: (3, ("test %rdi,%rdi",))."""
+    at, names = 0, []
+    while True:
+        for encoding, name in _SKIPPABLE:
+            if code.startswith(encoding, at):
+                at += len(encoding)
+                names.append(name)
+                break
+        else:
+            return at, tuple(names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +177,9 @@ class Allocator:
     """The allocation and free functions it defines (of ENTRY_FUNCTIONS and FREE_FUNCTIONS)."""
     identity: tuple[int, int] = (0, 0)
     """(device, inode) of the file: one uprobe per file, whichever target's path names it."""
+    entry_skips: tuple[tuple[str, int, str], ...] = ()
+    """FREE_FUNCTIONS that begin with instructions a probe can sit past (:func:`entry_skip`):
+    (function, offset, the instructions, as an assembler writes them)."""
 
 
 _NS_PID = (

@@ -153,8 +153,12 @@ def plan_memory(
     max_outstanding: int = alloc.DEFAULT_MAX_OUTSTANDING,
     python_frames: int = pymem.DEFAULT_FRAMES,
     python_interval: int = pyalloc.DEFAULT_INTERVAL_BYTES,
+    probe_offsets: bool = False,
 ) -> tuple[MemoryPlan, str]:
-    """The memory plan and its bpftrace program; 409 when no target has an allocator."""
+    """The memory plan and its bpftrace program; 409 when no target has an allocator.
+
+    ``probe_offsets``: bpftrace can place a uprobe at an offset into a function, so a
+    leak profile probes free past the instructions the kernel would single-step."""
     if len(targets) > MAX_TARGETS:
         raise Conflict(
             f"a memory profile watches at most {MAX_TARGETS} processes ({len(targets)} "
@@ -182,7 +186,12 @@ def plan_memory(
         # One set of probes per file: the same libc reached through two targets' roots is
         # one inode, and two uprobes there would count each call twice.
         key: tuple[int, int] | str = a.identity if a.identity != (0, 0) else a.host_path
-        probes.setdefault(key, alloc.Probe(a.host_path, a.functions))
+        offsets = (
+            tuple((name, n) for name, n, _ in a.entry_skips)
+            if probe_offsets and kind == "leak"
+            else ()
+        )
+        probes.setdefault(key, alloc.Probe(a.host_path, a.functions, offsets))
     text = (
         alloc.program(
             kind=kind,
@@ -216,6 +225,7 @@ def plan_memory(
         targets=targets,
         python_frames=python_frames,
         python_interval=python_interval,
+        probe_offsets=probe_offsets,
     )
     out = MemoryPlan(
         kind=kind,
@@ -254,6 +264,32 @@ def plan_memory(
     return out, text
 
 
+def _free_notes(targets: list[MemoryTargetFacts], *, probe_offsets: bool) -> list[str]:
+    """leak: where free is probed, and what each call costs there."""
+    skips = {
+        (name, n, what): t.allocator.path
+        for t in targets
+        if t.allocator is not None
+        for name, n, what in t.allocator.entry_skips
+    }
+    if not skips:
+        return ["leak: free is probed at its entry (one trap per call)"]
+    where = ", ".join(f"{path}: {name}+{n} ({what})" for (name, n, what), path in skips.items())
+    if probe_offsets:
+        return [
+            f"leak: free is probed past its first instructions ({where}): the kernel "
+            "would single-step them on every call, a second trap (tens of microseconds in "
+            "a VM); the instruction there is emulated (bench/memory_bench.py)"
+        ]
+    return [
+        f"leak: free is probed at its entry, and its first instructions ({where}) are "
+        "single-stepped on every call (tens of microseconds in a VM; bench/memory_bench.py): "
+        "this bpftrace cannot place a probe past them (built without offset support: "
+        "`bpftrace --info` says bfd: no; the tracecar image's bpftrace, and the one "
+        "scripts/setup builds, can)"
+    ]
+
+
 def _notes(
     *,
     kind: alloc.MemoryKind,
@@ -262,6 +298,7 @@ def _notes(
     targets: list[MemoryTargetFacts],
     python_frames: int,
     python_interval: int,
+    probe_offsets: bool = False,
 ) -> list[str]:
     """The plan's notes: what each view costs the targets and what it leaves out
     (``native``: bpftrace probes the C allocator; ``python``: Python frames)."""
@@ -293,11 +330,7 @@ def _notes(
             "seen (C libraries' own malloc, and PyMem_RawMalloc, are not)"
         )
     if kind == "leak" and native:
-        notes.append(
-            "leak: free is probed too; glibc's free begins with an instruction the kernel "
-            "cannot emulate, so each call is single-stepped (tens of microseconds in a VM; "
-            "bench/memory_bench.py)"
-        )
+        notes += _free_notes(targets, probe_offsets=probe_offsets)
         notes.append(
             "leak: allocations made during the window and not freed by its end; what was "
             "allocated before it started is not seen (its frees are ignored)"

@@ -533,6 +533,7 @@ def plan(
     jattach: bool = False,
     offcpu_dwarf_unavailable: str | None = None,
     memory_targets: list[memplan.MemoryTargetFacts] | None = None,
+    bpftrace_offsets: bool = False,
 ) -> Plan:
     """Build the ``perf record`` (or off-CPU bpftrace) command for ``request`` on ``targets``,
     and the py-spy commands of its Python targets.
@@ -542,11 +543,17 @@ def plan(
     missing. ``jattach``: whether JVM perf maps can be asked for. py-spy writes its
     raw stacks next to ``output`` (``py-spy-PID.txt``). ``offcpu_dwarf_unavailable``:
     why perf cannot record an off-CPU profile here (None: it can). ``memory_targets``:
-    alloc/leak, each target's allocator (found by the service).
+    alloc/leak, each target's allocator (found by the service). ``bpftrace_offsets``:
+    bpftrace places uprobes at an offset into a function (leak: free past its entry).
     """
     if request.type in memplan.MEMORY_TYPES:
         return _plan_memory(
-            request, targets=memory_targets or [], target=target, limits=limits, pid_ns=pid_ns
+            request,
+            targets=memory_targets or [],
+            target=target,
+            limits=limits,
+            pid_ns=pid_ns,
+            probe_offsets=bpftrace_offsets,
         )
     if request.sample_period is not None or request.max_outstanding is not None:
         raise Invalid(
@@ -839,6 +846,7 @@ def _plan_memory(
     target: str,
     limits: Limits,
     pid_ns: int,
+    probe_offsets: bool,
 ) -> Plan:
     if request.frequency_hz is not None or request.profiler != "auto" or request.python_native:
         raise Invalid(
@@ -872,6 +880,7 @@ def _plan_memory(
         duration_s=duration,
         period=request.sample_period or alloc.DEFAULT_PERIOD,
         max_outstanding=request.max_outstanding or alloc.DEFAULT_MAX_OUTSTANDING,
+        probe_offsets=probe_offsets,
     )
     # Python processes seen in Python frames (leak) are not bpftrace's: the program may be
     # empty (every target one of them), and then no bpftrace runs.

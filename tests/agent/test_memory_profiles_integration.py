@@ -183,6 +183,9 @@ def test_leak_puts_outstanding_bytes_under_the_leaking_function(
     assert b"inuse_space" in pb
     meta = done["metadata"]
     assert isinstance(meta, dict) and meta["memory"]["dropped"] == 0
+    # scripts/setup's bpftrace has offset support: free is probed past glibc's
+    # `test %rdi,%rdi` (bookworm's glibc), and no free was missed there (balanced == 0).
+    assert ":free+3" in meta["plan"]["program"], meta["plan"]["program"]
     _DONE["leak"] = str(job_id)
 
 

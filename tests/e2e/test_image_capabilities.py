@@ -132,6 +132,24 @@ def test_off_cpu_profile(agent: httpx.Client) -> None:
     assert r.text.strip(), "an empty off-CPU profile of a process that sleeps"
 
 
+def test_leak_profile_probes_free_past_its_entry(agent: httpx.Client) -> None:
+    """The image's bpftrace is tracecar's build with offset support: a leak profile of a
+    native process probes glibc's free past its first instruction, and runs."""
+    caps = agent.get("/capabilities").json()
+    leak = caps["profiling"]["types"]["leak"]
+    assert "past the instructions the kernel would single-step" in leak["reason"], leak
+    pid = _pid(agent, "burner")
+    plan = agent.post("/profiles?dry_run=true", json={"pid": pid, "type": "leak"}).json()
+    assert ":free+3" in plan["program"], plan["program"]
+    assert any("past its first instructions" in n for n in plan["memory"]["notes"]), plan
+    r = agent.post(
+        "/profiles",
+        params={"wait": "true", "format": "folded"},
+        json={"pid": pid, "duration_s": 2, "type": "leak"},
+    )
+    assert r.status_code == 200, r.text
+
+
 def test_flight_recorder(agent: httpx.Client) -> None:
     r = agent.post("/recorder", json={})
     assert r.status_code in (200, 201), r.text

@@ -4,6 +4,7 @@ caller recovered from the return address), the plan, and pprof with two sample t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -129,6 +130,62 @@ def test_plan_refuses_what_does_not_apply() -> None:
             _plan(ProfileRequest(type="alloc", pid=7, **bad), [_facts(GLIBC)])  # type: ignore[arg-type]
     with pytest.raises(Invalid, match="sample_period"):
         _plan(ProfileRequest(type="cpu", pid=7, sample_period=3), [])
+
+
+@pytest.mark.parametrize(
+    ("code", "want"),
+    [
+        # glibc 2.36's free (Debian bookworm): test %rdi,%rdi; je
+        ("4885ff0f84c7000000", (3, ("test %rdi,%rdi",))),
+        # a CET build (endbr64 first), then the same test
+        ("f30f1efa4885ff7405", (7, ("endbr64", "test %rdi,%rdi"))),
+        # push %rbp (emulated by the kernel): nothing to gain, the entry stays
+        ("554889e5", (0, ())),
+        # test %rsi,%rsi is not in the table (a different register): the entry stays
+        ("4885f6", (0, ())),
+        ("", (0, ())),
+    ],
+)
+def test_entry_skip_takes_only_known_instructions(
+    code: str, want: tuple[int, tuple[str, ...]]
+) -> None:
+    assert alloc.entry_skip(bytes.fromhex(code)) == want
+
+
+def test_leak_probes_free_past_its_test_when_bpftrace_can() -> None:
+    libc = dataclasses.replace(
+        GLIBC, entry_skips=(("free", 3, "test %rdi,%rdi"),), functions=("malloc", "free")
+    )
+    facts = [_facts(libc)]
+    mem, text = memplan.plan_memory(
+        kind="leak", targets=facts, pid_ns=1, duration_s=1, period=16, probe_offsets=True
+    )
+    assert "uprobe:/proc/7/root/usr/lib/libc.so.6:free+3" in text
+    assert "libc.so.6:malloc+" not in text  # the allocators' entries: emulated there
+    assert any("past its first instructions" in n and "free+3" in n for n in mem.notes), mem.notes
+    # Without offset support: the entry, and the note says why it costs what it does.
+    mem, text = memplan.plan_memory(
+        kind="leak", targets=facts, pid_ns=1, duration_s=1, period=16, probe_offsets=False
+    )
+    assert "libc.so.6:free+" not in text and "uprobe:/proc/7/root/usr/lib/libc.so.6:free" in text
+    assert any("bfd: no" in n and "single-stepped" in n for n in mem.notes), mem.notes
+    # An alloc profile probes no free at all.
+    _mem, text = memplan.plan_memory(
+        kind="alloc", targets=facts, pid_ns=1, duration_s=1, period=16, probe_offsets=True
+    )
+    assert ":free" not in text
+    # The whole planner threads the capability through.
+    p = plan(
+        ProfileRequest(type="leak", pid=7),
+        targets=[],
+        target="pid 7",
+        limits=LIMITS,
+        output=Path("perf.data"),
+        pid_ns=1,
+        memory_targets=facts,
+        bpftrace_offsets=True,
+    )
+    assert p.program is not None and ":free+3" in p.program
 
 
 def test_one_probe_per_file_whatever_the_target() -> None:
