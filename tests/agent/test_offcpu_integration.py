@@ -4,12 +4,15 @@ through libc, Python, Go), in the simulated pod."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import os
 import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -281,12 +284,31 @@ def test_offcpu_per_target_both_recorders_then_discard(
     assert client.get(f"/profiles/{job}").status_code == 404
 
 
+def _wait_for_perf_events(pod: podsim.SimPod, timeout_s: float = 120) -> None:
+    """Until a perf of this pod holds perf events (it has attached to its target)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for pid in pod_processes(pod, "perf"):
+            with contextlib.suppress(OSError):
+                fds = Path(f"/proc/{pid}/fd")
+                if any("perf_event" in os.readlink(fd) for fd in fds.iterdir()):
+                    return
+        time.sleep(0.1)
+    raise AssertionError("perf did not open its events within the timeout")
+
+
 def test_offcpu_dwarf_target_exiting_mid_recording(
     client: httpx.Client, pod: podsim.SimPod
 ) -> None:
     need("perf")
-    app = pod.run("naps", ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.2; done"])
+    # The app naps until perf has its events open on it, then 4 s more, and exits while
+    # perf records. Not a fixed lifetime: on a busy machine perf can take longer to start
+    # than such an app lives, and then there is nothing to record.
+    naps = "for i in $(seq 20); do sleep 0.2; done"
+    app = pod.run("naps", ["sh", "-c", f"until [ -e /tmp/go ]; do sleep 0.2; done; {naps}"])
     r = client.post("/profiles", json={"type": "off-cpu", "pid": app.pid, "duration_s": 60})
+    _wait_for_perf_events(pod)
+    Path(f"/proc/{app.host_pid}/root/tmp/go").touch()
     done = wait_done(client, r.json()["id"], timeout=120)
     assert done["state"] == "succeeded", done
     meta = done["metadata"]
