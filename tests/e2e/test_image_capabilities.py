@@ -139,7 +139,9 @@ def test_leak_profile_probes_free_past_its_entry(agent: httpx.Client) -> None:
     leak = caps["profiling"]["types"]["leak"]
     assert "past the instructions the kernel would single-step" in leak["reason"], leak
     pid = _pid(agent, "burner")
-    plan = agent.post("/profiles?dry_run=true", json={"pid": pid, "type": "leak"}).json()
+    r = agent.post("/profiles", params={"dry_run": "true"}, json={"pid": pid, "type": "leak"})
+    assert r.status_code == 200, r.text
+    plan = r.json()["plan"]
     assert ":free+3" in plan["program"], plan["program"]
     assert any("past its first instructions" in n for n in plan["memory"]["notes"]), plan
     r = agent.post(
