@@ -472,17 +472,21 @@ class Service:
         facts, why_not = await self._offcpu_facts(req, facts)
         mem = await self._memory_facts(req, facts)
         offsets = await self._offsets(req)
+
         # Plan (validate) before creating the job, so a bad request leaves nothing behind;
         # then again with the job's own output path (planning is pure and cheap).
-        first = self._plan(
-            req,
-            facts,
-            target,
-            output=Path(PERF_DATA),
-            dwarf_unavailable=why_not,
-            memory_targets=mem,
-            bpftrace_offsets=offsets,
-        )
+        def planned(output: Path) -> Plan:
+            return self._plan(
+                req,
+                facts,
+                target,
+                output=output,
+                dwarf_unavailable=why_not,
+                memory_targets=mem,
+                bpftrace_offsets=offsets,
+            )
+
+        first = planned(Path(PERF_DATA))
         if first.bpftrace_argv:
             await self._require_bpftrace(req.type)
         job = self.jobs.create(
@@ -492,15 +496,7 @@ class Service:
             max_running=self.settings.max_concurrent_profiles,
         )
         output = job.artifact(PERF_DATA).with_name(PERF_DATA + ".part")  # atomic_path's name
-        the_plan = self._plan(
-            req,
-            facts,
-            target,
-            output=output,
-            dwarf_unavailable=why_not,
-            memory_targets=mem,
-            bpftrace_offsets=offsets,
-        )
+        the_plan = planned(output)
         job.result.plan = the_plan
         self.jobs.save(job)
         self.jobs.start(job, lambda j: self._run_counted(j, the_plan))

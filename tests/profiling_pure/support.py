@@ -56,7 +56,11 @@ def wire_fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:
 
 
 def memory_plan(
-    req: ProfileRequest, facts: list[memplan.MemoryTargetFacts], *, limits: Limits = LIMITS
+    req: ProfileRequest,
+    facts: list[memplan.MemoryTargetFacts],
+    *,
+    limits: Limits = LIMITS,
+    bpftrace_offsets: bool = False,
 ) -> Plan:
     """The planner's answer for a memory profile of ``facts`` (nothing read from /proc)."""
     return plan(
@@ -67,6 +71,7 @@ def memory_plan(
         output=Path("perf.data"),
         pid_ns=1,
         memory_targets=facts,
+        bpftrace_offsets=bpftrace_offsets,
     )
 
 

@@ -12,9 +12,9 @@ import pytest
 
 from agent.errors import Conflict, Invalid
 from agent.profiling import alloc, memplan
-from agent.profiling.planner import ProfileRequest, plan
+from agent.profiling.planner import ProfileRequest
 from tests.profiling_pure import npm_tools
-from tests.profiling_pure.support import GLIBC, LIMITS
+from tests.profiling_pure.support import GLIBC, memory_plan
 from tracecar_formats.memprofile import to_memory_pprof
 
 LIBC = alloc.Probe("/proc/7/root/usr/lib/libc.so.6", ("malloc", "calloc", "free"))
@@ -93,33 +93,21 @@ def _facts(allocator: alloc.Allocator | None, why: str = "") -> memplan.MemoryTa
     return memplan.MemoryTargetFacts(7, "app", "native", allocator, why)
 
 
-def _plan(req: ProfileRequest, facts: list[memplan.MemoryTargetFacts]):  # type: ignore[no-untyped-def]
-    return plan(
-        req,
-        targets=[],
-        target="pid 7",
-        limits=LIMITS,
-        output=Path("perf.data"),
-        pid_ns=1,
-        memory_targets=facts,
-    )
-
-
 def test_plan_says_the_sampling_and_what_each_runtime_shows() -> None:
-    p = _plan(ProfileRequest(type="leak", pid=7, sample_period=4), [_facts(GLIBC)])
+    p = memory_plan(ProfileRequest(type="leak", pid=7, sample_period=4), [_facts(GLIBC)])
     assert p.memory is not None and p.memory.period == 4 and p.pids == [7]
     assert p.memory.sampling.startswith("every allocation of 65536 bytes or more")
     assert p.memory.targets[0].allocator == "glibc" and p.argv == []
     assert p.program and p.bpftrace_argv[0] == "bpftrace"
     go = memplan.MemoryTargetFacts(8, "srv", "go", None, "a Go program without cgo: ...")
-    p = _plan(ProfileRequest(type="alloc", pids=[7, 8]), [_facts(GLIBC), go])
+    p = memory_plan(ProfileRequest(type="alloc", pids=[7, 8]), [_facts(GLIBC), go])
     assert p.pids == [7] and "pid 8 (srv): a Go program" in p.memory.skipped[0]  # type: ignore[union-attr]
     assert "not with malloc" in p.memory.targets[1].sees  # type: ignore[union-attr]
 
 
 def test_plan_refuses_what_does_not_apply() -> None:
     with pytest.raises(Conflict, match="no allocator symbols"):
-        _plan(ProfileRequest(type="alloc", pid=7), [_facts(None, "no allocator symbols: x")])
+        memory_plan(ProfileRequest(type="alloc", pid=7), [_facts(None, "no allocator symbols: x")])
     for bad in (
         {"frequency_hz": 99},
         {"profiler": "perf"},
@@ -127,9 +115,9 @@ def test_plan_refuses_what_does_not_apply() -> None:
         {"max_outstanding": 5},
     ):
         with pytest.raises(Invalid):
-            _plan(ProfileRequest(type="alloc", pid=7, **bad), [_facts(GLIBC)])  # type: ignore[arg-type]
+            memory_plan(ProfileRequest(type="alloc", pid=7, **bad), [_facts(GLIBC)])  # type: ignore[arg-type]
     with pytest.raises(Invalid, match="sample_period"):
-        _plan(ProfileRequest(type="cpu", pid=7, sample_period=3), [])
+        memory_plan(ProfileRequest(type="cpu", pid=7, sample_period=3), [])
 
 
 @pytest.mark.parametrize(
@@ -175,16 +163,7 @@ def test_leak_probes_free_past_its_test_when_bpftrace_can() -> None:
     )
     assert ":free" not in text
     # The whole planner threads the capability through.
-    p = plan(
-        ProfileRequest(type="leak", pid=7),
-        targets=[],
-        target="pid 7",
-        limits=LIMITS,
-        output=Path("perf.data"),
-        pid_ns=1,
-        memory_targets=facts,
-        bpftrace_offsets=True,
-    )
+    p = memory_plan(ProfileRequest(type="leak", pid=7), facts, bpftrace_offsets=True)
     assert p.program is not None and ":free+3" in p.program
 
 
