@@ -13,6 +13,7 @@ it captured. The interval is 5 s here (15 s by default) to keep the stage short.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -350,26 +351,54 @@ def test_a_one_minute_pyroscope_outage_leaves_no_gap(fleet: Fleet) -> None:
     K.wait_until(caught_up, 300, "the agent's pushes past the outage, its spool drained")
     # Every interval of the outage is there: one bucket per interval, none empty.
     start = down_at - INTERVAL_S
-    buckets = {int((t - start) // INTERVAL_S) for t, v in S.series_points(
-        fleet.pyroscope, f'{{pod="{name}",process="burner"}}', start, up_at, 1
-    ) if v > 0}  # fmt: skip
     expected = set(range(int((up_at - start) // INTERVAL_S)))  # each starts before up_at
-    if not expected <= buckets:
-        # Seen once with every interval missing, under heavy load (another stage and
-        # `yes` x2 beside this one), never reproduced: say which side lost them.
-        with agent_client(fleet, pod) as agent:
-            push = agent.get("/recorder").json()["push"]
-        store = fleet.kube.json("get", "pods", "-n", S.NS, "-l", "app=pyroscope")
-        restarts = [
-            (c["name"], c["restartCount"], c.get("lastState"))
-            for p in store["items"]
-            for c in p["status"].get("containerStatuses", [])
-        ]
-        raise AssertionError(
-            f"gaps in {name}'s profiles: intervals {sorted(expected - buckets)} of "
-            f"[{start:.0f}, {up_at:.0f}) in steps of {INTERVAL_S} s; the agent pushed "
-            f"{push.get('recent_intervals')}; Pyroscope's restarts: {restarts}"
+    selector = f'{{pod="{name}",process="burner"}}'
+
+    def buckets(sel: str) -> set[int]:
+        points = S.series_points(fleet.pyroscope, sel, start, up_at, 1)
+        return {int((t - start) // INTERVAL_S) for t, v in points if v > 0}
+
+    seen: set[int] = set()
+
+    def stored() -> bool:
+        nonlocal seen
+        seen = buckets(selector)
+        return expected <= seen
+
+    asked = time.time()
+    with contextlib.suppress(AssertionError):
+        # The spool drains the whole outage in a burst just before this: poll a while
+        # rather than read the store once, and say how long it took when it was not at once.
+        K.wait_until(stored, 60, "the outage's intervals in Pyroscope")
+    if expected <= seen:
+        print(
+            f"the outage's intervals were all in Pyroscope {time.time() - asked:.1f}s after asking"
         )
+        return
+    # Seen twice with every interval missing under heavy load, though the agent had pushed
+    # each of them (1-3 profiles) and its spool was empty: say which side lost them.
+    with agent_client(fleet, pod) as agent:
+        push = agent.get("/recorder").json()["push"]
+        sink = agent.get("/capabilities").json()["sinks"]["pyroscope"]
+    store = fleet.kube.json("get", "pods", "-n", S.NS, "-l", "app=pyroscope")
+    restarts = [
+        (c["name"], c["restartCount"], c.get("lastState"))
+        for p in store["items"]
+        for c in p["status"].get("containerStatuses", [])
+    ]
+    whole = f'{{pod="{name}"}}'
+    logs = fleet.kube.run("logs", "-n", S.NS, "deploy/pyroscope", "--tail=30", check=False)
+    merged = S.flamegraph(fleet.pyroscope, whole, start, up_at)
+    raise AssertionError(
+        f"gaps in {name}'s profiles: intervals {sorted(expected - seen)} of "
+        f"[{start:.0f}, {up_at:.0f}) in steps of {INTERVAL_S} s (asked at {asked:.0f}); "
+        f"without the process label: {sorted(expected - buckets(whole))} missing; its "
+        f"process labels: {S.label_values(fleet.pyroscope, 'process', whole, start, up_at)}; "
+        f"merged total: {merged.get('total')}; "
+        f"since the fleet started: {fleet.total(whole)}; the agent pushed "
+        f"{push.get('recent_intervals')}; its sink: {sink}; Pyroscope's restarts: "
+        f"{restarts}; its log:\n{logs.stdout[-4000:]}"
+    )
 
 
 def test_a_full_spool_counts_its_drops(fleet: Fleet) -> None:
