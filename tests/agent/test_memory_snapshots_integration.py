@@ -29,6 +29,7 @@ from tests.agent.memory_snapshot_workloads import (
     PY_CACHE,
     build_hog,
 )
+from tests.agent.support import half_written
 from tests.agent.workloads import compile_c
 from tests.conftest import need
 from tests.interpreters import PY312
@@ -315,8 +316,10 @@ def test_dump_bigger_than_the_free_space_is_refused_before_writing(
                 and est["free_bytes"] <= SMALL_TMPFS_MIB * MI
             )
         assert c.get("/dumps").json() == []
-    leftovers = [p for p in data.rglob("*") if "dump" in str(p) or p.suffix in (".part", ".hprof")]
-    assert leftovers == []
+    # Not the agent's own state: its LTTng capability may still be building its
+    # babeltrace plugin (a .part under lttng/_home) on a busy machine.
+    leftovers = [p for p in data.rglob("*") if "dump" in str(p) or p.suffix == ".hprof"]
+    assert leftovers + half_written(data) == []
     assert not any(
         n.startswith("tracecar-heap-") for n in os.listdir(f"/proc/{hog.host_pid}/root/tmp")
     )

@@ -65,6 +65,11 @@ def chain_split(stacks: dict[str, int], *, hot: str, cold: str, main: str) -> tu
     return via_cold, direct
 
 
+SPLIT_SAMPLES = 150
+"""Samples enough for the 3:1 split to hold its bounds: with 40, a loaded machine's
+bursty scheduling once gave 30 direct of 55 (0.545, against 0.75 expected)."""
+
+
 def assert_known_split(via_cold: int, direct: int, stacks: dict[str, int]) -> None:
     total = via_cold + direct
     assert total >= 20, (via_cold, direct, sorted(stacks.items(), key=lambda kv: -kv[1])[:10])
@@ -103,7 +108,7 @@ def test_python_whole_stacks_without_perf_support(
         plan = client.post("/profiles", params={"dry_run": "true"}, json={"pid": app.pid})
         (choice,) = plan.json()["plan"]["profilers"]
         assert choice["profiler"] == "py-spy" and "whole Python stacks" in choice["reason"]
-        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=40)
+        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=SPLIT_SAMPLES)
         via_cold, direct = chain_split(
             stacks, hot="hot (/srv/chain.py", cold="cold (", main="main ("
         )
@@ -247,7 +252,7 @@ def test_java_whole_stacks(pod: podsim.SimPod, client: httpx.Client, tmp_path: P
     )  # fmt: skip
     try:
         _wait_cpu(pod, app, 2.0)
-        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=40)
+        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=SPLIT_SAMPLES)
         meta = view["metadata"]
         assert meta["jvm_perf_maps"] == {str(app.pid): "written"}, meta.get("notes")
         via_cold, direct = chain_split(
@@ -285,7 +290,7 @@ def test_node_whole_stacks(pod: podsim.SimPod, client: httpx.Client) -> None:
     )  # fmt: skip
     try:
         _wait_cpu(pod, app, 1.0)
-        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=40)
+        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=SPLIT_SAMPLES)
         via_cold, direct = chain_split(
             stacks, hot="hot /srv/chain.js", cold="cold /srv/chain.js", main="main /srv/chain.js"
         )
@@ -312,7 +317,7 @@ def test_go_whole_stacks(pod: podsim.SimPod, client: httpx.Client, tmp_path: Pat
     app = pod.run("go", ["/srv/chain"], files={"chain": exe})
     try:
         time.sleep(0.5)
-        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=40)
+        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=SPLIT_SAMPLES)
         assert view["metadata"]["plan"]["call_graph"] == "fp"
         assert any("frameless leaf" in r for r in view["metadata"]["plan"]["unresolved"])
         via_cold, direct = chain_split(stacks, hot="main.hot", cold="main.cold", main="main.main")
