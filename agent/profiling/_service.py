@@ -14,6 +14,7 @@ import contextlib
 import re
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -416,18 +417,28 @@ class Service:
         return req.type == "leak" and await capabilities.bpftrace_offsets()
 
     async def plan(self, req: ProfileRequest, *, output: Path) -> Plan:
+        return (await self._planner(req))(output)
+
+    async def _planner(self, req: ProfileRequest) -> Callable[[Path], Plan]:
+        """What ``req``'s plan needs, read from the pod once; planning itself is pure and
+        cheap, so the returned function plans for any output path."""
         facts, target = await self._gather(req)
         facts, why_not = await self._offcpu_facts(req, facts)
         mem = await self._memory_facts(req, facts)
-        return self._plan(
-            req,
-            facts,
-            target,
-            output=output,
-            dwarf_unavailable=why_not,
-            memory_targets=mem,
-            bpftrace_offsets=await self._offsets(req),
-        )
+        offsets = await self._offsets(req)
+
+        def planned(output: Path) -> Plan:
+            return self._plan(
+                req,
+                facts,
+                target,
+                output=output,
+                dwarf_unavailable=why_not,
+                memory_targets=mem,
+                bpftrace_offsets=offsets,
+            )
+
+        return planned
 
     def _plan(
         self,
@@ -468,24 +479,9 @@ class Service:
         if dry_run:
             return await self.plan(req, output=self.jobs.data_dir / KIND / "ID" / PERF_DATA)
         await self.require_tool(req.type)
-        facts, target = await self._gather(req)
-        facts, why_not = await self._offcpu_facts(req, facts)
-        mem = await self._memory_facts(req, facts)
-        offsets = await self._offsets(req)
-
+        planned = await self._planner(req)
         # Plan (validate) before creating the job, so a bad request leaves nothing behind;
-        # then again with the job's own output path (planning is pure and cheap).
-        def planned(output: Path) -> Plan:
-            return self._plan(
-                req,
-                facts,
-                target,
-                output=output,
-                dwarf_unavailable=why_not,
-                memory_targets=mem,
-                bpftrace_offsets=offsets,
-            )
-
+        # then again with the job's own output path.
         first = planned(Path(PERF_DATA))
         if first.bpftrace_argv:
             await self._require_bpftrace(req.type)
