@@ -19,7 +19,14 @@ import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.support import folded_total, half_written, pod_processes, wait_done, wait_processes
+from tests.agent.support import (
+    half_written,
+    pod_processes,
+    profile,
+    profile_until,
+    wait_done,
+    wait_processes,
+)
 from tests.agent.workloads import (
     GO_CHAIN,
     HOTCOLD_C,
@@ -78,23 +85,8 @@ def assert_known_split(via_cold: int, direct: int, stacks: dict[str, int]) -> No
     assert via_cold > 0 and 0.55 <= direct / total <= 0.92, (via_cold, direct, top)
 
 
-def profile(
-    client: httpx.Client, body: dict[str, object], *, min_samples: int = 0
-) -> tuple[dict[str, int], dict]:  # type: ignore[type-arg]
-    """One profile's folded stacks and its view; with ``min_samples``, profiles again
-    (at most 8 times, summing the stacks) until that many samples are in: on a loaded
-    machine the app gets a fraction of a core, and a ratio needs enough samples."""
-    total: dict[str, int] = {}
-    for _ in range(8):
-        r = client.post("/profiles", params={"wait": "true", "format": "folded"}, json=body)
-        assert r.status_code == 200, r.text
-        job_id = r.headers["location"].rsplit("/", 1)[1]
-        meta = client.get(f"/profiles/{job_id}").json()
-        for stack, n in folded_total(r.text).items():
-            total[stack] = total.get(stack, 0) + n
-        if sum(total.values()) >= min_samples:
-            break
-    return total, meta
+def enough_for_a_split(stacks: dict[str, int]) -> bool:
+    return sum(stacks.values()) >= SPLIT_SAMPLES
 
 
 @pytest.mark.parametrize("python", [PY38, PY311, PY312, PY313], ids=["3.8", "3.11", "3.12", "3.13"])
@@ -108,7 +100,7 @@ def test_python_whole_stacks_without_perf_support(
         plan = client.post("/profiles", params={"dry_run": "true"}, json={"pid": app.pid})
         (choice,) = plan.json()["plan"]["profilers"]
         assert choice["profiler"] == "py-spy" and "whole Python stacks" in choice["reason"]
-        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=SPLIT_SAMPLES)
+        stacks, view = profile_until(client, {"pid": app.pid, "duration_s": 2}, enough_for_a_split)
         via_cold, direct = chain_split(
             stacks, hot="hot (/srv/chain.py", cold="cold (", main="main ("
         )
@@ -252,7 +244,7 @@ def test_java_whole_stacks(pod: podsim.SimPod, client: httpx.Client, tmp_path: P
     )  # fmt: skip
     try:
         _wait_cpu(pod, app, 2.0)
-        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=SPLIT_SAMPLES)
+        stacks, view = profile_until(client, {"pid": app.pid, "duration_s": 2}, enough_for_a_split)
         meta = view["metadata"]
         assert meta["jvm_perf_maps"] == {str(app.pid): "written"}, meta.get("notes")
         via_cold, direct = chain_split(
@@ -290,7 +282,7 @@ def test_node_whole_stacks(pod: podsim.SimPod, client: httpx.Client) -> None:
     )  # fmt: skip
     try:
         _wait_cpu(pod, app, 1.0)
-        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=SPLIT_SAMPLES)
+        stacks, view = profile_until(client, {"pid": app.pid, "duration_s": 2}, enough_for_a_split)
         via_cold, direct = chain_split(
             stacks, hot="hot /srv/chain.js", cold="cold /srv/chain.js", main="main /srv/chain.js"
         )
@@ -317,7 +309,7 @@ def test_go_whole_stacks(pod: podsim.SimPod, client: httpx.Client, tmp_path: Pat
     app = pod.run("go", ["/srv/chain"], files={"chain": exe})
     try:
         time.sleep(0.5)
-        stacks, view = profile(client, {"pid": app.pid, "duration_s": 2}, min_samples=SPLIT_SAMPLES)
+        stacks, view = profile_until(client, {"pid": app.pid, "duration_s": 2}, enough_for_a_split)
         assert view["metadata"]["plan"]["call_graph"] == "fp"
         assert any("frameless leaf" in r for r in view["metadata"]["plan"]["unresolved"])
         via_cold, direct = chain_split(stacks, hot="main.hot", cold="main.cold", main="main.main")

@@ -463,7 +463,7 @@ def test_probe_inside_a_function_goes_to_perf_probe(
     app.batch()
     done = detach(client, probe["id"])
     # Seen once at N + 1 under an overload (two stages and `yes` x2 on 2 cores): the whole
-    # answer says whether perf reported lost or unordered events with it.
+    # answer shows the tracer's own loss count (lost_by_tracer) beside the hits.
     assert done["hits"] == N, done
     r = client.post("/probes", json={**body, "backend": "bpftrace"})
     assert r.status_code == 422 and "perf-probe" in r.text, r.text
