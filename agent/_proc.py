@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import signal
 import sys
@@ -109,6 +110,28 @@ def tool_message(stderr: str, returncode: int, *, limit: int = 2000) -> str:
     if len(text) > limit:
         text = "..." + text[-limit:]
     return text or f"exited with status {returncode} and printed nothing on stderr"
+
+
+PERF_START_RACE = (
+    "a thread of the target exited while perf was attaching to its threads (perf's own "
+    "race: it then stops with status 255 and says nothing)"
+)
+_PERF_IGNORED_OPEN = re.compile(r"WARNING: Ignored open failure for pid \d+")
+
+
+def perf_lost_a_thread_at_start(returncode: int, stderr: str) -> bool:
+    """perf record's silent start failure, which starting again cures.
+
+    With ``-p``, a thread of the target that exits after perf opened its events and
+    before perf wrote its COMM record (read from /proc/TID/status) makes perf 6.1 give
+    up with status 255 and nothing on stderr but its notes on threads already gone
+    (``perf record -v`` shows "couldn't open /proc/TID/status"). Apps that start and
+    end threads (.NET's and the JVM's workers) on a busy node hit it. Here because
+    the profiles and the probes both run ``perf record -p``.
+    """
+    if returncode != 255:
+        return False
+    return all(_PERF_IGNORED_OPEN.fullmatch(ln.strip()) for ln in stderr.splitlines() if ln.strip())
 
 
 def _child_setup() -> None:  # pragma: no cover - runs in the child

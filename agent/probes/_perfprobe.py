@@ -345,11 +345,17 @@ class Session:
         deadline = time.monotonic() + TIMEOUT_S
         got = b""
         while time.monotonic() < deadline:
-            if self.record.returncode is not None:
+            rc = self.record.returncode
+            if rc is not None:
+                why = (
+                    f"{_proc.PERF_START_RACE}; try again"
+                    if _proc.perf_lost_a_thread_at_start(rc, self.stderr_tail)
+                    else _proc.tool_message(self.stderr_tail, rc)
+                )
                 raise _proc.ToolFailed(
-                    f"perf record failed: {_proc.tool_message(self.stderr_tail, -1)}",
+                    f"perf record failed: {why}",
                     argv=self.plan.record,
-                    returncode=self.record.returncode,
+                    returncode=rc,
                     stderr=self.stderr_tail,
                 )
             with contextlib.suppress(BlockingIOError):

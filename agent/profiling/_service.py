@@ -52,7 +52,7 @@ from agent.profiling._result import (
 )
 from agent.profiling._targets import target_facts, traceable
 from agent.profiling.offcpu_fold import TimedStats
-from agent.profiling.perf_record import Recording, record
+from agent.profiling.perf_record import Recording, record, restart_note
 from agent.profiling.planner import (
     Limits,
     Plan,
@@ -747,6 +747,8 @@ class Service:
         notes = meta.notes
         if rec is not None and rec.lost:
             notes.append(f"perf lost {rec.lost} chunk(s) of samples (the system was too busy)")
+        if rec is not None and rec.restarts:
+            notes.append(restart_note(rec))
         for s in spies:
             if not s.ok:
                 notes.append(f"py-spy could not profile pid {s.pid}: {s.message[:500]}")
@@ -969,6 +971,8 @@ def _dwarf_notes(rec: Recording, stats: TimedStats | None, period: int) -> list[
             f"perf lost {rec.lost} chunk(s) of off-CPU records (the system was too busy): "
             "the switches in them are missing, and a lost switch-in makes the next one count"
         )
+    if rec.restarts:
+        notes.append(restart_note(rec))
     if period > 1:
         notes.append(
             f"one switch-out in {period} got a stack (perf's sampling period, from the "

@@ -10,12 +10,21 @@ perf's exit status is not the whole story: when every target exits before the
 ``sleep`` ends, perf stops the workload and exits with 143, and on SIGINT with 130;
 both still wrote a good perf.data. Success is "perf said it captured and wrote
 the file", not "exit status 0".
+
+One failure is perf's own race, not the request's: with ``-p``, a thread of the target
+that exits after perf opened its events and before perf wrote that thread's COMM
+record (read from /proc/TID/status) makes perf 6.1 give up with status 255 and
+nothing on stderr (``perf record -v`` shows "couldn't open /proc/TID/status"). Apps
+that start and end threads (.NET's and the JVM's workers), on a busy node, hit it.
+It happens before anything is recorded, so :func:`record` starts perf again, at most
+:data:`START_RACE_RETRIES` times, and says so in :attr:`Recording.restarts`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import signal
 from dataclasses import dataclass
@@ -24,11 +33,15 @@ from pathlib import Path
 from agent import _proc
 from agent.profiling.planner import Plan
 
+log = logging.getLogger(__name__)
+
 # perf leaves the "(N samples)" out when there were none (idle targets).
 _CAPTURED = re.compile(r"Captured and wrote [\d.]+ MB \S+(?: \((\d+) samples\))?")
 _LOST = re.compile(r"(?:lost|Lost) (\d+) (?:chunks|samples)")
 _SLEEP_NOISE = ("Terminated", "Interrupt", "perf: ", "Woken up")
 _STDERR_KEEP = 64 * 1024
+START_RACE_RETRIES = 10
+"""A failed start costs about 0.1 s; an app that churns threads fails most starts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +52,9 @@ class Recording:
     stopped_early: bool
     warnings: list[str]
     stderr: str
+    restarts: int = 0
+    """Times perf stopped at its start on its own race (:data:`agent._proc.PERF_START_RACE`)
+    and was started again."""
 
 
 def parse_stderr(stderr: str) -> tuple[int | None, int, list[str]]:
@@ -52,6 +68,14 @@ def parse_stderr(stderr: str) -> tuple[int | None, int, list[str]]:
         if ln.strip() and not ln.startswith("[ perf record:") and ln.strip() not in _SLEEP_NOISE
     ]
     return samples, lost, warnings[:20]
+
+
+def restart_note(rec: Recording) -> str:
+    """The profile's note when perf had to be started again (never silent)."""
+    return (
+        f"perf record was started again {rec.restarts} time(s): {_proc.PERF_START_RACE}; "
+        "nothing had been recorded yet, so nothing is missing"
+    )
 
 
 async def run_to_end(
@@ -115,17 +139,32 @@ async def run_to_end(
 
 async def record(plan: Plan, *, output: Path, stop: asyncio.Event) -> Recording:
     """Run ``plan.argv`` (which writes ``output``) until it ends, ``stop`` is set, or timeout."""
-    child = await _proc.Child.start(
-        plan.argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    rc, stderr, stopped_early = await run_to_end(child, plan, stop=stop, tool="perf record")
+    restarts = 0
+    while True:
+        child = await _proc.Child.start(
+            plan.argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        rc, stderr, stopped_early = await run_to_end(child, plan, stop=stop, tool="perf record")
+        raced = _proc.perf_lost_a_thread_at_start(rc, stderr)
+        if not raced or stop.is_set() or restarts == START_RACE_RETRIES:
+            break
+        restarts += 1
+        log.warning(
+            "perf record stopped at its start; starting it again",
+            extra={"fields": {"why": _proc.PERF_START_RACE, "restart": restarts}},
+        )
+        # perf keeps an existing output as <output>.old: none may be left behind.
+        await asyncio.to_thread(output.unlink, missing_ok=True)
     samples, lost, warnings = parse_stderr(stderr)
     if samples is None or not await asyncio.to_thread(output.exists):
+        why = (
+            f"it stopped at its start {restarts + 1} times in a row: "
+            f"{_proc.PERF_START_RACE}; try again"
+            if raced
+            else _proc.tool_message(stderr, rc)
+        )
         raise _proc.ToolFailed(
-            f"perf record failed: {_proc.tool_message(stderr, rc)}",
-            argv=plan.argv,
-            returncode=rc,
-            stderr=stderr,
+            f"perf record failed: {why}", argv=plan.argv, returncode=rc, stderr=stderr
         )
     return Recording(
         returncode=rc,
@@ -134,4 +173,5 @@ async def record(plan: Plan, *, output: Path, stop: asyncio.Event) -> Recording:
         stopped_early=stopped_early,
         warnings=warnings,
         stderr=stderr,
+        restarts=restarts,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agent import _proc
 from agent.profiling.perf_record import parse_stderr
 
 TARGET_EXITED = """[ perf record: Woken up 1 times to write data ]
@@ -61,3 +62,21 @@ IDLE = """[ perf record: Woken up 1 times to write data ]
 
 def test_idle_targets_are_zero_samples_not_a_failure() -> None:
     assert parse_stderr(IDLE) == (0, 0, [])
+
+
+# perf 6.1's start race (tests/agent/test_perf_start_race_integration.py provokes it):
+# status 255, and on stderr nothing, or only its notes on threads gone before it opened them.
+RACED_QUIET = ""
+RACED_WITH_NOTES = """WARNING: Ignored open failure for pid 4043
+WARNING: Ignored open failure for pid 4044
+"""
+
+
+def test_the_start_race_is_told_from_real_failures() -> None:
+    assert _proc.perf_lost_a_thread_at_start(255, RACED_QUIET)
+    assert _proc.perf_lost_a_thread_at_start(255, RACED_WITH_NOTES)
+    # perf said why: not the race, not restarted
+    assert not _proc.perf_lost_a_thread_at_start(255, ZOMBIE)
+    # its workload ended (143), or it succeeded: never the race
+    assert not _proc.perf_lost_a_thread_at_start(143, "")
+    assert not _proc.perf_lost_a_thread_at_start(0, TARGET_EXITED)

@@ -402,3 +402,50 @@ int main(void) {
     }
 }
 """
+
+
+# Worker threads on demand, as a runtime starts and ends its workers: SIGUSR2 starts
+# four (blocked on a pipe), SIGUSR1 ends them all (joined before the next signal).
+# tests/agent/perf_start_race.py ends them while perf record -p is starting, in the
+# window where perf 6.1 gives up (agent._proc.perf_lost_a_thread_at_start).
+WORKERS_ON_DEMAND_C = r"""
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#define WORKERS 4
+static int fds[2];
+
+static void *worker(void *arg) {
+    char c;
+    (void)arg;
+    (void)read(fds[0], &c, 1);
+    return 0;
+}
+
+int main(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGUSR2);
+    pthread_sigmask(SIG_BLOCK, &set, 0);
+    if (pipe(fds) != 0) return 1;
+    pthread_t t[WORKERS];
+    int running = 0;
+    printf("ready\n");
+    fflush(stdout);
+    for (;;) {
+        int sig = 0;
+        sigwait(&set, &sig);
+        if (sig == SIGUSR2 && !running) {
+            for (int i = 0; i < WORKERS; i++) pthread_create(&t[i], 0, worker, 0);
+            running = 1;
+        } else if (sig == SIGUSR1 && running) {
+            (void)!write(fds[1], "xxxx", WORKERS);
+            for (int i = 0; i < WORKERS; i++) pthread_join(t[i], 0);
+            running = 0;
+        }
+    }
+}
+"""
