@@ -116,16 +116,29 @@ int main(void) {
 """
 
 
-# Off CPU 9:1 in two known functions: a worker thread sleeps 9 ms in sleep_function,
-# then waits about 1 ms in lock_function for a mutex a holder thread keeps for 1 ms.
+# Off CPU 9:1 in two known functions, on an idle machine: a worker thread sleeps 9 ms
+# in sleep_function, then waits about 1 ms in lock_function for a mutex a holder thread
+# keeps for 1 ms. On a busy one each wake-up also waits for a CPU, and lock_function
+# waits for two (the holder's, then its own), so the split moves: the worker times
+# both functions itself, and SIGUSR1 number N makes it write its totals so far
+# ("sleep_ns lock_ns") to /tmp/truth-N, the ground truth a profile is held to.
 # The libc calls sit behind a noinline inner function each: libc has no frame
 # pointers, so a frame-pointer unwind from inside it skips its caller's frame.
 OFFCPU_C = r"""
 #include <pthread.h>
 #include <semaphore.h>
+#include <signal.h>
+#include <stdio.h>
 #include <time.h>
 static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
 static sem_t go, taken;
+static volatile sig_atomic_t asked;
+static void ask(int sig) { (void)sig; asked++; }
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
 static void nap(long ns) { struct timespec t = {0, ns}; nanosleep(&t, 0); }
 __attribute__((noinline)) void sleep_inner(void) { nap(9000000); __asm__ volatile(""); }
 __attribute__((noinline)) void sleep_function(void) { sleep_inner(); __asm__ volatile(""); }
@@ -141,6 +154,10 @@ __attribute__((noinline)) void lock_function(void) {
     __asm__ volatile("");
 }
 __attribute__((noinline)) void *holder_thread(void *arg) {
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &usr1, 0); /* sem_wait would fail with EINTR */
     for (;;) {
         sem_wait(&go);
         pthread_mutex_lock(&m);
@@ -151,9 +168,23 @@ __attribute__((noinline)) void *holder_thread(void *arg) {
     return arg;
 }
 __attribute__((noinline)) void worker_loop(void) {
+    long long in_sleep = 0, in_lock = 0;
+    int written = 0;
     for (;;) {
+        long long t0 = now_ns();
         sleep_function();
+        long long t1 = now_ns();
         lock_function();
+        long long t2 = now_ns();
+        in_sleep += t1 - t0;
+        in_lock += t2 - t1;
+        if (asked != written) {
+            char path[64];
+            written = asked;
+            snprintf(path, sizeof path, "/tmp/truth-%d", written);
+            FILE *f = fopen(path, "w");
+            if (f) { fprintf(f, "%lld %lld\n", in_sleep, in_lock); fclose(f); }
+        }
     }
 }
 int main(void) {
@@ -161,6 +192,7 @@ int main(void) {
     sem_init(&go, 0, 0);
     sem_init(&taken, 0, 0);
     pthread_create(&h, 0, holder_thread, 0);
+    signal(SIGUSR1, ask);
     worker_loop();
 }
 """
