@@ -1,33 +1,27 @@
-"""Run perf record so that it meets its own start race, for certain (a script the tests
-run as perf's command; see tests/agent/test_perf_start_race_integration.py).
+"""Make perf record meet its own start race, for certain, without touching perf.
 
-    perf_start_race.py COUNT_FILE RACE_CALLS APP_PID perf record ...
-
-The first RACE_CALLS calls race: the app (tests/agent/workloads.py's
-WORKERS_ON_DEMAND_C) starts its four workers and this waits until they are there;
-perf runs under strace, which delays each of perf's opens of /proc/kallsyms by 1 s.
-perf reads kallsyms once more after opening its events and before writing each
-thread's COMM record: once perf's event descriptors stop growing, the workers are
-told to end (SIGUSR1), and they are gone before perf comes to them. Later calls run
-perf as it is (the workers are gone: nothing to race with). The exit status is
-perf's own (strace passes it through).
+perf 6.1 with ``-p`` lists the target's threads, opens its events on each, reads
+/proc/kallsyms (about 0.1 s), and only then writes each thread's COMM record from
+/proc/TID/status. :class:`Racer` watches for a perf started by this test process
+(the real binary, with the argv the agent gives it) holding both its event
+descriptors and kallsyms open: that is the window. It stops perf there (SIGSTOP),
+has the app (tests/agent/workloads.py's WORKERS_ON_DEMAND_C) end its four workers
+and start four new ones, waits until both are done, and lets perf go on (SIGCONT):
+the threads perf opened are gone, deterministically, on a busy machine or not.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
+import threading
 import time
 from collections.abc import Callable
 
-DELAY_US = 1_000_000
 WORKERS = 4
 
 
-def open_files(pid: int) -> list[str]:
-    """What each of ``pid``'s descriptors points at (gone ones left out)."""
+def _open_files(pid: int) -> list[str]:
     out: list[str] = []
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
@@ -41,71 +35,78 @@ def open_files(pid: int) -> list[str]:
     return out
 
 
-def in_the_window(pid: int) -> bool:
-    """perf holds its events open and /proc/kallsyms too: its last kallsyms read,
-    after opening the events and before writing the threads' COMM records. (It reads
-    kallsyms three times before opening any event, and closes it after each read.)"""
-    files = open_files(pid)
-    return "anon_inode:[perf_event]" in files and "/proc/kallsyms" in files
-
-
-def children(pid: int) -> list[int]:
+def _perfs_of(parent: int) -> list[int]:
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
+        with open(f"/proc/{parent}/task/{parent}/children") as f:
+            kids = [int(x) for x in f.read().split()]
     except OSError:
         return []
-
-
-def perf_under(pid: int) -> int | None:
-    for child in children(pid):
+    out = []
+    for kid in kids:
         try:
-            with open(f"/proc/{child}/comm") as f:
+            with open(f"/proc/{kid}/comm") as f:
                 if f.read().strip() == "perf":
-                    return child
+                    out.append(kid)
         except OSError:
             continue
-    return None
+    return out
 
 
-def until(what: str, pred: Callable[[], object], timeout: float = 60) -> None:
+def _until(what: str, pred: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:
-            sys.exit(f"perf_start_race: timed out waiting for {what}")
-        time.sleep(0.02)
+            raise TimeoutError(f"perf_start_race: timed out waiting for {what}")
+        time.sleep(0.005)
 
 
-def race(app: int, perf: list[str]) -> int:
+def workers_of(app: int) -> int:
+    return len(os.listdir(f"/proc/{app}/task")) - 1
+
+
+def start_workers(app: int) -> None:
     os.kill(app, signal.SIGUSR2)
-    until("the workers", lambda: len(os.listdir(f"/proc/{app}/task")) == 1 + WORKERS)
-    slow_kallsyms = ["-P", "/proc/kallsyms", "-e", "trace=openat"]
-    slow_kallsyms += ["-e", f"inject=openat:delay_exit={DELAY_US}"]
-    strace = subprocess.Popen(["strace", "-f", "-o", "/dev/null", *slow_kallsyms, *perf])
-    # strace's first children are its own probes of ptrace: wait for the one that is perf.
-    until("perf", lambda: perf_under(strace.pid) or strace.poll() is not None)
-    perf_pid = perf_under(strace.pid) or 0
-    while strace.poll() is None:
-        if in_the_window(perf_pid):
-            os.kill(app, signal.SIGUSR1)  # the workers end while perf reads (1 s)
-            break
-        time.sleep(0.01)
-    return strace.wait(timeout=300)
+    _until("the workers", lambda: workers_of(app) == WORKERS)
 
 
-def main() -> int:
-    count_file, race_calls, app, *perf = sys.argv[1:]
-    calls = 0
-    if os.path.exists(count_file):
-        with open(count_file) as f:
-            calls = int(f.read())
-    with open(count_file, "w") as f:
-        f.write(str(calls + 1))
-    if calls < int(race_calls):
-        return race(int(app), perf)
-    os.execvp(perf[0], perf)
-    return 127  # not reached: exec replaces this process
+class Racer:
+    """While entered, the first ``races`` perfs this process starts lose their threads
+    inside perf's window; ``raced`` counts them."""
 
+    def __init__(self, app: int, *, races: int) -> None:
+        self.app = app
+        self.races = races
+        self.raced = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-if __name__ == "__main__":
-    sys.exit(main())
+    def __enter__(self) -> Racer:
+        start_workers(self.app)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=60)
+
+    def _watch(self) -> None:
+        seen: set[int] = set()
+        while not self._done.is_set() and self.raced < self.races:
+            for perf in _perfs_of(os.getpid()):
+                if perf in seen:
+                    continue
+                files = _open_files(perf)
+                if "anon_inode:[perf_event]" in files and "/proc/kallsyms" in files:
+                    seen.add(perf)
+                    self._race(perf)
+            time.sleep(0.001)
+
+    def _race(self, perf: int) -> None:
+        os.kill(perf, signal.SIGSTOP)
+        try:
+            os.kill(self.app, signal.SIGUSR1)  # the workers perf opened end...
+            _until("the workers' end", lambda: workers_of(self.app) == 0)
+            start_workers(self.app)  # ...and new ones are there for perf's next start
+            self.raced += 1
+        finally:
+            os.kill(perf, signal.SIGCONT)

@@ -5,9 +5,9 @@ the target exits after perf opened its events and before perf wrote that thread'
 COMM record. It was seen once in a loaded run, profiling a .NET app ("perf record
 failed: exited with status 255 and printed nothing on stderr"); an app whose threads
 live 50-400 ms loses about three starts in four to it here. The window is perf
-reading /proc/kallsyms (about 0.1 s): ``perf_start_race.py`` slows that read down with
-strace and ends the app's workers inside it, so the race happens every time, busy
-machine or not. Nothing in perf or in its output is imitated. (Upstream perf skips
+reading /proc/kallsyms (about 0.1 s): ``perf_start_race.Racer`` stops the real perf
+there (SIGSTOP), ends the app's workers and lets perf go on, so the race happens every
+time, busy machine or not. perf runs with the agent's own argv, unwrapped. (Upstream perf skips
 such a thread since Cruz Zhao's "perf: ignore exited thread when synthesize thread
 map"; Debian's 6.1 predates it.)
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,17 +25,16 @@ from agent import _proc
 from agent.profiling import perf_record
 from agent.profiling.perf_record import record, restart_note
 from agent.profiling.planner import Plan
+from tests.agent.perf_start_race import Racer
 from tests.agent.workloads import WORKERS_ON_DEMAND_C, compile_c
 from tests.conftest import need
 
 pytestmark = pytest.mark.integration
 
-RACE = Path(__file__).with_name("perf_start_race.py")
-
 
 @pytest.fixture(scope="module")
 def app_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    need("perf", "strace", "gcc")
+    need("perf", "gcc")
     return compile_c(WORKERS_ON_DEMAND_C, tmp_path_factory.mktemp("workers") / "workers")
 
 
@@ -53,11 +51,6 @@ def app(app_binary: Path) -> Iterator[subprocess.Popen[str]]:
 
 def perf_argv(pid: int, output: Path, *extra: str) -> list[str]:
     return ["perf", "record", *extra, "-F", "99", "-g", "-p", str(pid), "-o", str(output)]
-
-
-def racing(tmp_path: Path, app: int, *, race_calls: int) -> list[str]:
-    """perf's command through perf_start_race.py: the first ``race_calls`` calls race."""
-    return [sys.executable, str(RACE), str(tmp_path / "calls"), str(race_calls), str(app)]
 
 
 def plan_of(argv: list[str], pid: int) -> Plan:
@@ -78,14 +71,17 @@ def test_perf_itself_stops_silently_when_a_thread_exits_at_its_start(
     app: subprocess.Popen[str], tmp_path: Path
 ) -> None:
     out = tmp_path / "perf.data"
-    for n, extra in enumerate([(), ("-v",)]):
-        argv = [*racing(tmp_path, app.pid, race_calls=2), *perf_argv(app.pid, out, *extra)]
-        done = subprocess.run(
-            [*argv, "--", "sleep", "1"], capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 255, done.stderr
+    for extra in [(), ("-v",)]:
+        with Racer(app.pid, races=1) as racer:
+            done = subprocess.run(
+                [*perf_argv(app.pid, out, *extra), "--", "sleep", "1"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        assert racer.raced == 1 and done.returncode == 255, done.stderr
         assert "Captured and wrote" not in done.stderr
-        if n == 0:
+        if not extra:
             # What the agent sees: the race, and nothing else, on stderr.
             assert _proc.perf_lost_a_thread_at_start(done.returncode, done.stderr), done.stderr
         else:
@@ -95,10 +91,11 @@ def test_perf_itself_stops_silently_when_a_thread_exits_at_its_start(
 
 def test_record_starts_perf_again_and_says_so(app: subprocess.Popen[str], tmp_path: Path) -> None:
     out = tmp_path / "perf.data.part"
-    argv = [*racing(tmp_path, app.pid, race_calls=1), *perf_argv(app.pid, out)]
-    rec = asyncio.run(record(plan_of(argv, app.pid), output=out, stop=asyncio.Event()))
+    with Racer(app.pid, races=1) as racer:
+        plan = plan_of(perf_argv(app.pid, out), app.pid)
+        rec = asyncio.run(record(plan, output=out, stop=asyncio.Event()))
+    assert racer.raced == 1
     assert rec.restarts == 1 and rec.samples is not None and out.stat().st_size > 0
-    assert (tmp_path / "calls").read_text() == "2"
     assert "started again 1 time(s)" in restart_note(rec)
     assert "nothing is missing" in restart_note(rec)
     # perf moves an output it finds to <output>.old: the agent removed the first one.
@@ -110,11 +107,11 @@ def test_record_gives_up_after_its_restarts_and_says_why(
 ) -> None:
     monkeypatch.setattr(perf_record, "START_RACE_RETRIES", 2)  # 3 races, not 11: time
     out = tmp_path / "perf.data.part"
-    argv = [*racing(tmp_path, app.pid, race_calls=99), *perf_argv(app.pid, out)]
-    with pytest.raises(_proc.ToolFailed) as failed:
-        asyncio.run(record(plan_of(argv, app.pid), output=out, stop=asyncio.Event()))
+    with Racer(app.pid, races=99) as racer, pytest.raises(_proc.ToolFailed) as failed:
+        plan = plan_of(perf_argv(app.pid, out), app.pid)
+        asyncio.run(record(plan, output=out, stop=asyncio.Event()))
     message = str(failed.value)
+    assert racer.raced == 3
     assert "stopped at its start 3 times in a row" in message, message
     assert "a thread of the target exited" in message and "try again" in message
-    assert (tmp_path / "calls").read_text() == "3"
     assert not (tmp_path / "perf.data.part.old").exists()
