@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import httpx
 import pytest
@@ -35,3 +35,25 @@ def client(agent: podsim.AgentHandle) -> Iterator[httpx.Client]:
     each test override this fixture)."""
     with agent.client() as c:
         yield c
+
+
+AGENT_LOG_TAIL = 16384
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test that used a simulated pod's agent shows that agent's log (its tail)
+    and whether it is still running: a failure on a busy CI machine is read afterwards,
+    when the pod and its work directory are gone."""
+    report = yield
+    if report.failed:
+        handle = getattr(item, "funcargs", {}).get("agent")
+        if isinstance(handle, podsim.AgentHandle):
+            c = handle.container
+            state = "running" if c.alive() else f"exited ({c.launcher.poll()})"
+            report.sections.append(
+                (f"agent log ({state}, last {AGENT_LOG_TAIL} bytes)", c.log()[-AGENT_LOG_TAIL:])
+            )
+    return report

@@ -11,7 +11,8 @@ Python stacks), one run per second per process: a run announces the second it co
 (:meth:`Ring.expect`) when it starts and delivers it (:meth:`Ring.add_python`) when it
 ends. A second is *complete*, and moves from ``pending`` into the ring, once the
 sampler has delivered it and no py-spy run for it is outstanding (or
-``LATE_AFTER_S`` has passed since it ended: a stuck run does not hold the ring back).
+``LATE_AFTER_S`` has passed since it ended: a stuck run does not hold the ring back;
+the sampler itself is waited for up to ``SAMPLER_LATE_AFTER_S``).
 For a process py-spy delivered a second of, its Python stacks replace the sampler's
 (interpreter frames) for that second; when a run fails, the sampler's stay.
 Seconds are committed in order, so "every second before :attr:`Ring.complete_until`
@@ -48,6 +49,13 @@ RSS_ENTRY_BYTES = 16
 """What one process's RSS in one bucket counts against ``max_bytes``."""
 LATE_AFTER_S = 4.0
 """A py-spy run still outstanding this long after its second ended is given up on."""
+SAMPLER_LATE_AFTER_S = 30.0
+"""A second the sampler has not delivered this long after it ended is committed without
+it. The sampler is the pod's one source of native stacks and delivers every second in
+order, so a late second is waited for: on a loaded node one that meets a large library's
+symbols first can arrive seconds late, and giving up on it at ``LATE_AFTER_S`` dropped
+every native stack of those seconds (seen under a load average of 15 on 2 cores). The
+bound only matters when bpftrace is stalled."""
 TRIMMED_PID = 0
 TRIMMED_FRAME = "[trimmed: stacks beyond the ring's size bound]"
 
@@ -291,11 +299,10 @@ class Ring:
         moved = 0
         for second in sorted(self.pending):
             p = self.pending[second]
-            late = now >= second + 1 + LATE_AFTER_S
             if self.sampled_until is None or second >= self.sampled_until:
-                if not late:
+                if now < second + 1 + SAMPLER_LATE_AFTER_S:
                     break
-            elif p.outstanding and not late:
+            elif p.outstanding and now < second + 1 + LATE_AFTER_S:
                 break
             del self.pending[second]
             self._append(second, self._merge(p), p.rss)

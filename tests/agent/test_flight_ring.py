@@ -13,7 +13,15 @@ from agent import procfs
 from agent.errors import Conflict, Invalid
 from agent.profiling import FlightRecorder, ProcessGroup, RecorderRequest, _flight_recorder, when
 from agent.profiling._flight_recorder import Window, _Run
-from agent.profiling._flight_ring import LATE_AFTER_S, TRIMMED_FRAME, ProcessMeta, Ring, Slice, trim
+from agent.profiling._flight_ring import (
+    LATE_AFTER_S,
+    SAMPLER_LATE_AFTER_S,
+    TRIMMED_FRAME,
+    ProcessMeta,
+    Ring,
+    Slice,
+    trim,
+)
 
 
 def _line(stacks: dict[str, int]) -> str:
@@ -165,6 +173,26 @@ def test_python_seconds_replace_the_interpreter_frames() -> None:
     ring.add_python(102, 7, {"python3;x": 19})
     assert ring.late_samples == 19 and not ring.expect(102, 7)
     assert ring.lag_s(104.5) == 1.5
+
+
+def test_a_late_sampler_second_is_waited_for_not_dropped() -> None:
+    # A loaded node: py-spy delivered second 100 in time, bpftrace (the pod's native
+    # stacks) 6 s after it ended. Giving up on it at py-spy's bound would keep the
+    # Python stacks and drop every native one of that second.
+    ring = Ring(retain_s=60, max_bytes=1 << 20, frequency_hz=19)
+    assert ring.expect(100, 7)
+    ring.add_python(100, 7, {"python3;<module> (/app/x.py:1)": 19})
+    assert ring.commit(101.0 + LATE_AFTER_S + 2) == 0 and ring.complete_until is None
+    ring.add_sampler(100, {5: {"app;main": 19}, 7: {"python3;_PyEval_EvalFrameDefault": 19}})
+    assert ring.commit(107.0) == 1 and ring.late_samples == 0
+    assert ring.folded(100, 101) == {"app;main": 19, "python3;<module> (/app/x.py:1)": 19}
+    # A stalled sampler holds the ring back only so long; what it brings later is late.
+    assert ring.expect(101, 7)
+    ring.add_python(101, 7, {"python3;<module> (/app/x.py:1)": 19})
+    assert ring.commit(102.0 + SAMPLER_LATE_AFTER_S - 0.1) == 0
+    assert ring.commit(102.0 + SAMPLER_LATE_AFTER_S) == 1 and ring.complete_until == 102
+    ring.add_sampler(101, {5: {"app;main": 19}})
+    assert ring.late_samples == 19
 
 
 def test_samples_per_process_group_for_sinks(monkeypatch: pytest.MonkeyPatch) -> None:

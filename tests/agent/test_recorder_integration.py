@@ -244,7 +244,8 @@ def test_python_processes_are_recorded_with_whole_python_stacks(
             "<module> (/srv/two.py" in s for s in python if "_page" in s or "_request" in s
         ), python
         assert not any("_PyEval_EvalFrameDefault" in s for s in python), python
-        assert any(s.startswith("shift;") for s in stacks), stacks
+        # The sampler's late seconds are waited for (a loaded node), not dropped.
+        assert any(s.startswith("shift;") for s in stacks), (stacks, status)
         svg = interval(client, t0, t1, "svg").text
         assert "render_page" in svg and "parse_request" in svg
     finally:

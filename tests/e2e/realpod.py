@@ -66,12 +66,14 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> str:
     return done.stdout.strip()
 
 
-def build_images() -> None:
+def build_images(*, timeout: float = 900) -> None:
     """Build the base image (if missing) and the agent (both variants), webhook, certs
     and demo images.
 
     Layers are cached, so this takes seconds when nothing changed; set
-    TRACECAR_E2E_SKIP_BUILD=1 to use the images as they are.
+    TRACECAR_E2E_SKIP_BUILD=1 to use the images as they are. ``timeout`` only stops a
+    hung build: the e2e stage builds before pytest with a longer one (a first build on
+    a busy machine took more than 15 minutes), so the fixture's call is a cache hit.
     """
     if os.environ.get("TRACECAR_E2E_SKIP_BUILD"):
         return
@@ -80,7 +82,7 @@ def build_images() -> None:
         capture_output=True,
         text=True,
         env={**podman_env(), "TRACECAR_IMAGE_TAG": TAG},
-        timeout=900,
+        timeout=timeout,
         check=False,
     )
     sys.stderr.write(done.stderr)
