@@ -14,6 +14,18 @@ import httpx
 from tests import podsim
 
 
+def until_recorded(client: httpx.Client, timeout: float = 90) -> dict[str, Any]:
+    """``GET /recorder`` once the flight recorder's ring holds a second: its window
+    starts at bpftrace's first second, and a busy machine took seconds to start bpftrace
+    (it parses BTF and loads the kernel's symbols first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s: dict[str, Any] = client.get("/recorder").json()
+        if s["window"] is not None or time.monotonic() > deadline:
+            return s
+        time.sleep(0.2)
+
+
 def pod_processes(pod: podsim.SimPod, name: str) -> list[int]:
     """Host pids of processes called ``name`` inside this pod's PID namespace only
     (other suites on the machine may run their own perf)."""

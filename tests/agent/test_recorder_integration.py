@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests import podsim
-from tests.agent.support import folded_total, pod_processes
+from tests.agent.support import folded_total, pod_processes, until_recorded
 from tests.agent.workloads import JAVA_CHAIN, NODE_CHAIN, SHIFT_C, build_java, compile_c
 from tests.conftest import need
 from tests.interpreters import PY312
@@ -121,18 +121,6 @@ def test_two_phases_each_interval_shows_its_function(
     while pod_processes(pod, "bpftrace") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert pod_processes(pod, "bpftrace") == []
-
-
-def until_recorded(client: httpx.Client) -> dict[str, Any]:
-    """The status once the ring holds a second: a busy machine took seconds to start
-    bpftrace (it parses BTF and loads the kernel's symbols first), and the window
-    starts at its first second."""
-    deadline = time.monotonic() + 90
-    while True:
-        s: dict[str, Any] = client.get("/recorder").json()
-        if s["window"] is not None or time.monotonic() > deadline:
-            return s
-        time.sleep(0.2)
 
 
 def until_evicted(client: httpx.Client) -> dict[str, Any]:

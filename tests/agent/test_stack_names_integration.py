@@ -33,6 +33,7 @@ from tests.agent.support import (
     profile,
     share,
     symbols_of,
+    until_recorded,
     wait_done,
 )
 from tests.agent.workloads import LEAF_C, LEAF_GO, build_go_stripped, compile_c
@@ -166,7 +167,7 @@ def test_recorder_stripped_go_and_c_frameless_leaf_callers(
     try:
         r = client.post("/recorder", json={"pids": [go.pid, c.pid], "frequency_hz": 99})
         assert r.status_code == 201, r.text
-        time.sleep(1.5)
+        until_recorded(client)
         t0 = time.time()
         time.sleep(12)  # both busy on a shared, loaded machine: enough samples of each
         t1 = time.time()
