@@ -298,6 +298,11 @@ class ProbeView(BaseModel):
     plan: ProbePlan = Field(description="what runs: the program or the commands")
     links: dict[str, str]
     deleted: bool = Field(default=False, description="DELETE of a finished probe: forgotten")
+    notes: list[str] = Field(
+        default_factory=list,
+        description="what the agent had to do that changes nothing asked for (perf record "
+        "started again on its own start race); absent when nothing",
+    )
 
 
 class ProbeList(BaseModel):

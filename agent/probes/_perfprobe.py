@@ -47,6 +47,9 @@ _LINE = re.compile(
     r"^\s*(\d+)/(\d+)\s+(\d+)\.(\d+):\s+(\S+?):\s+\(([0-9a-f]+)(?: <- [0-9a-f]+)?\)\s?(.*)$"
 )
 TIMEOUT_S = 30.0
+START_RACE_RETRIES = 10
+"""perf record's start race (:data:`agent._proc.PERF_START_RACE`) costs a start about
+0.1 s; an app that churns threads loses most starts to it. As the profiles' record."""
 
 
 def group_name(instance: str) -> str:
@@ -277,31 +280,58 @@ class Session:
         self.record: _proc.Child | None = None
         self.script: _proc.Child | None = None
         self.stderr_tail = ""
+        self.restarts = 0
+        """Times perf record stopped at its start on its own race and was started again."""
         self._tasks: list[asyncio.Task[None]] = []
         self._fifos: list[int] = []
 
     async def start(self) -> None:
+        """Add the events, then start ``perf record | perf script`` and enable the
+        events. perf record's start race is met by starting the pair again: its events
+        were still disabled (``-D -1``), so no hit was missed."""
         try:
             for cmd in self.plan.add:
                 await _proc.run(cmd, timeout=TIMEOUT_S)
-            os.makedirs(self.plan.control_dir, mode=0o700, exist_ok=False)
-            for name in ("ctl", "ack"):
-                path = os.path.join(self.plan.control_dir, name)
-                os.mkfifo(path, 0o600)
-                # Read-write and non-blocking: opening never waits for perf's end.
-                self._fifos.append(os.open(path, os.O_RDWR | os.O_NONBLOCK))
-            self.record = await _proc.Child.start(self.plan.record)
-            self.script = await _proc.Child.start(self.plan.script, stdin=asyncio.subprocess.PIPE)
-            assert self.record.proc.stderr is not None and self.script.proc.stderr is not None
-            self._tasks = [
-                asyncio.create_task(self._drain(self.record.proc.stderr)),
-                asyncio.create_task(self._drain(self.script.proc.stderr)),
-                asyncio.create_task(self._pump()),
-            ]
-            await self._enable()
+            while True:
+                try:
+                    await self._launch()
+                    return
+                except _proc.ToolFailed as e:
+                    raced = _proc.perf_lost_a_thread_at_start(e.returncode, e.stderr)
+                    if not raced or self.restarts >= START_RACE_RETRIES:
+                        raise
+                self.restarts += 1
+                await self._end_pipeline(grace=1)
         except BaseException:
             await self.stop(grace=1)
             raise
+
+    async def _launch(self) -> None:
+        os.makedirs(self.plan.control_dir, mode=0o700, exist_ok=False)
+        for name in ("ctl", "ack"):
+            path = os.path.join(self.plan.control_dir, name)
+            os.mkfifo(path, 0o600)
+            # Read-write and non-blocking: opening never waits for perf's end.
+            self._fifos.append(os.open(path, os.O_RDWR | os.O_NONBLOCK))
+        self.stderr_tail = ""
+        self.record = await _proc.Child.start(self.plan.record)
+        self.script = await _proc.Child.start(self.plan.script, stdin=asyncio.subprocess.PIPE)
+        assert self.record.proc.stderr is not None and self.script.proc.stderr is not None
+        self._tasks = [
+            asyncio.create_task(self._drain(self.record.proc.stderr)),
+            asyncio.create_task(self._drain(self.script.proc.stderr)),
+            asyncio.create_task(self._pump()),
+        ]
+        await self._enable()
+
+    def note(self) -> str | None:
+        """The probe's note when perf had to be started again (never silent)."""
+        if not self.restarts:
+            return None
+        return (
+            f"perf record was started again {self.restarts} time(s): "
+            f"{_proc.PERF_START_RACE}; its events were not enabled yet, so no hit is missing"
+        )
 
     async def _drain(self, stream: asyncio.StreamReader) -> None:
         while True:
@@ -347,7 +377,11 @@ class Session:
         while time.monotonic() < deadline:
             rc = self.record.returncode
             if rc is not None:
+                # Its stderr to the end: the race is told by what perf did not print.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._tasks[0]), 5)
                 why = (
+                    f"it stopped at its start {self.restarts + 1} times in a row: "
                     f"{_proc.PERF_START_RACE}; try again"
                     if _proc.perf_lost_a_thread_at_start(rc, self.stderr_tail)
                     else _proc.tool_message(self.stderr_tail, rc)
@@ -391,6 +425,15 @@ class Session:
     async def stop(self, *, grace: float = 5.0) -> None:
         """SIGINT perf record (it flushes), let perf script drain, then delete our events."""
         try:
+            await self._end_pipeline(grace=grace)
+        finally:
+            with contextlib.suppress(_proc.ProcError):
+                await _proc.run(self.plan.delete, timeout=TIMEOUT_S, check=False)
+
+    async def _end_pipeline(self, *, grace: float) -> None:
+        """perf record and perf script ended and reaped, their control FIFOs gone; the
+        events stay (a restart reuses them, :meth:`stop` deletes them)."""
+        try:
             if self.record is not None:
                 await self.record.stop(grace=grace)
             if self.script is not None:
@@ -399,13 +442,12 @@ class Session:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
+            self._tasks = []
             for fd in self._fifos:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._fifos = []
             shutil.rmtree(self.plan.control_dir, ignore_errors=True)
-            with contextlib.suppress(_proc.ProcError):
-                await _proc.run(self.plan.delete, timeout=TIMEOUT_S, check=False)
 
     def message(self) -> str:
         return _proc.tool_message(self.stderr_tail, -1)

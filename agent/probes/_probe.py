@@ -85,7 +85,7 @@ class Probe:
         if self.histogram is not None:
             summary["histogram"] = self.histogram
             summary["unit"] = "ns" if spec is not None and spec.of == "latency" else None
-        return ProbeView(
+        view = ProbeView(
             id=self.id,
             state=self.state,
             reason=self.reason,
@@ -110,6 +110,10 @@ class Probe:
             plan=self.plan,
             links={"self": f"/probes/{self.id}", "events": f"/probes/{self.id}/events"},
         )
+        note = self.session.note() if isinstance(self.session, _perfprobe.Session) else None
+        if note:
+            view.notes = [note]  # set only when there is one: answers leave unset fields out
+        return view
 
     def answer(self) -> dict[str, Any]:
         """:meth:`view` as POST's answer and an error's ``probe`` field send it."""

@@ -69,6 +69,11 @@ def start_workers(app: int) -> None:
     _until("the workers", lambda: workers_of(app) == WORKERS)
 
 
+def end_workers(app: int) -> None:
+    os.kill(app, signal.SIGUSR1)
+    _until("the workers' end", lambda: workers_of(app) == 0)
+
+
 class Racer:
     """While entered, the first ``races`` perfs this process starts lose their threads
     inside perf's window; ``raced`` counts them."""
@@ -104,8 +109,7 @@ class Racer:
     def _race(self, perf: int) -> None:
         os.kill(perf, signal.SIGSTOP)
         try:
-            os.kill(self.app, signal.SIGUSR1)  # the workers perf opened end...
-            _until("the workers' end", lambda: workers_of(self.app) == 0)
+            end_workers(self.app)  # the workers perf opened end...
             start_workers(self.app)  # ...and new ones are there for perf's next start
             self.raced += 1
         finally:

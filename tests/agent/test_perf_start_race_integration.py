@@ -22,12 +22,15 @@ from pathlib import Path
 import pytest
 
 from agent import _proc
+from agent.probes import _perfprobe
+from agent.probes._plan import Hit, Spec
 from agent.profiling import perf_record
 from agent.profiling.perf_record import record, restart_note
 from agent.profiling.planner import Plan
-from tests.agent.perf_start_race import Racer
+from tests.agent.perf_start_race import Racer, end_workers, start_workers
 from tests.agent.workloads import WORKERS_ON_DEMAND_C, compile_c
 from tests.conftest import need
+from tests.probes.support import our_uprobes
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +118,77 @@ def test_record_gives_up_after_its_restarts_and_says_why(
     assert "stopped at its start 3 times in a row" in message, message
     assert "a thread of the target exited" in message and "try again" in message
     assert not (tmp_path / "perf.data.part.old").exists()
+
+
+def probe_session(app: subprocess.Popen[str], binary: Path, tmp_path: Path) -> _perfprobe.Session:
+    """The perf-probe backend's session on the app's ``worker``, entered by each new
+    worker thread: ``perf probe -a``, then ``perf record -p | perf script``."""
+    spec = Spec(
+        pid=app.pid,
+        binary=str(binary),
+        host_binary=str(binary),
+        function="worker",
+        address=None,
+        mode="events",
+        of="calls",
+        args=(),
+        retval=False,
+        retval_type="int",
+        stack=False,
+        duration_s=60,
+        max_events=100,
+    )
+    group = f"tracecar_race{app.pid}"  # one of the test's own: swept by its own check
+    plan = _perfprobe.plan(spec, group=group, probe_id="r1", control_dir=str(tmp_path / "ctl"))
+    return _perfprobe.Session(spec, plan)
+
+
+def test_a_perf_probe_starts_perf_again_and_misses_no_hit(
+    app: subprocess.Popen[str], app_binary: Path, tmp_path: Path
+) -> None:
+    session = probe_session(app, app_binary, tmp_path)
+
+    async def run() -> list[Hit]:
+        with Racer(app.pid, races=1) as racer:
+            await session.start()
+        assert racer.raced == 1 and session.restarts == 1
+        try:
+            # The events were never enabled before perf's last start: the four new
+            # workers' entries are all there.
+            await asyncio.to_thread(end_workers, app.pid)
+            await asyncio.to_thread(start_workers, app.pid)
+            hits: list[Hit] = []
+            async with asyncio.timeout(120):
+                async for item in session.items():
+                    if isinstance(item, Hit):
+                        hits.append(item)
+                        if len(hits) == 4:
+                            break
+            return hits
+        finally:
+            await session.stop()
+
+    hits = asyncio.run(run())
+    assert len(hits) == 4 and all(h.event.get("pid") == app.pid for h in hits), hits
+    note = session.note()
+    assert note is not None and "started again 1 time(s)" in note and "no hit is missing" in note
+    assert our_uprobes(f"tracecar_race{app.pid}") == []
+    assert not (tmp_path / "ctl").exists()
+
+
+def test_a_perf_probe_gives_up_after_its_restarts_and_says_why(
+    app: subprocess.Popen[str],
+    app_binary: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_perfprobe, "START_RACE_RETRIES", 2)
+    session = probe_session(app, app_binary, tmp_path)
+    with Racer(app.pid, races=99) as racer, pytest.raises(_proc.ToolFailed) as failed:
+        asyncio.run(session.start())
+    message = str(failed.value)
+    assert racer.raced == 3 and session.restarts == 2
+    assert "stopped at its start 3 times in a row" in message and "try again" in message
+    # Nothing left: no perf, no events in tracefs, no control FIFOs.
+    assert our_uprobes(f"tracecar_race{app.pid}") == []
+    assert not (tmp_path / "ctl").exists()

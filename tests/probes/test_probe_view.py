@@ -3,6 +3,7 @@ POST's answer and an error's ``probe`` field send (the fields the view sets)."""
 
 from __future__ import annotations
 
+from agent.probes import _perfprobe
 from agent.probes._model import BpftracePlan, ProbeRequest
 from agent.probes._plan import Spec
 from agent.probes._probe import Probe
@@ -43,8 +44,8 @@ def test_a_uprobes_answer_names_no_usdt_fields_and_no_deleted() -> None:
     assert answer["summary"] == {"hits": 3, "per_pid": {"7": 3}}
     # GET goes through the response model: every field, the USDT ones null.
     full = probe.view().model_dump(mode="json")
-    assert full["target"]["usdt"] is None and full["deleted"] is False
-    assert list(answer) == [k for k in full if k != "deleted"]  # the same order
+    assert full["target"]["usdt"] is None and full["deleted"] is False and full["notes"] == []
+    assert list(answer) == [k for k in full if k not in ("deleted", "notes")]  # the same order
 
 
 def test_a_usdt_probes_target_names_them_null_or_not() -> None:
@@ -56,3 +57,14 @@ def test_a_usdt_probes_target_names_them_null_or_not() -> None:
 def test_a_raw_program_has_no_target() -> None:
     answer = _probe(None).answer()
     assert answer["target"] is None and answer["summary"] == {"hits": 3}
+
+
+def test_a_perf_start_race_restart_is_a_note_in_the_answer() -> None:
+    probe = _probe(_spec())
+    probe.backend = "perf-probe"
+    plan = _perfprobe.plan(_spec(), group="tracecar_x", probe_id="abcd1234", control_dir="/tmp/c")
+    probe.session = _perfprobe.Session(_spec(), plan)
+    assert "notes" not in probe.answer()
+    probe.session.restarts = 2
+    (note,) = probe.answer()["notes"]
+    assert "started again 2 time(s)" in note and "no hit is missing" in note
