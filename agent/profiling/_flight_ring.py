@@ -64,7 +64,7 @@ GroupBy = Literal["group", "pid"]
 
 @dataclass(frozen=True, slots=True)
 class ProcessMeta:
-    """What a process was when it was first sampled: its group's key."""
+    """What a process is (its program since its last exec): its group's key."""
 
     comm: str
     container: str | None
@@ -291,7 +291,12 @@ class Ring:
             p.python[pid] = stacks
 
     def describe(self, pid: int, meta: ProcessMeta) -> None:
-        self.meta.setdefault(pid, meta)
+        """What ``pid`` is now: on first sight, and again when it exec'd another program.
+        A container's first process is often first seen as ``runc:[2:INIT]``, before it
+        execs the app (on a loaded node for a while): kept, every interval of the app
+        was named runc's (seen in a Pyroscope push). Its seconds before the exec are
+        then counted as the app's: a few samples of runc's, against all the app's."""
+        self.meta[pid] = meta
 
     # --- completing seconds -----------------------------------------------------------
     def commit(self, now: float) -> int:

@@ -244,3 +244,18 @@ def test_memory_and_status_answer_typed_rss_trends(monkeypatch: pytest.MonkeyPat
     assert status.rss is not None and status.rss[0].model_dump() == {
         k: v for k, v in proc.items() if k != "series"
     }
+
+
+def test_a_process_that_execs_is_named_after_its_new_program() -> None:
+    # A container's first process seen before its exec (runc's init, on a loaded node):
+    # named after the app once the watcher reads it again, in every interval.
+    ring = Ring(retain_s=60, max_bytes=1 << 20, frequency_hz=19)
+    ring.describe(9, ProcessMeta(comm="runc:[2:INIT]", container="app", runtime="native"))
+    ring.add_sampler(100, {9: {"runc:[2:INIT];main": 1}})
+    ring.commit(101.05)
+    ring.describe(9, ProcessMeta(comm="burner", container="app", runtime="native"))
+    ring.add_sampler(101, {9: {"burner;main;burn": 19}})
+    ring.commit(102.05)
+    for lo in (100, 101):
+        (group,) = ring.groups(lo, 102, by="group")
+        assert group.comms == ("burner",) and group.pids == (9,)
