@@ -26,6 +26,18 @@ def until_recorded(client: httpx.Client, timeout: float = 90) -> dict[str, Any]:
         time.sleep(0.2)
 
 
+def until_complete(client: httpx.Client, until: float, timeout: float) -> dict[str, Any]:
+    """``GET /recorder`` once every second before ``until`` is final (``complete_until``);
+    fails with the status after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s: dict[str, Any] = client.get("/recorder").json()
+        if (s.get("complete_until") or 0) >= until:
+            return s
+        assert time.monotonic() < deadline, s
+        time.sleep(0.25)
+
+
 def pod_processes(pod: podsim.SimPod, name: str) -> list[int]:
     """Host pids of processes called ``name`` inside this pod's PID namespace only
     (other suites on the machine may run their own perf)."""

@@ -17,7 +17,12 @@ import pytest
 
 from agent.profiling._flight_ring import SAMPLER_LATE_AFTER_S
 from tests import podsim
-from tests.agent.support import folded_total, pod_processes, until_recorded
+from tests.agent.support import (
+    folded_total,
+    pod_processes,
+    until_complete,
+    until_recorded,
+)
 from tests.agent.workloads import JAVA_CHAIN, NODE_CHAIN, SHIFT_C, build_java, compile_c
 from tests.conftest import need
 from tests.interpreters import PY312
@@ -232,11 +237,7 @@ def test_python_processes_are_recorded_with_whole_python_stacks(
         t1 = time.time()
         # Until the interval is complete: bpftrace's seconds are waited for, and on a
         # busy machine one that met a library's symbols first came seconds late.
-        deadline = time.monotonic() + SAMPLER_LATE_AFTER_S + 15
-        while client.get("/recorder").json()["complete_until"] < t1:
-            assert time.monotonic() < deadline, client.get("/recorder").json()
-            time.sleep(0.3)
-        status = client.get("/recorder").json()
+        status = until_complete(client, t1, SAMPLER_LATE_AFTER_S + 15)
         assert status["lag_s"] is not None and status["lag_s"] < SAMPLER_LATE_AFTER_S, status
         stacks = folded_total(interval(client, t0, t1).text)
         python = {s: n for s, n in stacks.items() if s.startswith("python3")}

@@ -33,6 +33,7 @@ from tests.agent.support import (
     profile,
     share,
     symbols_of,
+    until_complete,
     until_recorded,
     wait_done,
 )
@@ -172,10 +173,7 @@ def test_recorder_stripped_go_and_c_frameless_leaf_callers(
         time.sleep(12)  # both busy on a shared, loaded machine: enough samples of each
         t1 = time.time()
         # Until the interval is complete (the ring trails real time by under 2 s).
-        deadline = time.monotonic() + 30
-        while (client.get("/recorder").json().get("complete_until") or 0) < t1:
-            assert time.monotonic() < deadline, client.get("/recorder").json()
-            time.sleep(0.25)
+        until_complete(client, t1, 30)
         params = {"from": t0, "to": t1}
         folded = client.get("/recorder/profile", params={**params, "format": "folded"})
         assert folded.status_code == 200, folded.text
