@@ -60,10 +60,30 @@ def test_cancelled_run_reaps() -> None:
     asyncio.run(_test_cancelled_run_reaps())
 
 
+async def _registered(argv: list[str]) -> _proc.Child:
+    """The child running ``argv``, once its spawn has returned and it is registered.
+
+    Polled, not slept for: on a busy machine the spawn alone took longer than 0.2 s.
+    """
+    for _ in range(6000):  # a minute at least: a bound for a hung spawn, not a timing
+        if found := [c for c in _proc.live_children() if c.argv == argv]:
+            (child,) = found
+            return child
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{argv} was not registered as a child within a minute")
+
+
 async def _test_cancelled_run_reaps() -> None:
     task = asyncio.create_task(_proc.run(["sleep", "30"], timeout=60))
-    await asyncio.sleep(0.2)
-    (child,) = [c for c in _proc.live_children() if c.argv == ["sleep", "30"]]
+    try:
+        child = await _registered(["sleep", "30"])
+    except BaseException:
+        # Cancelled here, not by asyncio.run's teardown: that one also cancels the
+        # spawn's own pipe-connecting task, and CPython 3.11 then never wakes the
+        # spawn's wait (python/cpython#125502), so a failure hung for 300 s.
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
