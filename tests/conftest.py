@@ -49,9 +49,16 @@ def pytest_runtest_makereport(
     when the pod and its work directory are gone."""
     report = yield
     if report.failed:
-        handle = getattr(item, "funcargs", {}).get("agent")
+        funcargs = getattr(item, "funcargs", {})
+        handle, pod = funcargs.get("agent"), funcargs.get("pod")
+        c: podsim.Container | None = None
         if isinstance(handle, podsim.AgentHandle):
             c = handle.container
+        elif isinstance(pod, podsim.SimPod):
+            # An agent the test started itself (podsim.start_agent with its own settings):
+            # the pod's latest, whose log file is still there though the test stopped it.
+            c = next((c for c in reversed(pod.containers) if c.name == "agent"), None)
+        if c is not None:
             state = "running" if c.alive() else f"exited ({c.launcher.poll()})"
             report.sections.append(
                 (f"agent log ({state}, last {AGENT_LOG_TAIL} bytes)", c.log()[-AGENT_LOG_TAIL:])
