@@ -57,7 +57,7 @@ def pytest_runtest_makereport(
         elif isinstance(pod, podsim.SimPod):
             # An agent the test started itself (podsim.start_agent with its own settings):
             # the pod's latest, whose log file is still there though the test stopped it.
-            c = next((c for c in reversed(pod.containers) if c.name == "agent"), None)
+            c = next((k for k in reversed(pod.containers) if k.name == "agent"), None)
         if c is not None:
             state = "running" if c.alive() else f"exited ({c.launcher.poll()})"
             report.sections.append(
