@@ -6,7 +6,9 @@ the recorder's ring, split per process group, and each group becomes one pprof
 ``duration_nanos``) spooled for Pyroscope with ``source=continuous``. An interval
 is taken only once its last second has arrived from bpftrace (:data:`LAG_S`
 after its end). On stop (DELETE /recorder, SIGTERM) the partial interval since
-the last push is pushed too, so a deleted pod's last seconds reach the store.
+the last push is pushed too, so a deleted pod's last seconds reach the store: it
+waits up to :data:`FINAL_WAIT_S` for bpftrace's output to reach the stop, and says
+in the log which seconds it could not wait for.
 
 :func:`recorder_groups` is the one place that knows the recorder's interface: its
 :meth:`~agent.profiling.FlightRecorder.samples` already groups an interval per process
@@ -41,6 +43,11 @@ MIN_WAIT_S = 1.0
 LAG_S = 2.0
 """bpftrace prints a second's counts at the next second's tick: wait this long past an
 interval's end before taking it."""
+FINAL_WAIT_S = 5.0
+"""At stop, how long the last push waits for the sampler's output to reach the stop.
+On a busy node bpftrace's output trails by seconds: without the wait, a pod deleted
+then pushed nothing of its last seconds (seen with the machine's load average at 20).
+Part of the shutdown's "a few seconds more" beside the flush budget (docs/stores.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +146,33 @@ class Continuous:
             self._task = None
         if final:
             end = math.floor(time.time())
-            if end > self._next_start:
-                await self.push(self._next_start, end)
+            start = self._next_start
+            if end > start:
+                complete = await self._complete_until(end, FINAL_WAIT_S)
+                n = await self.push(start, end)
+                fields: dict[str, object] = {"start": start, "end": end, "profiles": n}
+                if complete is None or complete < end:
+                    fields["recorded_until"] = complete
+                    log.warning(
+                        "continuous push at stop: the sampler's last seconds did not arrive "
+                        "in time and are not pushed",
+                        extra={"fields": fields},
+                    )
+                else:
+                    log.info("continuous push at stop", extra={"fields": fields})
+
+    async def _complete_until(self, end: int, wait_s: float) -> int | None:
+        """The recorder's :meth:`~agent.profiling.FlightRecorder.complete_until`, once it
+        reaches ``end`` or after ``wait_s``, or at once when the recorder has stopped."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            complete = self.recorder.complete_until()
+            recording = self.recorder.status().state in ("recording", "starting")
+            if (complete is not None and complete >= end) or not recording:
+                return complete
+            if time.monotonic() >= deadline:
+                return complete
+            await asyncio.sleep(0.1)
 
     async def _loop(self) -> None:
         while True:

@@ -27,12 +27,25 @@ def shift(pod: podsim.SimPod, tmp_path_factory: pytest.TempPathFactory) -> podsi
     return pod.run("shiftapp", ["/srv/shift"], files={"shift": binary})
 
 
+ENOUGH_SAMPLES = 300
+"""Per profile: the minor function's tenth is then ~30 samples, a frame the diff graph
+draws. A loaded machine gives the app a fraction of a core: with one 2 s profile each, at
+a load average of 20, the target's alpha_function was missing from the graph."""
+
+
 def record(client: httpx.Client, pid: int) -> str:
-    r = client.post("/profiles", json={"pid": pid, "duration_s": 2})
-    assert r.status_code == 202, r.text
-    done = wait_done(client, r.json()["id"])
-    assert done["state"] == "succeeded", done
-    return str(done["id"])
+    """A profile of at least ENOUGH_SAMPLES samples: 2 s, doubled until it has them (up to
+    32 s)."""
+    duration = 2
+    while True:
+        r = client.post("/profiles", json={"pid": pid, "duration_s": duration})
+        assert r.status_code == 202, r.text
+        done = wait_done(client, r.json()["id"], timeout=duration + 120)
+        assert done["state"] == "succeeded", done
+        samples = sum(folded_total(client.get(f"/profiles/{done['id']}/folded").text).values())
+        if samples >= ENOUGH_SAMPLES or duration >= 32:
+            return str(done["id"])
+        duration *= 2
 
 
 def share(stacks: dict[str, int], name: str) -> float:

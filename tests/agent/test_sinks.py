@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from agent import profiling
 from agent.app import create_app
 from agent.settings import Settings
-from agent.sinks import _labels
+from agent.sinks import _continuous, _labels
 from agent.sinks._pyroscope import push_request
 from agent.sinks._sink import FAILING_AFTER, SendError, Sink, backoff_s
 from agent.sinks._spool import Item, Spool, TooLarge
@@ -181,6 +185,95 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
     assert backoff_s(1, rng=lambda: 0.0) == 0.5 and backoff_s(1, rng=lambda: 1.0) == 1.0
     assert backoff_s(4, rng=lambda: 0.0) == 4.0
     assert backoff_s(30, rng=lambda: 1.0) == 60.0 and backoff_s(30, rng=lambda: 0.0) == 30.0
+
+
+# --- continuous pushes at stop ---------------------------------------------------------------
+class FakeRecorder:
+    """The flight recorder as :class:`Continuous` sees it: one process group with one
+    sample a second, complete up to ``complete``; after ``arrives_after`` calls of
+    :meth:`complete_until` the sampler's trailing seconds arrive up to ``arriving``."""
+
+    frequency_hz = 19
+
+    def __init__(self, *, first: int, complete: int, arriving: int, arrives_after: int) -> None:
+        self.first, self.complete = first, complete
+        self.arriving, self.arrives_after = arriving, arrives_after
+
+    def status(self) -> Any:
+        return SimpleNamespace(
+            state="recording", window=SimpleNamespace(start=self.first, end=self.complete)
+        )
+
+    def complete_until(self) -> int:
+        self.arrives_after -= 1
+        if self.arrives_after < 0:
+            self.complete = self.arriving
+        return self.complete
+
+    def samples(self, *, start: int, end: int) -> list[profiling.GroupSamples]:
+        end = min(end, self.complete)
+        group = profiling.ProcessGroup(container="app", runtime="native")
+        return [
+            profiling.GroupSamples(
+                group=group,
+                pids=(7,),
+                comms=("app",),
+                start=start,
+                duration_s=end - start,
+                frequency_hz=self.frequency_hz,
+                stacks={"app;main": end - start},
+            )
+        ]
+
+
+class FakeSpoolSink:
+    name = "pyroscope"
+
+    def __init__(self) -> None:
+        self.metas: list[dict[str, Any]] = []
+
+    async def put_bytes(self, payload: bytes, meta: dict[str, Any]) -> None:
+        self.metas.append(meta)
+
+
+@pytest.mark.parametrize("arrives_after", [3, 10**9], ids=["arrives", "never"])
+def test_the_push_at_stop_waits_for_the_samplers_last_seconds(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, arrives_after: int
+) -> None:
+    """A busy node's sampler trails real time: at stop, the last push waits (bounded) for
+    it to reach the stop, and says which seconds it could not wait for."""
+    now = 1_800_000_000
+    wall = [now - 9.5]  # the pushes began 10 s before the stop
+    clock = SimpleNamespace(time=lambda: wall[0], monotonic=time.monotonic)
+    monkeypatch.setattr(_continuous, "time", clock)
+    monkeypatch.setattr(_continuous, "FINAL_WAIT_S", 0.3)
+    recorder = FakeRecorder(
+        first=now - 10, complete=now - 4, arriving=now, arrives_after=arrives_after
+    )
+    sink = FakeSpoolSink()
+    continuous = _continuous.Continuous(
+        recorder,  # type: ignore[arg-type]
+        sink,  # type: ignore[arg-type]
+        base_labels={"service_name": "ns/app"},
+        interval_s=3600,
+    )
+    wall[0] = now + 0.5
+    with caplog.at_level(logging.INFO, logger=_continuous.__name__):
+        asyncio.run(continuous.stop(final=True))
+    (meta,) = sink.metas
+    if arrives_after == 3:
+        assert (meta["from"], meta["to"]) == (now - 10, now)  # every second up to the stop
+        assert [r.getMessage() for r in caplog.records] == ["continuous push at stop"]
+    else:
+        assert (meta["from"], meta["to"]) == (now - 10, now - 4)  # what was there, no more
+        (record,) = caplog.records
+        assert record.levelno == logging.WARNING and "did not arrive in time" in record.getMessage()
+        assert record.fields == {  # type: ignore[attr-defined]
+            "start": now - 10,
+            "end": now,
+            "profiles": 1,
+            "recorded_until": now - 4,
+        }
 
 
 # --- labels and the wire format ------------------------------------------------------------
