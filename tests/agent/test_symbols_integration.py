@@ -69,8 +69,8 @@ int main(void) {
 
 # The leaf programs' shares are checked within bands: at 30 samples, verify;checksum's
 # quarter falls below the band's 0.1 about once in 30 runs, at 200 about never (binomial
-# sd 0.03). One 3 s profile gives 600 samples on an idle core and a tenth of that on a
-# loaded machine, so the tests profile until they have these many.
+# sd 0.03). One 3 s profile gives 600 samples on an idle core; one gave 32 on a machine
+# running three suites, so the tests profile until they have these many.
 LEAF_SAMPLES = 200
 
 # A loaded machine (2 cores, a cluster build alongside) can take over 30 s to import
