@@ -302,8 +302,12 @@ class AgentHandle:
     data_dir: Path
     token: str | None = None
 
-    def client(self, timeout: float = 120.0) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+    def client(self, timeout: float = 120.0, *, authenticated: bool = True) -> httpx.Client:
+        """A client of this agent. The timeout is generous on purpose: /healthz answers
+        while the app still loads, and a request that arrives then waits for it (10 s
+        seen on a busy machine), longer than httpx's default 5 s."""
+        send = authenticated and self.token
+        headers = {"Authorization": f"Bearer {self.token}"} if send else {}
         return httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
 

@@ -372,12 +372,15 @@ def test_capabilities(client: httpx.Client) -> None:
 def test_bearer_token(pod: podsim.SimPod) -> None:
     token = "s3cret-token-of-this-test"
     handle = podsim.start_agent(pod, token=token)
+    # Without the token, and with the handle's timeout: the first request may wait for
+    # the app to finish loading (httpx.get's default 5 s ran out once, under load).
+    anon = handle.client(authenticated=False)
     try:
-        assert httpx.get(handle.url + "/healthz").status_code == 200
+        assert anon.get("/healthz").status_code == 200
         for path in ("/processes", "/capabilities", "/profiles"):
-            r = httpx.get(handle.url + path)
+            r = anon.get(path)
             assert r.status_code == 401 and "Bearer" in r.json()["detail"]
-            r = httpx.get(handle.url + path, headers={"Authorization": "Bearer wrong"})
+            r = anon.get(path, headers={"Authorization": "Bearer wrong"})
             assert r.status_code == 401
         # Bad tokens through the real server (uvicorn's header parsing included): 401.
         for bad in (
@@ -387,7 +390,7 @@ def test_bearer_token(pod: podsim.SimPod) -> None:
             b"Bearer " + b"A" * 10_000,
             b"Bearer " + token.encode() + b"x",
         ):
-            r = httpx.get(handle.url + "/processes", headers={"Authorization": bad})
+            r = anon.get("/processes", headers={"Authorization": bad})
             assert r.status_code == 401, (bad[:20], r.status_code, r.text[:200])
             assert token not in r.text
         # A header past the HTTP server's own limit is refused before it reaches the
@@ -395,11 +398,11 @@ def test_bearer_token(pod: podsim.SimPod) -> None:
         # reset (the server closes while the client is still sending). Never served.
         try:
             huge = {"Authorization": b"Bearer " + b"A" * 100_000}
-            r = httpx.get(handle.url + "/processes", headers=huge)
+            r = anon.get("/processes", headers=huge)
             assert 400 <= r.status_code < 500 and token not in r.text
         except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
             pass
-        assert httpx.get(handle.url + "/healthz").status_code == 200
+        assert anon.get("/healthz").status_code == 200
         with handle.client() as c:
             assert c.get("/processes", params={"sample_ms": 0}).status_code == 200
             assert c.get("/capabilities").json()["auth"]["source"] == "env"
@@ -418,6 +421,7 @@ def test_bearer_token(pod: podsim.SimPod) -> None:
         )  # fmt: skip
         assert bad.returncode == 1 and b"unhealthy" in bad.stderr
     finally:
+        anon.close()
         handle.container.stop()
 
 
