@@ -444,6 +444,9 @@ class Service:
             )
             pid = spec.pid
         backend, reason = self._choose(req, spec, b)
+        # Random, not a counter: it names the probe's events, and perf probe refuses an
+        # event name that exists in any group of the node's tracefs (one per node, shared
+        # by every agent on it), not only in this agent's own group.
         probe_id = secrets.token_hex(4)
         plan: ProbePlan
         if backend == "bpftrace":

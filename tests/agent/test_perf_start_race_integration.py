@@ -15,6 +15,7 @@ map"; Debian's 6.1 predates it.)
 from __future__ import annotations
 
 import asyncio
+import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,7 +140,10 @@ def probe_session(app: subprocess.Popen[str], binary: Path, tmp_path: Path) -> _
         max_events=100,
     )
     group = f"tracecar_race{app.pid}"  # one of the test's own: swept by its own check
-    plan = _perfprobe.plan(spec, group=group, probe_id="r1", control_dir=str(tmp_path / "ctl"))
+    # A random id, as the agent's: perf probe refuses an event name that exists in any
+    # group, and a fixed one failed (status 239, EEXIST) when two suites ran this at once.
+    probe_id = secrets.token_hex(4)
+    plan = _perfprobe.plan(spec, group=group, probe_id=probe_id, control_dir=str(tmp_path / "ctl"))
     return _perfprobe.Session(spec, plan)
 
 
