@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -84,9 +85,13 @@ def wait_for(pred: Any, timeout: float, what: str) -> Any:
 
 
 def run_c_app(
-    pod: podsim.SimPod, name: str, binary: Path, n: int, rate: float = 0
+    pod: podsim.SimPod, name: str, binary: Path, n: int, rate: float = 0, *, cpu: int | None = None
 ) -> podsim.Container:
-    c = pod.run(name, ["/srv/tcapp", str(n), str(rate)], files={"tcapp": binary})
+    """The C app, emitting ``n`` events per batch; on one CPU only if ``cpu`` is given."""
+    argv = ["/srv/tcapp", str(n), str(rate)]
+    if cpu is not None:
+        argv = [shutil.which("taskset") or "taskset", "-c", str(cpu), *argv]
+    c = pod.run(name, argv, files={"tcapp": binary})
     wait_for(lambda: "ready" in c.log(), 10, f"{name} ready")
     return c
 
