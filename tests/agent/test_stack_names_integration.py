@@ -31,11 +31,11 @@ from tests.agent.support import (
     folded_total,
     pod_processes,
     profile,
+    profile_until,
     share,
     symbols_of,
     until_complete,
     until_recorded,
-    wait_done,
 )
 from tests.agent.workloads import LEAF_C, LEAF_GO, build_go_stripped, compile_c
 from tests.conftest import need
@@ -91,15 +91,6 @@ def _pinned(pod: podsim.SimPod, name: str, exe: Path) -> tuple[podsim.Container,
     return app, hog
 
 
-def _offcpu(client: httpx.Client, pid: int, **extra: object) -> tuple[dict[str, int], Any]:
-    body = {"type": "off-cpu", "pid": pid, "duration_s": 3, **extra}
-    r = client.post("/profiles", json=body)
-    assert r.status_code == 202, r.text
-    done = wait_done(client, r.json()["id"], timeout=120)
-    assert done["state"] == "succeeded", done
-    return folded_total(client.get(f"/profiles/{done['id']}/folded").text), done
-
-
 # Preemptions of the app while it is profiled: each is one off-CPU "sample" at the PC it
 # ran. One 3 s profile has 500-2,000 here under a load average of 8; pass 25 (load 10)
 # gave the app 4% of a core, and the few long waits it had put the share at 0.06.
@@ -123,20 +114,14 @@ def _preemptions(host_pid: int) -> int:
 def _offcpu_until(
     client: httpx.Client, app: podsim.Container, **extra: object
 ) -> tuple[dict[str, int], Any]:
-    """Off-CPU profiles of ``app``, added up until it was preempted ENOUGH_PREEMPTIONS
-    times while profiled (at most 8): the share of a caller is a share of preemptions,
+    """3 s off-CPU profiles of ``app``, added up (``profile_until``) until it was
+    preempted ENOUGH_PREEMPTIONS times: the share of a caller is a share of preemptions,
     and a loaded machine may preempt the app only a few dozen times in 3 s."""
-    total: dict[str, int] = {}
-    seen = 0
-    for _ in range(8):
-        before = _preemptions(app.host_pid)
-        stacks, done = _offcpu(client, app.pid, **extra)
-        seen += _preemptions(app.host_pid) - before
-        for k, v in stacks.items():
-            total[k] = total.get(k, 0) + v
-        if seen >= ENOUGH_PREEMPTIONS:
-            break
-    return total, done
+    start = _preemptions(app.host_pid)
+    body = {"type": "off-cpu", "pid": app.pid, "duration_s": 3, **extra}
+    return profile_until(
+        client, body, lambda _: _preemptions(app.host_pid) - start >= ENOUGH_PREEMPTIONS
+    )
 
 
 def _top(stacks: dict[str, int], n: int = 5) -> list[tuple[str, int]]:
